@@ -1,0 +1,104 @@
+//! Hardware descriptions: GPUs, links and clusters. Presets with sources live in `trainlab-datasets`.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Numeric formats a kernel can run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// IEEE binary32.
+    Fp32,
+    /// TensorFloat-32 tensor-core math on fp32 storage.
+    Tf32,
+    /// IEEE binary16.
+    Fp16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit floating point (E4M3/E5M2).
+    Fp8,
+}
+
+impl Dtype {
+    /// Storage bytes per element.
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::Fp32 | Dtype::Tf32 => 4,
+            Dtype::Fp16 | Dtype::Bf16 => 2,
+            Dtype::Fp8 => 1,
+        }
+    }
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::Fp32 => "fp32",
+            Dtype::Tf32 => "tf32",
+            Dtype::Fp16 => "fp16",
+            Dtype::Bf16 => "bf16",
+            Dtype::Fp8 => "fp8",
+        }
+    }
+}
+
+/// One GPU model, from its vendor datasheet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Preset name, e.g. `h100-sxm`.
+    pub name: String,
+    /// Device memory in bytes.
+    pub memory_bytes: u64,
+    /// Dense (no sparsity) peak FLOP/s per data type.
+    pub peak_flops: BTreeMap<Dtype, f64>,
+    /// Memory bandwidth in bytes/s.
+    pub hbm_bandwidth_bytes_per_s: f64,
+    /// NVLink bandwidth per GPU per direction, bytes/s (0 for PCIe-only parts).
+    pub nvlink_bandwidth_bytes_per_s: f64,
+    /// Board power in watts.
+    pub tdp_watts: f64,
+    /// Where the numbers come from.
+    pub source: String,
+}
+
+impl GpuSpec {
+    /// Peak FLOP/s for `dtype`, falling back to fp32 if the datasheet gives none.
+    pub fn peak(&self, dtype: Dtype) -> f64 {
+        self.peak_flops
+            .get(&dtype)
+            .or_else(|| self.peak_flops.get(&Dtype::Fp32))
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// A network tier: per-GPU unidirectional bandwidth and per-message latency (the alpha-beta model's beta and alpha).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    /// Bytes/s each GPU can send on this tier.
+    pub bandwidth_bytes_per_s: f64,
+    /// Per-hop latency in seconds.
+    pub latency_s: f64,
+}
+
+/// A homogeneous cluster: `nodes` nodes of `gpus_per_node` GPUs, an intra-node tier and an inter-node tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The GPU model.
+    pub gpu: GpuSpec,
+    /// GPUs per node.
+    pub gpus_per_node: u32,
+    /// Number of nodes.
+    pub nodes: u32,
+    /// NVLink/NVSwitch tier.
+    pub intra: LinkSpec,
+    /// Scale-out network tier (per GPU: e.g. one 400 Gb/s NIC per GPU = 50e9 B/s).
+    pub inter: LinkSpec,
+}
+
+impl ClusterSpec {
+    /// Total GPUs.
+    pub fn gpus(&self) -> u64 {
+        self.gpus_per_node as u64 * self.nodes as u64
+    }
+}

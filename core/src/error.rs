@@ -1,0 +1,116 @@
+//! The error type shared by library crates. Messages name the field, the offending value and the fix.
+use thiserror::Error;
+
+/// Result alias used across trainlab's library crates.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors a backend, a loader or a validator can report. Bad input is always [`Error::Invalid`] with a field path.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A value the user supplied is unusable.
+    #[error("invalid `{field}` = {value}: {reason} (fix: {fix})")]
+    Invalid {
+        /// Dotted path of the field, e.g. `workload.cluster.nodes`.
+        field: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// The backend cannot answer this workload (e.g. no GPU present, or no model for this case).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A file could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, with the path.
+        context: String,
+        /// The underlying cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A failure inside a backend (a device error, a solver that did not converge...).
+    #[error("{0}")]
+    Backend(String),
+    /// The run was interrupted (Ctrl-C); partial results may have been kept by the caller.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    /// Builds an [`Error::Invalid`].
+    pub fn invalid(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        reason: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// Builds an [`Error::Io`] with a context string.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True for errors caused by the user's input (the CLI maps these to exit code 2).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, Error::Invalid { .. } | Error::Io { .. })
+    }
+}
+
+/// Validation helpers: each returns [`Error::Invalid`] naming `field`.
+pub mod check {
+    use super::Error;
+
+    /// `value` must be finite and strictly positive.
+    pub fn positive(field: &str, value: f64) -> Result<(), Error> {
+        if value.is_finite() && value > 0.0 {
+            Ok(())
+        } else {
+            Err(Error::invalid(field, value, "must be a finite number > 0", "give a positive value"))
+        }
+    }
+
+    /// `value` must be finite and >= 0.
+    pub fn non_negative(field: &str, value: f64) -> Result<(), Error> {
+        if value.is_finite() && value >= 0.0 {
+            Ok(())
+        } else {
+            Err(Error::invalid(field, value, "must be a finite number >= 0", "give a non-negative value"))
+        }
+    }
+
+    /// `value` must be in `[lo, hi]`.
+    pub fn in_range(field: &str, value: f64, lo: f64, hi: f64) -> Result<(), Error> {
+        if value.is_finite() && value >= lo && value <= hi {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                value,
+                format!("must lie in [{lo}, {hi}]"),
+                format!("give a value between {lo} and {hi}"),
+            ))
+        }
+    }
+
+    /// Integer count that must be at least `min`.
+    pub fn at_least(field: &str, value: u64, min: u64) -> Result<(), Error> {
+        if value >= min {
+            Ok(())
+        } else {
+            Err(Error::invalid(field, value, format!("must be at least {min}"), format!("set it to {min} or more")))
+        }
+    }
+}

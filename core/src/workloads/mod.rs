@@ -1,0 +1,11 @@
+//! Concrete workload kinds. Each is a serialisable description plus its outcome; backends for it live in the crate
+//! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
+pub mod collective;
+pub mod dense;
+pub mod gemm;
+pub mod micro;
+
+pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
+pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+pub use gemm::{Gemm, GemmOutcome};
+pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};

@@ -1,0 +1,2 @@
+//! trainlab-datasets: hardware presets with sources, published tables, scenario loading.
+#![warn(missing_docs)]

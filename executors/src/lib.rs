@@ -1,0 +1,7 @@
+//! trainlab-executors: real runs. `cpu` always; `cuda` (cudarc, dynamic loading) compiled always, used when a GPU
+//! is found. Every executor really computes and really times (warm-up, repeats, median, spread).
+#![warn(missing_docs)]
+
+pub mod cpu;
+pub mod cuda;
+pub mod timing;

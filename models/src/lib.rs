@@ -1,0 +1,9 @@
+//! trainlab-models: closed-form models (roofline, alpha-beta collectives, training-step time), the configuration
+//! search, calibration fits, and fitted laws with their fitting engine. argmin stays behind this crate's API.
+#![warn(missing_docs)]
+
+pub mod calibrate;
+pub mod collectives;
+pub mod dense;
+pub mod roofline;
+pub mod search;

@@ -1,0 +1,5 @@
+//! trainlab-sim: the discrete-event engine and the simulators built on it.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod queueing;
