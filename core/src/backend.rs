@@ -60,7 +60,9 @@ pub struct RunCtx {
 
 impl Debug for RunCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunCtx").field("seed", &self.seed).finish_non_exhaustive()
+        f.debug_struct("RunCtx")
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
     }
 }
 

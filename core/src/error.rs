@@ -78,7 +78,12 @@ pub mod check {
         if value.is_finite() && value > 0.0 {
             Ok(())
         } else {
-            Err(Error::invalid(field, value, "must be a finite number > 0", "give a positive value"))
+            Err(Error::invalid(
+                field,
+                value,
+                "must be a finite number > 0",
+                "give a positive value",
+            ))
         }
     }
 
@@ -87,7 +92,12 @@ pub mod check {
         if value.is_finite() && value >= 0.0 {
             Ok(())
         } else {
-            Err(Error::invalid(field, value, "must be a finite number >= 0", "give a non-negative value"))
+            Err(Error::invalid(
+                field,
+                value,
+                "must be a finite number >= 0",
+                "give a non-negative value",
+            ))
         }
     }
 
@@ -110,7 +120,12 @@ pub mod check {
         if value >= min {
             Ok(())
         } else {
-            Err(Error::invalid(field, value, format!("must be at least {min}"), format!("set it to {min} or more")))
+            Err(Error::invalid(
+                field,
+                value,
+                format!("must be at least {min}"),
+                format!("set it to {min} or more"),
+            ))
         }
     }
 }

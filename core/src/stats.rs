@@ -60,7 +60,11 @@ impl Summary {
     }
     /// Half-width of the 95% interval of the mean.
     pub fn half_width(&self) -> f64 {
-        let t = if self.n >= 2 && self.n - 1 <= 30 { T975[self.n - 2] } else { 1.96 };
+        let t = if self.n >= 2 && self.n - 1 <= 30 {
+            T975[self.n - 2]
+        } else {
+            1.96
+        };
         t * self.stderr
     }
     /// 95% interval of the mean.

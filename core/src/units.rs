@@ -19,7 +19,11 @@ impl SimTime {
             SimTime(0)
         } else {
             let ns = (s * 1e9).round();
-            if ns >= u64::MAX as f64 { SimTime::MAX } else { SimTime(ns as u64) }
+            if ns >= u64::MAX as f64 {
+                SimTime::MAX
+            } else {
+                SimTime(ns as u64)
+            }
         }
     }
     /// From whole nanoseconds.

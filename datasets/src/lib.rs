@@ -1,2 +1,7 @@
 //! trainlab-datasets: hardware presets with sources, published tables, scenario loading.
 #![warn(missing_docs)]
+
+pub mod gpus;
+pub mod llama3;
+pub mod published;
+pub mod scenario;

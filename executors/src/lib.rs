@@ -4,4 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod faultrun;
+pub mod lm;
+pub mod moe;
 pub mod timing;

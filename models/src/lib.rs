@@ -5,5 +5,10 @@
 pub mod calibrate;
 pub mod collectives;
 pub mod dense;
+pub mod fit;
+pub mod laws;
+pub mod mixture;
+pub mod moe;
+pub mod reliability;
 pub mod roofline;
 pub mod search;

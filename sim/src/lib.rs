@@ -2,4 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod engine;
+pub mod failures;
+pub mod moe;
+pub mod pipeline;
 pub mod queueing;

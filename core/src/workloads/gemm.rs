@@ -49,7 +49,11 @@ impl Gemm {
     }
     /// Short label, e.g. `512x512x512 fp32`.
     pub fn label(&self) -> String {
-        let b = if self.batch > 1 { format!("{}x", self.batch) } else { String::new() };
+        let b = if self.batch > 1 {
+            format!("{}x", self.batch)
+        } else {
+            String::new()
+        };
         format!("{b}{}x{}x{} {}", self.m, self.n, self.k, self.dtype.as_str())
     }
 }

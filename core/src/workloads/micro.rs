@@ -58,7 +58,12 @@ impl Workload for MemBandwidth {
     fn validate(&self) -> Result<(), Error> {
         check::at_least("workload.bytes", self.bytes, 64)?;
         if self.bytes > 8 << 30 {
-            return Err(Error::invalid("workload.bytes", self.bytes, "more than 8 GiB per array", "use a smaller buffer"));
+            return Err(Error::invalid(
+                "workload.bytes",
+                self.bytes,
+                "more than 8 GiB per array",
+                "use a smaller buffer",
+            ));
         }
         Ok(())
     }

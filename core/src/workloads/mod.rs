@@ -4,6 +4,8 @@ pub mod collective;
 pub mod dense;
 pub mod gemm;
 pub mod micro;
+pub mod moe;
+pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
