@@ -1,1 +1,5 @@
+//! The `trainlab` command-line interface.
+mod cmd;
+mod workloads;
+
 fn main() {}

@@ -3,5 +3,6 @@
 
 pub mod gpus;
 pub mod llama3;
+pub mod moe_published;
 pub mod published;
 pub mod scenario;
