@@ -11,3 +11,8 @@ pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
+pub use moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel, Routing};
+pub use training_job::{
+    CheckpointInterval, DetectionSpec, FailureSpec, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob,
+    TrainingJobOutcome,
+};
