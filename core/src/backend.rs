@@ -108,8 +108,8 @@ pub struct BackendRun {
     pub backend: String,
     /// Backend fidelity.
     pub fidelity: Fidelity,
-    /// Its records, or why it did not run.
-    pub result: Result<Vec<Record>, String>,
+    /// Its records, or why it did not run ([`Error::Unsupported`] when the backend is unavailable here).
+    pub result: Result<Vec<Record>, Error>,
 }
 
 /// Runs every backend on one workload, in the order given, flattening outcomes into [`Record`]s.
@@ -126,7 +126,7 @@ pub fn run_backends<W: Workload>(
         let name = b.name().to_string();
         let fidelity = b.fidelity();
         let result = match b.available() {
-            Err(why) => Err(format!("skipped: {why}")),
+            Err(why) => Err(Error::Unsupported(format!("skipped: {why}"))),
             Ok(()) => b
                 .run(workload, ctx)
                 .map(|o| {
@@ -134,8 +134,7 @@ pub fn run_backends<W: Workload>(
                         .iter()
                         .map(|m| Record::from_metric(study, W::KIND, case, &name, fidelity, ctx.seed.0, m))
                         .collect()
-                })
-                .map_err(|e| e.to_string()),
+                }),
         };
         out.push(BackendRun {
             backend: name,
