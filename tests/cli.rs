@@ -1,0 +1,112 @@
+//! End-to-end tests of the `trainlab` binary: outputs, determinism, sharding, and bad input (exit code 2).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainlab"))
+}
+
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+}
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn trainlab")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn scenarios_lists_the_embedded_ones() {
+    let o = run(bin().args(["scenarios", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"default-plan"), "{names:?}");
+}
+
+#[test]
+fn bad_input_exits_2_and_names_the_cause() {
+    let cases = [
+        (fixture("unknown-field.toml"), "learning_rate"),
+        (fixture("negative-gpus.toml"), "workload.cluster.nodes"),
+        (fixture("fits-nowhere.toml"), "fits in no parallel configuration"),
+        ("no/such/file.toml".to_string(), "no/such/file.toml"),
+    ];
+    for (path, needle) in cases {
+        let o = run(bin().args(["compare", &path]));
+        assert_eq!(o.status.code(), Some(2), "{path}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(needle), "{path}: expected `{needle}` in: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert_eq!(e.trim().lines().count(), 1, "one-line cause expected: {e}");
+    }
+    let o = run(bin().args(["plan", "--shard", "3/2"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn plan_writes_report_tables_and_charts_deterministically() {
+    let a = tmpdir("plan-a");
+    let b = tmpdir("plan-b");
+    let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&a).env("RAYON_NUM_THREADS", "1"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&b).env("RAYON_NUM_THREADS", "2"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["report.html", "records.parquet", "records.csv", "days.png", "days.svg", "mfu.svg", "gpu_hours.png"] {
+        let x = std::fs::read(a.join(f)).unwrap_or_else(|_| panic!("missing {f}"));
+        assert!(!x.is_empty(), "{f} empty");
+        if !f.ends_with(".png") {
+            assert_eq!(x, std::fs::read(b.join(f)).unwrap(), "{f} differs across thread counts");
+        }
+    }
+    let html = std::fs::read_to_string(a.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("gpt-13b@256xa100-80gb"));
+}
+
+#[test]
+fn shards_merge_to_the_single_run() {
+    let full = tmpdir("shard-full");
+    let parts = tmpdir("shard-parts");
+    let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&full));
+    assert!(o.status.success(), "{}", stderr(&o));
+    for i in 0..3 {
+        let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--shard", &format!("{i}/3"), "--out"]).arg(&parts));
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let merged = tmpdir("shard-merged");
+    let o = run(bin().arg("merge").arg(&parts).arg("--out").arg(&merged));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(full.join("records.csv")).unwrap(),
+        std::fs::read(merged.join("records.csv")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(full.join("records.parquet")).unwrap(),
+        std::fs::read(merged.join("records.parquet")).unwrap()
+    );
+    // A missing shard is refused.
+    std::fs::remove_file(parts.join("records-shard-1-of-3.parquet")).unwrap();
+    let o = run(bin().arg("merge").arg(&parts));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn compare_gemm_shows_analytical_and_measured() {
+    let o = run(bin().args(["compare", "gemm-cpu", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let b = v["backends"].as_array().unwrap();
+    let fid: Vec<&str> = b.iter().filter(|x| x["error"].is_null()).map(|x| x["fidelity"].as_str().unwrap()).collect();
+    assert!(fid.contains(&"analytical") && fid.contains(&"measured"), "{v}");
+    assert_eq!(v["reference"], "cpu");
+}
