@@ -1,1 +1,180 @@
-//! (to be written)
+//! Exhaustive search over parallel layouts of a dense training job with the step model of [`crate::dense`].
+//!
+//! Enumerated: `tp` a power of two `<= gpus_per_node` dividing the heads; `pp` dividing the layers; `dp = gpus /
+//! (tp pp)` an integer; micro-batch sizes 1, 2, 4, 8 with `dp * micro_batch` dividing the global batch; recompute
+//! none, selective, full; `zero1` on (the distributed optimizer only saves memory in this model). Layouts whose
+//! modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) are kept in the rows but cannot win.
+//! The winner is the fitting layout with the smallest step time; ties go to the earlier layout in enumeration order
+//! (tp, pp, micro-batch, recompute ascending), so the answer is the same at any thread count.
+use rayon::prelude::*;
+use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
+use trainlab_core::{DeviceProfile, Error, Workload};
+
+use crate::dense::{check_config, evaluate, fits_memory, outcome_of};
+use crate::roofline::datasheet_profile;
+
+/// Micro-batch sizes tried.
+pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
+/// Recompute policies tried.
+pub const RECOMPUTES: [Recompute; 3] = [Recompute::None, Recompute::Selective, Recompute::Full];
+
+/// One evaluated layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRow {
+    /// The prediction (its `config` is the layout).
+    pub outcome: DenseOutcome,
+    /// Whether it fits in memory.
+    pub fits: bool,
+}
+
+/// The search answer: the best layout and every evaluated row, in enumeration order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchResult {
+    /// The fastest fitting layout.
+    pub best: DenseOutcome,
+    /// All evaluated layouts (fitting or not), in enumeration order.
+    pub rows: Vec<SearchRow>,
+}
+
+/// All candidate layouts for the workload, in enumeration order (valid by [`check_config`], memory not checked).
+pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
+    let m = &w.model;
+    let gpus = w.cluster.gpus();
+    let gpn = w.cluster.gpus_per_node as u64;
+    let mut out = Vec::new();
+    let mut tp = 1u64;
+    while tp <= gpn.max(1) {
+        if m.heads % tp == 0 && gpus % tp == 0 {
+            for pp in 1..=m.layers {
+                if m.layers % pp != 0 || (gpus / tp) % pp != 0 {
+                    continue;
+                }
+                let dp = gpus / (tp * pp);
+                for &micro_batch in &MICRO_BATCHES {
+                    for &recompute in &RECOMPUTES {
+                        let cfg = ParallelConfig {
+                            tp,
+                            pp,
+                            dp,
+                            micro_batch,
+                            recompute,
+                            zero1: true,
+                        };
+                        if check_config(w, &cfg).is_ok() {
+                            out.push(cfg);
+                        }
+                    }
+                }
+            }
+        }
+        tp *= 2;
+    }
+    out
+}
+
+/// Evaluates every candidate layout (in parallel, results in enumeration order) and returns the fastest that fits.
+pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<SearchResult, Error> {
+    w.validate()?;
+    let owned;
+    let p = match profile {
+        Some(p) => p,
+        None => {
+            owned = datasheet_profile(&w.cluster.gpu);
+            &owned
+        }
+    };
+    let cands = candidates(w);
+    let rows: Vec<SearchRow> = cands
+        .par_iter()
+        .map(|cfg| {
+            // check_config passed during enumeration
+            let mb = check_config(w, cfg).unwrap_or(1);
+            let b = evaluate(w, cfg, p, mb);
+            SearchRow {
+                fits: fits_memory(w, b.memory_per_gpu_bytes),
+                outcome: outcome_of(w, &b),
+            }
+        })
+        .collect();
+    let mut best: Option<&SearchRow> = None;
+    for r in rows.iter().filter(|r| r.fits) {
+        // strict `<` keeps the earliest layout among equal step times
+        if best.is_none_or(|b| r.outcome.step_time_s < b.outcome.step_time_s) {
+            best = Some(r);
+        }
+    }
+    match best {
+        Some(b) => Ok(SearchResult {
+            best: b.outcome.clone(),
+            rows,
+        }),
+        None => {
+            let gib = (1u64 << 30) as f64;
+            let smallest = rows
+                .iter()
+                .map(|r| r.outcome.memory_per_gpu_bytes)
+                .fold(f64::INFINITY, f64::min);
+            let need = if smallest.is_finite() {
+                format!("smallest needs {:.1} GiB per GPU", smallest / gpu_fraction() / gib)
+            } else {
+                "no layout divides the batch, heads and layers".to_string()
+            };
+            Err(Error::invalid(
+                "workload.model",
+                &w.model.name,
+                format!(
+                    "fits in no parallel configuration on {} x {} ({need})",
+                    w.cluster.gpus(),
+                    w.cluster.gpu.name
+                ),
+                "add GPUs, use a larger-memory GPU, or a smaller model",
+            ))
+        }
+    }
+}
+
+/// The GPU memory needed for a modelled peak includes the headroom.
+fn gpu_fraction() -> f64 {
+    1.0 - crate::dense::MEMORY_HEADROOM
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dense::tests::workload;
+
+    #[test]
+    fn finds_a_sensible_layout_for_70b() {
+        let w = workload(16);
+        let r = search(&w, None).unwrap();
+        assert!(r.rows.len() > 50);
+        let b = &r.best;
+        // 70B does not fit on fewer than ~4 GPUs of model parallelism
+        assert!(b.config.tp * b.config.pp >= 4, "{:?}", b.config);
+        for row in r.rows.iter().filter(|r| r.fits) {
+            assert!(row.outcome.step_time_s >= b.step_time_s);
+        }
+    }
+
+    #[test]
+    fn deterministic_across_thread_counts() {
+        let w = workload(16);
+        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let a = one.install(|| search(&w, None).unwrap());
+        let b = search(&w, None).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn too_big_is_an_error_naming_the_model() {
+        let mut w = workload(1);
+        w.model.layers = 800;
+        w.model.hidden = 16384;
+        w.model.heads = 128;
+        w.model.ffn_hidden = 65536;
+        let e = search(&w, None).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("workload.model") && s.contains("smallest needs"), "{s}");
+        assert!(e.is_user_error());
+    }
+}
