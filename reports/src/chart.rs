@@ -18,7 +18,13 @@ const FONT_NAME: &str = "sans-serif";
 fn ensure_font() -> Result<(), ReportError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| plotters::style::register_font(FONT_NAME, FontStyle::Normal, FONT).is_ok());
-    if ok { Ok(()) } else { Err(ReportError::Chart("the embedded DejaVu Sans font could not be parsed".into())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ReportError::Chart(
+            "the embedded DejaVu Sans font could not be parsed".into(),
+        ))
+    }
 }
 
 fn chart_err<E: std::fmt::Display>(e: E) -> ReportError {
@@ -37,7 +43,10 @@ pub struct Series {
 impl Series {
     /// A series from a name and points.
     pub fn new(name: impl Into<String>, points: Vec<(f64, f64)>) -> Self {
-        Series { name: name.into(), points }
+        Series {
+            name: name.into(),
+            points,
+        }
     }
 }
 
@@ -78,7 +87,12 @@ pub struct ChartSpec {
 
 impl ChartSpec {
     /// A 900 x 560 chart with linear axes and no series yet.
-    pub fn new(title: impl Into<String>, x_label: impl Into<String>, y_label: impl Into<String>, kind: ChartKind) -> Self {
+    pub fn new(
+        title: impl Into<String>,
+        x_label: impl Into<String>,
+        y_label: impl Into<String>,
+        kind: ChartKind,
+    ) -> Self {
         ChartSpec {
             title: title.into(),
             x_label: x_label.into(),
@@ -148,7 +162,10 @@ fn clean(spec: &ChartSpec) -> Vec<Clean> {
             if spec.kind == ChartKind::Line {
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
-            Clean { name: s.name.clone(), points }
+            Clean {
+                name: s.name.clone(),
+                points,
+            }
         })
         .collect()
 }
@@ -165,7 +182,9 @@ fn inv(v: f64, log: bool) -> f64 {
 /// degenerate span is widened (±1 decade on log axes, ±10% or ±1 on linear ones). `zero` forces 0 into a linear
 /// range (bar baselines).
 fn axis_range(vals: impl Iterator<Item = f64>, log: bool, zero: bool) -> (f64, f64) {
-    let (mut lo, mut hi) = vals.map(|v| fwd(v, log)).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (mut lo, mut hi) = vals
+        .map(|v| fwd(v, log))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
     if !lo.is_finite() || !hi.is_finite() {
         return if log { (1.0, 10.0) } else { (0.0, 1.0) };
     }
@@ -175,7 +194,7 @@ fn axis_range(vals: impl Iterator<Item = f64>, log: bool, zero: bool) -> (f64, f
     }
     let span = hi - lo;
     if span <= 0.0 {
-        let w = if log { 1.0 } else if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+        let w = if log || lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
         lo -= w;
         hi += w;
     } else {
@@ -198,7 +217,10 @@ fn bar_span(tx: f64, si: usize, n: usize, group: f64) -> (f64, f64) {
 }
 
 fn bar_group_width(data: &[Clean], log_x: bool) -> f64 {
-    let mut xs: Vec<f64> = data.iter().flat_map(|s| s.points.iter().map(|p| fwd(p.0, log_x))).collect();
+    let mut xs: Vec<f64> = data
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| fwd(p.0, log_x)))
+        .collect();
     xs.sort_by(f64::total_cmp);
     xs.dedup();
     let min_gap = xs.windows(2).map(|w| w[1] - w[0]).fold(f64::INFINITY, f64::min);
@@ -217,7 +239,10 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &ChartSpec) -> 
     let n_points: usize = data.iter().map(|s| s.points.len()).sum();
     let bar = spec.kind == ChartKind::Bar;
     let group = if bar { bar_group_width(&data, spec.log_x) } else { 0.0 };
-    let xs = data.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect::<Vec<_>>();
+    let xs = data
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .collect::<Vec<_>>();
     let x_ext: Vec<f64> = if bar {
         xs.iter()
             .flat_map(|&x| {
@@ -239,7 +264,8 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &ChartSpec) -> 
     if n_points == 0 {
         let (w, h) = root.dim_in_pixel();
         let style = TextStyle::from((FONT_NAME, 20).into_font()).color(&RGBColor(120, 120, 120));
-        root.draw(&Text::new("no data", (w as i32 / 2 - 35, h as i32 / 2), style)).map_err(chart_err)?;
+        root.draw(&Text::new("no data", (w as i32 / 2 - 35, h as i32 / 2), style))
+            .map_err(chart_err)?;
     }
     root.present().map_err(chart_err)
 }
@@ -284,7 +310,11 @@ where
     let mut labelled = false;
     for (si, s) in data.iter().enumerate() {
         let c = colour(si);
-        let name = if s.name.is_empty() { format!("series {}", si + 1) } else { s.name.clone() };
+        let name = if s.name.is_empty() {
+            format!("series {}", si + 1)
+        } else {
+            s.name.clone()
+        };
         if s.points.is_empty() {
             continue;
         }

@@ -46,15 +46,24 @@ pub enum ReportError {
 
 impl ReportError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        ReportError::Io { path: path.into(), source }
+        ReportError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn polars(path: Option<&std::path::Path>, source: polars::error::PolarsError) -> Self {
-        ReportError::Polars { path: path.map(|p| p.to_path_buf()), source }
+        ReportError::Polars {
+            path: path.map(|p| p.to_path_buf()),
+            source,
+        }
     }
 
     pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ReportError::Invalid { field: field.into(), reason: reason.into() }
+        ReportError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 

@@ -18,7 +18,11 @@ pub fn format_value(v: f64) -> String {
         // Trim trailing zeros of the mantissa: 1.500e9 -> 1.5e9, 1.000e9 -> 1e9.
         return match s.split_once('e') {
             Some((m, e)) => {
-                let m = if m.contains('.') { m.trim_end_matches('0').trim_end_matches('.') } else { m };
+                let m = if m.contains('.') {
+                    m.trim_end_matches('0').trim_end_matches('.')
+                } else {
+                    m
+                };
                 format!("{m}e{e}")
             }
             None => s,
@@ -26,7 +30,11 @@ pub fn format_value(v: f64) -> String {
     }
     let digits = (3 - a.log10().floor() as i32).clamp(0, 7) as usize;
     let s = format!("{v:.digits$}");
-    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s }
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 fn md_cell(s: &str) -> String {
@@ -41,7 +49,11 @@ pub fn markdown_table<H: AsRef<str>, C: AsRef<str>>(headers: &[H], rows: &[Vec<C
     let head: Vec<String> = headers.iter().map(|h| md_cell(h.as_ref())).collect();
     let body: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| (0..n).map(|i| r.get(i).map(|c| md_cell(c.as_ref())).unwrap_or_default()).collect())
+        .map(|r| {
+            (0..n)
+                .map(|i| r.get(i).map(|c| md_cell(c.as_ref())).unwrap_or_default())
+                .collect()
+        })
         .collect();
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count().max(3)).collect();
     for r in &body {

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use trainlab_core::Record;
 
-use crate::format::format_value;
+use crate::format::{format_value, markdown_table};
 use crate::{ChartSpec, ReportError, chart_svg_string};
 
 /// Escapes `&`, `<`, `>`, `"` and `'` for HTML text and attribute values.
@@ -20,6 +20,43 @@ pub fn escape_html(s: &str) -> String {
         }
     }
     out
+}
+
+/// Display rows for records: headers `study, workload, case, backend, fidelity, metric, value, unit, 95% CI, seed`,
+/// values formatted with [`format_value`] and the CI as `[low, high]` (empty when absent). Used by
+/// [`HtmlReport::table_records`] and [`records_markdown`].
+pub fn record_rows(records: &[Record]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let headers = vec![
+        "study", "workload", "case", "backend", "fidelity", "metric", "value", "unit", "95% CI", "seed",
+    ];
+    let rows = records
+        .iter()
+        .map(|r| {
+            let ci = match (r.ci_low, r.ci_high) {
+                (Some(l), Some(h)) => format!("[{}, {}]", format_value(l), format_value(h)),
+                _ => String::new(),
+            };
+            vec![
+                r.study.clone(),
+                r.workload.clone(),
+                r.case.clone(),
+                r.backend.clone(),
+                r.fidelity.as_str().to_string(),
+                r.metric.clone(),
+                format_value(r.value),
+                r.unit.symbol().to_string(),
+                ci,
+                r.seed.to_string(),
+            ]
+        })
+        .collect();
+    (headers, rows)
+}
+
+/// Records as a Markdown table (see [`record_rows`]), for terminal output.
+pub fn records_markdown(records: &[Record]) -> String {
+    let (headers, rows) = record_rows(records);
+    markdown_table(&headers, &rows)
 }
 
 const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;\
@@ -52,7 +89,10 @@ fn is_numeric(s: &str) -> bool {
 impl HtmlReport {
     /// An empty report with a title (shown as the page title and a top heading).
     pub fn new(title: impl Into<String>) -> Self {
-        HtmlReport { title: title.into(), body: Vec::new() }
+        HtmlReport {
+            title: title.into(),
+            body: Vec::new(),
+        }
     }
 
     /// A section heading (`<h2>`).
@@ -94,30 +134,9 @@ impl HtmlReport {
         self
     }
 
-    /// A table of records: study, workload, case, backend, fidelity, metric, value, unit, 95% CI, seed.
+    /// A table of records with the columns of [`record_rows`].
     pub fn table_records(&mut self, records: &[Record]) -> &mut Self {
-        let headers = ["study", "workload", "case", "backend", "fidelity", "metric", "value", "unit", "95% CI", "seed"];
-        let rows: Vec<Vec<String>> = records
-            .iter()
-            .map(|r| {
-                let ci = match (r.ci_low, r.ci_high) {
-                    (Some(l), Some(h)) => format!("[{}, {}]", format_value(l), format_value(h)),
-                    _ => String::new(),
-                };
-                vec![
-                    r.study.clone(),
-                    r.workload.clone(),
-                    r.case.clone(),
-                    r.backend.clone(),
-                    r.fidelity.as_str().to_string(),
-                    r.metric.clone(),
-                    format_value(r.value),
-                    r.unit.symbol().to_string(),
-                    ci,
-                    r.seed.to_string(),
-                ]
-            })
-            .collect();
+        let (headers, rows) = record_rows(records);
         self.table(&headers, &rows)
     }
 

@@ -24,10 +24,10 @@ mod table;
 pub use chart::{ChartKind, ChartSpec, Series, chart_svg_string, render_chart};
 pub use error::ReportError;
 pub use format::{format_value, markdown_table};
-pub use html::{HtmlReport, escape_html};
+pub use html::{HtmlReport, escape_html, record_rows, records_markdown};
 pub use table::{
-    RECORD_COLUMNS, TableColumn, merge_parquet, read_records_csv, read_records_parquet, records_frame, records_from_frame,
-    sort_records, table_frame, write_frame, write_records, write_table,
+    RECORD_COLUMNS, TableColumn, merge_parquet, read_records_csv, read_records_parquet, records_frame,
+    records_from_frame, sort_records, table_frame, write_frame, write_records, write_table,
 };
 
 /// Re-export of the `polars` `DataFrame` and `Column` types this crate's API returns.

@@ -14,8 +14,9 @@ use crate::ReportError;
 
 /// The column names of a records table, in order. `fidelity` and `unit` are stored by their snake-case names
 /// (`"analytical"`, `"flop_per_second"`), `ci_low`/`ci_high` may be null, `seed` is an unsigned 64-bit integer.
-pub const RECORD_COLUMNS: [&str; 11] =
-    ["study", "workload", "case", "backend", "fidelity", "metric", "unit", "value", "ci_low", "ci_high", "seed"];
+pub const RECORD_COLUMNS: [&str; 11] = [
+    "study", "workload", "case", "backend", "fidelity", "metric", "unit", "value", "ci_low", "ci_high", "seed",
+];
 
 /// One column of a generic table for [`write_table`].
 #[derive(Debug, Clone, PartialEq)]
@@ -90,8 +91,10 @@ fn enum_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn parse_enum<T: serde::de::DeserializeOwned>(s: &str, path: &Path, col: &str) -> Result<T, ReportError> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|e| ReportError::Schema { path: path.to_path_buf(), reason: format!("column `{col}`: {e}") })
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|e| ReportError::Schema {
+        path: path.to_path_buf(),
+        reason: format!("column `{col}`: {e}"),
+    })
 }
 
 /// Builds the records table (columns [`RECORD_COLUMNS`], one row per record, in the given order).
@@ -102,12 +105,24 @@ pub fn records_frame(records: &[Record]) -> Result<DataFrame, ReportError> {
         Column::new("workload".into(), s(|r| &r.workload)),
         Column::new("case".into(), s(|r| &r.case)),
         Column::new("backend".into(), s(|r| &r.backend)),
-        Column::new("fidelity".into(), records.iter().map(|r| r.fidelity.as_str()).collect::<Vec<_>>()),
+        Column::new(
+            "fidelity".into(),
+            records.iter().map(|r| r.fidelity.as_str()).collect::<Vec<_>>(),
+        ),
         Column::new("metric".into(), s(|r| &r.metric)),
-        Column::new("unit".into(), records.iter().map(|r| enum_name(&r.unit)).collect::<Vec<_>>()),
+        Column::new(
+            "unit".into(),
+            records.iter().map(|r| enum_name(&r.unit)).collect::<Vec<_>>(),
+        ),
         Column::new("value".into(), records.iter().map(|r| r.value).collect::<Vec<f64>>()),
-        Column::new("ci_low".into(), records.iter().map(|r| r.ci_low).collect::<Vec<Option<f64>>>()),
-        Column::new("ci_high".into(), records.iter().map(|r| r.ci_high).collect::<Vec<Option<f64>>>()),
+        Column::new(
+            "ci_low".into(),
+            records.iter().map(|r| r.ci_low).collect::<Vec<Option<f64>>>(),
+        ),
+        Column::new(
+            "ci_high".into(),
+            records.iter().map(|r| r.ci_high).collect::<Vec<Option<f64>>>(),
+        ),
         Column::new("seed".into(), records.iter().map(|r| r.seed).collect::<Vec<u64>>()),
     ];
     DataFrame::new(records.len(), cols).map_err(|e| ReportError::polars(None, e))
@@ -128,12 +143,22 @@ fn records_schema() -> Schema {
 
 /// Converts a records table (as written by [`write_records`]) back to records. `path` names the source in errors.
 pub fn records_from_frame(df: &DataFrame, path: &Path) -> Result<Vec<Record>, ReportError> {
-    let schema_err = |reason: String| ReportError::Schema { path: path.to_path_buf(), reason };
+    let schema_err = |reason: String| ReportError::Schema {
+        path: path.to_path_buf(),
+        reason,
+    };
     let pe = |e: PolarsError| ReportError::polars(Some(path), e);
-    let col = |name: &str| df.column(name).map_err(|_| schema_err(format!("missing column `{name}`")));
+    let col = |name: &str| {
+        df.column(name)
+            .map_err(|_| schema_err(format!("missing column `{name}`")))
+    };
     let cast = |name: &str, dt: &DataType| -> Result<Column, ReportError> {
         let c = col(name)?;
-        if c.dtype() == dt { Ok(c.clone()) } else { c.strict_cast(dt).map_err(pe) }
+        if c.dtype() == dt {
+            Ok(c.clone())
+        } else {
+            c.strict_cast(dt).map_err(pe)
+        }
     };
     let text: Vec<Column> = ["study", "workload", "case", "backend", "fidelity", "metric", "unit"]
         .iter()
@@ -144,15 +169,21 @@ pub fn records_from_frame(df: &DataFrame, path: &Path) -> Result<Vec<Record>, Re
     let ci_low = cast("ci_low", &DataType::Float64)?;
     let ci_high = cast("ci_high", &DataType::Float64)?;
     let seed = cast("seed", &DataType::UInt64)?;
-    let (value, ci_low, ci_high, seed) =
-        (value.f64().map_err(pe)?, ci_low.f64().map_err(pe)?, ci_high.f64().map_err(pe)?, seed.u64().map_err(pe)?);
+    let (value, ci_low, ci_high, seed) = (
+        value.f64().map_err(pe)?,
+        ci_low.f64().map_err(pe)?,
+        ci_high.f64().map_err(pe)?,
+        seed.u64().map_err(pe)?,
+    );
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
         // Text columns: a CSV empty field reads back as null; treat it as the empty string it was written from.
         let t = |k: usize| text[k].get(i).unwrap_or("").to_string();
         let fidelity: Fidelity = parse_enum(&t(4), path, "fidelity")?;
         let unit: Unit = parse_enum(&t(6), path, "unit")?;
-        let value = value.get(i).ok_or_else(|| schema_err(format!("row {i}: null `value`")))?;
+        let value = value
+            .get(i)
+            .ok_or_else(|| schema_err(format!("row {i}: null `value`")))?;
         let seed = seed.get(i).ok_or_else(|| schema_err(format!("row {i}: null `seed`")))?;
         out.push(Record {
             study: t(0),
@@ -173,7 +204,10 @@ pub fn records_from_frame(df: &DataFrame, path: &Path) -> Result<Vec<Record>, Re
 
 fn check_stem(stem: &str) -> Result<(), ReportError> {
     if stem.is_empty() || stem.contains(['/', '\\']) || stem == "." || stem == ".." {
-        return Err(ReportError::invalid("stem", format!("`{stem}` must be a non-empty file name without separators")));
+        return Err(ReportError::invalid(
+            "stem",
+            format!("`{stem}` must be a non-empty file name without separators"),
+        ));
     }
     Ok(())
 }
@@ -223,7 +257,10 @@ pub fn table_frame(columns: Vec<(String, TableColumn)>) -> Result<DataFrame, Rep
         if c.len() != height {
             return Err(ReportError::invalid(
                 format!("columns.{name}"),
-                format!("has {} rows but the first column has {height}; all columns must be equally long", c.len()),
+                format!(
+                    "has {} rows but the first column has {height}; all columns must be equally long",
+                    c.len()
+                ),
             ));
         }
     }
@@ -245,7 +282,9 @@ pub fn write_table(
 /// Reads a records Parquet file written by [`write_records`], in file order.
 pub fn read_records_parquet(path: &Path) -> Result<Vec<Record>, ReportError> {
     let f = File::open(path).map_err(|e| ReportError::io(path, e))?;
-    let df = ParquetReader::new(f).finish().map_err(|e| ReportError::polars(Some(path), e))?;
+    let df = ParquetReader::new(f)
+        .finish()
+        .map_err(|e| ReportError::polars(Some(path), e))?;
     records_from_frame(&df, path)
 }
 
@@ -295,7 +334,10 @@ pub fn sort_records(records: &mut [Record]) {
 /// de-duplicated: shards must be disjoint. An empty `paths` is an error (most likely a wrong glob).
 pub fn merge_parquet(paths: &[PathBuf]) -> Result<Vec<Record>, ReportError> {
     if paths.is_empty() {
-        return Err(ReportError::invalid("paths", "no Parquet files to merge; check the shard file pattern"));
+        return Err(ReportError::invalid(
+            "paths",
+            "no Parquet files to merge; check the shard file pattern",
+        ));
     }
     let mut all = Vec::new();
     for p in paths {

@@ -14,8 +14,15 @@ fn tmp(name: &str) -> PathBuf {
 
 fn sample() -> Vec<Record> {
     let mut v = Vec::new();
-    let backends = [("roofline", Fidelity::Analytical), ("des", Fidelity::Simulated), ("cpu", Fidelity::Measured)];
-    for (ci, case) in ["7B@8xH100", "70B@1024xH100", "odd, \"quoted\" case", ""].iter().enumerate() {
+    let backends = [
+        ("roofline", Fidelity::Analytical),
+        ("des", Fidelity::Simulated),
+        ("cpu", Fidelity::Measured),
+    ];
+    for (ci, case) in ["7B@8xH100", "70B@1024xH100", "odd, \"quoted\" case", ""]
+        .iter()
+        .enumerate()
+    {
         for (bi, (b, f)) in backends.iter().enumerate() {
             let x = (ci * 3 + bi) as f64;
             v.push(Record {
@@ -97,7 +104,11 @@ fn merge_of_shards_equals_full_run() {
     let mut full = recs.clone();
     sort_records(&mut full);
     assert_eq!(merged, full);
-    assert_eq!(merge_parquet(&[pa, pb]).expect("merge"), merged, "independent of path order");
+    assert_eq!(
+        merge_parquet(&[pa, pb]).expect("merge"),
+        merged,
+        "independent of path order"
+    );
     assert!(matches!(merge_parquet(&[]), Err(ReportError::Invalid { .. })));
 }
 
@@ -106,7 +117,10 @@ fn io_errors_name_the_path() {
     let missing = Path::new("/nonexistent-trainlab-dir/x.parquet");
     let e = read_records_parquet(missing).expect_err("must fail");
     assert!(e.to_string().contains("/nonexistent-trainlab-dir/x.parquet"), "{e}");
-    assert!(matches!(write_records(&sample(), &tmp("stem"), "a/b"), Err(ReportError::Invalid { .. })));
+    assert!(matches!(
+        write_records(&sample(), &tmp("stem"), "a/b"),
+        Err(ReportError::Invalid { .. })
+    ));
 }
 
 #[test]
@@ -124,7 +138,10 @@ fn generic_table_round_trips_and_validates() {
         ("tp".to_string(), TableColumn::ints([1, 2, 4])),
         ("pp".to_string(), TableColumn::UInt(vec![Some(8), None, Some(2)])),
         ("layout".to_string(), TableColumn::texts(["a", "b,c", "d"])),
-        ("step_s".to_string(), TableColumn::Float(vec![Some(1.5), Some(f64::NAN), None])),
+        (
+            "step_s".to_string(),
+            TableColumn::Float(vec![Some(1.5), Some(f64::NAN), None]),
+        ),
         ("fits".to_string(), TableColumn::bools([true, false, true])),
     ];
     let (pq, csv) = write_table(cols.clone(), &d, "search").expect("write");
@@ -132,33 +149,53 @@ fn generic_table_round_trips_and_validates() {
     use polars::prelude::{ParquetReader, SerReader};
     let df = ParquetReader::new(f).finish().expect("read");
     assert_eq!(df.shape(), (3, 5));
-    assert_eq!(df.column("layout").expect("col").str().expect("str").get(1), Some("b,c"));
+    assert_eq!(
+        df.column("layout").expect("col").str().expect("str").get(1),
+        Some("b,c")
+    );
     assert_eq!(df.column("pp").expect("col").u64().expect("u64").get(1), None);
     let text = std::fs::read_to_string(csv).expect("csv");
     assert!(text.starts_with("tp,pp,layout,step_s,fits\n"), "{text}");
     // Ragged and duplicate columns are rejected.
-    let ragged = vec![("a".into(), TableColumn::ints([1])), ("b".into(), TableColumn::ints([1, 2]))];
+    let ragged = vec![
+        ("a".into(), TableColumn::ints([1])),
+        ("b".into(), TableColumn::ints([1, 2])),
+    ];
     assert!(matches!(table_frame(ragged), Err(ReportError::Invalid { .. })));
-    let dup = vec![("a".into(), TableColumn::ints([1])), ("a".into(), TableColumn::ints([2]))];
+    let dup = vec![
+        ("a".into(), TableColumn::ints([1])),
+        ("a".into(), TableColumn::ints([2])),
+    ];
     assert!(matches!(table_frame(dup), Err(ReportError::Invalid { .. })));
 }
 
 fn demo_chart(kind: ChartKind, log: bool) -> ChartSpec {
-    let pts = |a: f64, p: f64| (0..8).map(|i| (2f64.powi(i), a * 2f64.powi(i).powf(p))).collect::<Vec<_>>();
+    let pts = |a: f64, p: f64| {
+        (0..8)
+            .map(|i| (2f64.powi(i), a * 2f64.powi(i).powf(p)))
+            .collect::<Vec<_>>()
+    };
     ChartSpec::new("Step time vs GPUs", "GPUs", "step time (s)", kind)
         .with_log(log, log)
         .with_series(Series::new("analytical", pts(10.0, -0.9)))
         .with_series(Series::new("simulated", pts(12.0, -0.85)))
-        .with_series(Series::new("measured", vec![(1.0, 11.0), (4.0, f64::NAN), (8.0, 1.9), (-1.0, 3.0)]))
+        .with_series(Series::new(
+            "measured",
+            vec![(1.0, 11.0), (4.0, f64::NAN), (8.0, 1.9), (-1.0, 3.0)],
+        ))
 }
 
 #[test]
 fn charts_render_png_and_svg() {
     let d = tmp("charts");
-    for (i, (kind, log)) in
-        [(ChartKind::Line, true), (ChartKind::Scatter, false), (ChartKind::Bar, false), (ChartKind::Bar, true)]
-            .into_iter()
-            .enumerate()
+    for (i, (kind, log)) in [
+        (ChartKind::Line, true),
+        (ChartKind::Scatter, false),
+        (ChartKind::Bar, false),
+        (ChartKind::Bar, true),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let spec = demo_chart(kind, log);
         let png = d.join(format!("c{i}.png"));
@@ -175,7 +212,7 @@ fn charts_render_png_and_svg() {
 #[test]
 fn charts_survive_degenerate_input() {
     let d = tmp("degenerate");
-    let cases = vec![
+    let cases = [
         ChartSpec::new("empty", "x", "y", ChartKind::Line),
         ChartSpec::new("empty series", "x", "y", ChartKind::Bar).with_series(Series::new("", vec![])),
         ChartSpec::new("one point", "x", "y", ChartKind::Line).with_series(Series::new("a", vec![(3.0, 3.0)])),
@@ -196,7 +233,10 @@ fn charts_survive_degenerate_input() {
     }
     let mut bad = ChartSpec::new("tiny", "x", "y", ChartKind::Line);
     bad.width = 1;
-    assert!(matches!(render_chart(&bad, None, None), Err(ReportError::Invalid { .. })));
+    assert!(matches!(
+        render_chart(&bad, None, None),
+        Err(ReportError::Invalid { .. })
+    ));
 }
 
 #[test]
@@ -228,11 +268,24 @@ fn html_report_is_self_contained() {
     assert_eq!(urls, ns);
 }
 
+#[test]
+fn records_markdown_has_one_line_per_record() {
+    let recs = sample();
+    let md = records_markdown(&recs);
+    assert_eq!(md.lines().count(), recs.len() + 2);
+    assert!(md.lines().next().is_some_and(|h| h.contains("95% CI")));
+    assert!(md.contains("[0.091, 0.111]"));
+}
+
 fn arb_record() -> impl Strategy<Value = Record> {
     (
         "[a-z,\" ]{0,6}",
         "\\PC{0,8}",
-        prop_oneof![Just(Fidelity::Analytical), Just(Fidelity::Simulated), Just(Fidelity::Measured)],
+        prop_oneof![
+            Just(Fidelity::Analytical),
+            Just(Fidelity::Simulated),
+            Just(Fidelity::Measured)
+        ],
         prop_oneof![Just(Unit::Seconds), Just(Unit::FlopPerSecond), Just(Unit::GpuHours)],
         any::<f64>().prop_filter("finite", |v| v.is_finite()),
         proptest::option::of(-1e300f64..1e300),
