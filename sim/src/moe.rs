@@ -1,1 +1,438 @@
-//! (to be written)
+//! Monte Carlo simulator of one MoE layer step under expert parallelism (GShard / Switch routing with capacity,
+//! M6-T k-top-1 prototypes).
+//!
+//! Each replication draws the step's routing (per-expert loads), applies the capacity `C = ceil(gamma k N / E)`
+//! (Switch Eq. 3), drops the overflow, and times the step with [`MoeCostModel::step`]: router, dispatch all-to-all,
+//! expert GEMMs whose efficiency depends on the rows each expert gets, combine all-to-all, and the backward pass;
+//! every rank waits for the slowest. Replications run in parallel (rayon) and are collected in input order, each from
+//! its own seed `seed.derive("moe").index(i)`, so results do not depend on the thread count.
+//!
+//! Sampling: a token chooses its `k` experts of a group by successive sampling without replacement from the group's
+//! popularity vector (equivalent to Gumbel top-k, i.e. Plackett-Luce). With one choice per group (top-1 and
+//! prototypes) the group's loads are exactly Multinomial(N, p), drawn by conditional binomial splitting in O(E)
+//! per replication instead of O(N); with `k > 1` in a group tokens are sampled one by one.
+use rand::RngExt;
+use rand_distr::{Binomial, Distribution, Gamma};
+use rayon::prelude::*;
+use trainlab_core::seed::Rng;
+use trainlab_core::workloads::moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, Summary, Workload};
+use trainlab_models::moe::{MoeCostModel, StepBreakdown};
+
+/// A parsed routing trace: for each token, its `k` expert choices (flattened, `k` per token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingTrace {
+    /// Choices per token.
+    pub k: usize,
+    /// Flattened choices, `k` per token.
+    pub choices: Vec<u32>,
+}
+
+impl RoutingTrace {
+    /// Tokens in the trace.
+    pub fn tokens(&self) -> usize {
+        self.choices.len() / self.k.max(1)
+    }
+}
+
+/// Parses a routing trace (CSV `token,expert[,expert...]`; a first line starting with a letter is a header; blank
+/// lines and `#` comments are skipped) for `layer`. Errors name `origin:line`.
+pub fn parse_trace(text: &str, origin: &str, layer: &MoeLayer) -> Result<RoutingTrace, Error> {
+    let k = layer.k() as usize;
+    let e = layer.experts;
+    let group = layer.experts_per_group();
+    let prototypes = layer.routing.groups() > 1;
+    let mut choices = Vec::new();
+    let field = "workload.router.trace";
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let at = format!("{origin}:{}", i + 1);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if i == 0 && line.chars().next().is_some_and(|c| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+        if cells.len() != k + 1 {
+            return Err(Error::invalid(
+                field,
+                &at,
+                format!("line has {} expert choices, the routing needs k = {k}", cells.len() - 1),
+                "write `token,expert1,...,expertk` on every line",
+            ));
+        }
+        if cells[0].parse::<u64>().is_err() {
+            return Err(Error::invalid(
+                field,
+                &at,
+                format!("token id `{}` is not a non-negative integer", cells[0]),
+                "start each line with the token index",
+            ));
+        }
+        let start = choices.len();
+        for c in &cells[1..] {
+            let x: u64 = c.parse().map_err(|_| {
+                Error::invalid(
+                    field,
+                    &at,
+                    format!("expert `{c}` is not a non-negative integer"),
+                    "use expert indices 0..experts-1",
+                )
+            })?;
+            if x >= e {
+                return Err(Error::invalid(
+                    field,
+                    &at,
+                    format!("expert {x} does not exist (the layer has {e} experts)"),
+                    format!("use expert indices 0..{}", e - 1),
+                ));
+            }
+            choices.push(x as u32);
+        }
+        let tok = &mut choices[start..];
+        if prototypes {
+            tok.sort_unstable();
+            for (g, &x) in tok.iter().enumerate() {
+                if x as u64 / group != g as u64 {
+                    return Err(Error::invalid(
+                        field,
+                        &at,
+                        format!("prototype routing needs one expert in each of the {k} groups of {group}"),
+                        "pick exactly one expert per group",
+                    ));
+                }
+            }
+        } else {
+            tok.sort_unstable();
+            if tok.windows(2).any(|w| w[0] == w[1]) {
+                return Err(Error::invalid(
+                    field,
+                    &at,
+                    "the same expert is chosen twice",
+                    "list k distinct experts",
+                ));
+            }
+        }
+    }
+    if choices.is_empty() {
+        return Err(Error::invalid(field, origin, "the trace has no tokens", "add lines `token,expert...`"));
+    }
+    Ok(RoutingTrace { k, choices })
+}
+
+/// Reads and parses the trace file named by the layer's router.
+pub fn load_trace(path: &str, layer: &MoeLayer) -> Result<RoutingTrace, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading routing trace {path}"), e))?;
+    parse_trace(&text, path, layer)
+}
+
+/// Per-expert loads of a trace replayed for `tokens` tokens (cycled).
+pub fn trace_loads(trace: &RoutingTrace, experts: u64, tokens: u64) -> Vec<u64> {
+    let mut loads = vec![0u64; experts as usize];
+    let t = trace.tokens() as u64;
+    let full = tokens / t;
+    let rest = (tokens % t) as usize;
+    for (i, tok) in trace.choices.chunks(trace.k).enumerate() {
+        let times = full + u64::from(i < rest);
+        for &x in tok {
+            loads[x as usize] += times;
+        }
+    }
+    loads
+}
+
+/// Popularity of each of `g` experts for one step (`None`: uniform).
+fn popularity(router: &RouterModel, g: usize, rng: &mut Rng) -> Option<Vec<f64>> {
+    match router {
+        RouterModel::Uniform | RouterModel::Trace { .. } => None,
+        RouterModel::Zipf { s } => {
+            if *s == 0.0 {
+                return None;
+            }
+            let mut perm: Vec<usize> = (0..g).collect();
+            for i in (1..g).rev() {
+                let j = rng.random_range(0..=i);
+                perm.swap(i, j);
+            }
+            let mut p = vec![0.0; g];
+            for (rank, &idx) in perm.iter().enumerate() {
+                p[idx] = 1.0 / ((rank + 1) as f64).powf(*s);
+            }
+            normalise(&mut p);
+            Some(p)
+        }
+        RouterModel::Dirichlet { alpha } => {
+            let gamma = Gamma::new(*alpha, 1.0).ok()?;
+            let mut p: Vec<f64> = (0..g).map(|_| gamma.sample(rng).max(1e-300)).collect();
+            normalise(&mut p);
+            Some(p)
+        }
+    }
+}
+
+fn normalise(p: &mut [f64]) {
+    let s: f64 = p.iter().sum();
+    for x in p.iter_mut() {
+        *x /= s;
+    }
+}
+
+/// Multinomial(n, p) by conditional binomial splitting (`p = None`: uniform). O(len) binomial draws.
+pub fn multinomial(n: u64, p: Option<&[f64]>, len: usize, rng: &mut Rng, out: &mut [u64]) {
+    let mut left = n;
+    let mut mass = 1.0;
+    for i in 0..len {
+        if left == 0 {
+            out[i] = 0;
+            continue;
+        }
+        if i + 1 == len {
+            out[i] = left;
+            break;
+        }
+        let pi = p.map_or(1.0 / len as f64, |p| p[i]);
+        let q = (pi / mass).clamp(0.0, 1.0);
+        let x = match Binomial::new(left, q) {
+            Ok(b) => b.sample(rng),
+            Err(_) => 0,
+        };
+        out[i] = x;
+        left -= x;
+        mass -= pi;
+        if mass <= 0.0 {
+            mass = f64::MIN_POSITIVE;
+        }
+    }
+}
+
+/// Draws one step's per-expert loads (routed slots before capacity).
+pub fn draw_loads(layer: &MoeLayer, trace: Option<&RoutingTrace>, rng: &mut Rng) -> Vec<u64> {
+    if let Some(t) = trace {
+        return trace_loads(t, layer.experts, layer.tokens);
+    }
+    let groups = layer.routing.groups() as usize;
+    let g = layer.experts_per_group() as usize;
+    let per = layer.routing.per_group() as usize;
+    let mut loads = vec![0u64; layer.experts as usize];
+    // One popularity vector over all experts per step; each group renormalises its slice.
+    let pop = popularity(&layer.router, layer.experts as usize, rng);
+    for grp in 0..groups {
+        let p = pop.as_ref().map(|p| {
+            let mut q = p[grp * g..(grp + 1) * g].to_vec();
+            normalise(&mut q);
+            q
+        });
+        let out = &mut loads[grp * g..(grp + 1) * g];
+        if per == 1 {
+            multinomial(layer.tokens, p.as_deref(), g, rng, out);
+        } else {
+            per_token(layer.tokens, per, p.as_deref(), g, rng, out);
+        }
+    }
+    loads
+}
+
+/// Per-token successive sampling without replacement of `per` experts from `p` (uniform if `None`).
+fn per_token(tokens: u64, per: usize, p: Option<&[f64]>, g: usize, rng: &mut Rng, out: &mut [u64]) {
+    let cdf: Option<Vec<f64>> = p.map(|p| {
+        let mut acc = 0.0;
+        p.iter()
+            .map(|x| {
+                acc += x;
+                acc
+            })
+            .collect()
+    });
+    let pmax = p.map_or(0.0, |p| p.iter().copied().fold(0.0, f64::max));
+    let mut chosen = [0usize; 64];
+    for _ in 0..tokens {
+        let mut m = 0;
+        let mut tries = 0u32;
+        while m < per {
+            let x = match &cdf {
+                None => rng.random_range(0..g),
+                Some(c) => {
+                    let u: f64 = rng.random::<f64>() * c[g - 1];
+                    c.partition_point(|&v| v <= u).min(g - 1)
+                }
+            };
+            tries += 1;
+            if chosen[..m].contains(&x) {
+                if tries > 1000 && pmax > 0.999 {
+                    // Degenerate popularity: take the next free expert in index order.
+                    let free = (0..g).find(|y| !chosen[..m].contains(y)).unwrap_or(0);
+                    chosen[m] = free;
+                    m += 1;
+                }
+                continue;
+            }
+            chosen[m] = x;
+            m += 1;
+        }
+        for &x in &chosen[..per] {
+            out[x] += 1;
+        }
+    }
+}
+
+/// One replication's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepResult {
+    /// Per-expert routed loads.
+    pub loads: Vec<u64>,
+    /// Per-expert processed slots (`min(load, C)`).
+    pub processed: Vec<u64>,
+    /// Dropped slots.
+    pub dropped: u64,
+    /// Time breakdown.
+    pub step: StepBreakdown,
+}
+
+/// Evaluates one step from its loads.
+pub fn evaluate(layer: &MoeLayer, cost: &MoeCostModel, loads: Vec<u64>) -> RepResult {
+    let c = layer.capacity();
+    let processed: Vec<u64> = loads.iter().map(|&x| x.min(c)).collect();
+    let dropped = loads.iter().map(|&x| x.saturating_sub(c)).sum();
+    let rows: Vec<f64> = processed.iter().map(|&x| x as f64).collect();
+    let step = cost.step(layer, &rows);
+    RepResult {
+        loads,
+        processed,
+        dropped,
+        step,
+    }
+}
+
+/// The Monte Carlo backend (`monte_carlo`).
+#[derive(Debug, Clone)]
+pub struct MoeSim {
+    /// Replications (independent routing draws).
+    pub replications: u64,
+    /// Cost model override (a calibrated one); `None` uses the cluster datasheet.
+    pub cost: Option<MoeCostModel>,
+}
+
+impl Default for MoeSim {
+    fn default() -> Self {
+        MoeSim {
+            replications: 200,
+            cost: None,
+        }
+    }
+}
+
+impl MoeSim {
+    /// Runs all replications (parallel, in input order).
+    pub fn replicate(&self, layer: &MoeLayer, seed: Seed) -> Result<Vec<RepResult>, Error> {
+        layer.validate()?;
+        let trace = match &layer.router {
+            RouterModel::Trace { path } => Some(load_trace(path, layer)?),
+            _ => None,
+        };
+        let cost = self
+            .cost
+            .clone()
+            .unwrap_or_else(|| MoeCostModel::from_cluster(&layer.cluster, layer.dtype));
+        let base = seed.derive("moe");
+        let reps = self.replications.max(1);
+        Ok((0..reps)
+            .into_par_iter()
+            .map(|i| {
+                let mut rng = base.index(i).rng();
+                let loads = draw_loads(layer, trace.as_ref(), &mut rng);
+                evaluate(layer, &cost, loads)
+            })
+            .collect())
+    }
+}
+
+fn est(xs: &[f64]) -> Estimate {
+    let s = Summary::of(xs);
+    if s.n > 1 {
+        let (lo, hi) = s.ci95();
+        Estimate::with_ci(s.mean, lo, hi)
+    } else {
+        Estimate::exact(s.mean)
+    }
+}
+
+/// Aggregates replications into an outcome (means with 95% intervals).
+pub fn aggregate(layer: &MoeLayer, reps: &[RepResult]) -> MoeOutcome {
+    let n = reps.len().max(1) as f64;
+    let per_rank = layer.experts_per_rank().max(1) as usize;
+    let slots = layer.slots() as f64;
+    let mut el = LoadSummary::default();
+    let mut rl = LoadSummary::default();
+    let mut cols: [Vec<f64>; 10] = Default::default();
+    for r in reps {
+        let loads: Vec<f64> = r.loads.iter().map(|&x| x as f64).collect();
+        let ranks: Vec<f64> = r
+            .processed
+            .chunks(per_rank)
+            .map(|c| c.iter().sum::<u64>() as f64)
+            .collect();
+        let e = LoadSummary::of(&loads);
+        let q = LoadSummary::of(&ranks);
+        for (acc, x) in [(&mut el, e), (&mut rl, q)] {
+            acc.mean += x.mean / n;
+            acc.min += x.min / n;
+            acc.max += x.max / n;
+            acc.cv += x.cv / n;
+        }
+        let vals = [
+            e.imbalance(),
+            q.imbalance(),
+            r.dropped as f64 / slots,
+            r.step.router_s,
+            r.step.dispatch_s,
+            r.step.compute_s,
+            r.step.combine_s,
+            r.step.forward_s,
+            r.step.backward_s,
+            r.step.step_s,
+        ];
+        for (c, v) in cols.iter_mut().zip(vals) {
+            c.push(v);
+        }
+    }
+    let drop = est(&cols[2]);
+    let step = est(&cols[9]);
+    let processed = slots * (1.0 - drop.value);
+    MoeOutcome {
+        capacity: layer.capacity(),
+        expert_load: el,
+        rank_load: rl,
+        expert_imbalance: est(&cols[0]),
+        rank_imbalance: est(&cols[1]),
+        drop_fraction: drop,
+        slots,
+        processed,
+        dropped: slots - processed,
+        router_s: est(&cols[3]),
+        dispatch_s: est(&cols[4]),
+        compute_s: est(&cols[5]),
+        combine_s: est(&cols[6]),
+        forward_s: est(&cols[7]),
+        backward_s: est(&cols[8]),
+        step_s: step,
+        flops_per_s: 3.0 * layer.expert_fwd_flops(processed) / layer.ep_ranks as f64 / step.value,
+    }
+}
+
+impl Backend<MoeLayer> for MoeSim {
+    fn name(&self) -> &str {
+        "monte_carlo"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Simulated
+    }
+    fn run(&mut self, layer: &MoeLayer, ctx: &mut RunCtx) -> Result<MoeOutcome, Error> {
+        let reps = self.replicate(layer, ctx.seed)?;
+        ctx.report(reps.len() as u64, reps.len() as u64);
+        Ok(aggregate(layer, &reps))
+    }
+}
+
+#[cfg(test)]
+mod tests;
