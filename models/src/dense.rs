@@ -53,6 +53,28 @@ const KERNELS_PER_LAYER_FWD: f64 = 12.0;
 /// Bytes per parameter streamed by the optimizer step.
 const OPTIMIZER_BYTES_PER_PARAM: f64 = 32.0;
 
+/// Model options beyond [`ParallelConfig`] (which lives in `trainlab-core`): schedule and kernel features of the
+/// framework being modelled. [`Default`] is plain 1F1B with fused (FlashAttention-style) attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepOptions {
+    /// Model chunks per pipeline stage for the interleaved 1F1B schedule (Narayanan et al. 2021, sec. 2.2.2): the
+    /// bubble shrinks to `(p-1)/V` micro-batch slots and point-to-point traffic grows `V`-fold. 1 = plain 1F1B.
+    /// Activation memory is taken as unchanged (the paper reports a small increase).
+    pub virtual_stages: u64,
+    /// Attention scores are materialised in memory (pre-FlashAttention kernels, e.g. Megatron-LM 2021): the
+    /// `5as/h sbh` bytes of scores, softmax and dropout mask are streamed like the other activations.
+    pub attention_scores_materialized: bool,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            virtual_stages: 1,
+            attention_scores_materialized: false,
+        }
+    }
+}
+
 /// Every term of the step model, for one layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepBreakdown {
@@ -165,6 +187,7 @@ fn layer_times(
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     dtype: trainlab_core::Dtype,
+    opts: &StepOptions,
 ) -> LayerTimes {
     let tp = cfg.tp as f64;
     let b = cfg.micro_batch as f64;
@@ -187,7 +210,12 @@ fn layer_times(
     let proj = gemm(t, h, h / tp, 1.0);
     let up = gemm(t, f * if m.gated_ffn { 2.0 } else { 1.0 } / tp, h, 1.0);
     let down = gemm(t, h, f / tp, 1.0);
-    let elementwise = 2.0 * 34.0 * t * h / tp / p.mem_bw_bytes_per_s.max(1.0);
+    let stored = if opts.attention_scores_materialized {
+        34.0 + 5.0 * a * s / h
+    } else {
+        34.0
+    };
+    let elementwise = 2.0 * stored * t * h / tp / p.mem_bw_bytes_per_s.max(1.0);
     let launches = KERNELS_PER_LAYER_FWD * p.launch_overhead_s;
     LayerTimes {
         fwd: qkv + scores + av + proj + up + down + elementwise + launches,
@@ -249,6 +277,7 @@ pub(crate) fn evaluate(
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     micro_batches: u64,
+    opts: &StepOptions,
 ) -> StepBreakdown {
     let m = &w.model;
     let c = &w.cluster;
@@ -263,7 +292,8 @@ pub(crate) fn evaluate(
     let t_tok = b * s;
     let stage_layers = m.layers.div_ceil(pp) as f64;
 
-    let lt = layer_times(m, cfg, p, dtype);
+    let lt = layer_times(m, cfg, p, dtype, opts);
+    let v_stages = opts.virtual_stages.max(1) as f64;
     // output head on the last stage: logits GEMM + fp32 softmax/cross-entropy streaming (3 passes)
     let head_fwd = p.launch_overhead_s * 3.0
         + op_time_no_launch(
@@ -313,7 +343,7 @@ pub(crate) fn evaluate(
         } else {
             &c.intra
         };
-        2.0 * (link.latency_s + t_tok * h * eb / tp as f64 / link.bandwidth_bytes_per_s)
+        2.0 * v_stages * (link.latency_s + t_tok * h * eb / tp as f64 / link.bandwidth_bytes_per_s)
     } else {
         0.0
     };
@@ -321,8 +351,9 @@ pub(crate) fn evaluate(
     let t_mb = forward_mb + backward_mb + tp_comm_mb + pp_comm_mb;
     let mf = micro_batches as f64;
     let pf = pp as f64;
-    let pipeline = (mf + pf - 1.0) * t_mb;
-    let bubble = (pf - 1.0) / (mf + pf - 1.0);
+    let bubble_slots = (pf - 1.0) / v_stages;
+    let pipeline = (mf + bubble_slots) * t_mb;
+    let bubble = bubble_slots / (mf + bubble_slots);
 
     // data parallel gradients of the slowest (last) stage
     let emb = v * h;
@@ -406,7 +437,8 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         train_days: seconds / 86_400.0,
         gpu_hours: seconds / 3_600.0 * w.cluster.gpus() as f64,
         bubble_fraction: b.bubble_fraction,
-        exposed_comm_s: (b.micro_batches + b.config.pp - 1) as f64 * (b.tp_comm_mb_s + b.pp_comm_mb_s) + b.dp_exposed_s,
+        exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction) * (b.tp_comm_mb_s + b.pp_comm_mb_s)
+            + b.dp_exposed_s,
     }
 }
 
@@ -416,7 +448,25 @@ pub fn step_breakdown(
     cfg: &ParallelConfig,
     profile: Option<&DeviceProfile>,
 ) -> Result<StepBreakdown, Error> {
+    step_breakdown_with(w, cfg, profile, &StepOptions::default())
+}
+
+/// [`step_breakdown`] with explicit [`StepOptions`].
+pub fn step_breakdown_with(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    profile: Option<&DeviceProfile>,
+    opts: &StepOptions,
+) -> Result<StepBreakdown, Error> {
     w.validate()?;
+    if opts.virtual_stages == 0 {
+        return Err(Error::invalid(
+            "options.virtual_stages",
+            0,
+            "must be at least 1",
+            "use 1 for plain 1F1B",
+        ));
+    }
     let mb = check_config(w, cfg)?;
     let owned;
     let p = match profile {
@@ -426,12 +476,23 @@ pub fn step_breakdown(
             &owned
         }
     };
-    Ok(evaluate(w, cfg, p, mb))
+    Ok(evaluate(w, cfg, p, mb, opts))
 }
 
 /// Predicted step of one layout (does not check memory: see [`fits`]).
 pub fn step(w: &DenseTraining, cfg: &ParallelConfig, profile: Option<&DeviceProfile>) -> Result<DenseOutcome, Error> {
     let b = step_breakdown(w, cfg, profile)?;
+    Ok(outcome_of(w, &b))
+}
+
+/// [`step`] with explicit [`StepOptions`].
+pub fn step_with(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    profile: Option<&DeviceProfile>,
+    opts: &StepOptions,
+) -> Result<DenseOutcome, Error> {
+    let b = step_breakdown_with(w, cfg, profile, opts)?;
     Ok(outcome_of(w, &b))
 }
 
@@ -537,7 +598,7 @@ pub(crate) mod tests {
         p.mem_bw_bytes_per_s = 1e30;
         let c = cfg(8, 4, 4, 1, Recompute::None);
         let mb = check_config(&w, &c).unwrap();
-        let b = evaluate(&w, &c, &p, mb);
+        let b = evaluate(&w, &c, &p, mb, &StepOptions::default());
         let m = &w.model;
         let tokens_mb = m.seq_len as f64;
         // slowest stage: 20 layers + head, over tp = 8
@@ -586,6 +647,32 @@ pub(crate) mod tests {
             + 12.0 * last_params / 4.0
             + 4.0 * (m.seq_len * 2 * m.vocab) as f64 / 8.0;
         assert!((b.memory_per_gpu_bytes - expect.max(last)).abs() < 1.0);
+    }
+
+    #[test]
+    fn interleaving_shrinks_bubble_and_materialized_attention_costs() {
+        let w = workload(16);
+        let c = cfg(8, 4, 4, 2, Recompute::Selective);
+        let plain = step_breakdown(&w, &c, None).unwrap();
+        let opts = StepOptions {
+            virtual_stages: 3,
+            ..StepOptions::default()
+        };
+        let inter = step_breakdown_with(&w, &c, None, &opts).unwrap();
+        assert!((inter.bubble_fraction - 1.0 / 129.0).abs() < 1e-12);
+        assert!(inter.step_time_s < plain.step_time_s);
+        assert!((inter.pp_comm_mb_s / plain.pp_comm_mb_s - 3.0).abs() < 1e-9);
+        let opts = StepOptions {
+            attention_scores_materialized: true,
+            ..StepOptions::default()
+        };
+        let mat = step_breakdown_with(&w, &c, None, &opts).unwrap();
+        assert!(mat.forward_mb_s > plain.forward_mb_s);
+        let bad = StepOptions {
+            virtual_stages: 0,
+            ..StepOptions::default()
+        };
+        assert!(step_with(&w, &c, None, &bad).is_err());
     }
 
     #[test]

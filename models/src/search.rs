@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
 use trainlab_core::{DeviceProfile, Error, Workload};
 
-use crate::dense::{check_config, evaluate, fits_memory, outcome_of};
+use crate::dense::{StepOptions, check_config, evaluate, fits_memory, outcome_of};
 use crate::roofline::datasheet_profile;
 
 /// Micro-batch sizes tried.
@@ -89,7 +89,7 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
         .map(|cfg| {
             // check_config passed during enumeration
             let mb = check_config(w, cfg).unwrap_or(1);
-            let b = evaluate(w, cfg, p, mb);
+            let b = evaluate(w, cfg, p, mb, &StepOptions::default());
             SearchRow {
                 fits: fits_memory(w, b.memory_per_gpu_bytes),
                 outcome: outcome_of(w, &b),

@@ -1,0 +1,142 @@
+//! Validation of the analytical dense step model (`trainlab_models::dense`) against published measured throughput
+//! of large runs (`trainlab_datasets::published`): Megatron-LM SC'21 Table 1, Llama 3 Table 4, MegaScale Table 2.
+//!
+//! For each published run the model gets the paper's model, GPU, GPU count, TP/PP/DP and global batch; the
+//! micro-batch size (not reported) and, where the paper does not say, the recompute policy are chosen as the fastest
+//! that fits in memory. Throughput is compared in tokens/s per GPU, which is convention-free: Megatron's TFLOP/s
+//! (which count full recomputation, `96 B s l h^2 (1 + s/6h + V/16lh)`) are converted with their own formula, MFU
+//! rows with the model-FLOP count of `TransformerSpec::train_flops_per_token`.
+//!
+//! Bound: every Megatron-LM and MegaScale row within 25% (relative error of throughput). The Llama 3 rows are a
+//! known gap, asserted as such: their layout relies on features the model does not represent (interleaved 1F1B with
+//! uneven first/last stages, whose virtual-stage count the paper does not give here; the memory model then forces
+//! full recomputation at PP16), so the model must under-predict them, by less than 55%. The model has no per-run tuning: datasheet
+//! efficiencies (0.75 of dense peak for large GEMMs, 0.9 of HBM) and the alpha-beta network of the DGX presets.
+//! MegaScale's own system adds overlap and fused operators beyond what the model represents; its rows are the
+//! ones the model under-predicts most.
+use trainlab_core::Dtype;
+use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
+use trainlab_datasets::gpus;
+use trainlab_datasets::published::{DenseRun, dense_runs};
+use trainlab_models::dense::{self, StepOptions};
+
+const BOUND: f64 = 0.25;
+
+/// Framework features of each source: Megatron-LM in 2021 materialised attention scores (no FlashAttention).
+fn options(r: &DenseRun) -> StepOptions {
+    StepOptions {
+        virtual_stages: 1,
+        attention_scores_materialized: r.source.starts_with("Narayanan"),
+    }
+}
+
+fn predict(r: &DenseRun) -> (DenseOutcome, DenseTraining) {
+    let nodes = (r.gpus / r.gpus_per_node as u64) as u32;
+    let cluster = gpus::cluster(&r.gpu, nodes, r.gpus_per_node).expect("preset");
+    let w = DenseTraining {
+        model: r.transformer(),
+        cluster,
+        global_batch_tokens: r.global_batch_seqs * r.seq_len,
+        train_tokens: 1e12,
+        dtype: Dtype::Bf16,
+        parallel: None,
+        overlap_comm: true,
+    };
+    let policies: Vec<Recompute> = match r.recompute {
+        Some(p) => vec![p],
+        None => vec![Recompute::None, Recompute::Selective, Recompute::Full],
+    };
+    let mut best: Option<DenseOutcome> = None;
+    for mb in [1u64, 2, 4, 8] {
+        for &recompute in &policies {
+            let cfg = ParallelConfig {
+                tp: r.tp,
+                pp: r.pp,
+                dp: r.dp,
+                micro_batch: mb,
+                recompute,
+                zero1: true,
+            };
+            if !dense::fits(&w, &cfg) {
+                continue;
+            }
+            let o = dense::step_with(&w, &cfg, None, &options(r)).expect("valid layout");
+            if best.as_ref().is_none_or(|b| o.step_time_s < b.step_time_s) {
+                best = Some(o);
+            }
+        }
+    }
+    (
+        best.unwrap_or_else(|| panic!("{} on {} GPUs: no micro-batch/recompute fits", r.model, r.gpus)),
+        w,
+    )
+}
+
+#[test]
+fn dense_model_matches_published_runs() {
+    let rows = dense_runs().expect("embedded CSV parses");
+    assert!(rows.len() >= 10);
+    println!(
+        "| source | model | GPUs | TP/PP/DP | chosen | published tok/s/GPU | predicted | error | published MFU* | predicted MFU |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut worst: f64 = 0.0;
+    let mut errors = Vec::new();
+    for r in &rows {
+        let (o, w) = predict(r);
+        let peak = w.cluster.gpu.peak(Dtype::Bf16);
+        let published = r.tokens_per_s_per_gpu(peak);
+        let predicted = o.tokens_per_s / r.gpus as f64;
+        let err = predicted / published - 1.0;
+        // published throughput expressed as MFU in the model's FLOP convention
+        let pub_mfu = published * w.model.train_flops_per_token() / peak;
+        let short = r.source.split(" (").next().unwrap_or(&r.source);
+        println!(
+            "| {short} {} | {} | {} | {}/{}/{} | mb{} {:?} | {:.0} | {:.0} | {:+.1}% | {:.1}% | {:.1}% |",
+            r.table,
+            r.model,
+            r.gpus,
+            r.tp,
+            r.pp,
+            r.dp,
+            o.config.micro_batch,
+            o.config.recompute,
+            published,
+            predicted,
+            100.0 * err,
+            100.0 * pub_mfu,
+            100.0 * o.mfu
+        );
+        worst = worst.max(err.abs());
+        errors.push((r.model.clone(), r.gpus, err));
+    }
+    let bounded: Vec<f64> = errors
+        .iter()
+        .filter(|e| !e.0.starts_with("llama3"))
+        .map(|e| e.2.abs())
+        .collect();
+    let mean_abs = bounded.iter().sum::<f64>() / bounded.len() as f64;
+    let worst_bounded = bounded.iter().copied().fold(0.0, f64::max);
+    println!(
+        "Megatron + MegaScale rows: mean |error| = {:.1}%, worst = {:.1}%; all rows worst = {:.1}%",
+        100.0 * mean_abs,
+        100.0 * worst_bounded,
+        100.0 * worst
+    );
+    for (m, g, e) in &errors {
+        if m.starts_with("llama3") {
+            assert!(
+                *e < 0.0 && *e > -0.55,
+                "{m} on {g} GPUs: known-gap row out of its range: {:+.1}%",
+                100.0 * e
+            );
+            continue;
+        }
+        assert!(
+            e.abs() < BOUND,
+            "{m} on {g} GPUs: throughput error {:+.1}% exceeds {}%",
+            100.0 * e,
+            100.0 * BOUND
+        );
+    }
+}
