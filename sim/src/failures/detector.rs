@@ -1,0 +1,329 @@
+//! A C4D-style detector over per-rank collective timestamps (after Dong et al., C4, HPCA 2025, §C4D; the rules are
+//! the formalisation of `notes/c4-picasso-moe.md` §1.4). Pure: it holds no clock and does no IO, so the simulator
+//! (on sampled synthetic timestamps) and the real fault-injection run (on timestamps its workers send) run the very
+//! same code.
+//!
+//! Inputs, per rank `r` and collective (step) `k`: `enter(r, k, t)`, `exit(r, k, t)`, and for the collective in
+//! flight the chunks received so far (`progress(r, k, chunks)`); a dead process is reported with `crash(r)`.
+//! Rules, checked by [`Detector::check`]:
+//! - **Crash**: a rank reported dead.
+//! - **Hang**: no rank completed a collective for `hang_timeout_s`. If some ranks never entered the collective the
+//!   others wait in, it is a *non-communication hang* and those ranks are the culprits; if all entered, it is a
+//!   *communication hang* and the culprit is the receiving end of the stalled connection: in a ring, the rank that
+//!   received the fewest chunks (its left neighbour's link stalled, every rank downstream received one more).
+//! - **Slow**: for each step all ranks entered, the arrival lag `enter(r,k) - median_r enter(.,k)` relative to the
+//!   median step period; a rank whose mean lag over the last `window` steps exceeds `slow_threshold` and which was
+//!   the last to arrive in most of them is a straggler (non-communication slow).
+use std::collections::{BTreeMap, VecDeque};
+
+/// Thresholds of the detector.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectorConfig {
+    /// Ranks observed.
+    pub ranks: usize,
+    /// No collective completed for this long (seconds) means a hang.
+    pub hang_timeout_s: f64,
+    /// Steps in the straggler window.
+    pub window: usize,
+    /// Mean arrival lag, as a fraction of the step period, that makes a straggler.
+    pub slow_threshold: f64,
+}
+
+/// Kind of hang.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HangKind {
+    /// Some ranks never entered the collective (stuck compute, dead host).
+    NonCommunication,
+    /// All ranks entered; a connection stopped moving bytes.
+    Communication,
+}
+
+/// What the detector concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// A rank's process died.
+    Crash {
+        /// The rank.
+        rank: usize,
+    },
+    /// Nothing completes.
+    Hang {
+        /// Which kind.
+        kind: HangKind,
+        /// The culprit ranks (for a communication hang: the receiving end of the stalled link).
+        ranks: Vec<usize>,
+    },
+    /// A straggler.
+    Slow {
+        /// The rank.
+        rank: usize,
+        /// Its mean arrival lag over the window, as a fraction of the step period.
+        lag: f64,
+    },
+}
+
+impl Verdict {
+    /// The first culprit rank.
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            Verdict::Crash { rank } | Verdict::Slow { rank, .. } => Some(*rank),
+            Verdict::Hang { ranks, .. } => ranks.first().copied(),
+        }
+    }
+}
+
+/// Per-step record while some rank has not entered it yet.
+#[derive(Debug, Clone)]
+struct StepRec {
+    enter: Vec<f64>,
+    entered: usize,
+}
+
+/// The detector state. See the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Detector {
+    cfg: DetectorConfig,
+    open: BTreeMap<u64, StepRec>,
+    last_enter: Vec<Option<u64>>,
+    chunks: Vec<(u64, u64)>,
+    last_progress_s: f64,
+    lags: Vec<VecDeque<f64>>,
+    last_flags: VecDeque<usize>,
+    periods: VecDeque<f64>,
+    prev_median: Option<(u64, f64)>,
+    crashed: Option<usize>,
+}
+
+impl Detector {
+    /// A detector for `cfg.ranks` ranks; `start_s` is the time monitoring begins (the hang clock starts there).
+    pub fn new(cfg: DetectorConfig, start_s: f64) -> Self {
+        Detector {
+            cfg,
+            open: BTreeMap::new(),
+            last_enter: vec![None; cfg.ranks],
+            chunks: vec![(0, 0); cfg.ranks],
+            last_progress_s: start_s,
+            lags: vec![VecDeque::with_capacity(cfg.window + 1); cfg.ranks],
+            last_flags: VecDeque::with_capacity(cfg.window + 1),
+            periods: VecDeque::with_capacity(33),
+            prev_median: None,
+            crashed: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Rank `rank` entered collective `step` at `t`.
+    pub fn enter(&mut self, rank: usize, step: u64, t: f64) {
+        if rank >= self.cfg.ranks {
+            return;
+        }
+        self.last_enter[rank] = Some(self.last_enter[rank].map_or(step, |s| s.max(step)));
+        let n = self.cfg.ranks;
+        let rec = self.open.entry(step).or_insert_with(|| StepRec {
+            enter: vec![f64::NAN; n],
+            entered: 0,
+        });
+        if rec.enter[rank].is_nan() {
+            rec.enter[rank] = t;
+            rec.entered += 1;
+        }
+        if rec.entered == n {
+            if let Some(rec) = self.open.remove(&step) {
+                self.complete_step(step, &rec.enter);
+            }
+            // Older incomplete steps can no longer complete in order; drop them.
+            let old: Vec<u64> = self.open.range(..step).map(|(k, _)| *k).collect();
+            for k in old {
+                self.open.remove(&k);
+            }
+        }
+    }
+
+    /// Rank `rank` left collective `step` at `t` (the collective completed there).
+    pub fn exit(&mut self, rank: usize, step: u64, t: f64) {
+        if rank < self.cfg.ranks {
+            self.last_progress_s = self.last_progress_s.max(t);
+            self.chunks[rank] = (step, u64::MAX);
+        }
+    }
+
+    /// Rank `rank` has received `chunks` chunks of collective `step` so far.
+    pub fn progress(&mut self, rank: usize, step: u64, chunks: u64) {
+        if rank < self.cfg.ranks {
+            self.chunks[rank] = (step, chunks);
+        }
+    }
+
+    /// Rank `rank`'s process died.
+    pub fn crash(&mut self, rank: usize) {
+        if rank < self.cfg.ranks && self.crashed.is_none() {
+            self.crashed = Some(rank);
+        }
+    }
+
+    fn complete_step(&mut self, step: u64, enter: &[f64]) {
+        let mut sorted = enter.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let med = sorted[sorted.len() / 2];
+        if let Some((pk, pm)) = self.prev_median
+            && step > pk
+        {
+            let p = (med - pm) / (step - pk) as f64;
+            if p > 0.0 {
+                if self.periods.len() == 32 {
+                    self.periods.pop_front();
+                }
+                self.periods.push_back(p);
+            }
+        }
+        self.prev_median = Some((step, med));
+        let last = enter
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        if self.last_flags.len() == self.cfg.window {
+            self.last_flags.pop_front();
+        }
+        self.last_flags.push_back(last);
+        for (r, &t) in enter.iter().enumerate() {
+            let q = &mut self.lags[r];
+            if q.len() == self.cfg.window {
+                q.pop_front();
+            }
+            q.push_back(t - med);
+        }
+    }
+
+    /// The median step period seen so far (seconds), if any.
+    pub fn period(&self) -> Option<f64> {
+        if self.periods.is_empty() {
+            return None;
+        }
+        let mut p: Vec<f64> = self.periods.iter().copied().collect();
+        p.sort_by(f64::total_cmp);
+        Some(p[p.len() / 2])
+    }
+
+    /// Evaluates the rules at time `now_s`. Returns the first verdict that holds (crash, hang, slow).
+    pub fn check(&self, now_s: f64) -> Option<Verdict> {
+        if let Some(rank) = self.crashed {
+            return Some(Verdict::Crash { rank });
+        }
+        if now_s - self.last_progress_s > self.cfg.hang_timeout_s {
+            return Some(self.classify_hang());
+        }
+        self.straggler()
+    }
+
+    fn classify_hang(&self) -> Verdict {
+        let max_step = self.last_enter.iter().flatten().max().copied();
+        let behind: Vec<usize> = match max_step {
+            Some(m) => (0..self.cfg.ranks)
+                .filter(|&r| self.last_enter[r].is_none_or(|s| s < m))
+                .collect(),
+            None => (0..self.cfg.ranks).collect(),
+        };
+        if !behind.is_empty() && behind.len() < self.cfg.ranks {
+            return Verdict::Hang {
+                kind: HangKind::NonCommunication,
+                ranks: behind,
+            };
+        }
+        // All entered the same collective: the stalled link ends at the rank with the fewest chunks received.
+        let r = (0..self.cfg.ranks)
+            .filter(|&r| Some(self.chunks[r].0) == max_step || self.chunks[r].1 != u64::MAX)
+            .min_by_key(|&r| self.chunks[r].1)
+            .unwrap_or(0);
+        Verdict::Hang {
+            kind: HangKind::Communication,
+            ranks: vec![r],
+        }
+    }
+
+    fn straggler(&self) -> Option<Verdict> {
+        let w = self.cfg.window;
+        if self.last_flags.len() < w {
+            return None;
+        }
+        let period = self.period()?;
+        let (rank, lag) = self
+            .lags
+            .iter()
+            .enumerate()
+            .map(|(r, q)| (r, q.iter().sum::<f64>() / q.len().max(1) as f64 / period))
+            .max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let last_count = self.last_flags.iter().filter(|&&r| r == rank).count();
+        (lag > self.cfg.slow_threshold && 2 * last_count > w).then_some(Verdict::Slow { rank, lag })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(n: usize) -> DetectorConfig {
+        DetectorConfig {
+            ranks: n,
+            hang_timeout_s: 3.0,
+            window: 5,
+            slow_threshold: 0.2,
+        }
+    }
+
+    #[test]
+    fn finds_straggler_not_healthy() {
+        let mut d = Detector::new(cfg(8), 0.0);
+        for k in 0..20u64 {
+            for r in 0..8 {
+                let slow = k >= 10 && r == 5;
+                let t = k as f64 + if slow { 0.5 } else { 0.01 * r as f64 };
+                d.enter(r, k, t);
+                d.exit(r, k, k as f64 + 0.6);
+            }
+            let v = d.check(k as f64 + 0.7);
+            if k < 10 {
+                assert_eq!(v, None, "false alarm at {k}");
+            }
+        }
+        assert!(matches!(d.check(20.0), Some(Verdict::Slow { rank: 5, .. })));
+    }
+
+    #[test]
+    fn classifies_hangs() {
+        let mut d = Detector::new(cfg(4), 0.0);
+        for r in 0..4 {
+            d.enter(r, 0, 0.1);
+            d.exit(r, 0, 0.2);
+        }
+        for r in [0, 1, 3] {
+            d.enter(r, 1, 1.1);
+        }
+        assert_eq!(d.check(2.0), None);
+        assert_eq!(
+            d.check(4.0),
+            Some(Verdict::Hang {
+                kind: HangKind::NonCommunication,
+                ranks: vec![2]
+            })
+        );
+        d.enter(2, 1, 1.2);
+        for (r, c) in [(0, 5), (1, 6), (2, 3), (3, 4)] {
+            d.progress(r, 1, c);
+        }
+        assert_eq!(
+            d.check(4.0),
+            Some(Verdict::Hang {
+                kind: HangKind::Communication,
+                ranks: vec![2]
+            })
+        );
+        d.crash(3);
+        assert_eq!(d.check(4.0), Some(Verdict::Crash { rank: 3 }));
+    }
+}
