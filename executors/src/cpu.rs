@@ -15,9 +15,7 @@ use crate::timing::{self, Timing, TimingOpts, black_box};
 use rayon::prelude::*;
 use std::sync::mpsc;
 use std::time::Instant;
-use trainlab_core::workloads::{
-    Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome,
-};
+use trainlab_core::workloads::{Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Workload};
 
 /// Largest total operand size (A + B + C, all batches) the CPU GEMM executor allocates, bytes.
@@ -74,9 +72,14 @@ fn parallelism(threads: usize) -> gemm::Parallelism {
 }
 
 fn check_len(field: &str, got: usize, rows: usize, cols: usize) -> Result<(), Error> {
-    let want = rows
-        .checked_mul(cols)
-        .ok_or_else(|| Error::invalid(field, format!("{rows}x{cols}"), "dimensions overflow", "use smaller sizes"))?;
+    let want = rows.checked_mul(cols).ok_or_else(|| {
+        Error::invalid(
+            field,
+            format!("{rows}x{cols}"),
+            "dimensions overflow",
+            "use smaller sizes",
+        )
+    })?;
     if got != want {
         return Err(Error::invalid(
             field,
@@ -145,8 +148,16 @@ macro_rules! gemm_wrapper {
     };
 }
 
-gemm_wrapper!(sgemm, f32, "Single-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels).");
-gemm_wrapper!(dgemm, f64, "Double-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels).");
+gemm_wrapper!(
+    sgemm,
+    f32,
+    "Single-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels)."
+);
+gemm_wrapper!(
+    dgemm,
+    f64,
+    "Double-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels)."
+);
 
 /// `batch` independent fp32 GEMMs over contiguous stacks: `a` holds `batch` row-major `m x k` matrices back to back,
 /// `b` holds `batch` `k x n`, `c` holds `batch` `m x n`. Each product uses the `threads`-way parallel [`sgemm`].
@@ -200,7 +211,12 @@ fn chunk_len(len: usize) -> usize {
 /// STREAM copy `dst[i] = src[i]`, rayon-parallel. Moves `2 * 8 * len` bytes (one read, one write per element).
 pub fn stream_copy(src: &[f64], dst: &mut [f64]) -> Result<(), Error> {
     if src.len() != dst.len() {
-        return Err(Error::invalid("dst", dst.len(), "must have the length of src", "use equal lengths"));
+        return Err(Error::invalid(
+            "dst",
+            dst.len(),
+            "must have the length of src",
+            "use equal lengths",
+        ));
     }
     let ch = chunk_len(src.len());
     dst.par_chunks_mut(ch)
@@ -212,7 +228,12 @@ pub fn stream_copy(src: &[f64], dst: &mut [f64]) -> Result<(), Error> {
 /// STREAM triad `a[i] = b[i] + s * c[i]`, rayon-parallel. Moves `3 * 8 * len` bytes (two reads, one write).
 pub fn stream_triad(a: &mut [f64], b: &[f64], c: &[f64], s: f64) -> Result<(), Error> {
     if a.len() != b.len() || a.len() != c.len() {
-        return Err(Error::invalid("a/b/c", a.len(), "arrays must have equal lengths", "use equal lengths"));
+        return Err(Error::invalid(
+            "a/b/c",
+            a.len(),
+            "arrays must have equal lengths",
+            "use equal lengths",
+        ));
     }
     let ch = chunk_len(a.len());
     a.par_chunks_mut(ch)
@@ -257,7 +278,10 @@ fn check_cpu_gemm(g: &Gemm) -> Result<(), Error> {
         return Err(Error::invalid(
             "workload.m/n/k",
             g.label(),
-            format!("operands need {:.2} GiB; the cpu executor allocates at most 4 GiB", bytes / (1u64 << 30) as f64),
+            format!(
+                "operands need {:.2} GiB; the cpu executor allocates at most 4 GiB",
+                bytes / (1u64 << 30) as f64
+            ),
             "use smaller dimensions or a smaller batch",
         ));
     }
@@ -289,7 +313,12 @@ pub fn time_gemm(g: &Gemm, opts: &CpuOpts, seed: Seed) -> Result<Timing, Error> 
 pub fn gemm_sweep(sizes: &[Gemm], opts: &CpuOpts, ctx: &RunCtx) -> Result<Vec<(Gemm, Timing)>, Error> {
     for (i, g) in sizes.iter().enumerate() {
         check_cpu_gemm(g).map_err(|e| match e {
-            Error::Invalid { field, value, reason, fix } => Error::Invalid {
+            Error::Invalid {
+                field,
+                value,
+                reason,
+                fix,
+            } => Error::Invalid {
                 field: format!("sizes[{i}].{}", field.trim_start_matches("workload.")),
                 value,
                 reason,
@@ -348,7 +377,12 @@ pub fn dispatch_latency(
     idle_gap: Option<std::time::Duration>,
 ) -> Result<Timing, Error> {
     if launches == 0 {
-        return Err(Error::invalid("launches", 0, "must be at least 1", "time at least one launch"));
+        return Err(Error::invalid(
+            "launches",
+            0,
+            "must be at least 1",
+            "time at least one launch",
+        ));
     }
     let pool = if threads == 0 {
         None
@@ -540,7 +574,10 @@ pub fn cpu_device_description() -> String {
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{model}, {cores} logical cores, rayon pool {}", rayon::current_num_threads())
+    format!(
+        "{model}, {cores} logical cores, rayon pool {}",
+        rayon::current_num_threads()
+    )
 }
 
 #[cfg(test)]
@@ -559,7 +596,11 @@ mod tests {
                 let abs: f64 = (0..k).map(|p| (a[i * k + p] as f64 * b[p * n + j] as f64).abs()).sum();
                 let err = (c[i * n + j] as f64 - r[i * n + j]).abs();
                 // + output rounding of the f32 result
-                assert!(err <= gamma * abs + u * r[i * n + j].abs() + 1e-30, "({i},{j}) err {err} bound {}", gamma * abs);
+                assert!(
+                    err <= gamma * abs + u * r[i * n + j].abs() + 1e-30,
+                    "({i},{j}) err {err} bound {}",
+                    gamma * abs
+                );
             }
         }
     }
@@ -625,7 +666,10 @@ mod tests {
         let b = vec![1.0f32; 6];
         let mut c = vec![0.0f32; 4];
         assert!(matches!(sgemm(2, 2, 4, &a, &b, &mut c, 1), Err(Error::Invalid { .. })));
-        assert!(matches!(sgemm(2, 2, 3, &a, &b, &mut c[..3], 1), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            sgemm(2, 2, 3, &a, &b, &mut c[..3], 1),
+            Err(Error::Invalid { .. })
+        ));
         sgemm(2, 2, 3, &a, &b, &mut c, 1).unwrap();
         assert_eq!(c, vec![3.0; 4]);
         let mut c = vec![7.0f32; 4];
@@ -675,19 +719,31 @@ mod tests {
         let mut ctx = RunCtx::new(Seed(1));
         let mut g = Gemm::square(64);
         g.dtype = Dtype::Bf16;
-        assert!(matches!(CpuGemm::default().run(&g, &mut ctx), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            CpuGemm::default().run(&g, &mut ctx),
+            Err(Error::Unsupported(_))
+        ));
         let huge = Gemm::square(40_000);
-        assert!(matches!(CpuGemm::default().run(&huge, &mut ctx), Err(Error::Invalid { .. })));
-        let zero = Gemm { m: 0, ..Gemm::square(8) };
-        assert!(matches!(CpuGemm::default().run(&zero, &mut ctx), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            CpuGemm::default().run(&huge, &mut ctx),
+            Err(Error::Invalid { .. })
+        ));
+        let zero = Gemm {
+            m: 0,
+            ..Gemm::square(8)
+        };
+        assert!(matches!(
+            CpuGemm::default().run(&zero, &mut ctx),
+            Err(Error::Invalid { .. })
+        ));
         let e = gemm_sweep(&[Gemm::square(8), huge], &CpuOpts::quick(), &ctx).unwrap_err();
         assert!(e.to_string().contains("sizes[1]"), "{e}");
     }
 
     #[test]
     fn sweep_reports_progress_and_honours_cancel() {
-        use std::sync::atomic::{AtomicU64, Ordering};
         use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
         let done = Arc::new(AtomicU64::new(0));
         let d2 = done.clone();
         let mut ctx = RunCtx::new(Seed(2));
@@ -699,7 +755,10 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 2);
         assert!(out.iter().all(|(_, t)| t.samples_s.len() == 3 && t.median_s() > 0.0));
         ctx.cancel.store(true, Ordering::SeqCst);
-        assert!(matches!(gemm_sweep(&sizes, &CpuOpts::quick(), &ctx), Err(Error::Interrupted)));
+        assert!(matches!(
+            gemm_sweep(&sizes, &CpuOpts::quick(), &ctx),
+            Err(Error::Interrupted)
+        ));
     }
 
     #[test]
@@ -725,5 +784,43 @@ mod tests {
         let t = dispatch_latency(5, 1, 1, Some(std::time::Duration::from_micros(200))).unwrap();
         assert_eq!(t.samples_s.len(), 5);
         assert!(dispatch_latency(0, 1, 0, None).is_err());
+    }
+
+    /// Prints this machine's numbers (run: `cargo test -p trainlab-executors --lib measure_this_machine --
+    /// --ignored --nocapture`); ignored by default because it takes a few seconds and loads every core.
+    #[test]
+    #[ignore]
+    fn measure_this_machine() {
+        let opts = CpuOpts::default();
+        println!("{}", cpu_device_description());
+        for n in [256u64, 1024, 2048] {
+            let g = Gemm::square(n);
+            let t = time_gemm(&g, &opts, Seed(1)).unwrap();
+            println!(
+                "sgemm {n}: {:.1} GFLOP/s (median {:.3} ms, spread {:.1}%, {} samples)",
+                g.flops() / t.median_s() / 1e9,
+                t.median_s() * 1e3,
+                100.0 * t.rel_spread(),
+                t.samples_s.len()
+            );
+        }
+        for kernel in [MemKernel::Copy, MemKernel::Triad] {
+            let w = MemBandwidth {
+                bytes: 128 << 20,
+                kernel,
+            };
+            let t = time_mem(&w, &opts, Seed(1)).unwrap();
+            println!(
+                "stream {kernel:?} 128 MiB/array: {:.2} GB/s",
+                w.bytes_moved() / t.median_s() / 1e9
+            );
+        }
+        let warm = dispatch_latency(2000, 100, 0, None).unwrap();
+        let cold = dispatch_latency(50, 5, 0, Some(std::time::Duration::from_millis(5))).unwrap();
+        println!(
+            "rayon dispatch round trip: warm median {:.2} us, after 5 ms idle {:.2} us",
+            warm.median_s() * 1e6,
+            cold.median_s() * 1e6
+        );
     }
 }

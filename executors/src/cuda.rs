@@ -22,9 +22,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 use cudarc::driver::{PushKernelArg, sys as drv_sys};
 use std::ffi::c_void;
 use std::sync::{Arc, OnceLock};
-use trainlab_core::workloads::{
-    Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome,
-};
+use trainlab_core::workloads::{Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Workload};
 
 /// CUDA C source of the microbenchmark kernels, compiled at run time by NVRTC.
@@ -74,7 +72,9 @@ fn probe() -> Option<String> {
             return Some("no NVRTC library (libnvrtc.so.13) found: add the CUDA lib folder to LD_LIBRARY_PATH".into());
         }
         if !unsafe { blas_sys::is_culib_present() } {
-            return Some("no cuBLAS library (libcublas.so.13) found: add the CUDA lib folder to LD_LIBRARY_PATH".into());
+            return Some(
+                "no cuBLAS library (libcublas.so.13) found: add the CUDA lib folder to LD_LIBRARY_PATH".into(),
+            );
         }
         match CudaContext::device_count() {
             Ok(n) if n > 0 => None,
@@ -176,7 +176,11 @@ impl CudaRuntime {
             .compute_capability()
             .map(|(a, b)| format!("sm_{a}{b}"))
             .unwrap_or_else(|_| "sm_?".into());
-        let mem = self.ctx.total_mem().map(|b| b as f64 / (1u64 << 30) as f64).unwrap_or(0.0);
+        let mem = self
+            .ctx
+            .total_mem()
+            .map(|b| b as f64 / (1u64 << 30) as f64)
+            .unwrap_or(0.0);
         format!("{name}, {cc}, {} SMs, {mem:.1} GiB", self.sm_count)
     }
 
@@ -190,7 +194,11 @@ impl CudaRuntime {
             return Err(Error::invalid(
                 field,
                 value,
-                format!("needs {:.2} GiB but the GPU has {:.2} GiB free", bytes / 1073741824.0, free / 1073741824.0),
+                format!(
+                    "needs {:.2} GiB but the GPU has {:.2} GiB free",
+                    bytes / 1073741824.0,
+                    free / 1073741824.0
+                ),
                 "use smaller sizes",
             ));
         }
@@ -323,7 +331,9 @@ impl CudaRuntime {
             }
             Ok(())
         })?;
-        Ok(Timing::from_samples(t.samples_s.iter().map(|s| s / per as f64).collect()))
+        Ok(Timing::from_samples(
+            t.samples_s.iter().map(|s| s / per as f64).collect(),
+        ))
     }
 
     /// Times one (batched) GEMM on seeded random inputs, seconds per batched product.
@@ -410,14 +420,19 @@ struct GemmOperands {
 }
 
 fn to_i32(field: &str, v: u64) -> Result<i32, Error> {
-    i32::try_from(v).map_err(|_| Error::invalid(field, v, "exceeds cuBLAS's 32-bit dimension limit", "use smaller sizes"))
+    i32::try_from(v)
+        .map_err(|_| Error::invalid(field, v, "exceeds cuBLAS's 32-bit dimension limit", "use smaller sizes"))
 }
 
 impl GemmOperands {
     fn new(rt: &CudaRuntime, g: &Gemm, seed: Seed) -> Result<GemmOperands, Error> {
         g.validate()?;
         let (io_type, compute, half_kind) = match g.dtype {
-            Dtype::Fp32 => (blas_sys::cudaDataType::CUDA_R_32F, blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, None),
+            Dtype::Fp32 => (
+                blas_sys::cudaDataType::CUDA_R_32F,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                None,
+            ),
             Dtype::Tf32 => (
                 blas_sys::cudaDataType::CUDA_R_32F,
                 blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
@@ -435,11 +450,17 @@ impl GemmOperands {
             ),
             Dtype::Fp8 => {
                 return Err(Error::Unsupported(
-                    "fp8 GEMM needs cublasLt with scaling factors; the cuda backend times fp32, tf32, fp16 and bf16".into(),
+                    "fp8 GEMM needs cublasLt with scaling factors; the cuda backend times fp32, tf32, fp16 and bf16"
+                        .into(),
                 ));
             }
         };
-        for (f, v) in [("workload.m", g.m), ("workload.n", g.n), ("workload.k", g.k), ("workload.batch", g.batch)] {
+        for (f, v) in [
+            ("workload.m", g.m),
+            ("workload.n", g.n),
+            ("workload.k", g.k),
+            ("workload.batch", g.batch),
+        ] {
             to_i32(f, v)?;
         }
         rt.check_fits("workload.m/n/k", g.label(), g.bytes())?;
@@ -583,7 +604,8 @@ fn runtime<'a>(slot: &'a mut Option<CudaRuntime>, opts: &CudaOpts) -> Result<&'a
     if slot.is_none() {
         *slot = Some(CudaRuntime::new(opts.ordinal)?);
     }
-    slot.as_ref().ok_or_else(|| Error::Backend("CUDA runtime missing".into()))
+    slot.as_ref()
+        .ok_or_else(|| Error::Backend("CUDA runtime missing".into()))
 }
 
 fn available() -> Result<(), String> {
@@ -612,9 +634,18 @@ macro_rules! cuda_backend {
     };
 }
 
-cuda_backend!(CudaGemm, "cuBLAS GEMM executor (fp32, tf32, fp16, bf16; fp32 accumulation).");
-cuda_backend!(CudaMem, "GPU STREAM executor (copy / triad kernels over `float` arrays).");
-cuda_backend!(CudaLaunch, "GPU launch-latency executor (back-to-back empty kernels timed with events).");
+cuda_backend!(
+    CudaGemm,
+    "cuBLAS GEMM executor (fp32, tf32, fp16, bf16; fp32 accumulation)."
+);
+cuda_backend!(
+    CudaMem,
+    "GPU STREAM executor (copy / triad kernels over `float` arrays)."
+);
+cuda_backend!(
+    CudaLaunch,
+    "GPU launch-latency executor (back-to-back empty kernels timed with events)."
+);
 
 impl Backend<Gemm> for CudaGemm {
     fn name(&self) -> &str {
@@ -692,7 +723,12 @@ impl Backend<LaunchLatency> for CudaLaunch {
 pub fn cuda_gemm_sweep(sizes: &[Gemm], opts: &CudaOpts, ctx: &RunCtx) -> Result<Vec<(Gemm, Timing)>, Error> {
     for (i, g) in sizes.iter().enumerate() {
         g.validate().map_err(|e| match e {
-            Error::Invalid { field, value, reason, fix } => Error::Invalid {
+            Error::Invalid {
+                field,
+                value,
+                reason,
+                fix,
+            } => Error::Invalid {
                 field: format!("sizes[{i}].{}", field.trim_start_matches("workload.")),
                 value,
                 reason,
@@ -843,7 +879,12 @@ mod tests {
     #[test]
     fn gpu_gemm_matches_cpu_per_dtype() {
         let Some(rt) = gpu_or_skip() else { return };
-        for (d, bound) in [(Dtype::Fp32, 1e-5), (Dtype::Tf32, 5e-3), (Dtype::Fp16, 2e-3), (Dtype::Bf16, 1e-2)] {
+        for (d, bound) in [
+            (Dtype::Fp32, 1e-5),
+            (Dtype::Tf32, 5e-3),
+            (Dtype::Fp16, 2e-3),
+            (Dtype::Bf16, 1e-2),
+        ] {
             let g = Gemm {
                 m: 96,
                 n: 80,
@@ -854,7 +895,11 @@ mod tests {
             let err = rt.gemm_check(&g, Seed(9)).unwrap();
             println!("{}: normwise relative error {err:.2e} (bound {bound:.0e})", g.label());
             assert!(err < bound, "{}: {err}", g.label());
-            assert!(err > 0.0 || d == Dtype::Fp32, "{}: exact agreement is suspicious", g.label());
+            assert!(
+                err > 0.0 || d == Dtype::Fp32,
+                "{}: exact agreement is suspicious",
+                g.label()
+            );
         }
         let fp8 = Gemm {
             dtype: Dtype::Fp8,
