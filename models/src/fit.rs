@@ -1,1 +1,831 @@
-//! (to be written)
+//! The law-fitting engine: Chinchilla "approach 3" (Hoffmann et al. 2022, §3.3 Eq. 3 and App. D.2).
+//!
+//! A [`Law`] predicts a loss from inputs (N, D, r, ...) and knows its analytic gradient. [`fit`] minimises the
+//! **summed** Huber loss (δ = 1e-3 by default) of the log residuals `log L̂(x_i) − log L_i` with L-BFGS (argmin 0.11,
+//! More–Thuente line search) from a grid of initialisations, runs the starts in parallel with rayon and keeps the best
+//! optimum (ties broken by start index, so the answer is the same at any thread count). Parameter bounds are enforced
+//! by a smooth quadratic penalty outside the box, so the optimiser stays an unconstrained L-BFGS.
+//!
+//! On top of it: [`bootstrap`] (rows resampled with a seeded generator, refits warm-started from the best optimum) gives
+//! percentile intervals on parameters and predictions; [`GoodnessOfFit`] reports the Huber objective, R² of the loss
+//! and RMSE of the log loss; [`cross_validate`] runs k-fold cross-validation grouped by the distinct values of a
+//! column (N, D or r), the protocol of the D-CPT paper (Que et al. 2024, §4).
+use argmin::core::{CostFunction, Executor, Gradient, State};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+use rand::RngExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use trainlab_core::{Error, Result, Seed};
+
+pub mod csv;
+
+/// Where an input of a law may lie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputDomain {
+    /// Strictly positive (model size N, tokens D, a loss).
+    Positive,
+    /// In `[0, 1]` (a mixture ratio r; 0 is allowed).
+    UnitInterval,
+}
+
+/// One input of a law (a column of the data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Column name, e.g. `N`.
+    pub name: String,
+    /// Valid range.
+    pub domain: InputDomain,
+}
+
+/// One fitted parameter, in the optimiser's coordinates (log-coefficients are named `a`, `b`, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    /// Name, e.g. `alpha`.
+    pub name: String,
+    /// Lower bound (may be `-inf`).
+    pub lower: f64,
+    /// Upper bound (may be `+inf`).
+    pub upper: f64,
+    /// Initial values tried for this parameter; the start grid is the Cartesian product over parameters.
+    pub grid: Vec<f64>,
+}
+
+impl ParamSpec {
+    /// Builds a spec.
+    pub fn new(name: &str, lower: f64, upper: f64, grid: &[f64]) -> Self {
+        ParamSpec {
+            name: name.to_string(),
+            lower,
+            upper,
+            grid: grid.to_vec(),
+        }
+    }
+}
+
+/// A parametric loss law `L(params; x)`, evaluated in log space (the approach-3 fit is on log loss).
+pub trait Law: Send + Sync {
+    /// Short name, e.g. `chinchilla`.
+    fn name(&self) -> &str;
+    /// The formula, for reports.
+    fn formula(&self) -> &str;
+    /// Fitted parameters in optimiser coordinates, with bounds and the start grid.
+    fn params(&self) -> &[ParamSpec];
+    /// Inputs, in the order `x` is passed.
+    fn inputs(&self) -> &[InputSpec];
+    /// `log L(p; x)`.
+    fn log_eval(&self, p: &[f64], x: &[f64]) -> f64;
+    /// `log L(p; x)`, writing `∂ log L / ∂p` into `g` (length = number of parameters).
+    fn log_grad(&self, p: &[f64], x: &[f64], g: &mut [f64]) -> f64;
+    /// `L(p; x)`.
+    fn eval(&self, p: &[f64], x: &[f64]) -> f64 {
+        self.log_eval(p, x).exp()
+    }
+    /// `L(p; x)`, writing the analytic gradient `∂L/∂p` into `g`.
+    fn grad(&self, p: &[f64], x: &[f64], g: &mut [f64]) -> f64 {
+        let l = self.log_grad(p, x, g).exp();
+        for gi in g.iter_mut() {
+            *gi *= l;
+        }
+        l
+    }
+    /// Parameters in natural units (e.g. `A = exp(a)`), for reports.
+    fn natural(&self, p: &[f64]) -> Vec<(String, f64)> {
+        self.params()
+            .iter()
+            .map(|s| s.name.clone())
+            .zip(p.iter().copied())
+            .collect()
+    }
+}
+
+/// Log-sum-exp of `terms` (entries of `-inf` drop out); writes the softmax weights into `w`.
+pub fn lse(terms: &[f64], w: &mut [f64]) -> f64 {
+    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !m.is_finite() {
+        w.iter_mut().for_each(|x| *x = 0.0);
+        return m;
+    }
+    let mut s = 0.0;
+    for (t, wi) in terms.iter().zip(w.iter_mut()) {
+        *wi = (t - m).exp();
+        s += *wi;
+    }
+    for wi in w.iter_mut() {
+        *wi /= s;
+    }
+    m + s.ln()
+}
+
+/// Huber loss with threshold `delta` (SciPy's `scipy.special.huber`): `r²/2` inside, `δ(|r| − δ/2)` outside.
+pub fn huber(delta: f64, r: f64) -> f64 {
+    if r.abs() <= delta {
+        0.5 * r * r
+    } else {
+        delta * (r.abs() - 0.5 * delta)
+    }
+}
+
+fn huber_deriv(delta: f64, r: f64) -> f64 {
+    if r.abs() <= delta { r } else { delta * r.signum() }
+}
+
+/// Observations: one row of inputs per run/checkpoint and the observed loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dataset {
+    /// Input names, in the law's order.
+    pub inputs: Vec<String>,
+    /// Rows of inputs.
+    pub x: Vec<Vec<f64>>,
+    /// Observed losses (> 0).
+    pub y: Vec<f64>,
+}
+
+impl Dataset {
+    /// Builds a dataset, checking shapes, finiteness and positivity of the losses.
+    pub fn new(inputs: Vec<String>, x: Vec<Vec<f64>>, y: Vec<f64>) -> Result<Self> {
+        if x.len() != y.len() {
+            return Err(Error::invalid(
+                "data",
+                format!("{} rows of inputs, {} losses", x.len(), y.len()),
+                "shapes differ",
+                "give one loss per row",
+            ));
+        }
+        for (i, (row, yi)) in x.iter().zip(&y).enumerate() {
+            if row.len() != inputs.len() {
+                return Err(Error::invalid(
+                    format!("data.row[{}]", i + 1),
+                    row.len(),
+                    format!("expected {} inputs", inputs.len()),
+                    "give every row the same columns",
+                ));
+            }
+            if !(yi.is_finite() && *yi > 0.0) {
+                return Err(Error::invalid(
+                    format!("data.row[{}].loss", i + 1),
+                    yi,
+                    "a loss must be finite and > 0",
+                    "remove or correct the row",
+                ));
+            }
+        }
+        Ok(Dataset { inputs, x, y })
+    }
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.y.len()
+    }
+    /// True when there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.y.is_empty()
+    }
+    /// Values of input column `j`.
+    pub fn column(&self, j: usize) -> Vec<f64> {
+        self.x.iter().map(|r| r[j]).collect()
+    }
+    /// Index of an input column by (case-insensitive) name.
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.inputs.iter().position(|c| c.eq_ignore_ascii_case(name))
+    }
+    /// The rows where `keep[i]` is true.
+    pub fn subset(&self, keep: &[bool]) -> Dataset {
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..self.len() {
+            if keep[i] {
+                x.push(self.x[i].clone());
+                y.push(self.y[i]);
+            }
+        }
+        Dataset {
+            inputs: self.inputs.clone(),
+            x,
+            y,
+        }
+    }
+    /// Checks the inputs against the law's domains (row and column in the message).
+    pub fn validate_for(&self, law: &dyn Law) -> Result<()> {
+        let specs = law.inputs();
+        if specs.len() != self.inputs.len() {
+            return Err(Error::invalid(
+                "data.columns",
+                self.inputs.join(","),
+                format!("law `{}` needs {} inputs", law.name(), specs.len()),
+                format!(
+                    "give columns {}",
+                    specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(",")
+                ),
+            ));
+        }
+        for (i, row) in self.x.iter().enumerate() {
+            for (j, spec) in specs.iter().enumerate() {
+                let v = row[j];
+                let ok = match spec.domain {
+                    InputDomain::Positive => v.is_finite() && v > 0.0,
+                    InputDomain::UnitInterval => v.is_finite() && (0.0..=1.0).contains(&v),
+                };
+                if !ok {
+                    let want = match spec.domain {
+                        InputDomain::Positive => "must be finite and > 0",
+                        InputDomain::UnitInterval => "must lie in [0, 1]",
+                    };
+                    return Err(Error::invalid(
+                        format!("data.row[{}].{}", i + 1, spec.name),
+                        v,
+                        want,
+                        "correct or remove the row",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings of an approach-3 fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitConfig {
+    /// Huber threshold on log residuals (Chinchilla: 1e-3).
+    pub delta: f64,
+    /// Most starts taken from the grid; when the full product is larger, a seeded subset is used.
+    pub max_starts: usize,
+    /// L-BFGS iterations per start.
+    pub max_iters: u64,
+    /// L-BFGS history length.
+    pub memory: usize,
+    /// Weight of the quadratic penalty for leaving the parameter box.
+    pub bound_penalty: f64,
+    /// Seed for start subsampling and the bootstrap.
+    pub seed: Seed,
+    /// Extra grid starts used by each bootstrap refit (besides the full-data optimum).
+    pub bootstrap_starts: usize,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            delta: 1e-3,
+            max_starts: 4500,
+            max_iters: 1000,
+            memory: 10,
+            bound_penalty: 1e2,
+            seed: Seed::default(),
+            bootstrap_starts: 4,
+        }
+    }
+}
+
+/// Goodness of fit of a law on a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GoodnessOfFit {
+    /// Summed Huber loss of the log residuals.
+    pub huber: f64,
+    /// Coefficient of determination of the loss (not log loss).
+    pub r2: f64,
+    /// Root-mean-square error of the log loss.
+    pub rmse_log: f64,
+    /// Mean absolute relative error of the loss.
+    pub mape: f64,
+    /// Number of rows.
+    pub n: usize,
+}
+
+impl GoodnessOfFit {
+    /// Computes the statistics from predictions and observations.
+    pub fn from_predictions(pred: &[f64], obs: &[f64], delta: f64) -> Self {
+        let n = obs.len();
+        let mean = obs.iter().sum::<f64>() / n.max(1) as f64;
+        let (mut ss_res, mut ss_tot, mut hub, mut sq_log, mut ape) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        for (p, o) in pred.iter().zip(obs) {
+            ss_res += (p - o) * (p - o);
+            ss_tot += (o - mean) * (o - mean);
+            let r = p.ln() - o.ln();
+            hub += huber(delta, r);
+            sq_log += r * r;
+            ape += ((p - o) / o).abs();
+        }
+        GoodnessOfFit {
+            huber: hub,
+            r2: if ss_tot > 0.0 { 1.0 - ss_res / ss_tot } else { f64::NAN },
+            rmse_log: (sq_log / n.max(1) as f64).sqrt(),
+            mape: ape / n.max(1) as f64,
+            n,
+        }
+    }
+    /// Evaluates `params` of `law` on `data`.
+    pub fn of(law: &dyn Law, params: &[f64], data: &Dataset, delta: f64) -> Self {
+        let pred: Vec<f64> = data.x.iter().map(|x| law.eval(params, x)).collect();
+        Self::from_predictions(&pred, &data.y, delta)
+    }
+}
+
+/// The result of an approach-3 fit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitResult {
+    /// Law name.
+    pub law: String,
+    /// Best parameters, optimiser coordinates.
+    pub params: Vec<f64>,
+    /// Parameter names.
+    pub names: Vec<String>,
+    /// Objective at the optimum (summed Huber + bound penalty).
+    pub objective: f64,
+    /// Starts run.
+    pub starts: usize,
+    /// Index of the start that won.
+    pub best_start: usize,
+    /// Fit statistics on the training data.
+    pub gof: GoodnessOfFit,
+    /// True when the optimum lies inside the parameter box (no penalty active).
+    pub inside_bounds: bool,
+}
+
+/// The objective of one fit: summed, optionally weighted Huber on log residuals plus the bound penalty.
+pub struct Objective<'a> {
+    law: &'a dyn Law,
+    x: &'a [Vec<f64>],
+    log_y: Vec<f64>,
+    weights: Option<&'a [f64]>,
+    delta: f64,
+    penalty: f64,
+    cache: RefCell<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    at: Vec<f64>,
+    cost: f64,
+    grad: Vec<f64>,
+    best_at: Vec<f64>,
+    best_cost: f64,
+}
+
+impl<'a> Objective<'a> {
+    /// Builds the objective for `law` on `data` (row weights = bootstrap counts, or `None` for all ones).
+    pub fn new(law: &'a dyn Law, data: &'a Dataset, weights: Option<&'a [f64]>, delta: f64, penalty: f64) -> Self {
+        Objective {
+            law,
+            x: &data.x,
+            log_y: data.y.iter().map(|y| y.ln()).collect(),
+            weights,
+            delta,
+            penalty,
+            cache: RefCell::new(Cache {
+                best_cost: f64::INFINITY,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Objective value and gradient at `p`.
+    pub fn value_grad(&self, p: &[f64], grad: &mut [f64]) -> f64 {
+        let k = p.len();
+        grad.iter_mut().for_each(|g| *g = 0.0);
+        let mut g = vec![0.0; k];
+        let mut total = 0.0;
+        for (i, (x, ly)) in self.x.iter().zip(&self.log_y).enumerate() {
+            let w = self.weights.map_or(1.0, |w| w[i]);
+            if w == 0.0 {
+                continue;
+            }
+            let lp = self.law.log_grad(p, x, &mut g);
+            let r = lp - ly;
+            total += w * huber(self.delta, r);
+            let d = w * huber_deriv(self.delta, r);
+            for (gi, gj) in grad.iter_mut().zip(&g) {
+                *gi += d * gj;
+            }
+        }
+        for (j, spec) in self.law.params().iter().enumerate() {
+            let v = p[j];
+            if v < spec.lower {
+                total += self.penalty * (spec.lower - v).powi(2);
+                grad[j] -= 2.0 * self.penalty * (spec.lower - v);
+            } else if v > spec.upper {
+                total += self.penalty * (v - spec.upper).powi(2);
+                grad[j] += 2.0 * self.penalty * (v - spec.upper);
+            }
+        }
+        if !total.is_finite() {
+            grad.iter_mut().for_each(|g| *g = 0.0);
+            return f64::INFINITY;
+        }
+        total
+    }
+
+    fn evaluate(&self, p: &[f64]) -> (f64, Vec<f64>) {
+        {
+            let c = self.cache.borrow();
+            if c.at.as_slice() == p && !c.grad.is_empty() {
+                return (c.cost, c.grad.clone());
+            }
+        }
+        let mut g = vec![0.0; p.len()];
+        let v = self.value_grad(p, &mut g);
+        let mut c = self.cache.borrow_mut();
+        c.at = p.to_vec();
+        c.cost = v;
+        c.grad = g.clone();
+        if v < c.best_cost {
+            c.best_cost = v;
+            c.best_at = p.to_vec();
+        }
+        (v, g)
+    }
+}
+
+impl CostFunction for Objective<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
+        Ok(self.evaluate(p).0)
+    }
+}
+
+impl Gradient for Objective<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
+        Ok(self.evaluate(p).1)
+    }
+}
+
+/// Runs L-BFGS from `start`; returns the best point seen and its objective (never fails: a line-search or
+/// numerical failure keeps the best point evaluated so far).
+pub fn minimise_from(obj: &Objective<'_>, start: &[f64], cfg: &FitConfig) -> (Vec<f64>, f64) {
+    let ls = MoreThuenteLineSearch::new();
+    let solver: LBFGS<_, Vec<f64>, Vec<f64>, f64> = LBFGS::new(ls, cfg.memory);
+    let solver = match solver
+        .with_tolerance_grad(1e-12)
+        .and_then(|s| s.with_tolerance_cost(1e-16))
+    {
+        Ok(s) => s,
+        Err(_) => return (start.to_vec(), f64::INFINITY),
+    };
+    let res = Executor::new(ObjRef(obj), solver)
+        .configure(|s| s.param(start.to_vec()).max_iters(cfg.max_iters))
+        .ctrlc(false)
+        .timer(false)
+        .run();
+    let mut best = (start.to_vec(), f64::INFINITY);
+    if let Ok(r) = res {
+        let st = r.state();
+        if let Some(p) = st.get_best_param() {
+            best = (p.clone(), st.get_best_cost());
+        }
+    }
+    let c = obj.cache.borrow();
+    if c.best_cost < best.1 || !best.1.is_finite() {
+        best = (c.best_at.clone(), c.best_cost);
+    }
+    if best.0.is_empty() {
+        best.0 = start.to_vec();
+    }
+    best
+}
+
+/// A borrowed objective, so argmin can own "the problem" without cloning data.
+struct ObjRef<'o, 'a>(&'o Objective<'a>);
+
+impl CostFunction for ObjRef<'_, '_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> std::result::Result<f64, argmin::core::Error> {
+        self.0.cost(p)
+    }
+}
+
+impl Gradient for ObjRef<'_, '_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, p: &Vec<f64>) -> std::result::Result<Vec<f64>, argmin::core::Error> {
+        self.0.gradient(p)
+    }
+}
+
+/// The start grid of `law`: the Cartesian product of each parameter's grid, or a seeded subset of `max` points of it
+/// (sampled without replacement, returned in grid order) when the product is larger.
+pub fn start_grid(law: &dyn Law, max: usize, seed: Seed) -> Vec<Vec<f64>> {
+    let specs = law.params();
+    let sizes: Vec<usize> = specs.iter().map(|s| s.grid.len().max(1)).collect();
+    let total: u128 = sizes.iter().map(|&s| s as u128).product();
+    let decode = |mut idx: u128| -> Vec<f64> {
+        let mut p = vec![0.0; specs.len()];
+        for j in (0..specs.len()).rev() {
+            let s = sizes[j] as u128;
+            let k = (idx % s) as usize;
+            idx /= s;
+            p[j] = specs[j].grid.get(k).copied().unwrap_or(0.0);
+        }
+        p
+    };
+    if total <= max as u128 {
+        return (0..total).map(decode).collect();
+    }
+    let mut rng = seed.derive("fit.starts").rng();
+    let mut picked = std::collections::BTreeSet::new();
+    while picked.len() < max {
+        let hi = rng.random::<u64>() as u128;
+        let lo = rng.random::<u64>() as u128;
+        picked.insert(((hi << 64) | lo) % total);
+    }
+    picked.into_iter().map(decode).collect()
+}
+
+fn run_starts(
+    law: &dyn Law,
+    data: &Dataset,
+    weights: Option<&[f64]>,
+    starts: &[Vec<f64>],
+    cfg: &FitConfig,
+) -> (usize, Vec<f64>, f64) {
+    let results: Vec<(Vec<f64>, f64)> = starts
+        .par_iter()
+        .map(|s| {
+            let obj = Objective::new(law, data, weights, cfg.delta, cfg.bound_penalty);
+            minimise_from(&obj, s, cfg)
+        })
+        .collect();
+    let mut best = (0usize, starts.first().cloned().unwrap_or_default(), f64::INFINITY);
+    for (i, (p, c)) in results.into_iter().enumerate() {
+        if c < best.2 {
+            best = (i, p, c);
+        }
+    }
+    best
+}
+
+fn check_config(cfg: &FitConfig) -> Result<()> {
+    trainlab_core::error::check::positive("fit.delta", cfg.delta)?;
+    trainlab_core::error::check::at_least("fit.max_starts", cfg.max_starts as u64, 1)?;
+    trainlab_core::error::check::at_least("fit.max_iters", cfg.max_iters, 1)?;
+    Ok(())
+}
+
+/// Fits `law` to `data` by approach 3 from the law's start grid.
+pub fn fit(law: &dyn Law, data: &Dataset, cfg: &FitConfig) -> Result<FitResult> {
+    let starts = start_grid(law, cfg.max_starts, cfg.seed);
+    fit_from(law, data, cfg, &starts)
+}
+
+/// Fits `law` to `data` from explicit starts.
+pub fn fit_from(law: &dyn Law, data: &Dataset, cfg: &FitConfig, starts: &[Vec<f64>]) -> Result<FitResult> {
+    check_config(cfg)?;
+    data.validate_for(law)?;
+    let k = law.params().len();
+    if data.len() < k {
+        return Err(Error::invalid(
+            "data",
+            data.len(),
+            format!("law `{}` has {k} parameters; fewer rows than parameters", law.name()),
+            "give more rows (runs x checkpoints)",
+        ));
+    }
+    if starts.is_empty() || starts.iter().any(|s| s.len() != k) {
+        return Err(Error::invalid(
+            "fit.starts",
+            starts.len(),
+            format!("need at least one start of length {k}"),
+            "check the law's start grid",
+        ));
+    }
+    let (best_start, params, objective) = run_starts(law, data, None, starts, cfg);
+    if !objective.is_finite() {
+        return Err(Error::Backend(format!(
+            "fit of `{}` failed: no start reached a finite objective",
+            law.name()
+        )));
+    }
+    let inside_bounds = law
+        .params()
+        .iter()
+        .zip(&params)
+        .all(|(s, v)| *v >= s.lower && *v <= s.upper);
+    Ok(FitResult {
+        law: law.name().to_string(),
+        names: law.params().iter().map(|s| s.name.clone()).collect(),
+        gof: GoodnessOfFit::of(law, &params, data, cfg.delta),
+        params,
+        objective,
+        starts: starts.len(),
+        best_start,
+        inside_bounds,
+    })
+}
+
+/// Bootstrap replicates of a fit: parameter vectors refitted on resampled rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// One parameter vector per replicate, in replicate order.
+    pub params: Vec<Vec<f64>>,
+}
+
+/// A two-sided percentile interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Ci {
+    /// Point estimate (from the full-data fit).
+    pub estimate: f64,
+    /// Lower end.
+    pub lo: f64,
+    /// Upper end.
+    pub hi: f64,
+}
+
+/// The `q`-quantile of `v` (linear interpolation, NaNs dropped).
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let i = pos.floor() as usize;
+    let j = (i + 1).min(s.len() - 1);
+    s[i] + (s[j] - s[i]) * (pos - i as f64)
+}
+
+impl Bootstrap {
+    /// Percentile interval at `level` (e.g. 0.9) of an arbitrary statistic of the parameters.
+    pub fn interval(&self, estimate: f64, level: f64, stat: impl Fn(&[f64]) -> f64) -> Ci {
+        let v: Vec<f64> = self.params.iter().map(|p| stat(p)).collect();
+        let a = (1.0 - level) / 2.0;
+        Ci {
+            estimate,
+            lo: quantile(&v, a),
+            hi: quantile(&v, 1.0 - a),
+        }
+    }
+    /// Intervals on each parameter (optimiser coordinates).
+    pub fn param_intervals(&self, best: &[f64], level: f64) -> Vec<Ci> {
+        (0..best.len())
+            .map(|j| self.interval(best[j], level, |p| p[j]))
+            .collect()
+    }
+    /// Interval on the prediction of `law` at `x`.
+    pub fn predict(&self, law: &dyn Law, best: &[f64], x: &[f64], level: f64) -> Ci {
+        self.interval(law.eval(best, x), level, |p| law.eval(p, x))
+    }
+}
+
+/// Nonparametric bootstrap: `reps` resamples of the rows (with replacement, seeded by `cfg.seed`), each refitted from
+/// the full-data optimum plus `cfg.bootstrap_starts` grid starts. Replicates run in parallel, kept in order.
+pub fn bootstrap(law: &dyn Law, data: &Dataset, best: &FitResult, reps: usize, cfg: &FitConfig) -> Result<Bootstrap> {
+    check_config(cfg)?;
+    data.validate_for(law)?;
+    let n = data.len();
+    let mut starts = vec![best.params.clone()];
+    starts.extend(start_grid(
+        law,
+        cfg.bootstrap_starts,
+        cfg.seed.derive("bootstrap.starts"),
+    ));
+    let base = cfg.seed.derive("bootstrap");
+    let params: Vec<Vec<f64>> = (0..reps)
+        .into_par_iter()
+        .map(|b| {
+            let mut rng = base.index(b as u64).rng();
+            let mut w = vec![0.0; n];
+            for _ in 0..n {
+                w[rng.random_range(0..n)] += 1.0;
+            }
+            let inner = FitConfig {
+                seed: cfg.seed,
+                ..cfg.clone()
+            };
+            let results: Vec<(Vec<f64>, f64)> = starts
+                .iter()
+                .map(|s| {
+                    let obj = Objective::new(law, data, Some(&w), inner.delta, inner.bound_penalty);
+                    minimise_from(&obj, s, &inner)
+                })
+                .collect();
+            let mut bi = 0;
+            for (i, r) in results.iter().enumerate() {
+                if r.1 < results[bi].1 {
+                    bi = i;
+                }
+            }
+            results[bi].0.clone()
+        })
+        .collect();
+    Ok(Bootstrap { params })
+}
+
+/// One fold of a grouped cross-validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fold {
+    /// Group values held out.
+    pub held_out: Vec<f64>,
+    /// Fit on the other groups.
+    pub fit: FitResult,
+    /// Statistics on the held-out rows.
+    pub test: GoodnessOfFit,
+}
+
+/// Grouped k-fold cross-validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossValidation {
+    /// Column the folds are grouped by.
+    pub group_by: String,
+    /// The folds.
+    pub folds: Vec<Fold>,
+    /// Statistics over all out-of-fold predictions pooled.
+    pub pooled: GoodnessOfFit,
+}
+
+/// Distinct values of a column, sorted.
+pub fn distinct(values: &[f64]) -> Vec<f64> {
+    let mut v: Vec<f64> = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.dedup();
+    v
+}
+
+/// k-fold cross-validation grouped by the distinct values of input column `group_col` (as in the D-CPT paper's
+/// model-size, data-size and ratio generalisation tables): sorted distinct values are dealt round-robin into `k`
+/// folds; each fold is fitted on the other folds' rows and scored on its own.
+pub fn cross_validate(
+    law: &dyn Law,
+    data: &Dataset,
+    group_col: usize,
+    k: usize,
+    cfg: &FitConfig,
+) -> Result<CrossValidation> {
+    let col = data.column(group_col);
+    let groups = distinct(&col);
+    if k < 2 || k > groups.len() {
+        return Err(Error::invalid(
+            "cv.folds",
+            k,
+            format!("need 2 <= k <= {} (distinct values of the column)", groups.len()),
+            "choose fewer folds or a column with more distinct values",
+        ));
+    }
+    let fold_of = |v: f64| groups.iter().position(|g| *g == v).unwrap_or(0) % k;
+    let starts = start_grid(law, cfg.max_starts, cfg.seed);
+    let mut folds = Vec::new();
+    let mut pred = vec![f64::NAN; data.len()];
+    for f in 0..k {
+        let test_mask: Vec<bool> = col.iter().map(|&v| fold_of(v) == f).collect();
+        let train_mask: Vec<bool> = test_mask.iter().map(|t| !t).collect();
+        let train = data.subset(&train_mask);
+        let test = data.subset(&test_mask);
+        let fr = fit_from(law, &train, cfg, &starts)?;
+        for (i, m) in test_mask.iter().enumerate() {
+            if *m {
+                pred[i] = law.eval(&fr.params, &data.x[i]);
+            }
+        }
+        folds.push(Fold {
+            held_out: groups.iter().copied().filter(|g| fold_of(*g) == f).collect(),
+            test: GoodnessOfFit::of(law, &fr.params, &test, cfg.delta),
+            fit: fr,
+        });
+    }
+    Ok(CrossValidation {
+        group_by: data.inputs[group_col].clone(),
+        folds,
+        pooled: GoodnessOfFit::from_predictions(&pred, &data.y, cfg.delta),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::laws::Chinchilla;
+
+    #[test]
+    fn huber_matches_scipy_definition() {
+        assert_eq!(huber(1.0, 0.5), 0.125);
+        assert!((huber(1e-3, 0.01) - 1e-3 * (0.01 - 0.5e-3)).abs() < 1e-15);
+        assert_eq!(huber_deriv(1e-3, -0.5), -1e-3);
+    }
+
+    #[test]
+    fn lse_drops_minus_infinity() {
+        let mut w = [0.0; 3];
+        let v = lse(&[0.0, f64::NEG_INFINITY, 0.0], &mut w);
+        assert!((v - 2f64.ln()).abs() < 1e-12);
+        assert_eq!(w, [0.5, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn start_grid_full_and_subsampled() {
+        let law = Chinchilla::new();
+        assert_eq!(start_grid(&law, 10_000, Seed(1)).len(), 4500);
+        let s = start_grid(&law, 50, Seed(1));
+        assert_eq!(s.len(), 50);
+        assert_eq!(s, start_grid(&law, 50, Seed(1)));
+    }
+
+    #[test]
+    fn quantile_interpolates() {
+        assert_eq!(quantile(&[3.0, 1.0, 2.0], 0.5), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0], 0.25), 1.25);
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests;
