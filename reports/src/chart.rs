@@ -50,6 +50,34 @@ impl Series {
     }
 }
 
+/// Builds one series per backend from the records of one metric, with x taken from each record by `x_of` (e.g. the
+/// GPU count parsed from the case label; records where it returns `None` are skipped) and y = `value`. Series are
+/// ordered by fidelity (analytical, simulated, measured) then backend name, and named `backend (fidelity)`; points keep
+/// record order. Deterministic for a given input.
+pub fn series_from_records(
+    records: &[trainlab_core::Record],
+    metric: &str,
+    x_of: impl Fn(&trainlab_core::Record) -> Option<f64>,
+) -> Vec<Series> {
+    let mut groups: std::collections::BTreeMap<(trainlab_core::Fidelity, &str), Vec<(f64, f64)>> =
+        std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| r.metric == metric) {
+        if let Some(x) = x_of(r) {
+            groups
+                .entry((r.fidelity, r.backend.as_str()))
+                .or_default()
+                .push((x, r.value));
+        }
+    }
+    groups
+        .into_iter()
+        .map(|((f, b), points)| Series {
+            name: format!("{b} ({})", f.as_str()),
+            points,
+        })
+        .collect()
+}
+
 /// How series are drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChartKind {

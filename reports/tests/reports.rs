@@ -5,11 +5,27 @@ use proptest::prelude::*;
 use trainlab_core::{Fidelity, Record, Unit};
 use trainlab_reports::*;
 
-fn tmp(name: &str) -> PathBuf {
+/// A per-process temporary directory, removed when dropped.
+struct TmpDir(PathBuf);
+
+impl std::ops::Deref for TmpDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(name: &str) -> TmpDir {
     let d = std::env::temp_dir().join(format!("trainlab-reports-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create temp dir");
-    d
+    TmpDir(d)
 }
 
 fn sample() -> Vec<Record> {
@@ -275,6 +291,19 @@ fn records_markdown_has_one_line_per_record() {
     assert_eq!(md.lines().count(), recs.len() + 2);
     assert!(md.lines().next().is_some_and(|h| h.contains("95% CI")));
     assert!(md.contains("[0.091, 0.111]"));
+}
+
+#[test]
+fn series_group_by_backend() {
+    let recs = sample();
+    let series = series_from_records(&recs, "mfu", |r| {
+        r.case.split('@').next()?.trim_end_matches('B').parse().ok()
+    });
+    let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["roofline (analytical)", "des (simulated)", "cpu (measured)"]);
+    // Only the two cases with a parseable model size count.
+    assert!(series.iter().all(|s| s.points.len() == 2));
+    assert_eq!(series[0].points[0], (7.0, 0.4));
 }
 
 fn arb_record() -> impl Strategy<Value = Record> {
