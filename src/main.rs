@@ -1,5 +1,64 @@
-//! The `trainlab` command-line interface.
-mod cmd;
-mod workloads;
+//! The `trainlab` command-line interface: predict, simulate, execute and calibrate training workloads.
+//!
+//! Exit codes: 0 success, 1 failure while running, 2 bad input (an unknown field, a bad value, a missing file, a
+//! model that fits nowhere), 130 interrupted (results gathered so far are kept).
+mod calibrate;
+mod cli;
+mod plan;
+mod registry;
 
-fn main() {}
+use clap::Parser;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    // Hidden worker entry points used by the real fault-injection runs (they spawn this binary).
+    let _ = &argv;
+    let args = cli::Cli::parse();
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let c = cancel.clone();
+        // A second Ctrl-C while the first is being handled exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if c.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupted: finishing the current unit of work and keeping results so far (Ctrl-C again to abort)"
+            );
+        });
+    }
+    match cli::dispatch(args, cancel.clone()) {
+        Ok(()) => {
+            if cancel.load(Ordering::SeqCst) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// 2 for bad input anywhere in the cause chain, 130 for an interruption, else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if let Some(te) = cause.downcast_ref::<trainlab_core::Error>() {
+            if matches!(te, trainlab_core::Error::Interrupted) {
+                return 130;
+            }
+            if te.is_user_error() {
+                return 2;
+            }
+        }
+        if cause.downcast_ref::<cli::UsageError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}

@@ -1,0 +1,209 @@
+//! Argument definitions and dispatch.
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use trainlab_core::{DeviceProfile, RunCtx, Seed};
+
+/// An input problem the CLI itself detects (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Predict, simulate, execute and calibrate large-model training workloads.
+///
+/// Every workload is answered by one interface at several fidelities (analytical, simulated, measured) so the
+/// answers can be compared and the models calibrated against real runs.
+#[derive(Debug, Parser)]
+#[command(name = "trainlab", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Seed for every random stream (overrides the scenario's `seed`).
+    #[arg(long, global = true)]
+    pub seed: Option<u64>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Plan a training study: best parallel layout, step time, MFU, days and GPU-hours per case; writes Parquet,
+    /// CSV, charts and report.html. Without SCENARIO runs the embedded default study.
+    Plan(PlanArgs),
+    /// Merge the Parquet shards written by `plan --shard I/N` runs and write the full report.
+    Merge(MergeArgs),
+    /// Run one backend on a scenario.
+    Run(RunArgs),
+    /// Run every backend that applies to a scenario, side by side, with relative errors.
+    Compare(CompareArgs),
+    /// Measure this machine (or the GPU), fit a device profile, and report held-out prediction error.
+    Calibrate(calibrate::CalibrateArgs),
+    /// List the embedded scenarios, or print one.
+    Scenarios(ScenariosArgs),
+}
+
+use crate::calibrate;
+
+/// `plan` arguments.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Scenario file or embedded name (kind = "plan"); default: the embedded `default-plan`.
+    pub scenario: Option<String>,
+    /// Output folder.
+    #[arg(long, default_value = "out/plan")]
+    pub out: PathBuf,
+    /// Run only shard I of N (0-based), e.g. `--shard 3/16` from a Slurm array task; writes one Parquet per shard.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// A device profile TOML from `trainlab calibrate` to use instead of datasheet efficiencies.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Print a JSON summary on stdout instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `merge` arguments.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Folder holding `records-shard-*-of-N.parquet` files (all N must be present).
+    pub dir: PathBuf,
+    /// Output folder for the merged tables and report (default: DIR).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario file or embedded name.
+    pub scenario: String,
+    /// Backend name (see `compare` for the list that applies), e.g. `roofline`, `cpu`, `cuda`, `des`.
+    #[arg(long)]
+    pub backend: String,
+    /// Device profile TOML for analytical backends.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write records (Parquet, CSV) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `compare` arguments.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Scenario file or embedded name.
+    pub scenario: String,
+    /// Device profile TOML for analytical backends.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Skip slow backends (long real runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write records (Parquet, CSV) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `scenarios` arguments.
+#[derive(Debug, Args)]
+pub struct ScenariosArgs {
+    /// Print this embedded scenario's TOML.
+    #[arg(long)]
+    pub show: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Reads a device profile TOML.
+pub fn load_profile(path: &std::path::Path) -> Result<DeviceProfile> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| trainlab_core::Error::io(format!("reading profile {}", path.display()), e))?;
+    let p: DeviceProfile = toml::from_str(&text).map_err(|e| {
+        trainlab_core::Error::invalid(
+            path.display().to_string(),
+            "(profile)",
+            e.message().to_string(),
+            "use a file written by `trainlab calibrate`",
+        )
+    })?;
+    Ok(p)
+}
+
+/// The run context for a seed and the shared cancel flag.
+pub fn ctx(seed: Seed, cancel: &Arc<AtomicBool>) -> RunCtx {
+    let mut c = RunCtx::new(seed);
+    c.cancel = cancel.clone();
+    c
+}
+
+/// Dispatches a parsed command line.
+pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
+    let seed = cli.seed;
+    match cli.command {
+        Command::Plan(a) => crate::plan::run(&a, seed, &cancel),
+        Command::Merge(a) => crate::plan::merge(&a),
+        Command::Run(a) => {
+            let profile = a.profile.as_deref().map(load_profile).transpose()?;
+            crate::registry::run_one(
+                &a.scenario,
+                &a.backend,
+                profile,
+                seed,
+                &cancel,
+                a.json,
+                a.out.as_deref(),
+            )
+        }
+        Command::Compare(a) => {
+            let profile = a.profile.as_deref().map(load_profile).transpose()?;
+            crate::registry::compare(&a.scenario, profile, a.quick, seed, &cancel, a.json, a.out.as_deref())
+        }
+        Command::Calibrate(a) => calibrate::run(&a, seed, &cancel),
+        Command::Scenarios(a) => scenarios(&a),
+    }
+}
+
+fn scenarios(a: &ScenariosArgs) -> Result<()> {
+    use trainlab_datasets::scenario::{EMBEDDED, parse};
+    if let Some(name) = &a.show {
+        let (_, text) = EMBEDDED.iter().find(|(n, _)| n == name).ok_or_else(|| {
+            UsageError(format!(
+                "no embedded scenario `{name}` (embedded: {})",
+                EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+            ))
+        })?;
+        print!("{text}");
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for (name, text) in EMBEDDED {
+        let s = parse(text, name).with_context(|| format!("embedded scenario {name}"))?;
+        rows.push((s.name, s.kind, s.description));
+    }
+    if a.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, k, d)| serde_json::json!({"name": n, "kind": k, "description": d}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4);
+        let wk = rows.iter().map(|r| r.1.len()).max().unwrap_or(4);
+        for (n, k, d) in rows {
+            println!("{n:<w$}  {k:<wk$}  {d}");
+        }
+    }
+    Ok(())
+}
