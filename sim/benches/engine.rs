@@ -36,5 +36,33 @@ fn hold(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hold);
+/// Baseline: the same hold loop on a bare `BinaryHeap<Reverse<(u64, u64, u32)>>` (no cancellation, no clock), to
+/// show what the engine's bookkeeping costs.
+fn bare_heap(c: &mut Criterion) {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut g = c.benchmark_group("bare_heap");
+    g.throughput(Throughput::Elements(STEPS));
+    let pending = 1_000usize;
+    let mut rng = Seed(1).rng();
+    let mut heap: BinaryHeap<Reverse<(u64, u64, u32)>> = BinaryHeap::with_capacity(pending + 1);
+    let mut seq = 0u64;
+    for i in 0..pending {
+        heap.push(Reverse(((exp_sample(&mut rng, 1.0) * 1_000.0) as u64, seq, i as u32)));
+        seq += 1;
+    }
+    g.bench_with_input(BenchmarkId::from_parameter(pending), &pending, |b, _| {
+        b.iter(|| {
+            for _ in 0..STEPS {
+                let Reverse((t, _, k)) = heap.pop().expect("never empties");
+                let dt = (exp_sample(&mut rng, 1.0) * 1_000.0) as u64;
+                heap.push(Reverse((t + dt, seq, black_box(k))));
+                seq += 1;
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, hold, bare_heap);
 criterion_main!(benches);

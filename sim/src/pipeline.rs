@@ -243,7 +243,20 @@ mod tests {
         // p = 4, m = 6, stage 1: 2 warm-up forwards, 4 steady pairs, 2 cool-down backwards.
         assert_eq!(
             one_f_one_b_order(1, 4, 6),
-            vec![Fwd(0), Fwd(1), Fwd(2), Bwd(0), Fwd(3), Bwd(1), Fwd(4), Bwd(2), Fwd(5), Bwd(3), Bwd(4), Bwd(5)]
+            vec![
+                Fwd(0),
+                Fwd(1),
+                Fwd(2),
+                Bwd(0),
+                Fwd(3),
+                Bwd(1),
+                Fwd(4),
+                Bwd(2),
+                Fwd(5),
+                Bwd(3),
+                Bwd(4),
+                Bwd(5)
+            ]
         );
         // Last stage alternates from the start; fewer micro-batches than warm-up slots clamps.
         assert_eq!(one_f_one_b_order(3, 4, 2), vec![Fwd(0), Bwd(0), Fwd(1), Bwd(1)]);
@@ -257,12 +270,24 @@ mod tests {
                 let r = simulate_1f1b(p, m, &vec![f; p], &vec![b; p], 0.0).expect("valid");
                 let fb = SimTime::from_secs_f64(f).as_secs_f64() + SimTime::from_secs_f64(b).as_secs_f64();
                 let want = (m + p - 1) as f64 * fb;
-                assert!((r.step_time_s - want).abs() < 1e-9, "p={p} m={m}: {} vs {want}", r.step_time_s);
+                assert!(
+                    (r.step_time_s - want).abs() < 1e-9,
+                    "p={p} m={m}: {} vs {want}",
+                    r.step_time_s
+                );
                 let bubble = (p - 1) as f64 / (m + p - 1) as f64;
-                assert!((r.bubble_fraction - bubble).abs() < 1e-9, "p={p} m={m}: {}", r.bubble_fraction);
+                assert!(
+                    (r.bubble_fraction - bubble).abs() < 1e-9,
+                    "p={p} m={m}: {}",
+                    r.bubble_fraction
+                );
                 for (s, &busy) in r.per_stage_busy_s.iter().enumerate() {
                     assert!((busy - m as f64 * fb).abs() < 1e-9, "stage {s}");
-                    assert!(r.peak_in_flight[s] <= (p - s).min(m), "stage {s} stash {}", r.peak_in_flight[s]);
+                    assert!(
+                        r.peak_in_flight[s] <= (p - s).min(m),
+                        "stage {s} stash {}",
+                        r.peak_in_flight[s]
+                    );
                 }
                 assert_eq!(r.peak_in_flight[0], p.min(m));
             }
@@ -298,9 +323,13 @@ mod tests {
         assert!(e.contains("stages"), "{e}");
         let e = simulate_1f1b(2, 4, &[1.0], &[1.0, 1.0], 0.0).unwrap_err().to_string();
         assert!(e.contains("fwd_s"), "{e}");
-        let e = simulate_1f1b(2, 4, &[1.0, 1.0], &[1.0, -1.0], 0.0).unwrap_err().to_string();
+        let e = simulate_1f1b(2, 4, &[1.0, 1.0], &[1.0, -1.0], 0.0)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bwd_s[1]"), "{e}");
-        let e = simulate_1f1b(2, 4, &[1.0, 1.0], &[1.0, 1.0], f64::NAN).unwrap_err().to_string();
+        let e = simulate_1f1b(2, 4, &[1.0, 1.0], &[1.0, 1.0], f64::NAN)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("p2p_s"), "{e}");
         assert!(simulate_1f1b(2, 0, &[1.0, 1.0], &[1.0, 1.0], 0.0).is_err());
     }

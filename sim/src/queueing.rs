@@ -54,7 +54,7 @@ impl Workload for Queue {
         check::positive("workload.service_rate", self.service_rate)?;
         check::at_least("workload.customers", self.customers, 100)?;
         let rho = self.utilisation();
-        if !(rho < 1.0) {
+        if rho >= 1.0 {
             return Err(Error::invalid(
                 "workload.arrival_rate",
                 self.arrival_rate,
@@ -391,7 +391,13 @@ mod tests {
             100.0 * rel(sim.utilisation, cf.utilisation),
             100.0 * rel(sim.prob_wait, cf.prob_wait)
         );
-        assert!(e.abs() < tol, "mean wait sim {} vs closed form {} ({:+.3}%)", sim.mean_wait_s, cf.mean_wait_s, 100.0 * e);
+        assert!(
+            e.abs() < tol,
+            "mean wait sim {} vs closed form {} ({:+.3}%)",
+            sim.mean_wait_s,
+            cf.mean_wait_s,
+            100.0 * e
+        );
         let (lo, hi) = sim.mean_wait_ci_s.expect("ci");
         assert!(lo < sim.mean_wait_s && sim.mean_wait_s < hi);
         assert!(rel(sim.mean_queue_len, cf.mean_queue_len).abs() < 2.0 * tol);
@@ -415,7 +421,10 @@ mod tests {
     fn deterministic_per_seed_and_thread_count() {
         let w = q(2, 1.5, 1.0, 20_000);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("pool");
             pool.install(|| QueueSim::new(4).run(&w, &mut RunCtx::new(Seed(3))).expect("valid"))
         };
         assert_eq!(run(1), run(3));
