@@ -6,8 +6,6 @@
 //! `ln t` (relative errors weigh small and large GEMMs alike; log parameters keep them positive). Minimised with
 //! argmin's Nelder-Mead (Lagarias et al. 1998) on `Vec<f64>`, restarted from its own optimum until it stops
 //! improving (the objective is not smooth where the roofline switches regime).
-use std::collections::BTreeMap;
-
 use argmin::core::{CostFunction, Executor};
 use argmin::solver::neldermead::NelderMead;
 use trainlab_core::profile::Provenance;
@@ -191,11 +189,6 @@ pub fn median_abs(errors: &[f64]) -> Option<f64> {
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
     })
-}
-
-/// Rates per dtype of a profile, for display.
-pub fn rates(profile: &DeviceProfile) -> BTreeMap<Dtype, f64> {
-    profile.gemm_rate.clone()
 }
 
 #[cfg(test)]

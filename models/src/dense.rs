@@ -111,7 +111,7 @@ pub struct StepBreakdown {
 /// Global batch in sequences, checked.
 pub fn global_sequences(w: &DenseTraining) -> Result<u64, Error> {
     let s = w.model.seq_len.max(1);
-    if w.global_batch_tokens % s != 0 {
+    if !w.global_batch_tokens.is_multiple_of(s) {
         return Err(Error::invalid(
             "workload.global_batch_tokens",
             w.global_batch_tokens,
@@ -146,7 +146,7 @@ pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Erro
             "make tp*pp*dp equal nodes*gpus_per_node",
         ));
     }
-    if m.heads % cfg.tp != 0 {
+    if !m.heads.is_multiple_of(cfg.tp) {
         return Err(Error::invalid(
             "workload.parallel.tp",
             cfg.tp,
@@ -162,7 +162,7 @@ pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Erro
             "use pp <= layers",
         ));
     }
-    if seqs % (cfg.dp * cfg.micro_batch) != 0 {
+    if !seqs.is_multiple_of(cfg.dp * cfg.micro_batch) {
         return Err(Error::invalid(
             "workload.parallel.micro_batch",
             cfg.micro_batch,

@@ -44,9 +44,9 @@ pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
     let mut out = Vec::new();
     let mut tp = 1u64;
     while tp <= gpn.max(1) {
-        if m.heads % tp == 0 && gpus % tp == 0 {
+        if m.heads.is_multiple_of(tp) && gpus.is_multiple_of(tp) {
             for pp in 1..=m.layers {
-                if m.layers % pp != 0 || (gpus / tp) % pp != 0 {
+                if !m.layers.is_multiple_of(pp) || !(gpus / tp).is_multiple_of(pp) {
                     continue;
                 }
                 let dp = gpus / (tp * pp);
