@@ -237,6 +237,87 @@ fn axis_range(vals: impl Iterator<Item = f64>, log: bool, zero: bool) -> (f64, f
     (inv(lo, log), inv(hi, log))
 }
 
+/// Tick positions for a logarithmic axis over `[lo, hi]` (both > 0): decades when they give at least 3 ticks
+/// (thinned to at most 12; light lines at 2..9 when at most 6 decades), else 1-2-5 per decade, else 1..9 per decade,
+/// else (a range narrower than about one octave) evenly spaced "nice" linear ticks. Plotters' own log ticks show
+/// nothing at all for ranges under a decade.
+fn log_ticks(lo: f64, hi: f64) -> (Vec<f64>, Vec<f64>) {
+    let (e0, e1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let inside = |v: &f64| *v >= lo * (1.0 - 1e-9) && *v <= hi * (1.0 + 1e-9);
+    let ticks_for = |ms: &[f64]| -> Vec<f64> {
+        (e0..=e1)
+            .flat_map(|e| ms.iter().map(move |m| m * 10f64.powi(e)))
+            .filter(inside)
+            .collect()
+    };
+    let decades = ticks_for(&[1.0]);
+    if decades.len() >= 3 {
+        let step = decades.len().div_ceil(12);
+        let bold: Vec<f64> = decades.iter().copied().step_by(step).collect();
+        let light = if decades.len() <= 7 {
+            ticks_for(&[2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0])
+        } else {
+            Vec::new()
+        };
+        return (bold, light);
+    }
+    for ms in [&[1.0, 2.0, 5.0][..], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]] {
+        let t = ticks_for(ms);
+        if t.len() >= 3 {
+            return (t, Vec::new());
+        }
+    }
+    (linear_ticks(lo, hi), Vec::new())
+}
+
+/// About five evenly spaced ticks at multiples of 1, 2 or 5 times a power of ten.
+fn linear_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let raw = (hi - lo) / 5.0;
+    if !(raw.is_finite() && raw > 0.0) {
+        return vec![lo];
+    }
+    let mag = 10f64.powf(raw.log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
+    let first = (lo / step).ceil() as i64;
+    let last = (hi / step).floor() as i64;
+    (first..=last).map(|k| k as f64 * step).collect()
+}
+
+/// Picks the plot corner holding the fewest data marks for the legend. Marks are given in axis-fraction coordinates
+/// (`0..1` both ways); a bar occupies its whole height from `y_from` to `y`. Ties prefer upper right, upper left,
+/// lower right, lower left.
+fn legend_corner(marks: &[(f64, f64, f64)]) -> SeriesLabelPosition {
+    let corners = [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ];
+    let count = |right: bool, upper: bool| {
+        marks
+            .iter()
+            .filter(|&&(x, y_from, y)| {
+                let in_x = if right { x >= 0.6 } else { x <= 0.4 };
+                let (a, b) = (y_from.min(y), y_from.max(y));
+                let in_y = if upper { b >= 0.65 } else { a <= 0.35 };
+                in_x && in_y
+            })
+            .count()
+    };
+    let mut best = (usize::MAX, SeriesLabelPosition::UpperRight);
+    for (pos, right, upper) in corners {
+        let c = count(right, upper);
+        if c < best.0 {
+            best = (c, pos);
+        }
+    }
+    best.1
+}
+
 /// Bar geometry: for series `si` of `n`, at transformed x `tx`, with group width `group` (transformed units).
 fn bar_span(tx: f64, si: usize, n: usize, group: f64) -> (f64, f64) {
     let w = group / n as f64;
@@ -283,11 +364,55 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &ChartSpec) -> 
     };
     let (x0, x1) = axis_range(x_ext.into_iter(), spec.log_x, false);
     let (y0, y1) = axis_range(data.iter().flat_map(|s| s.points.iter().map(|p| p.1)), spec.log_y, bar);
+    let frac = |v: f64, lo: f64, hi: f64, log: bool| {
+        let (a, b, t) = (fwd(lo, log), fwd(hi, log), fwd(v, log));
+        if b > a { (t - a) / (b - a) } else { 0.5 }
+    };
+    let y_base = if bar && !spec.log_y { 0.0 } else { y0 };
+    let marks: Vec<(f64, f64, f64)> = data
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .map(|&(x, y)| {
+            let fy = frac(y, y0, y1, spec.log_y);
+            let from = if bar { frac(y_base, y0, y1, spec.log_y) } else { fy };
+            (frac(x, x0, x1, spec.log_x), from, fy)
+        })
+        .collect();
+    let legend = legend_corner(&marks);
+    let p = Plot {
+        spec,
+        data: &data,
+        group,
+        y_base: y0,
+        legend,
+    };
+    let (xt, xl) = if spec.log_x {
+        log_ticks(x0, x1)
+    } else {
+        Default::default()
+    };
+    let (yt, yl) = if spec.log_y {
+        log_ticks(y0, y1)
+    } else {
+        Default::default()
+    };
+    let lx = || {
+        (x0..x1)
+            .log_scale()
+            .with_key_points(xt.clone())
+            .with_light_points(xl.clone())
+    };
+    let ly = || {
+        (y0..y1)
+            .log_scale()
+            .with_key_points(yt.clone())
+            .with_light_points(yl.clone())
+    };
     match (spec.log_x, spec.log_y) {
-        (false, false) => plot(root, spec, &data, group, y0, x0..x1, y0..y1)?,
-        (true, false) => plot(root, spec, &data, group, y0, (x0..x1).log_scale(), y0..y1)?,
-        (false, true) => plot(root, spec, &data, group, y0, x0..x1, (y0..y1).log_scale())?,
-        (true, true) => plot(root, spec, &data, group, y0, (x0..x1).log_scale(), (y0..y1).log_scale())?,
+        (false, false) => plot(root, &p, x0..x1, y0..y1)?,
+        (true, false) => plot(root, &p, lx(), y0..y1)?,
+        (false, true) => plot(root, &p, x0..x1, ly())?,
+        (true, true) => plot(root, &p, lx(), ly())?,
     }
     if n_points == 0 {
         let (w, h) = root.dim_in_pixel();
@@ -298,15 +423,16 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &ChartSpec) -> 
     root.present().map_err(chart_err)
 }
 
-fn plot<DB, X, Y>(
-    root: &DrawingArea<DB, Shift>,
-    spec: &ChartSpec,
-    data: &[Clean],
+/// What [`plot`] needs besides the coordinates.
+struct Plot<'a> {
+    spec: &'a ChartSpec,
+    data: &'a [Clean],
     group: f64,
     y_base: f64,
-    x: X,
-    y: Y,
-) -> Result<(), ReportError>
+    legend: SeriesLabelPosition,
+}
+
+fn plot<DB, X, Y>(root: &DrawingArea<DB, Shift>, p: &Plot<'_>, x: X, y: Y) -> Result<(), ReportError>
 where
     DB: DrawingBackend,
     X: AsRangedCoord<Value = f64>,
@@ -314,6 +440,7 @@ where
     X::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
     Y::CoordDescType: Ranged<ValueType = f64> + ValueFormatter<f64>,
 {
+    let (spec, data, group, y_base) = (p.spec, p.data, p.group, p.y_base);
     let mut chart = ChartBuilder::on(root)
         .caption(&spec.title, (FONT_NAME, 22))
         .margin(14)
@@ -382,7 +509,7 @@ where
     if labelled {
         chart
             .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
+            .position(p.legend.clone())
             .background_style(WHITE.mix(0.85))
             .border_style(RGBColor(0, 0, 0).mix(0.4))
             .label_font((FONT_NAME, 13))
@@ -455,6 +582,47 @@ mod tests {
         let (lo, hi) = axis_range([2.0, 4.0].into_iter(), false, true);
         assert_eq!(lo, 0.0);
         assert!(hi > 4.0);
+    }
+
+    #[test]
+    fn log_ticks_adapt_to_the_range() {
+        let (t, l) = log_ticks(0.5, 2000.0);
+        assert_eq!(t, vec![1.0, 10.0, 100.0, 1000.0]);
+        assert!(l.contains(&20.0));
+        let (t, _) = log_ticks(1.9, 5.3);
+        assert_eq!(t.len(), 4, "{t:?}"); // 2, 3, 4, 5
+        let (t, _) = log_ticks(1.5, 40.0);
+        assert_eq!(t, vec![2.0, 5.0, 10.0, 20.0]);
+        let (t, _) = log_ticks(2.0e5, 2.4e5);
+        assert!(t.len() >= 3 && t.iter().all(|v| (2.0e5..=2.4e5).contains(v)), "{t:?}");
+        let (t, _) = log_ticks(1e-30, 1e30);
+        assert!(t.len() <= 12 && t.len() >= 6);
+    }
+
+    #[test]
+    fn linear_ticks_are_nice() {
+        assert_eq!(
+            linear_ticks(0.0, 1.0),
+            vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
+        );
+        assert_eq!(linear_ticks(3.0, 27.0), vec![5.0, 10.0, 15.0, 20.0, 25.0]);
+    }
+
+    #[test]
+    fn legend_avoids_data() {
+        let top_right = [(0.9, 0.9, 0.9), (0.8, 0.8, 0.8)];
+        assert!(matches!(legend_corner(&top_right), SeriesLabelPosition::UpperLeft));
+        // Bars from the baseline fill the lower corners and the tall one the upper left.
+        let bars = [(0.1, 0.0, 0.9), (0.9, 0.0, 0.2)];
+        assert!(matches!(legend_corner(&bars), SeriesLabelPosition::UpperRight));
+        let everywhere = [
+            (0.1, 0.1, 0.1),
+            (0.1, 0.9, 0.9),
+            (0.9, 0.1, 0.1),
+            (0.9, 0.9, 0.9),
+            (0.9, 0.95, 0.95),
+        ];
+        assert!(matches!(legend_corner(&everywhere), SeriesLabelPosition::UpperLeft));
     }
 
     #[test]
