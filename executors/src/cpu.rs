@@ -823,4 +823,20 @@ mod tests {
             cold.median_s() * 1e6
         );
     }
+
+    /// The full default calibration sweep (fit + held-out) with default timing; ignored by default (about 10-20 s).
+    #[test]
+    #[ignore]
+    fn default_calibration_sweep_runtime() {
+        let (fit, held) = default_calibration_sizes();
+        let all: Vec<Gemm> = fit.into_iter().chain(held).collect();
+        let t0 = Instant::now();
+        let out = gemm_sweep(&all, &CpuOpts::default(), &RunCtx::new(Seed(1))).unwrap();
+        for (g, t) in &out {
+            println!("{:>22}: {:6.1} GFLOP/s", g.label(), g.flops() / t.median_s() / 1e9);
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        println!("sweep of {} sizes took {secs:.1} s", out.len());
+        assert!(secs < 60.0);
+    }
 }
