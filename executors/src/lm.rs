@@ -1,1 +1,803 @@
-//! (to be written)
+//! A small language-model trainer for real continual-pretraining (CPT) runs, the measured side of the D-CPT Law
+//! (Que et al. 2024).
+//!
+//! Model: a neural n-gram LM (Bengio et al. 2003): the embeddings of the previous `context` tokens are concatenated,
+//! passed through one tanh hidden layer of width `hidden`, and projected to vocabulary logits; softmax cross-entropy.
+//! Forward and backward are written by hand; the three matrix products per direction run on the `gemm` crate's packed
+//! f64 kernels (called directly here with explicit strides, since transposed operands are needed). The optimiser is
+//! AdamW (Loshchilov & Hutter 2019; decoupled weight decay on matrices, not on biases). FLOPs are counted exactly for
+//! the matrix products (2·m·n·k each: 3 forward-pass GEMMs... see [`Model::matmul_flops_per_step`]).
+//!
+//! Corpora: two seeded order-2 Markov sources over the same vocabulary ("general" and "domain"). Each context's
+//! next-token distribution is a Zipf law over a context-specific permutation; the domain source reuses the general
+//! source's permutation for a fraction `overlap` of contexts and has its own elsewhere, so `overlap` controls how much
+//! learning one helps the other. A CPT run mixes the sources at domain share `r` with error-diffusion interleaving, so
+//! exactly `round(r·D)` of the first D tokens are domain tokens.
+//!
+//! [`run_grid`] pretrains one base model per size on the general source, then continues each one at every ratio,
+//! evaluating general and domain validation loss at log-spaced token counts: one run yields many (D, loss) points.
+use rand::RngExt;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use trainlab_core::{Error, Result, Seed};
+
+/// `C = alpha·C + A·B` with explicit row/column strides (element units); f64, serial.
+#[allow(clippy::too_many_arguments)]
+fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [f64],
+    c_rs: usize,
+    accumulate: bool,
+    a: &[f64],
+    a_rs: isize,
+    a_cs: isize,
+    b: &[f64],
+    b_rs: isize,
+    b_cs: isize,
+) {
+    let max_idx = |rows: usize, cols: usize, rs: isize, cs: isize| {
+        (rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs) as usize
+    };
+    assert!(m > 0 && n > 0 && k > 0);
+    assert!(max_idx(m, k, a_rs, a_cs) < a.len());
+    assert!(max_idx(k, n, b_rs, b_cs) < b.len());
+    assert!(max_idx(m, n, c_rs as isize, 1) < c.len());
+    // SAFETY: the asserts above bound every offset the strides can form inside its slice; `c` is a unique borrow.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Shape of the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// Vocabulary size V.
+    pub vocab: usize,
+    /// Previous tokens seen c.
+    pub context: usize,
+    /// Embedding width E.
+    pub embed: usize,
+    /// Hidden width H.
+    pub hidden: usize,
+}
+
+impl Shape {
+    /// Parameter count: `V·E + c·E·H + H + H·V + V`.
+    pub fn params(&self) -> usize {
+        let (v, c, e, h) = (self.vocab, self.context, self.embed, self.hidden);
+        v * e + c * e * h + h + h * v + v
+    }
+}
+
+/// Model parameters (flat, row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Shape.
+    pub shape: Shape,
+    /// Embeddings `[V, E]`.
+    pub emb: Vec<f64>,
+    /// First layer `[c·E, H]`.
+    pub w1: Vec<f64>,
+    /// First bias `[H]`.
+    pub b1: Vec<f64>,
+    /// Output layer `[H, V]`.
+    pub w2: Vec<f64>,
+    /// Output bias `[V]`.
+    pub b2: Vec<f64>,
+}
+
+/// Gradients, same layout as [`Model`].
+pub type Grads = Model;
+
+impl Model {
+    /// Random initialisation (normal, std 1/sqrt(fan-in)).
+    pub fn new(shape: Shape, seed: Seed) -> Self {
+        let mut rng = seed.derive("lm.init").rng();
+        let mut normal = |n: usize, std: f64| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    // Box–Muller from two uniforms (no extra dependency).
+                    let u1: f64 = rng.random::<f64>().max(1e-300);
+                    let u2: f64 = rng.random();
+                    std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+                })
+                .collect()
+        };
+        let (v, c, e, h) = (shape.vocab, shape.context, shape.embed, shape.hidden);
+        Model {
+            emb: normal(v * e, 1.0),
+            w1: normal(c * e * h, 1.0 / ((c * e) as f64).sqrt()),
+            b1: vec![0.0; h],
+            w2: normal(h * v, 1.0 / (h as f64).sqrt()),
+            b2: vec![0.0; v],
+            shape,
+        }
+    }
+
+    fn zeros(shape: Shape) -> Self {
+        let (v, c, e, h) = (shape.vocab, shape.context, shape.embed, shape.hidden);
+        Model {
+            emb: vec![0.0; v * e],
+            w1: vec![0.0; c * e * h],
+            b1: vec![0.0; h],
+            w2: vec![0.0; h * v],
+            b2: vec![0.0; v],
+            shape,
+        }
+    }
+
+    fn tensors_mut(&mut self) -> [&mut Vec<f64>; 5] {
+        [&mut self.emb, &mut self.w1, &mut self.b1, &mut self.w2, &mut self.b2]
+    }
+
+    /// Exact FLOPs of the matrix products of one training step on `batch` examples: forward `X·W1` (2·B·cE·H) and
+    /// `H·W2` (2·B·H·V); backward twice each (weight gradient and input gradient): total `6·B·(cE·H + H·V)`.
+    /// Element-wise work (tanh, softmax, bias, AdamW) is not counted.
+    pub fn matmul_flops_per_step(&self, batch: usize) -> u64 {
+        let s = self.shape;
+        6 * (batch * (s.context * s.embed * s.hidden + s.hidden * s.vocab)) as u64
+    }
+
+    /// Mean cross-entropy (nats) on examples `(contexts, targets)`; `contexts` holds `c` tokens per example. When
+    /// `grads` is given, the gradient of that mean is written into it.
+    pub fn loss(&self, ctx: &[u32], tgt: &[u32], grads: Option<&mut Grads>) -> f64 {
+        let s = self.shape;
+        let (v, c, e, h) = (s.vocab, s.context, s.embed, s.hidden);
+        let b = tgt.len();
+        let ce = c * e;
+        // X [B, cE]
+        let mut x = vec![0.0; b * ce];
+        for i in 0..b {
+            for j in 0..c {
+                let t = ctx[i * c + j] as usize;
+                x[i * ce + j * e..i * ce + (j + 1) * e].copy_from_slice(&self.emb[t * e..(t + 1) * e]);
+            }
+        }
+        // Z = X W1 + b1 ; A = tanh(Z)
+        let mut a = vec![0.0; b * h];
+        gemm_strided(b, h, ce, &mut a, h, false, &x, ce as isize, 1, &self.w1, h as isize, 1);
+        for i in 0..b {
+            for k in 0..h {
+                a[i * h + k] = (a[i * h + k] + self.b1[k]).tanh();
+            }
+        }
+        // logits = A W2 + b2
+        let mut lg = vec![0.0; b * v];
+        gemm_strided(b, v, h, &mut lg, v, false, &a, h as isize, 1, &self.w2, v as isize, 1);
+        let mut total = 0.0;
+        for i in 0..b {
+            let row = &mut lg[i * v..(i + 1) * v];
+            let mut m = f64::NEG_INFINITY;
+            for (z, bb) in row.iter_mut().zip(&self.b2) {
+                *z += bb;
+                m = m.max(*z);
+            }
+            let mut sum = 0.0;
+            for z in row.iter_mut() {
+                *z = (*z - m).exp();
+                sum += *z;
+            }
+            let t = tgt[i] as usize;
+            total += -(row[t] / sum).ln();
+            // row becomes dlogits = (softmax - onehot) / B
+            for z in row.iter_mut() {
+                *z /= sum * b as f64;
+            }
+            row[t] -= 1.0 / b as f64;
+        }
+        let Some(g) = grads else {
+            return total / b as f64;
+        };
+        // dW2 = A^T dL ; db2 = sum dL
+        gemm_strided(h, v, b, &mut g.w2, v, false, &a, 1, h as isize, &lg, v as isize, 1);
+        g.b2.iter_mut().for_each(|x| *x = 0.0);
+        for i in 0..b {
+            for k in 0..v {
+                g.b2[k] += lg[i * v + k];
+            }
+        }
+        // dA = dL W2^T ; dZ = dA (1 - A^2)
+        let mut dz = vec![0.0; b * h];
+        gemm_strided(b, h, v, &mut dz, h, false, &lg, v as isize, 1, &self.w2, 1, v as isize);
+        for (d, av) in dz.iter_mut().zip(&a) {
+            *d *= 1.0 - av * av;
+        }
+        g.b1.iter_mut().for_each(|x| *x = 0.0);
+        for i in 0..b {
+            for k in 0..h {
+                g.b1[k] += dz[i * h + k];
+            }
+        }
+        // dW1 = X^T dZ ; dX = dZ W1^T
+        gemm_strided(ce, h, b, &mut g.w1, h, false, &x, 1, ce as isize, &dz, h as isize, 1);
+        let mut dx = vec![0.0; b * ce];
+        gemm_strided(
+            b, ce, h, &mut dx, ce, false, &dz, h as isize, 1, &self.w1, 1, h as isize,
+        );
+        g.emb.iter_mut().for_each(|x| *x = 0.0);
+        for i in 0..b {
+            for j in 0..c {
+                let t = ctx[i * c + j] as usize;
+                for q in 0..e {
+                    g.emb[t * e + q] += dx[i * ce + j * e + q];
+                }
+            }
+        }
+        total / b as f64
+    }
+}
+
+/// AdamW state and hyper-parameters.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f64,
+    /// β1.
+    pub beta1: f64,
+    /// β2.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay (matrices and embeddings only).
+    pub weight_decay: f64,
+    m: Model,
+    v: Model,
+    t: i32,
+}
+
+impl AdamW {
+    /// Fresh optimiser state for `shape`.
+    pub fn new(shape: Shape, lr: f64, weight_decay: f64) -> Self {
+        AdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+            m: Model::zeros(shape),
+            v: Model::zeros(shape),
+            t: 0,
+        }
+    }
+
+    /// One update of `model` with gradients `g`.
+    pub fn step(&mut self, model: &mut Model, g: &Grads) {
+        self.t += 1;
+        let (b1, b2) = (self.beta1, self.beta2);
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        let gs = [&g.emb, &g.w1, &g.b1, &g.w2, &g.b2];
+        let decays = [true, true, false, true, false];
+        let ms = self.m.tensors_mut();
+        let vs = self.v.tensors_mut();
+        for (((p, gg), (m, v)), decay) in model
+            .tensors_mut()
+            .into_iter()
+            .zip(gs)
+            .zip(ms.into_iter().zip(vs))
+            .zip(decays)
+        {
+            for i in 0..p.len() {
+                m[i] = b1 * m[i] + (1.0 - b1) * gg[i];
+                v[i] = b2 * v[i] + (1.0 - b2) * gg[i] * gg[i];
+                let upd = (m[i] / c1) / ((v[i] / c2).sqrt() + self.eps);
+                if decay {
+                    p[i] -= self.lr * self.weight_decay * p[i];
+                }
+                p[i] -= self.lr * upd;
+            }
+        }
+    }
+}
+
+/// Two order-2 Markov token sources ("general" and "domain") with controllable overlap.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    vocab: usize,
+    /// Cumulative next-token distributions per context, `[2][V·V][V]`.
+    cdf: [Vec<f64>; 2],
+}
+
+/// Which source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The general corpus.
+    General = 0,
+    /// The domain corpus.
+    Domain = 1,
+}
+
+impl Corpus {
+    /// Builds the sources: Zipf(`zipf`) next-token laws over seeded permutations; the domain source shares the
+    /// general permutation in a fraction `overlap` of contexts.
+    pub fn new(vocab: usize, zipf: f64, overlap: f64, seed: Seed) -> Result<Self> {
+        trainlab_core::error::check::in_range("corpus.overlap", overlap, 0.0, 1.0)?;
+        trainlab_core::error::check::at_least("corpus.vocab", vocab as u64, 2)?;
+        let weights: Vec<f64> = (1..=vocab).map(|k| (k as f64).powf(-zipf)).collect();
+        let z: f64 = weights.iter().sum();
+        let mut rng_g = seed.derive("corpus.general").rng();
+        let mut rng_d = seed.derive("corpus.domain").rng();
+        let perm = |rng: &mut trainlab_core::seed::Rng| -> Vec<usize> {
+            let mut p: Vec<usize> = (0..vocab).collect();
+            for i in (1..vocab).rev() {
+                let j = rng.random_range(0..=i);
+                p.swap(i, j);
+            }
+            p
+        };
+        let mut cdf = [vec![0.0; vocab * vocab * vocab], vec![0.0; vocab * vocab * vocab]];
+        for ctx in 0..vocab * vocab {
+            let pg = perm(&mut rng_g);
+            let own = perm(&mut rng_d);
+            let share: f64 = rng_d.random();
+            let pd = if share < overlap { pg.clone() } else { own };
+            for (s, p) in [pg, pd].iter().enumerate() {
+                let mut probs = vec![0.0; vocab];
+                for (rank, &tok) in p.iter().enumerate() {
+                    probs[tok] = weights[rank] / z;
+                }
+                let mut acc = 0.0;
+                for t in 0..vocab {
+                    acc += probs[t];
+                    cdf[s][ctx * vocab + t] = acc;
+                }
+            }
+        }
+        Ok(Corpus { vocab, cdf })
+    }
+
+    /// Entropy rate bound: the average next-token entropy over contexts (nats), a floor for any model's loss
+    /// (exact when contexts are visited uniformly; the stationary weighting differs slightly).
+    pub fn context_entropy(&self, src: Source) -> f64 {
+        let v = self.vocab;
+        let cdf = &self.cdf[src as usize];
+        let mut h = 0.0;
+        for ctx in 0..v * v {
+            let mut prev = 0.0;
+            for t in 0..v {
+                let p = cdf[ctx * v + t] - prev;
+                prev = cdf[ctx * v + t];
+                if p > 0.0 {
+                    h -= p * p.ln();
+                }
+            }
+        }
+        h / (v * v) as f64
+    }
+
+    fn next(&self, src: Source, a: u32, b: u32, u: f64) -> u32 {
+        let v = self.vocab;
+        let row = &self.cdf[src as usize][(a as usize * v + b as usize) * v..][..v];
+        row.partition_point(|c| *c < u).min(v - 1) as u32
+    }
+}
+
+/// A token stream from one source: yields (context, next) examples from a running sequence.
+#[derive(Debug, Clone)]
+pub struct Stream {
+    src: Source,
+    last: [u32; 2],
+    rng: trainlab_core::seed::Rng,
+}
+
+impl Stream {
+    /// A stream seeded by `seed`.
+    pub fn new(src: Source, seed: Seed) -> Self {
+        Stream {
+            src,
+            last: [0, 1],
+            rng: seed.rng(),
+        }
+    }
+    /// Appends one example: `context` tokens (the last of which is the Markov state) and the target.
+    pub fn push(&mut self, corpus: &Corpus, context: usize, ctx: &mut Vec<u32>, tgt: &mut Vec<u32>) {
+        let u: f64 = self.rng.random();
+        let t = corpus.next(self.src, self.last[0], self.last[1], u);
+        // The model sees the last `context` tokens; with context > 2 the older ones are padded with the oldest.
+        for j in 0..context {
+            let back = context - j;
+            ctx.push(if back >= 2 { self.last[0] } else { self.last[1] });
+        }
+        tgt.push(t);
+        self.last = [self.last[1], t];
+    }
+}
+
+/// Settings of a grid of CPT runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridConfig {
+    /// Hidden widths (one model size each).
+    pub hidden: Vec<usize>,
+    /// Domain shares r_d.
+    pub ratios: Vec<f64>,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Context tokens.
+    pub context: usize,
+    /// Embedding width.
+    pub embed: usize,
+    /// Batch size (examples = tokens per step).
+    pub batch: usize,
+    /// AdamW learning rate (constant after a short warm-up, so checkpoints are comparable).
+    pub lr: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// General-only pretraining tokens of each base model.
+    pub pretrain_tokens: u64,
+    /// CPT tokens per run.
+    pub cpt_tokens: u64,
+    /// Evaluations per run (log-spaced from cpt_tokens/32 to cpt_tokens).
+    pub evals: usize,
+    /// Validation examples per source.
+    pub val_examples: usize,
+    /// Zipf exponent of the sources.
+    pub zipf: f64,
+    /// Overlap of the domain source with the general one.
+    pub overlap: f64,
+    /// Seed.
+    pub seed: Seed,
+}
+
+impl Default for GridConfig {
+    fn default() -> Self {
+        GridConfig {
+            hidden: vec![16, 32, 64],
+            ratios: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            vocab: 48,
+            context: 2,
+            embed: 12,
+            batch: 64,
+            lr: 3e-3,
+            weight_decay: 0.01,
+            pretrain_tokens: 200_000,
+            cpt_tokens: 200_000,
+            evals: 12,
+            val_examples: 4096,
+            zipf: 1.1,
+            overlap: 0.3,
+            seed: Seed::default(),
+        }
+    }
+}
+
+/// One evaluation point of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GridRow {
+    /// Parameters N.
+    pub n: f64,
+    /// CPT tokens so far D.
+    pub d: f64,
+    /// Domain share r_d.
+    pub r: f64,
+    /// General validation loss (nats).
+    pub general_loss: f64,
+    /// Domain validation loss (nats).
+    pub domain_loss: f64,
+    /// Matrix-product FLOPs of CPT so far.
+    pub flops: f64,
+    /// General validation loss of the base model before CPT.
+    pub base_general_loss: f64,
+    /// Domain validation loss of the base model before CPT.
+    pub base_domain_loss: f64,
+}
+
+/// All rows of a grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GridResult {
+    /// Rows, ordered by size, ratio, tokens.
+    pub rows: Vec<GridRow>,
+}
+
+impl GridResult {
+    /// CSV in the format `trainlab fit dcpt` reads.
+    pub fn to_csv(&self) -> String {
+        let mut s = String::from("N,D,r,general_loss,domain_loss,flops,base_general_loss,base_domain_loss\n");
+        for r in &self.rows {
+            s.push_str(&format!(
+                "{},{},{},{:.6},{:.6},{:.6e},{:.6},{:.6}\n",
+                r.n, r.d, r.r, r.general_loss, r.domain_loss, r.flops, r.base_general_loss, r.base_domain_loss
+            ));
+        }
+        s
+    }
+}
+
+struct ValSet {
+    ctx: Vec<u32>,
+    tgt: Vec<u32>,
+}
+
+fn val_set(corpus: &Corpus, src: Source, n: usize, context: usize, seed: Seed) -> ValSet {
+    let mut st = Stream::new(src, seed);
+    let (mut ctx, mut tgt) = (Vec::new(), Vec::new());
+    for _ in 0..256 {
+        st.push(corpus, context, &mut Vec::new(), &mut Vec::new()); // burn-in to stationarity
+    }
+    for _ in 0..n {
+        st.push(corpus, context, &mut ctx, &mut tgt);
+    }
+    ValSet { ctx, tgt }
+}
+
+fn eval(model: &Model, v: &ValSet) -> f64 {
+    model.loss(&v.ctx, &v.tgt, None)
+}
+
+/// Trains `model` on the mixture at domain share `r` for `tokens` tokens, calling `at_eval(tokens_so_far)` at each
+/// of `eval_at` (ascending). Returns matrix FLOPs spent.
+#[allow(clippy::too_many_arguments)]
+fn train(
+    model: &mut Model,
+    cfg: &GridConfig,
+    corpus: &Corpus,
+    r: f64,
+    tokens: u64,
+    seed: Seed,
+    eval_at: &[u64],
+    mut at_eval: impl FnMut(&Model, u64, f64),
+) -> f64 {
+    let mut opt = AdamW::new(model.shape, cfg.lr, cfg.weight_decay);
+    let mut gen_s = Stream::new(Source::General, seed.derive("general"));
+    let mut dom_s = Stream::new(Source::Domain, seed.derive("domain"));
+    let mut grads = Model::zeros(model.shape);
+    let (mut seen, mut dom_seen, mut flops) = (0u64, 0u64, 0.0);
+    let mut next_eval = 0;
+    let warmup: f64 = 20.0;
+    let mut step: f64 = 0.0;
+    while seen < tokens {
+        let b = cfg.batch.min((tokens - seen) as usize);
+        let (mut ctx, mut tgt) = (Vec::with_capacity(b * cfg.context), Vec::with_capacity(b));
+        for _ in 0..b {
+            seen += 1;
+            // Error diffusion: exactly round(r * seen) domain tokens among the first `seen`.
+            if ((r * seen as f64).round() as u64) > dom_seen {
+                dom_seen += 1;
+                dom_s.push(corpus, cfg.context, &mut ctx, &mut tgt);
+            } else {
+                gen_s.push(corpus, cfg.context, &mut ctx, &mut tgt);
+            }
+        }
+        model.loss(&ctx, &tgt, Some(&mut grads));
+        step += 1.0;
+        opt.lr = cfg.lr * (step / warmup).min(1.0);
+        opt.step(model, &grads);
+        flops += model.matmul_flops_per_step(b) as f64;
+        while next_eval < eval_at.len() && eval_at[next_eval] <= seen {
+            at_eval(model, seen, flops);
+            next_eval += 1;
+        }
+    }
+    flops
+}
+
+/// Log-spaced evaluation token counts from `total/32` to `total`.
+pub fn eval_points(total: u64, n: usize) -> Vec<u64> {
+    let lo = (total as f64 / 32.0).max(1.0);
+    let mut v: Vec<u64> = (0..n)
+        .map(|i| {
+            let f = if n == 1 { 1.0 } else { i as f64 / (n - 1) as f64 };
+            (lo * (total as f64 / lo).powf(f)).round() as u64
+        })
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Runs the grid: per size, pretrain a base model on the general source, then continue it at each ratio (ratios in
+/// parallel, results in input order). `progress(done_runs, fraction_of_current_run, label)` is called as work
+/// proceeds.
+pub fn run_grid(cfg: &GridConfig, progress: &(dyn Fn(usize, f64, &str) + Sync)) -> Result<GridResult> {
+    if cfg.hidden.is_empty() || cfg.ratios.is_empty() {
+        return Err(Error::invalid(
+            "grid",
+            "(empty)",
+            "need sizes and ratios",
+            "give --hidden and --ratios",
+        ));
+    }
+    for (i, r) in cfg.ratios.iter().enumerate() {
+        trainlab_core::error::check::in_range(&format!("grid.ratios[{i}]"), *r, 0.0, 1.0)?;
+    }
+    for (i, h) in cfg.hidden.iter().enumerate() {
+        trainlab_core::error::check::at_least(&format!("grid.hidden[{i}]"), *h as u64, 1)?;
+    }
+    trainlab_core::error::check::at_least("grid.cpt_tokens", cfg.cpt_tokens, 32)?;
+    trainlab_core::error::check::at_least("grid.batch", cfg.batch as u64, 1)?;
+    let corpus = Corpus::new(cfg.vocab, cfg.zipf, cfg.overlap, cfg.seed)?;
+    let vg = val_set(
+        &corpus,
+        Source::General,
+        cfg.val_examples,
+        cfg.context,
+        cfg.seed.derive("val.general"),
+    );
+    let vd = val_set(
+        &corpus,
+        Source::Domain,
+        cfg.val_examples,
+        cfg.context,
+        cfg.seed.derive("val.domain"),
+    );
+    let evals = eval_points(cfg.cpt_tokens, cfg.evals);
+    let done = AtomicUsize::new(0);
+    let mut rows = Vec::new();
+    for (si, &h) in cfg.hidden.iter().enumerate() {
+        let shape = Shape {
+            vocab: cfg.vocab,
+            context: cfg.context,
+            embed: cfg.embed,
+            hidden: h,
+        };
+        let size_seed = cfg.seed.derive("size").index(si as u64);
+        let mut base = Model::new(shape, size_seed);
+        let label = format!("pretrain H={h}");
+        train(
+            &mut base,
+            cfg,
+            &corpus,
+            0.0,
+            cfg.pretrain_tokens,
+            size_seed.derive("pretrain"),
+            &[],
+            |_, _, _| {},
+        );
+        progress(done.load(Ordering::Relaxed), 0.0, &label);
+        let (bg, bd) = (eval(&base, &vg), eval(&base, &vd));
+        let per_ratio: Vec<Vec<GridRow>> = cfg
+            .ratios
+            .par_iter()
+            .enumerate()
+            .map(|(ri, &r)| {
+                let mut m = base.clone();
+                let mut out = Vec::new();
+                let label = format!("H={h} r={r}");
+                train(
+                    &mut m,
+                    cfg,
+                    &corpus,
+                    r,
+                    cfg.cpt_tokens,
+                    size_seed.derive("cpt").index(ri as u64),
+                    &evals,
+                    |m, d, f| {
+                        out.push(GridRow {
+                            n: shape.params() as f64,
+                            d: d as f64,
+                            r,
+                            general_loss: eval(m, &vg),
+                            domain_loss: eval(m, &vd),
+                            flops: f,
+                            base_general_loss: bg,
+                            base_domain_loss: bd,
+                        });
+                        progress(done.load(Ordering::Relaxed), d as f64 / cfg.cpt_tokens as f64, &label);
+                    },
+                );
+                done.fetch_add(1, Ordering::Relaxed);
+                progress(done.load(Ordering::Relaxed), 1.0, &label);
+                out
+            })
+            .collect();
+        rows.extend(per_ratio.into_iter().flatten());
+    }
+    Ok(GridResult { rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> (Model, Vec<u32>, Vec<u32>) {
+        let shape = Shape {
+            vocab: 7,
+            context: 2,
+            embed: 3,
+            hidden: 5,
+        };
+        let m = Model::new(shape, Seed(3));
+        let ctx = vec![0, 1, 2, 3, 4, 5, 6, 0, 1, 1, 2, 2];
+        let tgt = vec![1, 2, 3, 4, 5, 6];
+        (m, ctx, tgt)
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let (m, ctx, tgt) = tiny();
+        let mut g = Model::zeros(m.shape);
+        m.loss(&ctx, &tgt, Some(&mut g));
+        let mut mm = m.clone();
+        let gs = [g.emb.clone(), g.w1.clone(), g.b1.clone(), g.w2.clone(), g.b2.clone()];
+        for (ti, gt) in gs.iter().enumerate() {
+            for i in 0..gt.len() {
+                let h = 1e-6;
+                let orig = mm.tensors_mut()[ti][i];
+                mm.tensors_mut()[ti][i] = orig + h;
+                let up = mm.loss(&ctx, &tgt, None);
+                mm.tensors_mut()[ti][i] = orig - h;
+                let dn = mm.loss(&ctx, &tgt, None);
+                mm.tensors_mut()[ti][i] = orig;
+                let fd = (up - dn) / (2.0 * h);
+                assert!(
+                    (fd - gt[i]).abs() < 1e-7 + 1e-5 * fd.abs(),
+                    "tensor {ti} [{i}]: {} vs {fd}",
+                    gt[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn flops_and_params_are_exact() {
+        let (m, ..) = tiny();
+        assert_eq!(m.shape.params(), 7 * 3 + 2 * 3 * 5 + 5 + 5 * 7 + 7);
+        assert_eq!(m.matmul_flops_per_step(10), 6 * 10 * (6 * 5 + 5 * 7));
+    }
+
+    #[test]
+    fn training_lowers_loss_toward_entropy_floor_and_mixture_is_exact() {
+        let cfg = GridConfig {
+            vocab: 16,
+            ..GridConfig::default()
+        };
+        let corpus = Corpus::new(16, 1.1, 0.3, Seed(1)).unwrap();
+        let vg = val_set(&corpus, Source::General, 2000, 2, Seed(2));
+        let shape = Shape {
+            vocab: 16,
+            context: 2,
+            embed: 8,
+            hidden: 32,
+        };
+        let mut m = Model::new(shape, Seed(4));
+        let before = eval(&m, &vg);
+        train(&mut m, &cfg, &corpus, 0.0, 40_000, Seed(5), &[], |_, _, _| {});
+        let after = eval(&m, &vg);
+        let floor = corpus.context_entropy(Source::General);
+        assert!(after < before - 0.3, "{before} -> {after}");
+        assert!(after > floor - 0.1, "{after} below floor {floor}");
+        assert_eq!(eval_points(3200, 6), vec![100, 200, 400, 800, 1600, 3200]);
+    }
+
+    #[test]
+    fn grid_is_deterministic_and_domain_share_helps_domain_loss() {
+        let cfg = GridConfig {
+            hidden: vec![8],
+            ratios: vec![0.0, 1.0],
+            vocab: 16,
+            pretrain_tokens: 5000,
+            cpt_tokens: 8000,
+            evals: 3,
+            val_examples: 1000,
+            ..GridConfig::default()
+        };
+        let a = run_grid(&cfg, &|_, _, _| {}).unwrap();
+        let b = run_grid(&cfg, &|_, _, _| {}).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.rows.len(), 6);
+        let last = |r: f64| a.rows.iter().rfind(|x| x.r == r).copied().unwrap();
+        assert!(last(1.0).domain_loss < last(0.0).domain_loss);
+        assert!(last(1.0).general_loss > last(0.0).general_loss);
+        assert!(a.to_csv().starts_with("N,D,r,general_loss,domain_loss"));
+    }
+}
