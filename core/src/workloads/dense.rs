@@ -144,7 +144,7 @@ impl Workload for DenseTraining {
         check::at_least("workload.model.ffn_hidden", m.ffn_hidden, 1)?;
         check::at_least("workload.model.vocab", m.vocab, 1)?;
         check::at_least("workload.model.seq_len", m.seq_len, 1)?;
-        if m.hidden % m.heads != 0 {
+        if !m.hidden.is_multiple_of(m.heads) {
             return Err(Error::invalid(
                 "workload.model.heads",
                 m.heads,
@@ -153,7 +153,7 @@ impl Workload for DenseTraining {
             ));
         }
         if let Some(kv) = m.kv_heads
-            && (kv == 0 || m.heads % kv != 0)
+            && (kv == 0 || !m.heads.is_multiple_of(kv))
         {
             return Err(Error::invalid(
                 "workload.model.kv_heads",
