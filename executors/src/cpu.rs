@@ -26,7 +26,9 @@ pub const MAX_GEMM_BYTES: u64 = 4 << 30;
 pub struct CpuOpts {
     /// How long and how often to time.
     pub timing: TimingOpts,
-    /// Worker threads; 0 means rayon's global pool (all cores, or `RAYON_NUM_THREADS`).
+    /// Worker threads; 0 means rayon's global pool (all cores, or `RAYON_NUM_THREADS`). For GEMM this is the `gemm`
+    /// crate's degree of parallelism on the global pool (1 = serial); STREAM and dispatch build a dedicated pool of
+    /// this many workers.
     pub threads: usize,
 }
 

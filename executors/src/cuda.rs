@@ -256,12 +256,19 @@ impl CudaRuntime {
     }
 
     fn launch_copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) -> Result<(), Error> {
+        if dst.len() != src.len() {
+            return Err(Error::Backend(format!(
+                "tl_copy: lengths differ ({} vs {})",
+                src.len(),
+                dst.len()
+            )));
+        }
         let n = src.len() as u64;
         let cfg = self.stream_grid(n);
         let mut b = self.stream.launch_builder(&self.copy_fn);
         b.arg(src).arg(dst).arg(&n);
         // SAFETY: tl_copy(const float*, float*, unsigned long long) matches the argument list; both buffers hold
-        // `n` floats (checked by the callers: same length), and the grid-stride loop stays below `n`.
+        // `n` floats (checked above), and the grid-stride loop stays below `n`.
         unsafe { b.launch(cfg) }.map_err(drv("launch tl_copy"))?;
         Ok(())
     }
@@ -273,12 +280,15 @@ impl CudaRuntime {
         c: &CudaSlice<f32>,
         s: f32,
     ) -> Result<(), Error> {
+        if b.len() != a.len() || c.len() != a.len() {
+            return Err(Error::Backend("tl_triad: arrays of different lengths".into()));
+        }
         let n = a.len() as u64;
         let cfg = self.stream_grid(n);
         let mut l = self.stream.launch_builder(&self.triad_fn);
         l.arg(a).arg(b).arg(c).arg(&s).arg(&n);
         // SAFETY: tl_triad(float*, const float*, const float*, float, unsigned long long) matches; all three buffers
-        // hold `n` floats (same length, checked by the callers).
+        // hold `n` floats (checked above).
         unsafe { l.launch(cfg) }.map_err(drv("launch tl_triad"))?;
         Ok(())
     }
