@@ -47,7 +47,10 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for (name, l) in [
         ("top1_uniform", layer(Routing::TopK(1), RouterModel::Uniform)),
-        ("2xtop1_zipf1", layer(Routing::Prototypes(2), RouterModel::Zipf { s: 1.0 })),
+        (
+            "2xtop1_zipf1",
+            layer(Routing::Prototypes(2), RouterModel::Zipf { s: 1.0 }),
+        ),
     ] {
         let sim = MoeSim {
             replications: 100,

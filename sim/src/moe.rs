@@ -116,7 +116,12 @@ pub fn parse_trace(text: &str, origin: &str, layer: &MoeLayer) -> Result<Routing
         }
     }
     if choices.is_empty() {
-        return Err(Error::invalid(field, origin, "the trace has no tokens", "add lines `token,expert...`"));
+        return Err(Error::invalid(
+            field,
+            origin,
+            "the trace has no tokens",
+            "add lines `token,expert...`",
+        ));
     }
     Ok(RoutingTrace { k, choices })
 }

@@ -188,11 +188,14 @@ impl Workload for MoeLayer {
             Routing::Prototypes(_) => "workload.routing.prototypes",
         };
         check::at_least(field, k, 1)?;
-        if self.experts % self.routing.groups() != 0 {
+        if !self.experts.is_multiple_of(self.routing.groups()) {
             return Err(Error::invalid(
                 field,
                 k,
-                format!("{} experts cannot be split into {k} equal prototype groups", self.experts),
+                format!(
+                    "{} experts cannot be split into {k} equal prototype groups",
+                    self.experts
+                ),
                 "choose k dividing the number of experts",
             ));
         }
@@ -212,7 +215,7 @@ impl Workload for MoeLayer {
                 "use e.g. 1.0, 1.25 or 2.0",
             ));
         }
-        if self.experts % self.ep_ranks != 0 {
+        if !self.experts.is_multiple_of(self.ep_ranks) {
             return Err(Error::invalid(
                 "workload.ep_ranks",
                 self.ep_ranks,
@@ -245,8 +248,14 @@ impl Workload for MoeLayer {
                 "use fewer tokens",
             ));
         }
-        check::positive("workload.cluster.intra.bandwidth_bytes_per_s", self.cluster.intra.bandwidth_bytes_per_s)?;
-        check::positive("workload.cluster.inter.bandwidth_bytes_per_s", self.cluster.inter.bandwidth_bytes_per_s)?;
+        check::positive(
+            "workload.cluster.intra.bandwidth_bytes_per_s",
+            self.cluster.intra.bandwidth_bytes_per_s,
+        )?;
+        check::positive(
+            "workload.cluster.inter.bandwidth_bytes_per_s",
+            self.cluster.inter.bandwidth_bytes_per_s,
+        )?;
         check::non_negative("workload.cluster.intra.latency_s", self.cluster.intra.latency_s)?;
         check::non_negative("workload.cluster.inter.latency_s", self.cluster.inter.latency_s)?;
         Ok(())

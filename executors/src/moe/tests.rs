@@ -58,7 +58,10 @@ fn check(r: RoutingSpec, bal: f64) {
             assert!(err < 2e-2, "param group {which} idx {idx}: fd {fd} vs analytic {an}");
         }
     }
-    assert!(checked >= 12, "only {checked} finite-difference checks were differentiable");
+    assert!(
+        checked >= 12,
+        "only {checked} finite-difference checks were differentiable"
+    );
     assert!(worst < 2e-2);
 }
 

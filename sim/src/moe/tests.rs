@@ -48,7 +48,12 @@ fn layer(tokens: u64, experts: u64, routing: Routing, cf: f64) -> MoeLayer {
 
 #[test]
 fn uniform_routing_matches_closed_form() {
-    for routing in [Routing::TopK(1), Routing::TopK(2), Routing::Prototypes(2), Routing::Prototypes(4)] {
+    for routing in [
+        Routing::TopK(1),
+        Routing::TopK(2),
+        Routing::Prototypes(2),
+        Routing::Prototypes(4),
+    ] {
         let l = layer(4096, 32, routing, 1.0);
         let sim = MoeSim {
             replications: 400,
@@ -132,7 +137,9 @@ fn same_seed_same_answer_and_skew_costs_time() {
 #[test]
 fn trace_errors_carry_line_numbers() {
     let l = layer(8, 4, Routing::TopK(1), 1.0);
-    let e = parse_trace("token,expert\n0,1\n1,7\n", "t.csv", &l).unwrap_err().to_string();
+    let e = parse_trace("token,expert\n0,1\n1,7\n", "t.csv", &l)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("t.csv:3") && e.contains("expert 7 does not exist"), "{e}");
     let e = parse_trace("0,1,2\n", "t.csv", &l).unwrap_err().to_string();
     assert!(e.contains("t.csv:1"), "{e}");
