@@ -549,6 +549,7 @@ impl Backend<DenseTraining> for DenseAnalytical {
 pub(crate) mod tests {
     use super::*;
     use crate::collectives::tests::cluster;
+    use crate::roofline::DATASHEET_GEMM_EFFICIENCY as DATASHEET_BOUND;
     use trainlab_core::Dtype;
 
     pub(crate) fn llama70b() -> TransformerSpec {
@@ -673,6 +674,35 @@ pub(crate) mod tests {
             ..StepOptions::default()
         };
         assert!(step_with(&w, &c, None, &bad).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn invariants_over_layouts(tpi in 0u32..4, ppi in 0usize..5, mbi in 0u32..4, r in 0usize..3, ni in 1u32..7) {
+            let w = workload(1 << ni);
+            let tp = 1u64 << tpi;
+            let pp = [1u64, 2, 4, 8, 16][ppi];
+            let gpus = w.cluster.gpus();
+            proptest::prop_assume!(gpus % (tp * pp) == 0);
+            let dp = gpus / (tp * pp);
+            let mb = 1u64 << mbi;
+            let rc = [Recompute::None, Recompute::Selective, Recompute::Full][r];
+            let c = cfg(tp, pp, dp, mb, rc);
+            proptest::prop_assume!(check_config(&w, &c).is_ok());
+            let b = step_breakdown(&w, &c, None).unwrap();
+            proptest::prop_assert!(b.mfu > 0.0 && b.mfu < DATASHEET_BOUND);
+            proptest::prop_assert!(b.bubble_fraction >= 0.0 && b.bubble_fraction < 1.0);
+            proptest::prop_assert!(b.dp_exposed_s <= b.dp_comm_s + 1e-15);
+            // a step is at least its pipeline of micro-batches
+            let floor = b.micro_batches as f64 * (b.forward_mb_s + b.backward_mb_s);
+            proptest::prop_assert!(b.step_time_s >= floor);
+            // larger micro-batches never need less memory (equal when fewer are in flight)
+            if mb > 1 && dp * mb > dp {
+                let smaller = cfg(tp, pp, dp, mb / 2, rc);
+                let m2 = memory_per_gpu(&w, &smaller, check_config(&w, &smaller).unwrap());
+                proptest::prop_assert!(m2 <= b.memory_per_gpu_bytes);
+            }
+        }
     }
 
     #[test]
