@@ -683,7 +683,7 @@ pub(crate) mod tests {
             let tp = 1u64 << tpi;
             let pp = [1u64, 2, 4, 8, 16][ppi];
             let gpus = w.cluster.gpus();
-            proptest::prop_assume!(gpus % (tp * pp) == 0);
+            proptest::prop_assume!(gpus.is_multiple_of(tp * pp));
             let dp = gpus / (tp * pp);
             let mb = 1u64 << mbi;
             let rc = [Recompute::None, Recompute::Selective, Recompute::Full][r];
