@@ -417,6 +417,32 @@ mod tests {
         check_agreement(&q(4, 3200.0, 1000.0, 250_000), 16, 0.02);
     }
 
+    /// The shipped scenarios parse into a valid [`Queue`] and the default simulator agrees with the closed form.
+    #[test]
+    fn shipped_scenarios_agree() {
+        for name in ["mm1", "mmc"] {
+            let path = format!("{}/../scenarios/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("scenario file");
+            let doc: toml::Table = toml::from_str(&text).expect("toml");
+            assert_eq!(doc["kind"].as_str(), Some(Queue::KIND));
+            let w: Queue = doc["workload"].clone().try_into().expect("workload fields");
+            w.validate().expect("valid");
+            let seed = Seed(doc["seed"].as_integer().expect("seed") as u64);
+            let sim = QueueSim::default().run(&w, &mut RunCtx::new(seed)).expect("valid");
+            let cf = QueueAnalytical.run(&w, &mut RunCtx::new(seed)).expect("valid");
+            let e = rel(sim.mean_wait_s, cf.mean_wait_s);
+            eprintln!(
+                "{name}: sim Wq {:.5} vs closed form {:.5} ({:+.3}%)",
+                sim.mean_wait_s,
+                cf.mean_wait_s,
+                100.0 * e
+            );
+            assert!(e.abs() < 0.03, "{name}: {:+.3}%", 100.0 * e);
+            assert_eq!(sim.metrics().len(), 5);
+            assert!(sim.metrics()[0].ci.is_some() && cf.metrics()[0].ci.is_none());
+        }
+    }
+
     #[test]
     fn deterministic_per_seed_and_thread_count() {
         let w = q(2, 1.5, 1.0, 20_000);
