@@ -1,1 +1,699 @@
-//! (to be written)
+//! A real fault-injection run of a small synchronous training job on this machine (the measured backend of
+//! [`TrainingJob`]).
+//!
+//! `ranks` worker processes (the trainlab binary's hidden `__c4-worker` subcommand, see [`worker_main`]) each do a
+//! fixed amount of floating-point work per step and a real ring all-reduce over loopback TCP (127.0.0.1 only);
+//! rank 0 checkpoints the parameters to a temporary directory. The monitor (this module, in the calling process)
+//! receives every worker's collective entry/exit timestamps, feeds them to the same
+//! [`Detector`](trainlab_sim::failures::Detector) the simulator uses, and injects faults on schedule:
+//! - `kill`: SIGKILL the worker;
+//! - `hang`: SIGSTOP it (never continued);
+//! - `slow`: throttle it with a SIGSTOP/SIGCONT duty cycle (running `1/slowdown` of every 20 ms).
+//!
+//! On a verdict the monitor records the detection latency and whether the named rank is the injected one, kills the
+//! workers' process group, and restarts from the last checkpoint with a fresh process in place of the faulty one
+//! (a spare) or, with no spare left, without it. It measures restart time (verdict to the first completed step),
+//! lost work (steps since the checkpoint) and ETTR (useful step time / wall time). Workers live in their own process
+//! group and die with the monitor (`PR_SET_PDEATHSIG`); on cancellation (Ctrl-C) the group is killed and the results
+//! so far are returned.
+mod worker;
+
+pub use worker::worker_main;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trainlab_core::workloads::training_job::{
+    Estimate, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob, TrainingJobOutcome,
+};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, Workload};
+use trainlab_sim::failures::{Detector, DetectorConfig, Verdict};
+use worker::{WorkerArgs, now_s};
+
+/// A fault to inject.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Injection {
+    /// SIGKILL.
+    Kill,
+    /// SIGSTOP, never continued.
+    Hang,
+    /// Duty-cycle throttling to `1/slowdown` of the CPU.
+    Slow(f64),
+}
+
+/// One scheduled fault: injected into `rank` once the job has completed `at_step` steps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduledFault {
+    /// Completed steps before injection.
+    pub at_step: u64,
+    /// Target rank.
+    pub rank: usize,
+    /// What to do.
+    pub what: Injection,
+}
+
+/// Configuration of a real run.
+#[derive(Debug, Clone)]
+pub struct FaultRunConfig {
+    /// The executable that understands the worker subcommand.
+    pub exe: PathBuf,
+    /// Arguments before the worker's own (e.g. `["__c4-worker"]`).
+    pub worker_prefix: Vec<String>,
+    /// Worker processes.
+    pub ranks: usize,
+    /// Spare processes available for replacement.
+    pub spares: usize,
+    /// Steps to train.
+    pub steps: u64,
+    /// Target compute time per step, seconds (calibrated to a work count on this machine).
+    pub compute_s: f64,
+    /// Floats all-reduced per step.
+    pub len: usize,
+    /// Steps between checkpoints.
+    pub checkpoint_every: u64,
+    /// Faults to inject.
+    pub faults: Vec<ScheduledFault>,
+    /// Detector: hang threshold in step periods (floor 0.5 s).
+    pub hang_steps: f64,
+    /// Detector: straggler window in steps.
+    pub window: usize,
+    /// Detector: straggler lag threshold (fraction of the step period).
+    pub slow_threshold: f64,
+    /// Give up after this many seconds of wall time.
+    pub time_limit_s: f64,
+}
+
+impl FaultRunConfig {
+    /// A 4-rank run of `steps` steps of about 60 ms with the given faults, using the current executable.
+    pub fn small(steps: u64, faults: Vec<ScheduledFault>) -> Self {
+        FaultRunConfig {
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainlab")),
+            worker_prefix: vec!["__c4-worker".to_string()],
+            ranks: 4,
+            spares: 8,
+            steps,
+            compute_s: 0.06,
+            len: 16_384,
+            checkpoint_every: 10,
+            faults,
+            hang_steps: 8.0,
+            window: 6,
+            slow_threshold: 0.25,
+            time_limit_s: 300.0,
+        }
+    }
+}
+
+/// What happened to one injected fault (or one false alarm).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRecord {
+    /// The injection (None for a false alarm).
+    pub injected: Option<ScheduledFault>,
+    /// Seconds from injection to verdict (None if never detected).
+    pub detection_latency_s: Option<f64>,
+    /// The verdict.
+    pub verdict: Option<String>,
+    /// Whether the verdict named the injected rank.
+    pub localised: bool,
+    /// Seconds from the verdict until the restarted job completed a step.
+    pub restart_s: f64,
+    /// Steps lost (completed since the last checkpoint).
+    pub lost_steps: u64,
+}
+
+/// The result of a real run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FaultRunReport {
+    /// Per fault (and false alarm), in order.
+    pub records: Vec<FaultRecord>,
+    /// Verdicts with no fault injected.
+    pub false_alarms: u64,
+    /// Wall time, seconds.
+    pub wall_s: f64,
+    /// Steps committed (completed by all ranks and not lost).
+    pub steps_done: u64,
+    /// Median healthy step period, seconds.
+    pub step_period_s: f64,
+    /// Seconds spent writing checkpoints.
+    pub checkpoint_s: f64,
+    /// Useful time / wall time.
+    pub ettr: f64,
+    /// True if cancelled before the end.
+    pub interrupted: bool,
+}
+
+enum Msg {
+    Hello(usize, u16, u32, TcpStream),
+    Enter(usize, u64, f64),
+    Exit(usize, u64, f64),
+    Progress(usize, u64, u64, u64),
+    Ckpt(u64, f64),
+}
+
+/// Measures how many passes of the worker's kernel take `seconds` on this machine.
+fn calibrate_work(len: usize, seconds: f64) -> u64 {
+    let params = vec![0.1f32; len];
+    let mut out = vec![0.0f32; len];
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < 0.05 {
+        worker::compute(&params, 10, n, 0, &mut out);
+        n += 10;
+    }
+    std::hint::black_box(&out);
+    let per = t.elapsed().as_secs_f64() / n as f64;
+    ((seconds / per) as u64).max(1)
+}
+
+struct Group {
+    children: Vec<Child>,
+    pids: Vec<u32>,
+    pgid: Option<i32>,
+}
+
+impl Group {
+    fn kill(&mut self) {
+        if let Some(g) = self.pgid {
+            // SAFETY: kill(2) on a process group we created; no memory is touched.
+            unsafe {
+                libc::kill(-g, libc::SIGCONT);
+                libc::kill(-g, libc::SIGKILL);
+            }
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+    }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a worker pid we spawned.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+/// Runs the job with its fault schedule. Returns early (with `interrupted`) when `cancel` is set.
+pub fn run(cfg: &FaultRunConfig, cancel: &AtomicBool) -> Result<FaultRunReport, Error> {
+    let dir = std::env::temp_dir().join(format!("trainlab-c4-{}-{}", std::process::id(), now_s() as u64));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let res = run_in(cfg, cancel, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    res
+}
+
+fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> Result<FaultRunReport, Error> {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("binding the monitor socket on 127.0.0.1", e))?;
+    let addr = listener.local_addr().map_err(|e| Error::io("monitor address", e))?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let tx = tx.clone();
+                std::thread::spawn(move || read_worker(conn, tx));
+            }
+        });
+    }
+    let work = calibrate_work(cfg.len, cfg.compute_s);
+    let t_start = Instant::now();
+    let elapsed = || t_start.elapsed().as_secs_f64();
+    let mut report = FaultRunReport::default();
+    let mut world = cfg.ranks;
+    let mut spares = cfg.spares;
+    let mut pending: Vec<ScheduledFault> = cfg.faults.clone();
+    pending.sort_by_key(|f| f.at_step);
+    let mut committed = 0u64; // last checkpointed step
+    let mut periods: Vec<f64> = Vec::new();
+    let throttle_stop = Arc::new(AtomicBool::new(false));
+    let mut last_verdict_t: Option<f64> = None;
+    let mut ckpt_s = 0.0;
+    'restart: loop {
+        // Launch the group.
+        let mut group = Group {
+            children: Vec::new(),
+            pids: Vec::new(),
+            pgid: None,
+        };
+        for r in 0..world {
+            let a = WorkerArgs {
+                rank: r,
+                world,
+                monitor: addr.to_string(),
+                work,
+                len: cfg.len,
+                steps: cfg.steps,
+                ckpt: dir.to_path_buf(),
+                every: cfg.checkpoint_every,
+            };
+            let mut cmd = Command::new(&cfg.exe);
+            cmd.args(&cfg.worker_prefix).args(a.to_args()).stdin(Stdio::null()).stdout(Stdio::null());
+            {
+                use std::os::unix::process::CommandExt;
+                cmd.process_group(group.pgid.unwrap_or(0));
+            }
+            let child = cmd
+                .spawn()
+                .map_err(|e| Error::io(format!("spawning worker {}", cfg.exe.display()), e))?;
+            if group.pgid.is_none() {
+                group.pgid = Some(child.id() as i32);
+            }
+            group.pids.push(child.id());
+            group.children.push(child);
+        }
+        // Handshake.
+        let mut conns: Vec<Option<TcpStream>> = (0..world).map(|_| None).collect();
+        let mut ports = vec![0u16; world];
+        let hs_deadline = Instant::now() + Duration::from_secs(20);
+        while conns.iter().any(|c| c.is_none()) {
+            if cancel.load(Ordering::Relaxed) || Instant::now() > hs_deadline {
+                group.kill();
+                report.interrupted = cancel.load(Ordering::Relaxed);
+                if !report.interrupted {
+                    return Err(Error::Backend("workers did not connect within 20 s".into()));
+                }
+                break 'restart;
+            }
+            if let Ok(Msg::Hello(r, p, _pid, s)) = rx.recv_timeout(Duration::from_millis(50))
+                && r < world
+            {
+                ports[r] = p;
+                conns[r] = Some(s);
+            }
+        }
+        let line = format!(
+            "P {}\n",
+            ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+        );
+        for s in conns.iter_mut().flatten() {
+            let _ = s.write_all(line.as_bytes());
+        }
+        let t_launch = now_s();
+        let mut det = Detector::new(
+            DetectorConfig {
+                ranks: world,
+                hang_timeout_s: f64::INFINITY,
+                window: cfg.window,
+                slow_threshold: cfg.slow_threshold,
+            },
+            t_launch,
+        );
+        let mut exits = vec![0u64; cfg.steps as usize + 1];
+        let mut done_steps = committed;
+        let mut active: Option<(ScheduledFault, f64)> = None;
+        let mut first_step_after_restart = true;
+        let mut last_exit_t: Option<f64> = None;
+        loop {
+            if cancel.load(Ordering::Relaxed) || elapsed() > cfg.time_limit_s {
+                throttle_stop.store(true, Ordering::Relaxed);
+                group.kill();
+                report.interrupted = true;
+                report.steps_done = done_steps;
+                break 'restart;
+            }
+            match rx.recv_timeout(Duration::from_millis(20)) {
+                Ok(Msg::Enter(r, k, t)) => det.enter(r, k, t),
+                Ok(Msg::Exit(r, k, t)) => {
+                    det.exit(r, k, t);
+                    if (k as usize) < exits.len() {
+                        exits[k as usize] += 1;
+                        if exits[k as usize] == world as u64 {
+                            done_steps = done_steps.max(k + 1);
+                            if let Some(lt) = last_exit_t
+                                && active.is_none()
+                            {
+                                periods.push(t - lt);
+                            }
+                            last_exit_t = Some(t);
+                            if first_step_after_restart {
+                                first_step_after_restart = false;
+                                if let (Some(vt), Some(rec)) = (last_verdict_t.take(), report.records.last_mut()) {
+                                    rec.restart_s = t - vt;
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Msg::Progress(r, k, sent, recv)) => det.progress(r, k, sent, recv),
+                Ok(Msg::Ckpt(k, s)) => {
+                    committed = committed.max(k);
+                    ckpt_s += s;
+                }
+                Ok(Msg::Hello(..)) | Err(_) => {}
+            }
+            // Once the step period is known, arm the hang threshold (floor 1 s: this machine is shared and noisy).
+            if det.config().hang_timeout_s.is_infinite()
+                && let Some(p) = det.period()
+            {
+                det.set_hang_timeout((cfg.hang_steps * p).max(1.0), now_s());
+            }
+            // Finished?
+            if done_steps >= cfg.steps {
+                group.kill();
+                report.steps_done = done_steps;
+                break 'restart;
+            }
+            // Crashes: a rank killed by a signal is the cause; peers that exited on a broken connection follow it.
+            let mut exited: Vec<(usize, bool)> = Vec::new();
+            for (r, c) in group.children.iter_mut().enumerate() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    use std::os::unix::process::ExitStatusExt;
+                    exited.push((r, st.signal().is_some()));
+                }
+            }
+            exited.sort_by_key(|(r, sig)| (!sig, *r));
+            if let Some((r, _)) = exited.first() {
+                det.crash(*r);
+            }
+            // Inject.
+            if active.is_none()
+                && let Some(f) = pending.first().copied()
+                && done_steps >= f.at_step
+                && f.rank < world
+            {
+                pending.remove(0);
+                let pid = group.pids[f.rank];
+                match f.what {
+                    Injection::Kill => signal(pid, libc::SIGKILL),
+                    Injection::Hang => signal(pid, libc::SIGSTOP),
+                    Injection::Slow(x) => {
+                        throttle_stop.store(false, Ordering::Relaxed);
+                        let stop = throttle_stop.clone();
+                        let run_ms = (20.0 / x.max(1.0)) as u64;
+                        std::thread::spawn(move || {
+                            while !stop.load(Ordering::Relaxed) {
+                                signal(pid, libc::SIGCONT);
+                                std::thread::sleep(Duration::from_millis(run_ms.max(1)));
+                                if stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                signal(pid, libc::SIGSTOP);
+                                std::thread::sleep(Duration::from_millis(20 - run_ms.min(19)));
+                            }
+                            signal(pid, libc::SIGCONT);
+                        });
+                    }
+                }
+                active = Some((f, now_s()));
+            }
+            // Detect.
+            if let Some(v) = det.check(now_s()) {
+                let t = now_s();
+                throttle_stop.store(true, Ordering::Relaxed);
+                let (rec, replace) = match active.take() {
+                    Some((f, ti)) => (
+                        FaultRecord {
+                            injected: Some(f),
+                            detection_latency_s: Some(t - ti),
+                            verdict: Some(describe(&v)),
+                            localised: v.names(f.rank),
+                            restart_s: 0.0,
+                            lost_steps: done_steps.saturating_sub(committed),
+                        },
+                        true,
+                    ),
+                    None => {
+                        report.false_alarms += 1;
+                        (
+                            FaultRecord {
+                                injected: None,
+                                detection_latency_s: None,
+                                verdict: Some(describe(&v)),
+                                localised: false,
+                                restart_s: 0.0,
+                                lost_steps: done_steps.saturating_sub(committed),
+                            },
+                            true,
+                        )
+                    }
+                };
+                report.records.push(rec);
+                group.kill();
+                std::thread::sleep(Duration::from_millis(30));
+                // Drain stale messages of the dead group.
+                while rx.try_recv().is_ok() {}
+                if replace {
+                    if spares > 0 {
+                        spares -= 1;
+                    } else if world > 1 {
+                        world -= 1;
+                    }
+                }
+                last_verdict_t = Some(t);
+                continue 'restart;
+            }
+        }
+    }
+    report.wall_s = elapsed();
+    periods.sort_by(f64::total_cmp);
+    report.step_period_s = periods.get(periods.len() / 2).copied().unwrap_or(0.0);
+    report.checkpoint_s = ckpt_s;
+    let useful = report.steps_done as f64 * report.step_period_s;
+    report.ettr = if report.wall_s > 0.0 { (useful / report.wall_s).min(1.0) } else { 0.0 };
+    Ok(report)
+}
+
+fn describe(v: &Verdict) -> String {
+    match v {
+        Verdict::Crash { rank } => format!("crash rank {rank}"),
+        Verdict::Hang { kind, ranks } => format!("{kind:?} hang ranks {ranks:?}"),
+        Verdict::Slow { rank, lag } => format!("slow rank {rank} lag {lag:.2}"),
+    }
+}
+
+fn read_worker(conn: TcpStream, tx: mpsc::Sender<Msg>) {
+    let Ok(clone) = conn.try_clone() else { return };
+    let mut rd = BufReader::new(clone);
+    let mut line = String::new();
+    let mut rank = usize::MAX;
+    let mut hello = Some(conn);
+    while rd.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let msg = match (w.first().copied(), w.len()) {
+            (Some("H"), 4) => {
+                rank = w[1].parse().unwrap_or(usize::MAX);
+                let p = w[2].parse().unwrap_or(0);
+                let pid = w[3].parse().unwrap_or(0);
+                hello.take().map(|s| Msg::Hello(rank, p, pid, s))
+            }
+            (Some("E"), 3) => Some(Msg::Enter(rank, w[1].parse().unwrap_or(0), w[2].parse().unwrap_or(0.0))),
+            (Some("X"), 3) => Some(Msg::Exit(rank, w[1].parse().unwrap_or(0), w[2].parse().unwrap_or(0.0))),
+            (Some("P"), 4) => Some(Msg::Progress(
+                rank,
+                w[1].parse().unwrap_or(0),
+                w[2].parse().unwrap_or(0),
+                w[3].parse().unwrap_or(0),
+            )),
+            (Some("C"), 3) => Some(Msg::Ckpt(w[1].parse().unwrap_or(0), w[2].parse().unwrap_or(0.0))),
+            _ => None,
+        };
+        if let Some(m) = msg
+            && tx.send(m).is_err()
+        {
+            return;
+        }
+        line.clear();
+    }
+}
+
+/// Derives a real-run fault schedule from a workload: one injection per fault kind present in its failure model
+/// (kill for fail-stop, SIGSTOP for hang, throttling at the entry's slowdown for slow), spread over `steps`.
+pub fn schedule_for(job: &TrainingJob, steps: u64, ranks: usize) -> Vec<ScheduledFault> {
+    let mut kinds: Vec<(FaultKind, f64)> = Vec::new();
+    for f in &job.failures {
+        if !kinds.iter().any(|(k, _)| *k == f.kind) {
+            kinds.push((f.kind, f.slowdown));
+        }
+    }
+    let n = kinds.len() as u64;
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, (k, s))| ScheduledFault {
+            at_step: steps * (i as u64 + 1) / (n + 1),
+            rank: (i * 7 + 1) % ranks.max(1),
+            what: match k {
+                FaultKind::FailStop => Injection::Kill,
+                FaultKind::Hang => Injection::Hang,
+                FaultKind::Slow => Injection::Slow(s.max(1.5)),
+            },
+        })
+        .collect()
+}
+
+/// Reduces a report to the C4D policy outcome (phases as fractions of the run's wall time).
+pub fn outcome(job: &TrainingJob, r: &FaultRunReport) -> PolicyOutcome {
+    let w = r.wall_s.max(f64::MIN_POSITIVE);
+    let lat: Vec<f64> = r.records.iter().filter_map(|x| x.detection_latency_s).collect();
+    let detect: f64 = lat.iter().sum();
+    let restart: f64 = r.records.iter().map(|x| x.restart_s).sum();
+    let lost: f64 = r.records.iter().map(|x| x.lost_steps as f64).sum::<f64>() * r.step_period_s;
+    let injected = r.records.iter().filter(|x| x.injected.is_some()).count();
+    let correct = r.records.iter().filter(|x| x.localised).count();
+    let mut phases = [0.0; 6];
+    phases[Phase::Detect.index()] = detect / w;
+    phases[Phase::Restart.index()] = restart / w;
+    phases[Phase::LostWork.index()] = lost / w;
+    phases[Phase::Checkpointing.index()] = r.checkpoint_s / w;
+    let est = |xs: &[f64]| if xs.len() >= 2 { Estimate::of(xs) } else { Estimate::exact(xs.first().copied().unwrap_or(0.0)) };
+    PolicyOutcome {
+        policy: Policy::C4d,
+        ettr: Estimate::exact(r.ettr),
+        downtime_by_phase: Phase::ALL.iter().map(|p| (*p, Estimate::exact(phases[p.index()]))).collect(),
+        downtime_by_class: vec![(FaultClass::Gpu, Estimate::exact((detect + restart + lost) / w))],
+        interruptions: Estimate::exact(r.records.len() as f64),
+        interruptions_by_class: vec![(FaultClass::Gpu, Estimate::exact(r.records.len() as f64))],
+        gpu_hours_lost: Estimate::exact((1.0 - r.ettr) * job.gpus.min(4) as f64 * w / 3600.0),
+        detection_latency_s: est(&lat),
+        localisation_accuracy: Estimate::exact(if injected == 0 { 1.0 } else { correct as f64 / injected as f64 }),
+    }
+}
+
+/// The measured backend (`Fidelity::Measured`, name `faultrun`): a 4-rank real run with one injected fault per kind
+/// of the workload's failure model, reported as the `c4d` policy.
+#[derive(Debug, Clone)]
+pub struct FaultRun {
+    /// Worker executable (default: the current executable).
+    pub exe: PathBuf,
+    /// Steps of the real run.
+    pub steps: u64,
+    /// The last report, for the CLI's detailed table.
+    pub last: Arc<Mutex<Option<FaultRunReport>>>,
+}
+
+impl FaultRun {
+    /// A backend spawning workers from `exe` (`None`: the current executable).
+    pub fn new(exe: Option<PathBuf>) -> Self {
+        FaultRun {
+            exe: exe.unwrap_or_else(|| std::env::current_exe().unwrap_or_else(|_| PathBuf::from("trainlab"))),
+            steps: 200,
+            last: Arc::new(Mutex::new(None)),
+        }
+    }
+}
+
+impl Backend<TrainingJob> for FaultRun {
+    fn name(&self) -> &str {
+        "faultrun"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Measured
+    }
+    fn available(&self) -> Result<(), String> {
+        if cfg!(unix) && self.exe.exists() {
+            Ok(())
+        } else {
+            Err(format!("worker executable {} not found (unix only)", self.exe.display()))
+        }
+    }
+    fn run(&mut self, job: &TrainingJob, ctx: &mut RunCtx) -> Result<TrainingJobOutcome, Error> {
+        job.validate()?;
+        let mut cfg = FaultRunConfig::small(self.steps, Vec::new());
+        cfg.exe = self.exe.clone();
+        cfg.faults = schedule_for(job, self.steps, cfg.ranks);
+        let r = run(&cfg, &ctx.cancel)?;
+        let out = outcome(job, &r);
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(r);
+        }
+        Ok(TrainingJobOutcome { policies: vec![out] })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Not a test: the entry point of worker processes spawned by the tests below, which re-run this test binary
+    /// with `--exact faultrun::tests::worker_entry` followed by the worker's `key=value` arguments.
+    #[test]
+    fn worker_entry() {
+        let args: Vec<String> = std::env::args().filter(|a| a.contains('=') && !a.starts_with("--")).collect();
+        if args.iter().any(|a| a.starts_with("rank=")) {
+            std::process::exit(worker_main(&args));
+        }
+    }
+
+    fn cfg(steps: u64, faults: Vec<ScheduledFault>) -> FaultRunConfig {
+        let mut c = FaultRunConfig::small(steps, faults);
+        c.worker_prefix = vec![
+            "--exact".into(),
+            "faultrun::tests::worker_entry".into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+        ];
+        c.time_limit_s = 90.0;
+        c
+    }
+
+    #[test]
+    fn ring_allreduce_sums() {
+        let (l0, l1) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+        let (p0, p1) = (l0.local_addr().unwrap(), l1.local_addr().unwrap());
+        let t = std::thread::spawn(move || {
+            let mut right = TcpStream::connect(p0).unwrap();
+            let (mut left, _) = l1.accept().unwrap();
+            let mut v: Vec<f32> = (0..10).map(|i| i as f32).collect();
+            worker::ring_allreduce(&mut v, 1, 2, &mut right, &mut left, |_, _| Ok(())).unwrap();
+            v
+        });
+        let mut right = TcpStream::connect(p1).unwrap();
+        let (mut left, _) = l0.accept().unwrap();
+        let mut v: Vec<f32> = (0..10).map(|i| 10.0 * i as f32).collect();
+        worker::ring_allreduce(&mut v, 0, 2, &mut right, &mut left, |_, _| Ok(())).unwrap();
+        let w = t.join().unwrap();
+        let want: Vec<f32> = (0..10).map(|i| 11.0 * i as f32).collect();
+        assert_eq!(v, want);
+        assert_eq!(w, want);
+    }
+
+    /// Kill, hang (SIGSTOP) and slow (throttled to 1/2) are each detected and localised to the injected rank, and
+    /// the job finishes from its checkpoints.
+    #[test]
+    fn detects_and_localises_injected_faults() {
+        let c = cfg(
+            150,
+            vec![
+                ScheduledFault { at_step: 25, rank: 1, what: Injection::Kill },
+                ScheduledFault { at_step: 60, rank: 2, what: Injection::Hang },
+                ScheduledFault { at_step: 100, rank: 3, what: Injection::Slow(2.0) },
+            ],
+        );
+        let cancel = AtomicBool::new(false);
+        let r = run(&c, &cancel).unwrap();
+        eprintln!("{r:#?}");
+        assert!(!r.interrupted, "{r:?}");
+        assert_eq!(r.steps_done, 150);
+        let injected: Vec<_> = r.records.iter().filter(|x| x.injected.is_some()).collect();
+        assert_eq!(injected.len(), 3, "{r:?}");
+        for x in &injected {
+            assert!(x.localised, "{x:?}");
+            assert!(x.detection_latency_s.unwrap() < 10.0, "{x:?}");
+        }
+        assert!(r.ettr > 0.2 && r.ettr <= 1.0);
+    }
+
+    /// A cancelled run kills its workers and returns what it has.
+    #[test]
+    fn cancel_leaves_no_workers() {
+        let c = cfg(100_000, vec![]);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let c2 = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(3));
+            c2.store(true, Ordering::Relaxed);
+        });
+        let r = run(&c, &cancel).unwrap();
+        assert!(r.interrupted);
+        assert!(r.steps_done > 0, "{r:?}");
+    }
+}

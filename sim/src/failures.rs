@@ -93,8 +93,15 @@ struct EntryRt {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mode {
     Computing,
-    Checkpointing { start: f64 },
-    Down { phase: Phase, since: f64, cls: usize, waiting: bool },
+    Checkpointing {
+        start: f64,
+    },
+    Down {
+        phase: Phase,
+        since: f64,
+        cls: usize,
+        waiting: bool,
+    },
 }
 
 struct SlowEp {
@@ -168,10 +175,13 @@ impl<'a> Sim<'a> {
                     comps,
                     lemon_per_node,
                     lemon_mult: lemon.as_ref().map_or(1.0, |l| l.rate_multiplier),
-                    weibull: f.weibull_shape.filter(|k| (*k - 1.0).abs() > 1e-12 && rate_s > 0.0).map(|k| {
-                        let mean = 1.0 / rate_s;
-                        (k, mean / statrs::function::gamma::gamma(1.0 + 1.0 / k))
-                    }),
+                    weibull: f
+                        .weibull_shape
+                        .filter(|k| (*k - 1.0).abs() > 1e-12 && rate_s > 0.0)
+                        .map(|k| {
+                            let mean = 1.0 / rate_s;
+                            (k, mean / statrs::function::gamma::gamma(1.0 + 1.0 / k))
+                        }),
                     heap: BinaryHeap::new(),
                 }
             })
@@ -226,7 +236,11 @@ impl<'a> Sim<'a> {
     }
 
     fn total_exp_rate(&self) -> f64 {
-        self.entries.iter().filter(|e| e.weibull.is_none()).map(|e| self.exp_rate(e)).sum()
+        self.entries
+            .iter()
+            .filter(|e| e.weibull.is_none())
+            .map(|e| self.exp_rate(e))
+            .sum()
     }
 
     fn schedule_fault(&mut self, eng: &mut Engine<Ev>) {
@@ -242,13 +256,19 @@ impl<'a> Sim<'a> {
 
     fn init_weibull(&mut self, eng: &mut Engine<Ev>) {
         for i in 0..self.entries.len() {
-            let Some((k, scale)) = self.entries[i].weibull else { continue };
+            let Some((k, scale)) = self.entries[i].weibull else {
+                continue;
+            };
             let n = self.entries[i].comps;
             let mut heap = BinaryHeap::with_capacity(n as usize);
             for c in 0..n {
-                let lemon = c / self.entries[i].lemon_per_node.max(1) < self.lemon_left
-                    && self.entries[i].lemon_per_node > 0;
-                let sc = if lemon { scale / self.entries[i].lemon_mult.powf(1.0 / k) } else { scale };
+                let lemon =
+                    c / self.entries[i].lemon_per_node.max(1) < self.lemon_left && self.entries[i].lemon_per_node > 0;
+                let sc = if lemon {
+                    scale / self.entries[i].lemon_mult.powf(1.0 / k)
+                } else {
+                    scale
+                };
                 let u: f64 = self.rng.random();
                 let t = sc * (-(1.0 - u).ln()).powf(1.0 / k);
                 heap.push(Reverse((s2t(t).0, c as u32)));
@@ -359,7 +379,9 @@ impl<'a> Sim<'a> {
             Mode::Checkpointing { start } => {
                 self.add_phase(Phase::LostWork, cls, self.tau + (now - start));
             }
-            Mode::Down { phase, since, cls: c0, .. } => {
+            Mode::Down {
+                phase, since, cls: c0, ..
+            } => {
                 self.add_phase(phase, c0, now - since);
                 if phase == Phase::Checkpointing {
                     self.add_phase(Phase::LostWork, cls, self.uncommitted);
@@ -367,7 +389,10 @@ impl<'a> Sim<'a> {
             }
         }
         self.uncommitted = 0.0;
-        for id in [self.work_ev.take(), self.phase_ev.take(), self.slow_ev.take()].into_iter().flatten() {
+        for id in [self.work_ev.take(), self.phase_ev.take(), self.slow_ev.take()]
+            .into_iter()
+            .flatten()
+        {
             eng.cancel(id);
         }
         self.slow = None;
@@ -505,20 +530,24 @@ impl<'a> Sim<'a> {
             }
         }
         if communication {
-            // Ring positions: chunks received grow by one per hop downstream of the stalled link.
+            // Ring positions: chunks received grow by one per hop downstream of the stalled link, which ends at the
+            // culprit; nothing is in flight unacknowledged on a stalled link.
             let s0 = self.det_rng.random_range(0..4u64);
             for r in 0..cfg.ranks {
-                let hop = (r + cfg.ranks - culprit) % cfg.ranks;
-                det.progress(r, 3, s0 + hop as u64);
+                let hop = |x: usize| ((x + cfg.ranks - culprit) % cfg.ranks) as u64;
+                // sent = what the right neighbour received (acknowledged); received grows per hop.
+                det.progress(r, 3, s0 + hop((r + 1) % cfg.ranks), s0 + hop(r));
             }
         }
         let v = det.check(t + 2.0 * step + cfg.hang_timeout_s);
-        v.and_then(|v| v.rank()) == Some(culprit)
+        v.is_some_and(|v| v.names(culprit))
     }
 
     fn on_phase_end(&mut self, eng: &mut Engine<Ev>, now: f64) {
         self.phase_ev = None;
-        let Mode::Down { phase, since, cls, .. } = self.mode else { return };
+        let Mode::Down { phase, since, cls, .. } = self.mode else {
+            return;
+        };
         self.add_phase(phase, cls, now - since);
         match phase {
             Phase::Detect => self.start_phase(eng, now, Phase::Localise, cls, self.cost.localise_s),
@@ -760,7 +789,10 @@ pub fn summarize(job: &TrainingJob, policy: Policy, reps: &[RepResult]) -> Polic
     PolicyOutcome {
         policy,
         ettr: col(&|r| r.ettr),
-        downtime_by_phase: Phase::ALL.iter().map(|p| (*p, col(&|r| r.phase_s[p.index()] / h))).collect(),
+        downtime_by_phase: Phase::ALL
+            .iter()
+            .map(|p| (*p, col(&|r| r.phase_s[p.index()] / h)))
+            .collect(),
         downtime_by_class: classes
             .iter()
             .map(|&i| (FaultClass::ALL[i], col(&|r| r.class_s[i] / h)))

@@ -8,9 +8,11 @@
 //! Rules, checked by [`Detector::check`]:
 //! - **Crash**: a rank reported dead.
 //! - **Hang**: no rank completed a collective for `hang_timeout_s`. If some ranks never entered the collective the
-//!   others wait in, it is a *non-communication hang* and those ranks are the culprits; if all entered, it is a
-//!   *communication hang* and the culprit is the receiving end of the stalled connection: in a ring, the rank that
-//!   received the fewest chunks (its left neighbour's link stalled, every rank downstream received one more).
+//!   others wait in, it is a *non-communication hang* and those ranks are the culprits. If all entered, the
+//!   per-connection counters decide: a rank whose left neighbour delivered more chunks than it consumed is not
+//!   draining its connection (a stuck process inside the collective: non-communication, that rank); otherwise it is
+//!   a *communication hang* on a stalled link, whose receiving end is the rank that received the fewest chunks (every
+//!   rank downstream received one more); both ends of that link are named, sender first.
 //! - **Slow**: for each step all ranks entered, the arrival lag `enter(r,k) - median_r enter(.,k)` relative to the
 //!   median step period; a rank whose mean lag over the last `window` steps exceeds `slow_threshold` and which was
 //!   the last to arrive in most of them is a straggler (non-communication slow).
@@ -63,6 +65,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether the verdict names `rank` among its culprits.
+    pub fn names(&self, rank: usize) -> bool {
+        match self {
+            Verdict::Crash { rank: r } | Verdict::Slow { rank: r, .. } => *r == rank,
+            Verdict::Hang { ranks, .. } => ranks.contains(&rank),
+        }
+    }
     /// The first culprit rank.
     pub fn rank(&self) -> Option<usize> {
         match self {
@@ -85,7 +94,7 @@ pub struct Detector {
     cfg: DetectorConfig,
     open: BTreeMap<u64, StepRec>,
     last_enter: Vec<Option<u64>>,
-    chunks: Vec<(u64, u64)>,
+    chunks: Vec<(u64, u64, u64)>,
     last_progress_s: f64,
     lags: Vec<VecDeque<f64>>,
     last_flags: VecDeque<usize>,
@@ -101,7 +110,7 @@ impl Detector {
             cfg,
             open: BTreeMap::new(),
             last_enter: vec![None; cfg.ranks],
-            chunks: vec![(0, 0); cfg.ranks],
+            chunks: vec![(0, 0, 0); cfg.ranks],
             last_progress_s: start_s,
             lags: vec![VecDeque::with_capacity(cfg.window + 1); cfg.ranks],
             last_flags: VecDeque::with_capacity(cfg.window + 1),
@@ -147,15 +156,22 @@ impl Detector {
     pub fn exit(&mut self, rank: usize, step: u64, t: f64) {
         if rank < self.cfg.ranks {
             self.last_progress_s = self.last_progress_s.max(t);
-            self.chunks[rank] = (step, u64::MAX);
+            self.chunks[rank] = (step, u64::MAX, u64::MAX);
         }
     }
 
-    /// Rank `rank` has received `chunks` chunks of collective `step` so far.
-    pub fn progress(&mut self, rank: usize, step: u64, chunks: u64) {
+    /// Rank `rank` has, in collective `step`, delivered `sent` chunks to its right neighbour (acknowledged by the
+    /// transport) and consumed `received` chunks from its left neighbour.
+    pub fn progress(&mut self, rank: usize, step: u64, sent: u64, received: u64) {
         if rank < self.cfg.ranks {
-            self.chunks[rank] = (step, chunks);
+            self.chunks[rank] = (step, sent, received);
         }
+    }
+
+    /// Changes the hang threshold (e.g. once the step period is known); the hang clock restarts at `now_s`.
+    pub fn set_hang_timeout(&mut self, hang_timeout_s: f64, now_s: f64) {
+        self.cfg.hang_timeout_s = hang_timeout_s;
+        self.last_progress_s = self.last_progress_s.max(now_s);
     }
 
     /// Rank `rank`'s process died.
@@ -235,14 +251,26 @@ impl Detector {
                 ranks: behind,
             };
         }
-        // All entered the same collective: the stalled link ends at the rank with the fewest chunks received.
-        let r = (0..self.cfg.ranks)
-            .filter(|&r| Some(self.chunks[r].0) == max_step || self.chunks[r].1 != u64::MAX)
-            .min_by_key(|&r| self.chunks[r].1)
-            .unwrap_or(0);
+        let n = self.cfg.ranks;
+        let live = |r: usize| Some(self.chunks[r].0) == max_step && self.chunks[r].2 != u64::MAX;
+        // A rank not draining what its left neighbour delivered is stuck inside the collective.
+        let stuck: Vec<usize> = (0..n)
+            .filter(|&r| {
+                let l = (r + n - 1) % n;
+                live(r) && live(l) && self.chunks[l].1 > self.chunks[r].2
+            })
+            .collect();
+        if !stuck.is_empty() && stuck.len() < n {
+            return Verdict::Hang {
+                kind: HangKind::NonCommunication,
+                ranks: stuck,
+            };
+        }
+        // A stalled link ends at the rank with the fewest chunks received.
+        let r = (0..n).filter(|&r| live(r)).min_by_key(|&r| self.chunks[r].2).unwrap_or(0);
         Verdict::Hang {
             kind: HangKind::Communication,
-            ranks: vec![r],
+            ranks: vec![(r + n - 1) % n, r],
         }
     }
 
@@ -314,13 +342,22 @@ mod tests {
         );
         d.enter(2, 1, 1.2);
         for (r, c) in [(0, 5), (1, 6), (2, 3), (3, 4)] {
-            d.progress(r, 1, c);
+            d.progress(r, 1, c, c);
         }
         assert_eq!(
             d.check(4.0),
             Some(Verdict::Hang {
                 kind: HangKind::Communication,
-                ranks: vec![2]
+                ranks: vec![1, 2]
+            })
+        );
+        // Rank 3 stopped draining: its left neighbour delivered 6, it consumed 4.
+        d.progress(2, 1, 6, 3);
+        assert_eq!(
+            d.check(4.0),
+            Some(Verdict::Hang {
+                kind: HangKind::NonCommunication,
+                ranks: vec![3]
             })
         );
         d.crash(3);
