@@ -312,6 +312,17 @@ pub(crate) mod tests {
 
     proptest! {
         #[test]
+        fn busbw_never_exceeds_the_link(s in 1.0f64..1e11, n in 2u64..=8, op in 0usize..4, algo in 0usize..3) {
+            let ops = [CollectiveOp::AllReduce, CollectiveOp::AllGather, CollectiveOp::ReduceScatter,
+                CollectiveOp::AllToAll];
+            let algos = [CollectiveAlgo::Ring, CollectiveAlgo::Tree, CollectiveAlgo::Auto];
+            let c = cluster(1);
+            let o = predict_on(ops[op], algos[algo], s, n, &c);
+            prop_assert!(o.busbw <= c.intra.bandwidth_bytes_per_s * (1.0 + 1e-12));
+            prop_assert!((o.algbw * o.time_s / s - 1.0).abs() < 1e-9);
+        }
+
+        #[test]
         fn monotone_in_size(s in 1.0f64..1e10, f in 1.01f64..4.0, n in 2u64..512, op in 0usize..4, algo in 0usize..3) {
             let ops = [CollectiveOp::AllReduce, CollectiveOp::AllGather, CollectiveOp::ReduceScatter,
                 CollectiveOp::AllToAll];
