@@ -2,9 +2,9 @@
 //! runs, checked on held-out configurations (different skew, k, prototypes and capacity factor).
 use trainlab_core::workloads::moe::{MoeLayer, RouterModel, Routing};
 use trainlab_core::{Backend, Dtype, RunCtx, Seed, Workload};
-use trainlab_executors::moe::{MoeCpu, MoeMeasurement, measure};
-use trainlab_models::moe::{CostSample, MoeAnalytical, MoeCostModel, fit_single_device};
-use trainlab_sim::moe::{MoeSim, aggregate};
+use trainlab_executors::moe::{MoeCpu, measure};
+use trainlab_models::moe::MoeAnalytical;
+use trainlab_sim::moe::{MeasuredStep, MoeSim, calibrate};
 
 fn cpu_layer(tokens: u64, d_ff: u64, experts: u64, routing: Routing, cf: f64, router: RouterModel) -> MoeLayer {
     MoeLayer {
@@ -23,29 +23,23 @@ fn cpu_layer(tokens: u64, d_ff: u64, experts: u64, routing: Routing, cf: f64, ro
     }
 }
 
-fn samples(l: &MoeLayer, m: &MoeMeasurement) -> Vec<CostSample> {
-    let c = l.capacity();
-    m.loads
+/// Real CPU runs of `l` as the simulator's calibration consumes them.
+fn measured(l: &MoeLayer, i: usize, draws: usize, repeats: usize) -> Result<Vec<MeasuredStep>, trainlab_core::Error> {
+    let m = measure(l, draws, repeats, 0, Seed(100 + i as u64))?;
+    Ok(m.loads
         .iter()
         .zip(&m.phases)
-        .map(|(loads, p)| CostSample {
-            d_model: l.d_model as f64,
-            d_ff: l.d_ff as f64,
-            tokens: l.tokens as f64,
-            experts: l.experts as f64,
-            nonempty: loads.iter().filter(|&&x| x > 0).count() as f64,
-            processed: loads.iter().map(|&x| x.min(c)).sum::<u64>() as f64,
+        .zip(&m.step_s)
+        .map(|((loads, p), &step)| MeasuredStep {
+            loads: loads.clone(),
             router_s: p.router,
             dispatch_s: p.dispatch,
             combine_s: p.combine,
             experts_s: p.experts,
             backward_s: p.backward,
+            step_s: step,
         })
-        .collect()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
+        .collect())
 }
 
 #[test]
@@ -108,61 +102,26 @@ fn calibrated_simulator_predicts_held_out_cpu_runs() {
         ),
         cpu_layer(4096, 192, 16, Routing::TopK(2), 1.0, RouterModel::Uniform),
     ];
-    let mut fit_set = vec![];
-    for (i, l) in train.iter().enumerate() {
-        let m = measure(l, draws, repeats, 0, Seed(100 + i as u64)).unwrap();
-        fit_set.extend(samples(l, &m));
-    }
-    let base = MoeCostModel::from_cluster(&train[0].cluster, Dtype::Fp32);
-    let cost = fit_single_device(&fit_set, &base);
+    let cal = calibrate(&train, &held, 200, Seed(7), |l, i| measured(l, i, draws, repeats)).unwrap();
+    let c = &cal.cost;
     println!(
         "fitted: rate {:.3e} FLOP/s, half rows {:.1}, expert overhead {:.2e} s, dispatch {:.2e} s + {:.2e} s/elem, \
          router {:.2e} s/logit, backward x{:.2} compute, x{:.2} comm",
-        cost.gemm_rate,
-        cost.gemm_half_rows,
-        cost.expert_overhead_s,
-        cost.dispatch_fixed_s,
-        cost.dispatch_s_per_elem,
-        cost.router_s_per_logit,
-        cost.backward_factor,
-        cost.backward_comm_factor
+        c.gemm_rate,
+        c.gemm_half_rows,
+        c.expert_overhead_s,
+        c.dispatch_fixed_s,
+        c.dispatch_s_per_elem,
+        c.router_s_per_logit,
+        c.backward_factor,
+        c.backward_comm_factor
     );
-    println!("| configuration | drop measured | drop simulated | step measured (ms) | step simulated (ms) | error |");
-    println!("|---|---|---|---|---|---|");
-    let mut errs = vec![];
-    for (i, l) in held.iter().enumerate() {
-        let m = measure(l, draws, repeats, 0, Seed(200 + i as u64)).unwrap();
-        let meas = mean(&m.step_s);
-        let drop_m = mean(
-            &m.loads
-                .iter()
-                .map(|v| v.iter().map(|&x| x.saturating_sub(l.capacity())).sum::<u64>() as f64 / l.slots() as f64)
-                .collect::<Vec<_>>(),
-        );
-        let sim = MoeSim {
-            replications: 200,
-            cost: Some(cost.clone()),
-        };
-        let o = aggregate(l, &sim.replicate(l, Seed(7)).unwrap());
-        let err = (o.step_s.value - meas) / meas;
-        errs.push(err.abs());
-        println!(
-            "| {} d_ff{} | {:.3} | {:.3} | {:.2} | {:.2} | {:+.1}% |",
-            l.label(),
-            l.d_ff,
-            drop_m,
-            o.drop_fraction.value,
-            meas * 1e3,
-            o.step_s.value * 1e3,
-            err * 100.0
-        );
-    }
-    errs.sort_by(f64::total_cmp);
-    let median = errs[errs.len() / 2];
+    println!("{}", cal.markdown());
+    let median = cal.held_out_median_abs_error();
     println!(
-        "median |error| {:.1}%, max {:.1}%",
+        "held-out median |error| {:.1}%, max {:.1}%",
         median * 100.0,
-        errs[errs.len() - 1] * 100.0
+        cal.held_out_max_abs_error() * 100.0
     );
     assert!(median < 0.10, "median held-out error {median}");
 }

@@ -439,5 +439,178 @@ impl Backend<MoeLayer> for MoeSim {
     }
 }
 
+/// One measured single-device step (from a real run), as the calibration consumes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeasuredStep {
+    /// Per-expert routed loads of the step.
+    pub loads: Vec<u64>,
+    /// Router time, seconds.
+    pub router_s: f64,
+    /// Dispatch time, seconds.
+    pub dispatch_s: f64,
+    /// Combine time, seconds.
+    pub combine_s: f64,
+    /// Expert forward time, seconds.
+    pub experts_s: f64,
+    /// Backward time, seconds.
+    pub backward_s: f64,
+    /// Forward + backward, seconds.
+    pub step_s: f64,
+}
+
+/// One row of the calibration table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalibrationRow {
+    /// The configuration.
+    pub label: String,
+    /// Measured drop fraction (mean over draws).
+    pub measured_drop: f64,
+    /// Simulated drop fraction.
+    pub simulated_drop: f64,
+    /// Measured step time, seconds (mean over draws of the median).
+    pub measured_step_s: f64,
+    /// Simulated step time, seconds.
+    pub simulated_step_s: f64,
+    /// (simulated - measured) / measured.
+    pub rel_error: f64,
+}
+
+/// The result of [`calibrate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// The fitted cost model.
+    pub cost: MoeCostModel,
+    /// Rows of the configurations it was fitted on.
+    pub fitted: Vec<CalibrationRow>,
+    /// Rows of held-out configurations.
+    pub held_out: Vec<CalibrationRow>,
+}
+
+impl Calibration {
+    /// Median |relative error| on the held-out rows.
+    pub fn held_out_median_abs_error(&self) -> f64 {
+        let v: Vec<f64> = self.held_out.iter().map(|r| r.rel_error.abs()).collect();
+        trainlab_core::stats::median(&v)
+    }
+    /// Max |relative error| on the held-out rows.
+    pub fn held_out_max_abs_error(&self) -> f64 {
+        self.held_out.iter().map(|r| r.rel_error.abs()).fold(0.0, f64::max)
+    }
+    /// The table in Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::from(
+            "| set | configuration | drop measured | drop simulated | step measured (ms) | step simulated (ms) | error |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for (set, rows) in [("fit", &self.fitted), ("held-out", &self.held_out)] {
+            for r in rows {
+                s.push_str(&format!(
+                    "| {set} | {} | {:.3} | {:.3} | {:.2} | {:.2} | {:+.1}% |\n",
+                    r.label,
+                    r.measured_drop,
+                    r.simulated_drop,
+                    r.measured_step_s * 1e3,
+                    r.simulated_step_s * 1e3,
+                    r.rel_error * 100.0
+                ));
+            }
+        }
+        s
+    }
+}
+
+fn cost_sample(layer: &MoeLayer, m: &MeasuredStep) -> trainlab_models::moe::CostSample {
+    let c = layer.capacity();
+    trainlab_models::moe::CostSample {
+        d_model: layer.d_model as f64,
+        d_ff: layer.d_ff as f64,
+        tokens: layer.tokens as f64,
+        experts: layer.experts as f64,
+        nonempty: m.loads.iter().filter(|&&x| x > 0).count() as f64,
+        processed: m.loads.iter().map(|&x| x.min(c)).sum::<u64>() as f64,
+        router_s: m.router_s,
+        dispatch_s: m.dispatch_s,
+        combine_s: m.combine_s,
+        experts_s: m.experts_s,
+        backward_s: m.backward_s,
+    }
+}
+
+/// Fits the single-device cost model to measured runs of `fit` (uniform routers, say) and checks the simulator
+/// against measured runs of `held_out` (other skew, k, prototypes, capacity). `measure(layer, index)` performs the
+/// real runs (e.g. `trainlab_executors::moe::measure`); every layer must have `ep_ranks = 1`.
+pub fn calibrate<F>(
+    fit: &[MoeLayer],
+    held_out: &[MoeLayer],
+    replications: u64,
+    seed: Seed,
+    mut measure: F,
+) -> Result<Calibration, Error>
+where
+    F: FnMut(&MoeLayer, usize) -> Result<Vec<MeasuredStep>, Error>,
+{
+    for (i, l) in fit.iter().chain(held_out).enumerate() {
+        l.validate()?;
+        if l.ep_ranks != 1 {
+            return Err(Error::invalid(
+                format!("calibration.layers[{i}].ep_ranks"),
+                l.ep_ranks,
+                "single-device calibration needs ep_ranks = 1",
+                "set ep_ranks = 1",
+            ));
+        }
+    }
+    let mut runs = vec![];
+    let mut samples = vec![];
+    for (i, l) in fit.iter().enumerate() {
+        let m = measure(l, i)?;
+        samples.extend(m.iter().map(|s| cost_sample(l, s)));
+        runs.push(m);
+    }
+    let base = MoeCostModel::from_cluster(
+        &fit.first()
+            .map_or_else(|| held_out[0].cluster.clone(), |l| l.cluster.clone()),
+        trainlab_core::Dtype::Fp32,
+    );
+    let cost = trainlab_models::moe::fit_single_device(&samples, &base);
+    let sim = MoeSim {
+        replications,
+        cost: Some(cost.clone()),
+    };
+    let row = |l: &MoeLayer, m: &[MeasuredStep]| -> Result<CalibrationRow, Error> {
+        let o = aggregate(l, &sim.replicate(l, seed)?);
+        let n = m.len().max(1) as f64;
+        let measured = m.iter().map(|s| s.step_s).sum::<f64>() / n;
+        let c = l.capacity();
+        let drop = m
+            .iter()
+            .map(|s| s.loads.iter().map(|&x| x.saturating_sub(c)).sum::<u64>() as f64 / l.slots() as f64)
+            .sum::<f64>()
+            / n;
+        Ok(CalibrationRow {
+            label: format!("{} d{} f{}", l.label(), l.d_model, l.d_ff),
+            measured_drop: drop,
+            simulated_drop: o.drop_fraction.value,
+            measured_step_s: measured,
+            simulated_step_s: o.step_s.value,
+            rel_error: (o.step_s.value - measured) / measured,
+        })
+    };
+    let mut fitted = vec![];
+    for (l, m) in fit.iter().zip(&runs) {
+        fitted.push(row(l, m)?);
+    }
+    let mut held = vec![];
+    for (i, l) in held_out.iter().enumerate() {
+        let m = measure(l, fit.len() + i)?;
+        held.push(row(l, &m)?);
+    }
+    Ok(Calibration {
+        cost,
+        fitted,
+        held_out: held,
+    })
+}
+
 #[cfg(test)]
 mod tests;

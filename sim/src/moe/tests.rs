@@ -187,3 +187,27 @@ proptest! {
         prop_assert!(r.step.step_s > 0.0 && r.step.forward_s < r.step.step_s);
     }
 }
+
+/// The bench configuration timed in the test profile (an upper bound on the criterion number): run with `--ignored`.
+#[test]
+#[ignore]
+fn bench_config_runs_under_a_second() {
+    let mut l = layer(1 << 20, 1024, Routing::TopK(1), 1.25);
+    l.ep_ranks = 64;
+    for (routing, router) in [
+        (Routing::TopK(1), RouterModel::Uniform),
+        (Routing::Prototypes(2), RouterModel::Zipf { s: 1.0 }),
+    ] {
+        l.routing = routing;
+        l.router = router.clone();
+        let sim = MoeSim {
+            replications: 100,
+            cost: None,
+        };
+        let t = std::time::Instant::now();
+        let out = aggregate(&l, &sim.replicate(&l, Seed(1)).unwrap());
+        let s = t.elapsed().as_secs_f64();
+        println!("{routing:?} {router:?}: {s:.3} s, drop {:.4}", out.drop_fraction.value);
+        assert!(s < 1.0, "{s}");
+    }
+}
