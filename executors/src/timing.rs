@@ -104,6 +104,20 @@ impl Timing {
     pub fn rel_spread(&self) -> f64 {
         self.summary.rel_spread()
     }
+    /// JSON for result files: `{n, median_s, mean_s, std_s, min_s, max_s, rel_spread, samples_s}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let s = &self.summary;
+        serde_json::json!({
+            "n": s.n,
+            "median_s": s.median,
+            "mean_s": s.mean,
+            "std_s": s.std,
+            "min_s": s.min,
+            "max_s": s.max,
+            "rel_spread": self.rel_spread(),
+            "samples_s": self.samples_s,
+        })
+    }
 }
 
 /// Times `f` by wall clock. `f` is called `opts.warmup` times untimed, once more to size the batch (`inner` calls per
@@ -263,6 +277,15 @@ mod tests {
         let r = time_fn(&TimingOpts::quick(), || Err(Error::Backend("boom".into())));
         assert!(matches!(r, Err(Error::Backend(_))));
         assert!(time_samples(&TimingOpts::quick(), || Ok(f64::NAN)).is_err());
+    }
+
+    #[test]
+    fn json_has_the_summary() {
+        let t = Timing::from_samples(vec![3.0, 1.0, 2.0]);
+        let j = t.to_json();
+        assert_eq!(j["median_s"], 2.0);
+        assert_eq!(j["n"], 3);
+        assert_eq!(j["samples_s"][0], 3.0);
     }
 
     #[test]
