@@ -9,9 +9,8 @@
 //! the matrix products (2·m·n·k each: 3 forward-pass GEMMs... see [`Model::matmul_flops_per_step`]).
 //!
 //! Corpora: two seeded order-2 Markov sources over the same vocabulary ("general" and "domain"). Each context's
-//! next-token distribution is a Zipf law over a context-specific permutation; the domain source reuses the general
-//! source's permutation for a fraction `overlap` of contexts and has its own elsewhere, so `overlap` controls how much
-//! learning one helps the other. A CPT run mixes the sources at domain share `r` with error-diffusion interleaving, so
+//! next-token distribution is a Zipf law over a context-specific permutation; the domain source's law is the mixture
+//! `overlap·p_general + (1 − overlap)·p_own`, so `overlap` controls how much learning one source helps the other. A CPT run mixes the sources at domain share `r` with error-diffusion interleaving, so
 //! exactly `round(r·D)` of the first D tokens are domain tokens.
 //!
 //! [`run_grid`] pretrains one base model per size on the general source, then continues each one at every ratio,
@@ -330,8 +329,8 @@ pub enum Source {
 }
 
 impl Corpus {
-    /// Builds the sources: Zipf(`zipf`) next-token laws over seeded permutations; the domain source shares the
-    /// general permutation in a fraction `overlap` of contexts.
+    /// Builds the sources: Zipf(`zipf`) next-token laws over seeded per-context permutations; the domain source's
+    /// next-token law is the mixture `overlap·p_general + (1 − overlap)·p_own` in every context.
     pub fn new(vocab: usize, zipf: f64, overlap: f64, seed: Seed) -> Result<Self> {
         trainlab_core::error::check::in_range("corpus.overlap", overlap, 0.0, 1.0)?;
         trainlab_core::error::check::at_least("corpus.vocab", vocab as u64, 2)?;
@@ -350,17 +349,18 @@ impl Corpus {
         let mut cdf = [vec![0.0; vocab * vocab * vocab], vec![0.0; vocab * vocab * vocab]];
         for ctx in 0..vocab * vocab {
             let pg = perm(&mut rng_g);
-            let own = perm(&mut rng_d);
-            let share: f64 = rng_d.random();
-            let pd = if share < overlap { pg.clone() } else { own };
-            for (s, p) in [pg, pd].iter().enumerate() {
-                let mut probs = vec![0.0; vocab];
-                for (rank, &tok) in p.iter().enumerate() {
-                    probs[tok] = weights[rank] / z;
-                }
+            let pd = perm(&mut rng_d);
+            let mut probs = [vec![0.0; vocab], vec![0.0; vocab]];
+            for rank in 0..vocab {
+                let w = weights[rank] / z;
+                probs[0][pg[rank]] += w;
+                probs[1][pg[rank]] += overlap * w;
+                probs[1][pd[rank]] += (1.0 - overlap) * w;
+            }
+            for (s, pr) in probs.iter().enumerate() {
                 let mut acc = 0.0;
                 for t in 0..vocab {
-                    acc += probs[t];
+                    acc += pr[t];
                     cdf[s][ctx * vocab + t] = acc;
                 }
             }
@@ -469,14 +469,14 @@ impl Default for GridConfig {
             context: 2,
             embed: 12,
             batch: 64,
-            lr: 3e-3,
+            lr: 1e-2,
             weight_decay: 0.01,
             pretrain_tokens: 200_000,
             cpt_tokens: 200_000,
             evals: 12,
             val_examples: 4096,
-            zipf: 1.1,
-            overlap: 0.3,
+            zipf: 1.6,
+            overlap: 0.5,
             seed: Seed::default(),
         }
     }
