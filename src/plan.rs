@@ -12,7 +12,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use trainlab_core::workloads::{DenseTraining, TransformerSpec};
+use trainlab_core::workloads::{DenseTraining, ParallelConfig, Recompute, TransformerSpec};
 use trainlab_core::{Backend, DeviceProfile, Dtype, Error, GpuSpec, Outcome, Record, Seed};
 use trainlab_models::dense::DenseAnalytical;
 use trainlab_reports::{ChartKind, ChartSpec, HtmlReport, Series};
@@ -326,6 +326,57 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     Ok(())
 }
 
+/// The best-layout table, rebuilt from records alone (so merged shards give the same table).
+fn layout_rows(records: &[Record]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    let mut cases: Vec<&str> = Vec::new();
+    for r in records {
+        if !cases.contains(&r.case.as_str()) {
+            cases.push(&r.case);
+        }
+    }
+    let rows = cases
+        .iter()
+        .map(|case| {
+            let get = |n: &str| {
+                records
+                    .iter()
+                    .find(|r| r.case == *case && r.metric == n)
+                    .map(|r| r.value)
+                    .unwrap_or(f64::NAN)
+            };
+            let layout = ParallelConfig {
+                tp: get("tp") as u64,
+                pp: get("pp") as u64,
+                dp: get("dp") as u64,
+                micro_batch: get("micro_batch") as u64,
+                recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
+                zero1: true,
+            };
+            vec![
+                case.to_string(),
+                layout.label(),
+                format!("{:.3}", get("step_time")),
+                format!("{:.1}%", 100.0 * get("mfu")),
+                format!("{:.2}", get("train_days")),
+                format!("{:.4e}", get("gpu_hours")),
+                format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
+            ]
+        })
+        .collect();
+    (
+        vec![
+            "case",
+            "layout",
+            "step (s)",
+            "MFU",
+            "days",
+            "GPU-hours",
+            "mem/GPU (GiB)",
+        ],
+        rows,
+    )
+}
+
 fn print_cases(results: &[CaseResult]) {
     let headers = [
         "case",
@@ -443,6 +494,9 @@ pub fn write_outputs(
         written.extend([png, svg]);
         report.chart(&spec)?;
     }
+    report.heading("Best layout per case");
+    let (headers, rows) = layout_rows(records);
+    report.table(&headers, &rows);
     report.heading("All records");
     report.table_records(records);
     let html = out.join("report.html");

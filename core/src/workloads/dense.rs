@@ -74,6 +74,26 @@ pub enum Recompute {
     Full,
 }
 
+impl Recompute {
+    /// 0 = none, 1 = selective, 2 = full (how it appears in records).
+    pub fn level(self) -> u8 {
+        match self {
+            Recompute::None => 0,
+            Recompute::Selective => 1,
+            Recompute::Full => 2,
+        }
+    }
+    /// Inverse of [`Recompute::level`].
+    pub fn from_level(level: u8) -> Option<Recompute> {
+        match level {
+            0 => Some(Recompute::None),
+            1 => Some(Recompute::Selective),
+            2 => Some(Recompute::Full),
+            _ => None,
+        }
+    }
+}
+
 /// A parallel layout: tensor x pipeline x data parallelism, micro-batch size and recomputation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(deny_unknown_fields)]
@@ -229,6 +249,11 @@ impl Outcome for DenseOutcome {
             Metric::new("gpu_hours", Unit::GpuHours, self.gpu_hours),
             Metric::new("bubble_fraction", Unit::Ratio, self.bubble_fraction),
             Metric::new("exposed_comm", Unit::Seconds, self.exposed_comm_s),
+            Metric::new("tp", Unit::Count, self.config.tp as f64),
+            Metric::new("pp", Unit::Count, self.config.pp as f64),
+            Metric::new("dp", Unit::Count, self.config.dp as f64),
+            Metric::new("micro_batch", Unit::Count, self.config.micro_batch as f64),
+            Metric::new("recompute_level", Unit::Count, self.config.recompute.level() as f64),
         ]
     }
 }
