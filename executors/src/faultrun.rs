@@ -143,7 +143,7 @@ pub struct FaultRunReport {
     pub checkpoint_s: f64,
     /// Useful time / wall time.
     pub ettr: f64,
-    /// True if cancelled before the end.
+    /// True if cancelled before the end (a run stopped by its time limit is not interrupted).
     pub interrupted: bool,
 }
 
@@ -256,7 +256,10 @@ fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> R
                 every: cfg.checkpoint_every,
             };
             let mut cmd = Command::new(&cfg.exe);
-            cmd.args(&cfg.worker_prefix).args(a.to_args()).stdin(Stdio::null()).stdout(Stdio::null());
+            cmd.args(&cfg.worker_prefix)
+                .args(a.to_args())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
             {
                 use std::os::unix::process::CommandExt;
                 cmd.process_group(group.pgid.unwrap_or(0));
@@ -307,7 +310,7 @@ fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> R
             },
             t_launch,
         );
-        let mut exits = vec![0u64; cfg.steps as usize + 1];
+        let mut exits: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
         let mut done_steps = committed;
         let mut active: Option<(ScheduledFault, f64)> = None;
         let mut first_step_after_restart = true;
@@ -316,7 +319,7 @@ fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> R
             if cancel.load(Ordering::Relaxed) || elapsed() > cfg.time_limit_s {
                 throttle_stop.store(true, Ordering::Relaxed);
                 group.kill();
-                report.interrupted = true;
+                report.interrupted = cancel.load(Ordering::Relaxed);
                 report.steps_done = done_steps;
                 break 'restart;
             }
@@ -324,9 +327,11 @@ fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> R
                 Ok(Msg::Enter(r, k, t)) => det.enter(r, k, t),
                 Ok(Msg::Exit(r, k, t)) => {
                     det.exit(r, k, t);
-                    if (k as usize) < exits.len() {
-                        exits[k as usize] += 1;
-                        if exits[k as usize] == world as u64 {
+                    {
+                        let e = exits.entry(k).or_insert(0);
+                        *e += 1;
+                        if *e == world as u64 {
+                            exits.remove(&k);
                             done_steps = done_steps.max(k + 1);
                             if let Some(lt) = last_exit_t
                                 && active.is_none()
@@ -458,7 +463,11 @@ fn run_in(cfg: &FaultRunConfig, cancel: &AtomicBool, dir: &std::path::Path) -> R
     report.step_period_s = periods.get(periods.len() / 2).copied().unwrap_or(0.0);
     report.checkpoint_s = ckpt_s;
     let useful = report.steps_done as f64 * report.step_period_s;
-    report.ettr = if report.wall_s > 0.0 { (useful / report.wall_s).min(1.0) } else { 0.0 };
+    report.ettr = if report.wall_s > 0.0 {
+        (useful / report.wall_s).min(1.0)
+    } else {
+        0.0
+    };
     Ok(report)
 }
 
@@ -544,17 +553,30 @@ pub fn outcome(job: &TrainingJob, r: &FaultRunReport) -> PolicyOutcome {
     phases[Phase::Restart.index()] = restart / w;
     phases[Phase::LostWork.index()] = lost / w;
     phases[Phase::Checkpointing.index()] = r.checkpoint_s / w;
-    let est = |xs: &[f64]| if xs.len() >= 2 { Estimate::of(xs) } else { Estimate::exact(xs.first().copied().unwrap_or(0.0)) };
+    let est = |xs: &[f64]| {
+        if xs.len() >= 2 {
+            Estimate::of(xs)
+        } else {
+            Estimate::exact(xs.first().copied().unwrap_or(0.0))
+        }
+    };
     PolicyOutcome {
         policy: Policy::C4d,
         ettr: Estimate::exact(r.ettr),
-        downtime_by_phase: Phase::ALL.iter().map(|p| (*p, Estimate::exact(phases[p.index()]))).collect(),
+        downtime_by_phase: Phase::ALL
+            .iter()
+            .map(|p| (*p, Estimate::exact(phases[p.index()])))
+            .collect(),
         downtime_by_class: vec![(FaultClass::Gpu, Estimate::exact((detect + restart + lost) / w))],
         interruptions: Estimate::exact(r.records.len() as f64),
         interruptions_by_class: vec![(FaultClass::Gpu, Estimate::exact(r.records.len() as f64))],
         gpu_hours_lost: Estimate::exact((1.0 - r.ettr) * job.gpus.min(4) as f64 * w / 3600.0),
         detection_latency_s: est(&lat),
-        localisation_accuracy: Estimate::exact(if injected == 0 { 1.0 } else { correct as f64 / injected as f64 }),
+        localisation_accuracy: Estimate::exact(if injected == 0 {
+            1.0
+        } else {
+            correct as f64 / injected as f64
+        }),
     }
 }
 
@@ -592,7 +614,10 @@ impl Backend<TrainingJob> for FaultRun {
         if cfg!(unix) && self.exe.exists() {
             Ok(())
         } else {
-            Err(format!("worker executable {} not found (unix only)", self.exe.display()))
+            Err(format!(
+                "worker executable {} not found (unix only)",
+                self.exe.display()
+            ))
         }
     }
     fn run(&mut self, job: &TrainingJob, ctx: &mut RunCtx) -> Result<TrainingJobOutcome, Error> {
@@ -617,7 +642,9 @@ mod tests {
     /// with `--exact faultrun::tests::worker_entry` followed by the worker's `key=value` arguments.
     #[test]
     fn worker_entry() {
-        let args: Vec<String> = std::env::args().filter(|a| a.contains('=') && !a.starts_with("--")).collect();
+        let args: Vec<String> = std::env::args()
+            .filter(|a| a.contains('=') && !a.starts_with("--"))
+            .collect();
         if args.iter().any(|a| a.starts_with("rank=")) {
             std::process::exit(worker_main(&args));
         }
@@ -637,7 +664,10 @@ mod tests {
 
     #[test]
     fn ring_allreduce_sums() {
-        let (l0, l1) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+        let (l0, l1) = (
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+        );
         let (p0, p1) = (l0.local_addr().unwrap(), l1.local_addr().unwrap());
         let t = std::thread::spawn(move || {
             let mut right = TcpStream::connect(p0).unwrap();
@@ -663,9 +693,21 @@ mod tests {
         let c = cfg(
             150,
             vec![
-                ScheduledFault { at_step: 25, rank: 1, what: Injection::Kill },
-                ScheduledFault { at_step: 60, rank: 2, what: Injection::Hang },
-                ScheduledFault { at_step: 100, rank: 3, what: Injection::Slow(2.0) },
+                ScheduledFault {
+                    at_step: 25,
+                    rank: 1,
+                    what: Injection::Kill,
+                },
+                ScheduledFault {
+                    at_step: 60,
+                    rank: 2,
+                    what: Injection::Hang,
+                },
+                ScheduledFault {
+                    at_step: 100,
+                    rank: 3,
+                    what: Injection::Slow(2.0),
+                },
             ],
         );
         let cancel = AtomicBool::new(false);

@@ -128,13 +128,19 @@ impl FaultClass {
 
     /// Whether recovering needs the node swapped for a spare (hardware) or only a restart (software).
     pub fn needs_replacement(self) -> bool {
-        !matches!(self, FaultClass::Software | FaultClass::Dependency | FaultClass::NcclWatchdog)
+        !matches!(
+            self,
+            FaultClass::Software | FaultClass::Dependency | FaultClass::NcclWatchdog
+        )
     }
 
     /// Whether a hang of this class shows in the network (all ranks entered the collective, a connection stalls) or
     /// outside it (some rank never entered). C4D's two hang classes.
     pub fn is_communication(self) -> bool {
-        matches!(self, FaultClass::Nic | FaultClass::SwitchCable | FaultClass::NcclWatchdog)
+        matches!(
+            self,
+            FaultClass::Nic | FaultClass::SwitchCable | FaultClass::NcclWatchdog
+        )
     }
 }
 
@@ -639,7 +645,11 @@ impl Estimate {
     pub fn of(xs: &[f64]) -> Self {
         let s = crate::Summary::of(xs);
         let (low, high) = s.ci95();
-        Estimate { mean: s.mean, low, high }
+        Estimate {
+            mean: s.mean,
+            low,
+            high,
+        }
     }
     fn metric(&self, name: String, unit: Unit) -> Metric {
         if self.low == self.high {
@@ -697,8 +707,14 @@ impl Outcome for TrainingJobOutcome {
             out.push(p.ettr.metric(format!("{pre}.ettr"), Unit::Ratio));
             out.push(p.interruptions.metric(format!("{pre}.interruptions"), Unit::Count));
             out.push(p.gpu_hours_lost.metric(format!("{pre}.gpu_hours_lost"), Unit::GpuHours));
-            out.push(p.detection_latency_s.metric(format!("{pre}.detection_latency"), Unit::Seconds));
-            out.push(p.localisation_accuracy.metric(format!("{pre}.localisation_accuracy"), Unit::Ratio));
+            out.push(
+                p.detection_latency_s
+                    .metric(format!("{pre}.detection_latency"), Unit::Seconds),
+            );
+            out.push(
+                p.localisation_accuracy
+                    .metric(format!("{pre}.localisation_accuracy"), Unit::Ratio),
+            );
             for (ph, e) in &p.downtime_by_phase {
                 out.push(e.metric(format!("{pre}.downtime.{}", ph.as_str()), Unit::Ratio));
             }
@@ -763,7 +779,12 @@ mod tests {
         assert!(j.validate().is_err());
         let mut j = job();
         j.checkpoint_interval = CheckpointInterval::Seconds(0.0);
-        assert!(j.validate().unwrap_err().to_string().contains("workload.checkpoint_interval"));
+        assert!(
+            j.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("workload.checkpoint_interval")
+        );
         let mut j = job();
         j.spare_nodes = Some(129);
         assert!(j.validate().unwrap_err().to_string().contains("workload.spare_nodes"));
@@ -777,7 +798,10 @@ mod tests {
                 "failures":[{"class":"hbm","kind":"hang","rate_per_component_hour":1e-4}]}"#,
         )
         .unwrap();
-        assert_eq!(j.checkpoint_interval, CheckpointInterval::Rule(CheckpointRule::YoungDaly));
+        assert_eq!(
+            j.checkpoint_interval,
+            CheckpointInterval::Rule(CheckpointRule::YoungDaly)
+        );
         assert_eq!(j.nodes(), 2);
         let bad = serde_json::from_str::<TrainingJob>(
             r#"{"gpus":16,"step_time_s":1,"horizon_days":1,"checkpoint_interval":60,

@@ -59,7 +59,9 @@ impl WorkerArgs {
 }
 
 pub(crate) fn now_s() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A fixed amount of floating-point work (so that throttling the process really slows it): `work` passes of a
@@ -129,7 +131,10 @@ fn load_ckpt(path: &std::path::Path, len: usize) -> Option<(u64, Vec<f32>)> {
         return None;
     }
     let step = u64::from_le_bytes(b[..8].try_into().ok()?);
-    let v = b[8..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let v = b[8..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     Some((step, v))
 }
 
@@ -156,7 +161,9 @@ fn run(a: &WorkerArgs) -> Result<(), String> {
     let port = listener.local_addr().map_err(io)?.port();
     writeln!(mon, "H {} {} {}", a.rank, port, std::process::id()).map_err(io)?;
     let mut line = String::new();
-    BufReader::new(mon.try_clone().map_err(io)?).read_line(&mut line).map_err(io)?;
+    BufReader::new(mon.try_clone().map_err(io)?)
+        .read_line(&mut line)
+        .map_err(io)?;
     let ports: Vec<u16> = line.split_whitespace().skip(1).filter_map(|p| p.parse().ok()).collect();
     if ports.len() != a.world {
         return Err(format!("bad peer list {line:?}"));
@@ -185,8 +192,10 @@ fn run(a: &WorkerArgs) -> Result<(), String> {
         writeln!(mon, "E {k} {:.6}", now_s()).map_err(io)?;
         if let (Some(r), Some(l)) = (right.as_mut(), left.as_mut()) {
             let m = &mut mon;
-            ring_allreduce(&mut grad, a.rank, a.world, r, l, |sent, recv| writeln!(m, "P {k} {sent} {recv}"))
-                .map_err(io)?;
+            ring_allreduce(&mut grad, a.rank, a.world, r, l, |sent, recv| {
+                writeln!(m, "P {k} {sent} {recv}")
+            })
+            .map_err(io)?;
         }
         writeln!(mon, "X {k} {:.6}", now_s()).map_err(io)?;
         let inv = 1.0 / a.world as f32;

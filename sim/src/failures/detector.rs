@@ -267,7 +267,10 @@ impl Detector {
             };
         }
         // A stalled link ends at the rank with the fewest chunks received.
-        let r = (0..n).filter(|&r| live(r)).min_by_key(|&r| self.chunks[r].2).unwrap_or(0);
+        let r = (0..n)
+            .filter(|&r| live(r))
+            .min_by_key(|&r| self.chunks[r].2)
+            .unwrap_or(0);
         Verdict::Hang {
             kind: HangKind::Communication,
             ranks: vec![(r + n - 1) % n, r],
