@@ -125,3 +125,116 @@ fn calibrated_simulator_predicts_held_out_cpu_runs() {
     );
     assert!(median < 0.10, "median held-out error {median}");
 }
+
+/// Per-phase view of one measured configuration against the fitted model (diagnostics): `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn phase_breakdown() {
+    let l = cpu_layer(2048, 256, 8, Routing::TopK(2), 2.0, RouterModel::Uniform);
+    let m = measure(&l, 1, 3, 0, Seed(1)).unwrap();
+    println!("{:?} step {:?} spread {:.2}", m.phases, m.step_s, m.spread);
+}
+
+/// Issue 4 acceptance: the CPU layer's expert GEMMs reach >= 70% of this machine's plain GEMM rate for large expert
+/// batches (same shapes, interleaved, best of several to resist noise from other processes): `--ignored`.
+#[test]
+#[ignore]
+fn expert_gemms_reach_machine_gemm_rate() {
+    use trainlab_executors::cpu::sgemm;
+    let (tokens, d, f, e) = (4096usize, 256usize, 1024usize, 2usize);
+    let l = MoeLayer {
+        d_model: d as u64,
+        ..cpu_layer(
+            tokens as u64,
+            f as u64,
+            e as u64,
+            Routing::TopK(1),
+            2.0,
+            RouterModel::Uniform,
+        )
+    };
+    let rows = tokens / e;
+    let a = vec![0.5f32; rows * d];
+    let w1 = vec![0.25f32; d * f];
+    let w2 = vec![0.125f32; f * d];
+    let mut h = vec![0f32; rows * f];
+    let mut o = vec![0f32; rows * d];
+    let mut best_plain = f64::INFINITY;
+    let mut best_moe = f64::INFINITY;
+    for round in 0..5 {
+        let t = std::time::Instant::now();
+        for _ in 0..e {
+            sgemm(rows, f, d, &a, &w1, &mut h, 0).unwrap();
+            sgemm(rows, d, f, &h, &w2, &mut o, 0).unwrap();
+        }
+        best_plain = best_plain.min(t.elapsed().as_secs_f64());
+        let m = measure(&l, 1, 1, 0, Seed(round)).unwrap();
+        best_moe = best_moe.min(m.phases[0].experts);
+    }
+    let flops = 4.0 * tokens as f64 * d as f64 * f as f64;
+    let (plain, moe) = (flops / best_plain, flops / best_moe);
+    println!(
+        "plain GEMM {:.2e} FLOP/s, MoE experts {:.2e} FLOP/s, ratio {:.2}",
+        plain,
+        moe,
+        moe / plain
+    );
+    assert!(moe / plain >= 0.7, "ratio {}", moe / plain);
+}
+
+/// The shipped Switch scenario: drops under Switch's published "typically < 1%" at capacity factor 1.25, closed form
+/// and Monte Carlo agree; at capacity factor 1.0 the drop is about 1.2%.
+#[test]
+fn switch_capacity_scenario_reproduces_published_bound() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/moe-switch-capacity.toml");
+    let sc = trainlab_datasets::scenario::load_file(&path).unwrap();
+    let mut l: MoeLayer = sc.workload().unwrap();
+    let mut ctx = RunCtx::new(sc.seed);
+    let a = MoeAnalytical::default().run(&l, &mut ctx).unwrap();
+    let s = MoeSim {
+        replications: 100,
+        cost: None,
+    }
+    .run(&l, &mut ctx)
+    .unwrap();
+    assert!(a.drop_fraction.value < trainlab_datasets::moe_published::SWITCH_TYPICAL_DROP_BOUND);
+    assert!(s.drop_fraction.value < trainlab_datasets::moe_published::SWITCH_TYPICAL_DROP_BOUND);
+    assert!((a.drop_fraction.value - s.drop_fraction.value).abs() < 5e-4);
+    l.capacity_factor = 1.0;
+    let a1 = MoeAnalytical::default().run(&l, &mut ctx).unwrap();
+    assert!(
+        (a1.drop_fraction.value - 0.025).abs() < 0.002,
+        "{}",
+        a1.drop_fraction.value
+    );
+    println!(
+        "drop cf1.25: closed {:.2e} sim {:.2e}; cf1.0: {:.4}; step closed {:.3e} s sim {:.3e} s",
+        a.drop_fraction.value, s.drop_fraction.value, a1.drop_fraction.value, a.step_s.value, s.step_s.value
+    );
+    // Step time: the closed form and the simulator's mean agree within 10% for a balanced router.
+    assert!((a.step_s.value - s.step_s.value).abs() / s.step_s.value < 0.10);
+}
+
+/// Bad input is a user error naming the field, never a panic.
+#[test]
+fn bad_input_is_a_user_error() {
+    let mut l = cpu_layer(64, 32, 8, Routing::TopK(9), 1.0, RouterModel::Uniform);
+    let e = l.validate().unwrap_err();
+    assert!(e.is_user_error() && e.to_string().contains("routing.top_k"));
+    l.routing = Routing::TopK(1);
+    l.capacity_factor = 0.0;
+    assert!(l.validate().unwrap_err().to_string().contains("capacity_factor"));
+    l.capacity_factor = 1.0;
+    let dir = std::env::temp_dir().join(format!("trainlab-moe-trace-{}.csv", std::process::id()));
+    std::fs::write(&dir, "token,expert\n0,1\n1,2\n2,99\n").unwrap();
+    l.router = RouterModel::Trace {
+        path: dir.display().to_string(),
+    };
+    let err = MoeSim::default().run(&l, &mut RunCtx::new(Seed(1))).unwrap_err();
+    let _ = std::fs::remove_file(&dir);
+    assert!(err.is_user_error());
+    assert!(
+        err.to_string().contains(":4") && err.to_string().contains("expert 99"),
+        "{err}"
+    );
+}

@@ -545,12 +545,22 @@ pub fn fit_single_device(samples: &[CostSample], base: &MoeCostModel) -> MoeCost
         rows.push(vec![c, 2.0 * a]);
         y.push((s.backward_s - 2.0 * r).max(1e-12));
     }
-    if let Some(c) = rel(rows, y)
-        && ok(c[0])
-        && ok(c[1])
-    {
-        m.backward_factor = c[0];
-        m.backward_comm_factor = c[1];
+    match rel(rows.clone(), y.clone()) {
+        Some(c) if ok(c[0]) && ok(c[1]) => {
+            m.backward_factor = c[0];
+            m.backward_comm_factor = c[1];
+        }
+        _ => {
+            // Collinear or negative: keep the communication factor at 1 and fit the compute factor alone.
+            let r1: Vec<Vec<f64>> = rows.iter().map(|r| vec![r[0]]).collect();
+            let y1: Vec<f64> = y.iter().zip(&rows).map(|(t, r)| (t - r[1]).max(1e-12)).collect();
+            if let Some(c) = rel(r1, y1)
+                && ok(c[0])
+            {
+                m.backward_factor = c[0];
+                m.backward_comm_factor = 1.0;
+            }
+        }
     }
     m
 }
