@@ -54,6 +54,7 @@ fn tr(data: &[f32], cols: usize) -> View<'_> {
 }
 
 /// `C (m x n, row-major) = [C +] A (m x k) * B (k x n)` for strided views.
+#[allow(clippy::too_many_arguments)]
 fn mm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], acc: bool, threads: usize) {
     assert_eq!(c.len(), m * n, "output shape");
     if m == 0 || n == 0 {
