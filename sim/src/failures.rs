@@ -134,6 +134,9 @@ struct Sim<'a> {
     phase_ev: Option<EventId>,
     slow_ev: Option<EventId>,
     last_slow_correct: bool,
+    rates: Vec<f64>,
+    total_rate: f64,
+    det: Option<Detector>,
     r: RepResult,
 }
 
@@ -214,6 +217,9 @@ impl<'a> Sim<'a> {
             phase_ev: None,
             slow_ev: None,
             last_slow_correct: true,
+            rates: Vec::new(),
+            total_rate: 0.0,
+            det: None,
             r: RepResult {
                 ettr: 0.0,
                 phase_s: [0.0; 6],
@@ -235,12 +241,19 @@ impl<'a> Sim<'a> {
         e.rate_s * ((e.comps as f64 - lemon_comps) + lemon_comps * e.lemon_mult)
     }
 
-    fn total_exp_rate(&self) -> f64 {
-        self.entries
+    /// Recomputes the cached per-entry exponential rates (at start, and after a lemon node left).
+    fn refresh_rates(&mut self) {
+        let rates: Vec<f64> = self
+            .entries
             .iter()
-            .filter(|e| e.weibull.is_none())
-            .map(|e| self.exp_rate(e))
-            .sum()
+            .map(|e| if e.weibull.is_none() { self.exp_rate(e) } else { 0.0 })
+            .collect();
+        self.total_rate = rates.iter().sum();
+        self.rates = rates;
+    }
+
+    fn total_exp_rate(&self) -> f64 {
+        self.total_rate
     }
 
     fn schedule_fault(&mut self, eng: &mut Engine<Ev>) {
@@ -489,7 +502,8 @@ impl<'a> Sim<'a> {
     /// 50 W). Returns the latency from the fault and whether it named the right rank.
     fn run_slow_detector(&mut self, slowdown: f64) -> Option<(f64, bool)> {
         let cfg = self.detector_cfg();
-        let mut det = Detector::new(cfg, 0.0);
+        let mut det = self.det.take().unwrap_or_else(|| Detector::new(cfg, 0.0));
+        det.reset(0.0);
         let culprit = self.det_rng.random_range(0..cfg.ranks);
         let mut t = 0.0;
         let mut k = 0u64;
@@ -501,23 +515,25 @@ impl<'a> Sim<'a> {
         let u: f64 = self.det_rng.random();
         let fault_t = t - u * self.job.step_time_s;
         let cap = 50 * cfg.window as u64;
+        let mut out = None;
         for _ in 0..cap {
             t = self.synth_step(&mut det, k, t, Some((culprit, slowdown)));
             k += 1;
             if let Some(v) = det.check(t) {
-                let right = v.rank() == Some(culprit);
-                self.last_slow_correct = right;
-                return Some((t - fault_t, right));
+                out = Some((t - fault_t, v.rank() == Some(culprit)));
+                break;
             }
         }
-        self.last_slow_correct = false;
-        None
+        self.det = Some(det);
+        self.last_slow_correct = out.is_some_and(|(_, right)| right);
+        out
     }
 
     /// Runs the detector on a hang snapshot; true if it named the right rank.
     fn run_hang_detector(&mut self, communication: bool) -> bool {
         let cfg = self.detector_cfg();
-        let mut det = Detector::new(cfg, 0.0);
+        let mut det = self.det.take().unwrap_or_else(|| Detector::new(cfg, 0.0));
+        det.reset(0.0);
         let culprit = self.det_rng.random_range(0..cfg.ranks);
         let mut t = 0.0;
         for k in 0..3 {
@@ -539,8 +555,11 @@ impl<'a> Sim<'a> {
                 det.progress(r, 3, s0 + hop((r + 1) % cfg.ranks), s0 + hop(r));
             }
         }
-        let v = det.check(t + 2.0 * step + cfg.hang_timeout_s);
-        v.is_some_and(|v| v.names(culprit))
+        let right = det
+            .check(t + 2.0 * step + cfg.hang_timeout_s)
+            .is_some_and(|v| v.names(culprit));
+        self.det = Some(det);
+        right
     }
 
     fn on_phase_end(&mut self, eng: &mut Engine<Ev>, now: f64) {
@@ -599,6 +618,7 @@ impl<'a> Sim<'a> {
         }
         // A lemon leaving changes the exponential rate (memoryless: resampling the next arrival is exact).
         if self.job.lemon.is_some() {
+            self.refresh_rates();
             self.schedule_fault(eng);
         }
     }
@@ -675,11 +695,10 @@ impl<'a> Sim<'a> {
                 let total = self.total_exp_rate();
                 let mut x = self.rng.random::<f64>() * total;
                 let mut pick = None;
-                for (i, e) in self.entries.iter().enumerate() {
-                    if e.weibull.is_some() {
+                for (i, &r) in self.rates.iter().enumerate() {
+                    if r <= 0.0 {
                         continue;
                     }
-                    let r = self.exp_rate(e);
                     pick = Some(i);
                     if x < r {
                         break;
@@ -734,6 +753,7 @@ impl<'a> Sim<'a> {
     fn run(mut self) -> RepResult {
         let h = self.job.horizon_s();
         let mut eng: Engine<Ev> = Engine::with_capacity(64);
+        self.refresh_rates();
         self.init_weibull(&mut eng);
         self.schedule_fault(&mut eng);
         self.schedule_work(&mut eng);

@@ -120,6 +120,19 @@ impl Detector {
         }
     }
 
+    /// Forgets all observations (keeping allocations), as if newly created at `start_s`.
+    pub fn reset(&mut self, start_s: f64) {
+        self.open.clear();
+        self.last_enter.iter_mut().for_each(|x| *x = None);
+        self.chunks.iter_mut().for_each(|x| *x = (0, 0, 0));
+        self.last_progress_s = start_s;
+        self.lags.iter_mut().for_each(|q| q.clear());
+        self.last_flags.clear();
+        self.periods.clear();
+        self.prev_median = None;
+        self.crashed = None;
+    }
+
     /// The configuration.
     pub fn config(&self) -> &DetectorConfig {
         &self.cfg
@@ -344,8 +357,10 @@ mod tests {
             })
         );
         d.enter(2, 1, 1.2);
-        for (r, c) in [(0, 5), (1, 6), (2, 3), (3, 4)] {
-            d.progress(r, 1, c, c);
+        // Link 1 -> 2 stalled: received counts grow downstream of rank 2; each rank's acknowledged sends equal its
+        // right neighbour's receives.
+        for (r, sent, recv) in [(0, 6, 5), (1, 3, 6), (2, 4, 3), (3, 5, 4)] {
+            d.progress(r, 1, sent, recv);
         }
         assert_eq!(
             d.check(4.0),
