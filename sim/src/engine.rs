@@ -463,6 +463,34 @@ mod tests {
     }
 
     proptest! {
+        /// The 4-ary heap pops in exactly sorted `(time, seq)` order, with pushes interleaved.
+        #[test]
+        fn quad_heap_sorts(keys in proptest::collection::vec((0u64..50, any::<bool>()), 0..2000)) {
+            let mut h: QuadHeap<usize> = QuadHeap::with_capacity(0);
+            let mut reference = Vec::new();
+            let mut out = Vec::new();
+            for (seq, &(time, pop)) in keys.iter().enumerate() {
+                h.push(Entry { time, seq: seq as u64, slot: 0, ev: seq });
+                reference.push((time, seq));
+                if pop {
+                    let e = h.pop().expect("non-empty");
+                    out.push((e.time, e.ev));
+                    // The popped entry is the minimum of what is pending.
+                    let min = reference.iter().copied().min().expect("non-empty");
+                    prop_assert_eq!((e.time, e.ev), min);
+                    reference.retain(|&r| r != min);
+                }
+            }
+            reference.sort();
+            while let Some(e) = h.pop() {
+                out.push((e.time, e.ev));
+            }
+            prop_assert_eq!(&out[out.len() - reference.len()..], &reference[..]);
+            prop_assert_eq!(out.len(), keys.len());
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
         /// Time never decreases; each non-cancelled event is delivered exactly once, cancelled ones never; equal-time
         /// events come out in scheduling order; `pending` is exact throughout.
