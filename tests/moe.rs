@@ -238,3 +238,36 @@ fn bad_input_is_a_user_error() {
         "{err}"
     );
 }
+
+/// M6-T quality claim at tiny scale (issue 4): top-1, top-2 and 2-top-1 prototypes, with and without the balance
+/// loss, across capacity factors, 3 seeds; prints final held-out MSE (mean +- std): `--ignored --nocapture`.
+#[test]
+#[ignore]
+fn quality_experiment_tiny_moe() {
+    use trainlab_executors::moe::{TinyTrainConfig, train_tiny};
+    println!(
+        "| routing | capacity factor | balance loss | final MSE (mean +- std, 3 seeds) | zero-predictor MSE | drop | load CV |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, groups, per) in [("top1", 1, 1), ("top2", 1, 2), ("2xtop1", 2, 1)] {
+        for cf in [1.0, 1.25, 2.0] {
+            for bal in [0.0, 0.01] {
+                let cfg = TinyTrainConfig::small(groups, per, cf, bal);
+                let rs: Vec<_> = (0..3).map(|s| train_tiny(&cfg, Seed(1000 + s)).unwrap()).collect();
+                let l: Vec<f64> = rs.iter().map(|r| r.final_loss).collect();
+                let s = trainlab_core::Summary::of(&l);
+                let avg = |f: fn(&trainlab_executors::moe::TinyTrainResult) -> f64| {
+                    rs.iter().map(f).sum::<f64>() / rs.len() as f64
+                };
+                println!(
+                    "| {name} | {cf} | {bal} | {:.4} +- {:.4} | {:.4} | {:.3} | {:.3} |",
+                    s.mean,
+                    s.std,
+                    avg(|r| r.baseline_loss),
+                    avg(|r| r.drop_fraction),
+                    avg(|r| r.load_cv)
+                );
+            }
+        }
+    }
+}
