@@ -271,3 +271,22 @@ fn quality_experiment_tiny_moe() {
         }
     }
 }
+
+// The CLI modules that the binary does not declare yet are compiled and smoke-tested here.
+#[path = "../src/cmd/moe.rs"]
+#[allow(dead_code)]
+mod cmd_moe;
+#[path = "../src/workloads/moe.rs"]
+mod workloads_moe;
+
+#[test]
+fn cli_modules_compile_and_list_three_backends() {
+    let names: Vec<String> = workloads_moe::backends(true)
+        .iter()
+        .map(|b| b.name().to_string())
+        .collect();
+    assert_eq!(names, ["closed_form", "monte_carlo", "cpu"]);
+    let (fit, held) = cmd_moe::calibration_sets();
+    assert_eq!((fit.len(), held.len()), (6, 6));
+    assert!(fit.iter().chain(&held).all(|l| l.validate().is_ok()));
+}
