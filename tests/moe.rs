@@ -290,3 +290,19 @@ fn cli_modules_compile_and_list_three_backends() {
     assert_eq!((fit.len(), held.len()), (6, 6));
     assert!(fit.iter().chain(&held).all(|l| l.validate().is_ok()));
 }
+
+#[test]
+fn shipped_moe_scenarios_load_and_run() {
+    for name in ["moe-switch-capacity", "moe-m6t-prototypes"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml"));
+        let sc = trainlab_datasets::scenario::load_file(&path).unwrap();
+        let l: MoeLayer = sc.workload().unwrap();
+        let o = MoeSim {
+            replications: 20,
+            cost: None,
+        }
+        .run(&l, &mut RunCtx::new(sc.seed))
+        .unwrap();
+        assert!(o.step_s.value > 0.0 && o.drop_fraction.value < 0.5, "{name}");
+    }
+}

@@ -211,3 +211,45 @@ fn bench_config_runs_under_a_second() {
         assert!(s < 1.0, "{s}");
     }
 }
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let mut l = layer(8192, 64, Routing::TopK(2), 1.0);
+    l.router = RouterModel::Zipf { s: 0.8 };
+    let sim = MoeSim {
+        replications: 16,
+        cost: None,
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let three = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let a = one.install(|| sim.replicate(&l, Seed(4)).unwrap());
+    let b = three.install(|| sim.replicate(&l, Seed(4)).unwrap());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn m6t_scenario_matches_derived_table() {
+    // scenarios/moe-m6t-prototypes.toml: N = 4096, E = 32, Zipf(1), gamma = 2 -> design notes §3.4 (derived):
+    // top-2 0.240, 2xtop1 0.232, top-4 0.194, 4xtop1 0.172.
+    for (routing, want) in [
+        (Routing::TopK(2), 0.240),
+        (Routing::Prototypes(2), 0.232),
+        (Routing::TopK(4), 0.194),
+        (Routing::Prototypes(4), 0.172),
+    ] {
+        let mut l = layer(4096, 32, routing, 2.0);
+        l.router = RouterModel::Zipf { s: 1.0 };
+        let d = aggregate(
+            &l,
+            &MoeSim {
+                replications: 100,
+                cost: None,
+            }
+            .replicate(&l, Seed(6))
+            .unwrap(),
+        )
+        .drop_fraction
+        .value;
+        assert!((d - want).abs() < 0.015, "{routing:?}: {d} vs {want}");
+    }
+}
