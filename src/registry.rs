@@ -58,9 +58,14 @@ fn collective_backends(_o: &Opts) -> Vec<Box<dyn Backend<Collective>>> {
     vec![Box::new(trainlab_models::collectives::AlphaBeta)]
 }
 fn dense_backends(o: &Opts) -> Vec<Box<dyn Backend<DenseTraining>>> {
-    vec![Box::new(trainlab_models::dense::DenseAnalytical {
-        profile: o.profile.clone(),
-    })]
+    vec![
+        Box::new(trainlab_models::dense::DenseAnalytical {
+            profile: o.profile.clone(),
+        }),
+        Box::new(trainlab_sim::dense::DensePipelineSim {
+            profile: o.profile.clone(),
+        }),
+    ]
 }
 fn queue_backends(_o: &Opts) -> Vec<Box<dyn Backend<trainlab_sim::queueing::Queue>>> {
     vec![

@@ -17,6 +17,8 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("triad-cpu", include_str!("../../scenarios/triad-cpu.toml")),
     ("allreduce-h100", include_str!("../../scenarios/allreduce-h100.toml")),
     ("llama2-70b-h100", include_str!("../../scenarios/llama2-70b-h100.toml")),
+    ("mm1", include_str!("../../scenarios/mm1.toml")),
+    ("mmc", include_str!("../../scenarios/mmc.toml")),
 ];
 
 #[derive(Debug, Deserialize)]
@@ -75,7 +77,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Scenario, Error> {
         }
     };
     if raw.name.trim().is_empty() {
-        return Err(Error::invalid(format!("{origin}: name"), "\"\"", "empty", "give the scenario a name"));
+        return Err(Error::invalid(
+            format!("{origin}: name"),
+            "\"\"",
+            "empty",
+            "give the scenario a name",
+        ));
     }
     Ok(Scenario {
         name: raw.name,
@@ -99,7 +106,10 @@ pub fn load(arg: &str) -> Result<Scenario, Error> {
     }
     let names: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
     Err(Error::io(
-        format!("scenario `{arg}`: no such file, and no embedded scenario of that name (embedded: {})", names.join(", ")),
+        format!(
+            "scenario `{arg}`: no such file, and no embedded scenario of that name (embedded: {})",
+            names.join(", ")
+        ),
         std::io::Error::new(std::io::ErrorKind::NotFound, "not found"),
     ))
 }
@@ -112,7 +122,11 @@ pub fn load_file(path: &Path) -> Result<Scenario, Error> {
 
 fn toml_error(e: toml::de::Error, origin: &str, prefix: &str) -> Error {
     let msg = e.message().to_string();
-    let field = if prefix.is_empty() { origin.to_string() } else { format!("{origin}: {prefix}") };
+    let field = if prefix.is_empty() {
+        origin.to_string()
+    } else {
+        format!("{origin}: {prefix}")
+    };
     let fix = if msg.contains("unknown field") {
         "remove or rename the field (the message lists the accepted names)"
     } else if msg.contains("missing field") {
@@ -129,7 +143,11 @@ fn toml_error(e: toml::de::Error, origin: &str, prefix: &str) -> Error {
 pub fn expand_shorthands(table: &mut toml::Table, path: &str) -> Result<(), Error> {
     let keys: Vec<String> = table.keys().cloned().collect();
     for key in keys {
-        let here = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+        let here = if path.is_empty() {
+            key.clone()
+        } else {
+            format!("{path}.{key}")
+        };
         let is_cluster_shorthand = key == "cluster"
             && table
                 .get(&key)
@@ -287,9 +305,15 @@ mod tests {
     #[test]
     fn unknown_field_is_named_with_its_path() {
         let text = "name = \"x\"\nkind = \"gemm\"\n[workload]\nm = 4\nn = 4\nk = 4\nbogus = 1\n";
-        let e = parse(text, "t.toml").unwrap().workload::<Gemm>().unwrap_err().to_string();
+        let e = parse(text, "t.toml")
+            .unwrap()
+            .workload::<Gemm>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus") && e.contains("workload"), "{e}");
-        let e = parse("name = \"x\"\nkind = \"gemm\"\nextra = 3\n[workload]\n", "t.toml").unwrap_err().to_string();
+        let e = parse("name = \"x\"\nkind = \"gemm\"\nextra = 3\n[workload]\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("extra"), "{e}");
     }
 
@@ -297,15 +321,27 @@ mod tests {
     fn nested_errors_carry_the_path() {
         let text = "name = \"x\"\nkind = \"collective\"\n[workload]\nop = \"all_reduce\"\nbytes = 1024\nranks = 16\n\
                     cluster = { gpu = \"h100-sxm\", nodes = 2, gpus_per_node = 8, colour = 1 }\n";
-        let e = parse(text, "t.toml").unwrap().workload::<Collective>().unwrap_err().to_string();
+        let e = parse(text, "t.toml")
+            .unwrap()
+            .workload::<Collective>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("workload.cluster.colour"), "{e}");
         let text = "name = \"x\"\nkind = \"collective\"\n[workload]\nop = \"all_reduce\"\nbytes = 1024\nranks = 16\n\
                     cluster = { gpu = \"h100-sxm\", nodes = -2, gpus_per_node = 8 }\n";
-        let e = parse(text, "t.toml").unwrap().workload::<Collective>().unwrap_err().to_string();
+        let e = parse(text, "t.toml")
+            .unwrap()
+            .workload::<Collective>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("workload.cluster.nodes"), "{e}");
         let text = "name = \"x\"\nkind = \"collective\"\n[workload]\nop = \"all_reduce\"\nbytes = 1024\nranks = 64\n\
                     cluster = { gpu = \"h100-sxm\", nodes = 2, gpus_per_node = 8 }\n";
-        let e = parse(text, "t.toml").unwrap().workload::<Collective>().unwrap_err().to_string();
+        let e = parse(text, "t.toml")
+            .unwrap()
+            .workload::<Collective>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("workload.ranks") && e.contains("16 GPUs"), "{e}");
     }
 
