@@ -16,6 +16,7 @@
 //! lost work (steps since the checkpoint) and ETTR (useful step time / wall time). Workers live in their own process
 //! group and die with the monitor (`PR_SET_PDEATHSIG`); on cancellation (Ctrl-C) the group is killed and the results
 //! so far are returned.
+pub mod calibrate;
 mod worker;
 
 pub use worker::worker_main;
@@ -722,6 +723,65 @@ mod tests {
             assert!(x.detection_latency_s.unwrap() < 10.0, "{x:?}");
         }
         assert!(r.ettr > 0.2 && r.ettr <= 1.0);
+    }
+
+    /// Calibrate on one measured run, predict a held-out run with a different fault schedule: ETTR within 5 points.
+    #[test]
+    fn calibrated_prediction_of_held_out_run() {
+        let fit_cfg = cfg(
+            130,
+            vec![
+                ScheduledFault {
+                    at_step: 23,
+                    rank: 1,
+                    what: Injection::Kill,
+                },
+                ScheduledFault {
+                    at_step: 67,
+                    rank: 2,
+                    what: Injection::Hang,
+                },
+                ScheduledFault {
+                    at_step: 115,
+                    rank: 0,
+                    what: Injection::Slow(2.0),
+                },
+            ],
+        );
+        let cancel = AtomicBool::new(false);
+        let fit_run = run(&fit_cfg, &cancel).unwrap();
+        let cal = calibrate::fit(&[(&fit_cfg, &fit_run)]);
+        let held = cfg(
+            130,
+            vec![
+                ScheduledFault {
+                    at_step: 36,
+                    rank: 3,
+                    what: Injection::Hang,
+                },
+                ScheduledFault {
+                    at_step: 78,
+                    rank: 1,
+                    what: Injection::Slow(2.0),
+                },
+                ScheduledFault {
+                    at_step: 124,
+                    rank: 2,
+                    what: Injection::Kill,
+                },
+            ],
+        );
+        let measured = run(&held, &cancel).unwrap();
+        let predicted = calibrate::predict_ettr(&cal, &held);
+        eprintln!(
+            "calibration {cal:?}; held-out ETTR measured {:.3} predicted {predicted:.3}",
+            measured.ettr
+        );
+        assert!(
+            (predicted - measured.ettr).abs() < 0.05,
+            "measured {} predicted {predicted}",
+            measured.ettr
+        );
     }
 
     /// A cancelled run kills its workers and returns what it has.
