@@ -448,7 +448,7 @@ pub struct GridConfig {
     pub pretrain_tokens: u64,
     /// CPT tokens per run.
     pub cpt_tokens: u64,
-    /// Evaluations per run (log-spaced from cpt_tokens/32 to cpt_tokens).
+    /// Evaluations per run (log-spaced from cpt_tokens/16 to cpt_tokens).
     pub evals: usize,
     /// Validation examples per source.
     pub val_examples: usize,
@@ -592,9 +592,9 @@ fn train(
     flops
 }
 
-/// Log-spaced evaluation token counts from `total/32` to `total`.
+/// Log-spaced evaluation token counts from `total/16` to `total`.
 pub fn eval_points(total: u64, n: usize) -> Vec<u64> {
-    let lo = (total as f64 / 32.0).max(1.0);
+    let lo = (total as f64 / 16.0).max(1.0);
     let mut v: Vec<u64> = (0..n)
         .map(|i| {
             let f = if n == 1 { 1.0 } else { i as f64 / (n - 1) as f64 };
@@ -776,7 +776,7 @@ mod tests {
         let floor = corpus.context_entropy(Source::General);
         assert!(after < before - 0.3, "{before} -> {after}");
         assert!(after > floor - 0.1, "{after} below floor {floor}");
-        assert_eq!(eval_points(3200, 6), vec![100, 200, 400, 800, 1600, 3200]);
+        assert_eq!(eval_points(1600, 5), vec![100, 200, 400, 800, 1600]);
     }
 
     #[test]
