@@ -730,7 +730,7 @@ mod tests {
         let mut mm = m.clone();
         let gs = [g.emb.clone(), g.w1.clone(), g.b1.clone(), g.w2.clone(), g.b2.clone()];
         for (ti, gt) in gs.iter().enumerate() {
-            for i in 0..gt.len() {
+            for (i, gti) in gt.iter().enumerate() {
                 let h = 1e-6;
                 let orig = mm.tensors_mut()[ti][i];
                 mm.tensors_mut()[ti][i] = orig + h;
@@ -740,9 +740,8 @@ mod tests {
                 mm.tensors_mut()[ti][i] = orig;
                 let fd = (up - dn) / (2.0 * h);
                 assert!(
-                    (fd - gt[i]).abs() < 1e-7 + 1e-5 * fd.abs(),
-                    "tensor {ti} [{i}]: {} vs {fd}",
-                    gt[i]
+                    (fd - gti).abs() < 1e-7 + 1e-5 * fd.abs(),
+                    "tensor {ti} [{i}]: {gti} vs {fd}"
                 );
             }
         }
