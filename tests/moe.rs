@@ -280,12 +280,12 @@ mod cmd_moe;
 mod workloads_moe;
 
 #[test]
-fn cli_modules_compile_and_list_three_backends() {
+fn cli_modules_compile_and_list_four_backends() {
     let names: Vec<String> = workloads_moe::backends(true)
         .iter()
         .map(|b| b.name().to_string())
         .collect();
-    assert_eq!(names, ["closed_form", "monte_carlo", "cpu"]);
+    assert_eq!(names, ["closed_form", "monte_carlo", "cpu", "cuda"]);
     let (fit, held) = cmd_moe::calibration_sets();
     assert_eq!((fit.len(), held.len()), (6, 6));
     assert!(fit.iter().chain(&held).all(|l| l.validate().is_ok()));

@@ -14,6 +14,8 @@ use trainlab_core::seed::Rng;
 use trainlab_core::workloads::moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, Summary, Workload};
 
+pub mod cuda;
+
 /// Largest parameter count (all experts) the CPU layer allocates.
 pub const MAX_PARAMS: u64 = 1 << 28;
 

@@ -1,5 +1,6 @@
 //! Backends for the `moe_layer` kind (issue 4): closed form (uniform router), Monte Carlo simulator, and the real
-//! CPU layer. `trainlab compare` on a MoE scenario runs them in this order.
+//! CPU layer, and the GPU forward (skipped with its reason when no GPU is present). `trainlab compare` on a MoE
+//! scenario runs them in this order.
 use trainlab_core::Backend;
 use trainlab_core::workloads::moe::MoeLayer;
 
@@ -16,5 +17,6 @@ pub fn backends(quick: bool) -> Vec<Box<dyn Backend<MoeLayer>>> {
             repeats: if quick { 2 } else { 5 },
             threads: 0,
         }),
+        Box::new(trainlab_executors::moe::cuda::MoeCuda),
     ]
 }
