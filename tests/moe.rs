@@ -25,7 +25,7 @@ fn cpu_layer(tokens: u64, d_ff: u64, experts: u64, routing: Routing, cf: f64, ro
 
 /// Real CPU runs of `l` as the simulator's calibration consumes them.
 fn measured(l: &MoeLayer, i: usize, draws: usize, repeats: usize) -> Result<Vec<MeasuredStep>, trainlab_core::Error> {
-    let m = measure(l, draws, repeats, 0, Seed(100 + i as u64))?;
+    let m = measure(l, draws, repeats, 1, Seed(100 + i as u64))?;
     Ok(m.loads
         .iter()
         .zip(&m.phases)
@@ -71,7 +71,7 @@ fn analytical_simulated_and_measured_side_by_side() {
 #[test]
 #[ignore]
 fn calibrated_simulator_predicts_held_out_cpu_runs() {
-    let (draws, repeats) = (2, 3);
+    let (draws, repeats) = (2, 5);
     let train = [
         cpu_layer(2048, 128, 8, Routing::TopK(1), 1.0, RouterModel::Uniform),
         cpu_layer(2048, 256, 8, Routing::TopK(2), 2.0, RouterModel::Uniform),

@@ -62,7 +62,8 @@ pub fn calibration_sets() -> (Vec<MoeLayer>, Vec<MoeLayer>) {
 
 /// Real CPU runs of `l` (`draws` routing draws, `repeats` timed repeats each) as the calibration consumes them.
 pub fn measured(l: &MoeLayer, i: usize, draws: usize, repeats: usize, seed: Seed) -> Result<Vec<MeasuredStep>, Error> {
-    let m = measure(l, draws, repeats, 0, seed.index(i as u64))?;
+    // Single-threaded GEMMs: on a shared machine one core is far more repeatable than all of them.
+    let m = measure(l, draws, repeats, 1, seed.index(i as u64))?;
     Ok(m.loads
         .iter()
         .zip(&m.phases)
@@ -82,7 +83,7 @@ pub fn measured(l: &MoeLayer, i: usize, draws: usize, repeats: usize, seed: Seed
 /// Calibrates the simulator on this CPU and checks it on held-out configurations (`quick`: 1 draw, 2 repeats).
 pub fn calibrate_cpu(quick: bool, seed: Seed) -> Result<Calibration, Error> {
     let (fit, held) = calibration_sets();
-    let (draws, repeats) = if quick { (1, 2) } else { (2, 3) };
+    let (draws, repeats) = if quick { (1, 2) } else { (2, 5) };
     calibrate(&fit, &held, 200, seed, |l, i| measured(l, i, draws, repeats, seed))
 }
 
