@@ -873,7 +873,7 @@ pub fn train_tiny(cfg: &TinyTrainConfig, seed: Seed) -> Result<TinyTrainResult, 
     let k = cfg.groups * cfg.per_group;
     if cfg.groups == 0
         || cfg.per_group == 0
-        || cfg.experts % cfg.groups != 0
+        || !cfg.experts.is_multiple_of(cfg.groups)
         || cfg.per_group > cfg.experts / cfg.groups
     {
         return Err(Error::invalid(
