@@ -141,7 +141,9 @@ fn execute_dcpt_cpu_grid() {
 #[test]
 #[ignore]
 fn plan_on_cpu_grid() {
-    let csv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv");
+    let csv = std::env::var("DCPT_PLAN_CSV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv"));
     let dir = tmp("plan");
     dcpt::fit(&dcpt::FitArgs {
         law: "dcpt".into(),
