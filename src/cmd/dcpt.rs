@@ -159,9 +159,10 @@ fn print_report(r: &FitReport) {
                 cv.group_by, cv.pooled.r2
             );
             for fold in &cv.folds {
+                let held: Vec<String> = fold.held_out.iter().map(|v| format!("{v:.4}")).collect();
                 println!(
-                    "    held out {:?}: R^2 {:.4}, MAPE {:.2}%",
-                    fold.held_out,
+                    "    held out [{}]: R^2 {:.4}, MAPE {:.2}%",
+                    held.join(", "),
                     fold.test.r2,
                     100.0 * fold.test.mape
                 );
