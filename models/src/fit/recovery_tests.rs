@@ -148,3 +148,39 @@ fn bad_inputs_are_reported() {
     .unwrap();
     assert!(fit(&law, &small, &FitConfig::default()).is_err());
 }
+
+#[test]
+fn cross_domain_law_fits_several_domains() {
+    use crate::laws::DcptCrossDomain;
+    let law = DcptCrossDomain::new();
+    // L3 part plus F/K^mu with K = w1/k1 + w2*k2.
+    let mut truth = DcptL3::pack(1.0, 60.0, 900.0, 0.04, 0.35, 0.4, 0.5, 0.3, 0.02);
+    truth.extend([(0.6f64).ln(), 1.0, (1.5f64).ln(), (0.5f64).ln()]);
+    let mut rng = Seed(11).rng();
+    let noise = Normal::<f64>::new(0.0, 0.002).unwrap();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for (k1, k2) in [(2.0, 0.3), (3.0, 0.8), (1.5, 0.1), (4.0, 1.5)] {
+        for n in [2e4, 2e5] {
+            for r in [0.1, 0.33, 0.67, 1.0] {
+                for k in 0..6 {
+                    let row = vec![n, 2e5 * 1.8f64.powi(k), r, k1, k2];
+                    y.push(law.eval(&truth, &row) * noise.sample(&mut rng).exp());
+                    x.push(row);
+                }
+            }
+        }
+    }
+    let names = ["N", "D", "r", "k1", "k2"].iter().map(|s| s.to_string()).collect();
+    let data = Dataset::new(names, x, y).unwrap();
+    let fr = fit(
+        &law,
+        &data,
+        &FitConfig {
+            max_starts: 24,
+            ..FitConfig::default()
+        },
+    )
+    .unwrap();
+    assert!(fr.gof.r2 > 0.98, "{:?}", fr.gof);
+    assert!(fr.gof.rmse_log < 0.01, "{:?}", fr.gof);
+}
