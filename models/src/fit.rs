@@ -193,10 +193,10 @@ impl Dataset {
     pub fn subset(&self, keep: &[bool]) -> Dataset {
         let mut x = Vec::new();
         let mut y = Vec::new();
-        for i in 0..self.len() {
-            if keep[i] {
-                x.push(self.x[i].clone());
-                y.push(self.y[i]);
+        for ((xi, yi), k) in self.x.iter().zip(&self.y).zip(keep) {
+            if *k {
+                x.push(xi.clone());
+                y.push(*yi);
             }
         }
         Dataset {
@@ -788,6 +788,28 @@ pub fn cross_validate(
         group_by: data.inputs[group_col].clone(),
         folds,
         pooled: GoodnessOfFit::from_predictions(&pred, &data.y, cfg.delta),
+    })
+}
+
+/// Fits on the rows whose column `col` is not in `held_out` and scores the rows whose value is (e.g. hold out two
+/// mixture ratios, as in the D-CPT paper's ratio-generalisation table).
+pub fn holdout(law: &dyn Law, data: &Dataset, col: usize, held_out: &[f64], cfg: &FitConfig) -> Result<Fold> {
+    let test_mask: Vec<bool> = data.x.iter().map(|r| held_out.contains(&r[col])).collect();
+    if !test_mask.iter().any(|t| *t) || test_mask.iter().all(|t| *t) {
+        return Err(Error::invalid(
+            "holdout",
+            format!("{held_out:?}"),
+            format!("must select some but not all rows of column `{}`", data.inputs[col]),
+            "hold out values that occur in the data",
+        ));
+    }
+    let train = data.subset(&test_mask.iter().map(|t| !t).collect::<Vec<_>>());
+    let test = data.subset(&test_mask);
+    let fr = fit(law, &train, cfg)?;
+    Ok(Fold {
+        held_out: held_out.to_vec(),
+        test: GoodnessOfFit::of(law, &fr.params, &test, cfg.delta),
+        fit: fr,
     })
 }
 

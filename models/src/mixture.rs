@@ -29,6 +29,67 @@ pub struct FittedLaw {
     pub bootstrap: Vec<Vec<f64>>,
 }
 
+/// One fitted target in a `trainlab fit --json` report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetFit {
+    /// Loss column fitted (`general_loss`, `domain_loss`, `loss`, ...).
+    pub loss_column: String,
+    /// For D-CPT laws: which ratio the `r` input is.
+    pub target: Option<Target>,
+    /// The fit.
+    pub fit: crate::fit::FitResult,
+    /// Parameters in natural units.
+    pub natural: Vec<(String, f64)>,
+    /// Bootstrap intervals on the parameters (optimiser coordinates), when bootstrapped.
+    pub param_ci: Vec<Ci>,
+    /// Bootstrap replicates.
+    pub bootstrap: Vec<Vec<f64>>,
+    /// Grouped cross-validation, when requested.
+    pub cv: Option<crate::fit::CrossValidation>,
+}
+
+/// The JSON written by `trainlab fit --json` and read by `trainlab plan-mixture`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitReport {
+    /// Law name.
+    pub law: String,
+    /// Law formula.
+    pub formula: String,
+    /// Data file.
+    pub data: String,
+    /// Huber δ used.
+    pub delta: f64,
+    /// Seed used.
+    pub seed: u64,
+    /// Interval level of `param_ci`.
+    pub level: f64,
+    /// One entry per fitted loss.
+    pub fits: Vec<TargetFit>,
+}
+
+impl FitReport {
+    /// The general/domain pair for the planner.
+    pub fn pair(&self) -> Result<DcptPair> {
+        let find = |t: Target| -> Result<FittedLaw> {
+            let f = self.fits.iter().find(|f| f.target == Some(t)).ok_or_else(|| {
+                Error::invalid(
+                    "fit report",
+                    &self.data,
+                    format!("no {t:?} fit in the report"),
+                    "fit with `--target both` on a table with general_loss and domain_loss",
+                )
+            })?;
+            Ok(FittedLaw {
+                law: self.law.clone(),
+                target: t,
+                params: f.fit.params.clone(),
+                bootstrap: f.bootstrap.clone(),
+            })
+        };
+        DcptPair::new(find(Target::General)?, find(Target::Domain)?)
+    }
+}
+
 /// General- and domain-loss laws fitted on the same runs.
 pub struct DcptPair {
     general: Box<dyn Law>,

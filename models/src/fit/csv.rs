@@ -168,6 +168,33 @@ impl Table {
     }
 }
 
+/// Builds the dataset a law needs from a table: the law's input columns (a `UnitInterval` input is the ratio column
+/// `r`; when `flip_ratio` is true it becomes `1 − r`, e.g. the general share for the general-loss law) and the loss
+/// column `loss_col`. Errors name the file, line and column.
+pub fn dataset(
+    table: &Table,
+    law: &dyn crate::fit::Law,
+    loss_col: &str,
+    flip_ratio: bool,
+) -> Result<crate::fit::Dataset> {
+    use crate::fit::InputDomain;
+    let mut cols = Vec::new();
+    for spec in law.inputs() {
+        let check = match spec.domain {
+            InputDomain::Positive => ColumnCheck::Positive,
+            InputDomain::UnitInterval => ColumnCheck::Unit,
+        };
+        let mut v = table.column_checked(&spec.name, check)?;
+        if flip_ratio && spec.domain == InputDomain::UnitInterval {
+            v.iter_mut().for_each(|r| *r = 1.0 - *r);
+        }
+        cols.push(v);
+    }
+    let y = table.column_checked(loss_col, ColumnCheck::Positive)?;
+    let x = (0..y.len()).map(|i| cols.iter().map(|c| c[i]).collect()).collect();
+    crate::fit::Dataset::new(law.inputs().iter().map(|s| s.name.clone()).collect(), x, y)
+}
+
 /// What a column's values must satisfy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnCheck {
