@@ -811,7 +811,7 @@ mod tests {
             ],
         );
         let measured = run(&held, &cancel).unwrap();
-        let predicted = calibrate::predict_ettr(&cal, &held);
+        let predicted = calibrate::predict_ettr(&cal, &held, Some(measured.step_period_s));
         eprintln!(
             "calibration {cal:?}; held-out ETTR measured {:.3} predicted {predicted:.3}",
             measured.ettr

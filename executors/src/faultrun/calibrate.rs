@@ -58,8 +58,14 @@ pub fn fit(reports: &[(&FaultRunConfig, &FaultRunReport)]) -> Calibration {
     }
 }
 
-/// Predicted ETTR of running `cfg` (its steps and fault schedule) with the calibrated timings.
-pub fn predict_ettr(c: &Calibration, cfg: &FaultRunConfig) -> f64 {
+/// Predicted ETTR of running `cfg` (its steps and fault schedule) with the calibrated fault timings. The step period
+/// is an input of the workload, not a fault parameter: pass the held-out run's healthy period (`Some`) or use the
+/// calibration run's (`None`).
+pub fn predict_ettr(cal: &Calibration, cfg: &FaultRunConfig, step_period_s: Option<f64>) -> f64 {
+    let mut c = *cal;
+    if let Some(p) = step_period_s {
+        c.step_period_s = p;
+    }
     let every = cfg.checkpoint_every.max(1);
     let useful = cfg.steps as f64 * c.step_period_s;
     let mut wall = useful + (cfg.steps / every) as f64 * c.checkpoint_cost_s;
