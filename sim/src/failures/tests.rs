@@ -217,6 +217,10 @@ fn llama3_interruptions_match_table5() {
         df += 1;
     }
     let p = 1.0 - ChiSquared::new(df as f64).unwrap().cdf(chi2);
+    eprintln!(
+        "llama3: predicted {mean:.1} interruptions, chi2 {chi2:.2} df {df} p {p:.3}, ettr {:.4}",
+        o.ettr.mean
+    );
     assert!(p > 0.05, "chi2 {chi2} df {df} p {p}");
     // Llama 3 reports > 90% effective training time with automated recovery.
     assert!(o.ettr.mean > 0.9, "ettr {}", o.ettr.mean);
@@ -277,4 +281,24 @@ fn print_scenarios() {
             println!();
         }
     }
+}
+
+/// Bad input through the scenario loader names the field: an unknown fault class, a NaN rate, a zero interval.
+#[test]
+fn bad_scenarios_name_the_field() {
+    let base = include_str!("../../../scenarios/c4-production.toml");
+    let load = |t: &str| {
+        trainlab_datasets::scenario::parse(t, "test")
+            .and_then(|s| s.workload::<TrainingJob>())
+            .and_then(|w| w.validate().map(|_| w))
+    };
+    let e = load(&base.replacen("class = \"software\"", "class = \"flux_capacitor\"", 1)).unwrap_err();
+    assert!(e.to_string().contains("flux_capacitor"), "{e}");
+    let e = load(&base.replacen("rate_per_component_hour = 1.693e-5", "rate_per_component_hour = nan", 1)).unwrap_err();
+    assert!(e.to_string().contains("failures[0].rate_per_component_hour"), "{e}");
+    assert!(e.is_user_error());
+    let e = load(&base.replacen("checkpoint_interval = \"young_daly\"", "checkpoint_interval = 0", 1)).unwrap_err();
+    assert!(e.to_string().contains("checkpoint_interval"), "{e}");
+    let e = load(&base.replacen("gpus_per_node = 8", "gpus_per_node = 8\nspare_nodes = 500", 1)).unwrap_err();
+    assert!(e.to_string().contains("spare_nodes"), "{e}");
 }
