@@ -41,6 +41,42 @@ pub enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// List the embedded scenarios, or print one.
     Scenarios(ScenariosArgs),
+    /// Fit a scaling law (Chinchilla, D-CPT) to a CSV of runs, with bootstrap intervals.
+    Fit(crate::cmd::dcpt::FitArgs),
+    /// Plan a domain mixture ratio (D-CPT usages: trade-off, limited domain data, compute allocation).
+    PlanMixture(crate::cmd::dcpt::PlanArgs),
+    /// Run a grid of small continual-pretraining runs on this CPU and fit the D-CPT law to them.
+    ExecuteDcpt(crate::cmd::dcpt::ExecuteArgs),
+    /// A real fault-injection training run (C4D): worker processes, ring all-reduce over loopback TCP, detection,
+    /// localisation and restart from checkpoints.
+    C4Run(crate::cmd::c4::C4RunArgs),
+    /// MoE layer: calibrate the simulator against real CPU runs, or run the M6-T quality experiment.
+    Moe(MoeArgs),
+}
+
+/// `moe` arguments.
+#[derive(Debug, Args)]
+pub struct MoeArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub what: MoeCommand,
+}
+
+/// `moe` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum MoeCommand {
+    /// Fit the MoE cost model to measured CPU layers and report held-out step-time error.
+    Calibrate {
+        /// Fewer configurations and repeats.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Train a tiny MoE with top-1, top-2 and 2-top-1 prototypes across capacity factors (M6-T's claim).
+    Quality {
+        /// Fewer steps and seeds.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 use crate::calibrate;
@@ -172,6 +208,21 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         }
         Command::Calibrate(a) => calibrate::run(&a, seed, &cancel),
         Command::Scenarios(a) => scenarios(&a),
+        Command::Fit(a) => crate::cmd::dcpt::fit(&a),
+        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a),
+        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a),
+        Command::C4Run(a) => crate::cmd::c4::run(a, cancel),
+        Command::Moe(a) => {
+            let s = Seed(seed.unwrap_or(42));
+            match a.what {
+                MoeCommand::Calibrate { quick } => {
+                    let cal = crate::cmd::moe::calibrate_cpu(quick, s)?;
+                    print!("{}", cal.markdown());
+                }
+                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick)?),
+            }
+            Ok(())
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! model that fits nowhere), 130 interrupted (results gathered so far are kept).
 mod calibrate;
 mod cli;
+mod cmd;
 mod plan;
 mod registry;
+mod workloads;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -15,7 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // Hidden worker entry points used by the real fault-injection runs (they spawn this binary).
-    let _ = &argv;
+    if argv.get(1).map(String::as_str) == Some("__c4-worker") {
+        let code = trainlab_executors::faultrun::worker_main(&argv[2..]);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let args = cli::Cli::parse();
     let cancel = Arc::new(AtomicBool::new(false));
     {

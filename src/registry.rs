@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use trainlab_core::backend::BackendRun;
+use trainlab_core::workloads::moe::MoeLayer;
+use trainlab_core::workloads::training_job::TrainingJob;
 use trainlab_core::workloads::{Collective, DenseTraining, Gemm, LaunchLatency, MemBandwidth};
 use trainlab_core::{Backend, DeviceProfile, Fidelity, Record, RunCtx, Seed, Workload, run_backends};
 use trainlab_datasets::scenario::Scenario;
@@ -105,6 +107,8 @@ pub fn dispatch(sc: &Scenario, opts: &Opts, only: Option<&str>, c: &mut RunCtx) 
         Collective::KIND => go(sc, collective_backends(opts), only, c),
         DenseTraining::KIND => go(sc, dense_backends(opts), only, c),
         "queue" => go(sc, queue_backends(opts), only, c),
+        MoeLayer::KIND => go(sc, crate::workloads::moe::backends(opts.quick), only, c),
+        TrainingJob::KIND => go(sc, crate::workloads::training_job::backends(opts.quick), only, c),
         "plan" => Err(UsageError(format!(
             "scenario `{}` is a study: run it with `trainlab plan {}`",
             sc.name, sc.name
@@ -112,7 +116,7 @@ pub fn dispatch(sc: &Scenario, opts: &Opts, only: Option<&str>, c: &mut RunCtx) 
         .into()),
         other => Err(UsageError(format!(
             "scenario `{}`: unknown kind \"{other}\" (known: gemm, mem_bandwidth, launch_latency, collective, \
-             dense_training, queue, plan)",
+             dense_training, queue, moe_layer, training_job, plan)",
             sc.name
         ))
         .into()),

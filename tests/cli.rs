@@ -7,7 +7,11 @@ fn bin() -> Command {
 }
 
 fn fixture(name: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -30,7 +34,12 @@ fn scenarios_lists_the_embedded_ones() {
     let o = run(bin().args(["scenarios", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
     assert!(names.contains(&"default-plan"), "{names:?}");
 }
 
@@ -58,11 +67,25 @@ fn bad_input_exits_2_and_names_the_cause() {
 fn plan_writes_report_tables_and_charts_deterministically() {
     let a = tmpdir("plan-a");
     let b = tmpdir("plan-b");
-    let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&a).env("RAYON_NUM_THREADS", "1"));
+    let o = run(bin()
+        .args(["plan", &fixture("small-plan.toml"), "--out"])
+        .arg(&a)
+        .env("RAYON_NUM_THREADS", "1"));
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&b).env("RAYON_NUM_THREADS", "2"));
+    let o = run(bin()
+        .args(["plan", &fixture("small-plan.toml"), "--out"])
+        .arg(&b)
+        .env("RAYON_NUM_THREADS", "2"));
     assert!(o.status.success(), "{}", stderr(&o));
-    for f in ["report.html", "records.parquet", "records.csv", "days.png", "days.svg", "mfu.svg", "gpu_hours.png"] {
+    for f in [
+        "report.html",
+        "records.parquet",
+        "records.csv",
+        "days.png",
+        "days.svg",
+        "mfu.svg",
+        "gpu_hours.png",
+    ] {
         let x = std::fs::read(a.join(f)).unwrap_or_else(|_| panic!("missing {f}"));
         assert!(!x.is_empty(), "{f} empty");
         if !f.ends_with(".png") {
@@ -80,7 +103,15 @@ fn shards_merge_to_the_single_run() {
     let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--out"]).arg(&full));
     assert!(o.status.success(), "{}", stderr(&o));
     for i in 0..3 {
-        let o = run(bin().args(["plan", &fixture("small-plan.toml"), "--shard", &format!("{i}/3"), "--out"]).arg(&parts));
+        let o = run(bin()
+            .args([
+                "plan",
+                &fixture("small-plan.toml"),
+                "--shard",
+                &format!("{i}/3"),
+                "--out",
+            ])
+            .arg(&parts));
         assert!(o.status.success(), "{}", stderr(&o));
     }
     let merged = tmpdir("shard-merged");
@@ -106,7 +137,11 @@ fn compare_gemm_shows_analytical_and_measured() {
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let b = v["backends"].as_array().unwrap();
-    let fid: Vec<&str> = b.iter().filter(|x| x["error"].is_null()).map(|x| x["fidelity"].as_str().unwrap()).collect();
+    let fid: Vec<&str> = b
+        .iter()
+        .filter(|x| x["error"].is_null())
+        .map(|x| x["fidelity"].as_str().unwrap())
+        .collect();
     assert!(fid.contains(&"analytical") && fid.contains(&"measured"), "{v}");
     assert_eq!(v["reference"], "cpu");
 }

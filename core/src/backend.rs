@@ -127,14 +127,12 @@ pub fn run_backends<W: Workload>(
         let fidelity = b.fidelity();
         let result = match b.available() {
             Err(why) => Err(Error::Unsupported(format!("skipped: {why}"))),
-            Ok(()) => b
-                .run(workload, ctx)
-                .map(|o| {
-                    o.metrics()
-                        .iter()
-                        .map(|m| Record::from_metric(study, W::KIND, case, &name, fidelity, ctx.seed.0, m))
-                        .collect()
-                }),
+            Ok(()) => b.run(workload, ctx).map(|o| {
+                o.metrics()
+                    .iter()
+                    .map(|m| Record::from_metric(study, W::KIND, case, &name, fidelity, ctx.seed.0, m))
+                    .collect()
+            }),
         };
         out.push(BackendRun {
             backend: name,

@@ -35,7 +35,12 @@ const PRESETS: &[Preset] = &[
     Preset {
         name: "a100-80gb",
         memory_gib: 80,
-        rates_tflops: &[(Dtype::Fp32, 19.5), (Dtype::Tf32, 156.0), (Dtype::Fp16, 312.0), (Dtype::Bf16, 312.0)],
+        rates_tflops: &[
+            (Dtype::Fp32, 19.5),
+            (Dtype::Tf32, 156.0),
+            (Dtype::Fp16, 312.0),
+            (Dtype::Bf16, 312.0),
+        ],
         hbm_gb_s: 2039.0,
         nvlink_total_gb_s: 600.0,
         tdp_w: 400.0,
@@ -114,7 +119,11 @@ pub fn preset(name: &str) -> Option<GpuSpec> {
     PRESETS.iter().find(|p| p.name == key).map(|p| GpuSpec {
         name: p.name.to_string(),
         memory_bytes: p.memory_gib << 30,
-        peak_flops: p.rates_tflops.iter().map(|(d, r)| (*d, r * TFLOPS)).collect::<BTreeMap<_, _>>(),
+        peak_flops: p
+            .rates_tflops
+            .iter()
+            .map(|(d, r)| (*d, r * TFLOPS))
+            .collect::<BTreeMap<_, _>>(),
         hbm_bandwidth_bytes_per_s: p.hbm_gb_s * GB,
         nvlink_bandwidth_bytes_per_s: p.nvlink_total_gb_s * GB / 2.0,
         tdp_watts: p.tdp_w,
@@ -123,7 +132,13 @@ pub fn preset(name: &str) -> Option<GpuSpec> {
 }
 
 fn nic_bytes_per_s(name: &str) -> f64 {
-    PRESETS.iter().find(|p| p.name == name).map(|p| p.nic_gbit_s).unwrap_or(400.0) * 1e9 / 8.0
+    PRESETS
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| p.nic_gbit_s)
+        .unwrap_or(400.0)
+        * 1e9
+        / 8.0
 }
 
 /// Per-hop latency assumed for the NVLink/NVSwitch tier (seconds). An assumption of the order NCCL's tuning tables
@@ -145,10 +160,20 @@ pub fn cluster(gpu: &str, nodes: u32, gpus_per_node: u32) -> Result<ClusterSpec,
         )
     })?;
     if nodes == 0 {
-        return Err(Error::invalid("cluster.nodes", nodes, "must be at least 1", "set nodes >= 1"));
+        return Err(Error::invalid(
+            "cluster.nodes",
+            nodes,
+            "must be at least 1",
+            "set nodes >= 1",
+        ));
     }
     if gpus_per_node == 0 {
-        return Err(Error::invalid("cluster.gpus_per_node", gpus_per_node, "must be at least 1", "set it to 8"));
+        return Err(Error::invalid(
+            "cluster.gpus_per_node",
+            gpus_per_node,
+            "must be at least 1",
+            "set it to 8",
+        ));
     }
     let nvlink = if spec.nvlink_bandwidth_bytes_per_s > 0.0 {
         spec.nvlink_bandwidth_bytes_per_s

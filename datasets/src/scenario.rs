@@ -19,6 +19,16 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     ("llama2-70b-h100", include_str!("../../scenarios/llama2-70b-h100.toml")),
     ("mm1", include_str!("../../scenarios/mm1.toml")),
     ("mmc", include_str!("../../scenarios/mmc.toml")),
+    (
+        "moe-switch-capacity",
+        include_str!("../../scenarios/moe-switch-capacity.toml"),
+    ),
+    (
+        "moe-m6t-prototypes",
+        include_str!("../../scenarios/moe-m6t-prototypes.toml"),
+    ),
+    ("c4-production", include_str!("../../scenarios/c4-production.toml")),
+    ("llama3-405b", include_str!("../../scenarios/llama3-405b.toml")),
 ];
 
 #[derive(Debug, Deserialize)]

@@ -114,7 +114,10 @@ mod tests {
         let s = DensePipelineSim::default().run(&w, &mut ctx).unwrap();
         // Equal up to the simulator's integer-nanosecond clock: at most 1 ns rounding per event.
         let m = 256.0;
-        assert!((a.step_time_s - s.step_time_s).abs() <= 2.0 * m * 1e-9, "{a:?} vs {s:?}");
+        assert!(
+            (a.step_time_s - s.step_time_s).abs() <= 2.0 * m * 1e-9,
+            "{a:?} vs {s:?}"
+        );
     }
 
     #[test]
@@ -124,8 +127,18 @@ mod tests {
         let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
         let s = DensePipelineSim::default().run(&w, &mut ctx).unwrap();
         // The DES only pays transfers on the critical path, so it is never slower, and the gap is small.
-        assert!(s.step_time_s <= a.step_time_s * (1.0 + 1e-9), "{} > {}", s.step_time_s, a.step_time_s);
-        assert!(s.step_time_s >= 0.95 * a.step_time_s, "{} vs {}", s.step_time_s, a.step_time_s);
+        assert!(
+            s.step_time_s <= a.step_time_s * (1.0 + 1e-9),
+            "{} > {}",
+            s.step_time_s,
+            a.step_time_s
+        );
+        assert!(
+            s.step_time_s >= 0.95 * a.step_time_s,
+            "{} vs {}",
+            s.step_time_s,
+            a.step_time_s
+        );
         assert!((s.bubble_fraction - a.bubble_fraction).abs() < 0.02);
     }
 }

@@ -36,8 +36,8 @@ pub struct C4RunArgs {
     #[arg(long)]
     pub minutes: Option<f64>,
     /// Seed of the fault schedule (which rank gets which fault).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
+    #[arg(long = "fault-seed", default_value_t = 42)]
+    pub fault_seed: u64,
     /// Print the report as JSON-like debug output.
     #[arg(long)]
     pub json: bool,
@@ -70,7 +70,7 @@ pub fn run(a: C4RunArgs, cancel: Arc<AtomicBool>) -> anyhow::Result<()> {
     kinds.extend(std::iter::repeat_n(Injection::Hang, a.hang));
     kinds.extend(std::iter::repeat_n(Injection::Slow(a.slowdown), a.slow));
     let n = kinds.len() as u64;
-    let mut rng = a.seed;
+    let mut rng = a.fault_seed;
     let faults = kinds
         .into_iter()
         .enumerate()
