@@ -471,7 +471,7 @@ pub fn write_outputs(
             series_of("mfu", 100.0),
         ),
     ];
-    let mut report = HtmlReport::new(&format!("trainlab plan: {study}"));
+    let mut report = HtmlReport::new(format!("trainlab plan: {study}"));
     report.paragraph(description);
     report.paragraph(&format!(
         "Seed {}. Device efficiencies: {}. Each case is answered by the analytical step model's search over \

@@ -203,7 +203,10 @@ fn signal(pid: u32, sig: i32) {
 
 /// Runs the job with its fault schedule. Returns early (with `interrupted`) when `cancel` is set.
 pub fn run(cfg: &FaultRunConfig, cancel: &AtomicBool) -> Result<FaultRunReport, Error> {
-    let dir = std::env::temp_dir().join(format!("trainlab-c4-{}-{}", std::process::id(), now_s() as u64));
+    // Unique per run, also for concurrent runs in one process (tests): pid, a process-wide counter, and the time.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("trainlab-c4-{}-{n}-{}", std::process::id(), now_s() as u64));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let res = run_in(cfg, cancel, &dir);
     let _ = std::fs::remove_dir_all(&dir);
