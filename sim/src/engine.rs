@@ -92,6 +92,21 @@ impl<E: Copy> QuadHeap<E> {
         let Some(&top) = self.v.first() else {
             return Some(last);
         };
+        self.fill_root_hole(last);
+        Some(top)
+    }
+    /// Replaces the root by `e` (the root was delivered) with one sift instead of a pop and a push.
+    #[inline]
+    fn replace_top(&mut self, e: Entry<E>) {
+        if self.v.is_empty() {
+            self.v.push(e);
+        } else {
+            self.fill_root_hole(e);
+        }
+    }
+    /// Treats the root as a hole and places `last` (an entry not in the heap) so the heap property holds.
+    #[inline]
+    fn fill_root_hole(&mut self, last: Entry<E>) {
         let len = self.v.len();
         // Move the hole from the root to a leaf along the path of smallest children.
         let mut i = 0;
@@ -128,7 +143,6 @@ impl<E: Copy> QuadHeap<E> {
             }
         }
         self.v[i] = last;
-        Some(top)
     }
 }
 
@@ -144,6 +158,9 @@ pub struct Engine<E: Copy> {
     next_seq: u64,
     live: usize,
     delivered: u64,
+    /// The heap's root was delivered by `step` but is still in place: the next `schedule_*` overwrites it with one
+    /// sift (the common "handle an event, schedule its successor" pattern), anything else removes it first.
+    taken: bool,
 }
 
 impl<E: Copy> Default for Engine<E> {
@@ -178,6 +195,7 @@ impl<E: Copy> Engine<E> {
             next_seq: 0,
             live: 0,
             delivered: 0,
+            taken: false,
         }
     }
 
@@ -229,7 +247,13 @@ impl<E: Copy> Engine<E> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.live += 1;
-        self.heap.push(Entry { time, seq, slot, ev });
+        let entry = Entry { time, seq, slot, ev };
+        if self.taken {
+            self.taken = false;
+            self.heap.replace_top(entry);
+        } else {
+            self.heap.push(entry);
+        }
         EventId { slot, generation }
     }
 
@@ -264,9 +288,19 @@ impl<E: Copy> Engine<E> {
         cancelled
     }
 
+    /// Removes a delivered root left in place by [`step`](Self::step).
+    #[inline]
+    fn settle(&mut self) {
+        if self.taken {
+            self.taken = false;
+            self.heap.pop();
+        }
+    }
+
     /// Drops cancelled entries from the top of the heap.
     #[inline]
     fn purge_top(&mut self) {
+        self.settle();
         while let Some(top) = self.heap.peek() {
             if self.slots[top.slot as usize] & 1 == 0 {
                 return;
@@ -288,14 +322,17 @@ impl<E: Copy> Engine<E> {
     /// pending.
     #[inline]
     pub fn step(&mut self) -> Option<(SimTime, E)> {
-        while let Some(e) = self.heap.pop() {
+        self.settle();
+        while let Some(&e) = self.heap.peek() {
             if self.release(e.slot) {
+                self.heap.pop();
                 continue; // cancelled: discard lazily
             }
             debug_assert!(e.time >= self.now);
             self.now = e.time;
             self.live -= 1;
             self.delivered += 1;
+            self.taken = true;
             return Some((SimTime(e.time), e.ev));
         }
         None
