@@ -142,11 +142,12 @@ fn print_report(r: &FitReport) {
         );
         for (i, (name, v)) in f.natural.iter().enumerate() {
             match f.param_ci.get(i) {
+                // The fit works on log-parameters for positive coefficients (e.g. `a` = ln A); report the
+                // interval in the same natural units as the estimate (exp is monotone, so bounds map directly).
                 Some(c) => println!(
-                    "  {name:>8} = {v:<12.6}  {}: [{:.4}, {:.4}] ({:.0}% bootstrap, {} reps)",
-                    f.fit.names[i],
-                    c.lo,
-                    c.hi,
+                    "  {name:>8} = {v:<12.6}  [{:.4}, {:.4}] ({:.0}% bootstrap, {} reps)",
+                    if f.fit.names[i] == *name { c.lo } else { c.lo.exp() },
+                    if f.fit.names[i] == *name { c.hi } else { c.hi.exp() },
                     100.0 * r.level,
                     f.bootstrap.len()
                 ),
