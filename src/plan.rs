@@ -311,7 +311,8 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_cases(&results);
+        let (headers, rows) = layout_rows(&records);
+        print!("{}", trainlab_reports::markdown_table(&headers, &rows));
         for p in &written {
             println!("wrote {}", p.display());
         }
@@ -334,6 +335,15 @@ fn layout_rows(records: &[Record]) -> (Vec<&'static str>, Vec<Vec<String>>) {
             cases.push(&r.case);
         }
     }
+    // Readable order: by model, then by GPU count as a number (labels are `model@GPUSxgpu`).
+    let gpus_of = |case: &str| -> u64 {
+        case.split('@')
+            .nth(1)
+            .and_then(|g| g.split('x').next())
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+    };
+    cases.sort_by_key(|c| (c.split('@').next().unwrap_or(c).to_string(), gpus_of(c)));
     let rows = cases
         .iter()
         .map(|case| {
@@ -375,40 +385,6 @@ fn layout_rows(records: &[Record]) -> (Vec<&'static str>, Vec<Vec<String>>) {
         ],
         rows,
     )
-}
-
-fn print_cases(results: &[CaseResult]) {
-    let headers = [
-        "case",
-        "layout",
-        "step (s)",
-        "MFU",
-        "days",
-        "GPU-hours",
-        "mem/GPU (GiB)",
-    ];
-    let rows: Vec<Vec<String>> = results
-        .iter()
-        .map(|r| {
-            let get = |n: &str| {
-                r.records
-                    .as_ref()
-                    .ok()
-                    .and_then(|v| v.iter().find(|x| x.metric == n).map(|x| x.value))
-                    .unwrap_or(f64::NAN)
-            };
-            vec![
-                r.case.label.clone(),
-                r.layout.clone().unwrap_or_else(|| "fits nowhere".into()),
-                format!("{:.2}", get("step_time")),
-                format!("{:.1}%", 100.0 * get("mfu")),
-                format!("{:.1}", get("train_days")),
-                format!("{:.3e}", get("gpu_hours")),
-                format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
-            ]
-        })
-        .collect();
-    print!("{}", trainlab_reports::markdown_table(&headers, &rows));
 }
 
 /// Writes the full set of outputs for a complete study: records, charts, report.html.
