@@ -5,7 +5,7 @@
 # 1. On the build machine (x86-64, with Rust), stage the binaries into ./gpu-bin/ (at most 64 MiB travels):
 #        scripts/gpu-check.sh --stage
 #    which runs
-#        cargo build --profile gpu --no-default-features --bin trainlab          # -> target/gpu/trainlab
+#        cargo build --profile gpu --bin trainlab          # -> target/gpu/trainlab
 #        cargo test  --profile gpu -p trainlab-executors --no-run                 # -> target/gpu/deps/trainlab_executors-*
 #    and copies the `trainlab` binary and the executors' test executable (as gpu-bin/trainlab_executors-tests).
 # 2. On the GPU machine, from the repository root:
@@ -21,7 +21,7 @@ BIN_DIR="${GPU_BIN:-./gpu-bin}"
 if [[ "${1:-}" == "--stage" ]]; then
     set -e
     mkdir -p "$BIN_DIR"
-    cargo build --profile gpu --no-default-features --bin trainlab
+    cargo build --profile gpu --bin trainlab
     cp target/gpu/trainlab "$BIN_DIR/trainlab"
     exe=$(cargo test --profile gpu -p trainlab-executors --no-run --message-format=json 2>/dev/null |
         grep -o '"executable":"[^"]*trainlab_executors-[^"]*"' | head -n 1 | sed 's/"executable":"\(.*\)"/\1/')
