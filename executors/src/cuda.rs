@@ -177,6 +177,21 @@ impl CudaRuntime {
         })
     }
 
+    /// The stream every buffer and launch of this runtime uses (for other in-crate GPU code, e.g. `lm::cuda`).
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// The context, to load further NVRTC modules.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The cuBLAS handle, bound to [`Self::stream`].
+    pub(crate) fn blas(&self) -> &CudaBlas {
+        &self.blas
+    }
+
     /// Device description for provenance, e.g. `NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB`.
     pub fn device_description(&self) -> String {
         let name = self.ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());

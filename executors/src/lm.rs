@@ -15,6 +15,8 @@
 //!
 //! [`run_grid`] pretrains one base model per size on the general source, then continues each one at every ratio,
 //! evaluating general and domain validation loss at log-spaced token counts: one run yields many (D, loss) points.
+pub mod cuda;
+
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -60,7 +60,12 @@ fn targets(table: &Table, law: &dyn fit::Law, target: &str) -> anyhow::Result<Ve
         "both" if has_ratio => both,
         "general" if has_ratio => vec![both[0].clone()],
         "domain" if has_ratio => vec![both[1].clone()],
-        "both" | "general" | "domain" => bail!("--target {target} needs a law with a mixture ratio input (dcpt...)"),
+        "both" | "general" | "domain" => bail!(trainlab_core::Error::invalid(
+            "--target",
+            target,
+            "needs a law with a mixture ratio input",
+            "use a dcpt law, or --target auto / a loss column"
+        )),
         col => vec![(col.to_string(), None, false)],
     })
 }
@@ -273,7 +278,15 @@ pub struct PlanArgs {
 }
 
 fn need(v: Option<f64>, flag: &str, usage: &str) -> anyhow::Result<f64> {
-    v.with_context(|| format!("--usage {usage} needs {flag}"))
+    v.ok_or_else(|| {
+        trainlab_core::Error::invalid(
+            flag,
+            "(missing)",
+            format!("--usage {usage} needs {flag}"),
+            format!("pass {flag} VALUE"),
+        )
+        .into()
+    })
 }
 
 /// Runs `trainlab plan-mixture`.
@@ -341,7 +354,12 @@ pub fn plan_mixture(args: &PlanArgs) -> anyhow::Result<()> {
             let target = match args.optimise.as_str() {
                 "domain" => Target::Domain,
                 "general" => Target::General,
-                o => bail!("--optimise {o}: use domain or general"),
+                o => bail!(trainlab_core::Error::invalid(
+                    "--optimise",
+                    o,
+                    "unknown objective",
+                    "use domain or general"
+                )),
             };
             let plan = pair.compute_allocation(c, args.ratio, target, lvl)?;
             if args.json {
