@@ -283,7 +283,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
                 seed,
                 &records,
                 &a.out,
-                profile.as_ref(),
+                &efficiencies(profile.as_ref()),
             )?);
         }
     }
@@ -387,6 +387,13 @@ fn layout_rows(records: &[Record]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     )
 }
 
+/// How the report describes the device efficiencies a run used.
+fn efficiencies(profile: Option<&DeviceProfile>) -> String {
+    profile.map_or("datasheet defaults".to_string(), |p| {
+        format!("calibrated profile ({}, {})", p.provenance.device, p.provenance.date)
+    })
+}
+
 /// Writes the full set of outputs for a complete study: records, charts, report.html.
 pub fn write_outputs(
     study: &str,
@@ -394,7 +401,7 @@ pub fn write_outputs(
     seed: Seed,
     records: &[Record],
     out: &Path,
-    profile: Option<&DeviceProfile>,
+    efficiencies: &str,
 ) -> Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let (pq, csv) = trainlab_reports::write_records(records, out, "records")?;
@@ -453,11 +460,7 @@ pub fn write_outputs(
         "Seed {}. Device efficiencies: {}. Each case is answered by the analytical step model's search over \
          tensor/pipeline/data-parallel layouts, micro-batch sizes and recomputation, keeping the fastest that fits in \
          GPU memory.",
-        seed.0,
-        profile.map_or("datasheet defaults".to_string(), |p| format!(
-            "calibrated profile ({}, {})",
-            p.provenance.device, p.provenance.date
-        ))
+        seed.0, efficiencies
     ));
     for (stem, title, ylabel, series) in charts {
         let mut spec = ChartSpec::new(title, "GPUs", ylabel, ChartKind::Line);
@@ -529,7 +532,14 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         .unwrap_or_default();
     let out = a.out.clone().unwrap_or_else(|| a.dir.clone());
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-    let written = write_outputs(&study, &description, seed, &records, &out, None)?;
+    let written = write_outputs(
+        &study,
+        &description,
+        seed,
+        &records,
+        &out,
+        "those the shards ran with (a --profile given to the shards is not recorded in the records)",
+    )?;
     if a.json {
         let v = serde_json::json!({"study": study, "shards": n, "records": records.len(),
             "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()});
