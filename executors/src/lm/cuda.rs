@@ -4,6 +4,8 @@
 //! **Status: compiled, never run on a GPU.** This module was written on a machine with no GPU; it builds against
 //! cudarc's dynamically loaded driver, NVRTC and cuBLAS, and its tests print `skipped: <reason>` there. The GPU
 //! tests (one step's loss and parameter update against the f64 CPU trainer) have not been executed yet.
+//! What *is* checked here without a GPU: the row-major → column-major cuBLAS argument mapping of every product
+//! (against a reference column-major BLAS on the host), and that [`CudaLm::new`] returns [`Error::Unsupported`].
 //!
 //! Same model as [`crate::lm::Model`]: the parameters are initialised by [`Model::new`] on the host from the same
 //! seed (so both backends start from identical values, rounded to f32) and uploaded. One training step:
@@ -186,6 +188,31 @@ impl std::fmt::Debug for CudaLm {
     }
 }
 
+/// cuBLAS (column-major) arguments for the row-major product `C[m, n] = op(A)·op(B)` of [`sgemm_rm`]: cuBLAS's
+/// first operand is the `B` buffer and its second the `A` buffer, giving the column-major `n × m` matrix `Cᵀ`,
+/// which is `C` in row-major order.
+fn colmajor_config(m: usize, n: usize, k: usize, a_t: bool, b_t: bool) -> GemmConfig<f32> {
+    let op = |t: bool| {
+        if t {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: if b_t { k } else { n } as i32,
+        ldb: if a_t { m } else { k } as i32,
+        beta: 0.0f32,
+        ldc: n as i32,
+    }
+}
+
 /// Row-major `C[m, n] = op(A)·op(B)` with cuBLAS sgemm (fp32, β = 0): `A` is stored `[m, k]`, or `[k, m]` when
 /// `a_t`; `B` is stored `[k, n]`, or `[n, k]` when `b_t`. Computed as the column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
 #[allow(clippy::too_many_arguments)]
@@ -208,25 +235,7 @@ fn sgemm_rm(
             c.len()
         )));
     }
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let cfg = GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: if b_t { k } else { n } as i32,
-        ldb: if a_t { m } else { k } as i32,
-        beta: 0.0f32,
-        ldc: n as i32,
-    };
+    let cfg = colmajor_config(m, n, k, a_t, b_t);
     // SAFETY: the three buffers hold at least m·k, k·n and m·n floats (checked above); the leading dimensions
     // describe exactly the row-major layouts documented above; every size fits in i32 (checked in `CudaLm::new`).
     unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Backend(format!("cuBLAS sgemm: {e}")))
@@ -721,6 +730,54 @@ mod tests {
             return true;
         }
         false
+    }
+
+    /// Reference column-major BLAS sgemm (`C = α·op(A)·op(B) + β·C`, BLAS semantics of `transa`, `lda`, ...).
+    fn blas_sgemm_reference(cfg: &GemmConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let t = |o: blas_sys::cublasOperation_t| o == blas_sys::cublasOperation_t::CUBLAS_OP_T;
+        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
+        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
+        let at = |i: usize, p: usize| if t(cfg.transa) { a[p + i * lda] } else { a[i + p * lda] };
+        let bt = |p: usize, j: usize| if t(cfg.transb) { b[j + p * ldb] } else { b[p + j * ldb] };
+        for i in 0..m {
+            for j in 0..n {
+                let s: f32 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                c[i + j * ldc] = cfg.alpha * s + cfg.beta * c[i + j * ldc];
+            }
+        }
+    }
+
+    /// The row-major → column-major mapping of [`sgemm_rm`], checked on the host for every transpose combination
+    /// and the exact shapes of the trainer's five products, against a naive row-major product.
+    #[test]
+    fn colmajor_mapping_computes_row_major_products() {
+        let (bsz, ce, h, v) = (5usize, 6usize, 4usize, 7usize);
+        let cases = [
+            (bsz, h, ce, false, false), // Z = X·W1
+            (bsz, v, h, false, false),  // L = A·W2
+            (h, v, bsz, true, false),   // dW2 = Aᵀ·dL
+            (bsz, h, v, false, true),   // dA = dL·W2ᵀ
+            (ce, h, bsz, true, false),  // dW1 = Xᵀ·dZ
+            (bsz, ce, h, false, true),  // dX = dZ·W1ᵀ
+            (3, 2, 4, true, true),
+        ];
+        for (m, n, k, a_t, b_t) in cases {
+            let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 + 11) % 17) as f32 - 8.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 23 + 5) % 13) as f32 - 6.0).collect();
+            // Logical op(A)[i][p] and op(B)[p][j] from the stored row-major layouts.
+            let la = |i: usize, p: usize| if a_t { a[p * m + i] } else { a[i * k + p] };
+            let lb = |p: usize, j: usize| if b_t { b[j * k + p] } else { b[p * n + j] };
+            let mut want = vec![0.0f32; m * n];
+            for i in 0..m {
+                for j in 0..n {
+                    want[i * n + j] = (0..k).map(|p| la(i, p) * lb(p, j)).sum();
+                }
+            }
+            let cfg = colmajor_config(m, n, k, a_t, b_t);
+            let mut got = vec![0.0f32; m * n];
+            blas_sgemm_reference(&cfg, &b, &a, &mut got);
+            assert_eq!(got, want, "m={m} n={n} k={k} a_t={a_t} b_t={b_t}");
+        }
     }
 
     #[test]
