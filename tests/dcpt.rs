@@ -107,6 +107,7 @@ fn grid_args(out: PathBuf) -> dcpt::ExecuteArgs {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let list = |k: &str, d: &str| -> Vec<f64> { env(k, d).split(',').map(|x| x.parse().unwrap()).collect() };
     dcpt::ExecuteArgs {
+        backend: dcpt::TrainBackend::Cpu,
         hidden: list("DCPT_HIDDEN", "8,16,32").iter().map(|h| *h as usize).collect(),
         ratios: list("DCPT_RATIOS", "0,0.2,0.4,0.6,0.8,1"),
         holdout: list("DCPT_HOLDOUT", "0.4,0.8"),

@@ -547,6 +547,25 @@ fn eval(model: &Model, v: &ValSet) -> f64 {
     model.loss(&v.ctx, &v.tgt, None)
 }
 
+/// One run (pretraining or CPT) on `backend`; see [`train`].
+#[allow(clippy::too_many_arguments)]
+fn train_on(
+    backend: LmBackend,
+    model: &mut Model,
+    cfg: &GridConfig,
+    corpus: &Corpus,
+    r: f64,
+    tokens: u64,
+    seed: Seed,
+    eval_at: &[u64],
+    at_eval: &mut dyn FnMut(&Model, u64, f64),
+) -> Result<f64> {
+    match backend {
+        LmBackend::Cpu => Ok(train(model, cfg, corpus, r, tokens, seed, eval_at, at_eval)),
+        LmBackend::Cuda => cuda::train_run_cuda(model, cfg, corpus, r, tokens, seed, eval_at, at_eval),
+    }
+}
+
 /// Trains `model` on the mixture at domain share `r` for `tokens` tokens, calling `at_eval(tokens_so_far)` at each
 /// of `eval_at` (ascending). Returns matrix FLOPs spent.
 #[allow(clippy::too_many_arguments)]
@@ -611,6 +630,25 @@ pub fn eval_points(total: u64, n: usize) -> Vec<u64> {
 /// parallel, results in input order). `progress(done_runs, fraction_of_current_run, label)` is called as work
 /// proceeds.
 pub fn run_grid(cfg: &GridConfig, progress: &(dyn Fn(usize, f64, &str) + Sync)) -> Result<GridResult> {
+    run_grid_on(cfg, LmBackend::Cpu, progress)
+}
+
+/// Which device trains the grid's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LmBackend {
+    /// This machine's CPU (ratios in parallel with rayon).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU through [`cuda::train_run_cuda`] (ratios one after another: one GPU context).
+    Cuda,
+}
+
+/// [`run_grid`] on a chosen backend. With [`LmBackend::Cuda`] and no GPU, fails with [`Error::Unsupported`].
+pub fn run_grid_on(
+    cfg: &GridConfig,
+    backend: LmBackend,
+    progress: &(dyn Fn(usize, f64, &str) + Sync),
+) -> Result<GridResult> {
     if cfg.hidden.is_empty() || cfg.ratios.is_empty() {
         return Err(Error::invalid(
             "grid",
@@ -655,7 +693,8 @@ pub fn run_grid(cfg: &GridConfig, progress: &(dyn Fn(usize, f64, &str) + Sync)) 
         let size_seed = cfg.seed.derive("size").index(si as u64);
         let mut base = Model::new(shape, size_seed);
         let label = format!("pretrain H={h}");
-        train(
+        train_on(
+            backend,
             &mut base,
             cfg,
             &corpus,
@@ -663,45 +702,50 @@ pub fn run_grid(cfg: &GridConfig, progress: &(dyn Fn(usize, f64, &str) + Sync)) 
             cfg.pretrain_tokens,
             size_seed.derive("pretrain"),
             &[],
-            |_, _, _| {},
-        );
+            &mut |_, _, _| {},
+        )?;
         progress(done.load(Ordering::Relaxed), 0.0, &label);
         let (bg, bd) = (eval(&base, &vg), eval(&base, &vd));
-        let per_ratio: Vec<Vec<GridRow>> = cfg
-            .ratios
-            .par_iter()
-            .enumerate()
-            .map(|(ri, &r)| {
-                let mut m = base.clone();
-                let mut out = Vec::new();
-                let label = format!("H={h} r={r}");
-                train(
-                    &mut m,
-                    cfg,
-                    &corpus,
-                    r,
-                    cfg.cpt_tokens,
-                    size_seed.derive("cpt").index(ri as u64),
-                    &evals,
-                    |m, d, f| {
-                        out.push(GridRow {
-                            n: shape.params() as f64,
-                            d: d as f64,
-                            r,
-                            general_loss: eval(m, &vg),
-                            domain_loss: eval(m, &vd),
-                            flops: f,
-                            base_general_loss: bg,
-                            base_domain_loss: bd,
-                        });
-                        progress(done.load(Ordering::Relaxed), d as f64 / cfg.cpt_tokens as f64, &label);
-                    },
-                );
-                done.fetch_add(1, Ordering::Relaxed);
-                progress(done.load(Ordering::Relaxed), 1.0, &label);
-                out
-            })
-            .collect();
+        let one_ratio = |(ri, &r): (usize, &f64)| -> Result<Vec<GridRow>> {
+            let mut m = base.clone();
+            let mut out = Vec::new();
+            let label = format!("H={h} r={r}");
+            train_on(
+                backend,
+                &mut m,
+                cfg,
+                &corpus,
+                r,
+                cfg.cpt_tokens,
+                size_seed.derive("cpt").index(ri as u64),
+                &evals,
+                &mut |m, d, f| {
+                    out.push(GridRow {
+                        n: shape.params() as f64,
+                        d: d as f64,
+                        r,
+                        general_loss: eval(m, &vg),
+                        domain_loss: eval(m, &vd),
+                        flops: f,
+                        base_general_loss: bg,
+                        base_domain_loss: bd,
+                    });
+                    progress(done.load(Ordering::Relaxed), d as f64 / cfg.cpt_tokens as f64, &label);
+                },
+            )?;
+            done.fetch_add(1, Ordering::Relaxed);
+            progress(done.load(Ordering::Relaxed), 1.0, &label);
+            Ok(out)
+        };
+        let per_ratio: Vec<Vec<GridRow>> = match backend {
+            LmBackend::Cpu => cfg
+                .ratios
+                .par_iter()
+                .enumerate()
+                .map(one_ratio)
+                .collect::<Result<_>>()?,
+            LmBackend::Cuda => cfg.ratios.iter().enumerate().map(one_ratio).collect::<Result<_>>()?,
+        };
         rows.extend(per_ratio.into_iter().flatten());
     }
     Ok(GridResult { rows })

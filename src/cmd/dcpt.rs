@@ -289,6 +289,15 @@ fn need(v: Option<f64>, flag: &str, usage: &str) -> anyhow::Result<f64> {
     })
 }
 
+/// Device choice of `execute-dcpt`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainBackend {
+    /// This machine's CPU.
+    Cpu,
+    /// The first CUDA GPU (cuBLAS + NVRTC trainer).
+    Cuda,
+}
+
 /// Runs `trainlab plan-mixture`.
 pub fn plan_mixture(args: &PlanArgs) -> anyhow::Result<()> {
     let is_json = args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
@@ -379,6 +388,9 @@ pub fn plan_mixture(args: &PlanArgs) -> anyhow::Result<()> {
 /// a CSV that `trainlab fit` reads, then the D-CPT law fitted on all but the held-out ratios and scored on them.
 #[derive(Args, Debug, Clone)]
 pub struct ExecuteArgs {
+    /// Device that trains the runs: `cpu`, or `cuda` (the first GPU; fails with the reason when none is present).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: TrainBackend,
     /// Hidden widths of the models (one model size each).
     #[arg(long, value_delimiter = ',', default_value = "8,16,32")]
     pub hidden: Vec<usize>,
@@ -452,7 +464,11 @@ pub fn execute(args: &ExecuteArgs) -> anyhow::Result<()> {
         bar.set_position((frac * 1000.0) as u64);
         bar.set_message(label.to_string());
     };
-    let result = lm::run_grid(&grid, &progress)?;
+    let backend = match args.backend {
+        TrainBackend::Cpu => lm::LmBackend::Cpu,
+        TrainBackend::Cuda => lm::LmBackend::Cuda,
+    };
+    let result = lm::run_grid_on(&grid, backend, &progress)?;
     total.finish();
     bar.finish_and_clear();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
