@@ -106,20 +106,9 @@ impl PlanSpec {
                     overlap_comm: true,
                 };
                 use trainlab_core::Workload;
-                workload.validate().map_err(|e| match e {
-                    Error::Invalid {
-                        field,
-                        value,
-                        reason,
-                        fix,
-                    } => Error::invalid(
-                        format!("{origin}: {}", field.replace("workload.", "plan.")),
-                        value,
-                        reason,
-                        fix,
-                    ),
-                    e => e,
-                })?;
+                workload
+                    .validate()
+                    .map_err(|e| e.map_field(|f| format!("{origin}: {}", f.replace("workload.", "plan."))))?;
                 out.push(Case {
                     index: out.len(),
                     label: format!("{}@{}x{}", m.name, g, self.gpu.name),

@@ -63,6 +63,25 @@ impl Error {
         }
     }
 
+    /// Rewrites the field path of an [`Error::Invalid`] (e.g. to prefix it with where the value came from); other
+    /// errors pass through unchanged.
+    pub fn map_field(self, f: impl FnOnce(String) -> String) -> Self {
+        match self {
+            Error::Invalid {
+                field,
+                value,
+                reason,
+                fix,
+            } => Error::Invalid {
+                field: f(field),
+                value,
+                reason,
+                fix,
+            },
+            other => other,
+        }
+    }
+
     /// True for errors caused by the user's input (the CLI maps these to exit code 2).
     pub fn is_user_error(&self) -> bool {
         matches!(self, Error::Invalid { .. } | Error::Io { .. })

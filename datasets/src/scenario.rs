@@ -221,23 +221,7 @@ fn int_field(t: &toml::Table, key: &str, here: &str, default: i64) -> Result<u32
 }
 
 fn prefix_field(e: Error, prefix: &str) -> Error {
-    match e {
-        Error::Invalid {
-            field,
-            value,
-            reason,
-            fix,
-        } => {
-            let tail = field.strip_prefix("cluster.").unwrap_or(&field).to_string();
-            Error::Invalid {
-                field: format!("{prefix}.{tail}"),
-                value,
-                reason,
-                fix,
-            }
-        }
-        other => other,
-    }
+    e.map_field(|field| format!("{prefix}.{}", field.strip_prefix("cluster.").unwrap_or(&field)))
 }
 
 /// Deserialises a table into `T` with the field path in any error, prefixed by `prefix` (e.g. `workload`).
@@ -283,20 +267,7 @@ impl Scenario {
 }
 
 fn in_origin(e: Error, origin: &str) -> Error {
-    match e {
-        Error::Invalid {
-            field,
-            value,
-            reason,
-            fix,
-        } => Error::Invalid {
-            field: format!("{origin}: {field}"),
-            value,
-            reason,
-            fix,
-        },
-        other => other,
-    }
+    e.map_field(|field| format!("{origin}: {field}"))
 }
 
 #[cfg(test)]

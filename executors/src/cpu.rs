@@ -314,20 +314,7 @@ pub fn time_gemm(g: &Gemm, opts: &CpuOpts, seed: Seed) -> Result<Timing, Error> 
 /// [`Error::Interrupted`] if `ctx` is cancelled. Input data is seeded per size by [`gemm_seed`]`(ctx.seed, g)`.
 pub fn gemm_sweep(sizes: &[Gemm], opts: &CpuOpts, ctx: &RunCtx) -> Result<Vec<(Gemm, Timing)>, Error> {
     for (i, g) in sizes.iter().enumerate() {
-        check_cpu_gemm(g).map_err(|e| match e {
-            Error::Invalid {
-                field,
-                value,
-                reason,
-                fix,
-            } => Error::Invalid {
-                field: format!("sizes[{i}].{}", field.trim_start_matches("workload.")),
-                value,
-                reason,
-                fix,
-            },
-            other => other,
-        })?;
+        check_cpu_gemm(g).map_err(|e| e.map_field(|f| format!("sizes[{i}].{}", f.trim_start_matches("workload."))))?;
     }
     let mut out = Vec::with_capacity(sizes.len());
     for (i, g) in sizes.iter().enumerate() {

@@ -761,20 +761,8 @@ impl Backend<LaunchLatency> for CudaLaunch {
 /// [`Error::Interrupted`] when `ctx` is cancelled. Without a GPU: [`Error::Unsupported`] with the reason.
 pub fn cuda_gemm_sweep(sizes: &[Gemm], opts: &CudaOpts, ctx: &RunCtx) -> Result<Vec<(Gemm, Timing)>, Error> {
     for (i, g) in sizes.iter().enumerate() {
-        g.validate().map_err(|e| match e {
-            Error::Invalid {
-                field,
-                value,
-                reason,
-                fix,
-            } => Error::Invalid {
-                field: format!("sizes[{i}].{}", field.trim_start_matches("workload.")),
-                value,
-                reason,
-                fix,
-            },
-            other => other,
-        })?;
+        g.validate()
+            .map_err(|e| e.map_field(|f| format!("sizes[{i}].{}", f.trim_start_matches("workload."))))?;
     }
     let rt = CudaRuntime::new(opts.ordinal)?;
     let mut out = Vec::with_capacity(sizes.len());
