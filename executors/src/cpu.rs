@@ -60,7 +60,8 @@ impl CpuOpts {
     }
 }
 
-fn parallelism(threads: usize) -> gemm::Parallelism {
+/// The `gemm` crate's parallelism for `threads` (0 = the rayon pool's size; 1 = serial).
+pub(crate) fn parallelism(threads: usize) -> gemm::Parallelism {
     let t = if threads == 0 {
         rayon::current_num_threads()
     } else {

@@ -19,19 +19,6 @@ pub mod cuda;
 /// Largest parameter count (all experts) the CPU layer allocates.
 pub const MAX_PARAMS: u64 = 1 << 28;
 
-fn par(threads: usize) -> gemm::Parallelism {
-    let t = if threads == 0 {
-        rayon::current_num_threads()
-    } else {
-        threads
-    };
-    if t <= 1 {
-        gemm::Parallelism::None
-    } else {
-        gemm::Parallelism::Rayon(t)
-    }
-}
-
 /// A strided fp32 matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 struct View<'a> {
@@ -94,7 +81,7 @@ fn mm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], acc: bool, 
             false,
             false,
             false,
-            par(threads),
+            crate::cpu::parallelism(threads),
         );
     }
 }
