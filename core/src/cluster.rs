@@ -97,6 +97,21 @@ pub struct ClusterSpec {
 }
 
 impl ClusterSpec {
+    /// Checks node counts and network tiers; `prefix` is the field path of the cluster (e.g. `workload.cluster`).
+    pub fn validate(&self, prefix: &str) -> Result<(), crate::Error> {
+        use crate::error::check;
+        check::at_least(&format!("{prefix}.nodes"), self.nodes as u64, 1)?;
+        check::at_least(&format!("{prefix}.gpus_per_node"), self.gpus_per_node as u64, 1)?;
+        for (tier, link) in [("intra", &self.intra), ("inter", &self.inter)] {
+            check::positive(
+                &format!("{prefix}.{tier}.bandwidth_bytes_per_s"),
+                link.bandwidth_bytes_per_s,
+            )?;
+            check::non_negative(&format!("{prefix}.{tier}.latency_s"), link.latency_s)?;
+        }
+        Ok(())
+    }
+
     /// Total GPUs.
     pub fn gpus(&self) -> u64 {
         self.gpus_per_node as u64 * self.nodes as u64

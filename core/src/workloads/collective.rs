@@ -86,6 +86,7 @@ impl Workload for Collective {
     fn validate(&self) -> Result<(), Error> {
         check::at_least("workload.ranks", self.ranks, 2)?;
         check::at_least("workload.bytes", self.bytes, 1)?;
+        self.cluster.validate("workload.cluster")?;
         if self.ranks > self.cluster.gpus() {
             return Err(Error::invalid(
                 "workload.ranks",

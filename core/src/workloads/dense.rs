@@ -182,20 +182,9 @@ impl Workload for DenseTraining {
                 "choose kv_heads dividing heads",
             ));
         }
-        check::at_least("workload.cluster.nodes", self.cluster.nodes as u64, 1)?;
-        check::at_least("workload.cluster.gpus_per_node", self.cluster.gpus_per_node as u64, 1)?;
+        self.cluster.validate("workload.cluster")?;
         check::positive("workload.train_tokens", self.train_tokens)?;
         check::at_least("workload.global_batch_tokens", self.global_batch_tokens, m.seq_len)?;
-        check::positive(
-            "workload.cluster.intra.bandwidth_bytes_per_s",
-            self.cluster.intra.bandwidth_bytes_per_s,
-        )?;
-        check::positive(
-            "workload.cluster.inter.bandwidth_bytes_per_s",
-            self.cluster.inter.bandwidth_bytes_per_s,
-        )?;
-        check::non_negative("workload.cluster.intra.latency_s", self.cluster.intra.latency_s)?;
-        check::non_negative("workload.cluster.inter.latency_s", self.cluster.inter.latency_s)?;
         if let Some(p) = &self.parallel {
             check::at_least("workload.parallel.tp", p.tp, 1)?;
             check::at_least("workload.parallel.pp", p.pp, 1)?;

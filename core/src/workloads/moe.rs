@@ -248,16 +248,7 @@ impl Workload for MoeLayer {
                 "use fewer tokens",
             ));
         }
-        check::positive(
-            "workload.cluster.intra.bandwidth_bytes_per_s",
-            self.cluster.intra.bandwidth_bytes_per_s,
-        )?;
-        check::positive(
-            "workload.cluster.inter.bandwidth_bytes_per_s",
-            self.cluster.inter.bandwidth_bytes_per_s,
-        )?;
-        check::non_negative("workload.cluster.intra.latency_s", self.cluster.intra.latency_s)?;
-        check::non_negative("workload.cluster.inter.latency_s", self.cluster.inter.latency_s)?;
+        self.cluster.validate("workload.cluster")?;
         Ok(())
     }
 }
