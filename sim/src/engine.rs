@@ -43,106 +43,138 @@ struct Entry<E> {
 }
 
 impl<E> Entry<E> {
-    /// Strict `(time, seq)` order; `seq` is unique, so the order is total. Compared as one `u128` so the compiler
-    /// emits a branch-free compare (`cmp`/`sbb`) and conditional moves in the heap's child selection.
+    /// The entry's sort key: `(time, seq)` as one `u128`, so a comparison is a branch-free `cmp`/`sbb` pair.
     #[inline(always)]
-    fn before(&self, other: &Self) -> bool {
-        let a = ((self.time as u128) << 64) | self.seq as u128;
-        let b = ((other.time as u128) << 64) | other.seq as u128;
-        a < b
+    fn key(&self) -> u128 {
+        ((self.time as u128) << 64) | self.seq as u128
     }
 }
 
-/// An implicit 4-ary min-heap. Half the depth of a binary heap and four children per cache line pair; `pop` uses
-/// the bottom-up ("hole to the bottom, then sift the last element up") variant, which saves comparisons because the
-/// element moved from the end usually belongs near the bottom.
+/// What the heap stores beside each key.
+#[derive(Clone, Copy)]
+struct Val<E> {
+    slot: u32,
+    ev: E,
+}
+
+/// Four keys on one 64-byte cache line: the four children of one heap node.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u128; 4]);
+
+/// No real key is this large (it would need `seq == u64::MAX`); unused positions hold it so every sibling group can
+/// be compared as a full group of four.
+const EMPTY: u128 = u128::MAX;
+
+/// An implicit 4-ary min-heap with its keys and payloads in separate arrays.
+///
+/// Node `i` has children `4i+1 ..= 4i+4`. Keys are stored shifted by three positions, so the four children of node
+/// `i` are exactly the cache line `lines[i + 1]`: a sift step is one line load and a branch-free tournament of four
+/// `u128` keys, with no bounds-dependent special case (positions past the end hold [`EMPTY`]). Payloads (`slot`,
+/// event) live in `vals[i]` and move with their keys but are never compared. `pop` and `replace_top` fill the root
+/// hole top-down.
 #[derive(Clone)]
 struct QuadHeap<E> {
-    v: Vec<Entry<E>>,
+    lines: Vec<Line>,
+    vals: Vec<Val<E>>,
 }
 
 impl<E: Copy> QuadHeap<E> {
     fn with_capacity(n: usize) -> Self {
         QuadHeap {
-            v: Vec::with_capacity(n),
+            lines: Vec::with_capacity(n / 4 + 2),
+            vals: Vec::with_capacity(n),
         }
     }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.vals.len()
+    }
+    #[inline(always)]
+    fn key(&self, i: usize) -> u128 {
+        let p = i + 3;
+        self.lines[p >> 2].0[p & 3]
+    }
+    #[inline(always)]
+    fn set_key(&mut self, i: usize, k: u128) {
+        let p = i + 3;
+        self.lines[p >> 2].0[p & 3] = k;
+    }
+    /// The root: `(time, slot, event)`.
     #[inline]
-    fn peek(&self) -> Option<&Entry<E>> {
-        self.v.first()
+    fn peek(&self) -> Option<(u64, u32, E)> {
+        let v = self.vals.first()?;
+        Some(((self.key(0) >> 64) as u64, v.slot, v.ev))
     }
     #[inline]
     fn push(&mut self, e: Entry<E>) {
-        let mut i = self.v.len();
-        self.v.push(e);
+        let mut i = self.vals.len();
+        let p = i + 3;
+        if p >> 2 == self.lines.len() {
+            self.lines.push(Line([EMPTY; 4]));
+        }
+        let key = e.key();
+        let val = Val { slot: e.slot, ev: e.ev };
+        self.vals.push(val);
         while i > 0 {
             let parent = (i - 1) / 4;
-            if e.before(&self.v[parent]) {
-                self.v[i] = self.v[parent];
+            let pk = self.key(parent);
+            if key < pk {
+                self.set_key(i, pk);
+                self.vals[i] = self.vals[parent];
                 i = parent;
             } else {
                 break;
             }
         }
-        self.v[i] = e;
+        self.set_key(i, key);
+        self.vals[i] = val;
     }
     #[inline]
-    fn pop(&mut self) -> Option<Entry<E>> {
-        let last = self.v.pop()?;
-        let Some(&top) = self.v.first() else {
-            return Some(last);
+    fn pop(&mut self) {
+        let Some(last_val) = self.vals.pop() else {
+            return;
         };
-        self.fill_root_hole(last);
-        Some(top)
+        let n = self.vals.len();
+        let last_key = self.key(n);
+        self.set_key(n, EMPTY);
+        if n > 0 {
+            self.fill_root_hole(last_key, last_val);
+        }
     }
     /// Replaces the root by `e` (the root was delivered) with one sift instead of a pop and a push.
     #[inline]
     fn replace_top(&mut self, e: Entry<E>) {
-        if self.v.is_empty() {
-            self.v.push(e);
+        if self.vals.is_empty() {
+            self.push(e);
         } else {
-            self.fill_root_hole(e);
+            self.fill_root_hole(e.key(), Val { slot: e.slot, ev: e.ev });
         }
     }
-    /// Treats the root as a hole and places `last` (an entry not in the heap) so the heap property holds.
+    /// Treats the root as a hole and places `(key, val)` (an entry not in the heap) so the heap property holds:
+    /// top-down, moving the smallest child up while it is smaller than `key`. Each step selects the smallest of four
+    /// keys by value (conditional moves, no index-dependent reload), so the dependency chain per level is one line
+    /// load and two compare layers. (Measured against the bottom-up variant with this layout: faster at 1,000 and at
+    /// 100,000 pending.)
     #[inline]
-    fn fill_root_hole(&mut self, last: Entry<E>) {
-        let len = self.v.len();
-        // Move the hole from the root to a leaf along the path of smallest children.
+    fn fill_root_hole(&mut self, key: u128, val: Val<E>) {
+        let len = self.vals.len();
         let mut i = 0;
-        loop {
-            let c = 4 * i + 1;
-            let m = if c + 4 <= len {
-                // One bounds check for the four children; the tournament compiles to conditional moves.
-                let ch = &self.v[c..c + 4];
-                let a = usize::from(ch[1].before(&ch[0]));
-                let b = 2 + usize::from(ch[3].before(&ch[2]));
-                c + if ch[b].before(&ch[a]) { b } else { a }
-            } else if c < len {
-                let mut m = c;
-                for j in c + 1..len {
-                    if self.v[j].before(&self.v[m]) {
-                        m = j;
-                    }
-                }
-                m
-            } else {
-                break;
-            };
-            self.v[i] = self.v[m];
-            i = m;
-        }
-        // Sift the former last element up from the hole.
-        while i > 0 {
-            let parent = (i - 1) / 4;
-            if last.before(&self.v[parent]) {
-                self.v[i] = self.v[parent];
-                i = parent;
-            } else {
+        while 4 * i + 1 < len {
+            let ch = &self.lines[i + 1].0;
+            let (ka, a) = if ch[1] < ch[0] { (ch[1], 1) } else { (ch[0], 0) };
+            let (kb, b) = if ch[3] < ch[2] { (ch[3], 3) } else { (ch[2], 2) };
+            let (k, j) = if kb < ka { (kb, b) } else { (ka, a) };
+            if key < k {
                 break;
             }
+            let m = 4 * i + 1 + j;
+            self.set_key(i, k);
+            self.vals[i] = self.vals[m];
+            i = m;
         }
-        self.v[i] = last;
+        self.set_key(i, key);
+        self.vals[i] = val;
     }
 }
 
@@ -301,11 +333,10 @@ impl<E: Copy> Engine<E> {
     #[inline]
     fn purge_top(&mut self) {
         self.settle();
-        while let Some(top) = self.heap.peek() {
-            if self.slots[top.slot as usize] & 1 == 0 {
+        while let Some((_, slot, _)) = self.heap.peek() {
+            if self.slots[slot as usize] & 1 == 0 {
                 return;
             }
-            let slot = top.slot;
             self.heap.pop();
             self.release(slot);
         }
@@ -315,7 +346,7 @@ impl<E: Copy> Engine<E> {
     #[inline]
     pub fn peek_time(&mut self) -> Option<SimTime> {
         self.purge_top();
-        self.heap.peek().map(|e| SimTime(e.time))
+        self.heap.peek().map(|(t, _, _)| SimTime(t))
     }
 
     /// Delivers the next non-cancelled event, advancing [`now`](Self::now) to its time. `None` when nothing is
@@ -323,17 +354,17 @@ impl<E: Copy> Engine<E> {
     #[inline]
     pub fn step(&mut self) -> Option<(SimTime, E)> {
         self.settle();
-        while let Some(&e) = self.heap.peek() {
-            if self.release(e.slot) {
+        while let Some((time, slot, ev)) = self.heap.peek() {
+            if self.release(slot) {
                 self.heap.pop();
                 continue; // cancelled: discard lazily
             }
-            debug_assert!(e.time >= self.now);
-            self.now = e.time;
+            debug_assert!(time >= self.now);
+            self.now = time;
             self.live -= 1;
             self.delivered += 1;
             self.taken = true;
-            return Some((SimTime(e.time), e.ev));
+            return Some((SimTime(time), ev));
         }
         None
     }
@@ -349,7 +380,7 @@ impl<E: Copy> Engine<E> {
         loop {
             self.purge_top();
             match self.heap.peek() {
-                Some(top) if top.time <= t_end.0 => {}
+                Some((t, _, _)) if t <= t_end.0 => {}
                 _ => break,
             }
             if let Some((t, ev)) = self.step() {
@@ -500,27 +531,44 @@ mod tests {
     }
 
     proptest! {
-        /// The 4-ary heap pops in exactly sorted `(time, seq)` order, with pushes interleaved.
+        /// The 4-ary heap pops in exactly sorted `(time, seq)` order, with pushes and root replacements interleaved.
         #[test]
-        fn quad_heap_sorts(keys in proptest::collection::vec((0u64..50, any::<bool>()), 0..2000)) {
+        fn quad_heap_sorts(keys in proptest::collection::vec((0u64..50, 0u8..3), 0..2000)) {
+            fn take(h: &mut QuadHeap<usize>) -> Option<(u64, usize)> {
+                let (t, _, ev) = h.peek()?;
+                h.pop();
+                Some((t, ev))
+            }
             let mut h: QuadHeap<usize> = QuadHeap::with_capacity(0);
             let mut reference = Vec::new();
             let mut out = Vec::new();
-            for (seq, &(time, pop)) in keys.iter().enumerate() {
-                h.push(Entry { time, seq: seq as u64, slot: 0, ev: seq });
+            for (seq, &(time, action)) in keys.iter().enumerate() {
+                let entry = Entry { time, seq: seq as u64, slot: 0, ev: seq };
+                if action == 2 && h.len() > 0 {
+                    // Deliver the root and put the new entry in its place.
+                    let (t, _, ev) = h.peek().expect("non-empty");
+                    out.push((t, ev));
+                    let min = reference.iter().copied().min().expect("non-empty");
+                    prop_assert_eq!((t, ev), min);
+                    reference.retain(|&r| r != min);
+                    h.replace_top(entry);
+                    reference.push((time, seq));
+                    continue;
+                }
+                h.push(entry);
                 reference.push((time, seq));
-                if pop {
-                    let e = h.pop().expect("non-empty");
-                    out.push((e.time, e.ev));
+                if action == 1 {
+                    let e = take(&mut h).expect("non-empty");
+                    out.push(e);
                     // The popped entry is the minimum of what is pending.
                     let min = reference.iter().copied().min().expect("non-empty");
-                    prop_assert_eq!((e.time, e.ev), min);
+                    prop_assert_eq!(e, min);
                     reference.retain(|&r| r != min);
                 }
             }
             reference.sort();
-            while let Some(e) = h.pop() {
-                out.push((e.time, e.ev));
+            while let Some(e) = take(&mut h) {
+                out.push(e);
             }
             prop_assert_eq!(&out[out.len() - reference.len()..], &reference[..]);
             prop_assert_eq!(out.len(), keys.len());
