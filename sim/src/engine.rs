@@ -87,10 +87,6 @@ impl<E: Copy> QuadHeap<E> {
         }
     }
     #[inline(always)]
-    fn len(&self) -> usize {
-        self.vals.len()
-    }
-    #[inline(always)]
     fn key(&self, i: usize) -> u128 {
         let p = i + 3;
         self.lines[p >> 2].0[p & 3]
@@ -544,7 +540,7 @@ mod tests {
             let mut out = Vec::new();
             for (seq, &(time, action)) in keys.iter().enumerate() {
                 let entry = Entry { time, seq: seq as u64, slot: 0, ev: seq };
-                if action == 2 && h.len() > 0 {
+                if action == 2 && !h.vals.is_empty() {
                     // Deliver the root and put the new entry in its place.
                     let (t, _, ev) = h.peek().expect("non-empty");
                     out.push((t, ev));
