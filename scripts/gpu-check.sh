@@ -11,9 +11,12 @@
 # 2. On the GPU machine, from the repository root:
 #        scripts/gpu-check.sh OUTDIR
 #    It prints the CUDA libraries found, exports LD_LIBRARY_PATH, runs nvidia-smi, the executors' tests (the CUDA
-#    tests check copy/triad/GEMM results against the CPU and print measured rates), `trainlab calibrate --backend
-#    cuda`, and PyTorch matmul/copy ceilings on the same card. Results (txt/CSV/JSON) land in OUTDIR; commit them
-#    under datasets/calibration/<date>-<device>/ with the SETUP.txt written here.
+#    tests check copy/triad/GEMM results against the CPU and print measured rates; among them
+#    moe::cuda::tests::gpu_forward_backward_matches_cpu_or_skips checks the MoE layer's GPU output and every
+#    gradient against the CPU layer and prints per-phase and per-expert times, copied to moe-cuda.txt;
+#    moe::cuda::tests::moe_kernels_compile_with_nvrtc_when_present compiles the MoE kernels),
+#    `trainlab calibrate --backend cuda`, and PyTorch matmul/copy ceilings on the same card. Results (txt/CSV/JSON)
+#    land in OUTDIR; commit them under datasets/calibration/<date>-<device>/ with the SETUP.txt written here.
 set -uo pipefail
 
 BIN_DIR="${GPU_BIN:-./gpu-bin}"
@@ -78,6 +81,8 @@ step "executors tests (CUDA tests compare against the CPU and print rates)"
 if [[ -x "$BIN_DIR/trainlab_executors-tests" ]]; then
     timeout 300 "$BIN_DIR/trainlab_executors-tests" --test-threads 1 --nocapture 2>&1 | tee "$OUT/executors-tests.txt"
     echo "exit status: ${PIPESTATUS[0]}" | tee -a "$OUT/executors-tests.txt"
+    grep -E '^moe cuda|gpu_forward_backward_matches_cpu_or_skips|moe_kernels_compile' "$OUT/executors-tests.txt" \
+        >"$OUT/moe-cuda.txt" || echo "no MoE CUDA lines in the test output" >"$OUT/moe-cuda.txt"
 else
     echo "missing $BIN_DIR/trainlab_executors-tests (run '$0 --stage' on the build machine)" | tee "$OUT/executors-tests.txt"
 fi
@@ -154,7 +159,7 @@ host:      $(hostname)
 command:   $0 $OUT
 revision:  $(cat "$BIN_DIR/REVISION" 2>/dev/null || echo unknown)
 libraries: LD_LIBRARY_PATH=$LD_LIBRARY_PATH
-files:     ldconfig.txt nvidia-smi.txt gpu.csv executors-tests.txt calibrate.txt (+ calibrate outputs)
+files:     ldconfig.txt nvidia-smi.txt gpu.csv executors-tests.txt moe-cuda.txt calibrate.txt (+ calibrate outputs)
            torch.txt torch_ceilings.csv torch_ceilings.json
 EOF
 echo
