@@ -742,7 +742,7 @@ mod tests {
     /// cuBLAS sgemm semantics (column-major, `C = alpha op(A) op(B) + beta C`, element `(i, j)` of a matrix with
     /// leading dimension `ld` at `i + j ld`), written from the cuBLAS documentation; panics on any read or write
     /// outside the given buffers.
-    fn sgemm_colmajor_ref(c: &GemmConfig<f32>, a: &[f32], b: &[f32], out: &mut [f32]) {
+    pub(super) fn sgemm_colmajor_ref(c: &GemmConfig<f32>, a: &[f32], b: &[f32], out: &mut [f32]) {
         let n_op = blas_sys::cublasOperation_t::CUBLAS_OP_N;
         let (m, n, k) = (c.m as usize, c.n as usize, c.k as usize);
         let (lda, ldb, ldc) = (c.lda as usize, c.ldb as usize, c.ldc as usize);

@@ -183,6 +183,214 @@ pub(crate) fn run_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::moe::{MoeParams, PhaseTimes, RoutingSpec, backward, forward, normal, router_bias};
+    use trainlab_core::Seed;
+
+    /// `sgemm_rm` on host vectors: the same size checks and `colmajor_config`, run by the cuBLAS reference.
+    #[allow(clippy::too_many_arguments)]
+    fn sgemm_rm_host(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &[f32],
+        a_t: bool,
+        b: &[f32],
+        b_t: bool,
+        c: &mut [f32],
+        acc: bool,
+    ) {
+        assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n && m * n * k > 0);
+        let cfg = super::super::colmajor_config(m, n, k, a_t, b_t, acc);
+        super::super::tests::sgemm_colmajor_ref(&cfg, b, a, c);
+    }
+
+    /// The GPU step's orchestration replayed on the host: the kernels as Rust loops written from their CUDA C and
+    /// the GEMMs with `run_forward`'s and `run_backward`'s exact (m, n, k, operand, transpose) arguments through the
+    /// cuBLAS reference. The forward must reproduce the CPU forward's probabilities, per-expert rows,
+    /// pre-activations, outputs and `Y`; the backward, run from that state, the CPU backward's gradients, with
+    /// drops, prototypes and the balance loss.
+    #[test]
+    fn host_replay_of_the_gpu_step_matches_the_cpu_layer() {
+        for (r, bal) in [
+            (
+                RoutingSpec {
+                    groups: 1,
+                    per_group: 2,
+                    capacity: 5,
+                },
+                0.0,
+            ),
+            (
+                RoutingSpec {
+                    groups: 2,
+                    per_group: 1,
+                    capacity: 5,
+                },
+                0.01,
+            ),
+        ] {
+            let (n, d, f, e) = (12, 6, 5, 4);
+            let p = MoeParams::init(d, f, e, 1.0, Seed(5));
+            let mut rng = Seed(6).rng();
+            let x: Vec<f32> = (0..n * d).map(|_| normal(&mut rng)).collect();
+            let dy: Vec<f32> = (0..n * d).map(|_| normal(&mut rng)).collect();
+            let bias = router_bias(None, n, e, &mut rng);
+            let fw = forward(&p, &x, &bias, r, bal, 1, &mut PhaseTimes::default());
+            assert!(fw.slots.iter().any(|s| s.is_none()), "the test should drop slots");
+            let want = backward(&p, &x, &fw, &dy, r, bal, 1);
+            // Forward GEMMs with run_forward's arguments: router logits (then the gate kernel's softmax), and per
+            // expert the gather, H = X_e W1_e, O = relu(H) W2_e and the combine.
+            let mut logits = bias.clone();
+            sgemm_rm_host(n, e, d, &x, false, &p.wr, false, &mut logits, true);
+            let g = e / r.groups;
+            let mut probs = vec![0f32; n * e];
+            for (row, out) in logits.chunks(g).zip(probs.chunks_mut(g)) {
+                let mx = row.iter().copied().fold(-3.4e38f32, f32::max);
+                let s: f32 = row.iter().map(|v| (v - mx).exp()).sum();
+                for (o, v) in out.iter_mut().zip(row) {
+                    *o = (v - mx).exp() / s;
+                }
+            }
+            assert!(super::super::rel_err(&probs, &fw.probs) < 1e-5);
+            let mut y = vec![0f32; n * d];
+            for ex in 0..e {
+                let mem = &fw.members[ex];
+                let m = mem.len();
+                if m == 0 {
+                    continue;
+                }
+                let xe: Vec<f32> = (0..m * d).map(|i| x[mem[i / d] as usize * d + i % d]).collect(); // tl_moe_gather
+                assert_eq!(xe, fw.xe[ex]);
+                let mut h = vec![0f32; m * f];
+                sgemm_rm_host(
+                    m,
+                    f,
+                    d,
+                    &xe,
+                    false,
+                    &p.w1[ex * d * f..(ex + 1) * d * f],
+                    false,
+                    &mut h,
+                    false,
+                );
+                assert!(super::super::rel_err(&h, &fw.he[ex]) < 1e-5);
+                let a: Vec<f32> = h.iter().map(|v| v.max(0.0)).collect();
+                let mut o = vec![0f32; m * d];
+                sgemm_rm_host(
+                    m,
+                    d,
+                    f,
+                    &a,
+                    false,
+                    &p.w2[ex * f * d..(ex + 1) * f * d],
+                    false,
+                    &mut o,
+                    false,
+                );
+                assert!(super::super::rel_err(&o, &fw.oe[ex]) < 1e-5);
+                for i in 0..m * d {
+                    let t = mem[i / d] as usize;
+                    y[t * d + i % d] += fw.probs[t * e + ex] * o[i]; // tl_moe_combine
+                }
+            }
+            assert!(super::super::rel_err(&y, &fw.y) < 1e-5);
+            // Combine backward (tl_moe_combine_bwd).
+            let mut dprobs = vec![0f32; n * e];
+            let mut d_out = vec![];
+            for (ex, mem) in fw.members.iter().enumerate() {
+                let m = mem.len();
+                let mut dout = vec![0f32; m * d];
+                for (w, &t) in mem.iter().enumerate() {
+                    let t = t as usize;
+                    let g = fw.probs[t * e + ex];
+                    let mut dot = 0f32;
+                    for j in 0..d {
+                        dout[w * d + j] = g * dy[t * d + j];
+                        dot += fw.oe[ex][w * d + j] * dy[t * d + j];
+                    }
+                    dprobs[t * e + ex] += dot;
+                }
+                d_out.push(dout);
+            }
+            // Experts backward, GEMM arguments as in run_backward.
+            let mut dw1 = vec![0f32; e * d * f];
+            let mut dw2 = vec![0f32; e * f * d];
+            let mut dx = vec![0f32; n * d];
+            for ex in 0..e {
+                let m = fw.members[ex].len();
+                if m == 0 {
+                    continue;
+                }
+                let a: Vec<f32> = fw.he[ex].iter().map(|v| v.max(0.0)).collect(); // tl_moe_relu
+                let (h, xe, dout) = (&fw.he[ex], &fw.xe[ex], &d_out[ex]);
+                let w1 = &p.w1[ex * d * f..(ex + 1) * d * f];
+                let w2 = &p.w2[ex * f * d..(ex + 1) * f * d];
+                sgemm_rm_host(
+                    f,
+                    d,
+                    m,
+                    &a,
+                    true,
+                    dout,
+                    false,
+                    &mut dw2[ex * f * d..(ex + 1) * f * d],
+                    false,
+                );
+                let mut da = vec![0f32; m * f];
+                sgemm_rm_host(m, f, d, dout, false, w2, true, &mut da, false);
+                for (v, hv) in da.iter_mut().zip(h) {
+                    if *hv <= 0.0 {
+                        *v = 0.0; // tl_moe_relu_bwd
+                    }
+                }
+                sgemm_rm_host(
+                    d,
+                    f,
+                    m,
+                    xe,
+                    true,
+                    &da,
+                    false,
+                    &mut dw1[ex * d * f..(ex + 1) * d * f],
+                    false,
+                );
+                let mut dx_e = vec![0f32; m * d];
+                sgemm_rm_host(m, d, f, &da, false, w1, true, &mut dx_e, false);
+                for (w, &t) in fw.members[ex].iter().enumerate() {
+                    for j in 0..d {
+                        dx[t as usize * d + j] += dx_e[w * d + j]; // tl_moe_scatter_add
+                    }
+                }
+            }
+            // Router backward (tl_moe_softmax_bwd with balance_grad, then the two GEMMs).
+            let balg = balance_grad(bal, &fw.loads, n);
+            let mut dlogits = vec![0f32; n * e];
+            for t in 0..n {
+                for grp in 0..r.groups {
+                    let lo = t * e + grp * g;
+                    let s: f32 = (0..g)
+                        .map(|j| fw.probs[lo + j] * (dprobs[lo + j] + balg[grp * g + j]))
+                        .sum();
+                    for j in 0..g {
+                        dlogits[lo + j] = fw.probs[lo + j] * ((dprobs[lo + j] + balg[grp * g + j]) - s);
+                    }
+                }
+            }
+            let mut dwr = vec![0f32; d * e];
+            sgemm_rm_host(d, e, n, &x, true, &dlogits, false, &mut dwr, false);
+            sgemm_rm_host(n, d, e, &dlogits, false, &p.wr, true, &mut dx, true);
+            for (what, got, want) in [
+                ("dx", &dx, &want.dx),
+                ("dwr", &dwr, &want.dwr),
+                ("dw1", &dw1, &want.dw1),
+                ("dw2", &dw2, &want.dw2),
+            ] {
+                let err = super::super::rel_err(got, want);
+                assert!(err < 1e-5, "{what}: relative error {err:e} (groups {})", r.groups);
+                assert!(want.iter().any(|v| *v != 0.0), "{what} is all zeros");
+            }
+        }
+    }
 
     #[test]
     fn balance_grad_matches_the_cpu_formula() {
