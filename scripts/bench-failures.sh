@@ -2,7 +2,8 @@
 # One replication of the Llama 3 405B job (16,384 GPUs, 54 days) in trainlab's failure DES vs the same model in SimPy.
 # Usage: scripts/bench-failures.sh [RUST_REPLICATIONS=200] [SIMPY_REPLICATIONS=20]
 # Prints seconds per replication for each side and the ratio per policy. The SimPy side omits the C4D detector
-# (closed-form latencies), so the ratio understates the speed-up for the same work.
+# (closed-form latencies) and uses one event per segment and per down episode (trainlab: two and four), so the
+# ratio understates the speed-up for the same work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NR="${1:-200}"

@@ -4,8 +4,10 @@
 Same job and model as `scenarios/llama3-405b.toml`: 16,384 GPUs (2,048 nodes), 54 days, Llama 3 Table 5 rates as
 one superposed Poisson stream of fail-stop/hang faults, segments of tau compute seconds plus a checkpoint, a fault
 loses the segment's progress and starts detect -> localise -> isolate -> restart phases (a fault during a down
-episode restarts them). The C4D detector itself is not reimplemented: its latencies are the closed-form constants,
-so this side does strictly less work per fault than the Rust one.
+episode restarts them). This side does strictly less work than the Rust one: the C4D detector is not reimplemented
+(its latencies are the closed-form constants), and a whole segment (compute + checkpoint) and a whole down episode
+(all four phases) are one timeout each, where the Rust model delivers two and four events and keeps per-phase and
+per-class accounts.
 
 Usage: bench_failures.py [REPLICATIONS=20] -> one JSON line per policy.
 """

@@ -32,7 +32,12 @@ fn main() {
     if let Ok(n) = std::env::var("TRAINLAB_BENCH_JSON") {
         let n: u64 = n.parse().unwrap_or(100);
         let j = job();
+        // TRAINLAB_BENCH_POLICY=<policy> runs one policy only (for profiling).
+        let only = std::env::var("TRAINLAB_BENCH_POLICY").ok();
         for p in [Policy::Baseline, Policy::C4d] {
+            if only.as_deref().is_some_and(|o| o != p.as_str()) {
+                continue;
+            }
             let t = std::time::Instant::now();
             let mut events = 0u64;
             let mut interruptions = 0u64;

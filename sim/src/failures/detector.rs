@@ -16,7 +16,7 @@
 //! - **Slow**: for each step all ranks entered, the arrival lag `enter(r,k) - median_r enter(.,k)` relative to the
 //!   median step period; a rank whose mean lag over the last `window` steps exceeds `slow_threshold` and which was
 //!   the last to arrive in most of them is a straggler (non-communication slow).
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Thresholds of the detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +81,20 @@ impl Verdict {
     }
 }
 
+/// `x` as an integer ordered exactly like [`f64::total_cmp`] orders floats (the same transform it applies), so a sort
+/// of keys is a branch-light integer sort with the same result.
+#[inline]
+fn total_key(x: f64) -> i64 {
+    let b = x.to_bits() as i64;
+    b ^ (((b >> 63) as u64) >> 1) as i64
+}
+
+/// The float whose [`total_key`] is `k` (the transform is its own inverse).
+#[inline]
+fn from_total_key(k: i64) -> f64 {
+    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
+}
+
 /// Per-step record while some rank has not entered it yet.
 #[derive(Debug, Clone)]
 struct StepRec {
@@ -92,7 +106,13 @@ struct StepRec {
 #[derive(Debug, Clone)]
 pub struct Detector {
     cfg: DetectorConfig,
-    open: BTreeMap<u64, StepRec>,
+    /// Steps some rank has entered and some has not, ascending by step (a handful at most in practice, so a sorted
+    /// `Vec` searched from the newest end beats a map).
+    open: Vec<(u64, StepRec)>,
+    /// `enter` buffers of closed steps, reused for new ones (no allocation per step).
+    pool: Vec<Vec<f64>>,
+    /// Scratch space for the median of a completed step ([`total_key`]s).
+    scratch: Vec<i64>,
     last_enter: Vec<Option<u64>>,
     chunks: Vec<(u64, u64, u64)>,
     last_progress_s: f64,
@@ -108,7 +128,9 @@ impl Detector {
     pub fn new(cfg: DetectorConfig, start_s: f64) -> Self {
         Detector {
             cfg,
-            open: BTreeMap::new(),
+            open: Vec::new(),
+            pool: Vec::new(),
+            scratch: Vec::with_capacity(cfg.ranks),
             last_enter: vec![None; cfg.ranks],
             chunks: vec![(0, 0, 0); cfg.ranks],
             last_progress_s: start_s,
@@ -122,7 +144,9 @@ impl Detector {
 
     /// Forgets all observations (keeping allocations), as if newly created at `start_s`.
     pub fn reset(&mut self, start_s: f64) {
-        self.open.clear();
+        for (_, rec) in self.open.drain(..) {
+            self.pool.push(rec.enter);
+        }
         self.last_enter.iter_mut().for_each(|x| *x = None);
         self.chunks.iter_mut().for_each(|x| *x = (0, 0, 0));
         self.last_progress_s = start_s;
@@ -145,22 +169,29 @@ impl Detector {
         }
         self.last_enter[rank] = Some(self.last_enter[rank].map_or(step, |s| s.max(step)));
         let n = self.cfg.ranks;
-        let rec = self.open.entry(step).or_insert_with(|| StepRec {
-            enter: vec![f64::NAN; n],
-            entered: 0,
-        });
+        let pos = match self.open.iter().rposition(|(k, _)| *k <= step) {
+            Some(i) if self.open[i].0 == step => i,
+            before => {
+                let i = before.map_or(0, |i| i + 1);
+                let mut enter = self.pool.pop().unwrap_or_default();
+                enter.clear();
+                enter.resize(n, f64::NAN);
+                self.open.insert(i, (step, StepRec { enter, entered: 0 }));
+                i
+            }
+        };
+        let rec = &mut self.open[pos].1;
         if rec.enter[rank].is_nan() {
             rec.enter[rank] = t;
             rec.entered += 1;
         }
         if rec.entered == n {
-            if let Some(rec) = self.open.remove(&step) {
-                self.complete_step(step, &rec.enter);
-            }
-            // Older incomplete steps can no longer complete in order; drop them.
-            let old: Vec<u64> = self.open.range(..step).map(|(k, _)| *k).collect();
-            for k in old {
-                self.open.remove(&k);
+            let (_, rec) = self.open.remove(pos);
+            self.complete_step(step, &rec.enter);
+            self.pool.push(rec.enter);
+            // Older incomplete steps (all before `pos`) can no longer complete in order; drop them.
+            for (_, old) in self.open.drain(..pos) {
+                self.pool.push(old.enter);
             }
         }
     }
@@ -195,9 +226,14 @@ impl Detector {
     }
 
     fn complete_step(&mut self, step: u64, enter: &[f64]) {
-        let mut sorted = enter.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let med = sorted[sorted.len() / 2];
+        // The median: the middle order statistic under `total_cmp` (a total order, so selecting it gives the very
+        // value a full sort puts there).
+        let mut sorted = std::mem::take(&mut self.scratch);
+        sorted.clear();
+        sorted.extend(enter.iter().map(|x| total_key(*x)));
+        sorted.sort_unstable();
+        let med = from_total_key(sorted[sorted.len() / 2]);
+        self.scratch = sorted;
         if let Some((pk, pm)) = self.prev_median
             && step > pk
         {
@@ -234,9 +270,21 @@ impl Detector {
         if self.periods.is_empty() {
             return None;
         }
-        let mut p: Vec<f64> = self.periods.iter().copied().collect();
-        p.sort_by(f64::total_cmp);
-        Some(p[p.len() / 2])
+        // At most 32 periods are kept (see `complete_step`): select the median on the stack.
+        let mut buf = [0.0f64; 32];
+        let mut heap;
+        let p: &mut [f64] = if self.periods.len() <= buf.len() {
+            let n = self.periods.len();
+            for (d, s) in buf.iter_mut().zip(&self.periods) {
+                *d = *s;
+            }
+            &mut buf[..n]
+        } else {
+            heap = self.periods.iter().copied().collect::<Vec<f64>>();
+            &mut heap
+        };
+        let mid = p.len() / 2;
+        Some(*p.select_nth_unstable_by(mid, f64::total_cmp).1)
     }
 
     /// Evaluates the rules at time `now_s`. Returns the first verdict that holds (crash, hang, slow).
