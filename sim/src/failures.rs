@@ -150,6 +150,8 @@ struct Sim<'a> {
     /// (`Computing`), of the routine checkpoint (`Checkpointing`), or of the current down phase (`Down`, unless
     /// waiting for a spare). It lives beside the engine's heap, not in it (see [`Sim::run`]).
     job_at: Option<u64>,
+    /// Routine checkpoints completed (each `delta` seconds of the checkpointing phase, added at the end).
+    ckpts: u64,
     /// Events delivered from `job_at` and `fault_at` (counted into [`RepResult::events`] with the engine's).
     own_events: u64,
     /// The current time in ns (the last event delivered, heap or timer).
@@ -248,6 +250,7 @@ impl<'a> Sim<'a> {
             fault_at: None,
             job_at: None,
             own_events: 0,
+            ckpts: 0,
             now_t: 0,
             slow_ev: None,
             last_slow_correct: true,
@@ -724,17 +727,20 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Delivers the segment timer's events up to `lim` (ns) in order. With no straggler episode the job computes at
-    /// full speed and the timer alternates `tau` (compute) and `delta` (checkpoint) from its current time; those
-    /// events are delivered in a tight loop that keeps the state in registers and does, event by event, exactly
-    /// what [`on_timer`](Self::on_timer) does (same times, same additions in the same order: the results are
-    /// bit-identical, see the `segment_fast_path_is_exact` test). Anything else goes through `on_timer`.
+    /// Delivers the segment timer's events up to `lim` (ns). With no straggler episode the job computes at full
+    /// speed and the timer alternates `tau_t` (compute) and `delta_t` (checkpoint) from its current time, an
+    /// arithmetic sequence of integer times; all those due by `lim` are delivered at once: counted, with the
+    /// checkpoints they complete, and the state left as [`on_timer`](Self::on_timer) one by one leaves it (the
+    /// results are bit-identical, see the `segment_fast_path_is_exact` test). Anything else goes through
+    /// `on_timer`.
     fn run_timer(&mut self, lim: u64) {
         let Some(mut tw) = self.job_at else { return };
         if tw > lim {
             return;
         }
-        if !self.fast_timer || self.slow.is_some() || self.speed != 1.0 {
+        // (A zero-length segment, which would repeat forever, is left to the event-by-event path too.)
+        if !self.fast_timer || self.slow.is_some() || self.speed != 1.0 || self.tau_t.saturating_add(self.delta_t) == 0
+        {
             while let Some(tw) = self.job_at
                 && tw <= lim
             {
@@ -748,29 +754,26 @@ impl<'a> Sim<'a> {
             Mode::Down { .. } => return debug_assert!(false, "segment timer pending while down"),
         };
         let (tau_t, delta_t) = (self.tau_t, self.delta_t);
-        // `add_phase` adds a checkpoint's `delta` only when positive; adding 0.0 to the (non-negative) total is
-        // the identity, so the loop may add `d` unconditionally.
-        let d = if self.delta > 0.0 { self.delta } else { 0.0 };
-        let mut ckpt = self.r.phase_s[Phase::Checkpointing.index()];
+        let seg_t = tau_t.saturating_add(delta_t);
         let mut n = 0u64;
         let mut last = tw;
         if !computing {
             // The checkpoint in progress ends.
             last = tw;
             n += 1;
-            ckpt += d;
+            self.ckpts += 1;
             tw = tw.saturating_add(tau_t);
             computing = true;
         }
-        // Whole segments: the compute end at `tw` and the checkpoint end `delta` later.
-        loop {
-            let end = tw.saturating_add(delta_t);
-            if end > lim {
-                break;
-            }
+        // Whole segments: compute ends at `tw + j seg_t` and checkpoint ends `delta_t` after each, for every `j`
+        // whose checkpoint end is due by `lim` (integer times, so the count is exact).
+        let first_end = tw.saturating_add(delta_t);
+        if first_end <= lim {
+            let k = (lim - first_end) / seg_t + 1;
+            let end = first_end + (k - 1) * seg_t; // <= lim: no overflow
             last = end;
-            n += 2;
-            ckpt += d;
+            n += 2 * k;
+            self.ckpts += k;
             tw = end.saturating_add(tau_t);
         }
         if tw <= lim {
@@ -780,7 +783,6 @@ impl<'a> Sim<'a> {
             tw = tw.saturating_add(delta_t);
             computing = false;
         }
-        self.r.phase_s[Phase::Checkpointing.index()] = ckpt;
         self.own_events += n;
         self.now_t = last;
         self.job_at = Some(tw);
@@ -810,7 +812,7 @@ impl<'a> Sim<'a> {
                 self.job_at = Some(self.at(self.delta).0);
             }
             Mode::Checkpointing { .. } => {
-                self.add_phase(Phase::Checkpointing, 0, self.delta);
+                self.ckpts += 1;
                 self.mode = Mode::Computing;
                 self.work_left = self.tau;
                 self.last_update = now;
@@ -913,7 +915,10 @@ impl<'a> Sim<'a> {
                 self.handle(&mut eng, t, ev);
             }
         }
-        // Close the books at the horizon.
+        // Close the books at the horizon. Routine checkpoints that completed were counted, not summed.
+        if self.delta > 0.0 {
+            self.r.phase_s[Phase::Checkpointing.index()] += self.ckpts as f64 * self.delta;
+        }
         match self.mode {
             Mode::Computing => self.advance(h),
             Mode::Checkpointing { start } => self.add_phase(Phase::Checkpointing, 0, h - start),
