@@ -24,12 +24,25 @@ pub enum DeviceKind {
     Cuda,
 }
 
+/// What to calibrate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CalibrateWorkload {
+    /// GEMM and memory-bandwidth microbenchmarks -> a device profile (`profile-<backend>.toml`).
+    Gemm,
+    /// Real fault-injection runs (C4D) -> detection and restart time distributions (`profile-c4-cpu.toml`), then
+    /// the prediction of a held-out fault schedule's ETTR. CPU only.
+    TrainingJob,
+}
+
 /// `calibrate` arguments.
 #[derive(Debug, Args)]
 pub struct CalibrateArgs {
     /// Device to measure.
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: DeviceKind,
+    /// What to calibrate.
+    #[arg(long, value_enum, default_value = "gemm")]
+    pub workload: CalibrateWorkload,
     /// Output folder for `profile-<backend>.toml` and the measured-vs-predicted table.
     #[arg(long, default_value = "out/calibration")]
     pub out: PathBuf,
@@ -59,8 +72,20 @@ fn today() -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+fn provenance(device: String) -> Provenance {
+    Provenance {
+        date: today(),
+        device,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 /// `trainlab calibrate`.
 pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Result<()> {
+    if let CalibrateWorkload::TrainingJob = a.workload {
+        return training_job(a, seed, cancel);
+    }
     let seed = Seed(seed.unwrap_or(42));
     let name = match a.backend {
         DeviceKind::Cpu => "cpu",
@@ -122,12 +147,7 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
     let mem_bw = triad.bytes_moved() / mem_timing.median_s();
     let points: Vec<(Gemm, f64)> = sweep.iter().map(|(g, t)| (g.clone(), t.median_s())).collect();
     let (fit_points, held_points): (Vec<_>, Vec<_>) = points.iter().cloned().partition(|(g, _)| fit_sizes.contains(g));
-    let provenance = Provenance {
-        date: today(),
-        device: device.clone(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    let provenance = provenance(device.clone());
     let mut profile = fit_gemm_profile(&fit_points, name, provenance, mem_bw)?;
     let errors = holdout_error(&profile, &held_points);
     profile.holdout_median_abs_rel_error = median_abs(&errors);
@@ -219,5 +239,164 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
             csv.display()
         );
     }
+    Ok(())
+}
+
+/// `trainlab calibrate --workload training-job`: a calibration fault-injection run, the fitted timing profile, and a
+/// held-out run (another schedule) predicted by it.
+fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Result<()> {
+    use trainlab_executors::faultrun::{FaultRunConfig, calibrate as c4cal};
+    if matches!(a.backend, DeviceKind::Cuda) {
+        return Err(UsageError(
+            "`calibrate --workload training-job` runs on the CPU only (the fault-injection job has no CUDA variant); \
+             drop `--backend cuda`"
+                .into(),
+        )
+        .into());
+    }
+    let seed = Seed(seed.unwrap_or(42));
+    let steps = if a.quick { 80 } else { 200 };
+    let mut base = FaultRunConfig::small(steps, vec![]);
+    base.time_limit_s = 600.0;
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} calibrate training-job: {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let device = trainlab_executors::cpu::cpu_device_description();
+    let x = c4cal::experiment(&base, steps, a.quick, provenance(device.clone()), cancel, |phase| {
+        bar.set_message(format!("{phase}, {steps} steps, 4 worker processes"))
+    })?;
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(format!("creating {}", a.out.display()), e))?;
+    let prof_path = a.out.join("profile-c4-cpu.toml");
+    let text = toml::to_string_pretty(&x.calibration)?;
+    std::fs::write(&prof_path, text).map_err(|e| Error::io(format!("writing {}", prof_path.display()), e))?;
+    let study = "calibrate-training-job";
+    let metric = |case: &str, backend: &str, fid: Fidelity, name: &str, unit: Unit, v: f64| {
+        Record::from_metric(
+            study,
+            "training_job",
+            case,
+            backend,
+            fid,
+            seed.0,
+            &Metric::new(name, unit, v),
+        )
+    };
+    let p = &x.prediction;
+    let h = &x.held_run;
+    let measured_detect: f64 = h.records.iter().filter_map(|r| r.detection_latency_s).sum();
+    let measured_restart: f64 = h.records.iter().map(|r| r.restart_s).sum();
+    let records = vec![
+        metric("fit", "cpu", Fidelity::Measured, "ettr", Unit::Ratio, x.fit_run.ettr),
+        metric("held-out", "cpu", Fidelity::Measured, "ettr", Unit::Ratio, h.ettr),
+        metric(
+            "held-out",
+            "timeline-calibrated",
+            Fidelity::Simulated,
+            "ettr",
+            Unit::Ratio,
+            p.ettr,
+        ),
+        metric("held-out", "cpu", Fidelity::Measured, "wall", Unit::Seconds, h.wall_s),
+        metric(
+            "held-out",
+            "timeline-calibrated",
+            Fidelity::Simulated,
+            "wall",
+            Unit::Seconds,
+            p.wall_s(),
+        ),
+    ];
+    let (pq, csv) = trainlab_reports::write_records(&records, &a.out, "calibration-training-job")?;
+    let fmt_d = |d: &c4cal::Duration, unit: &str| format!("{:.3} +- {:.3} {unit} (n={})", d.mean, d.std, d.n);
+    let missed = |r: &trainlab_executors::faultrun::FaultRunReport| {
+        r.records
+            .iter()
+            .filter(|x| x.injected.is_some() && !x.localised)
+            .count()
+    };
+    if a.json {
+        let c = &x.calibration;
+        let v = serde_json::json!({
+            "workload": "training_job", "device": device, "profile": prof_path.display().to_string(),
+            "step_period_s": c.step_period_s, "checkpoint_cost_s": c.checkpoint_cost_s, "startup_s": c.startup_s,
+            "detect_kill_s": c.detect_kill_s.mean,
+            "hang_overshoot_s": c.hang_overshoot_s.mean, "detect_slow_steps": c.detect_slow_steps.mean,
+            "restart_s": c.restart_s.mean,
+            "fit_ettr": x.fit_run.ettr, "held_out_measured_ettr": h.ettr, "held_out_predicted_ettr": p.ettr,
+            "held_out_error_points": x.error_points(),
+            "missed_faults": missed(&x.fit_run) + missed(h), "false_alarms": x.fit_run.false_alarms + h.false_alarms,
+            "outputs": [pq.display().to_string(), csv.display().to_string()],
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let c = &x.calibration;
+    println!("device: {device}");
+    println!(
+        "fitted from the calibration run ({} faults, ETTR {:.3}): step {:.3} s, checkpoint {:.4} s, start-up {:.3} s",
+        x.fit_cfg.faults.len(),
+        x.fit_run.ettr,
+        c.step_period_s,
+        c.checkpoint_cost_s,
+        c.startup_s
+    );
+    println!(
+        "detection: kill {}, hang {} beyond the threshold, slow {}; restart overhead {}",
+        fmt_d(&c.detect_kill_s, "s"),
+        fmt_d(&c.hang_overshoot_s, "s"),
+        fmt_d(&c.detect_slow_steps, "slow steps"),
+        fmt_d(&c.restart_s, "s")
+    );
+    let rows = vec![
+        vec![
+            "steps x mean step (s)".to_string(),
+            format!("{:.2}", h.steps_done as f64 * h.step_period_mean_s),
+            format!("{:.2}", p.useful_s),
+        ],
+        vec![
+            "wall (s)".to_string(),
+            format!("{:.2}", h.wall_s),
+            format!("{:.2}", p.wall_s()),
+        ],
+        vec![
+            "detection (s)".to_string(),
+            format!("{measured_detect:.2}"),
+            format!("{:.2}", p.detect_s),
+        ],
+        vec![
+            "restart incl. first step (s)".to_string(),
+            format!("{measured_restart:.2}"),
+            format!(
+                "{:.2}",
+                p.restart_s + x.held_cfg.faults.len() as f64 * h.step_period_mean_s
+            ),
+        ],
+        vec!["ETTR".to_string(), format!("{:.3}", h.ettr), format!("{:.3}", p.ettr)],
+    ];
+    println!(
+        "held-out run ({} faults, another schedule):\n{}",
+        x.held_cfg.faults.len(),
+        trainlab_reports::markdown_table(&["", "measured", "predicted"], &rows)
+    );
+    println!(
+        "held-out ETTR error: {:+.1} points (faults missed: {}, false alarms: {})",
+        x.error_points(),
+        missed(&x.fit_run) + missed(h),
+        x.fit_run.false_alarms + h.false_alarms
+    );
+    println!(
+        "wrote {}\nwrote {}\nwrote {}",
+        prof_path.display(),
+        pq.display(),
+        csv.display()
+    );
     Ok(())
 }

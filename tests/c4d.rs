@@ -55,6 +55,61 @@ fn detects_kill_hang_and_slow() {
     assert!(r.ettr > 0.0 && r.ettr <= 1.0);
 }
 
+/// At least 90% of slow ranks (1.5x) are detected and localised, none named wrongly; their measured slowdown is
+/// reported. 20 injections over the four ranks, about 3 minutes.
+#[test]
+#[ignore = "about 3 minutes; run with: cargo test --release --test c4d -- --ignored slow_detection_rate --nocapture"]
+fn slow_detection_rate() {
+    let n = 20u64;
+    let faults = (0..n)
+        .map(|i| ScheduledFault {
+            at_step: 20 + 25 * i,
+            rank: (i % 4) as usize,
+            what: Injection::Slow(1.5),
+        })
+        .collect();
+    let mut c = cfg(20 + 25 * n + 30, faults);
+    c.spares = n as usize;
+    c.time_limit_s = 900.0;
+    let r = faultrun::run(&c, &AtomicBool::new(false)).expect("run");
+    let mut latencies = Vec::new();
+    let mut slowdowns = Vec::new();
+    for x in &r.records {
+        eprintln!("{x:?}");
+        if let Some(l) = x.detection_latency_s
+            && x.localised
+        {
+            latencies.push(l);
+        }
+        slowdowns.extend(x.measured_slowdown);
+    }
+    let detected = latencies.len();
+    latencies.sort_by(f64::total_cmp);
+    slowdowns.sort_by(f64::total_cmp);
+    eprintln!(
+        "slow 1.5x: {detected}/{n} detected and localised; median latency {:.2} s; measured slowdown median {:.2} \
+         (min {:.2}); false alarms {}",
+        latencies.get(latencies.len() / 2).copied().unwrap_or(f64::NAN),
+        slowdowns.get(slowdowns.len() / 2).copied().unwrap_or(f64::NAN),
+        slowdowns.first().copied().unwrap_or(f64::NAN),
+        r.false_alarms
+    );
+    assert_eq!(
+        r.records.iter().filter(|x| x.injected.is_some()).count() as u64,
+        n,
+        "{r:#?}"
+    );
+    assert!(detected as f64 >= 0.9 * n as f64, "{detected}/{n} detected");
+    assert!(
+        r.records.iter().all(|x| x.detection_latency_s.is_none() || x.localised),
+        "a wrong rank was named"
+    );
+    assert!(
+        slowdowns.len() as u64 >= n / 2 && slowdowns[slowdowns.len() / 2] >= 1.35,
+        "{slowdowns:?}"
+    );
+}
+
 /// No verdict in 10 minutes of fault-free training.
 #[test]
 #[ignore = "10 minutes; run with: cargo test --test c4d -- --ignored no_false_alarm_in_ten_minutes"]

@@ -1,6 +1,7 @@
 //! `trainlab c4-run`: a real fault-injection run (issue 3, C4D) with its per-fault table: worker processes doing
-//! compute and a ring all-reduce over loopback TCP, faults injected by signal (kill, SIGSTOP hang, SIGSTOP/SIGCONT
-//! throttling), detected and localised by the same detector the simulator uses, restarted from checkpoints.
+//! compute and a ring all-reduce over loopback TCP, faults injected (SIGKILL, SIGSTOP hang, a slow rank whose compute
+//! phase is stretched by the slowdown factor), detected and localised by the same detector the simulator uses,
+//! restarted from checkpoints.
 //! With no fault (`--kill 0 --hang 0 --slow 0 --minutes 10`) it is the false-alarm run.
 use anyhow::bail;
 use clap::Args;
@@ -26,7 +27,7 @@ pub struct C4RunArgs {
     /// Hangs (SIGSTOP) to inject.
     #[arg(long, default_value_t = 1)]
     pub hang: usize,
-    /// Slow ranks (throttled) to inject.
+    /// Slow ranks to inject (the rank's compute phase takes --slowdown times as long).
     #[arg(long, default_value_t = 1)]
     pub slow: usize,
     /// Slowdown factor of slow ranks.

@@ -58,6 +58,21 @@ impl WorkerArgs {
     }
 }
 
+/// The throttle file of the worker with process id `pid` in the run directory `dir`: while it exists, holding a
+/// factor `x >= 1`, the worker stretches each compute phase to `x` times its measured wall time.
+pub(crate) fn throttle_path(dir: &std::path::Path, pid: u32) -> PathBuf {
+    dir.join(format!("throttle-{pid}"))
+}
+
+/// The throttle factor in force for this process (1 when there is no throttle file or it does not parse).
+fn throttle_factor(path: &std::path::Path) -> f64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|x| x.is_finite() && *x >= 1.0)
+        .unwrap_or(1.0)
+}
+
 pub(crate) fn now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -187,8 +202,15 @@ fn run(a: &WorkerArgs) -> Result<(), String> {
     let ckpt = a.ckpt.join("ckpt.bin");
     let (start, mut params) = load_ckpt(&ckpt, a.len).unwrap_or((0, vec![0.1; a.len]));
     let mut grad = vec![0.0f32; a.len];
+    let throttle = throttle_path(&a.ckpt, std::process::id());
     for k in start..a.steps {
+        let t0 = Instant::now();
         compute(&params, a.work, k, a.rank, &mut grad);
+        let x = throttle_factor(&throttle);
+        if x > 1.0 {
+            // A throttled device: the host waits (x - 1) times the compute phase before the collective.
+            std::thread::sleep(t0.elapsed().mul_f64(x - 1.0));
+        }
         writeln!(mon, "E {k} {:.6}", now_s()).map_err(io)?;
         if let (Some(r), Some(l)) = (right.as_mut(), left.as_mut()) {
             let m = &mut mon;
