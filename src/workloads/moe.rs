@@ -1,6 +1,6 @@
-//! Backends for the `moe_layer` kind (issue 4): closed form (uniform router), Monte Carlo simulator, and the real
-//! CPU layer, and the GPU forward (skipped with its reason when no GPU is present). `trainlab compare` on a MoE
-//! scenario runs them in this order.
+//! Backends for the `moe_layer` kind (issue 4): closed form (uniform router), Monte Carlo simulator, the real CPU
+//! layer, and the GPU forward + backward (skipped with its reason when no GPU is present). `trainlab compare` on a
+//! MoE scenario runs them in this order.
 use trainlab_core::Backend;
 use trainlab_core::workloads::moe::MoeLayer;
 
