@@ -81,8 +81,8 @@ impl Verdict {
     }
 }
 
-/// `x` as an integer ordered exactly like [`f64::total_cmp`] orders floats (the same transform it applies), so a sort
-/// of keys is a branch-light integer sort with the same result.
+/// `x` as an integer ordered exactly like [`f64::total_cmp`] orders floats (the same transform it applies), so sorting
+/// keys sorts the floats the same way, with plain integer compares.
 #[inline]
 fn total_key(x: f64) -> i64 {
     let b = x.to_bits() as i64;
@@ -226,8 +226,8 @@ impl Detector {
     }
 
     fn complete_step(&mut self, step: u64, enter: &[f64]) {
-        // The median: the middle order statistic under `total_cmp` (a total order, so selecting it gives the very
-        // value a full sort puts there).
+        // The median under `total_cmp`, from a sort of the integer keys into a reused buffer (a total order: the
+        // same value a sort of the floats puts in the middle).
         let mut sorted = std::mem::take(&mut self.scratch);
         sorted.clear();
         sorted.extend(enter.iter().map(|x| total_key(*x)));
