@@ -712,7 +712,7 @@ impl<'a> Sim<'a> {
         self.slow = None;
         self.speed = 1.0;
         self.r.interruptions[cls] += 1;
-        self.job_at = None;
+        // While up, the job timer holds the segment's next event: the checkpoint phase replaces it.
         match self.mode {
             Mode::Computing => {
                 self.uncommitted = self.tau - self.work_left;
