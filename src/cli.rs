@@ -218,6 +218,12 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
                 MoeCommand::Calibrate { quick } => {
                     let cal = crate::cmd::moe::calibrate_cpu(quick, s)?;
                     print!("{}", cal.markdown());
+                    println!(
+                        "held-out step time: median |error| {:.1}%, worst {:.1}% over {} layers",
+                        100.0 * cal.held_out_median_abs_error(),
+                        100.0 * cal.held_out_max_abs_error(),
+                        cal.held_out.len()
+                    );
                 }
                 MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick)?),
             }

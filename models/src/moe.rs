@@ -46,12 +46,22 @@ pub struct MoeCostModel {
     /// Local gather/scatter cost per routed slot per model-width element, seconds (the permutation into expert
     /// order; on one device this is the whole dispatch).
     pub dispatch_s_per_elem: f64,
-    /// Softmax + top-k cost per router logit, seconds.
+    /// Softmax cost per router logit, seconds.
     pub router_s_per_logit: f64,
+    /// Top-k selection cost per router logit per selection pass (one pass per choice in a group), seconds.
+    #[serde(default)]
+    pub router_s_per_pass_logit: f64,
     /// Backward expert compute as a multiple of forward (2: input and weight gradients).
     pub backward_factor: f64,
     /// Backward dispatch/combine as a multiple of forward.
     pub backward_comm_factor: f64,
+    /// Backward router (two GEMMs and the softmax backward) as a multiple of the forward router.
+    #[serde(default = "two")]
+    pub backward_router_factor: f64,
+}
+
+fn two() -> f64 {
+    2.0
 }
 
 impl MoeCostModel {
@@ -72,8 +82,10 @@ impl MoeCostModel {
             // read + write one element at HBM speed
             dispatch_s_per_elem: 2.0 * dtype.bytes() as f64 / hbm,
             router_s_per_logit: 8.0 * 4.0 / hbm,
+            router_s_per_pass_logit: 4.0 / hbm,
             backward_factor: 2.0,
             backward_comm_factor: 1.0,
+            backward_router_factor: 2.0,
         }
     }
 
@@ -133,9 +145,13 @@ impl MoeCostModel {
         let a2a = self.a2a_time(busiest * d * self.elem_bytes, ranks, busiest, d);
         let tokens_per_rank = layer.tokens as f64 / r;
         let router = 2.0 * tokens_per_rank * d * layer.experts as f64 / self.gemm_rate
-            + tokens_per_rank * layer.experts as f64 * self.router_s_per_logit;
+            + tokens_per_rank
+                * layer.experts as f64
+                * (self.router_s_per_logit + layer.routing.per_group() as f64 * self.router_s_per_pass_logit);
         let forward = router + a2a + max_compute + a2a;
-        let backward = 2.0 * router + self.backward_comm_factor * 2.0 * a2a + self.backward_factor * max_compute;
+        let backward = self.backward_router_factor * router
+            + self.backward_comm_factor * 2.0 * a2a
+            + self.backward_factor * max_compute;
         StepBreakdown {
             router_s: router,
             dispatch_s: a2a,
@@ -431,6 +447,8 @@ pub struct CostSample {
     pub tokens: f64,
     /// Experts.
     pub experts: f64,
+    /// Choices per group (top-k selection passes).
+    pub per_group: f64,
     /// Experts that received at least one processed slot.
     pub nonempty: f64,
     /// Processed slots (after capacity).
@@ -482,7 +500,8 @@ pub fn least_squares(rows: &[Vec<f64>], y: &[f64]) -> Option<Vec<f64>> {
 /// Fits the single-device cost model (`ep_ranks = 1`) to measured CPU steps:
 /// expert forward `sum_e [o + 4 d f (m_e + h) / rate]` is linear in (`nonempty`, `4 d f nonempty`,
 /// `4 d f processed`) -> `o`, `h / rate`, `1 / rate`; dispatch/combine `a + b * processed * d`; router
-/// `2 N d E / rate + N E c`; backward `2 router + 2 beta a2a + phi compute` -> `phi`, `beta`. Weights are relative
+/// `2 N d E / rate + N E (c + k_g c_pass)` (`k_g` choices per group) -> `c`, `c_pass`; backward
+/// `rho router + 2 beta a2a + phi compute` -> `phi`, `beta`, `rho` (with `rho = 2` if the free fit degenerates). Weights are relative
 /// (each sample divided by its own target) so small and large configurations count alike. Non-finite or negative
 /// coefficients fall back to `base`.
 pub fn fit_single_device(samples: &[CostSample], base: &MoeCostModel) -> MoeCostModel {
@@ -522,43 +541,69 @@ pub fn fit_single_device(samples: &[CostSample], base: &MoeCostModel) -> MoeCost
         m.dispatch_fixed_s = c[0].max(0.0);
         m.dispatch_s_per_elem = c[1].max(0.0);
     }
-    // Router
-    let per: Vec<f64> = samples
+    // Router: what the GEMM leaves, per logit and per logit and selection pass.
+    let gemm = |s: &CostSample, m: &MoeCostModel| 2.0 * s.tokens * s.d_model * s.experts / m.gemm_rate;
+    let rows: Vec<Vec<f64>> = samples
         .iter()
-        .map(|s| (s.router_s - 2.0 * s.tokens * s.d_model * s.experts / m.gemm_rate).max(0.0) / (s.tokens * s.experts))
+        .map(|s| vec![s.tokens * s.experts, s.tokens * s.experts * s.per_group])
         .collect();
-    if !per.is_empty() {
-        m.router_s_per_logit = per.iter().sum::<f64>() / per.len() as f64;
+    let y: Vec<f64> = samples.iter().map(|s| (s.router_s - gemm(s, &m)).max(1e-12)).collect();
+    match rel(rows.clone(), y.clone()) {
+        Some(c) if ok(c[0]) && ok(c[1]) => {
+            m.router_s_per_logit = c[0];
+            m.router_s_per_pass_logit = c[1];
+        }
+        _ => {
+            let per: Vec<f64> = rows.iter().zip(&y).map(|(r, t)| t / r[0]).collect();
+            if !per.is_empty() {
+                m.router_s_per_logit = per.iter().sum::<f64>() / per.len() as f64;
+                m.router_s_per_pass_logit = 0.0;
+            }
+        }
     }
     // Backward
     let pred = |s: &CostSample, m: &MoeCostModel| {
         let compute = s.nonempty * m.expert_overhead_s
             + 4.0 * s.d_model * s.d_ff * (s.processed + s.nonempty * m.gemm_half_rows) / m.gemm_rate;
         let a2a = m.dispatch_fixed_s + m.dispatch_s_per_elem * s.processed * s.d_model;
-        let router = 2.0 * s.tokens * s.d_model * s.experts / m.gemm_rate + s.tokens * s.experts * m.router_s_per_logit;
+        let router =
+            gemm(s, m) + s.tokens * s.experts * (m.router_s_per_logit + s.per_group * m.router_s_per_pass_logit);
         (compute, a2a, router)
     };
     let mut rows = vec![];
     let mut y = vec![];
     for s in samples {
         let (c, a, r) = pred(s, &m);
-        rows.push(vec![c, 2.0 * a]);
-        y.push((s.backward_s - 2.0 * r).max(1e-12));
+        rows.push(vec![c, 2.0 * a, r]);
+        y.push(s.backward_s.max(1e-12));
     }
     match rel(rows.clone(), y.clone()) {
-        Some(c) if ok(c[0]) && ok(c[1]) => {
+        Some(c) if ok(c[0]) && ok(c[1]) && ok(c[2]) => {
             m.backward_factor = c[0];
             m.backward_comm_factor = c[1];
+            m.backward_router_factor = c[2];
         }
         _ => {
-            // Collinear or negative: keep the communication factor at 1 and fit the compute factor alone.
-            let r1: Vec<Vec<f64>> = rows.iter().map(|r| vec![r[0]]).collect();
-            let y1: Vec<f64> = y.iter().zip(&rows).map(|(t, r)| (t - r[1]).max(1e-12)).collect();
-            if let Some(c) = rel(r1, y1)
-                && ok(c[0])
-            {
-                m.backward_factor = c[0];
-                m.backward_comm_factor = 1.0;
+            // Collinear or negative: the router backward at twice the forward (two GEMMs), then the compute and
+            // communication factors, else the compute factor alone.
+            m.backward_router_factor = 2.0;
+            let r2: Vec<Vec<f64>> = rows.iter().map(|r| vec![r[0], r[1]]).collect();
+            let y2: Vec<f64> = y.iter().zip(&rows).map(|(t, r)| (t - 2.0 * r[2]).max(1e-12)).collect();
+            match rel(r2.clone(), y2.clone()) {
+                Some(c) if ok(c[0]) && ok(c[1]) => {
+                    m.backward_factor = c[0];
+                    m.backward_comm_factor = c[1];
+                }
+                _ => {
+                    let r1: Vec<Vec<f64>> = r2.iter().map(|r| vec![r[0]]).collect();
+                    let y1: Vec<f64> = y2.iter().zip(&r2).map(|(t, r)| (t - r[1]).max(1e-12)).collect();
+                    if let Some(c) = rel(r1, y1)
+                        && ok(c[0])
+                    {
+                        m.backward_factor = c[0];
+                        m.backward_comm_factor = 1.0;
+                    }
+                }
             }
         }
     }

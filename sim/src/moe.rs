@@ -532,6 +532,7 @@ fn cost_sample(layer: &MoeLayer, m: &MeasuredStep) -> trainlab_models::moe::Cost
         d_ff: layer.d_ff as f64,
         tokens: layer.tokens as f64,
         experts: layer.experts as f64,
+        per_group: layer.routing.per_group() as f64,
         nonempty: m.loads.iter().filter(|&&x| x > 0).count() as f64,
         processed: m.loads.iter().map(|&x| x.min(c)).sum::<u64>() as f64,
         router_s: m.router_s,
@@ -544,12 +545,19 @@ fn cost_sample(layer: &MoeLayer, m: &MeasuredStep) -> trainlab_models::moe::Cost
 
 /// Fits the single-device cost model to measured runs of `fit` (uniform routers, say) and checks the simulator
 /// against measured runs of `held_out` (other skew, k, prototypes, capacity). `measure(layer, index)` performs the
-/// real runs (e.g. `trainlab_executors::moe::measure`); every layer must have `ep_ranks = 1`.
+/// real runs (e.g. `trainlab_executors::moe::measure`, deterministic routing per index); every layer must have
+/// `ep_ranks = 1`.
+///
+/// Every layer is measured in `rounds` interleaved passes over all layers (fit and held-out alike; the held-out
+/// runs never enter the fit) and each time keeps its minimum over the passes: interference from other processes on
+/// a shared machine comes in bursts, and interleaving spreads a burst over many layers instead of all repeats of
+/// one.
 pub fn calibrate<F>(
     fit: &[MoeLayer],
     held_out: &[MoeLayer],
     replications: u64,
     seed: Seed,
+    rounds: usize,
     mut measure: F,
 ) -> Result<Calibration, Error>
 where
@@ -570,12 +578,31 @@ where
     if let Some(l) = fit.first().or(held_out.first()) {
         measure(l, 0)?;
     }
-    let mut runs = vec![];
+    let all: Vec<&MoeLayer> = fit.iter().chain(held_out).collect();
+    let mut best: Vec<Vec<MeasuredStep>> = vec![vec![]; all.len()];
+    for _ in 0..rounds.max(1) {
+        for (i, l) in all.iter().enumerate() {
+            let m = measure(l, i)?;
+            if best[i].is_empty() {
+                best[i] = m;
+                continue;
+            }
+            for (b, s) in best[i].iter_mut().zip(&m) {
+                debug_assert_eq!(b.loads, s.loads, "measure must route the same way for the same index");
+                b.router_s = b.router_s.min(s.router_s);
+                b.dispatch_s = b.dispatch_s.min(s.dispatch_s);
+                b.combine_s = b.combine_s.min(s.combine_s);
+                b.experts_s = b.experts_s.min(s.experts_s);
+                b.backward_s = b.backward_s.min(s.backward_s);
+                b.step_s = b.step_s.min(s.step_s);
+            }
+        }
+    }
+    let held_runs = best.split_off(fit.len());
+    let runs = best;
     let mut samples = vec![];
-    for (i, l) in fit.iter().enumerate() {
-        let m = measure(l, i)?;
+    for (l, m) in fit.iter().zip(&runs) {
         samples.extend(m.iter().map(|s| cost_sample(l, s)));
-        runs.push(m);
     }
     let base = MoeCostModel::from_cluster(
         &fit.first()
@@ -621,9 +648,8 @@ where
         fitted.push(row(l, m)?);
     }
     let mut held = vec![];
-    for (i, l) in held_out.iter().enumerate() {
-        let m = measure(l, fit.len() + i)?;
-        held.push(row(l, &m)?);
+    for (l, m) in held_out.iter().zip(&held_runs) {
+        held.push(row(l, m)?);
     }
     Ok(Calibration {
         cost,
