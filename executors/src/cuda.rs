@@ -17,7 +17,7 @@
 //! `available()` returns the reason when no usable GPU is present. [`cuda_gemm_sweep`] mirrors
 //! [`crate::cpu::gemm_sweep`] for `trainlab calibrate --backend cuda`.
 use crate::timing::{self, Timing, TimingOpts};
-use cudarc::cublas::{CudaBlas, result as blas_result, sys as blas_sys};
+use cudarc::cublas::{CudaBlas, GemmConfig, result as blas_result, sys as blas_sys};
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 use cudarc::driver::{PushKernelArg, sys as drv_sys};
 use std::ffi::c_void;
@@ -817,6 +817,33 @@ pub fn default_cuda_calibration_sizes() -> (Vec<Gemm>, Vec<Gemm>) {
 /// Device description of GPU `ordinal` for provenance, or the reason none is usable.
 pub fn cuda_device_description(ordinal: usize) -> Result<String, Error> {
     Ok(CudaRuntime::new(ordinal)?.device_description())
+}
+
+/// cuBLAS (column-major) arguments for the row-major `C[m, n] = op(A) op(B)` of [`sgemm_rm`]: cuBLAS's first
+/// operand is the `B` buffer and its second the `A` buffer, so it computes the column-major `n x m` matrix
+/// `C^T = op(B)^T op(A)^T`, which is `C` in row-major order. A row-major `r x c` buffer is the column-major `c x r`
+/// matrix with leading dimension `c`: `B` stored `[k, n]` needs no transpose (ld `n`), stored `[n, k]` (`b_t`) it
+/// needs `OP_T` (ld `k`); likewise `A` stored `[m, k]` (ld `k`) or `[k, m]` (`a_t`, `OP_T`, ld `m`).
+pub(crate) fn rowmajor_sgemm_config(m: usize, n: usize, k: usize, a_t: bool, b_t: bool, acc: bool) -> GemmConfig<f32> {
+    let op = |t: bool| {
+        if t {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    GemmConfig {
+        transa: op(b_t),
+        transb: op(a_t),
+        m: n as i32,
+        n: m as i32,
+        k: k as i32,
+        alpha: 1.0f32,
+        lda: if b_t { k } else { n } as i32,
+        ldb: if a_t { m } else { k } as i32,
+        beta: if acc { 1.0 } else { 0.0 },
+        ldc: n as i32,
+    }
 }
 
 #[cfg(test)]

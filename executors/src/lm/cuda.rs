@@ -28,7 +28,7 @@
 //! mixture interleaving, warm-up and evaluation callback), so [`crate::lm::run_grid`] could call either.
 use super::{Corpus, GridConfig, Model, Shape, Source, Stream};
 use crate::cuda::CudaRuntime;
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
+use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use trainlab_core::{Error, Seed};
 
@@ -188,31 +188,6 @@ impl std::fmt::Debug for CudaLm {
     }
 }
 
-/// cuBLAS (column-major) arguments for the row-major product `C[m, n] = op(A)·op(B)` of [`sgemm_rm`]: cuBLAS's
-/// first operand is the `B` buffer and its second the `A` buffer, giving the column-major `n × m` matrix `Cᵀ`,
-/// which is `C` in row-major order.
-fn colmajor_config(m: usize, n: usize, k: usize, a_t: bool, b_t: bool) -> GemmConfig<f32> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: if b_t { k } else { n } as i32,
-        ldb: if a_t { m } else { k } as i32,
-        beta: 0.0f32,
-        ldc: n as i32,
-    }
-}
-
 /// Row-major `C[m, n] = op(A)·op(B)` with cuBLAS sgemm (fp32, β = 0): `A` is stored `[m, k]`, or `[k, m]` when
 /// `a_t`; `B` is stored `[k, n]`, or `[n, k]` when `b_t`. Computed as the column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
 #[allow(clippy::too_many_arguments)]
@@ -235,7 +210,7 @@ fn sgemm_rm(
             c.len()
         )));
     }
-    let cfg = colmajor_config(m, n, k, a_t, b_t);
+    let cfg = crate::cuda::rowmajor_sgemm_config(m, n, k, a_t, b_t, false);
     // SAFETY: the three buffers hold at least m·k, k·n and m·n floats (checked above); the leading dimensions
     // describe exactly the row-major layouts documented above; every size fits in i32 (checked in `CudaLm::new`).
     unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Backend(format!("cuBLAS sgemm: {e}")))
@@ -699,6 +674,7 @@ mod tests {
     use super::*;
     use crate::cuda::gpu_unavailable_reason;
     use crate::lm::AdamW;
+    use cudarc::cublas::{GemmConfig, sys as blas_sys};
 
     fn shape() -> Shape {
         Shape {
@@ -773,7 +749,7 @@ mod tests {
                     want[i * n + j] = (0..k).map(|p| la(i, p) * lb(p, j)).sum();
                 }
             }
-            let cfg = colmajor_config(m, n, k, a_t, b_t);
+            let cfg = crate::cuda::rowmajor_sgemm_config(m, n, k, a_t, b_t, false);
             let mut got = vec![0.0f32; m * n];
             blas_sgemm_reference(&cfg, &b, &a, &mut got);
             assert_eq!(got, want, "m={m} n={n} k={k} a_t={a_t} b_t={b_t}");

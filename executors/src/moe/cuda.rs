@@ -25,8 +25,8 @@
 //! whole GPU path, forward and backward, is unverified. Without a GPU, [`MoeCuda::available`] gives the reason and
 //! nothing is touched.
 use super::{MoeGrads, MoeParams, PhaseTimes, RoutingSpec, backward, forward, popularity, router_bias};
-use crate::cuda::{CudaRuntime, gpu_unavailable_reason};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
+use crate::cuda::{CudaRuntime, gpu_unavailable_reason, rowmajor_sgemm_config as colmajor_config};
+use cudarc::cublas::{CudaBlas, Gemm};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 use cudarc::driver::{PushKernelArg, sys as drv_sys};
 use std::sync::Arc;
@@ -149,33 +149,6 @@ extern "C" __global__ void tl_moe_softmax_bwd(const float* probs, const float* d
 
 pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
     move |e| Error::Backend(format!("CUDA {what}: {e}"))
-}
-
-/// cuBLAS (column-major) arguments for the row-major `C[m, n] = op(A) op(B)` of [`sgemm_rm`]: cuBLAS's first
-/// operand is the `B` buffer and its second the `A` buffer, so it computes the column-major `n x m` matrix
-/// `C^T = op(B)^T op(A)^T`, which is `C` in row-major order. A row-major `r x c` buffer is the column-major `c x r`
-/// matrix with leading dimension `c`: `B` stored `[k, n]` needs no transpose (ld `n`), stored `[n, k]` (`b_t`) it
-/// needs `OP_T` (ld `k`); likewise `A` stored `[m, k]` (ld `k`) or `[k, m]` (`a_t`, `OP_T`, ld `m`).
-fn colmajor_config(m: usize, n: usize, k: usize, a_t: bool, b_t: bool, acc: bool) -> GemmConfig<f32> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: if b_t { k } else { n } as i32,
-        ldb: if a_t { m } else { k } as i32,
-        beta: if acc { 1.0 } else { 0.0 },
-        ldc: n as i32,
-    }
 }
 
 /// Row-major `C[m, n] = op(A) op(B) [+ C]` on cuBLAS sgemm (fp32): `A` is stored `[m, k]`, or `[k, m]` when `a_t`;
@@ -681,6 +654,7 @@ impl Backend<MoeLayer> for MoeCuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cudarc::cublas::{GemmConfig, sys as blas_sys};
     use trainlab_core::workloads::moe::Routing;
 
     fn layer(routing: Routing, capacity_factor: f64, balance_loss: Option<f64>) -> MoeLayer {
