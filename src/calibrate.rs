@@ -331,6 +331,7 @@ fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) 
             "hang_overshoot_s": c.hang_overshoot_s.mean, "detect_slow_steps": c.detect_slow_steps.mean,
             "restart_s": c.restart_s.mean,
             "fit_ettr": x.fit_run.ettr, "held_out_measured_ettr": h.ettr, "held_out_predicted_ettr": p.ettr,
+            "held_out_replay_ettr_95": [x.interval.low, x.interval.high],
             "held_out_error_points": x.error_points(),
             "missed_faults": missed(&x.fit_run) + missed(h), "false_alarms": x.fit_run.false_alarms + h.false_alarms,
             "outputs": [pq.display().to_string(), csv.display().to_string()],
@@ -379,7 +380,14 @@ fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) 
                 p.restart_s + x.held_cfg.faults.len() as f64 * h.step_period_mean_s
             ),
         ],
-        vec!["ETTR".to_string(), format!("{:.3}", h.ettr), format!("{:.3}", p.ettr)],
+        vec![
+            "ETTR".to_string(),
+            format!("{:.3}", h.ettr),
+            format!(
+                "{:.3} (replay 95%: {:.3}-{:.3})",
+                p.ettr, x.interval.low, x.interval.high
+            ),
+        ],
     ];
     println!(
         "held-out run ({} faults, another schedule):\n{}",

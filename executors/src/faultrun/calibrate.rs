@@ -199,6 +199,66 @@ pub fn measured_budget(r: &FaultRunReport) -> Prediction {
     }
 }
 
+/// A Monte Carlo interval of the replayed ETTR.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    /// Mean over the replications.
+    pub mean: f64,
+    /// 2.5th percentile.
+    pub low: f64,
+    /// 97.5th percentile.
+    pub high: f64,
+}
+
+/// Monte Carlo replay of `cfg`'s schedule: like [`predict`], but every fault's detection latency and restart
+/// overhead is drawn from its fitted distribution (normal with the fitted mean and standard deviation, a latency
+/// floored at zero), `reps` times with seeds derived from `seed`. The spread is what one run of this schedule may
+/// show, given the latencies seen in the calibration run.
+pub fn simulate(
+    cal: &Calibration,
+    cfg: &FaultRunConfig,
+    step_period_s: Option<f64>,
+    reps: u32,
+    seed: trainlab_core::Seed,
+) -> Interval {
+    use rand_distr::{Distribution, StandardNormal};
+    let period = step_period_s.unwrap_or(cal.step_period_s);
+    let every = cfg.checkpoint_every.max(1);
+    let base = predict(cal, cfg, Some(period));
+    let fixed = base.useful_s + base.startup_s + base.checkpoint_s;
+    let mut ettr: Vec<f64> = (0..reps.max(1))
+        .map(|i| {
+            let mut rng = seed.derive("c4-replay").index(u64::from(i)).rng();
+            let mut draw = |d: &Duration| -> f64 {
+                let z: f64 = StandardNormal.sample(&mut rng);
+                d.mean + d.std * z
+            };
+            let mut wall = fixed;
+            for f in &cfg.faults {
+                let detect = match f.what {
+                    Injection::Kill => draw(&cal.detect_kill_s),
+                    Injection::Hang => (cfg.hang_steps * period).max(HANG_FLOOR_S) + draw(&cal.hang_overshoot_s),
+                    Injection::Slow(x) => draw(&cal.detect_slow_steps) * period * x.max(1.0),
+                }
+                .max(0.0);
+                let mut since_ckpt = (f.at_step % every) as f64;
+                if let Injection::Slow(x) = f.what {
+                    since_ckpt = (since_ckpt + detect / (period * x.max(1.0))).floor() % every as f64;
+                }
+                wall += detect + draw(&cal.restart_s).max(0.0) + since_ckpt * period;
+            }
+            if wall > 0.0 { base.useful_s / wall } else { 0.0 }
+        })
+        .collect();
+    ettr.sort_by(f64::total_cmp);
+    let q = |p: f64| ettr[((ettr.len() - 1) as f64 * p).round() as usize];
+    Interval {
+        mean: ettr.iter().sum::<f64>() / ettr.len() as f64,
+        low: q(0.025),
+        high: q(0.975),
+    }
+}
+
 /// Predicted ETTR of running `cfg` with the calibrated timings (see [`predict`]).
 pub fn predict_ettr(cal: &Calibration, cfg: &FaultRunConfig, step_period_s: Option<f64>) -> f64 {
     predict(cal, cfg, step_period_s).ettr
@@ -266,6 +326,8 @@ pub struct Experiment {
     pub held_run: FaultRunReport,
     /// The calibrated prediction of the held-out run (with its measured healthy step time as the workload's).
     pub prediction: Prediction,
+    /// The Monte Carlo replay of the held-out schedule with the fitted latency distributions.
+    pub interval: Interval,
 }
 
 impl Experiment {
@@ -305,6 +367,13 @@ pub fn experiment(
     on_phase("held-out run");
     let held_run = run(&held_cfg)?;
     let prediction = predict(&calibration, &held_cfg, Some(held_run.step_period_mean_s));
+    let interval = simulate(
+        &calibration,
+        &held_cfg,
+        Some(held_run.step_period_mean_s),
+        2000,
+        trainlab_core::Seed(0),
+    );
     Ok(Experiment {
         fit_cfg,
         fit_run,
@@ -312,6 +381,7 @@ pub fn experiment(
         held_cfg,
         held_run,
         prediction,
+        interval,
     })
 }
 
@@ -404,6 +474,24 @@ mod tests {
         assert!((cal.hang_overshoot_s.mean - 0.1).abs() < 1e-9 && (cal.detect_slow_steps.mean - 5.0).abs() < 1e-9);
         let e = predict_ettr(&cal, &cfg, Some(period));
         assert!((e - report.ettr).abs() < 1e-12, "{e} vs {}", report.ettr);
+        // The Monte Carlo replay: exact without spread; with spread, an interval around the prediction.
+        let seed = trainlab_core::Seed(3);
+        let iv = simulate(&cal_in, &cfg, None, 200, seed);
+        assert!((iv.mean - p.ettr).abs() < 1e-12 && iv.low == iv.high, "{iv:?}");
+        let mut spread = cal_in.clone();
+        spread.restart_s.std = 0.1;
+        spread.hang_overshoot_s.std = 0.3;
+        let iv = simulate(&spread, &cfg, None, 2000, seed);
+        assert!(
+            iv.low < p.ettr && p.ettr < iv.high && (iv.mean - p.ettr).abs() < 0.002,
+            "{iv:?} vs {}",
+            p.ettr
+        );
+        assert_eq!(
+            iv,
+            simulate(&spread, &cfg, None, 2000, seed),
+            "deterministic for a seed"
+        );
         // At another step period the hang threshold and the slow detection scale with it.
         assert!((cal.detect_s(Injection::Hang, &cfg, 0.1) - 1.1).abs() < 1e-9);
         assert!((cal.detect_s(Injection::Slow(1.5), &cfg, 0.1) - 0.75).abs() < 1e-9);
