@@ -61,6 +61,10 @@ fn bad_input_exits_2_and_names_the_cause() {
     }
     let o = run(bin().args(["plan", "--shard", "3/2"]));
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // The fault-injection calibration has no CUDA variant: refused before anything runs.
+    let o = run(bin().args(["calibrate", "--workload", "training-job", "--backend", "cuda"]));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("CPU only"), "{}", stderr(&o));
 }
 
 #[test]
