@@ -185,7 +185,7 @@ pub fn predict(cal: &Calibration, cfg: &FaultRunConfig, step_period_s: Option<f6
 }
 
 /// The same budget read off a measured run (detection latencies, restart overheads and lost steps as measured);
-/// its [`Prediction::wall_s`] falls short of the measured wall time by what the model does not account for.
+/// its [`Prediction::wall_s`] differs from the measured wall time by what the model does not account for.
 pub fn measured_budget(r: &FaultRunReport) -> Prediction {
     let period = r.step_period_mean_s;
     Prediction {
