@@ -97,6 +97,17 @@ pub struct RoutingSpec {
     pub capacity: usize,
 }
 
+impl RoutingSpec {
+    /// The routing of `layer`: its groups, choices per group and expert capacity.
+    pub fn of(layer: &MoeLayer) -> RoutingSpec {
+        RoutingSpec {
+            groups: layer.routing.groups() as usize,
+            per_group: layer.routing.per_group() as usize,
+            capacity: layer.capacity() as usize,
+        }
+    }
+}
+
 /// Parameters of the layer (row-major): router `d x E`, experts `E x (d x f)` and `E x (f x d)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeParams {
@@ -549,11 +560,7 @@ pub fn measure(
         layer.d_ff as usize,
         layer.experts as usize,
     );
-    let r = RoutingSpec {
-        groups: layer.routing.groups() as usize,
-        per_group: layer.routing.per_group() as usize,
-        capacity: layer.capacity() as usize,
-    };
+    let r = RoutingSpec::of(layer);
     let balance = layer.balance_loss.unwrap_or(0.0);
     let p = MoeParams::init(d, f, e, 0.1, seed.derive("params"));
     let mut xr = seed.derive("x").rng();

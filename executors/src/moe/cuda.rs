@@ -498,11 +498,7 @@ pub fn gpu_step(layer: &MoeLayer, seed: Seed, repeats: usize) -> Result<GpuStep,
         layer.d_ff as usize,
         layer.experts as usize,
     );
-    let r = RoutingSpec {
-        groups: layer.routing.groups() as usize,
-        per_group: layer.routing.per_group() as usize,
-        capacity: layer.capacity() as usize,
-    };
+    let r = RoutingSpec::of(layer);
     let k = r.groups * r.per_group;
     let params = (e * 2 * d * f) as u64;
     if params > super::MAX_PARAMS || (n * d.max(e).max(k)) as u64 > super::MAX_PARAMS {
