@@ -333,7 +333,7 @@ fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) 
         ),
     ];
     let (pq, csv) = trainlab_reports::write_records(&records, &a.out, "calibration-training-job")?;
-    let fmt_d = |d: &c4cal::Duration, unit: &str| format!("{:.3} +- {:.3} {unit} (n={})", d.mean, d.std, d.n);
+    let fmt_d = |d: &c4cal::Fitted, unit: &str| format!("{:.3} +- {:.3} {unit} (n={})", d.mean, d.std, d.n);
     let missed = |r: &trainlab_executors::faultrun::FaultRunReport| {
         r.records
             .iter()

@@ -20,10 +20,10 @@ use std::sync::atomic::AtomicBool;
 use trainlab_core::Error;
 use trainlab_core::profile::Provenance;
 
-/// Mean, standard deviation and sample count of a fitted quantity.
+/// Mean, standard deviation and sample count of a fitted quantity (seconds or steps, as its field says).
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Duration {
+pub struct Fitted {
     /// Mean.
     pub mean: f64,
     /// Sample standard deviation (0 with fewer than two samples).
@@ -32,22 +32,16 @@ pub struct Duration {
     pub n: u32,
 }
 
-impl Duration {
-    fn of(xs: &[f64]) -> Duration {
-        let n = xs.len();
-        if n == 0 {
-            return Duration::default();
+impl Fitted {
+    fn of(xs: &[f64]) -> Fitted {
+        if xs.is_empty() {
+            return Fitted::default();
         }
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let var = if n > 1 {
-            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64
-        } else {
-            0.0
-        };
-        Duration {
-            mean,
-            std: var.sqrt(),
-            n: n as u32,
+        let s = trainlab_core::Summary::of(xs);
+        Fitted {
+            mean: s.mean,
+            std: s.std,
+            n: s.n as u32,
         }
     }
 }
@@ -65,14 +59,14 @@ pub struct Calibration {
     /// Start-up overhead: spawning and connecting the workers before the first step, seconds.
     pub startup_s: f64,
     /// Detection latency of kills, seconds.
-    pub detect_kill_s: Duration,
+    pub detect_kill_s: Fitted,
     /// Hang detection latency beyond `max(hang_steps x mean step period, HANG_FLOOR_S)`, seconds. It can be negative:
     /// the detector arms its threshold on its own running median of the step period.
-    pub hang_overshoot_s: Duration,
+    pub hang_overshoot_s: Fitted,
     /// Detection latency of slow ranks, in steps at the slow rank's pace (`period x slowdown`).
-    pub detect_slow_steps: Duration,
+    pub detect_slow_steps: Fitted,
     /// Restart overhead: verdict to the first completed step, minus one step period, seconds.
-    pub restart_s: Duration,
+    pub restart_s: Fitted,
 }
 
 impl Calibration {
@@ -122,10 +116,10 @@ pub fn fit(reports: &[(&FaultRunConfig, &FaultRunReport)], provenance: Provenanc
         step_period_s: period,
         checkpoint_cost_s: ckpt / nck.max(1.0),
         startup_s: median(startup),
-        detect_kill_s: Duration::of(&kill),
-        hang_overshoot_s: Duration::of(&hang),
-        detect_slow_steps: Duration::of(&slow),
-        restart_s: Duration::of(&restart),
+        detect_kill_s: Fitted::of(&kill),
+        hang_overshoot_s: Fitted::of(&hang),
+        detect_slow_steps: Fitted::of(&slow),
+        restart_s: Fitted::of(&restart),
     }
 }
 
@@ -229,7 +223,7 @@ pub fn simulate(
     let mut ettr: Vec<f64> = (0..reps.max(1))
         .map(|i| {
             let mut rng = seed.derive("c4-replay").index(u64::from(i)).rng();
-            let mut draw = |d: &Duration| -> f64 {
+            let mut draw = |d: &Fitted| -> f64 {
                 let z: f64 = StandardNormal.sample(&mut rng);
                 d.mean + d.std * z
             };
@@ -434,7 +428,7 @@ mod tests {
             },
         ];
         let cfg = FaultRunConfig::small(100, faults.clone());
-        let d = |mean: f64, n: u32| Duration { mean, std: 0.0, n };
+        let d = |mean: f64, n: u32| Fitted { mean, std: 0.0, n };
         let cal_in = Calibration {
             provenance: prov(),
             step_period_s: period,
