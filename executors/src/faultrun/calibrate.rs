@@ -70,13 +70,40 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// The fitted quantity behind the detection latency of `what`.
+    fn detect_fit(&self, what: Injection) -> &Fitted {
+        match what {
+            Injection::Kill => &self.detect_kill_s,
+            Injection::Hang => &self.hang_overshoot_s,
+            Injection::Slow(_) => &self.detect_slow_steps,
+        }
+    }
+
     /// Expected detection latency (seconds) of `what` in a run of `cfg` with healthy step `period`.
     pub fn detect_s(&self, what: Injection, cfg: &FaultRunConfig, period: f64) -> f64 {
-        match what {
-            Injection::Kill => self.detect_kill_s.mean,
-            Injection::Hang => (cfg.hang_steps * period).max(HANG_FLOOR_S) + self.hang_overshoot_s.mean,
-            Injection::Slow(x) => self.detect_slow_steps.mean * period * x.max(1.0),
-        }
+        detect_at(what, cfg, period, self.detect_fit(what).mean)
+    }
+}
+
+/// Detection latency (seconds, >= 0) of `what` when its fitted quantity ([`Calibration::detect_fit`]) is `v`: kill
+/// seconds, hang seconds beyond the threshold, or slow steps.
+fn detect_at(what: Injection, cfg: &FaultRunConfig, period: f64, v: f64) -> f64 {
+    match what {
+        Injection::Kill => v,
+        Injection::Hang => (cfg.hang_steps * period).max(HANG_FLOOR_S) + v,
+        Injection::Slow(x) => v * period * x.max(1.0),
+    }
+    .max(0.0)
+}
+
+/// Steps completed since the last checkpoint when the verdict on `f` comes `detect` seconds after its injection:
+/// the injection step modulo the interval, plus for a slow rank the slowed steps it kept completing meanwhile
+/// (checkpoints still commit).
+fn steps_since_checkpoint(f: &ScheduledFault, every: u64, period: f64, detect: f64) -> f64 {
+    let since = (f.at_step % every) as f64;
+    match f.what {
+        Injection::Slow(x) => (since + detect / (period * x.max(1.0))).floor() % every as f64,
+        _ => since,
     }
 }
 
@@ -164,14 +191,9 @@ pub fn predict(cal: &Calibration, cfg: &FaultRunConfig, step_period_s: Option<f6
     };
     for f in &cfg.faults {
         let detect = cal.detect_s(f.what, cfg, period);
-        let mut since_ckpt = (f.at_step % every) as f64;
-        if let Injection::Slow(x) = f.what {
-            // The job keeps stepping at the slow rank's pace until the verdict; checkpoints still commit.
-            since_ckpt = (since_ckpt + detect / (period * x.max(1.0))).floor() % every as f64;
-        }
         p.detect_s += detect;
         p.restart_s += cal.restart_s.mean;
-        p.lost_s += since_ckpt * period;
+        p.lost_s += steps_since_checkpoint(f, every, period, detect) * period;
     }
     let wall = p.wall_s();
     p.ettr = if wall > 0.0 { p.useful_s / wall } else { 0.0 };
@@ -229,17 +251,9 @@ pub fn simulate(
             };
             let mut wall = fixed;
             for f in &cfg.faults {
-                let detect = match f.what {
-                    Injection::Kill => draw(&cal.detect_kill_s),
-                    Injection::Hang => (cfg.hang_steps * period).max(HANG_FLOOR_S) + draw(&cal.hang_overshoot_s),
-                    Injection::Slow(x) => draw(&cal.detect_slow_steps) * period * x.max(1.0),
-                }
-                .max(0.0);
-                let mut since_ckpt = (f.at_step % every) as f64;
-                if let Injection::Slow(x) = f.what {
-                    since_ckpt = (since_ckpt + detect / (period * x.max(1.0))).floor() % every as f64;
-                }
-                wall += detect + draw(&cal.restart_s).max(0.0) + since_ckpt * period;
+                let detect = detect_at(f.what, cfg, period, draw(cal.detect_fit(f.what)));
+                wall +=
+                    detect + draw(&cal.restart_s).max(0.0) + steps_since_checkpoint(f, every, period, detect) * period;
             }
             if wall > 0.0 { base.useful_s / wall } else { 0.0 }
         })
