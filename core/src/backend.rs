@@ -97,6 +97,13 @@ pub trait Backend<W: Workload>: Send {
     fn available(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The workload this backend really answers when asked for `workload`: `None` when it answers `workload`
+    /// itself, `Some(other)` when it runs something else (a real run of a scaled-down job, say). `compare` computes
+    /// errors only between answers to the same workload, so a backend that scales down must say so here.
+    fn answers(&self, workload: &W) -> Result<Option<W>, Error> {
+        let _ = workload;
+        Ok(None)
+    }
     /// Answers the workload.
     fn run(&mut self, workload: &W, ctx: &mut RunCtx) -> Result<W::Outcome, Error>;
 }

@@ -30,6 +30,9 @@ pub enum Unit {
     Nats,
     /// No unit.
     Dimensionless,
+    /// A decision the backend made (a layout dimension, a chosen option), coded as a number: compared for equality,
+    /// never by relative error.
+    Choice,
 }
 
 impl Unit {
@@ -48,6 +51,7 @@ impl Unit {
             Unit::TokensPerSecond => "tok/s",
             Unit::Nats => "nats",
             Unit::Dimensionless => "-",
+            Unit::Choice => "choice",
         }
     }
 }

@@ -238,11 +238,11 @@ impl Outcome for DenseOutcome {
             Metric::new("gpu_hours", Unit::GpuHours, self.gpu_hours),
             Metric::new("bubble_fraction", Unit::Ratio, self.bubble_fraction),
             Metric::new("exposed_comm", Unit::Seconds, self.exposed_comm_s),
-            Metric::new("tp", Unit::Count, self.config.tp as f64),
-            Metric::new("pp", Unit::Count, self.config.pp as f64),
-            Metric::new("dp", Unit::Count, self.config.dp as f64),
-            Metric::new("micro_batch", Unit::Count, self.config.micro_batch as f64),
-            Metric::new("recompute_level", Unit::Count, self.config.recompute.level() as f64),
+            Metric::new("tp", Unit::Choice, self.config.tp as f64),
+            Metric::new("pp", Unit::Choice, self.config.pp as f64),
+            Metric::new("dp", Unit::Choice, self.config.dp as f64),
+            Metric::new("micro_batch", Unit::Choice, self.config.micro_batch as f64),
+            Metric::new("recompute_level", Unit::Choice, self.config.recompute.level() as f64),
         ]
     }
 }
