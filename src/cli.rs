@@ -1,10 +1,10 @@
 //! Argument definitions and dispatch.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use trainlab_core::{DeviceProfile, RunCtx, Seed};
+use trainlab_core::{RunCtx, Seed};
 
 /// An input problem the CLI itself detects (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -28,8 +28,9 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Plan a training study: best parallel layout, step time, MFU, days and GPU-hours per case; writes Parquet,
-    /// CSV, charts and report.html. Without SCENARIO runs the embedded default study.
+    /// Run a study: every case of a grid over any workload kind through the kind table, in parallel, as Parquet,
+    /// CSV, charts and report.html; `--shard I/N` for array jobs. Without SCENARIO runs the embedded default study
+    /// (dense training: best parallel layout, step time, MFU, days and GPU-hours on 1k-16k H100s).
     Plan(PlanArgs),
     /// Merge the Parquet shards written by `plan --shard I/N` runs and write the full report.
     Merge(MergeArgs),
@@ -37,10 +38,12 @@ pub enum Command {
     Run(RunArgs),
     /// Run every backend that applies to a scenario, side by side, with relative errors.
     Compare(CompareArgs),
-    /// Measure this machine (or the GPU), fit a device profile, and report held-out prediction error.
-    Calibrate(calibrate::CalibrateArgs),
+    /// Measure real runs of a kind, fit its model (a profile for `--profile`), and report held-out error.
+    Calibrate(CalibrateArgs),
     /// List the embedded scenarios, or print one.
     Scenarios(ScenariosArgs),
+    /// List the workload kinds: backends, calibration, profiles read, embedded scenarios.
+    Kinds(KindsArgs),
     /// Fit a scaling law (Chinchilla, D-CPT) to a CSV of runs, with bootstrap intervals.
     Fit(crate::cmd::dcpt::FitArgs),
     /// Plan a domain mixture ratio (D-CPT usages: trade-off, limited domain data, compute allocation).
@@ -50,7 +53,7 @@ pub enum Command {
     /// A real fault-injection training run (C4D): worker processes, ring all-reduce over loopback TCP, detection,
     /// localisation and restart from checkpoints.
     C4Run(crate::cmd::c4::C4RunArgs),
-    /// MoE layer: calibrate the simulator against real CPU runs, or run the M6-T quality experiment.
+    /// MoE layer: the M6-T quality experiment (the cost-model calibration is `calibrate --workload moe_layer`).
     Moe(MoeArgs),
 }
 
@@ -65,12 +68,6 @@ pub struct MoeArgs {
 /// `moe` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum MoeCommand {
-    /// Fit the MoE cost model to measured CPU layers and report held-out step-time error.
-    Calibrate {
-        /// Fewer configurations and repeats.
-        #[arg(long)]
-        quick: bool,
-    },
     /// Train a tiny MoE with top-1, top-2 and 2-top-1 prototypes across capacity factors (M6-T's claim).
     Quality {
         /// Fewer steps and seeds.
@@ -79,12 +76,10 @@ pub enum MoeCommand {
     },
 }
 
-use crate::calibrate;
-
 /// `plan` arguments.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
-    /// Scenario file or embedded name (kind = "plan"); default: the embedded `default-plan`.
+    /// Study file or embedded name (kind = "study" or "plan"); default: the embedded `default-plan`.
     pub scenario: Option<String>,
     /// Output folder.
     #[arg(long, default_value = "out/plan")]
@@ -92,7 +87,7 @@ pub struct PlanArgs {
     /// Run only shard I of N (0-based), e.g. `--shard 3/16` from a Slurm array task; writes one Parquet per shard.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// A device profile TOML from `trainlab calibrate` to use instead of datasheet efficiencies.
+    /// A profile file or directory from `trainlab calibrate` (one the study's kind reads).
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of tables.
@@ -118,10 +113,10 @@ pub struct MergeArgs {
 pub struct RunArgs {
     /// Scenario file or embedded name.
     pub scenario: String,
-    /// Backend name (see `compare` for the list that applies), e.g. `roofline`, `cpu`, `cuda`, `des`.
+    /// Backend name (`trainlab kinds` lists them per kind), e.g. `roofline`, `cpu`, `cuda`, `des`.
     #[arg(long)]
     pub backend: String,
-    /// Device profile TOML for analytical backends.
+    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads).
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Print JSON.
@@ -137,10 +132,10 @@ pub struct RunArgs {
 pub struct CompareArgs {
     /// Scenario file or embedded name.
     pub scenario: String,
-    /// Device profile TOML for analytical backends.
+    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads).
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// Skip slow backends (long real runs).
+    /// Skip slow backends (long real runs) and use fewer replications.
     #[arg(long)]
     pub quick: bool,
     /// Print JSON.
@@ -162,19 +157,33 @@ pub struct ScenariosArgs {
     pub json: bool,
 }
 
-/// Reads a device profile TOML.
-pub fn load_profile(path: &std::path::Path) -> Result<DeviceProfile> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| trainlab_core::Error::io(format!("reading profile {}", path.display()), e))?;
-    let p: DeviceProfile = toml::from_str(&text).map_err(|e| {
-        trainlab_core::Error::invalid(
-            path.display().to_string(),
-            "(profile)",
-            e.message().to_string(),
-            "use a file written by `trainlab calibrate`",
-        )
-    })?;
-    Ok(p)
+/// `kinds` arguments.
+#[derive(Debug, Args)]
+pub struct KindsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `calibrate` arguments.
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The workload kind to calibrate (`trainlab kinds` lists which have a calibration): `gemm` (the device
+    /// profile: GEMM, memory, launch), `moe_layer`, `training_job`.
+    #[arg(long, default_value = "gemm")]
+    pub workload: String,
+    /// Device to measure: `cpu` or `cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Output folder for `profile-<kind>-<device>.toml` and the measured-vs-predicted records.
+    #[arg(long, default_value = "out/calibration")]
+    pub out: PathBuf,
+    /// Fewer and shorter runs: for smoke tests, not for a profile you will trust.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print a JSON summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The run context for a seed and the shared cancel flag.
@@ -188,79 +197,39 @@ pub fn ctx(seed: Seed, cancel: &Arc<AtomicBool>) -> RunCtx {
 pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
     let seed = cli.seed;
     match cli.command {
-        Command::Plan(a) => crate::plan::run(&a, seed, &cancel),
-        Command::Merge(a) => crate::plan::merge(&a),
-        Command::Run(a) => {
-            let profile = a.profile.as_deref().map(load_profile).transpose()?;
-            crate::registry::run_one(
-                &a.scenario,
-                &a.backend,
-                profile,
-                seed,
-                &cancel,
-                a.json,
-                a.out.as_deref(),
-            )
-        }
-        Command::Compare(a) => {
-            let profile = a.profile.as_deref().map(load_profile).transpose()?;
-            crate::registry::compare(&a.scenario, profile, a.quick, seed, &cancel, a.json, a.out.as_deref())
-        }
-        Command::Calibrate(a) => calibrate::run(&a, seed, &cancel),
-        Command::Scenarios(a) => scenarios(&a),
+        Command::Plan(a) => crate::cmd::plan::run(&a, seed, &cancel),
+        Command::Merge(a) => crate::cmd::plan::merge(&a),
+        Command::Run(a) => crate::cmd::answer::run_one(
+            &a.scenario,
+            &a.backend,
+            a.profile.as_deref(),
+            seed,
+            &cancel,
+            a.json,
+            a.out.as_deref(),
+        ),
+        Command::Compare(a) => crate::cmd::answer::compare(
+            &a.scenario,
+            a.profile.as_deref(),
+            a.quick,
+            seed,
+            &cancel,
+            a.json,
+            a.out.as_deref(),
+        ),
+        Command::Calibrate(a) => crate::cmd::calibrate::run(&a, seed, &cancel),
+        Command::Scenarios(a) => crate::cmd::scenarios::scenarios(&a),
+        Command::Kinds(a) => crate::cmd::scenarios::kinds(&a),
         Command::Fit(a) => crate::cmd::dcpt::fit(&a),
         Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a),
         Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a),
         Command::C4Run(a) => crate::cmd::c4::run(a, cancel),
         Command::Moe(a) => {
-            let s = Seed(seed.unwrap_or(42));
+            let s = trainlab_core::Seed(seed.unwrap_or(1000));
             match a.what {
-                MoeCommand::Calibrate { quick } => {
-                    let cal = crate::cmd::moe::calibrate_cpu(quick, s)?;
-                    print!("{}", cal.markdown());
-                    println!(
-                        "held-out step time: median |error| {:.1}%, worst {:.1}% over {} layers",
-                        100.0 * cal.held_out_median_abs_error(),
-                        100.0 * cal.held_out_max_abs_error(),
-                        cal.held_out.len()
-                    );
-                }
-                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick)?),
+                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick, s)?),
             }
             Ok(())
         }
     }
-}
-
-fn scenarios(a: &ScenariosArgs) -> Result<()> {
-    use trainlab_datasets::scenario::{EMBEDDED, parse};
-    if let Some(name) = &a.show {
-        let (_, text) = EMBEDDED.iter().find(|(n, _)| n == name).ok_or_else(|| {
-            UsageError(format!(
-                "no embedded scenario `{name}` (embedded: {})",
-                EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
-            ))
-        })?;
-        print!("{text}");
-        return Ok(());
-    }
-    let mut rows = Vec::new();
-    for (name, text) in EMBEDDED {
-        let s = parse(text, name).with_context(|| format!("embedded scenario {name}"))?;
-        rows.push((s.name, s.kind, s.description));
-    }
-    if a.json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|(n, k, d)| serde_json::json!({"name": n, "kind": k, "description": d}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
-        let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(4);
-        let wk = rows.iter().map(|r| r.1.len()).max().unwrap_or(4);
-        for (n, k, d) in rows {
-            println!("{n:<w$}  {k:<wk$}  {d}");
-        }
-    }
-    Ok(())
 }

@@ -2,12 +2,8 @@
 //!
 //! Exit codes: 0 success, 1 failure while running, 2 bad input (an unknown field, a bad value, a missing file, a
 //! model that fits nowhere), 130 interrupted (results gathered so far are kept).
-mod calibrate;
 mod cli;
 mod cmd;
-mod plan;
-mod registry;
-mod workloads;
 
 use clap::Parser;
 use std::process::ExitCode;

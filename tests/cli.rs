@@ -140,12 +140,15 @@ fn compare_gemm_shows_analytical_and_measured() {
     let o = run(bin().args(["compare", "gemm-cpu", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let b = v["backends"].as_array().unwrap();
+    // The workload asked (on the CPU) first; the CUDA run, if any, answers the GEMM on the GPU, in its own group.
+    let g = &v["workloads"][0];
+    let b = g["backends"].as_array().unwrap();
     let fid: Vec<&str> = b
         .iter()
         .filter(|x| x["error"].is_null())
         .map(|x| x["fidelity"].as_str().unwrap())
         .collect();
     assert!(fid.contains(&"analytical") && fid.contains(&"measured"), "{v}");
-    assert_eq!(v["reference"], "cpu");
+    assert_eq!(g["reference"], "cpu");
+    assert!(g["scaled_by"].is_null());
 }

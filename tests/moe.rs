@@ -215,19 +215,22 @@ fn quality_experiment_tiny_moe() {
     }
 }
 
-// The CLI's MoE module (configurations and the measured-run adapter) is shared with these tests.
-#[path = "../src/cmd/moe.rs"]
-#[allow(dead_code)]
-mod cmd_moe;
-use cmd_moe::cpu_layer;
-#[path = "../src/workloads/moe.rs"]
-mod workloads_moe;
+// The MoE kind's module (configurations and the measured-run adapter) from the kind table.
+use trainlab::kinds::moe as cmd_moe;
+use trainlab::kinds::moe::cpu_layer;
 
 #[test]
 fn cli_modules_compile_and_list_four_backends() {
-    let names: Vec<String> = workloads_moe::backends(true)
+    use trainlab::kinds::Kind;
+    let opts = trainlab::kinds::Opts {
+        quick: true,
+        ..Default::default()
+    };
+    let names: Vec<String> = trainlab::kinds::moe::KIND
+        .backends(&opts)
+        .unwrap()
         .iter()
-        .map(|b| b.name().to_string())
+        .map(|b| b.name.clone())
         .collect();
     assert_eq!(names, ["closed_form", "monte_carlo", "cpu", "cuda"]);
     let (fit, held) = cmd_moe::calibration_sets();

@@ -39,6 +39,28 @@ impl Dtype {
     }
 }
 
+/// Where a microbenchmark (a GEMM, a memory kernel, a launch) runs: a part of the workload, so that an answer on
+/// the CPU is never compared with one on the GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// This machine's CPU.
+    #[default]
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+impl Device {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+        }
+    }
+}
+
 /// One GPU model, from its vendor datasheet.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

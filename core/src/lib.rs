@@ -20,11 +20,11 @@ pub mod units;
 pub mod workloads;
 
 pub use backend::{Backend, Fidelity, Outcome, RunCtx, Workload, run_backends};
-pub use cluster::{ClusterSpec, Dtype, GpuSpec, LinkSpec};
+pub use cluster::{ClusterSpec, Device, Dtype, GpuSpec, LinkSpec};
 pub use error::{Error, Result};
 pub use metric::{Interval, Metric, Unit};
-pub use profile::DeviceProfile;
-pub use record::Record;
+pub use profile::{DeviceProfile, HeldOut, PROFILE_FORMAT, Profile, Provenance};
+pub use record::{Param, Record};
 pub use seed::Seed;
 pub use stats::Summary;
 pub use units::{Bytes, Flops, SimTime};

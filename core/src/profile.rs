@@ -1,5 +1,12 @@
-//! A device profile: the parameters the analytical models use for one device, fitted by `trainlab calibrate` from
-//! measured microbenchmarks (or taken from a datasheet), with provenance.
+//! Calibration profiles: what `trainlab calibrate --workload KIND` writes and every analytical or simulated backend of
+//! the kinds that read it takes through `--profile`.
+//!
+//! A profile file is one envelope ([`Profile`]) around kind-specific parameters: the profile's `kind` (which
+//! calibration wrote it), a `format` number (a file of another format is stale and refused), its [`Provenance`]
+//! (machine, date, command, version, git revision, what was measured) and the held-out table measured when it was
+//! fitted ([`HeldOut`]). The parameters themselves are typed by the crate that owns the model: [`DeviceProfile`]
+//! here (GEMM, memory, launch), the MoE cost model in `trainlab-models`, the fault-handling timings in
+//! `trainlab-models`, the D-CPT law in `trainlab-models`.
 use crate::Dtype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,6 +23,78 @@ pub struct Provenance {
     pub command: String,
     /// trainlab version.
     pub version: String,
+    /// Git revision of the build that measured (`unknown` outside a checkout).
+    #[serde(default)]
+    pub git_rev: String,
+    /// What was measured, one entry per measured configuration (e.g. `1024x1024x1024 fp32`).
+    #[serde(default)]
+    pub measured: Vec<String>,
+}
+
+/// The current profile file format. Files of another format are refused as stale (re-run the calibration).
+pub const PROFILE_FORMAT: u32 = 2;
+
+/// One row of a profile's held-out table: a metric of a configuration that was measured but not fitted, with the
+/// calibrated and (where the kind has one) the uncalibrated prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeldOut {
+    /// The held-out configuration.
+    pub case: String,
+    /// The metric compared.
+    pub metric: String,
+    /// The measured value.
+    pub measured: f64,
+    /// The calibrated model's prediction.
+    pub calibrated: f64,
+    /// The uncalibrated model's prediction, if the kind has one.
+    #[serde(default)]
+    pub uncalibrated: Option<f64>,
+}
+
+impl HeldOut {
+    /// Relative error of the calibrated prediction, `(calibrated - measured) / |measured|` (NaN when measured is 0).
+    pub fn calibrated_error(&self) -> f64 {
+        rel(self.calibrated, self.measured)
+    }
+    /// Relative error of the uncalibrated prediction.
+    pub fn uncalibrated_error(&self) -> Option<f64> {
+        self.uncalibrated.map(|u| rel(u, self.measured))
+    }
+}
+
+fn rel(pred: f64, measured: f64) -> f64 {
+    if measured == 0.0 { f64::NAN } else { (pred - measured) / measured.abs() }
+}
+
+/// A profile file: kind, format, provenance, parameters and held-out table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile<P> {
+    /// The profile kind: the name of the calibration that wrote it (`device`, `moe_layer`, `training_job`, ...).
+    pub kind: String,
+    /// File format ([`PROFILE_FORMAT`]).
+    pub format: u32,
+    /// Where and how it was measured.
+    pub provenance: Provenance,
+    /// The fitted parameters.
+    pub params: P,
+    /// Measured-vs-predicted on configurations held out of the fit.
+    #[serde(default)]
+    pub held_out: Vec<HeldOut>,
+}
+
+impl<P> Profile<P> {
+    /// Median absolute relative error of the calibrated predictions over the held-out table (NaN if empty).
+    pub fn held_out_median_abs_error(&self) -> f64 {
+        let errs: Vec<f64> = self
+            .held_out
+            .iter()
+            .map(|h| h.calibrated_error().abs())
+            .filter(|e| e.is_finite())
+            .collect();
+        crate::stats::median(&errs)
+    }
 }
 
 /// Fitted performance parameters of one device.

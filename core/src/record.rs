@@ -3,6 +3,25 @@
 use crate::{Fidelity, Metric, Unit};
 use serde::{Deserialize, Serialize};
 
+/// The value of a case parameter (a study's grid coordinate): a number or a text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Param {
+    /// A number (integers are stored as floats).
+    Num(f64),
+    /// A text (a model name, an enum value).
+    Text(String),
+}
+
+impl std::fmt::Display for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Param::Num(x) => write!(f, "{x}"),
+            Param::Text(s) => f.write_str(s),
+        }
+    }
+}
+
 /// One metric of one backend's answer to one case of a study.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -28,6 +47,10 @@ pub struct Record {
     pub ci_high: Option<f64>,
     /// The scenario seed the answer was computed with.
     pub seed: u64,
+    /// The case's parameters (field path, value), sorted by path; empty outside studies. Reports write each as a
+    /// column `param.<path>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<(String, Param)>,
 }
 
 impl Record {
@@ -53,6 +76,7 @@ impl Record {
             ci_low: m.ci.map(|c| c.low),
             ci_high: m.ci.map(|c| c.high),
             seed,
+            params: Vec::new(),
         }
     }
 }

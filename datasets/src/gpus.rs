@@ -103,8 +103,33 @@ const PRESETS: &[Preset] = &[
 
 /// Names of all presets.
 pub fn names() -> Vec<&'static str> {
-    PRESETS.iter().map(|p| p.name).collect()
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .chain(std::iter::once(HOST_CPU.name))
+        .collect()
 }
+
+/// The host CPU as a "device" preset, for workloads that a real CPU run answers (an MoE layer timed on this CPU).
+/// Not a datasheet: the documented guess of `trainlab_models::roofline::default_cpu_profile` for a 2-core AVX2 VM
+/// (about 130 GFLOP/s sustained fp32 for two cores, 12 GB/s DRAM); `trainlab calibrate` replaces it with
+/// measurements.
+const HOST_CPU: Preset = Preset {
+    name: "cpu",
+    memory_gib: 24,
+    rates_tflops: &[
+        (Dtype::Fp32, 0.13),
+        (Dtype::Tf32, 0.13),
+        (Dtype::Fp16, 0.13),
+        (Dtype::Bf16, 0.13),
+    ],
+    hbm_gb_s: 12.0,
+    nvlink_total_gb_s: 0.0,
+    tdp_w: 65.0,
+    nic_gbit_s: 10.0,
+    source: "not a datasheet: a documented guess for a 2-core AVX2 machine (2 FMA x 8 fp32 lanes x 2 FLOP x 3 GHz \
+             per core, ~70% sustained; ~12 GB/s DRAM); calibrate to replace it",
+};
 
 /// The preset called `name` (case-insensitive; `h100` is accepted for `h100-sxm`).
 pub fn preset(name: &str) -> Option<GpuSpec> {
@@ -116,24 +141,29 @@ pub fn preset(name: &str) -> Option<GpuSpec> {
         "h200-sxm" => "h200",
         k => k,
     };
-    PRESETS.iter().find(|p| p.name == key).map(|p| GpuSpec {
-        name: p.name.to_string(),
-        memory_bytes: p.memory_gib << 30,
-        peak_flops: p
-            .rates_tflops
-            .iter()
-            .map(|(d, r)| (*d, r * TFLOPS))
-            .collect::<BTreeMap<_, _>>(),
-        hbm_bandwidth_bytes_per_s: p.hbm_gb_s * GB,
-        nvlink_bandwidth_bytes_per_s: p.nvlink_total_gb_s * GB / 2.0,
-        tdp_watts: p.tdp_w,
-        source: p.source.to_string(),
-    })
+    PRESETS
+        .iter()
+        .chain(std::iter::once(&HOST_CPU))
+        .find(|p| p.name == key)
+        .map(|p| GpuSpec {
+            name: p.name.to_string(),
+            memory_bytes: p.memory_gib << 30,
+            peak_flops: p
+                .rates_tflops
+                .iter()
+                .map(|(d, r)| (*d, r * TFLOPS))
+                .collect::<BTreeMap<_, _>>(),
+            hbm_bandwidth_bytes_per_s: p.hbm_gb_s * GB,
+            nvlink_bandwidth_bytes_per_s: p.nvlink_total_gb_s * GB / 2.0,
+            tdp_watts: p.tdp_w,
+            source: p.source.to_string(),
+        })
 }
 
 fn nic_bytes_per_s(name: &str) -> f64 {
     PRESETS
         .iter()
+        .chain(std::iter::once(&HOST_CPU))
         .find(|p| p.name == name)
         .map(|p| p.nic_gbit_s)
         .unwrap_or(400.0)
@@ -201,7 +231,7 @@ mod tests {
 
     #[test]
     fn presets_have_sources_and_sane_numbers() {
-        for n in names() {
+        for n in names().into_iter().filter(|n| *n != "cpu") {
             let g = preset(n).unwrap();
             assert!(!g.source.is_empty());
             assert!(g.memory_bytes >= 32 << 30);

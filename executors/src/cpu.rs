@@ -336,6 +336,7 @@ fn gemm3(m: u64, n: u64, k: u64) -> Gemm {
         k,
         batch: 1,
         dtype: Dtype::Fp32,
+        device: Default::default(),
     }
 }
 
@@ -693,13 +694,14 @@ mod tests {
         let w = MemBandwidth {
             bytes: 8 << 20,
             kernel: MemKernel::Triad,
+            device: Default::default(),
         };
         let m = CpuMem::new(CpuOpts::quick()).run(&w, &mut ctx).unwrap();
         assert!(m.bytes_per_s > 1e8 && m.bytes_per_s < 1e13, "{}", m.bytes_per_s);
         assert!((m.bytes_per_s * m.time_s - 3.0 * (8 << 20) as f64).abs() < 1.0);
 
         let l = CpuDispatch::new(CpuOpts::quick())
-            .run(&LaunchLatency { launches: 200 }, &mut ctx)
+            .run(&LaunchLatency { launches: 200, device: Default::default() }, &mut ctx)
             .unwrap();
         assert!(l.per_launch_s > 1e-8 && l.per_launch_s < 1e-2, "{}", l.per_launch_s);
     }
@@ -798,6 +800,7 @@ mod tests {
             let w = MemBandwidth {
                 bytes: 128 << 20,
                 kernel,
+                device: Default::default(),
             };
             let t = time_mem(&w, &opts, Seed(1)).unwrap();
             println!(

@@ -783,6 +783,7 @@ pub fn cuda_gemm_sweep(sizes: &[Gemm], opts: &CudaOpts, ctx: &RunCtx) -> Result<
 pub fn default_cuda_calibration_sizes() -> (Vec<Gemm>, Vec<Gemm>) {
     let sq = |n: u64, d: Dtype| Gemm {
         dtype: d,
+        device: trainlab_core::Device::Cuda,
         ..Gemm::square(n)
     };
     let rect = |m: u64, n: u64, k: u64, d: Dtype| Gemm {
@@ -791,6 +792,7 @@ pub fn default_cuda_calibration_sizes() -> (Vec<Gemm>, Vec<Gemm>) {
         k,
         batch: 1,
         dtype: d,
+        device: trainlab_core::Device::Cuda,
     };
     let mut fit = Vec::new();
     for d in [Dtype::Fp32, Dtype::Bf16] {
@@ -912,6 +914,7 @@ mod tests {
         let w = MemBandwidth {
             bytes: 64 << 20,
             kernel: MemKernel::Copy,
+            device: Default::default(),
         };
         let t = rt.time_mem(&w, &TimingOpts::quick(), Seed(1)).unwrap();
         let bw = w.bytes_moved() / t.median_s();
@@ -924,7 +927,7 @@ mod tests {
         let Some(_rt) = gpu_or_skip() else { return };
         let mut ctx = RunCtx::new(Seed(1));
         let o = CudaLaunch::new(CudaOpts::quick())
-            .run(&LaunchLatency { launches: 3000 }, &mut ctx)
+            .run(&LaunchLatency { launches: 3000, device: Default::default() }, &mut ctx)
             .unwrap();
         println!("empty kernel: {:.2} us per launch", o.per_launch_s * 1e6);
         assert!(o.per_launch_s > 1e-8 && o.per_launch_s < 1e-3, "{}", o.per_launch_s);
@@ -945,6 +948,7 @@ mod tests {
                 k: 256,
                 batch: 2,
                 dtype: d,
+                device: Default::default(),
             };
             let err = rt.gemm_check(&g, Seed(9)).unwrap();
             println!("{}: normwise relative error {err:.2e} (bound {bound:.0e})", g.label());

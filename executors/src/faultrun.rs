@@ -882,6 +882,7 @@ mod tests {
             device: "test".into(),
             command: "test".into(),
             version: "test".into(),
+            ..Default::default()
         };
         let mut base = cfg(0, vec![]);
         base.time_limit_s = 300.0;

@@ -215,6 +215,7 @@ mod tests {
                     k: n,
                     batch: 1,
                     dtype,
+                    device: Default::default(),
                 });
                 v.push(Gemm {
                     m: n * 2,
@@ -222,6 +223,7 @@ mod tests {
                     k: n / 2 + 1,
                     batch: 1,
                     dtype,
+                    device: Default::default(),
                 });
             }
         }

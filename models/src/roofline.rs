@@ -80,6 +80,7 @@ pub fn datasheet_profile(gpu: &GpuSpec) -> DeviceProfile {
                 "datasheet: {DATASHEET_GEMM_EFFICIENCY} x dense peak, {DATASHEET_MEM_EFFICIENCY} x HBM bandwidth"
             ),
             version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
         },
         holdout_median_abs_rel_error: None,
     }
@@ -107,6 +108,7 @@ pub fn default_cpu_profile() -> DeviceProfile {
             device: "generic 2-core AVX2 CPU (guess)".into(),
             command: "default_cpu_profile()".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
         },
         holdout_median_abs_rel_error: None,
     }
@@ -197,6 +199,7 @@ pub(crate) mod tests {
             k: 16384,
             batch: 1,
             dtype: Dtype::Bf16,
+            device: Default::default(),
         };
         let achieved = g.flops() / gemm_time(&p, &g);
         let expect = 0.75 * 989e12 * 16384.0 / (16384.0 + 128.0);
@@ -216,6 +219,7 @@ pub(crate) mod tests {
             k: 65536,
             batch: 1,
             dtype: Dtype::Bf16,
+            device: Default::default(),
         };
         let t = gemm_time(&p, &g) - p.launch_overhead_s;
         assert!((t - g.bytes() / p.mem_bw_bytes_per_s).abs() / t < 1e-9);
@@ -241,10 +245,11 @@ pub(crate) mod tests {
         let m = MemBandwidth {
             bytes: 1 << 30,
             kernel: trainlab_core::workloads::MemKernel::Triad,
+            device: Default::default(),
         };
         let o = Backend::<MemBandwidth>::run(&mut r, &m, &mut ctx).unwrap();
         assert!(o.bytes_per_s < 0.9 * 3.35e12 && o.bytes_per_s > 0.89 * 3.35e12);
-        let l = Backend::<LaunchLatency>::run(&mut r, &LaunchLatency { launches: 10 }, &mut ctx).unwrap();
+        let l = Backend::<LaunchLatency>::run(&mut r, &LaunchLatency { launches: 10, device: Default::default() }, &mut ctx).unwrap();
         assert_eq!(l.per_launch_s, 5e-6);
         assert!(Backend::<Gemm>::run(&mut r, &Gemm::square(0), &mut ctx).is_err());
     }

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use polars::prelude::*;
-use trainlab_core::{Fidelity, Record, Unit};
+use trainlab_core::{Fidelity, Param, Record, Unit};
 
 use crate::ReportError;
 
 /// The column names of a records table, in order. `fidelity` and `unit` are stored by their snake-case names
 /// (`"analytical"`, `"flop_per_second"`), `ci_low`/`ci_high` may be null, `seed` is an unsigned 64-bit integer.
+/// After them come the case parameters of a study, one column `param.<path>` each, sorted by path: Float64 when every
+/// value of that parameter is a number, else String; null where a record has no such parameter.
 pub const RECORD_COLUMNS: [&str; 11] = [
     "study", "workload", "case", "backend", "fidelity", "metric", "unit", "value", "ci_low", "ci_high", "seed",
 ];
@@ -125,7 +127,42 @@ pub fn records_frame(records: &[Record]) -> Result<DataFrame, ReportError> {
         ),
         Column::new("seed".into(), records.iter().map(|r| r.seed).collect::<Vec<u64>>()),
     ];
+    let mut cols = cols;
+    cols.extend(param_columns(records));
     DataFrame::new(records.len(), cols).map_err(|e| ReportError::polars(None, e))
+}
+
+/// Prefix of the case-parameter columns.
+pub const PARAM_PREFIX: &str = "param.";
+
+fn param_columns(records: &[Record]) -> Vec<Column> {
+    let names: std::collections::BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.params.iter().map(|(k, _)| k.as_str()))
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            fn get<'r>(r: &'r Record, name: &str) -> Option<&'r Param> {
+                r.params.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+            }
+            let col = PlSmallStr::from(format!("{PARAM_PREFIX}{name}"));
+            let numeric = records.iter().all(|r| !matches!(get(r, name), Some(Param::Text(_))));
+            if numeric {
+                let v: Vec<Option<f64>> = records
+                    .iter()
+                    .map(|r| match get(r, name) {
+                        Some(Param::Num(x)) => Some(*x),
+                        _ => None,
+                    })
+                    .collect();
+                Column::new(col, v)
+            } else {
+                let v: Vec<Option<String>> = records.iter().map(|r| get(r, name).map(|p| p.to_string())).collect();
+                Column::new(col, v)
+            }
+        })
+        .collect()
 }
 
 fn records_schema() -> Schema {
@@ -175,8 +212,29 @@ pub fn records_from_frame(df: &DataFrame, path: &Path) -> Result<Vec<Record>, Re
         ci_high.f64().map_err(pe)?,
         seed.u64().map_err(pe)?,
     );
+    let mut params: Vec<(String, Column)> = Vec::new();
+    for c in df.columns() {
+        if let Some(name) = c.name().as_str().strip_prefix(PARAM_PREFIX) {
+            params.push((name.to_string(), c.clone()));
+        }
+    }
+    params.sort_by(|a, b| a.0.cmp(&b.0));
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
+        let mut row_params = Vec::new();
+        for (name, c) in &params {
+            let v = match c.dtype() {
+                DataType::String => c.str().map_err(pe)?.get(i).map(|s| Param::Text(s.to_string())),
+                DataType::Null => None,
+                _ => {
+                    let f = c.strict_cast(&DataType::Float64).map_err(pe)?;
+                    f.f64().map_err(pe)?.get(i).map(Param::Num)
+                }
+            };
+            if let Some(v) = v {
+                row_params.push((name.clone(), v));
+            }
+        }
         // Text columns: a CSV empty field reads back as null; treat it as the empty string it was written from.
         let t = |k: usize| text[k].get(i).unwrap_or("").to_string();
         let fidelity: Fidelity = parse_enum(&t(4), path, "fidelity")?;
@@ -197,6 +255,7 @@ pub fn records_from_frame(df: &DataFrame, path: &Path) -> Result<Vec<Record>, Re
             ci_low: ci_low.get(i),
             ci_high: ci_high.get(i),
             seed,
+            params: row_params,
         });
     }
     Ok(out)
@@ -290,14 +349,39 @@ pub fn read_records_parquet(path: &Path) -> Result<Vec<Record>, ReportError> {
 
 /// Reads a records CSV file written by [`write_records`], in file order. The schema is fixed (not inferred), so
 /// all-null CI columns and large seeds read back exactly.
+///
+/// Parameter columns are read as text; a value that parses as a number comes back as [`Param::Num`] (CSV keeps no
+/// types: read the Parquet file where a numeric-looking text parameter must stay text).
 pub fn read_records_csv(path: &Path) -> Result<Vec<Record>, ReportError> {
+    use std::io::BufRead;
+    let f = File::open(path).map_err(|e| ReportError::io(path, e))?;
+    let mut header = String::new();
+    std::io::BufReader::new(f)
+        .read_line(&mut header)
+        .map_err(|e| ReportError::io(path, e))?;
+    let mut schema = records_schema();
+    for name in header.trim_end().split(',') {
+        if name.starts_with(PARAM_PREFIX) {
+            schema.with_column(name.into(), DataType::String);
+        }
+    }
     let df = CsvReadOptions::default()
         .with_has_header(true)
-        .with_schema(Some(Arc::new(records_schema())))
+        .with_schema(Some(Arc::new(schema)))
         .try_into_reader_with_file_path(Some(path.to_path_buf()))
         .and_then(|r| r.finish())
         .map_err(|e| ReportError::polars(Some(path), e))?;
-    records_from_frame(&df, path)
+    let mut records = records_from_frame(&df, path)?;
+    for r in &mut records {
+        for (_, v) in &mut r.params {
+            if let Param::Text(s) = v
+                && let Ok(x) = s.parse::<f64>()
+            {
+                *v = Param::Num(x);
+            }
+        }
+    }
+    Ok(records)
 }
 
 fn cmp_opt(a: Option<f64>, b: Option<f64>) -> Ordering {

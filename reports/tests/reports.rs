@@ -53,6 +53,14 @@ fn sample() -> Vec<Record> {
                 ci_low: (bi == 1).then_some(0.09 + x * 1e-3),
                 ci_high: (bi == 1).then_some(0.11 + x * 1e-3),
                 seed: u64::MAX - ci as u64,
+                params: if ci == 1 {
+                    vec![
+                        ("model".into(), trainlab_core::Param::Text("70B".into())),
+                        ("workload.gpus".into(), trainlab_core::Param::Num(1024.0)),
+                    ]
+                } else {
+                    vec![("workload.gpus".into(), trainlab_core::Param::Num(8.0))]
+                },
             });
             v.push(Record {
                 study: "scaling".into(),
@@ -66,6 +74,7 @@ fn sample() -> Vec<Record> {
                 ci_low: None,
                 ci_high: None,
                 seed: 42,
+                params: vec![],
             });
         }
     }
@@ -319,8 +328,9 @@ fn arb_record() -> impl Strategy<Value = Record> {
         any::<f64>().prop_filter("finite", |v| v.is_finite()),
         proptest::option::of(-1e300f64..1e300),
         any::<u64>(),
+        proptest::option::of(-1e12f64..1e12),
     )
-        .prop_map(|(study, case, fidelity, unit, value, ci, seed)| Record {
+        .prop_map(|(study, case, fidelity, unit, value, ci, seed, p)| Record {
             study,
             workload: "gemm".into(),
             case,
@@ -332,6 +342,9 @@ fn arb_record() -> impl Strategy<Value = Record> {
             ci_low: ci,
             ci_high: ci.map(|c| c + 1.0),
             seed,
+            params: p
+                .map(|x| vec![("grid.x".to_string(), trainlab_core::Param::Num(x))])
+                .unwrap_or_default(),
         })
 }
 

@@ -1,6 +1,6 @@
 //! A (batched) dense matrix product `C[b] = A[b] (m x k) * B[b] (k x n)`.
 use crate::error::check;
-use crate::{Dtype, Error, Metric, Outcome, Unit, Workload};
+use crate::{Device, Dtype, Error, Metric, Outcome, Unit, Workload};
 use serde::{Deserialize, Serialize};
 
 /// A GEMM workload.
@@ -19,6 +19,9 @@ pub struct Gemm {
     /// Data type.
     #[serde(default = "fp32")]
     pub dtype: Dtype,
+    /// Where it runs (`cpu`, the default, or `cuda`).
+    #[serde(default)]
+    pub device: Device,
 }
 
 fn one() -> u64 {
@@ -37,6 +40,7 @@ impl Gemm {
             k: n,
             batch: 1,
             dtype: Dtype::Fp32,
+            device: Default::default(),
         }
     }
     /// Total FLOPs (`2 m n k batch`).

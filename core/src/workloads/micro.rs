@@ -1,6 +1,6 @@
 //! Microbenchmark workloads: memory bandwidth kernels and launch/dispatch latency.
 use crate::error::check;
-use crate::{Error, Metric, Outcome, Unit, Workload};
+use crate::{Device, Error, Metric, Outcome, Unit, Workload};
 use serde::{Deserialize, Serialize};
 
 /// Which streaming kernel.
@@ -21,6 +21,9 @@ pub struct MemBandwidth {
     pub bytes: u64,
     /// Kernel.
     pub kernel: MemKernel,
+    /// Where it runs (`cpu`, the default, or `cuda`).
+    #[serde(default)]
+    pub device: Device,
 }
 
 impl MemBandwidth {
@@ -75,6 +78,9 @@ impl Workload for MemBandwidth {
 pub struct LaunchLatency {
     /// Launches to time.
     pub launches: u64,
+    /// Where it runs (`cpu`, the default, or `cuda`).
+    #[serde(default)]
+    pub device: Device,
 }
 
 /// The answer for a launch-latency probe.

@@ -404,6 +404,7 @@ mod tests {
             device: "test".into(),
             command: "test".into(),
             version: "0".into(),
+            ..Default::default()
         }
     }
 

@@ -1,0 +1,763 @@
+//! Studies over any kind: a base scenario, a grid (or list) of overrides by field path, every case answered through
+//! the kind table, in parallel, with deterministic shards for a cluster scheduler's array jobs.
+//!
+//! Two study forms, one engine:
+//! - `kind = "study"` with a `[study]` table: `base` (an embedded scenario name or a path relative to the study
+//!   file), optional `backends` (default: the kind's analytical and simulated backends; name measured ones
+//!   explicitly), `[study.grid]` (field path under `[workload]` -> list of values; the cases are the cartesian product,
+//!   first key slowest) and/or `[[study.cases]]` (one table of field path -> value per case; with a grid, each case
+//!   is crossed with the grid).
+//! - `kind = "plan"` with a `[plan]` table: the dense-training layout study (models x GPU counts), answered by the
+//!   `analytical` backend's layout search; the default study of `trainlab plan`.
+//!
+//! Every case's parameters become columns (`param.<path>`) of the records table, never metrics or parsed labels.
+//! Case `i` derives its seed as `seed.index(i)`; shard `I/N` takes the cases with `i % N == I`; [`canonical_sort`]
+//! orders records the same way for a single run and a merge, so a merge writes the same bytes as a single run.
+use crate::kinds::{self, Group, Kind, Opts, Request};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use trainlab_core::workloads::{DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+use trainlab_core::{Dtype, Error, Fidelity, GpuSpec, Param, Record, RunCtx, Seed, Workload};
+use trainlab_datasets::scenario::Scenario;
+
+/// The `[study]` table of a `kind = "study"` scenario.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudySpec {
+    /// The base scenario: an embedded name or a path (relative to the study file).
+    pub base: String,
+    /// Backends to run on every case; default: the kind's analytical and simulated backends.
+    #[serde(default)]
+    pub backends: Option<Vec<String>>,
+    /// Field path under `[workload]` -> values; the cases are the cartesian product (first key slowest).
+    #[serde(default)]
+    pub grid: toml::Table,
+    /// Explicit cases, each a table of field path -> value.
+    #[serde(default)]
+    pub cases: Vec<toml::Table>,
+}
+
+/// The `[plan]` table of a `kind = "plan"` scenario: the dense-training layout study.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanSpec {
+    /// GPU preset (expanded from its name).
+    pub gpu: GpuSpec,
+    /// GPUs per node.
+    #[serde(default = "eight")]
+    pub gpus_per_node: u32,
+    /// Cluster sizes to plan for, in GPUs (multiples of `gpus_per_node`).
+    pub gpu_counts: Vec<u64>,
+    /// Training tokens.
+    pub train_tokens: f64,
+    /// Tokens per optimizer step.
+    pub global_batch_tokens: u64,
+    /// Compute type.
+    #[serde(default = "bf16")]
+    pub dtype: Dtype,
+    /// The models.
+    pub models: Vec<TransformerSpec>,
+}
+
+fn eight() -> u32 {
+    8
+}
+fn bf16() -> Dtype {
+    Dtype::Bf16
+}
+
+/// What the report of a study shows (kept beside shards so that `merge` renders the same report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Study name.
+    pub study: String,
+    /// Description.
+    pub description: String,
+    /// The workload kind of every case.
+    pub kind: String,
+    /// The study seed.
+    pub seed: u64,
+    /// `plan` (dense layout study) or `study`.
+    pub form: String,
+    /// The parameter paths, in grid order.
+    pub params: Vec<String>,
+    /// Total cases.
+    pub cases: usize,
+    /// The metrics the report shows first (the kind's headline).
+    pub headline: Vec<String>,
+    /// How device efficiencies were set (`datasheet defaults` or the profile's provenance).
+    pub efficiencies: String,
+}
+
+/// One case of a study.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Position in the study (sharding key).
+    pub index: usize,
+    /// Label, e.g. `llama2-7b@1024xh100-sxm` or `moe-switch-capacity[capacity_factor=1.5]`.
+    pub label: String,
+    /// The case's parameters (path, value), in grid order.
+    pub params: Vec<(String, Param)>,
+    /// The case as a scenario of the study's kind.
+    pub scenario: Scenario,
+}
+
+/// A study ready to run: its kind, cases and backends.
+pub struct Study {
+    /// The kind of every case.
+    pub kind: &'static dyn Kind,
+    /// The cases, in order.
+    pub cases: Vec<Case>,
+    /// Backends to run on each case.
+    pub backends: Vec<String>,
+    /// What the report shows.
+    pub manifest: Manifest,
+}
+
+fn param_of(v: &toml::Value) -> Param {
+    match v {
+        toml::Value::Integer(i) => Param::Num(*i as f64),
+        toml::Value::Float(f) => Param::Num(*f),
+        toml::Value::String(s) => Param::Text(s.clone()),
+        toml::Value::Boolean(b) => Param::Text(b.to_string()),
+        toml::Value::Table(t) => match t.get("name").and_then(toml::Value::as_str) {
+            Some(n) => Param::Text(n.to_string()),
+            None => Param::Text(toml::to_string(t).unwrap_or_default().trim().replace('\n', ", ")),
+        },
+        other => Param::Text(other.to_string()),
+    }
+}
+
+/// Sets `path` (dotted; a numeric segment indexes an array) in `table` to `value`, creating tables on the way.
+fn set_path(table: &mut toml::Table, path: &str, value: toml::Value, field: &str) -> Result<(), Error> {
+    let segs: Vec<&str> = path.split('.').collect();
+    let why = if segs.iter().any(|s| s.is_empty()) {
+        Err("empty segment in the field path".to_string())
+    } else {
+        set_in_table(table, &segs, value)
+    };
+    why.map_err(|why| {
+        Error::invalid(
+            field,
+            path,
+            why,
+            "name a field of the base scenario's [workload] table, e.g. `capacity_factor` or `cluster.nodes`",
+        )
+    })
+}
+
+fn set_in_table(t: &mut toml::Table, segs: &[&str], value: toml::Value) -> Result<(), String> {
+    let Some((seg, rest)) = segs.split_first() else {
+        return Err("empty field path".into());
+    };
+    if rest.is_empty() {
+        t.insert(seg.to_string(), value);
+        return Ok(());
+    }
+    let next = t
+        .entry(seg.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    set_in_value(next, rest, value)
+}
+
+fn set_in_value(v: &mut toml::Value, segs: &[&str], value: toml::Value) -> Result<(), String> {
+    match v {
+        toml::Value::Table(t) => set_in_table(t, segs, value),
+        toml::Value::Array(a) => {
+            let Some((seg, rest)) = segs.split_first() else {
+                return Err("empty field path".into());
+            };
+            let idx: usize = seg
+                .parse()
+                .map_err(|_| format!("`{seg}`: an array needs a numeric index here"))?;
+            let len = a.len();
+            let slot = a
+                .get_mut(idx)
+                .ok_or_else(|| format!("index {idx} is beyond the array's {len} entries"))?;
+            if rest.is_empty() {
+                *slot = value;
+                Ok(())
+            } else {
+                set_in_value(slot, rest, value)
+            }
+        }
+        _ => Err("a field on the way is neither a table nor an array".into()),
+    }
+}
+
+fn expand_grid(grid: &toml::Table, origin: &str) -> Result<Vec<Vec<(String, toml::Value)>>, Error> {
+    let mut cases: Vec<Vec<(String, toml::Value)>> = vec![Vec::new()];
+    for (path, values) in grid {
+        let values = values.as_array().ok_or_else(|| {
+            Error::invalid(
+                format!("{origin}: study.grid.{path}"),
+                values,
+                "a grid entry must be a list of values",
+                format!("write `{path} = [v1, v2, ...]`"),
+            )
+        })?;
+        if values.is_empty() {
+            return Err(Error::invalid(
+                format!("{origin}: study.grid.{path}"),
+                "[]",
+                "an empty list makes no cases",
+                "list at least one value",
+            ));
+        }
+        let mut next = Vec::with_capacity(cases.len() * values.len());
+        for c in &cases {
+            for v in values {
+                let mut c = c.clone();
+                c.push((path.clone(), v.clone()));
+                next.push(c);
+            }
+        }
+        cases = next;
+    }
+    Ok(cases)
+}
+
+fn flatten_case(t: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
+    for (k, v) in t {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        out.push((path, v.clone()));
+    }
+}
+
+/// Loads a study scenario (`kind = "study"` or `"plan"`) into cases.
+pub fn load(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
+    match sc.kind.as_str() {
+        "plan" => load_plan(sc, opts),
+        "study" => load_study(sc, opts),
+        other => Err(Error::invalid(
+            format!("{}: kind", sc.origin),
+            format!("\"{other}\""),
+            "`plan` takes a study (kind = \"study\" or \"plan\")",
+            format!("use `trainlab compare {}` for a single workload, or write a study over it", sc.name),
+        )),
+    }
+}
+
+fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
+    let spec: StudySpec = sc.body_as("study")?;
+    let base_path = {
+        let p = Path::new(&spec.base);
+        let rel = Path::new(&sc.origin).parent().map(|d| d.join(p));
+        match rel {
+            Some(r) if !p.is_absolute() && r.exists() => r.display().to_string(),
+            _ => spec.base.clone(),
+        }
+    };
+    let base = trainlab_datasets::scenario::load(&base_path)
+        .map_err(|e| e.map_field(|f| format!("{}: study.base -> {f}", sc.origin)))?;
+    if base.kind == "study" || base.kind == "plan" {
+        return Err(Error::invalid(
+            format!("{}: study.base", sc.origin),
+            &spec.base,
+            "the base of a study is a single-workload scenario, not another study",
+            "name a scenario of a workload kind",
+        ));
+    }
+    let kind = kinds::find(&base.kind).map_err(|e| e.map_field(|_| format!("{}: study.base", sc.origin)))?;
+    // The base itself must be valid, so that errors below are about the overrides.
+    kind.workload_json(&base)?;
+    let all = kind.backends(opts)?;
+    let backends = match &spec.backends {
+        Some(b) => {
+            for n in b {
+                if !all.iter().any(|x| &x.name == n) {
+                    return Err(Error::invalid(
+                        format!("{}: study.backends", sc.origin),
+                        n,
+                        format!(
+                            "kind \"{}\" has the backends {}",
+                            kind.name(),
+                            all.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                        "name some of them",
+                    ));
+                }
+            }
+            b.clone()
+        }
+        None => all
+            .iter()
+            .filter(|b| b.fidelity != Fidelity::Measured)
+            .map(|b| b.name.clone())
+            .collect(),
+    };
+    let grid = expand_grid(&spec.grid, &sc.origin)?;
+    let explicit: Vec<Vec<(String, toml::Value)>> = if spec.cases.is_empty() {
+        vec![Vec::new()]
+    } else {
+        spec.cases
+            .iter()
+            .map(|t| {
+                let mut v = Vec::new();
+                flatten_case(t, "", &mut v);
+                v
+            })
+            .collect()
+    };
+    let mut param_names: Vec<String> = Vec::new();
+    let mut cases = Vec::new();
+    for e in &explicit {
+        for g in &grid {
+            let overrides: Vec<(String, toml::Value)> = e.iter().chain(g.iter()).cloned().collect();
+            let index = cases.len();
+            let mut body = base.body.clone();
+            for (path, v) in &overrides {
+                if !param_names.contains(path) {
+                    param_names.push(path.clone());
+                }
+                set_path(&mut body, path, v.clone(), &format!("{}: study.grid.{path}", sc.origin))?;
+            }
+            let params: Vec<(String, Param)> = overrides.iter().map(|(p, v)| (p.clone(), param_of(v))).collect();
+            let label = if params.is_empty() {
+                base.name.clone()
+            } else {
+                let inner: Vec<String> = params.iter().map(|(p, v)| format!("{p}={v}")).collect();
+                format!("{}[{}]", base.name, inner.join(","))
+            };
+            let scenario = Scenario {
+                name: label.clone(),
+                kind: base.kind.clone(),
+                description: base.description.clone(),
+                seed: sc.seed.index(index as u64),
+                body,
+                origin: format!("{} case {index} ({label})", sc.origin),
+            };
+            cases.push(Case {
+                index,
+                label,
+                params,
+                scenario,
+            });
+        }
+    }
+    Ok(Study {
+        kind,
+        backends,
+        manifest: Manifest {
+            study: sc.name.clone(),
+            description: sc.description.clone(),
+            kind: kind.name().to_string(),
+            seed: sc.seed.0,
+            form: "study".into(),
+            params: param_names,
+            cases: cases.len(),
+            headline: kind.headline().iter().map(|s| s.to_string()).collect(),
+            efficiencies: efficiencies(opts),
+        },
+        cases,
+    })
+}
+
+fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
+    let spec: PlanSpec = sc.body_as("plan")?;
+    let origin = &sc.origin;
+    if spec.models.is_empty() {
+        return Err(Error::invalid(format!("{origin}: plan.models"), "[]", "no models", "add [[plan.models]]"));
+    }
+    if spec.gpu_counts.is_empty() {
+        return Err(Error::invalid(
+            format!("{origin}: plan.gpu_counts"),
+            "[]",
+            "no cluster sizes",
+            "list GPU counts, e.g. [1024, 2048]",
+        ));
+    }
+    let mut cases = Vec::new();
+    for m in &spec.models {
+        for (j, &g) in spec.gpu_counts.iter().enumerate() {
+            if g == 0 || spec.gpus_per_node == 0 || g % u64::from(spec.gpus_per_node) != 0 {
+                return Err(Error::invalid(
+                    format!("{origin}: plan.gpu_counts[{j}]"),
+                    g,
+                    format!("must be a positive multiple of gpus_per_node = {}", spec.gpus_per_node),
+                    "use whole nodes",
+                ));
+            }
+            let nodes = u32::try_from(g / u64::from(spec.gpus_per_node)).map_err(|_| {
+                Error::invalid(format!("{origin}: plan.gpu_counts[{j}]"), g, "too many nodes", "use fewer GPUs")
+            })?;
+            let cluster = trainlab_datasets::gpus::cluster(&spec.gpu.name, nodes, spec.gpus_per_node)?;
+            let workload = DenseTraining {
+                model: m.clone(),
+                cluster,
+                global_batch_tokens: spec.global_batch_tokens,
+                train_tokens: spec.train_tokens,
+                dtype: spec.dtype,
+                parallel: None,
+                overlap_comm: true,
+            };
+            workload
+                .validate()
+                .map_err(|e| e.map_field(|f| format!("{origin}: {}", f.replace("workload.", "plan."))))?;
+            let body = match toml::Value::try_from(&workload) {
+                Ok(toml::Value::Table(t)) => t,
+                _ => return Err(Error::Backend("internal: cannot encode a dense workload".into())),
+            };
+            let index = cases.len();
+            let label = format!("{}@{}x{}", m.name, g, spec.gpu.name);
+            cases.push(Case {
+                index,
+                label: label.clone(),
+                params: vec![("model".into(), Param::Text(m.name.clone())), ("gpus".into(), Param::Num(g as f64))],
+                scenario: Scenario {
+                    name: label.clone(),
+                    kind: DenseTraining::KIND.into(),
+                    description: sc.description.clone(),
+                    seed: sc.seed.index(index as u64),
+                    body,
+                    origin: format!("{origin} case {index} ({label})"),
+                },
+            });
+        }
+    }
+    Ok(Study {
+        kind: &kinds::dense::KIND,
+        backends: vec!["analytical".into()],
+        manifest: Manifest {
+            study: sc.name.clone(),
+            description: sc.description.clone(),
+            kind: DenseTraining::KIND.into(),
+            seed: sc.seed.0,
+            form: "plan".into(),
+            params: vec!["model".into(), "gpus".into()],
+            cases: cases.len(),
+            headline: kinds::dense::KIND.headline.iter().map(|s| s.to_string()).collect(),
+            efficiencies: efficiencies(opts),
+        },
+        cases,
+    })
+}
+
+/// How the report describes the device efficiencies a run used.
+fn efficiencies(opts: &Opts) -> String {
+    if opts.profiles.is_empty() {
+        "datasheet defaults".into()
+    } else {
+        opts.profiles
+            .items
+            .iter()
+            .map(|p| format!("calibrated {} profile ({}, {})", p.kind, p.provenance.device, p.provenance.date))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// Parses `I/N`.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), Error> {
+    let bad = || Error::invalid("--shard", s, "expected I/N with 0 <= I < N", "e.g. --shard 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let i: usize = i.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// The answer for one case.
+#[derive(Debug)]
+pub struct CaseResult {
+    /// The case's index.
+    pub index: usize,
+    /// The case's label.
+    pub label: String,
+    /// The case's parameters.
+    pub params: Vec<(String, Param)>,
+    /// Its answers (grouped by workload), or why it has none.
+    pub groups: Result<Vec<Group>, Error>,
+}
+
+impl CaseResult {
+    /// The case's records (every group, every successful answer).
+    pub fn records(&self, study: &str, kind: &str, seed: u64) -> Vec<Record> {
+        match &self.groups {
+            Ok(gs) => gs.iter().flat_map(|g| g.records(study, kind, seed, &self.params)).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+    /// Why the case has no answer at all: the case error, or every backend's error on the asked workload.
+    pub fn failure(&self) -> Option<String> {
+        match &self.groups {
+            Err(e) => Some(e.to_string()),
+            Ok(gs) => {
+                let g = gs.first()?;
+                if g.answers.iter().any(|a| a.result.is_ok()) {
+                    None
+                } else {
+                    Some(
+                        g.answers
+                            .iter()
+                            .filter_map(|a| a.result.as_ref().err().map(|e| format!("{}: {e}", a.backend)))
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// Runs `cases` (in parallel; results in input order). Cases not started when `cancel` is set are left out.
+pub fn run_cases(
+    study: &Study,
+    cases: &[Case],
+    opts: &Opts,
+    cancel: &Arc<AtomicBool>,
+    on_done: &(dyn Fn() + Sync),
+) -> Vec<CaseResult> {
+    let only = study.backends.clone();
+    let out: Vec<Option<CaseResult>> = cases
+        .par_iter()
+        .map(|case| {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
+            let mut ctx = RunCtx::new(case.scenario.seed);
+            ctx.cancel = cancel.clone();
+            let req = Request {
+                only: Some(&only),
+                follow_scaled: false,
+                label: &case.label,
+            };
+            let groups = study.kind.answer(&case.scenario, opts, &req, &mut ctx);
+            on_done();
+            Some(CaseResult {
+                index: case.index,
+                label: case.label.clone(),
+                params: case.params.clone(),
+                groups,
+            })
+        })
+        .collect();
+    out.into_iter().flatten().collect()
+}
+
+/// The canonical record order of study outputs, used by single runs and merges alike so both write the same bytes.
+pub fn canonical_sort(records: &mut [Record]) {
+    trainlab_reports::sort_records(records);
+}
+
+/// An index of records by (case, backend, metric) -> value, built once (lookups are O(1), so tables over many
+/// cases stay linear).
+pub struct Index<'a> {
+    map: std::collections::HashMap<(&'a str, &'a str, &'a str), &'a Record>,
+    /// Cases in first-seen order.
+    pub cases: Vec<&'a str>,
+}
+
+impl<'a> Index<'a> {
+    /// Indexes `records`.
+    pub fn new(records: &'a [Record]) -> Self {
+        let mut map = std::collections::HashMap::with_capacity(records.len());
+        let mut seen = std::collections::HashSet::new();
+        let mut cases = Vec::new();
+        for r in records {
+            map.entry((r.case.as_str(), r.backend.as_str(), r.metric.as_str())).or_insert(r);
+            if seen.insert(r.case.as_str()) {
+                cases.push(r.case.as_str());
+            }
+        }
+        Index { map, cases }
+    }
+    /// The record of `case`, `backend`, `metric`.
+    pub fn get(&self, case: &str, backend: &str, metric: &str) -> Option<&'a Record> {
+        self.map.get(&(case, backend, metric)).copied()
+    }
+}
+
+/// A case parameter of a record.
+pub fn param<'a>(r: &'a Record, name: &str) -> Option<&'a Param> {
+    r.params.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+/// Files written by [`write_manifest`] and read by `merge`.
+pub const MANIFEST: &str = "study.json";
+
+/// Writes the manifest beside the records.
+pub fn write_manifest(m: &Manifest, out: &Path) -> Result<PathBuf, Error> {
+    let p = out.join(MANIFEST);
+    let text = serde_json::to_string_pretty(m).map_err(|e| Error::Backend(format!("internal: {e}")))?;
+    std::fs::write(&p, text + "\n").map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+    Ok(p)
+}
+
+/// Reads a manifest written by [`write_manifest`].
+pub fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
+    let p = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(
+            p.display().to_string(),
+            "(see reason)",
+            e.to_string(),
+            "use the folder the shards of one `trainlab plan` wrote",
+        )
+    })
+}
+
+/// A numeric case parameter as f64.
+pub fn num(p: Option<&Param>) -> Option<f64> {
+    match p? {
+        Param::Num(x) => Some(*x),
+        Param::Text(_) => None,
+    }
+}
+
+/// The parameters of a case, in grid order, as a map (for JSON).
+pub fn params_json(params: &[(String, Param)]) -> BTreeMap<String, serde_json::Value> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let j = match v {
+                Param::Num(x) => serde_json::json!(x),
+                Param::Text(s) => serde_json::json!(s),
+            };
+            (k.clone(), j)
+        })
+        .collect()
+}
+
+/// Seeds a case uses: the study seed's `index(i)` stream.
+pub fn case_seed(study_seed: Seed, index: usize) -> Seed {
+    study_seed.index(index as u64)
+}
+
+/// A value for tables: 4 decimals in a readable range, else scientific.
+pub fn fmt_value(v: f64) -> String {
+    if v == 0.0 || (1e-3..1e5).contains(&v.abs()) {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.4e}")
+    }
+}
+
+/// The dense layout study's table, one row per case, from records alone (so merged shards give the same table):
+/// ordered by model, then GPU count.
+fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
+    let idx = Index::new(records);
+    let mut cases: Vec<(&str, String, f64)> = idx
+        .cases
+        .iter()
+        .filter_map(|c| {
+            let r = idx.get(c, "analytical", "step_time")?;
+            let model = match param(r, "model")? {
+                Param::Text(s) => s.clone(),
+                Param::Num(x) => x.to_string(),
+            };
+            Some((*c, model, num(param(r, "gpus")).unwrap_or(f64::NAN)))
+        })
+        .collect();
+    cases.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+    let rows = cases
+        .iter()
+        .map(|(case, _, _)| {
+            let get = |n: &str| idx.get(case, "analytical", n).map_or(f64::NAN, |r| r.value);
+            let layout = ParallelConfig {
+                tp: get("tp") as u64,
+                pp: get("pp") as u64,
+                dp: get("dp") as u64,
+                micro_batch: get("micro_batch") as u64,
+                recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
+                zero1: true,
+            };
+            vec![
+                case.to_string(),
+                layout.label(),
+                format!("{:.3}", get("step_time")),
+                format!("{:.1}%", 100.0 * get("mfu")),
+                format!("{:.2}", get("train_days")),
+                format!("{:.4e}", get("gpu_hours")),
+                format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
+            ]
+        })
+        .collect();
+    let headers = ["case", "layout", "step (s)", "MFU", "days", "GPU-hours", "mem/GPU (GiB)"];
+    (headers.iter().map(|s| s.to_string()).collect(), rows)
+}
+
+/// The metrics a generic study shows: the kind's headline metrics that are present, else the first `n`.
+pub fn shown_metrics<'a>(m: &'a Manifest, records: &'a [Record], n: usize) -> Vec<&'a str> {
+    let present: std::collections::HashSet<&str> = records.iter().map(|r| r.metric.as_str()).collect();
+    let mut v: Vec<&str> = m.headline.iter().map(String::as_str).filter(|h| present.contains(h)).collect();
+    if v.is_empty() {
+        for r in records {
+            if !v.contains(&r.metric.as_str()) && v.len() < n {
+                v.push(&r.metric);
+            }
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+/// Orders parameter values: numbers by value, before texts (by text).
+fn cmp_params(a: &[Option<&Param>], b: &[Option<&Param>]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x, y) {
+            (Some(Param::Num(x)), Some(Param::Num(y))) => x.total_cmp(y),
+            (Some(Param::Num(_)), _) => std::cmp::Ordering::Less,
+            (_, Some(Param::Num(_))) => std::cmp::Ordering::Greater,
+            (Some(Param::Text(x)), Some(Param::Text(y))) => x.cmp(y),
+            (x, y) => x.is_some().cmp(&y.is_some()),
+        };
+        if o != std::cmp::Ordering::Equal {
+            return o;
+        }
+    }
+    std::cmp::Ordering::Equal
+}
+
+/// A generic study's table: one row per (case, backend), its parameters and the headline metrics, ordered by the
+/// parameters (numerically), then backend.
+fn generic_rows(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
+    let metrics = shown_metrics(m, records, 6);
+    let mut keys: Vec<(&str, &str, &Record)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in records {
+        if seen.insert((r.case.as_str(), r.backend.as_str())) {
+            keys.push((&r.case, &r.backend, r));
+        }
+    }
+    let pv = |r: &Record| -> Vec<Option<Param>> { m.params.iter().map(|p| param(r, p).cloned()).collect() };
+    keys.sort_by(|a, b| {
+        let (x, y) = (pv(a.2), pv(b.2));
+        let (x, y): (Vec<Option<&Param>>, Vec<Option<&Param>>) =
+            (x.iter().map(Option::as_ref).collect(), y.iter().map(Option::as_ref).collect());
+        cmp_params(&x, &y).then(a.0.cmp(b.0)).then(a.1.cmp(b.1))
+    });
+    let idx = Index::new(records);
+    let rows = keys
+        .iter()
+        .map(|(case, backend, any)| {
+            let mut row = vec![backend.to_string()];
+            for p in &m.params {
+                row.push(param(any, p).map_or(String::new(), |v| v.to_string()));
+            }
+            for x in &metrics {
+                row.push(idx.get(case, backend, x).map_or(String::new(), |r| fmt_value(r.value)));
+            }
+            row
+        })
+        .collect();
+    let mut headers = vec!["backend".to_string()];
+    headers.extend(m.params.iter().cloned());
+    headers.extend(metrics.iter().map(|s| s.to_string()));
+    (headers, rows)
+}
+
+/// The study's summary table (headers, rows): the dense layout table for a `plan` study, else one row per case and
+/// backend with its parameters and headline metrics. Built from records alone, in time linear in their number.
+pub fn summary_table(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
+    if m.form == "plan" { layout_rows(records) } else { generic_rows(m, records) }
+}
+

@@ -1,0 +1,207 @@
+//! The kind table: every kind declared once and consistent, studies over any kind, profiles checked per kind.
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use trainlab::kinds::{self, KINDS, Opts, Request};
+use trainlab::profiles::Profiles;
+use trainlab::study;
+use trainlab_core::{Fidelity, RunCtx, Seed};
+use trainlab_datasets::scenario::{EMBEDDED, parse};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainlab"))
+}
+
+fn run(c: &mut Command) -> Output {
+    c.output().expect("spawn trainlab")
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-kinds-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn table_is_consistent() {
+    let mut seen = std::collections::HashSet::new();
+    for k in KINDS {
+        assert!(seen.insert(k.name()), "kind {} declared twice", k.name());
+        let b = k.backends(&Opts::default()).unwrap();
+        assert!(!b.is_empty(), "{}", k.name());
+        // Fidelity order: analytical, then simulated, then measured.
+        assert!(b.windows(2).all(|w| w[0].fidelity <= w[1].fidelity), "{}: {b:?}", k.name());
+        for r in k.reference() {
+            assert!(b.iter().any(|x| x.name == *r), "{}: reference {r} is not a backend", k.name());
+        }
+        if let Some(c) = k.calibration() {
+            assert!(k.reads().contains(&c.profile_kind()), "{} must read what it calibrates", k.name());
+            assert!(b.iter().any(|x| x.fidelity == Fidelity::Measured), "{}", k.name());
+        }
+    }
+    // Every embedded scenario is of a known kind (or a study), and every kind is found by name.
+    for (name, text) in EMBEDDED {
+        let sc = parse(text, name).unwrap();
+        if sc.kind != "plan" && sc.kind != "study" {
+            kinds::find(&sc.kind).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    let e = kinds::find("nope").err().unwrap().to_string();
+    assert!(e.contains("moe_layer") && e.contains("training_job"), "{e}");
+}
+
+#[test]
+fn every_embedded_single_workload_scenario_validates() {
+    for (name, text) in EMBEDDED {
+        let sc = parse(text, name).unwrap();
+        if sc.kind == "plan" || sc.kind == "study" {
+            let s = study::load(&sc, &Opts::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!s.cases.is_empty(), "{name}");
+            continue;
+        }
+        kinds::find(&sc.kind).unwrap().workload_json(&sc).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+fn study_text(base: &str, grid: &str) -> String {
+    format!("name = \"t\"\nkind = \"study\"\nseed = 3\n[study]\nbase = \"{base}\"\n[study.grid]\n{grid}\n")
+}
+
+#[test]
+fn a_study_over_moe_layer_puts_parameters_in_columns() {
+    let sc = parse(
+        &study_text("moe-switch-capacity", "capacity_factor = [1.0, 2.0]\nexperts = [64, 128]"),
+        "t.toml",
+    )
+    .unwrap();
+    let opts = Opts {
+        quick: true,
+        ..Default::default()
+    };
+    let s = study::load(&sc, &opts).unwrap();
+    assert_eq!(s.cases.len(), 4);
+    assert_eq!(s.backends, ["closed_form", "monte_carlo"]);
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    let recs: Vec<_> = res.iter().flat_map(|r| r.records("t", "moe_layer", 3)).collect();
+    let drop_at = |cf: f64| {
+        recs.iter()
+            .find(|r| {
+                r.backend == "closed_form"
+                    && r.metric == "drop_fraction"
+                    && study::num(study::param(r, "capacity_factor")) == Some(cf)
+                    && study::num(study::param(r, "experts")) == Some(128.0)
+            })
+            .map(|r| r.value)
+            .unwrap()
+    };
+    // More capacity, fewer drops: the parameter really reached the workload.
+    assert!(drop_at(1.0) > drop_at(2.0), "{} {}", drop_at(1.0), drop_at(2.0));
+    assert!(recs.iter().all(|r| r.params.len() == 2));
+}
+
+#[test]
+fn a_study_over_training_job_runs_and_bad_paths_name_the_field() {
+    let sc = parse(&study_text("c4-production", "gpus = [256, 1024]"), "t.toml").unwrap();
+    let opts = Opts {
+        quick: true,
+        ..Default::default()
+    };
+    let s = study::load(&sc, &opts).unwrap();
+    assert_eq!(s.kind.name(), "training_job");
+    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    assert!(res.iter().all(|r| r.failure().is_none()), "{:?}", res.iter().map(|r| r.failure()).collect::<Vec<_>>());
+    let bad = parse(&study_text("c4-production", "gpuz = [1]"), "t.toml").unwrap();
+    let s = study::load(&bad, &opts).unwrap();
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    let why = res[0].failure().unwrap();
+    assert!(why.contains("gpuz"), "{why}");
+    let bad = parse(&study_text("c4-production", "gpus = 5"), "t.toml").unwrap();
+    let e = study::load(&bad, &opts).err().unwrap().to_string();
+    assert!(e.contains("study.grid.gpus"), "{e}");
+}
+
+#[test]
+fn a_profile_of_another_kind_is_refused() {
+    let d = tmpdir("prof");
+    let p = d.join("profile-moe_layer-cpu.toml");
+    std::fs::write(
+        &p,
+        "kind = \"moe_layer\"\nformat = 2\n[provenance]\ndate = \"x\"\ndevice = \"x\"\ncommand = \"x\"\nversion = \"x\"\n\
+         [params]\ndevice = \"cpu\"\n",
+    )
+    .unwrap();
+    let o = run(bin().args(["compare", "allreduce-h100", "--profile"]).arg(&p));
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("moe_layer") && err.contains("collective"), "{err}");
+    // A stale profile (an older format) is refused with the fix.
+    std::fs::write(&p, "backend = \"cpu\"\ngemm_half_dim = 1.0\n").unwrap();
+    let o = run(bin().args(["compare", "gemm-cpu", "--profile"]).arg(&p));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("format"));
+    // A directory with nothing that applies is refused too.
+    let o = run(bin().args(["compare", "mm1", "--profile"]).arg(&d));
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn compare_errors_only_within_one_workload() {
+    // The CPU run of a GPU layer answers another workload; its group carries its own reference.
+    let sc = trainlab_datasets::scenario::load("moe-switch-capacity").unwrap();
+    let k = kinds::find(&sc.kind).unwrap();
+    let opts = Opts {
+        quick: true,
+        profiles: Profiles::none(),
+    };
+    let mut ctx = RunCtx::new(Seed(1));
+    let only = ["closed_form".to_string(), "cpu".to_string()];
+    let req = Request {
+        only: Some(&only),
+        follow_scaled: false,
+        label: "x",
+    };
+    let groups = k.answer(&sc, &opts, &req, &mut ctx).unwrap();
+    assert_eq!(groups.len(), 2, "the CPU run answers the layer on the cpu device");
+    assert_eq!(groups[1].scaled_by.as_deref(), Some("cpu"));
+    assert!(groups[0].answers.iter().all(|a| a.backend == "closed_form"));
+    let m = &groups[0].answers[0].result.as_ref().unwrap()[0];
+    assert!(groups[0].versus_reference("closed_form", m).is_none());
+}
+
+#[test]
+fn calibrated_moe_profile_predicts_a_held_out_layer_better() {
+    let d = tmpdir("moecal");
+    let o = run(bin().args(["calibrate", "--workload", "moe_layer", "--quick", "--json", "--out"]).arg(&d));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let compare = |profile: Option<&Path>| -> (f64, f64) {
+        let mut c = bin();
+        c.args(["compare", "moe-cpu-heldout", "--quick", "--json"]);
+        if let Some(p) = profile {
+            c.arg("--profile").arg(p);
+        }
+        let o = run(&mut c);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let g = &v["workloads"][0];
+        let step = |b: &str| {
+            g["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["backend"] == b)
+                .and_then(|x| x["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "step_time"))
+                .and_then(|m| m["value"].as_f64())
+                .unwrap()
+        };
+        (step("monte_carlo"), step("cpu"))
+    };
+    let (uncal, measured_a) = compare(None);
+    let (cal, measured_b) = compare(Some(&d));
+    assert_ne!(uncal, cal, "the profile must change the prediction");
+    let measured = 0.5 * (measured_a + measured_b);
+    let (e_cal, e_uncal) = ((cal - measured).abs() / measured, (uncal - measured).abs() / measured);
+    println!("held-out layer: measured {measured:.4e} s, calibrated {cal:.4e} ({e_cal:.3}), uncalibrated {uncal:.4e} ({e_uncal:.3})");
+    assert!(e_cal < e_uncal, "calibrated {e_cal} vs uncalibrated {e_uncal}");
+}
