@@ -60,7 +60,8 @@ pub fn readers(profile_kind: &str) -> Vec<&'static str> {
 }
 
 fn load_file(path: &Path) -> Result<Loaded, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading profile {}", path.display()), e))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading profile {}", path.display()), e))?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| malformed(path, e.message().to_string()))?;
     let format = table.get("format").and_then(toml::Value::as_integer);
     match format {
@@ -77,9 +78,7 @@ fn load_file(path: &Path) -> Result<Loaded, Error> {
             return Err(Error::invalid(
                 format!("{}: format", path.display()),
                 "missing",
-                format!(
-                    "not a profile of this trainlab (format {PROFILE_FORMAT}); an older profile or another file"
-                ),
+                format!("not a profile of this trainlab (format {PROFILE_FORMAT}); an older profile or another file"),
                 "re-run `trainlab calibrate --workload KIND` to write a current profile",
             ));
         }
@@ -164,7 +163,11 @@ impl Profiles {
         let Some(source) = &self.source else {
             return Ok(Vec::new());
         };
-        let used: Vec<&Loaded> = self.items.iter().filter(|p| kind.reads().contains(&p.kind.as_str())).collect();
+        let used: Vec<&Loaded> = self
+            .items
+            .iter()
+            .filter(|p| kind.reads().contains(&p.kind.as_str()))
+            .collect();
         if !used.is_empty() {
             return Ok(used);
         }

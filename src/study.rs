@@ -224,7 +224,11 @@ fn expand_grid(grid: &toml::Table, origin: &str) -> Result<Vec<Vec<(String, toml
 
 fn flatten_case(t: &toml::Table, prefix: &str, out: &mut Vec<(String, toml::Value)>) {
     for (k, v) in t {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         out.push((path, v.clone()));
     }
 }
@@ -238,7 +242,10 @@ pub fn load(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             format!("{}: kind", sc.origin),
             format!("\"{other}\""),
             "`plan` takes a study (kind = \"study\" or \"plan\")",
-            format!("use `trainlab compare {}` for a single workload, or write a study over it", sc.name),
+            format!(
+                "use `trainlab compare {}` for a single workload, or write a study over it",
+                sc.name
+            ),
         )),
     }
 }
@@ -362,7 +369,12 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
     let spec: PlanSpec = sc.body_as("plan")?;
     let origin = &sc.origin;
     if spec.models.is_empty() {
-        return Err(Error::invalid(format!("{origin}: plan.models"), "[]", "no models", "add [[plan.models]]"));
+        return Err(Error::invalid(
+            format!("{origin}: plan.models"),
+            "[]",
+            "no models",
+            "add [[plan.models]]",
+        ));
     }
     if spec.gpu_counts.is_empty() {
         return Err(Error::invalid(
@@ -384,7 +396,12 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
                 ));
             }
             let nodes = u32::try_from(g / u64::from(spec.gpus_per_node)).map_err(|_| {
-                Error::invalid(format!("{origin}: plan.gpu_counts[{j}]"), g, "too many nodes", "use fewer GPUs")
+                Error::invalid(
+                    format!("{origin}: plan.gpu_counts[{j}]"),
+                    g,
+                    "too many nodes",
+                    "use fewer GPUs",
+                )
             })?;
             let cluster = trainlab_datasets::gpus::cluster(&spec.gpu.name, nodes, spec.gpus_per_node)?;
             let workload = DenseTraining {
@@ -408,7 +425,10 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             cases.push(Case {
                 index,
                 label: label.clone(),
-                params: vec![("model".into(), Param::Text(m.name.clone())), ("gpus".into(), Param::Num(g as f64))],
+                params: vec![
+                    ("model".into(), Param::Text(m.name.clone())),
+                    ("gpus".into(), Param::Num(g as f64)),
+                ],
                 scenario: Scenario {
                     name: label.clone(),
                     kind: DenseTraining::KIND.into(),
@@ -446,7 +466,12 @@ fn efficiencies(opts: &Opts) -> String {
         opts.profiles
             .items
             .iter()
-            .map(|p| format!("calibrated {} profile ({}, {})", p.kind, p.provenance.device, p.provenance.date))
+            .map(|p| {
+                format!(
+                    "calibrated {} profile ({}, {})",
+                    p.kind, p.provenance.device, p.provenance.date
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
@@ -481,7 +506,10 @@ impl CaseResult {
     /// The case's records (every group, every successful answer).
     pub fn records(&self, study: &str, kind: &str, seed: u64) -> Vec<Record> {
         match &self.groups {
-            Ok(gs) => gs.iter().flat_map(|g| g.records(study, kind, seed, &self.params)).collect(),
+            Ok(gs) => gs
+                .iter()
+                .flat_map(|g| g.records(study, kind, seed, &self.params))
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -562,7 +590,8 @@ impl<'a> Index<'a> {
         let mut seen = std::collections::HashSet::new();
         let mut cases = Vec::new();
         for r in records {
-            map.entry((r.case.as_str(), r.backend.as_str(), r.metric.as_str())).or_insert(r);
+            map.entry((r.case.as_str(), r.backend.as_str(), r.metric.as_str()))
+                .or_insert(r);
             if seen.insert(r.case.as_str()) {
                 cases.push(r.case.as_str());
             }
@@ -681,14 +710,27 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
             ]
         })
         .collect();
-    let headers = ["case", "layout", "step (s)", "MFU", "days", "GPU-hours", "mem/GPU (GiB)"];
+    let headers = [
+        "case",
+        "layout",
+        "step (s)",
+        "MFU",
+        "days",
+        "GPU-hours",
+        "mem/GPU (GiB)",
+    ];
     (headers.iter().map(|s| s.to_string()).collect(), rows)
 }
 
 /// The metrics a generic study shows: the kind's headline metrics that are present, else the first `n`.
 pub fn shown_metrics<'a>(m: &'a Manifest, records: &'a [Record], n: usize) -> Vec<&'a str> {
     let present: std::collections::HashSet<&str> = records.iter().map(|r| r.metric.as_str()).collect();
-    let mut v: Vec<&str> = m.headline.iter().map(String::as_str).filter(|h| present.contains(h)).collect();
+    let mut v: Vec<&str> = m
+        .headline
+        .iter()
+        .map(String::as_str)
+        .filter(|h| present.contains(h))
+        .collect();
     if v.is_empty() {
         for r in records {
             if !v.contains(&r.metric.as_str()) && v.len() < n {
@@ -731,8 +773,10 @@ fn generic_rows(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<Strin
     let pv = |r: &Record| -> Vec<Option<Param>> { m.params.iter().map(|p| param(r, p).cloned()).collect() };
     keys.sort_by(|a, b| {
         let (x, y) = (pv(a.2), pv(b.2));
-        let (x, y): (Vec<Option<&Param>>, Vec<Option<&Param>>) =
-            (x.iter().map(Option::as_ref).collect(), y.iter().map(Option::as_ref).collect());
+        let (x, y): (Vec<Option<&Param>>, Vec<Option<&Param>>) = (
+            x.iter().map(Option::as_ref).collect(),
+            y.iter().map(Option::as_ref).collect(),
+        );
         cmp_params(&x, &y).then(a.0.cmp(b.0)).then(a.1.cmp(b.1))
     });
     let idx = Index::new(records);
@@ -758,6 +802,9 @@ fn generic_rows(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<Strin
 /// The study's summary table (headers, rows): the dense layout table for a `plan` study, else one row per case and
 /// backend with its parameters and headline metrics. Built from records alone, in time linear in their number.
 pub fn summary_table(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
-    if m.form == "plan" { layout_rows(records) } else { generic_rows(m, records) }
+    if m.form == "plan" {
+        layout_rows(records)
+    } else {
+        generic_rows(m, records)
+    }
 }
-

@@ -30,12 +30,24 @@ fn table_is_consistent() {
         let b = k.backends(&Opts::default()).unwrap();
         assert!(!b.is_empty(), "{}", k.name());
         // Fidelity order: analytical, then simulated, then measured.
-        assert!(b.windows(2).all(|w| w[0].fidelity <= w[1].fidelity), "{}: {b:?}", k.name());
+        assert!(
+            b.windows(2).all(|w| w[0].fidelity <= w[1].fidelity),
+            "{}: {b:?}",
+            k.name()
+        );
         for r in k.reference() {
-            assert!(b.iter().any(|x| x.name == *r), "{}: reference {r} is not a backend", k.name());
+            assert!(
+                b.iter().any(|x| x.name == *r),
+                "{}: reference {r} is not a backend",
+                k.name()
+            );
         }
         if let Some(c) = k.calibration() {
-            assert!(k.reads().contains(&c.profile_kind()), "{} must read what it calibrates", k.name());
+            assert!(
+                k.reads().contains(&c.profile_kind()),
+                "{} must read what it calibrates",
+                k.name()
+            );
             assert!(b.iter().any(|x| x.fidelity == Fidelity::Measured), "{}", k.name());
         }
     }
@@ -59,7 +71,10 @@ fn every_embedded_single_workload_scenario_validates() {
             assert!(!s.cases.is_empty(), "{name}");
             continue;
         }
-        kinds::find(&sc.kind).unwrap().workload_json(&sc).unwrap_or_else(|e| panic!("{name}: {e}"));
+        kinds::find(&sc.kind)
+            .unwrap()
+            .workload_json(&sc)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
@@ -70,7 +85,10 @@ fn study_text(base: &str, grid: &str) -> String {
 #[test]
 fn a_study_over_moe_layer_puts_parameters_in_columns() {
     let sc = parse(
-        &study_text("moe-switch-capacity", "capacity_factor = [1.0, 2.0]\nexperts = [64, 128]"),
+        &study_text(
+            "moe-switch-capacity",
+            "capacity_factor = [1.0, 2.0]\nexperts = [64, 128]",
+        ),
         "t.toml",
     )
     .unwrap();
@@ -111,7 +129,11 @@ fn a_study_over_training_job_runs_and_bad_paths_name_the_field() {
     assert_eq!(s.kind.name(), "training_job");
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
-    assert!(res.iter().all(|r| r.failure().is_none()), "{:?}", res.iter().map(|r| r.failure()).collect::<Vec<_>>());
+    assert!(
+        res.iter().all(|r| r.failure().is_none()),
+        "{:?}",
+        res.iter().map(|r| r.failure()).collect::<Vec<_>>()
+    );
     let bad = parse(&study_text("c4-production", "gpuz = [1]"), "t.toml").unwrap();
     let s = study::load(&bad, &opts).unwrap();
     let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
@@ -173,7 +195,9 @@ fn compare_errors_only_within_one_workload() {
 #[test]
 fn calibrated_moe_profile_predicts_a_held_out_layer_better() {
     let d = tmpdir("moecal");
-    let o = run(bin().args(["calibrate", "--workload", "moe_layer", "--quick", "--json", "--out"]).arg(&d));
+    let o = run(bin()
+        .args(["calibrate", "--workload", "moe_layer", "--quick", "--json", "--out"])
+        .arg(&d));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let compare = |profile: Option<&Path>| -> (f64, f64) {
         let mut c = bin();
@@ -191,7 +215,13 @@ fn calibrated_moe_profile_predicts_a_held_out_layer_better() {
                 .unwrap()
                 .iter()
                 .find(|x| x["backend"] == b)
-                .and_then(|x| x["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "step_time"))
+                .and_then(|x| {
+                    x["metrics"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|m| m["metric"] == "step_time")
+                })
                 .and_then(|m| m["value"].as_f64())
                 .unwrap()
         };
@@ -202,6 +232,8 @@ fn calibrated_moe_profile_predicts_a_held_out_layer_better() {
     assert_ne!(uncal, cal, "the profile must change the prediction");
     let measured = 0.5 * (measured_a + measured_b);
     let (e_cal, e_uncal) = ((cal - measured).abs() / measured, (uncal - measured).abs() / measured);
-    println!("held-out layer: measured {measured:.4e} s, calibrated {cal:.4e} ({e_cal:.3}), uncalibrated {uncal:.4e} ({e_uncal:.3})");
+    println!(
+        "held-out layer: measured {measured:.4e} s, calibrated {cal:.4e} ({e_cal:.3}), uncalibrated {uncal:.4e} ({e_uncal:.3})"
+    );
     assert!(e_cal < e_uncal, "calibrated {e_cal} vs uncalibrated {e_uncal}");
 }

@@ -64,7 +64,11 @@ impl HeldOut {
 }
 
 fn rel(pred: f64, measured: f64) -> f64 {
-    if measured == 0.0 { f64::NAN } else { (pred - measured) / measured.abs() }
+    if measured == 0.0 {
+        f64::NAN
+    } else {
+        (pred - measured) / measured.abs()
+    }
 }
 
 /// A profile file: kind, format, provenance, parameters and held-out table.

@@ -701,7 +701,13 @@ mod tests {
         assert!((m.bytes_per_s * m.time_s - 3.0 * (8 << 20) as f64).abs() < 1.0);
 
         let l = CpuDispatch::new(CpuOpts::quick())
-            .run(&LaunchLatency { launches: 200, device: Default::default() }, &mut ctx)
+            .run(
+                &LaunchLatency {
+                    launches: 200,
+                    device: Default::default(),
+                },
+                &mut ctx,
+            )
             .unwrap();
         assert!(l.per_launch_s > 1e-8 && l.per_launch_s < 1e-2, "{}", l.per_launch_s);
     }

@@ -927,7 +927,13 @@ mod tests {
         let Some(_rt) = gpu_or_skip() else { return };
         let mut ctx = RunCtx::new(Seed(1));
         let o = CudaLaunch::new(CudaOpts::quick())
-            .run(&LaunchLatency { launches: 3000, device: Default::default() }, &mut ctx)
+            .run(
+                &LaunchLatency {
+                    launches: 3000,
+                    device: Default::default(),
+                },
+                &mut ctx,
+            )
             .unwrap();
         println!("empty kernel: {:.2} us per launch", o.per_launch_s * 1e6);
         assert!(o.per_launch_s > 1e-8 && o.per_launch_s < 1e-3, "{}", o.per_launch_s);

@@ -249,7 +249,15 @@ pub(crate) mod tests {
         };
         let o = Backend::<MemBandwidth>::run(&mut r, &m, &mut ctx).unwrap();
         assert!(o.bytes_per_s < 0.9 * 3.35e12 && o.bytes_per_s > 0.89 * 3.35e12);
-        let l = Backend::<LaunchLatency>::run(&mut r, &LaunchLatency { launches: 10, device: Default::default() }, &mut ctx).unwrap();
+        let l = Backend::<LaunchLatency>::run(
+            &mut r,
+            &LaunchLatency {
+                launches: 10,
+                device: Default::default(),
+            },
+            &mut ctx,
+        )
+        .unwrap();
         assert_eq!(l.per_launch_s, 5e-6);
         assert!(Backend::<Gemm>::run(&mut r, &Gemm::square(0), &mut ctx).is_err());
     }

@@ -118,14 +118,24 @@ pub fn run_one(
     } else {
         println!("{} ({}) on {}", answer.backend, answer.fidelity.as_str(), sc.name);
         if group.scaled_by.is_some() {
-            println!("note: this backend answers another workload than the one asked: {}", group.label);
+            println!(
+                "note: this backend answers another workload than the one asked: {}",
+                group.label
+            );
         }
         if let Some(n) = &note {
             println!("{n}");
         }
         let rows: Vec<Vec<String>> = metrics
             .iter()
-            .map(|m| vec![m.name.clone(), fmt_value(m.value), m.unit.symbol().to_string(), fmt_ci(m)])
+            .map(|m| {
+                vec![
+                    m.name.clone(),
+                    fmt_value(m.value),
+                    m.unit.symbol().to_string(),
+                    fmt_ci(m),
+                ]
+            })
             .collect();
         print!(
             "{}",
@@ -148,7 +158,8 @@ fn group_rows(g: &Group) -> Vec<Vec<String>> {
                     let e = if g.reference.as_deref() == Some(a.backend.as_str()) {
                         "(reference)".to_string()
                     } else {
-                        g.versus_reference(&a.backend, m).map_or(String::new(), |v| v.to_string())
+                        g.versus_reference(&a.backend, m)
+                            .map_or(String::new(), |v| v.to_string())
                     };
                     rows.push(vec![
                         name.clone(),
@@ -241,7 +252,15 @@ pub fn compare(
             print!(
                 "{}",
                 trainlab_reports::markdown_table(
-                    &["backend", "fidelity", "metric", "value", "unit", "95% CI", "vs reference"],
+                    &[
+                        "backend",
+                        "fidelity",
+                        "metric",
+                        "value",
+                        "unit",
+                        "95% CI",
+                        "vs reference"
+                    ],
                     &group_rows(g)
                 )
             );

@@ -39,12 +39,20 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
             format!("the {} calibration does not measure this device", kind.name()),
             format!(
                 "use --backend {}",
-                cal.devices().iter().map(|d| d.as_str()).collect::<Vec<_>>().join(" or ")
+                cal.devices()
+                    .iter()
+                    .map(|d| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             ),
         )
         .into());
     }
-    let bar = if a.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+    let bar = if a.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} calibrate {prefix}: {msg} ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -92,7 +100,15 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
     print!(
         "{}",
         trainlab_reports::markdown_table(
-            &["case", "metric", "measured", "calibrated", "error", "uncalibrated", "error"],
+            &[
+                "case",
+                "metric",
+                "measured",
+                "calibrated",
+                "error",
+                "uncalibrated",
+                "error"
+            ],
             &calibration::held_out_rows(&done.held_out)
         )
     );

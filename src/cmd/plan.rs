@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use trainlab::kinds::Opts;
 use trainlab::profiles::Profiles;
-use trainlab::study::{self, Manifest, canonical_sort, num, param, summary_table, shown_metrics};
+use trainlab::study::{self, Manifest, canonical_sort, num, param, shown_metrics, summary_table};
 use trainlab_core::{Error, Param, Record, Seed};
 use trainlab_reports::{ChartKind, ChartSpec, HtmlReport, Series};
 
@@ -46,7 +46,10 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     bar.finish_and_clear();
     let interrupted = results.len() < mine.len();
     let m = &study.manifest;
-    let mut records: Vec<Record> = results.iter().flat_map(|r| r.records(&m.study, &m.kind, m.seed)).collect();
+    let mut records: Vec<Record> = results
+        .iter()
+        .flat_map(|r| r.records(&m.study, &m.kind, m.seed))
+        .collect();
     canonical_sort(&mut records);
     let failures: Vec<(String, String)> = results
         .iter()
@@ -56,7 +59,11 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         eprintln!("warning: case {label} has no answer: {why}");
     }
     if !results.is_empty() && failures.len() == results.len() {
-        let why = failures.iter().map(|(l, w)| format!("{l}: {w}")).collect::<Vec<_>>().join("; ");
+        let why = failures
+            .iter()
+            .map(|(l, w)| format!("{l}: {w}"))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(Error::invalid(
             format!("{}: cases", sc.origin),
             "(all cases)",
@@ -82,10 +89,16 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
                         .iter()
                         .flat_map(|g| g.answers.iter().map(move |x| (g, x)))
                         .map(|(g, x)| {
-                            let key = if g.scaled_by.is_some() { format!("{} ({})", x.backend, g.label) } else { x.backend.clone() };
+                            let key = if g.scaled_by.is_some() {
+                                format!("{} ({})", x.backend, g.label)
+                            } else {
+                                x.backend.clone()
+                            };
                             let v = match &x.result {
                                 Ok(ms) => serde_json::Value::Object(
-                                    ms.iter().map(|m| (m.name.clone(), serde_json::json!(m.value))).collect(),
+                                    ms.iter()
+                                        .map(|m| (m.name.clone(), serde_json::json!(m.value)))
+                                        .collect(),
                                 ),
                                 Err(e) => serde_json::json!({ "error": e.to_string() }),
                             };
@@ -108,7 +121,10 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let (headers, rows) = summary_table(m, &records);
-        print!("{}", trainlab_reports::markdown_table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows));
+        print!(
+            "{}",
+            trainlab_reports::markdown_table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows)
+        );
         for p in &written {
             println!("wrote {}", p.display());
         }
@@ -142,14 +158,32 @@ fn plan_charts(records: &[Record]) -> Vec<(&'static str, ChartSpec)> {
                     .filter_map(|r| Some((num(param(r, "gpus"))?, r.value * scale)))
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series { name: mname.clone(), points }
+                Series {
+                    name: mname.clone(),
+                    points,
+                }
             })
             .collect()
     };
     [
-        ("days", "Wall-clock days to train", "training days", series_of("train_days", 1.0)),
-        ("gpu_hours", "GPU-hours to train", "GPU-hours", series_of("gpu_hours", 1.0)),
-        ("mfu", "Model FLOPs utilisation of the best layout", "MFU (%)", series_of("mfu", 100.0)),
+        (
+            "days",
+            "Wall-clock days to train",
+            "training days",
+            series_of("train_days", 1.0),
+        ),
+        (
+            "gpu_hours",
+            "GPU-hours to train",
+            "GPU-hours",
+            series_of("gpu_hours", 1.0),
+        ),
+        (
+            "mfu",
+            "Model FLOPs utilisation of the best layout",
+            "MFU (%)",
+            series_of("mfu", 100.0),
+        ),
     ]
     .into_iter()
     .map(|(stem, title, ylabel, series)| {
@@ -185,14 +219,25 @@ fn generic_charts(m: &Manifest, records: &[Record]) -> Vec<(String, ChartSpec)> 
                 };
                 match series.iter_mut().find(|s| s.name == name) {
                     Some(s) => s.points.push((xv, r.value)),
-                    None => series.push(Series { name, points: vec![(xv, r.value)] }),
+                    None => series.push(Series {
+                        name,
+                        points: vec![(xv, r.value)],
+                    }),
                 }
             }
             for s in &mut series {
                 s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
             }
-            let unit = records.iter().find(|r| r.metric == *metric).map_or("", |r| r.unit.symbol());
-            let mut spec = ChartSpec::new(format!("{metric} vs {x}"), x.as_str(), format!("{metric} ({unit})"), ChartKind::Line);
+            let unit = records
+                .iter()
+                .find(|r| r.metric == *metric)
+                .map_or("", |r| r.unit.symbol());
+            let mut spec = ChartSpec::new(
+                format!("{metric} vs {x}"),
+                x.as_str(),
+                format!("{metric} ({unit})"),
+                ChartKind::Line,
+            );
             spec.series = series;
             (metric.replace(['.', '/'], "_"), spec)
         })
@@ -205,7 +250,10 @@ pub fn write_outputs(m: &Manifest, records: &[Record], out: &Path) -> Result<Vec
     let (pq, csv) = trainlab_reports::write_records(records, out, "records")?;
     written.extend([pq, csv, study::write_manifest(m, out)?]);
     let charts: Vec<(String, ChartSpec)> = if m.form == "plan" {
-        plan_charts(records).into_iter().map(|(s, c)| (s.to_string(), c)).collect()
+        plan_charts(records)
+            .into_iter()
+            .map(|(s, c)| (s.to_string(), c))
+            .collect()
     } else {
         generic_charts(m, records)
     };
@@ -221,7 +269,10 @@ pub fn write_outputs(m: &Manifest, records: &[Record], out: &Path) -> Result<Vec
             m.cases, m.kind
         )
     };
-    report.paragraph(&format!("Seed {}. Device efficiencies: {}. {how}", m.seed, m.efficiencies));
+    report.paragraph(&format!(
+        "Seed {}. Device efficiencies: {}. {how}",
+        m.seed, m.efficiencies
+    ));
     for (stem, spec) in charts {
         let png = out.join(format!("{stem}.png"));
         let svg = out.join(format!("{stem}.svg"));
@@ -229,7 +280,11 @@ pub fn write_outputs(m: &Manifest, records: &[Record], out: &Path) -> Result<Vec
         written.extend([png, svg]);
         report.chart(&spec)?;
     }
-    report.heading(if m.form == "plan" { "Best layout per case" } else { "Cases" });
+    report.heading(if m.form == "plan" {
+        "Best layout per case"
+    } else {
+        "Cases"
+    });
     let (headers, rows) = summary_table(m, records);
     report.table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
     // The page stays readable (and small) for large studies: the records table shows the first rows; every record
@@ -254,9 +309,13 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     let rd = std::fs::read_dir(&a.dir).map_err(|e| Error::io(format!("reading {}", a.dir.display()), e))?;
     let mut shards: Vec<(usize, usize, PathBuf)> = Vec::new();
     for entry in rd {
-        let p = entry.map_err(|e| Error::io(format!("reading {}", a.dir.display()), e))?.path();
+        let p = entry
+            .map_err(|e| Error::io(format!("reading {}", a.dir.display()), e))?
+            .path();
         let name = p.file_name().and_then(|s| s.to_str()).unwrap_or_default().to_string();
-        if let Some(rest) = name.strip_prefix("records-shard-").and_then(|s| s.strip_suffix(".parquet"))
+        if let Some(rest) = name
+            .strip_prefix("records-shard-")
+            .and_then(|s| s.strip_suffix(".parquet"))
             && let Some((i, n)) = rest.split_once("-of-")
             && let (Ok(i), Ok(n)) = (i.parse(), n.parse())
         {
@@ -264,7 +323,10 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         }
     }
     if shards.is_empty() {
-        bail!(UsageError(format!("no records-shard-I-of-N.parquet files in {}", a.dir.display())));
+        bail!(UsageError(format!(
+            "no records-shard-I-of-N.parquet files in {}",
+            a.dir.display()
+        )));
     }
     shards.sort();
     let n = shards[0].1;
@@ -274,7 +336,10 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     let have: Vec<usize> = shards.iter().map(|s| s.0).collect();
     let missing: Vec<usize> = (0..n).filter(|i| !have.contains(i)).collect();
     if !missing.is_empty() {
-        bail!(UsageError(format!("missing shards {missing:?} of {n} in {}", a.dir.display())));
+        bail!(UsageError(format!(
+            "missing shards {missing:?} of {n} in {}",
+            a.dir.display()
+        )));
     }
     let manifest = study::read_manifest(&a.dir)?;
     let paths: Vec<PathBuf> = shards.into_iter().map(|s| s.2).collect();

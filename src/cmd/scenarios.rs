@@ -69,16 +69,34 @@ pub fn kinds(a: &KindsArgs) -> Result<()> {
         .map(|(k, b, s)| {
             vec![
                 k.name().to_string(),
-                b.iter().map(|x| format!("{} ({})", x.name, x.fidelity.as_str())).collect::<Vec<_>>().join(", "),
-                k.calibration().map_or("-".into(), |c| format!("calibrate --workload {} -> {}", k.name(), c.profile_kind())),
-                if k.reads().is_empty() { "-".into() } else { k.reads().join(", ") },
+                b.iter()
+                    .map(|x| format!("{} ({})", x.name, x.fidelity.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                k.calibration().map_or("-".into(), |c| {
+                    format!("calibrate --workload {} -> {}", k.name(), c.profile_kind())
+                }),
+                if k.reads().is_empty() {
+                    "-".into()
+                } else {
+                    k.reads().join(", ")
+                },
                 s.join(", "),
             ]
         })
         .collect();
     print!(
         "{}",
-        trainlab_reports::markdown_table(&["kind", "backends (fidelity order)", "calibration", "reads profiles", "embedded scenarios"], &rows)
+        trainlab_reports::markdown_table(
+            &[
+                "kind",
+                "backends (fidelity order)",
+                "calibration",
+                "reads profiles",
+                "embedded scenarios"
+            ],
+            &rows
+        )
     );
     Ok(())
 }

@@ -15,7 +15,10 @@ pub fn gpu_profile(opts: &Opts) -> Result<Option<DeviceProfile>, Error> {
     if let Some(p) = device_profile(opts, Device::Cpu)? {
         return Err(Error::invalid(
             "--profile",
-            opts.profiles.source.as_ref().map_or(String::new(), |s| s.display().to_string()),
+            opts.profiles
+                .source
+                .as_ref()
+                .map_or(String::new(), |s| s.display().to_string()),
             format!(
                 "a device profile measured on the CPU ({}); dense_training runs on GPUs",
                 p.provenance.device

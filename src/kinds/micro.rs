@@ -24,9 +24,10 @@ pub fn device_profile(opts: &Opts, device: Device) -> Result<Option<Profile<Devi
 pub fn default_profile(device: Device) -> DeviceProfile {
     match device {
         Device::Cpu => default_cpu_profile(),
-        Device::Cuda => datasheet_profile(&trainlab_datasets::gpus::preset("h100-sxm").unwrap_or_else(|| {
-            unreachable!("the h100-sxm preset is part of the datasets crate")
-        })),
+        Device::Cuda => datasheet_profile(
+            &trainlab_datasets::gpus::preset("h100-sxm")
+                .unwrap_or_else(|| unreachable!("the h100-sxm preset is part of the datasets crate")),
+        ),
     }
 }
 
@@ -272,7 +273,8 @@ impl Calibration for DeviceCalibration {
             .chain(std::iter::once("triad 64 MiB".to_string()))
             .collect();
         let prov = provenance(description.clone(), measured);
-        let mut profile = trainlab_models::calibrate::fit_gemm_profile(&fit_points, device.as_str(), prov.clone(), mem_bw)?;
+        let mut profile =
+            trainlab_models::calibrate::fit_gemm_profile(&fit_points, device.as_str(), prov.clone(), mem_bw)?;
         let uncal = default_profile(device);
         let held_out: Vec<HeldOut> = held_points
             .iter()
@@ -292,7 +294,15 @@ impl Calibration for DeviceCalibration {
             let role = if fit_sizes.contains(g) { "fit" } else { "held-out" };
             let case = format!("{} [{role}]", g.label());
             let rec = |backend: &str, f: Fidelity, v: f64| {
-                Record::from_metric(&study, Gemm::KIND, &case, backend, f, seed.0, &Metric::new("time", Unit::Seconds, v))
+                Record::from_metric(
+                    &study,
+                    Gemm::KIND,
+                    &case,
+                    backend,
+                    f,
+                    seed.0,
+                    &Metric::new("time", Unit::Seconds, v),
+                )
             };
             records.push(rec(device.as_str(), Fidelity::Measured, t.median_s()));
             records.push(rec("roofline-calibrated", Fidelity::Analytical, gemm_time(&profile, g)));
@@ -309,7 +319,11 @@ impl Calibration for DeviceCalibration {
                 profile.gemm_half_dim,
                 profile.launch_overhead_s
             ),
-            format!("held-out median |error|: {:.1}% over {} sizes", 100.0 * med, held_points.len()),
+            format!(
+                "held-out median |error|: {:.1}% over {} sizes",
+                100.0 * med,
+                held_points.len()
+            ),
         ];
         let json = serde_json::json!({
             "device": description, "mem_bw_bytes_per_s": mem_bw, "gemm_rate": profile.gemm_rate,

@@ -118,10 +118,9 @@ pub static KIND: KindDef<MoeLayer> = KindDef {
     backends,
     describe: |w| format!("{} x {} on {}", w.ep_ranks, w.dtype.as_str(), w.cluster.gpu.name),
     profiled: |o, w| match moe_profile(o) {
-        Ok(Some(p)) if p.params.device == w.cluster.gpu.name => vec![
-            ("closed_form", "moe_layer".into()),
-            ("monte_carlo", "moe_layer".into()),
-        ],
+        Ok(Some(p)) if p.params.device == w.cluster.gpu.name => {
+            vec![("closed_form", "moe_layer".into()), ("monte_carlo", "moe_layer".into())]
+        }
         _ => vec![],
     },
     calibration: Some(&MoeCalibration),
@@ -233,7 +232,12 @@ pub fn calibrate_cpu(
             return Err(Error::Interrupted);
         }
         done += 1;
-        progress(format!("layer {} of {} ({} passes)", (done - 1) % total + 1, total, rounds));
+        progress(format!(
+            "layer {} of {} ({} passes)",
+            (done - 1) % total + 1,
+            total,
+            rounds
+        ));
         measured(l, i, draws, repeats, seed)
     })
 }
@@ -265,7 +269,14 @@ impl Calibration for MoeCalibration {
         // cost model.
         let mut held_out = Vec::new();
         for (l, row) in held.iter().zip(&cal.held_out) {
-            let uncal = aggregate(l, &MoeSim { replications: 200, cost: None }.replicate(l, seed)?);
+            let uncal = aggregate(
+                l,
+                &MoeSim {
+                    replications: 200,
+                    cost: None,
+                }
+                .replicate(l, seed)?,
+            );
             held_out.push(HeldOut {
                 case: label(l),
                 metric: "step_time".into(),
@@ -280,13 +291,51 @@ impl Calibration for MoeCalibration {
             for r in rows {
                 let case = format!("{} [{set}]", r.label);
                 let rec = |backend: &str, f: Fidelity, name: &str, unit: Unit, v: f64| {
-                    Record::from_metric(study, MoeLayer::KIND, &case, backend, f, seed.0, &Metric::new(name, unit, v))
+                    Record::from_metric(
+                        study,
+                        MoeLayer::KIND,
+                        &case,
+                        backend,
+                        f,
+                        seed.0,
+                        &Metric::new(name, unit, v),
+                    )
                 };
-                records.push(rec("cpu", Fidelity::Measured, "step_time", Unit::Seconds, r.measured_step_s));
-                records.push(rec("monte_carlo-calibrated", Fidelity::Simulated, "step_time", Unit::Seconds, r.simulated_step_s));
-                records.push(rec("cost-model-replayed", Fidelity::Analytical, "step_time", Unit::Seconds, r.replayed_step_s));
-                records.push(rec("cpu", Fidelity::Measured, "drop_fraction", Unit::Ratio, r.measured_drop));
-                records.push(rec("monte_carlo-calibrated", Fidelity::Simulated, "drop_fraction", Unit::Ratio, r.simulated_drop));
+                records.push(rec(
+                    "cpu",
+                    Fidelity::Measured,
+                    "step_time",
+                    Unit::Seconds,
+                    r.measured_step_s,
+                ));
+                records.push(rec(
+                    "monte_carlo-calibrated",
+                    Fidelity::Simulated,
+                    "step_time",
+                    Unit::Seconds,
+                    r.simulated_step_s,
+                ));
+                records.push(rec(
+                    "cost-model-replayed",
+                    Fidelity::Analytical,
+                    "step_time",
+                    Unit::Seconds,
+                    r.replayed_step_s,
+                ));
+                records.push(rec(
+                    "cpu",
+                    Fidelity::Measured,
+                    "drop_fraction",
+                    Unit::Ratio,
+                    r.measured_drop,
+                ));
+                records.push(rec(
+                    "monte_carlo-calibrated",
+                    Fidelity::Simulated,
+                    "drop_fraction",
+                    Unit::Ratio,
+                    r.simulated_drop,
+                ));
             }
         }
         let device = trainlab_executors::cpu::cpu_device_description();
