@@ -1,9 +1,9 @@
 //! The `collective` kind: one collective over a group of GPUs, in the nccl-tests convention.
 use super::{KindDef, Opts, no_profile};
+use trainlab_core::Error;
 use trainlab_core::workloads::Collective;
-use trainlab_core::{Backend, Error};
 
-fn backends(_: &Opts) -> Result<Vec<Box<dyn Backend<Collective>>>, Error> {
+fn backends(_: &Opts) -> Result<super::Backends<Collective>, Error> {
     Ok(vec![Box::new(trainlab_models::collectives::AlphaBeta)])
 }
 

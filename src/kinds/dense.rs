@@ -4,7 +4,7 @@ use super::micro::device_profile;
 use super::{KindDef, Opts};
 use crate::calibration::Device;
 use trainlab_core::workloads::DenseTraining;
-use trainlab_core::{Backend, DeviceProfile, Error};
+use trainlab_core::{DeviceProfile, Error};
 
 /// The GPU device profile given with `--profile`, if any; a CPU-only device profile is an input error (a dense job
 /// runs on GPUs, and a CPU's rates would silently make every answer wrong).
@@ -29,7 +29,7 @@ pub fn gpu_profile(opts: &Opts) -> Result<Option<DeviceProfile>, Error> {
     Ok(None)
 }
 
-fn backends(o: &Opts) -> Result<Vec<Box<dyn Backend<DenseTraining>>>, Error> {
+fn backends(o: &Opts) -> Result<super::Backends<DenseTraining>, Error> {
     let profile = gpu_profile(o)?;
     Ok(vec![
         Box::new(trainlab_models::dense::DenseAnalytical {

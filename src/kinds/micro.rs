@@ -98,7 +98,7 @@ on_device!(mem_on_cuda, MemBandwidth, Device::Cuda);
 on_device!(launch_on_cpu, LaunchLatency, Device::Cpu);
 on_device!(launch_on_cuda, LaunchLatency, Device::Cuda);
 
-fn gemm_backends(o: &Opts) -> Result<Vec<Box<dyn Backend<Gemm>>>, Error> {
+fn gemm_backends(o: &Opts) -> Result<super::Backends<Gemm>, Error> {
     Ok(vec![
         Box::new(DeviceRoofline::new(o)?),
         Box::new(Answering {
@@ -111,7 +111,7 @@ fn gemm_backends(o: &Opts) -> Result<Vec<Box<dyn Backend<Gemm>>>, Error> {
         }),
     ])
 }
-fn mem_backends(o: &Opts) -> Result<Vec<Box<dyn Backend<MemBandwidth>>>, Error> {
+fn mem_backends(o: &Opts) -> Result<super::Backends<MemBandwidth>, Error> {
     Ok(vec![
         Box::new(DeviceRoofline::new(o)?),
         Box::new(Answering {
@@ -124,7 +124,7 @@ fn mem_backends(o: &Opts) -> Result<Vec<Box<dyn Backend<MemBandwidth>>>, Error> 
         }),
     ])
 }
-fn launch_backends(o: &Opts) -> Result<Vec<Box<dyn Backend<LaunchLatency>>>, Error> {
+fn launch_backends(o: &Opts) -> Result<super::Backends<LaunchLatency>, Error> {
     Ok(vec![
         Box::new(DeviceRoofline::new(o)?),
         Box::new(Answering {

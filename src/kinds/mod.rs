@@ -198,6 +198,9 @@ pub trait Kind: Sync {
     fn answer(&self, sc: &Scenario, opts: &Opts, req: &Request<'_>, ctx: &mut RunCtx) -> Result<Vec<Group>, Error>;
 }
 
+/// The backends of a kind, as a kind builds them from [`Opts`].
+pub type Backends<W> = Vec<Box<dyn Backend<W>>>;
+
 /// The declaration of one kind: everything the table needs, for workload type `W`.
 pub struct KindDef<W: Workload> {
     /// One line on what it models.
@@ -209,7 +212,7 @@ pub struct KindDef<W: Workload> {
     /// The metrics a study's table and charts show first.
     pub headline: &'static [&'static str],
     /// Builds the backends, in fidelity order, with the profiles in `opts` applied.
-    pub backends: fn(&Opts) -> Result<Vec<Box<dyn Backend<W>>>, Error>,
+    pub backends: fn(&Opts) -> Result<Backends<W>, Error>,
     /// A short description of a workload a backend ran instead of the one asked (e.g. `4 ranks x 200 steps`).
     pub describe: fn(&W) -> String,
     /// Which profile (if any) shaped each backend's answer to `w`: `(backend name, profile kind)`.
@@ -350,25 +353,25 @@ impl<W: Workload> KindDef<W> {
             g.group.answers.push(answer);
         }
         if req.follow_scaled {
-            for gi in 1..groups.len() {
+            for g in groups.iter_mut().skip(1) {
                 // Nothing to compare with when the backend that ran this workload could not answer it.
-                if groups[gi].group.answers.iter().all(|a| a.result.is_err()) {
+                if g.group.answers.iter().all(|a| a.result.is_err()) {
                     continue;
                 }
                 for b in backends.iter_mut() {
-                    if b.available().is_err() || groups[gi].group.answers.iter().any(|a| a.backend == b.name()) {
+                    if b.available().is_err() || g.group.answers.iter().any(|a| a.backend == b.name()) {
                         continue;
                     }
                     // Only a backend that answers this workload as it is belongs to its group.
-                    if b.answers(&groups[gi].workload)?.is_some() {
+                    if b.answers(&g.workload)?.is_some() {
                         continue;
                     }
-                    let answer = self.run_one(b.as_mut(), &groups[gi].workload, opts, ctx);
-                    groups[gi].group.answers.push(answer);
+                    let answer = self.run_one(b.as_mut(), &g.workload, opts, ctx);
+                    g.group.answers.push(answer);
                 }
                 // Keep backend order within the group.
                 let order = |n: &str| names.iter().position(|x| x == n).unwrap_or(usize::MAX);
-                groups[gi].group.answers.sort_by_key(|a| order(&a.backend));
+                g.group.answers.sort_by_key(|a| order(&a.backend));
             }
         }
         Ok(groups

@@ -78,7 +78,7 @@ pub fn on_one_gpu(w: &MoeLayer) -> Option<MoeLayer> {
     Some(x)
 }
 
-fn backends(o: &Opts) -> Result<Vec<Box<dyn Backend<MoeLayer>>>, Error> {
+fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
     let profile = moe_profile(o)?.map(|p| p.params);
     Ok(vec![
         Box::new(WithCost {

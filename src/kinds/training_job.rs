@@ -4,7 +4,7 @@ use super::{KindDef, Opts, no_profile};
 use trainlab_core::workloads::TrainingJob;
 use trainlab_core::{Backend, Error};
 
-fn backends(o: &Opts) -> Result<Vec<Box<dyn Backend<TrainingJob>>>, Error> {
+fn backends(o: &Opts) -> Result<super::Backends<TrainingJob>, Error> {
     let mut v: Vec<Box<dyn Backend<TrainingJob>>> = vec![
         Box::new(trainlab_models::reliability::ReliabilityModel),
         Box::new(trainlab_sim::failures::FailureSim),
