@@ -263,56 +263,7 @@ pub fn expected_max_std_normal(r: u64) -> f64 {
         return 0.0;
     }
     let q = (r as f64 - 0.375) / (r as f64 + 0.25);
-    inv_norm_cdf(q)
-}
-
-/// Inverse standard-normal CDF (Acklam's rational approximation, relative error < 1.2e-9).
-pub fn inv_norm_cdf(p: f64) -> f64 {
-    const A: [f64; 6] = [
-        -3.969_683_028_665_376e1,
-        2.209_460_984_245_205e2,
-        -2.759_285_104_469_687e2,
-        1.383_577_518_672_69e2,
-        -3.066_479_806_614_716e1,
-        2.506_628_277_459_239,
-    ];
-    const B: [f64; 5] = [
-        -5.447_609_879_822_406e1,
-        1.615_858_368_580_409e2,
-        -1.556_989_798_598_866e2,
-        6.680_131_188_771_972e1,
-        -1.328_068_155_288_572e1,
-    ];
-    const C: [f64; 6] = [
-        -7.784_894_002_430_293e-3,
-        -3.223_964_580_411_365e-1,
-        -2.400_758_277_161_838,
-        -2.549_732_539_343_734,
-        4.374_664_141_464_968,
-        2.938_163_982_698_783,
-    ];
-    const D: [f64; 4] = [
-        7.784_695_709_041_462e-3,
-        3.224_671_290_700_398e-1,
-        2.445_134_137_142_996,
-        3.754_408_661_907_416,
-    ];
-    let p = p.clamp(1e-300, 1.0 - 1e-16);
-    let pl = 0.02425;
-    if p < pl {
-        let q = (-2.0 * p.ln()).sqrt();
-        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
-            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
-    } else if p <= 1.0 - pl {
-        let q = p - 0.5;
-        let r = q * q;
-        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
-            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
-    } else {
-        let q = (-2.0 * (1.0 - p).ln()).sqrt();
-        -(((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
-            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
-    }
+    trainlab_core::stats::inv_norm_cdf(q)
 }
 
 /// Closed-form answers for a uniform router.
@@ -657,9 +608,7 @@ mod tests {
     }
 
     #[test]
-    fn inv_norm() {
-        assert!(inv_norm_cdf(0.5).abs() < 1e-9);
-        assert!((inv_norm_cdf(0.975) - 1.959_964).abs() < 1e-5);
+    fn blom_expected_max() {
         assert!((expected_max_std_normal(2) - 0.5642).abs() < 0.03); // Blom is approximate for tiny r
         assert!((expected_max_std_normal(100) - 2.5076).abs() < 0.02);
     }
