@@ -69,9 +69,9 @@ fn dense_backends(o: &Opts) -> Vec<Box<dyn Backend<DenseTraining>>> {
         }),
     ]
 }
-fn queue_backends(_o: &Opts) -> Vec<Box<dyn Backend<trainlab_sim::queueing::Queue>>> {
+fn queue_backends(_o: &Opts) -> Vec<Box<dyn Backend<trainlab_core::workloads::Queue>>> {
     vec![
-        Box::new(trainlab_sim::queueing::QueueAnalytical),
+        Box::new(trainlab_models::queueing::QueueAnalytical),
         Box::new(trainlab_sim::queueing::QueueSim::default()),
     ]
 }

@@ -9,6 +9,7 @@ pub mod fit;
 pub mod laws;
 pub mod mixture;
 pub mod moe;
+pub mod queueing;
 pub mod reliability;
 pub mod roofline;
 pub mod search;
