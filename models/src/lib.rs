@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod collectives;
 pub mod dense;
 pub mod fit;
+pub mod hardware;
 pub mod laws;
 pub mod mixture;
 pub mod moe;
