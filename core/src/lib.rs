@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod cluster;
+pub mod detector;
 pub mod error;
 pub mod metric;
 pub mod profile;

@@ -2,8 +2,10 @@
 //! thread-pool dispatch latency, each timed with [`crate::timing`] on seeded random data.
 //!
 //! Reusable pieces for other executors:
-//! - [`sgemm`] / [`dgemm`] / [`sgemm_batched`]: row-major `C = A * B` (A is `m x k`, B is `k x n`, C is `m x n`, all
-//!   contiguous with no padding: element `(i, j)` of A is `a[i * k + j]`). C is overwritten, not accumulated.
+//! - [`gemm`]: the crate's one CPU GEMM wrapper, `C [+]= A B` on strided views ([`MatRef`]) in f32 or f64, used by
+//!   the LM trainer and the MoE layer as well; [`sgemm`] / [`dgemm`] / [`sgemm_batched`] are its contiguous
+//!   row-major forms (A is `m x k`, B is `k x n`, C is `m x n`: element `(i, j)` of A is `a[i * k + j]`), C
+//!   overwritten.
 //! - [`stream_copy`] / [`stream_triad`]: the STREAM kernels (McCalpin 1995) over `f64` arrays, rayon-parallel.
 //! - [`gemm_sweep`] + [`default_calibration_sizes`]: the calibration sweep `trainlab calibrate --backend cpu` fits a
 //!   [`trainlab_core::DeviceProfile`] to.
@@ -94,73 +96,169 @@ fn check_len(field: &str, got: usize, rows: usize, cols: usize) -> Result<(), Er
     Ok(())
 }
 
-macro_rules! gemm_wrapper {
-    ($name:ident, $t:ty, $doc:literal) => {
-        #[doc = $doc]
-        ///
-        /// Row-major, contiguous: `a` is `m x k` (`a[i * k + p]`), `b` is `k x n` (`b[p * n + j]`), `c` is `m x n`
-        /// (`c[i * n + j]`); `c` is overwritten with `A * B`. `threads`: 0 = rayon's global pool size, 1 = serial,
-        /// `t` = `t`-way rayon parallelism (the `gemm` crate splits over output blocks, never over `k`, so results do
-        /// not depend on `threads`). Wrong slice lengths give [`Error::Invalid`].
-        pub fn $name(
-            m: usize,
-            n: usize,
-            k: usize,
-            a: &[$t],
-            b: &[$t],
-            c: &mut [$t],
-            threads: usize,
-        ) -> Result<(), Error> {
-            check_len("a", a.len(), m, k)?;
-            check_len("b", b.len(), k, n)?;
-            check_len("c", c.len(), m, n)?;
-            if m == 0 || n == 0 {
-                return Ok(());
-            }
-            if k == 0 {
-                c.iter_mut().for_each(|x| *x = 0.0);
-                return Ok(());
-            }
-            // SAFETY: the lengths were checked above, so every (row, col) offset the strides describe lies inside
-            // its slice; `c` is uniquely borrowed and does not alias `a` or `b` (Rust borrow rules).
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    a.as_ptr(),
-                    1,
-                    k as isize,
-                    b.as_ptr(),
-                    1,
-                    n as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism(threads),
-                );
-            }
-            Ok(())
-        }
-    };
+/// Element types of the CPU GEMM ([`gemm`]): `f32` and `f64`.
+pub trait GemmScalar: Copy + Send + Sync + 'static {
+    /// Additive identity.
+    const ZERO: Self;
+    /// Multiplicative identity.
+    const ONE: Self;
 }
 
-gemm_wrapper!(
-    sgemm,
-    f32,
-    "Single-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels)."
-);
-gemm_wrapper!(
-    dgemm,
-    f64,
-    "Double-precision GEMM `C = A * B` on the CPU (the `gemm` crate's packed SIMD kernels)."
-);
+impl GemmScalar for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl GemmScalar for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+/// A read-only strided view of a matrix: element `(i, j)` is `data[i * row_stride + j * col_stride]` (strides in
+/// elements, non-negative).
+#[derive(Debug, Clone, Copy)]
+pub struct MatRef<'a, T> {
+    /// The elements.
+    pub data: &'a [T],
+    /// Distance between consecutive rows, elements.
+    pub row_stride: isize,
+    /// Distance between consecutive columns, elements.
+    pub col_stride: isize,
+}
+
+impl<'a, T> MatRef<'a, T> {
+    /// A row-major matrix with `cols` columns: element `(i, j)` is `data[i * cols + j]`.
+    pub fn row_major(data: &'a [T], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: cols as isize,
+            col_stride: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with `cols` columns: element `(i, j)` is `data[j * cols + i]`.
+    pub fn transposed(data: &'a [T], cols: usize) -> Self {
+        MatRef {
+            data,
+            row_stride: 1,
+            col_stride: cols as isize,
+        }
+    }
+    /// Checks that a `rows x cols` matrix read through this view stays inside `data`; `field` names it in errors.
+    fn check(&self, field: &str, rows: usize, cols: usize) -> Result<(), Error> {
+        if rows == 0 || cols == 0 {
+            return Ok(());
+        }
+        let bad = |reason: String| {
+            Err(Error::invalid(
+                field,
+                format!("{rows}x{cols} with strides ({}, {})", self.row_stride, self.col_stride),
+                reason,
+                "pass a buffer that holds the whole matrix",
+            ))
+        };
+        if self.row_stride < 0 || self.col_stride < 0 {
+            return bad("strides must be non-negative".into());
+        }
+        let last = ((rows - 1) as u128) * self.row_stride as u128 + ((cols - 1) as u128) * self.col_stride as u128;
+        if last >= self.data.len() as u128 {
+            return bad(format!("reaches element {last} of a slice of {}", self.data.len()));
+        }
+        Ok(())
+    }
+}
+
+/// The one CPU GEMM of this crate (the `gemm` crate's packed SIMD kernels): `C = A B`, or `C += A B` with
+/// `accumulate`, where `A` is `m x k` and `B` is `k x n` read through strided views (so transposed operands need no
+/// copy) and `C` is a contiguous row-major `m x n` slice (`c[i * n + j]`). `threads`: 0 = rayon's global pool size,
+/// 1 = serial, `t` = `t`-way rayon parallelism (the `gemm` crate splits over output blocks, never over `k`, so
+/// results do not depend on `threads`). A view reaching outside its slice or a wrong `c` length is
+/// [`Error::Invalid`] naming `a`, `b` or `c`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm<T: GemmScalar>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: &mut [T],
+    accumulate: bool,
+    threads: usize,
+) -> Result<(), Error> {
+    check_len("c", c.len(), m, n)?;
+    a.check("a", m, k)?;
+    b.check("b", k, n)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            c.iter_mut().for_each(|x| *x = T::ZERO);
+        }
+        return Ok(());
+    }
+    // SAFETY: `check` keeps every (row, col) offset the views' strides form inside their slices, and `c` holds
+    // exactly m x n elements addressed row-major (stride n, 1); `c` is uniquely borrowed and cannot alias `a` or
+    // `b` (Rust borrow rules). The `gemm` crate computes dst = alpha * dst + beta * lhs * rhs and reads dst only
+    // when `read_dst` is set.
+    unsafe {
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride,
+            a.row_stride,
+            b.data.as_ptr(),
+            b.col_stride,
+            b.row_stride,
+            if accumulate { T::ONE } else { T::ZERO },
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism(threads),
+        );
+    }
+    Ok(())
+}
+
+/// Single-precision `C = A * B` on contiguous row-major slices: `a` is `m x k` (`a[i * k + p]`), `b` is `k x n`
+/// (`b[p * n + j]`), `c` is `m x n` and is overwritten. Wrong slice lengths give [`Error::Invalid`]; `threads` as in
+/// [`gemm`].
+pub fn sgemm(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], threads: usize) -> Result<(), Error> {
+    check_len("a", a.len(), m, k)?;
+    check_len("b", b.len(), k, n)?;
+    gemm(
+        m,
+        n,
+        k,
+        MatRef::row_major(a, k),
+        MatRef::row_major(b, n),
+        c,
+        false,
+        threads,
+    )
+}
+
+/// Double-precision [`sgemm`].
+pub fn dgemm(m: usize, n: usize, k: usize, a: &[f64], b: &[f64], c: &mut [f64], threads: usize) -> Result<(), Error> {
+    check_len("a", a.len(), m, k)?;
+    check_len("b", b.len(), k, n)?;
+    gemm(
+        m,
+        n,
+        k,
+        MatRef::row_major(a, k),
+        MatRef::row_major(b, n),
+        c,
+        false,
+        threads,
+    )
+}
 
 /// `batch` independent fp32 GEMMs over contiguous stacks: `a` holds `batch` row-major `m x k` matrices back to back,
 /// `b` holds `batch` `k x n`, `c` holds `batch` `m x n`. Each product uses the `threads`-way parallel [`sgemm`].

@@ -1,11 +1,10 @@
-//! Real runs on an NVIDIA GPU through cudarc (dynamic loading: this module compiles and links on machines with no
-//! CUDA at all; the driver, NVRTC and cuBLAS libraries are `dlopen`ed on first use).
+//! Microbenchmark runs on an NVIDIA GPU (GEMM, STREAM, launch latency) on the crate's one GPU runtime,
+//! [`crate::gpu`] (probing, context and stream, cuBLAS, NVRTC, event timing; dynamic loading, so this compiles and
+//! links on machines with no CUDA at all).
 //!
-//! - Probe with [`gpu_available`] / [`gpu_unavailable_reason`]: they check `libcuda`, `libnvrtc` and `libcublas` with
-//!   cudarc's `is_culib_present()` *before* touching the driver (a missing driver would otherwise panic inside
-//!   cudarc), count devices, and never panic.
-//! - [`CudaRuntime`] holds one context, its stream, a cuBLAS handle and three NVRTC-compiled kernels: `tl_copy`,
-//!   `tl_triad` (STREAM copy/triad on `float`, vectorised as `float4`) and `tl_empty` (launch latency).
+//! - Probe with [`gpu_available`] / [`gpu_unavailable_reason`] (re-exported from [`crate::gpu`]); they never panic.
+//! - [`CudaRuntime`] is a [`GpuRuntime`] plus three NVRTC-compiled kernels: `tl_copy`, `tl_triad` (STREAM
+//!   copy/triad on `float`, vectorised as `float4`) and `tl_empty` (launch latency).
 //! - GEMMs go through `cublasGemmStridedBatchedEx` with fp32 accumulation for every storage type: fp32
 //!   (`CUBLAS_COMPUTE_32F`), tf32 (`CUBLAS_COMPUTE_32F_FAST_TF32` on fp32 storage), fp16 and bf16 (16-bit A, B and
 //!   C, `CUBLAS_COMPUTE_32F`). fp8 is [`Error::Unsupported`] (it needs cublasLt with scale factors).
@@ -16,12 +15,13 @@
 //! Backends (all [`Fidelity::Measured`], name `cuda`): [`CudaGemm`], [`CudaMem`], [`CudaLaunch`]; their
 //! `available()` returns the reason when no usable GPU is present. [`cuda_gemm_sweep`] mirrors
 //! [`crate::cpu::gemm_sweep`] for `trainlab calibrate --backend cuda`.
+use crate::gpu::{GpuRuntime, blas_err, drv};
+pub use crate::gpu::{gpu_available, gpu_unavailable_reason};
 use crate::timing::{self, Timing, TimingOpts};
-use cudarc::cublas::{CudaBlas, GemmConfig, result as blas_result, sys as blas_sys};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
-use cudarc::driver::{PushKernelArg, sys as drv_sys};
+use cudarc::cublas::{result as blas_result, sys as blas_sys};
+use cudarc::driver::{CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use std::ffi::c_void;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use trainlab_core::workloads::{Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Workload};
 
@@ -67,207 +67,57 @@ extern "C" __global__ void tl_triad(float* __restrict__ a, const float* __restri
 extern "C" __global__ void tl_empty() {}
 "#;
 
-fn probe() -> Option<String> {
-    let r = std::panic::catch_unwind(|| {
-        // SAFETY: these only try to dlopen() the candidate library names; no symbol is called.
-        if !unsafe { drv_sys::is_culib_present() } {
-            return Some("no CUDA driver library (libcuda.so) found".to_string());
-        }
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Some("no NVRTC library (libnvrtc.so.13) found: add the CUDA lib folder to LD_LIBRARY_PATH".into());
-        }
-        if !unsafe { blas_sys::is_culib_present() } {
-            return Some(
-                "no cuBLAS library (libcublas.so.13) found: add the CUDA lib folder to LD_LIBRARY_PATH".into(),
-            );
-        }
-        match CudaContext::device_count() {
-            Ok(n) if n > 0 => None,
-            Ok(_) => Some("the CUDA driver reports no device".to_string()),
-            Err(e) => Some(format!("CUDA driver initialisation failed: {e}")),
-        }
-    });
-    match r {
-        Ok(reason) => reason,
-        Err(_) => Some("the CUDA driver library could not be used (cudarc panicked while loading it)".to_string()),
-    }
-}
-
-/// Why no GPU can be used here (no driver, no NVRTC/cuBLAS library, no device), or `None` when one can. Probed
-/// once per process and cached; never panics.
-pub fn gpu_unavailable_reason() -> Option<String> {
-    static REASON: OnceLock<Option<String>> = OnceLock::new();
-    REASON.get_or_init(probe).clone()
-}
-
-/// True when a CUDA device, its driver, NVRTC and cuBLAS are all usable.
-pub fn gpu_available() -> bool {
-    gpu_unavailable_reason().is_none()
-}
-
-fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("CUDA {what}: {e}"))
-}
-
-fn blas_err(what: &str) -> impl Fn(blas_result::CublasError) -> Error + '_ {
-    move |e| Error::Backend(format!("cuBLAS {what}: {e}"))
-}
-
-/// One GPU ready to run: context, stream, cuBLAS handle and the compiled microbenchmark kernels.
+/// One GPU ready to run the microbenchmarks: the runtime and the compiled microbenchmark kernels.
 pub struct CudaRuntime {
-    ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    gpu: GpuRuntime,
     copy_fn: CudaFunction,
     triad_fn: CudaFunction,
     empty_fn: CudaFunction,
-    sm_count: u32,
 }
 
 impl std::fmt::Debug for CudaRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaRuntime")
-            .field("ordinal", &self.ctx.ordinal())
-            .field("sm_count", &self.sm_count)
+            .field("gpu", &self.gpu)
             .finish_non_exhaustive()
     }
 }
 
 impl CudaRuntime {
-    /// Opens device `ordinal`, compiles the kernels with NVRTC and creates a cuBLAS handle.
+    /// Opens device `ordinal` ([`GpuRuntime::new`]) and compiles the microbenchmark kernels with NVRTC.
     /// Without a usable GPU this is [`Error::Unsupported`] with the reason.
     pub fn new(ordinal: usize) -> Result<CudaRuntime, Error> {
-        if let Some(why) = gpu_unavailable_reason() {
-            return Err(Error::Unsupported(why));
-        }
-        let count = CudaContext::device_count().map_err(drv("device count"))?;
-        if ordinal >= count.max(0) as usize {
-            return Err(Error::invalid(
-                "cuda.ordinal",
-                ordinal,
-                format!("only {count} CUDA device(s) present"),
-                "pick an ordinal below the device count",
-            ));
-        }
-        let ctx = CudaContext::new(ordinal).map_err(drv("context creation"))?;
-        // SAFETY: every buffer of this runtime is allocated, used and freed on the one default stream below, so
-        // cudarc's per-slice cross-stream events are not needed; without them no extra cuEventRecord calls are
-        // enqueued around each timed kernel or GEMM (they would inflate small-kernel times).
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
-        let ptx = cudarc::nvrtc::compile_ptx(KERNELS_CU)
-            .map_err(|e| Error::Backend(format!("NVRTC compilation of the microbenchmark kernels: {e}")))?;
-        let module = ctx.load_module(ptx).map_err(drv("module load"))?;
-        let copy_fn = module.load_function("tl_copy").map_err(drv("load tl_copy"))?;
-        let triad_fn = module.load_function("tl_triad").map_err(drv("load tl_triad"))?;
-        let empty_fn = module.load_function("tl_empty").map_err(drv("load tl_empty"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(blas_err("handle creation"))?;
-        let sm_count = ctx
-            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(drv("SM count"))?
-            .max(1) as u32;
+        let gpu = GpuRuntime::new(ordinal)?;
+        let [copy_fn, triad_fn, empty_fn] = gpu.load_kernels(
+            KERNELS_CU,
+            "the microbenchmark kernels",
+            ["tl_copy", "tl_triad", "tl_empty"],
+        )?;
         Ok(CudaRuntime {
-            ctx,
-            stream,
-            blas,
+            gpu,
             copy_fn,
             triad_fn,
             empty_fn,
-            sm_count,
         })
     }
 
-    /// The stream every buffer and launch of this runtime uses (for other in-crate GPU code, e.g. `lm::cuda`).
-    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
-        &self.stream
-    }
-
-    /// The context, to load further NVRTC modules.
-    pub(crate) fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    /// The cuBLAS handle, bound to [`Self::stream`].
-    pub(crate) fn blas(&self) -> &CudaBlas {
-        &self.blas
+    /// The runtime underneath (stream, cuBLAS, event timing).
+    pub fn gpu(&self) -> &GpuRuntime {
+        &self.gpu
     }
 
     /// Device description for provenance, e.g. `NVIDIA H100 80GB HBM3, sm_90, 132 SMs, 79.1 GiB`.
     pub fn device_description(&self) -> String {
-        let name = self.ctx.name().unwrap_or_else(|_| "unknown CUDA device".into());
-        let cc = self
-            .ctx
-            .compute_capability()
-            .map(|(a, b)| format!("sm_{a}{b}"))
-            .unwrap_or_else(|_| "sm_?".into());
-        let mem = self
-            .ctx
-            .total_mem()
-            .map(|b| b as f64 / (1u64 << 30) as f64)
-            .unwrap_or(0.0);
-        format!("{name}, {cc}, {} SMs, {mem:.1} GiB", self.sm_count)
+        self.gpu.device_description()
     }
 
-    fn free_bytes(&self) -> Result<u64, Error> {
-        Ok(self.ctx.mem_get_info().map_err(drv("memory info"))?.0 as u64)
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.gpu.stream()
     }
 
-    fn check_fits(&self, field: &str, value: String, bytes: f64) -> Result<(), Error> {
-        let free = self.free_bytes()? as f64;
-        if bytes > 0.9 * free {
-            return Err(Error::invalid(
-                field,
-                value,
-                format!(
-                    "needs {:.2} GiB but the GPU has {:.2} GiB free",
-                    bytes / 1073741824.0,
-                    free / 1073741824.0
-                ),
-                "use smaller sizes",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Times `enqueue` (which must only enqueue work on this runtime's stream) with CUDA events: `opts.warmup`
-    /// untimed calls, one timed call to size the batch (`inner` calls per sample so a sample spans at least
-    /// `opts.target_sample_s`, at most 100,000 calls), then samples as in [`timing::time_samples`]. Seconds per call.
-    pub fn time_enqueued<F>(&self, opts: &TimingOpts, mut enqueue: F) -> Result<Timing, Error>
-    where
-        F: FnMut() -> Result<(), Error>,
-    {
-        opts.validate("timing")?;
-        for _ in 0..opts.warmup {
-            enqueue()?;
-        }
-        self.stream.synchronize().map_err(drv("synchronize"))?;
-        let mut batch = |n: usize| -> Result<f64, Error> {
-            let flags = Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT);
-            let start = self.stream.record_event(flags).map_err(drv("event record"))?;
-            for _ in 0..n {
-                enqueue()?;
-            }
-            let end = self.stream.record_event(flags).map_err(drv("event record"))?;
-            let ms = start.elapsed_ms(&end).map_err(drv("event elapsed"))?;
-            Ok(ms as f64 * 1e-3 / n as f64)
-        };
-        let one = batch(1)?.max(1e-7);
-        let inner = if one >= opts.target_sample_s {
-            1
-        } else {
-            ((opts.target_sample_s / one).ceil() as usize).clamp(1, 100_000)
-        };
-        timing::time_samples(opts, || batch(inner))
-    }
-
+    /// A grid-stride launch over `n` floats handled as `float4`.
     fn stream_grid(&self, n: u64) -> LaunchConfig {
-        let threads = 256u64;
-        let blocks = (n / 4).div_ceil(threads).clamp(1, self.sm_count as u64 * 16);
-        LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (threads as u32, 1, 1),
-            shared_mem_bytes: 0,
-        }
+        self.gpu.stride_grid(n, 4)
     }
 
     fn launch_copy(&self, src: &CudaSlice<f32>, dst: &mut CudaSlice<f32>) -> Result<(), Error> {
@@ -280,7 +130,7 @@ impl CudaRuntime {
         }
         let n = src.len() as u64;
         let cfg = self.stream_grid(n);
-        let mut b = self.stream.launch_builder(&self.copy_fn);
+        let mut b = self.stream().launch_builder(&self.copy_fn);
         b.arg(src).arg(dst).arg(&n);
         // SAFETY: tl_copy(const float*, float*, unsigned long long) matches the argument list; both buffers hold
         // `n` floats (checked above), and the grid-stride loop stays below `n`.
@@ -300,7 +150,7 @@ impl CudaRuntime {
         }
         let n = a.len() as u64;
         let cfg = self.stream_grid(n);
-        let mut l = self.stream.launch_builder(&self.triad_fn);
+        let mut l = self.stream().launch_builder(&self.triad_fn);
         l.arg(a).arg(b).arg(c).arg(&s).arg(&n);
         // SAFETY: tl_triad(float*, const float*, const float*, float, unsigned long long) matches; all three buffers
         // hold `n` floats (checked above).
@@ -314,7 +164,7 @@ impl CudaRuntime {
             block_dim: (1, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut l = self.stream.launch_builder(&self.empty_fn);
+        let mut l = self.stream().launch_builder(&self.empty_fn);
         // SAFETY: tl_empty takes no arguments and touches no memory.
         unsafe { l.launch(cfg) }.map_err(drv("launch tl_empty"))?;
         Ok(())
@@ -323,7 +173,7 @@ impl CudaRuntime {
     fn upload_random(&self, seed: Seed, n: usize) -> Result<CudaSlice<f32>, Error> {
         let host = timing::random_f32(seed, n);
         timing::ensure_not_all_zero("input", &host)?;
-        self.stream.clone_htod(&host).map_err(drv("upload"))
+        self.stream().clone_htod(&host).map_err(drv("upload"))
     }
 
     /// Times one STREAM kernel pass over `w.bytes` bytes per array (`w.bytes / 4` floats).
@@ -333,16 +183,17 @@ impl CudaRuntime {
             MemKernel::Copy => 2.0,
             MemKernel::Triad => 3.0,
         };
-        self.check_fits("workload.bytes", w.bytes.to_string(), arrays * w.bytes as f64)?;
+        self.gpu
+            .check_fits("workload.bytes", w.bytes.to_string(), arrays * w.bytes as f64)?;
         let n = (w.bytes / 4) as usize;
         let s = seed.derive("stream");
         let b = self.upload_random(s.derive("b"), n)?;
-        let mut a = self.stream.alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
+        let mut a = self.stream().alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
         match w.kernel {
-            MemKernel::Copy => self.time_enqueued(opts, || self.launch_copy(&b, &mut a)),
+            MemKernel::Copy => self.gpu.time_enqueued(opts, || self.launch_copy(&b, &mut a)),
             MemKernel::Triad => {
                 let c = self.upload_random(s.derive("c"), n)?;
-                self.time_enqueued(opts, || self.launch_triad(&mut a, &b, &c, 3.0))
+                self.gpu.time_enqueued(opts, || self.launch_triad(&mut a, &b, &c, 3.0))
             }
         }
     }
@@ -362,7 +213,7 @@ impl CudaRuntime {
         };
         let per = per_sample.max(1);
         // Each timed "call" is `per` back-to-back launches; report seconds per launch.
-        let t = self.time_enqueued(&opts, || {
+        let t = self.gpu.time_enqueued(&opts, || {
             for _ in 0..per {
                 self.launch_empty()?;
             }
@@ -376,7 +227,7 @@ impl CudaRuntime {
     /// Times one (batched) GEMM on seeded random inputs, seconds per batched product.
     pub fn time_gemm(&self, g: &Gemm, opts: &TimingOpts, seed: Seed) -> Result<Timing, Error> {
         let op = GemmOperands::new(self, g, crate::cpu::gemm_seed(seed, g))?;
-        self.time_enqueued(opts, || op.run(self))
+        self.gpu.time_enqueued(opts, || op.run(self))
     }
 
     /// Runs one GEMM of shape `g` (batch 1 recommended) on seeded random inputs and returns the normwise relative
@@ -406,16 +257,17 @@ impl CudaRuntime {
     pub fn stream_check(&self, n: usize, seed: Seed) -> Result<f64, Error> {
         let bh = timing::random_f32(seed.derive("b"), n);
         let ch = timing::random_f32(seed.derive("c"), n);
-        let b = self.stream.clone_htod(&bh).map_err(drv("upload"))?;
-        let c = self.stream.clone_htod(&ch).map_err(drv("upload"))?;
-        let mut a = self.stream.alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
+        let st = self.stream();
+        let b = st.clone_htod(&bh).map_err(drv("upload"))?;
+        let c = st.clone_htod(&ch).map_err(drv("upload"))?;
+        let mut a = st.alloc_zeros::<f32>(n).map_err(drv("alloc"))?;
         self.launch_copy(&b, &mut a)?;
-        let copied = self.stream.clone_dtoh(&a).map_err(drv("download"))?;
+        let copied = st.clone_dtoh(&a).map_err(drv("download"))?;
         if copied != bh {
             return Err(Error::Backend("tl_copy produced a different array".into()));
         }
         self.launch_triad(&mut a, &b, &c, 3.0)?;
-        let got = self.stream.clone_dtoh(&a).map_err(drv("download"))?;
+        let got = st.clone_dtoh(&a).map_err(drv("download"))?;
         let mut worst = 0.0f64;
         for i in 0..n {
             let want = bh[i] as f64 + 3.0 * ch[i] as f64;
@@ -502,13 +354,13 @@ impl GemmOperands {
         ] {
             to_i32(f, v)?;
         }
-        rt.check_fits("workload.m/n/k", g.label(), g.bytes())?;
+        rt.gpu.check_fits("workload.m/n/k", g.label(), g.bytes())?;
         let (bt, m, n, k) = (g.batch as usize, g.m as usize, g.n as usize, g.k as usize);
         let mut a_host = timing::random_f32(seed.derive("a"), bt * m * k);
         let mut b_host = timing::random_f32(seed.derive("b"), bt * k * n);
         timing::ensure_not_all_zero("a", &a_host)?;
         timing::ensure_not_all_zero("b", &b_host)?;
-        let st = &rt.stream;
+        let st = rt.stream();
         let (a, b, c) = match half_kind {
             None => (
                 DevBuf::F32(st.clone_htod(&a_host).map_err(drv("upload A"))?),
@@ -544,7 +396,7 @@ impl GemmOperands {
         let (m, n, k) = (g.m as i64, g.n as i64, g.k as i64);
         let alpha = 1.0f32;
         let beta = 0.0f32;
-        let st = &rt.stream;
+        let st = rt.stream();
         let mut c = self.c.borrow_mut();
         let pa = self.a.ptr(st);
         let pb = self.b.ptr(st);
@@ -554,7 +406,7 @@ impl GemmOperands {
         // checked to fit in i32; alpha/beta are f32 as CUBLAS_COMPUTE_32F(_FAST_TF32) requires.
         unsafe {
             blas_result::gemm_strided_batched_ex(
-                *rt.blas.handle(),
+                *rt.gpu.blas().handle(),
                 blas_sys::cublasOperation_t::CUBLAS_OP_N,
                 blas_sys::cublasOperation_t::CUBLAS_OP_N,
                 n as i32,
@@ -585,9 +437,9 @@ impl GemmOperands {
     fn download_c(&self, rt: &CudaRuntime) -> Result<Vec<f32>, Error> {
         let c = self.c.borrow();
         Ok(match &*c {
-            DevBuf::F32(s) => rt.stream.clone_dtoh(s).map_err(drv("download C"))?,
+            DevBuf::F32(s) => rt.stream().clone_dtoh(s).map_err(drv("download C"))?,
             DevBuf::Half(s) => {
-                let bits = rt.stream.clone_dtoh(s).map_err(drv("download C"))?;
+                let bits = rt.stream().clone_dtoh(s).map_err(drv("download C"))?;
                 bits.into_iter()
                     .map(|h| match self.g.dtype {
                         Dtype::Bf16 => half::bf16::from_bits(h).to_f32(),
@@ -819,33 +671,6 @@ pub fn default_cuda_calibration_sizes() -> (Vec<Gemm>, Vec<Gemm>) {
 /// Device description of GPU `ordinal` for provenance, or the reason none is usable.
 pub fn cuda_device_description(ordinal: usize) -> Result<String, Error> {
     Ok(CudaRuntime::new(ordinal)?.device_description())
-}
-
-/// cuBLAS (column-major) arguments for the row-major `C[m, n] = op(A) op(B)` of [`sgemm_rm`]: cuBLAS's first
-/// operand is the `B` buffer and its second the `A` buffer, so it computes the column-major `n x m` matrix
-/// `C^T = op(B)^T op(A)^T`, which is `C` in row-major order. A row-major `r x c` buffer is the column-major `c x r`
-/// matrix with leading dimension `c`: `B` stored `[k, n]` needs no transpose (ld `n`), stored `[n, k]` (`b_t`) it
-/// needs `OP_T` (ld `k`); likewise `A` stored `[m, k]` (ld `k`) or `[k, m]` (`a_t`, `OP_T`, ld `m`).
-pub(crate) fn rowmajor_sgemm_config(m: usize, n: usize, k: usize, a_t: bool, b_t: bool, acc: bool) -> GemmConfig<f32> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    GemmConfig {
-        transa: op(b_t),
-        transb: op(a_t),
-        m: n as i32,
-        n: m as i32,
-        k: k as i32,
-        alpha: 1.0f32,
-        lda: if b_t { k } else { n } as i32,
-        ldb: if a_t { m } else { k } as i32,
-        beta: if acc { 1.0 } else { 0.0 },
-        ldc: n as i32,
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! fixed amount of floating-point work per step and a real ring all-reduce over loopback TCP (127.0.0.1 only);
 //! rank 0 checkpoints the parameters to a temporary directory. The monitor (this module, in the calling process)
 //! receives every worker's collective entry/exit timestamps, feeds them to the same
-//! [`Detector`](trainlab_sim::failures::Detector) the simulator uses, and injects faults on schedule:
+//! [`Detector`](trainlab_core::detector::Detector) the simulator uses, and injects faults on schedule:
 //! - `kill`: SIGKILL the worker;
 //! - `hang`: SIGSTOP it (never continued);
 //! - `slow`: stretch its compute phase to `slowdown` times its measured duration. The monitor writes a throttle file
@@ -35,11 +35,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use trainlab_core::detector::{Detector, DetectorConfig, Verdict};
 use trainlab_core::workloads::training_job::{
     Estimate, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob, TrainingJobOutcome,
 };
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Workload};
-use trainlab_sim::failures::{Detector, DetectorConfig, Verdict};
 use worker::{WorkerArgs, now_s};
 
 /// The floor of the hang timeout, seconds: the detector's hang threshold is `max(hang_steps x period, this)`, because

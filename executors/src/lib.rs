@@ -5,6 +5,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod faultrun;
+pub mod gpu;
 pub mod lm;
 pub mod moe;
 pub mod timing;

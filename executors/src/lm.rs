@@ -3,8 +3,8 @@
 //!
 //! Model: a neural n-gram LM (Bengio et al. 2003): the embeddings of the previous `context` tokens are concatenated,
 //! passed through one tanh hidden layer of width `hidden`, and projected to vocabulary logits; softmax cross-entropy.
-//! Forward and backward are written by hand; the three matrix products per direction run on the `gemm` crate's packed
-//! f64 kernels (called directly here with explicit strides, since transposed operands are needed). The optimiser is
+//! Forward and backward are written by hand; the three matrix products per direction run on the crate's one CPU GEMM
+//! ([`crate::cpu::gemm`], the `gemm` crate's packed f64 kernels, with strided views for the transposed operands). The optimiser is
 //! AdamW (Loshchilov & Hutter 2019; decoupled weight decay on matrices, not on biases). FLOPs are counted exactly for
 //! the matrix products (2·m·n·k each: 3 forward-pass GEMMs... see [`Model::matmul_flops_per_step`]).
 //!
@@ -17,59 +17,27 @@
 //! evaluating general and domain validation loss at log-spaced token counts: one run yields many (D, loss) points.
 pub mod cuda;
 
+use crate::cpu::MatRef;
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use trainlab_core::{Error, Result, Seed};
 
-/// `C = alpha·C + A·B` with explicit row/column strides (element units); f64, serial.
-#[allow(clippy::too_many_arguments)]
-fn gemm_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [f64],
-    c_rs: usize,
-    accumulate: bool,
-    a: &[f64],
-    a_rs: isize,
-    a_cs: isize,
-    b: &[f64],
-    b_rs: isize,
-    b_cs: isize,
-) {
-    let max_idx = |rows: usize, cols: usize, rs: isize, cs: isize| {
-        (rows.saturating_sub(1) as isize * rs + cols.saturating_sub(1) as isize * cs) as usize
-    };
-    assert!(m > 0 && n > 0 && k > 0);
-    assert!(max_idx(m, k, a_rs, a_cs) < a.len());
-    assert!(max_idx(k, n, b_rs, b_cs) < b.len());
-    assert!(max_idx(m, n, c_rs as isize, 1) < c.len());
-    // SAFETY: the asserts above bound every offset the strides can form inside its slice; `c` is a unique borrow.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            accumulate,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+/// `C = A·B` (row-major `C`, strided `A` and `B` views) on the crate's one CPU GEMM, f64, serial.
+fn mm(m: usize, n: usize, k: usize, a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64]) {
+    // The shapes come from the model's own dimensions, so a mismatch is a bug here, not bad input.
+    crate::cpu::gemm(m, n, k, a, b, c, false, 1).expect("LM matrix shapes are consistent");
+}
+
+/// A row-major matrix with `cols` columns.
+fn rm(data: &[f64], cols: usize) -> MatRef<'_, f64> {
+    MatRef::row_major(data, cols)
+}
+
+/// The transpose of a row-major matrix with `cols` columns.
+fn tr(data: &[f64], cols: usize) -> MatRef<'_, f64> {
+    MatRef::transposed(data, cols)
 }
 
 /// Shape of the model.
@@ -179,7 +147,7 @@ impl Model {
         }
         // Z = X W1 + b1 ; A = tanh(Z)
         let mut a = vec![0.0; b * h];
-        gemm_strided(b, h, ce, &mut a, h, false, &x, ce as isize, 1, &self.w1, h as isize, 1);
+        mm(b, h, ce, rm(&x, ce), rm(&self.w1, h), &mut a);
         for i in 0..b {
             for k in 0..h {
                 a[i * h + k] = (a[i * h + k] + self.b1[k]).tanh();
@@ -187,7 +155,7 @@ impl Model {
         }
         // logits = A W2 + b2
         let mut lg = vec![0.0; b * v];
-        gemm_strided(b, v, h, &mut lg, v, false, &a, h as isize, 1, &self.w2, v as isize, 1);
+        mm(b, v, h, rm(&a, h), rm(&self.w2, v), &mut lg);
         let mut total = 0.0;
         for i in 0..b {
             let row = &mut lg[i * v..(i + 1) * v];
@@ -213,7 +181,7 @@ impl Model {
             return total / b as f64;
         };
         // dW2 = A^T dL ; db2 = sum dL
-        gemm_strided(h, v, b, &mut g.w2, v, false, &a, 1, h as isize, &lg, v as isize, 1);
+        mm(h, v, b, tr(&a, h), rm(&lg, v), &mut g.w2);
         g.b2.iter_mut().for_each(|x| *x = 0.0);
         for i in 0..b {
             for k in 0..v {
@@ -222,7 +190,7 @@ impl Model {
         }
         // dA = dL W2^T ; dZ = dA (1 - A^2)
         let mut dz = vec![0.0; b * h];
-        gemm_strided(b, h, v, &mut dz, h, false, &lg, v as isize, 1, &self.w2, 1, v as isize);
+        mm(b, h, v, rm(&lg, v), tr(&self.w2, v), &mut dz);
         for (d, av) in dz.iter_mut().zip(&a) {
             *d *= 1.0 - av * av;
         }
@@ -233,11 +201,9 @@ impl Model {
             }
         }
         // dW1 = X^T dZ ; dX = dZ W1^T
-        gemm_strided(ce, h, b, &mut g.w1, h, false, &x, 1, ce as isize, &dz, h as isize, 1);
+        mm(ce, h, b, tr(&x, ce), rm(&dz, h), &mut g.w1);
         let mut dx = vec![0.0; b * ce];
-        gemm_strided(
-            b, ce, h, &mut dx, ce, false, &dz, h as isize, 1, &self.w1, 1, h as isize,
-        );
+        mm(b, ce, h, rm(&dz, h), tr(&self.w1, h), &mut dx);
         g.emb.iter_mut().for_each(|x| *x = 0.0);
         for i in 0..b {
             for j in 0..c {

@@ -7,6 +7,7 @@
 //! its logits are dominated by an expert bias: logits = `x W_r + ln p + g` with `p` the step's expert popularity
 //! (uniform, Zipf over a random permutation, or Dirichlet) and `g` i.i.d. Gumbel noise, so the selection is Gumbel
 //! top-k from `p` (the simulator's sampling) while gradients still flow through the real router GEMM.
+use crate::cpu::MatRef;
 use rand::RngExt;
 use rand_distr::{Distribution, Gamma};
 use std::time::Instant;
@@ -19,71 +20,21 @@ pub mod cuda;
 /// Largest parameter count (all experts) the CPU layer allocates.
 pub const MAX_PARAMS: u64 = 1 << 28;
 
-/// A strided fp32 matrix view: element (i, j) at `ptr[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: isize,
-    cs: isize,
+/// A row-major fp32 matrix with `cols` columns.
+fn rm(data: &[f32], cols: usize) -> MatRef<'_, f32> {
+    MatRef::row_major(data, cols)
 }
 
-fn rm(data: &[f32], cols: usize) -> View<'_> {
-    View {
-        data,
-        rs: cols as isize,
-        cs: 1,
-    }
-}
-fn tr(data: &[f32], cols: usize) -> View<'_> {
-    View {
-        data,
-        rs: 1,
-        cs: cols as isize,
-    }
+/// The transpose of a row-major fp32 matrix with `cols` columns.
+fn tr(data: &[f32], cols: usize) -> MatRef<'_, f32> {
+    MatRef::transposed(data, cols)
 }
 
-/// `C (m x n, row-major) = [C +] A (m x k) * B (k x n)` for strided views.
+/// `C (m x n, row-major) = [C +] A (m x k) * B (k x n)` on the crate's one CPU GEMM.
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], acc: bool, threads: usize) {
-    assert_eq!(c.len(), m * n, "output shape");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let max_off =
-        |v: View, r: usize, cc: usize| (r.saturating_sub(1)) as isize * v.rs + (cc.saturating_sub(1)) as isize * v.cs;
-    assert!(k == 0 || (max_off(a, m, k) as usize) < a.data.len(), "A out of bounds");
-    assert!(k == 0 || (max_off(b, k, n) as usize) < b.data.len(), "B out of bounds");
-    if k == 0 {
-        if !acc {
-            c.iter_mut().for_each(|x| *x = 0.0);
-        }
-        return;
-    }
-    // SAFETY: the asserts above keep every strided offset inside its slice; `c` is uniquely borrowed, row-major
-    // m x n, and cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.data.as_ptr(),
-            a.cs,
-            a.rs,
-            b.data.as_ptr(),
-            b.cs,
-            b.rs,
-            if acc { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            crate::cpu::parallelism(threads),
-        );
-    }
+fn mm(m: usize, n: usize, k: usize, a: MatRef<'_, f32>, b: MatRef<'_, f32>, c: &mut [f32], acc: bool, threads: usize) {
+    // The shapes come from the validated layer, so a mismatch is a bug here, not bad input.
+    crate::cpu::gemm(m, n, k, a, b, c, acc, threads).expect("MoE matrix shapes are consistent");
 }
 
 /// Routing of one configuration, fixed for a layer instance.

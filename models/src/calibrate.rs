@@ -176,20 +176,8 @@ pub fn holdout_error(profile: &DeviceProfile, points: &[(Gemm, f64)]) -> Vec<f64
     points.iter().map(|(g, t)| (gemm_time(profile, g) - t) / t).collect()
 }
 
-/// Median of absolute values (for `holdout_median_abs_rel_error`); `None` for an empty slice.
-pub fn median_abs(errors: &[f64]) -> Option<f64> {
-    let mut v: Vec<f64> = errors.iter().map(|e| e.abs()).filter(|e| e.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    Some(if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    })
-}
+/// Median of absolute values (for `holdout_median_abs_rel_error`); `None` for an empty slice (core's one median).
+pub use trainlab_core::stats::median_abs;
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,10 @@
 //!   the bottleneck: `(n-1) alpha_inter + max(S (n-g)/(n beta_inter), S (g-1)/(n beta_intra))`.
 //!
 //! Reported: `time`, `algbw = S / time`, `busbw = algbw * CollectiveOp::busbw_factor(n)`.
+//!
+//! Models call these formulas through [`crate::hardware::Network`] ([`AlphaBetaNetwork`]), never directly, so a
+//! different network model can replace them in one place.
+use crate::hardware::{AlphaBetaNetwork, Network};
 use trainlab_core::workloads::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 use trainlab_core::{Backend, ClusterSpec, Error, Fidelity, LinkSpec, RunCtx, Workload};
 
@@ -172,7 +176,7 @@ pub fn predict_on(
     cluster: &ClusterSpec,
 ) -> CollectiveOutcome {
     let at = Placement::packed(ranks, cluster.gpus_per_node as u64);
-    let (t, _) = collective_time(op, algo, bytes, at, &cluster.intra, &cluster.inter);
+    let (t, _) = AlphaBetaNetwork::of(cluster).collective_time(op, algo, bytes, at);
     let algbw = if t > 0.0 { bytes / t } else { f64::INFINITY };
     CollectiveOutcome {
         time_s: t,

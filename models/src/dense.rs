@@ -4,7 +4,7 @@
 //!
 //! **Compute.** Each layer's forward is the list of its GEMMs (QKV, attention scores `QK^T`, `AV`, output
 //! projection, FFN up (x2 when gated), FFN down) split over `tp`, each timed with the roofline of
-//! [`crate::roofline`] (`d = min(m, n, k)` sets the efficiency), plus memory-bound element-wise work (norms,
+//! [`crate::hardware::GemmLaw`] (`d = min(m, n, k)` sets the efficiency), plus memory-bound element-wise work (norms,
 //! activation, residuals, dropout, rotary): `2 x 34 sbh / tp` bytes read and written per layer (each of the
 //! `34 sbh` bytes of stored activations of Korthikanti eq. 1 written once and read once; attention is assumed fused,
 //! so the `5as/h` score matrix is not streamed). Backward is twice the forward. Recomputation adds one more forward
@@ -18,7 +18,8 @@
 //! micro-batch, `b s h / tp` elements (Megatron's scatter/gather optimisation), on the inter-node tier when the
 //! neighbouring stages are `tp*dp >= gpus_per_node` ranks apart (rank order tp, dp, pp), exposed. DP: all-reduce
 //! of the stage's bf16 gradients over `dp` ranks spaced `tp` apart, or reduce-scatter + all-gather with `zero1`
-//! (same bytes); hierarchical alpha-beta from [`crate::collectives`].
+//! (same bytes); hierarchical alpha-beta from [`crate::collectives`], through the [`Network`] capability of
+//! [`crate::hardware`] ([`step_breakdown_on`] takes another network).
 //!
 //! **Schedule.** 1F1B with `m = global_sequences / (dp * micro_batch)` micro-batches per replica:
 //! `step = (m + p - 1) t_mb + exposed_dp + t_optimizer`, bubble fraction `(p-1)/(m+p-1)`.
@@ -42,8 +43,8 @@ use trainlab_core::workloads::{
 };
 use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Workload};
 
-use crate::collectives::{Placement, collective_time};
-use crate::roofline::{datasheet_profile, op_time_no_launch};
+use crate::hardware::{AlphaBetaNetwork, GemmLaw, Network, Placement, memory_time};
+use crate::roofline::datasheet_profile;
 
 /// Fraction of GPU memory kept free by [`fits`] (CUDA context ~0.5-1 GiB, PyTorch caching-allocator fragmentation,
 /// NCCL buffers): a layout fits when its modelled peak is at most `1 - MEMORY_HEADROOM` of the device memory.
@@ -199,11 +200,8 @@ fn layer_times(
     let f = m.ffn_hidden as f64;
     let t = b * s;
     let eb = dtype.bytes() as f64;
-    let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| {
-        let flops = 2.0 * mm * nn * kk * batch;
-        let bytes = (mm * kk + kk * nn + mm * nn) * eb * batch;
-        op_time_no_launch(p, flops, bytes, mm.min(nn).min(kk), dtype)
-    };
+    let law = GemmLaw::of(p, dtype);
+    let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| law.matmul_time(mm, nn, kk, batch, eb);
     let qkv = gemm(t, (h + 2.0 * kv * hd) / tp, h, 1.0);
     let scores = gemm(s, s, hd, b * a / tp);
     let av = gemm(s, hd, s, b * a / tp);
@@ -215,7 +213,7 @@ fn layer_times(
     } else {
         34.0
     };
-    let elementwise = 2.0 * stored * t * h / tp / p.mem_bw_bytes_per_s.max(1.0);
+    let elementwise = memory_time(2.0 * stored * t * h / tp, p.mem_bw_bytes_per_s);
     let launches = KERNELS_PER_LAYER_FWD * p.launch_overhead_s;
     LayerTimes {
         fwd: qkv + scores + av + proj + up + down + elementwise + launches,
@@ -271,13 +269,26 @@ pub fn fits_memory(w: &DenseTraining, bytes: f64) -> bool {
     bytes <= (1.0 - MEMORY_HEADROOM) * w.cluster.gpu.memory_bytes as f64
 }
 
-/// The full breakdown for a checked layout (no validation of the workload itself).
+/// The full breakdown for a checked layout (no validation of the workload itself), communication on the cluster's
+/// alpha-beta network.
 pub(crate) fn evaluate(
     w: &DenseTraining,
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     micro_batches: u64,
     opts: &StepOptions,
+) -> StepBreakdown {
+    evaluate_on(w, cfg, p, micro_batches, opts, &AlphaBetaNetwork::of(&w.cluster))
+}
+
+/// [`evaluate`] with communication timed by `net`.
+pub(crate) fn evaluate_on(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    p: &DeviceProfile,
+    micro_batches: u64,
+    opts: &StepOptions,
+    net: &dyn Network,
 ) -> StepBreakdown {
     let m = &w.model;
     let c = &w.cluster;
@@ -295,15 +306,14 @@ pub(crate) fn evaluate(
     let lt = layer_times(m, cfg, p, dtype, opts);
     let v_stages = opts.virtual_stages.max(1) as f64;
     // output head on the last stage: logits GEMM + fp32 softmax/cross-entropy streaming (3 passes)
+    let law = GemmLaw::of(p, dtype);
     let head_fwd = p.launch_overhead_s * 3.0
-        + op_time_no_launch(
-            p,
+        + law.time(
             2.0 * t_tok * h * v / tp as f64,
             (t_tok * h + h * v / tp as f64) * eb,
             t_tok.min(h).min(v / tp as f64),
-            dtype,
         )
-        + 3.0 * 4.0 * t_tok * v / tp as f64 / p.mem_bw_bytes_per_s.max(1.0);
+        + memory_time(3.0 * 4.0 * t_tok * v / tp as f64, p.mem_bw_bytes_per_s);
     let recompute_layer = match cfg.recompute {
         Recompute::None => 0.0,
         Recompute::Selective => lt.attn_scores,
@@ -318,15 +328,8 @@ pub(crate) fn evaluate(
         per_node: tp.min(gpn).max(1),
     };
     let ar = |bytes: f64, at: Placement| {
-        collective_time(
-            CollectiveOp::AllReduce,
-            CollectiveAlgo::Auto,
-            bytes,
-            at,
-            &c.intra,
-            &c.inter,
-        )
-        .0
+        net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, at)
+            .0
     };
     let tp_per_layer = if tp > 1 {
         let n_ar = if cfg.recompute == Recompute::Full { 6.0 } else { 4.0 };
@@ -338,12 +341,8 @@ pub(crate) fn evaluate(
 
     // pipeline point-to-point
     let pp_comm_mb = if pp > 1 {
-        let link = if tp * dp >= gpn && c.nodes > 1 {
-            &c.inter
-        } else {
-            &c.intra
-        };
-        2.0 * v_stages * (link.latency_s + t_tok * h * eb / tp as f64 / link.bandwidth_bytes_per_s)
+        let cross_node = tp * dp >= gpn && c.nodes > 1;
+        2.0 * v_stages * net.send_time(t_tok * h * eb / tp as f64, cross_node)
     } else {
         0.0
     };
@@ -365,23 +364,11 @@ pub(crate) fn evaluate(
     let grad_bytes = stage_params * eb;
     let dp_comm = if dp > 1 {
         if cfg.zero1 {
-            collective_time(
-                CollectiveOp::ReduceScatter,
-                CollectiveAlgo::Ring,
-                grad_bytes,
-                dp_at,
-                &c.intra,
-                &c.inter,
-            )
-            .0 + collective_time(
-                CollectiveOp::AllGather,
-                CollectiveAlgo::Ring,
-                grad_bytes,
-                dp_at,
-                &c.intra,
-                &c.inter,
-            )
-            .0
+            net.collective_time(CollectiveOp::ReduceScatter, CollectiveAlgo::Ring, grad_bytes, dp_at)
+                .0
+                + net
+                    .collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, grad_bytes, dp_at)
+                    .0
         } else {
             ar(grad_bytes, dp_at)
         }
@@ -398,7 +385,7 @@ pub(crate) fn evaluate(
     } else {
         stage_params
     };
-    let optimizer = p.launch_overhead_s + OPTIMIZER_BYTES_PER_PARAM * opt_params / p.mem_bw_bytes_per_s.max(1.0);
+    let optimizer = p.launch_overhead_s + memory_time(OPTIMIZER_BYTES_PER_PARAM * opt_params, p.mem_bw_bytes_per_s);
 
     let step = pipeline + dp_exposed + optimizer;
     let tokens = (micro_batches * cfg.micro_batch * dp) as f64 * s;
@@ -458,6 +445,18 @@ pub fn step_breakdown_with(
     profile: Option<&DeviceProfile>,
     opts: &StepOptions,
 ) -> Result<StepBreakdown, Error> {
+    step_breakdown_on(w, cfg, profile, opts, &AlphaBetaNetwork::of(&w.cluster))
+}
+
+/// [`step_breakdown_with`] with communication timed by `net` instead of the cluster's alpha-beta network (e.g. a
+/// network simulator).
+pub fn step_breakdown_on(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    profile: Option<&DeviceProfile>,
+    opts: &StepOptions,
+    net: &dyn Network,
+) -> Result<StepBreakdown, Error> {
     w.validate()?;
     if opts.virtual_stages == 0 {
         return Err(Error::invalid(
@@ -476,7 +475,7 @@ pub fn step_breakdown_with(
             &owned
         }
     };
-    Ok(evaluate(w, cfg, p, mb, opts))
+    Ok(evaluate_on(w, cfg, p, mb, opts, net))
 }
 
 /// Predicted step of one layout (does not check memory: see [`fits`]).

@@ -19,9 +19,45 @@
 //! The downtime breakdown by phase and by class is first order (expected cost per fault times expected faults) and
 //! rescaled so that it sums to `1 - ETTR`.
 use trainlab_core::workloads::training_job::{
-    Estimate, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob, TrainingJobOutcome,
+    CheckpointInterval, CheckpointRule, Estimate, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob,
+    TrainingJobOutcome,
 };
 use trainlab_core::{Backend, Error, Fidelity, RunCtx};
+
+/// The checkpoint interval of `job` in seconds of compute: the given value, or Daly's optimum (Daly 2006, eq. 37) for
+/// the job's MTTF over interrupting faults and the checkpoint cost (at least one step; the whole horizon when no
+/// interrupting fault can happen).
+pub fn checkpoint_interval_s(job: &TrainingJob) -> f64 {
+    match job.checkpoint_interval {
+        CheckpointInterval::Seconds(s) => s,
+        CheckpointInterval::Rule(CheckpointRule::YoungDaly) => {
+            let rate = job.interrupt_rate_per_s();
+            if rate <= 0.0 {
+                return job.horizon_s().max(1.0);
+            }
+            daly_interval(job.checkpoint_cost_s, 1.0 / rate).max(job.step_time_s)
+        }
+    }
+}
+
+/// Daly's higher-order optimal checkpoint interval (compute seconds) for write cost `delta` and MTTF `m`
+/// (Daly, FGCS 22(3), 2006): `sqrt(2 delta m)[1 + sqrt(delta/(2m))/3 + delta/(18 m)] - delta` for `delta < 2m`, else
+/// `m`.
+pub fn daly_interval(delta: f64, m: f64) -> f64 {
+    if delta <= 0.0 {
+        return 0.0;
+    }
+    if delta >= 2.0 * m {
+        return m;
+    }
+    let x = delta / (2.0 * m);
+    (2.0 * delta * m).sqrt() * (1.0 + x.sqrt() / 3.0 + x / 9.0) - delta
+}
+
+/// Young's first-order optimal interval `sqrt(2 delta m)` (Young, CACM 17(9), 1974).
+pub fn young_interval(delta: f64, m: f64) -> f64 {
+    (2.0 * delta * m).sqrt()
+}
 
 /// Expected phase durations of one fault under one policy, seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -83,7 +119,7 @@ pub fn fault_cost(job: &TrainingJob, kind: FaultKind, replace: bool, slowdown: f
 /// Expected ETTR and breakdown of one policy, closed form. `job` must be validated.
 pub fn expected(job: &TrainingJob, policy: Policy) -> PolicyOutcome {
     let h = job.horizon_s();
-    let tau = job.checkpoint_interval_s();
+    let tau = checkpoint_interval_s(job);
     let delta = job.checkpoint_cost_s;
     let s = tau + delta;
     // Interrupting faults: rate-weighted down times.
@@ -274,13 +310,23 @@ mod tests {
     fn daly_interval_is_near_optimal() {
         // ETTR at the Young/Daly interval beats intervals 2x shorter or longer.
         let mut j = job(4.7e-4 / 24.0, 1800.0);
-        j.checkpoint_interval =
-            CheckpointInterval::Rule(trainlab_core::workloads::training_job::CheckpointRule::YoungDaly);
-        let t = j.checkpoint_interval_s();
+        j.checkpoint_interval = CheckpointInterval::Rule(CheckpointRule::YoungDaly);
+        let t = checkpoint_interval_s(&j);
         let e = expected(&j, Policy::C4d).ettr.mean;
         for f in [0.5, 2.0] {
             j.checkpoint_interval = CheckpointInterval::Seconds(t * f);
             assert!(expected(&j, Policy::C4d).ettr.mean < e);
         }
+    }
+
+    #[test]
+    fn daly_close_to_young_for_small_delta() {
+        let m = 185.6 * 60.0;
+        let y = young_interval(60.0, m);
+        let d = daly_interval(60.0, m);
+        assert!((y / 60.0 - 19.3).abs() < 0.1, "{}", y / 60.0);
+        assert!((d - y).abs() / y < 0.05);
+        assert_eq!(daly_interval(10.0, 4.0), 4.0);
+        assert_eq!(daly_interval(0.0, 4.0), 0.0);
     }
 }

@@ -1,13 +1,16 @@
-//! Roofline model of one device with size-dependent GEMM efficiency.
+//! Roofline backends of one device (GEMM, memory bandwidth, launch latency) and the datasheet defaults of a
+//! [`DeviceProfile`].
 //!
-//! The time of an operation of `F` FLOPs touching `bytes` bytes is (Williams, Waterman & Patterson 2009, "Roofline",
-//! extended with a launch cost and a saturating efficiency curve, as in [`DeviceProfile`]):
+//! The time of a GEMM of `F` FLOPs touching `bytes` bytes is one launch plus the GEMM law of [`crate::hardware`]
+//! (Williams, Waterman & Patterson 2009, "Roofline", with a saturating efficiency curve):
 //!
 //! `t = launch_overhead + max(F / (rate * d / (d + half_dim)), bytes / mem_bw)`
 //!
 //! with `d = min(m, n, k)` the smallest GEMM dimension: small problems cannot fill the device (too few tiles, too
 //! little reuse), and `half_dim` is the dimension at which half the asymptotic rate is reached.
 use std::collections::BTreeMap;
+
+use crate::hardware::{GemmLaw, memory_time};
 
 use trainlab_core::profile::Provenance;
 use trainlab_core::workloads::{Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemOutcome};
@@ -25,36 +28,15 @@ pub const DATASHEET_GEMM_HALF_DIM: f64 = 128.0;
 /// CUDA kernel launch overhead seen by back-to-back launches from a stream, seconds (~4-6 us on H100).
 pub const DATASHEET_LAUNCH_OVERHEAD_S: f64 = 5e-6;
 
-/// Efficiency factor `d / (d + half_dim)` for a GEMM of smallest dimension `d`.
-pub fn size_efficiency(d: f64, half_dim: f64) -> f64 {
-    if d <= 0.0 {
-        return 0.0;
-    }
-    d / (d + half_dim.max(0.0))
-}
-
-/// Time of `flops` FLOPs moving `bytes` bytes whose smallest GEMM dimension is `d`, in `dtype`, excluding the
-/// launch overhead.
-pub fn op_time_no_launch(profile: &DeviceProfile, flops: f64, bytes: f64, d: f64, dtype: Dtype) -> f64 {
-    let eff = size_efficiency(d, profile.gemm_half_dim);
-    let compute = if flops > 0.0 {
-        flops / (profile.rate(dtype) * eff).max(1.0)
-    } else {
-        0.0
-    };
-    let memory = bytes / profile.mem_bw_bytes_per_s.max(1.0);
-    compute.max(memory)
-}
-
 /// Predicted time of one (batched) GEMM: one launch plus the roofline time.
 pub fn gemm_time(profile: &DeviceProfile, g: &Gemm) -> f64 {
     let d = g.m.min(g.n).min(g.k) as f64;
-    profile.launch_overhead_s + op_time_no_launch(profile, g.flops(), g.bytes(), d, g.dtype)
+    profile.launch_overhead_s + GemmLaw::of(profile, g.dtype).time(g.flops(), g.bytes(), d)
 }
 
 /// Predicted time of one pass of a streaming memory kernel: one launch plus bytes moved / bandwidth.
 pub fn mem_time(profile: &DeviceProfile, m: &MemBandwidth) -> f64 {
-    profile.launch_overhead_s + m.bytes_moved() / profile.mem_bw_bytes_per_s.max(1.0)
+    profile.launch_overhead_s + memory_time(m.bytes_moved(), profile.mem_bw_bytes_per_s)
 }
 
 /// A profile from a GPU datasheet: every listed dtype at [`DATASHEET_GEMM_EFFICIENCY`] of its dense peak, HBM at

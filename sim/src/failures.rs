@@ -32,15 +32,12 @@
 //! `ETTR = 1 - sum(phases) / horizon` exactly. Replications run in parallel (rayon) with seeds
 //! `seed.derive("failures").derive(policy).index(i)`; results are collected in order, so the output is the same at
 //! any thread count.
-pub mod detector;
-
-pub use detector::{Detector, DetectorConfig, HangKind, Verdict};
-
 use crate::engine::{Engine, EventId, exp_sample};
 use rand::RngExt;
 use rayon::prelude::*;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use trainlab_core::detector::{Detector, DetectorConfig};
 use trainlab_core::seed::Rng;
 use trainlab_core::workloads::training_job::{
     Estimate, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob, TrainingJobOutcome,
@@ -187,7 +184,7 @@ fn normal(rng: &mut Rng) -> f64 {
 
 impl<'a> Sim<'a> {
     fn new(job: &'a TrainingJob, policy: Policy, seed: Seed) -> Self {
-        let tau = job.checkpoint_interval_s();
+        let tau = trainlab_models::reliability::checkpoint_interval_s(job);
         let lemon = job.lemon.clone();
         let entries = job
             .failures

@@ -1,158 +1,21 @@
-//! M/M/c queues: the engine's validation workload, answered by a closed form and by discrete-event simulation.
+//! M/M/c queues by discrete-event simulation: the engine's validation workload ([`Queue`], defined in core), checked
+//! against its closed form (`trainlab_models::queueing`, Erlang C).
 //!
-//! A [`Queue`] has `servers` identical servers, Poisson arrivals (`arrival_rate`, per second), exponential service
-//! (`service_rate` per server, per second) and one FIFO line. Two backends answer it:
-//!
-//! - [`QueueAnalytical`] ([`Fidelity::Analytical`]): the textbook closed forms (Kleinrock, *Queueing Systems* vol. 1,
-//!   1975, §3.2 and §3.5). With offered load `a = λ/μ` and utilisation `ρ = a/c < 1`, the Erlang-C probability of
-//!   waiting is `C(c, a) = B / (1 - ρ (1 - B))` where `B` is Erlang-B from the stable recursion
-//!   `B_0 = 1, B_k = a B_{k-1} / (k + a B_{k-1})`; then `Wq = C / (cμ - λ)`, `W = Wq + 1/μ`, `Lq = λ Wq` (Little).
-//!   For `c = 1` this is M/M/1: `C = ρ`, `Wq = ρ / (μ - λ)`.
-//! - [`QueueSim`] ([`Fidelity::Simulated`]): a DES on [`crate::engine::Engine`] with two events (arrival,
-//!   departure). Replications run in parallel with rayon, each from `seed.derive("queue").index(r)` with separate
-//!   arrival and service streams, and are collected in input order, so the answer is identical at any thread count.
-//!   The first 5% of customers of each replication are a warm-up and are not counted. The mean wait carries a 95%
-//!   confidence interval across replications ([`Summary`]).
+//! [`QueueSim`] ([`Fidelity::Simulated`]) is a DES on [`crate::engine::Engine`] with two events (arrival,
+//! departure). Replications run in parallel with rayon, each from `seed.derive("queue").index(r)` with separate
+//! arrival and service streams, and are collected in input order, so the answer is identical at any thread count.
+//! The first 5% of customers of each replication are a warm-up and are not counted. The mean wait carries a 95%
+//! confidence interval across replications ([`Summary`]).
 //!
 //! Time inside the simulation is integer ticks of `1e-6` mean service times (so resolution never depends on the
 //! rates' units) and is converted back to seconds for the outcome.
 use crate::engine::{Engine, Streams, exp_sample};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use trainlab_core::error::check;
-use trainlab_core::{Backend, Error, Fidelity, Metric, Outcome, RunCtx, Seed, SimTime, Summary, Unit, Workload};
-
-/// An M/M/c queue: Poisson arrivals, exponential service, `servers` servers, one FIFO line, infinite capacity.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Queue {
-    /// Number of identical servers `c` (>= 1).
-    pub servers: u32,
-    /// Arrival rate `λ`, customers per second.
-    pub arrival_rate: f64,
-    /// Service rate `μ` of one server, customers per second.
-    pub service_rate: f64,
-    /// Customers per simulated replication (ignored by the closed form).
-    pub customers: u64,
-}
-
-impl Queue {
-    /// Utilisation `ρ = λ / (c μ)`.
-    pub fn utilisation(&self) -> f64 {
-        self.arrival_rate / (self.servers as f64 * self.service_rate)
-    }
-}
-
-impl Workload for Queue {
-    type Outcome = QueueOutcome;
-    const KIND: &'static str = "queue";
-    fn validate(&self) -> Result<(), Error> {
-        check::at_least("workload.servers", self.servers as u64, 1)?;
-        check::positive("workload.arrival_rate", self.arrival_rate)?;
-        check::positive("workload.service_rate", self.service_rate)?;
-        check::at_least("workload.customers", self.customers, 100)?;
-        let rho = self.utilisation();
-        if rho >= 1.0 {
-            return Err(Error::invalid(
-                "workload.arrival_rate",
-                self.arrival_rate,
-                format!(
-                    "utilisation rho = arrival_rate / (servers * service_rate) = {rho:.4} must be < 1, \
-                     otherwise the queue grows without bound"
-                ),
-                format!(
-                    "lower workload.arrival_rate below {} or add servers / raise workload.service_rate",
-                    self.servers as f64 * self.service_rate
-                ),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Steady-state answer for a [`Queue`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueueOutcome {
-    /// Mean time in the line before service starts, seconds (`Wq`).
-    pub mean_wait_s: f64,
-    /// 95% interval of `mean_wait_s` across replications (simulation only).
-    pub mean_wait_ci_s: Option<(f64, f64)>,
-    /// Mean time in the system, seconds (`W = Wq + 1/μ`).
-    pub mean_sojourn_s: f64,
-    /// Fraction of server capacity in use (`ρ`).
-    pub utilisation: f64,
-    /// Time-average number waiting in the line (`Lq`).
-    pub mean_queue_len: f64,
-    /// Probability that an arriving customer waits (Erlang C).
-    pub prob_wait: f64,
-    /// Customers counted (after warm-up, all replications); 0 for the closed form.
-    pub customers: u64,
-    /// Events the simulation delivered (all replications); 0 for the closed form.
-    pub events: u64,
-}
-
-impl Outcome for QueueOutcome {
-    fn metrics(&self) -> Vec<Metric> {
-        let wait = match self.mean_wait_ci_s {
-            Some((lo, hi)) => Metric::with_ci("mean_wait", Unit::Seconds, self.mean_wait_s, lo, hi),
-            None => Metric::new("mean_wait", Unit::Seconds, self.mean_wait_s),
-        };
-        vec![
-            wait,
-            Metric::new("mean_sojourn", Unit::Seconds, self.mean_sojourn_s),
-            Metric::new("utilisation", Unit::Ratio, self.utilisation),
-            Metric::new("mean_queue_len", Unit::Dimensionless, self.mean_queue_len),
-            Metric::new("prob_wait", Unit::Ratio, self.prob_wait),
-        ]
-    }
-}
-
-/// Erlang-C probability of waiting for `c` servers at offered load `a = λ/μ` (requires `a < c`).
-pub fn erlang_c(c: u32, a: f64) -> f64 {
-    let mut b = 1.0;
-    for k in 1..=c {
-        b = a * b / (k as f64 + a * b);
-    }
-    let rho = a / c as f64;
-    b / (1.0 - rho * (1.0 - b))
-}
-
-/// Closed-form M/M/c answer (Kleinrock 1975, §3.5; M/M/1 at `c = 1`).
-pub fn mmc_closed_form(q: &Queue) -> QueueOutcome {
-    let (lambda, mu, c) = (q.arrival_rate, q.service_rate, q.servers);
-    let a = lambda / mu;
-    let pw = erlang_c(c, a);
-    let wq = pw / (c as f64 * mu - lambda);
-    QueueOutcome {
-        mean_wait_s: wq,
-        mean_wait_ci_s: None,
-        mean_sojourn_s: wq + 1.0 / mu,
-        utilisation: q.utilisation(),
-        mean_queue_len: lambda * wq,
-        prob_wait: pw,
-        customers: 0,
-        events: 0,
-    }
-}
-
-/// The closed-form backend (`analytical`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueAnalytical;
-
-impl Backend<Queue> for QueueAnalytical {
-    fn name(&self) -> &str {
-        "erlang_c"
-    }
-    fn fidelity(&self) -> Fidelity {
-        Fidelity::Analytical
-    }
-    fn run(&mut self, workload: &Queue, _ctx: &mut RunCtx) -> Result<QueueOutcome, Error> {
-        workload.validate()?;
-        Ok(mmc_closed_form(workload))
-    }
-}
+use trainlab_core::workloads::{Queue, QueueOutcome};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, SimTime, Summary, Workload};
 
 /// Statistics of one simulated replication (times in seconds).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -337,6 +200,8 @@ impl Backend<Queue> for QueueSim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use trainlab_core::Outcome;
+    use trainlab_models::queueing::QueueAnalytical;
 
     fn q(servers: u32, arrival_rate: f64, service_rate: f64, customers: u64) -> Queue {
         Queue {
@@ -349,31 +214,6 @@ mod tests {
 
     fn rel(a: f64, b: f64) -> f64 {
         (a - b) / b
-    }
-
-    #[test]
-    fn closed_forms() {
-        // M/M/1: Wq = rho / (mu - lambda) = 0.8 / 0.2 = 4, Lq = rho^2 / (1 - rho) = 3.2.
-        let o = mmc_closed_form(&q(1, 0.8, 1.0, 1000));
-        assert!((o.mean_wait_s - 4.0).abs() < 1e-12);
-        assert!((o.mean_queue_len - 3.2).abs() < 1e-12);
-        assert!((o.prob_wait - 0.8).abs() < 1e-12);
-        assert!((o.mean_sojourn_s - 5.0).abs() < 1e-12);
-        // M/M/2 at a = 1 (rho = 0.5): C = a^2/2 / (1 - rho) / (1 + a + a^2/2/(1-rho)) = 1/3; Wq = C / (2 - 1) = 1/3.
-        let o = mmc_closed_form(&q(2, 1.0, 1.0, 1000));
-        assert!((o.prob_wait - 1.0 / 3.0).abs() < 1e-12);
-        assert!((o.mean_wait_s - 1.0 / 3.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn validation_names_the_field() {
-        let e = q(1, 1.2, 1.0, 1000).validate().unwrap_err().to_string();
-        assert!(e.contains("workload.arrival_rate") && e.contains("< 1"), "{e}");
-        let e = q(4, 1.0, f64::NAN, 1000).validate().unwrap_err().to_string();
-        assert!(e.contains("workload.service_rate"), "{e}");
-        let e = q(0, 1.0, 1.0, 1000).validate().unwrap_err().to_string();
-        assert!(e.contains("workload.servers"), "{e}");
-        assert!(q(4, 3.9, 1.0, 1000).validate().is_ok());
     }
 
     fn check_agreement(w: &Queue, reps: u32, tol: f64) {

@@ -1,11 +1,11 @@
 //! The `queue` kind: an M/M/c queue, the event engine's check against a closed form.
 use super::{KindDef, Opts, no_profile};
 use trainlab_core::Error;
-use trainlab_sim::queueing::Queue;
+use trainlab_core::workloads::Queue;
 
 fn backends(_: &Opts) -> Result<super::Backends<Queue>, Error> {
     Ok(vec![
-        Box::new(trainlab_sim::queueing::QueueAnalytical),
+        Box::new(trainlab_models::queueing::QueueAnalytical),
         Box::new(trainlab_sim::queueing::QueueSim::default()),
     ])
 }

@@ -5,6 +5,7 @@ pub mod dense;
 pub mod gemm;
 pub mod micro;
 pub mod moe;
+pub mod queue;
 pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
@@ -12,6 +13,7 @@ pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, Transfor
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 pub use moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel, Routing};
+pub use queue::{Queue, QueueOutcome};
 pub use training_job::{
     CheckpointInterval, DetectionSpec, FailureSpec, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob,
     TrainingJobOutcome,

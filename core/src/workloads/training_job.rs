@@ -430,39 +430,6 @@ impl TrainingJob {
             .map(|f| self.entry_rate_per_s(f))
             .sum()
     }
-    /// The checkpoint interval in seconds of compute: the given value, or Daly's optimum (Daly 2006, eq. 37) for the
-    /// job's MTTF over interrupting faults and the checkpoint cost.
-    pub fn checkpoint_interval_s(&self) -> f64 {
-        match self.checkpoint_interval {
-            CheckpointInterval::Seconds(s) => s,
-            CheckpointInterval::Rule(CheckpointRule::YoungDaly) => {
-                let rate = self.interrupt_rate_per_s();
-                if rate <= 0.0 {
-                    return self.horizon_s().max(1.0);
-                }
-                daly_interval(self.checkpoint_cost_s, 1.0 / rate).max(self.step_time_s)
-            }
-        }
-    }
-}
-
-/// Daly's higher-order optimal checkpoint interval (compute seconds) for write cost `delta` and MTTF `m`
-/// (Daly, FGCS 22(3), 2006): `sqrt(2 delta m)[1 + sqrt(delta/(2m))/3 + delta/(18 m)] - delta` for `delta < 2m`, else
-/// `m`.
-pub fn daly_interval(delta: f64, m: f64) -> f64 {
-    if delta <= 0.0 {
-        return 0.0;
-    }
-    if delta >= 2.0 * m {
-        return m;
-    }
-    let x = delta / (2.0 * m);
-    (2.0 * delta * m).sqrt() * (1.0 + x.sqrt() / 3.0 + x / 9.0) - delta
-}
-
-/// Young's first-order optimal interval `sqrt(2 delta m)` (Young, CACM 17(9), 1974).
-pub fn young_interval(delta: f64, m: f64) -> f64 {
-    (2.0 * delta * m).sqrt()
 }
 
 impl Workload for TrainingJob {
@@ -811,15 +778,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(bad.contains("flux_capacitor"), "{bad}");
-    }
-
-    #[test]
-    fn daly_close_to_young_for_small_delta() {
-        let m = 185.6 * 60.0;
-        let y = young_interval(60.0, m);
-        let d = daly_interval(60.0, m);
-        assert!((y / 60.0 - 19.3).abs() < 0.1, "{}", y / 60.0);
-        assert!((d - y).abs() / y < 0.05);
-        assert_eq!(daly_interval(10.0, 4.0), 4.0);
     }
 }

@@ -21,15 +21,14 @@
 //! - `lm_adamw`: one launch per tensor, decoupled weight decay on `emb`, `W1`, `W2` only, bias-corrected moments,
 //!   exactly the update order of [`crate::lm::AdamW::step`].
 //!
-//! Row-major products go to column-major cuBLAS as `Cᵀ = op(B)ᵀ·op(A)ᵀ` (see [`sgemm_rm`]). Per-row losses are
+//! Row-major products go to column-major cuBLAS as `Cᵀ = op(B)ᵀ·op(A)ᵀ` (see `crate::gpu::sgemm_rm`). Per-row losses are
 //! downloaded and summed on the host in f64, in row order.
 //!
 //! [`train_run_cuda`] is the GPU twin of the CPU grid runner's per-run `train` function in [`crate::lm`] (same
 //! mixture interleaving, warm-up and evaluation callback), so [`crate::lm::run_grid`] could call either.
 use super::{Corpus, GridConfig, Model, Shape, Source, Stream};
-use crate::cuda::CudaRuntime;
-use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use crate::gpu::{GpuRuntime, drv, grid, sgemm_rm};
+use cudarc::driver::{CudaFunction, CudaSlice, PushKernelArg};
 use trainlab_core::{Error, Seed};
 
 /// CUDA C source of the LM kernels, compiled at run time by NVRTC.
@@ -115,10 +114,6 @@ extern "C" __global__ void lm_adamw(float* p, const float* g, float* m, float* v
 }
 "#;
 
-fn drv(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
-    move |e| Error::Backend(format!("CUDA {what}: {e}"))
-}
-
 /// Tensor order everywhere in this module: `emb, W1, b1, W2, b2` (as [`Model`]).
 const EMB: usize = 0;
 const W1: usize = 1;
@@ -153,7 +148,7 @@ struct Kernels {
 
 /// The neural n-gram LM on one GPU: fp32 parameters, gradients and AdamW moments in device memory.
 pub struct CudaLm {
-    rt: CudaRuntime,
+    rt: GpuRuntime,
     k: Kernels,
     shape: Shape,
     cap: usize,
@@ -185,44 +180,6 @@ impl std::fmt::Debug for CudaLm {
             .field("max_batch", &self.cap)
             .field("step", &self.t)
             .finish_non_exhaustive()
-    }
-}
-
-/// Row-major `C[m, n] = op(A)·op(B)` with cuBLAS sgemm (fp32, β = 0): `A` is stored `[m, k]`, or `[k, m]` when
-/// `a_t`; `B` is stored `[k, n]`, or `[n, k]` when `b_t`. Computed as the column-major `Cᵀ = op(B)ᵀ·op(A)ᵀ`.
-#[allow(clippy::too_many_arguments)]
-fn sgemm_rm(
-    blas: &CudaBlas,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &CudaSlice<f32>,
-    a_t: bool,
-    b: &CudaSlice<f32>,
-    b_t: bool,
-    c: &mut CudaSlice<f32>,
-) -> Result<(), Error> {
-    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-        return Err(Error::Backend(format!(
-            "sgemm {m}x{n}x{k}: buffers too small ({}, {}, {})",
-            a.len(),
-            b.len(),
-            c.len()
-        )));
-    }
-    let cfg = crate::cuda::rowmajor_sgemm_config(m, n, k, a_t, b_t, false);
-    // SAFETY: the three buffers hold at least m·k, k·n and m·n floats (checked above); the leading dimensions
-    // describe exactly the row-major layouts documented above; every size fits in i32 (checked in `CudaLm::new`).
-    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Backend(format!("cuBLAS sgemm: {e}")))
-}
-
-fn grid(n: usize) -> LaunchConfig {
-    let threads = 256u32;
-    let blocks = (n.max(1) as u64).div_ceil(threads as u64).max(1) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
     }
 }
 
@@ -271,23 +228,36 @@ impl CudaLm {
                 "use smaller sizes",
             ));
         }
-        let rt = CudaRuntime::new(0)?;
-        let ptx = cudarc::nvrtc::compile_ptx(LM_KERNELS_CU)
-            .map_err(|e| Error::Backend(format!("NVRTC compilation of the LM kernels: {e}")))?;
-        let module = rt.context().load_module(ptx).map_err(drv("module load"))?;
-        let f = |name: &str| {
-            module
-                .load_function(name)
-                .map_err(|e| Error::Backend(format!("CUDA load {name}: {e}")))
-        };
+        let rt = GpuRuntime::new(0)?;
+        let [
+            gather,
+            bias_tanh,
+            softmax_xent,
+            col_sum,
+            tanh_backward,
+            scatter_emb,
+            adamw,
+        ] = rt.load_kernels(
+            LM_KERNELS_CU,
+            "the LM kernels",
+            [
+                "lm_gather",
+                "lm_bias_tanh",
+                "lm_softmax_xent",
+                "lm_col_sum",
+                "lm_tanh_backward",
+                "lm_scatter_emb",
+                "lm_adamw",
+            ],
+        )?;
         let k = Kernels {
-            gather: f("lm_gather")?,
-            bias_tanh: f("lm_bias_tanh")?,
-            softmax_xent: f("lm_softmax_xent")?,
-            col_sum: f("lm_col_sum")?,
-            tanh_backward: f("lm_tanh_backward")?,
-            scatter_emb: f("lm_scatter_emb")?,
-            adamw: f("lm_adamw")?,
+            gather,
+            bias_tanh,
+            softmax_xent,
+            col_sum,
+            tanh_backward,
+            scatter_emb,
+            adamw,
         };
         let st = rt.stream().clone();
         let host = [&model.emb, &model.w1, &model.b1, &model.w2, &model.b2];
@@ -406,6 +376,7 @@ impl CudaLm {
             &self.params[W1],
             false,
             &mut self.a,
+            false,
         )?;
         {
             let mut l = st.launch_builder(&self.k.bias_tanh);
@@ -423,6 +394,7 @@ impl CudaLm {
             &self.params[W2],
             false,
             &mut self.lg,
+            false,
         )?;
         {
             let g = i32::from(want_grad);
@@ -490,6 +462,7 @@ impl CudaLm {
             &self.lg,
             false,
             &mut self.grads[W2],
+            false,
         )?;
         col_sum(&self.lg, &mut self.grads[B2], vi)?;
         // dA = dL·W2ᵀ ; dZ = dA·(1 − A²) ; db1 = Σ_rows dZ
@@ -503,6 +476,7 @@ impl CudaLm {
             &self.params[W2],
             true,
             &mut self.dz,
+            false,
         )?;
         {
             let n = (b * h) as i64;
@@ -523,6 +497,7 @@ impl CudaLm {
             &self.dz,
             false,
             &mut self.grads[W1],
+            false,
         )?;
         sgemm_rm(
             self.rt.blas(),
@@ -534,6 +509,7 @@ impl CudaLm {
             &self.params[W1],
             true,
             &mut self.dx,
+            false,
         )?;
         {
             let positions = (b * c) as i32;
@@ -672,9 +648,8 @@ pub fn train_run_cuda(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cuda::gpu_unavailable_reason;
+    use crate::gpu::gpu_unavailable_reason;
     use crate::lm::AdamW;
-    use cudarc::cublas::{GemmConfig, sys as blas_sys};
 
     fn shape() -> Shape {
         Shape {
@@ -708,23 +683,9 @@ mod tests {
         false
     }
 
-    /// Reference column-major BLAS sgemm (`C = α·op(A)·op(B) + β·C`, BLAS semantics of `transa`, `lda`, ...).
-    fn blas_sgemm_reference(cfg: &GemmConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
-        let t = |o: blas_sys::cublasOperation_t| o == blas_sys::cublasOperation_t::CUBLAS_OP_T;
-        let (m, n, k) = (cfg.m as usize, cfg.n as usize, cfg.k as usize);
-        let (lda, ldb, ldc) = (cfg.lda as usize, cfg.ldb as usize, cfg.ldc as usize);
-        let at = |i: usize, p: usize| if t(cfg.transa) { a[p + i * lda] } else { a[i + p * lda] };
-        let bt = |p: usize, j: usize| if t(cfg.transb) { b[j + p * ldb] } else { b[p + j * ldb] };
-        for i in 0..m {
-            for j in 0..n {
-                let s: f32 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
-                c[i + j * ldc] = cfg.alpha * s + cfg.beta * c[i + j * ldc];
-            }
-        }
-    }
-
-    /// The row-major → column-major mapping of [`sgemm_rm`], checked on the host for every transpose combination
-    /// and the exact shapes of the trainer's five products, against a naive row-major product.
+    /// The row-major → column-major mapping of [`sgemm_rm`], checked on the host (the runtime's cuBLAS reference)
+    /// for the exact shapes and transposes of the trainer's products, with work buffers larger than each product as
+    /// the trainer passes them, against a naive row-major product.
     #[test]
     fn colmajor_mapping_computes_row_major_products() {
         let (bsz, ce, h, v) = (5usize, 6usize, 4usize, 7usize);
@@ -749,9 +710,14 @@ mod tests {
                     want[i * n + j] = (0..k).map(|p| la(i, p) * lb(p, j)).sum();
                 }
             }
-            let cfg = crate::cuda::rowmajor_sgemm_config(m, n, k, a_t, b_t, false);
-            let mut got = vec![0.0f32; m * n];
-            blas_sgemm_reference(&cfg, &b, &a, &mut got);
+            // Oversized buffers, as the trainer's max-batch work buffers are: only the leading part is touched.
+            let (mut a_big, mut b_big) = (a.clone(), b.clone());
+            a_big.extend([99.0; 3]);
+            b_big.extend([99.0; 5]);
+            let mut got = vec![0.0f32; m * n + 4];
+            crate::gpu::tests::sgemm_rm_host(m, n, k, &a_big, a_t, &b_big, b_t, &mut got, false);
+            assert_eq!(&got[m * n..], &[0.0; 4]);
+            got.truncate(m * n);
             assert_eq!(got, want, "m={m} n={n} k={k} a_t={a_t} b_t={b_t}");
         }
     }

@@ -25,10 +25,9 @@
 //! whole GPU path, forward and backward, is unverified. Without a GPU, [`MoeCuda::available`] gives the reason and
 //! nothing is touched.
 use super::{MoeGrads, MoeParams, PhaseTimes, RoutingSpec, backward, forward, popularity, router_bias};
-use crate::cuda::{CudaRuntime, gpu_unavailable_reason, rowmajor_sgemm_config as colmajor_config};
-use cudarc::cublas::{CudaBlas, Gemm};
-use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
-use cudarc::driver::{PushKernelArg, sys as drv_sys};
+use crate::gpu::{GpuRuntime, drv, event_gaps, gpu_unavailable_reason, grid, sgemm_rm};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, PushKernelArg};
 use std::sync::Arc;
 use std::time::Instant;
 use trainlab_core::workloads::moe::{MoeLayer, MoeOutcome};
@@ -147,57 +146,9 @@ extern "C" __global__ void tl_moe_softmax_bwd(const float* probs, const float* d
 }
 "#;
 
-pub(crate) fn drv(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
-    move |e| Error::Backend(format!("CUDA {what}: {e}"))
-}
-
-/// Row-major `C[m, n] = op(A) op(B) [+ C]` on cuBLAS sgemm (fp32): `A` is stored `[m, k]`, or `[k, m]` when `a_t`;
-/// `B` is stored `[k, n]`, or `[n, k]` when `b_t`. The buffers must hold exactly `m k`, `k n` and `m n` floats.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn sgemm_rm<A: DevicePtr<f32>, B: DevicePtr<f32>, C: DevicePtrMut<f32>>(
-    blas: &CudaBlas,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &A,
-    a_t: bool,
-    b: &B,
-    b_t: bool,
-    c: &mut C,
-    acc: bool,
-) -> Result<(), Error> {
-    if a.len() != m * k || b.len() != k * n || c.len() != m * n || m == 0 || n == 0 || k == 0 {
-        return Err(Error::Backend(format!(
-            "sgemm {m}x{n}x{k}: buffer sizes {}, {}, {} do not match (or a dimension is 0)",
-            a.len(),
-            b.len(),
-            c.len()
-        )));
-    }
-    if [m, n, k].iter().any(|&v| v > i32::MAX as usize) {
-        return Err(Error::Unsupported(format!(
-            "sgemm {m}x{n}x{k}: a dimension exceeds 2^31 - 1"
-        )));
-    }
-    let cfg = colmajor_config(m, n, k, a_t, b_t, acc);
-    // SAFETY: the buffers hold exactly m*k, k*n and m*n floats (checked above) and the leading dimensions describe
-    // those row-major layouts (see `colmajor_config`), so cuBLAS stays inside them; all dimensions fit in i32.
-    unsafe { blas.gemm(cfg, b, a, c) }.map_err(|e| Error::Backend(format!("cuBLAS sgemm: {e}")))
-}
-
-/// One thread per element, 256 per block.
-pub(crate) fn grid(threads: usize) -> LaunchConfig {
-    let block = 256u32;
-    LaunchConfig {
-        grid_dim: ((threads.max(1) as u64).div_ceil(block as u64).max(1) as u32, 1, 1),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// The GPU, its cuBLAS handle and the compiled MoE kernels.
+/// The GPU runtime and the compiled MoE kernels.
 pub(crate) struct Gpu {
-    rt: CudaRuntime,
+    rt: GpuRuntime,
     gate: CudaFunction,
     relu: CudaFunction,
     gather: CudaFunction,
@@ -208,27 +159,41 @@ pub(crate) struct Gpu {
     softmax_bwd: CudaFunction,
 }
 
+/// Entry points of [`MOE_KERNELS_CU`], in the order [`Gpu::new`] loads them.
+const MOE_KERNEL_NAMES: [&str; 8] = [
+    "tl_moe_gate",
+    "tl_moe_relu",
+    "tl_moe_gather",
+    "tl_moe_combine",
+    "tl_moe_combine_bwd",
+    "tl_moe_relu_bwd",
+    "tl_moe_scatter_add",
+    "tl_moe_softmax_bwd",
+];
+
 impl Gpu {
     fn new() -> Result<Gpu, Error> {
-        let rt = CudaRuntime::new(0)?;
-        let ptx = cudarc::nvrtc::compile_ptx(MOE_KERNELS_CU)
-            .map_err(|e| Error::Backend(format!("NVRTC compilation of the MoE kernels: {e}")))?;
-        let module = rt.context().load_module(ptx).map_err(drv("module load"))?;
-        let f = |name: &str| {
-            module
-                .load_function(name)
-                .map_err(|e| Error::Backend(format!("CUDA load {name}: {e}")))
-        };
+        let rt = GpuRuntime::new(0)?;
+        let [
+            gate,
+            relu,
+            gather,
+            combine,
+            combine_bwd,
+            relu_bwd,
+            scatter_add,
+            softmax_bwd,
+        ] = rt.load_kernels(MOE_KERNELS_CU, "the MoE kernels", MOE_KERNEL_NAMES)?;
         Ok(Gpu {
-            gate: f("tl_moe_gate")?,
-            relu: f("tl_moe_relu")?,
-            gather: f("tl_moe_gather")?,
-            combine: f("tl_moe_combine")?,
-            combine_bwd: f("tl_moe_combine_bwd")?,
-            relu_bwd: f("tl_moe_relu_bwd")?,
-            scatter_add: f("tl_moe_scatter_add")?,
-            softmax_bwd: f("tl_moe_softmax_bwd")?,
             rt,
+            gate,
+            relu,
+            gather,
+            combine,
+            combine_bwd,
+            relu_bwd,
+            scatter_add,
+            softmax_bwd,
         })
     }
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
@@ -238,21 +203,12 @@ impl Gpu {
         self.rt.blas()
     }
     fn sync(&self) -> Result<(), Error> {
-        self.stream().synchronize().map_err(drv("synchronize"))
+        self.rt.sync()
     }
     /// A timing event recorded now on the stream.
     fn event(&self) -> Result<CudaEvent, Error> {
-        self.stream()
-            .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(drv("event record"))
+        self.rt.event()
     }
-}
-
-/// Seconds between consecutive events (`evs.len() - 1` values); call after the stream has synchronised.
-fn event_gaps(evs: &[CudaEvent]) -> Result<Vec<f64>, Error> {
-    evs.windows(2)
-        .map(|w| Ok(w[0].elapsed_ms(&w[1]).map_err(drv("event elapsed"))? as f64 * 1e-3))
-        .collect()
 }
 
 /// The layer on the device: sizes, routing and the resident parameters and inputs.
@@ -650,7 +606,6 @@ impl Backend<MoeLayer> for MoeCuda {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cudarc::cublas::{GemmConfig, sys as blas_sys};
     use trainlab_core::workloads::moe::Routing;
 
     fn layer(routing: Routing, capacity_factor: f64, balance_loss: Option<f64>) -> MoeLayer {
@@ -690,89 +645,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn colmajor_config_matches_the_row_major_layouts() {
-        // C[m, n] = A[m, k] B[k, n]: cuBLAS gets B first (n x k column-major, ld n), A second (ld k), C ld n.
-        let c = colmajor_config(3, 5, 7, false, false, false);
-        assert_eq!((c.m, c.n, c.k, c.lda, c.ldb, c.ldc), (5, 3, 7, 5, 7, 5));
-        assert_eq!(c.beta, 0.0);
-        // dW = X^T dH: A stored [k, m] (a_t, ld m) -> cuBLAS's second operand transposed.
-        let c = colmajor_config(3, 5, 7, true, false, true);
-        assert_eq!((c.lda, c.ldb, c.ldc), (5, 3, 5));
-        assert_eq!(c.transb, blas_sys::cublasOperation_t::CUBLAS_OP_T);
-        assert_eq!(c.transa, blas_sys::cublasOperation_t::CUBLAS_OP_N);
-        assert_eq!(c.beta, 1.0);
-        // dX = dH W^T: B stored [n, k] (b_t, ld k) -> cuBLAS's first operand transposed.
-        let c = colmajor_config(3, 5, 7, false, true, false);
-        assert_eq!((c.lda, c.ldb, c.ldc), (7, 7, 5));
-        assert_eq!(c.transa, blas_sys::cublasOperation_t::CUBLAS_OP_T);
-        assert_eq!(c.transb, blas_sys::cublasOperation_t::CUBLAS_OP_N);
-    }
-
-    /// cuBLAS sgemm semantics (column-major, `C = alpha op(A) op(B) + beta C`, element `(i, j)` of a matrix with
-    /// leading dimension `ld` at `i + j ld`), written from the cuBLAS documentation; panics on any read or write
-    /// outside the given buffers.
-    pub(super) fn sgemm_colmajor_ref(c: &GemmConfig<f32>, a: &[f32], b: &[f32], out: &mut [f32]) {
-        let n_op = blas_sys::cublasOperation_t::CUBLAS_OP_N;
-        let (m, n, k) = (c.m as usize, c.n as usize, c.k as usize);
-        let (lda, ldb, ldc) = (c.lda as usize, c.ldb as usize, c.ldc as usize);
-        // cuBLAS requires lda >= rows of the stored A (m for OP_N, k for OP_T), likewise for B and C.
-        assert!(lda >= if c.transa == n_op { m } else { k });
-        assert!(ldb >= if c.transb == n_op { k } else { n });
-        assert!(ldc >= m);
-        let opa = |i: usize, l: usize| {
-            if c.transa == n_op {
-                a[i + l * lda]
-            } else {
-                a[l + i * lda]
-            }
-        };
-        let opb = |l: usize, j: usize| {
-            if c.transb == n_op {
-                b[l + j * ldb]
-            } else {
-                b[j + l * ldb]
-            }
-        };
-        for j in 0..n {
-            for i in 0..m {
-                let s: f32 = (0..k).map(|l| opa(i, l) * opb(l, j)).sum();
-                out[i + j * ldc] = c.alpha * s + c.beta * out[i + j * ldc];
-            }
-        }
-    }
-
-    #[test]
-    fn colmajor_config_computes_row_major_products() {
-        // For every transpose combination: run the config through the cuBLAS reference with the operands in the
-        // order `sgemm_rm` passes them (B buffer first) on buffers of exactly m k, k n and m n floats, and compare
-        // with the row-major product computed directly.
-        let (m, n, k) = (3usize, 5usize, 4usize);
-        let val = |i: usize| ((i * 7 + 3) % 11) as f32 - 5.0;
-        let a: Vec<f32> = (0..m * k).map(val).collect();
-        let b: Vec<f32> = (0..k * n).map(|i| val(i + 5)).collect();
-        let c0: Vec<f32> = (0..m * n).map(|i| val(i + 2)).collect();
-        for (a_t, b_t, acc) in [
-            (false, false, false),
-            (true, false, true),
-            (false, true, false),
-            (true, true, true),
-        ] {
-            // op(A)[i][l] from A stored [m, k] or [k, m]; op(B)[l][j] from B stored [k, n] or [n, k].
-            let ea = |i: usize, l: usize| if a_t { a[l * m + i] } else { a[i * k + l] };
-            let eb = |l: usize, j: usize| if b_t { b[j * k + l] } else { b[l * n + j] };
-            let mut want = if acc { c0.clone() } else { vec![0.0; m * n] };
-            for i in 0..m {
-                for j in 0..n {
-                    want[i * n + j] += (0..k).map(|l| ea(i, l) * eb(l, j)).sum::<f32>();
-                }
-            }
-            let mut got = c0.clone();
-            sgemm_colmajor_ref(&colmajor_config(m, n, k, a_t, b_t, acc), &b, &a, &mut got);
-            assert_eq!(got, want, "a_t {a_t} b_t {b_t} acc {acc}");
-        }
-    }
-
     /// NVRTC needs no GPU: wherever `libnvrtc` can be loaded (e.g. from the `nvidia-cuda-nvrtc` wheel on
     /// `LD_LIBRARY_PATH`), the kernel source must compile and define every entry point `Gpu::new` loads.
     #[test]
@@ -784,16 +656,7 @@ mod tests {
         }
         let ptx = cudarc::nvrtc::compile_ptx(MOE_KERNELS_CU).unwrap_or_else(|e| panic!("NVRTC: {e}"));
         let src = ptx.to_src();
-        for name in [
-            "tl_moe_gate",
-            "tl_moe_relu",
-            "tl_moe_gather",
-            "tl_moe_combine",
-            "tl_moe_combine_bwd",
-            "tl_moe_relu_bwd",
-            "tl_moe_scatter_add",
-            "tl_moe_softmax_bwd",
-        ] {
+        for name in MOE_KERNEL_NAMES {
             assert!(src.contains(&format!(".entry {name}(")), "PTX lacks {name}");
         }
     }

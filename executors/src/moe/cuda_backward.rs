@@ -4,7 +4,8 @@
 //! every `dP[t, i]` (with `f_i` a constant, as in Switch), the per-group softmax backward and the router GEMMs.
 //!
 //! Compiled on every build, **never run on a GPU** during development.
-use super::{DevForward, DevLayer, Gpu, drv, event_gaps, grid, sgemm_rm};
+use super::{DevForward, DevLayer, Gpu};
+use crate::gpu::{drv, event_gaps, grid, sgemm_rm};
 use cudarc::driver::{CudaSlice, PushKernelArg};
 use std::time::Instant;
 use trainlab_core::Error;
@@ -183,26 +184,9 @@ pub(crate) fn run_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::tests::sgemm_rm_host;
     use crate::moe::{MoeParams, PhaseTimes, RoutingSpec, backward, forward, normal, router_bias};
     use trainlab_core::Seed;
-
-    /// `sgemm_rm` on host vectors: the same size checks and `colmajor_config`, run by the cuBLAS reference.
-    #[allow(clippy::too_many_arguments)]
-    fn sgemm_rm_host(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: &[f32],
-        a_t: bool,
-        b: &[f32],
-        b_t: bool,
-        c: &mut [f32],
-        acc: bool,
-    ) {
-        assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n && m * n * k > 0);
-        let cfg = super::super::colmajor_config(m, n, k, a_t, b_t, acc);
-        super::super::tests::sgemm_colmajor_ref(&cfg, b, a, c);
-    }
 
     /// The GPU step's orchestration replayed on the host: the kernels as Rust loops written from their CUDA C and
     /// the GEMMs with `run_forward`'s and `run_backward`'s exact (m, n, k, operand, transpose) arguments through the

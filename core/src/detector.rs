@@ -1,7 +1,8 @@
 //! A C4D-style detector over per-rank collective timestamps (after Dong et al., C4, HPCA 2025, §C4D; the rules are
 //! the formalisation of `notes/c4-picasso-moe.md` §1.4). Pure: it holds no clock and does no IO, so the simulator
-//! (on sampled synthetic timestamps) and the real fault-injection run (on timestamps its workers send) run the very
-//! same code.
+//! (`trainlab_sim::failures`, on sampled synthetic timestamps) and the real fault-injection run
+//! (`trainlab_executors::faultrun`, on timestamps its workers send) run the very same code; it lives in `core`, below
+//! both.
 //!
 //! Inputs, per rank `r` and collective (step) `k`: `enter(r, k, t)`, `exit(r, k, t)`, and for the collective in
 //! flight the chunks received so far (`progress(r, k, chunks)`); a dead process is reported with `crash(r)`.
@@ -14,9 +15,12 @@
 //!   a *communication hang* on a stalled link, whose receiving end is the rank that received the fewest chunks (every
 //!   rank downstream received one more); both ends of that link are named, sender first.
 //! - **Slow**: for each step all ranks entered, the arrival lag `enter(r,k) - median_r enter(.,k)` relative to the
-//!   median step period; a rank whose mean lag over the last `window` steps exceeds `slow_threshold` and which was
+//!   median step period (medians as in [`crate::stats::median`]: the mean of the two middle values for an even
+//!   count); a rank whose mean lag over the last `window` steps exceeds `slow_threshold` and which was
 //!   the last to arrive in most of them is a straggler (non-communication slow).
 use std::collections::VecDeque;
+
+use crate::stats::median_mut;
 
 /// Thresholds of the detector.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,19 +85,8 @@ impl Verdict {
     }
 }
 
-/// `x` as an integer ordered exactly like [`f64::total_cmp`] orders floats (the same transform it applies), so sorting
-/// keys sorts the floats the same way, with plain integer compares.
-#[inline]
-fn total_key(x: f64) -> i64 {
-    let b = x.to_bits() as i64;
-    b ^ (((b >> 63) as u64) >> 1) as i64
-}
-
-/// The float whose [`total_key`] is `k` (the transform is its own inverse).
-#[inline]
-fn from_total_key(k: i64) -> f64 {
-    f64::from_bits((k ^ (((k >> 63) as u64) >> 1) as i64) as u64)
-}
+/// Step periods kept for the running median period (the most recent ones).
+const MAX_PERIODS: usize = 32;
 
 /// Per-step record while some rank has not entered it yet.
 #[derive(Debug, Clone)]
@@ -111,8 +104,8 @@ pub struct Detector {
     open: Vec<(u64, StepRec)>,
     /// `enter` buffers of closed steps, reused for new ones (no allocation per step).
     pool: Vec<Vec<f64>>,
-    /// Scratch space for the median of a completed step ([`total_key`]s).
-    scratch: Vec<i64>,
+    /// Scratch space for the median of a completed step.
+    scratch: Vec<f64>,
     last_enter: Vec<Option<u64>>,
     chunks: Vec<(u64, u64, u64)>,
     last_progress_s: f64,
@@ -136,7 +129,7 @@ impl Detector {
             last_progress_s: start_s,
             lags: vec![VecDeque::with_capacity(cfg.window + 1); cfg.ranks],
             last_flags: VecDeque::with_capacity(cfg.window + 1),
-            periods: VecDeque::with_capacity(33),
+            periods: VecDeque::with_capacity(MAX_PERIODS + 1),
             prev_median: None,
             crashed: None,
         }
@@ -226,20 +219,18 @@ impl Detector {
     }
 
     fn complete_step(&mut self, step: u64, enter: &[f64]) {
-        // The median under `total_cmp`, from a sort of the integer keys into a reused buffer (a total order: the
-        // same value a sort of the floats puts in the middle).
-        let mut sorted = std::mem::take(&mut self.scratch);
-        sorted.clear();
-        sorted.extend(enter.iter().map(|x| total_key(*x)));
-        sorted.sort_unstable();
-        let med = from_total_key(sorted[sorted.len() / 2]);
-        self.scratch = sorted;
+        // The median of the arrival times, selected in a reused buffer (no allocation per step).
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        buf.extend_from_slice(enter);
+        let med = median_mut(&mut buf);
+        self.scratch = buf;
         if let Some((pk, pm)) = self.prev_median
             && step > pk
         {
             let p = (med - pm) / (step - pk) as f64;
             if p > 0.0 {
-                if self.periods.len() == 32 {
+                if self.periods.len() == MAX_PERIODS {
                     self.periods.pop_front();
                 }
                 self.periods.push_back(p);
@@ -271,20 +262,12 @@ impl Detector {
             return None;
         }
         // At most 32 periods are kept (see `complete_step`): select the median on the stack.
-        let mut buf = [0.0f64; 32];
-        let mut heap;
-        let p: &mut [f64] = if self.periods.len() <= buf.len() {
-            let n = self.periods.len();
-            for (d, s) in buf.iter_mut().zip(&self.periods) {
-                *d = *s;
-            }
-            &mut buf[..n]
-        } else {
-            heap = self.periods.iter().copied().collect::<Vec<f64>>();
-            &mut heap
-        };
-        let mid = p.len() / 2;
-        Some(*p.select_nth_unstable_by(mid, f64::total_cmp).1)
+        let mut buf = [0.0f64; MAX_PERIODS];
+        let n = self.periods.len().min(MAX_PERIODS);
+        for (d, s) in buf.iter_mut().zip(&self.periods) {
+            *d = *s;
+        }
+        Some(median_mut(&mut buf[..n]))
     }
 
     /// Evaluates the rules at time `now_s`. Returns the first verdict that holds (crash, hang, slow).
@@ -356,77 +339,4 @@ impl Detector {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(n: usize) -> DetectorConfig {
-        DetectorConfig {
-            ranks: n,
-            hang_timeout_s: 3.0,
-            window: 5,
-            slow_threshold: 0.2,
-        }
-    }
-
-    #[test]
-    fn finds_straggler_not_healthy() {
-        let mut d = Detector::new(cfg(8), 0.0);
-        for k in 0..20u64 {
-            for r in 0..8 {
-                let slow = k >= 10 && r == 5;
-                let t = k as f64 + if slow { 0.5 } else { 0.01 * r as f64 };
-                d.enter(r, k, t);
-                d.exit(r, k, k as f64 + 0.6);
-            }
-            let v = d.check(k as f64 + 0.7);
-            if k < 10 {
-                assert_eq!(v, None, "false alarm at {k}");
-            }
-        }
-        assert!(matches!(d.check(20.0), Some(Verdict::Slow { rank: 5, .. })));
-    }
-
-    #[test]
-    fn classifies_hangs() {
-        let mut d = Detector::new(cfg(4), 0.0);
-        for r in 0..4 {
-            d.enter(r, 0, 0.1);
-            d.exit(r, 0, 0.2);
-        }
-        for r in [0, 1, 3] {
-            d.enter(r, 1, 1.1);
-        }
-        assert_eq!(d.check(2.0), None);
-        assert_eq!(
-            d.check(4.0),
-            Some(Verdict::Hang {
-                kind: HangKind::NonCommunication,
-                ranks: vec![2]
-            })
-        );
-        d.enter(2, 1, 1.2);
-        // Link 1 -> 2 stalled: received counts grow downstream of rank 2; each rank's acknowledged sends equal its
-        // right neighbour's receives.
-        for (r, sent, recv) in [(0, 6, 5), (1, 3, 6), (2, 4, 3), (3, 5, 4)] {
-            d.progress(r, 1, sent, recv);
-        }
-        assert_eq!(
-            d.check(4.0),
-            Some(Verdict::Hang {
-                kind: HangKind::Communication,
-                ranks: vec![1, 2]
-            })
-        );
-        // Rank 3 stopped draining: its left neighbour delivered 6, it consumed 4.
-        d.progress(2, 1, 6, 3);
-        assert_eq!(
-            d.check(4.0),
-            Some(Verdict::Hang {
-                kind: HangKind::NonCommunication,
-                ranks: vec![3]
-            })
-        );
-        d.crash(3);
-        assert_eq!(d.check(4.0), Some(Verdict::Crash { rank: 3 }));
-    }
-}
+mod tests;
