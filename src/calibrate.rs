@@ -261,9 +261,9 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
 }
 
 /// `trainlab calibrate --workload training-job`: a calibration fault-injection run, the fitted timing profile, and a
-/// held-out run (another schedule) predicted by it.
+/// held-out run (another schedule) predicted by it, calibrated and uncalibrated.
 fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Result<()> {
-    use trainlab_executors::faultrun::{FaultRunConfig, calibrate as c4cal};
+    use trainlab_executors::faultrun::{FaultRun, calibrate as c4cal};
     if matches!(a.backend, DeviceKind::Cuda) {
         return Err(UsageError(
             "`calibrate --workload training-job` runs on the CPU only (the fault-injection job has no CUDA variant); \
@@ -273,9 +273,7 @@ fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) 
         .into());
     }
     let seed = Seed(seed.unwrap_or(42));
-    let steps = if a.quick { 80 } else { 200 };
-    let mut base = FaultRunConfig::small(steps, vec![]);
-    base.time_limit_s = 600.0;
+    let steps = c4cal::steps(a.quick);
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
@@ -287,137 +285,96 @@ fn training_job(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) 
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let device = trainlab_executors::cpu::cpu_device_description();
-    let x = c4cal::experiment(&base, steps, a.quick, provenance(device.clone()), cancel, |phase| {
+    let x = c4cal::calibrate(&FaultRun::new(None), a.quick, cancel, |phase| {
         bar.set_message(format!("{phase}, {steps} steps, 4 worker processes"))
     })?;
     bar.finish_and_clear();
     std::fs::create_dir_all(&a.out).map_err(|e| Error::io(format!("creating {}", a.out.display()), e))?;
+    #[derive(serde::Serialize)]
+    struct Profile<'a> {
+        provenance: Provenance,
+        timing: &'a trainlab_models::faultline::FaultTiming,
+    }
     let prof_path = a.out.join("profile-c4-cpu.toml");
-    let text = toml::to_string_pretty(&x.calibration)?;
+    let text = toml::to_string_pretty(&Profile {
+        provenance: provenance(device.clone()),
+        timing: &x.timing,
+    })?;
     std::fs::write(&prof_path, text).map_err(|e| Error::io(format!("writing {}", prof_path.display()), e))?;
     let study = "calibrate-training-job";
-    let metric = |case: &str, backend: &str, fid: Fidelity, name: &str, unit: Unit, v: f64| {
-        Record::from_metric(
-            study,
-            "training_job",
-            case,
-            backend,
-            fid,
-            seed.0,
-            &Metric::new(name, unit, v),
-        )
-    };
-    let p = &x.prediction;
-    let h = &x.held_run;
-    let measured_detect: f64 = h.records.iter().filter_map(|r| r.detection_latency_s).sum();
-    let measured_restart: f64 = h.records.iter().map(|r| r.restart_s).sum();
-    let records = vec![
-        metric("fit", "cpu", Fidelity::Measured, "ettr", Unit::Ratio, x.fit_run.ettr),
-        metric("held-out", "cpu", Fidelity::Measured, "ettr", Unit::Ratio, h.ettr),
-        metric(
-            "held-out",
-            "timeline-calibrated",
-            Fidelity::Simulated,
-            "ettr",
-            Unit::Ratio,
-            p.ettr,
-        ),
-        metric("held-out", "cpu", Fidelity::Measured, "wall", Unit::Seconds, h.wall_s),
-        metric(
-            "held-out",
-            "timeline-calibrated",
-            Fidelity::Simulated,
-            "wall",
-            Unit::Seconds,
-            p.wall_s(),
-        ),
-    ];
+    let mut records = Vec::new();
+    for row in &x.held_out {
+        for (backend, fid, v) in [
+            ("faultrun", Fidelity::Measured, row.measured),
+            ("timeline-calibrated", Fidelity::Analytical, row.calibrated),
+            ("timeline", Fidelity::Analytical, row.uncalibrated),
+        ] {
+            records.push(Record::from_metric(
+                study,
+                "training_job",
+                "held-out",
+                backend,
+                fid,
+                seed.0,
+                &Metric::new(row.metric.clone(), row.unit, v),
+            ));
+        }
+    }
     let (pq, csv) = trainlab_reports::write_records(&records, &a.out, "calibration-training-job")?;
-    let fmt_d = |d: &c4cal::Fitted, unit: &str| format!("{:.3} +- {:.3} {unit} (n={})", d.mean, d.std, d.n);
-    let missed = |r: &trainlab_executors::faultrun::FaultRunReport| {
-        r.records
-            .iter()
-            .filter(|x| x.injected.is_some() && !x.localised)
-            .count()
-    };
+    let ettr = x.row("ettr").cloned();
     if a.json {
-        let c = &x.calibration;
         let v = serde_json::json!({
             "workload": "training_job", "device": device, "profile": prof_path.display().to_string(),
-            "step_period_s": c.step_period_s, "checkpoint_cost_s": c.checkpoint_cost_s, "startup_s": c.startup_s,
-            "detect_kill_s": c.detect_kill_s.mean,
-            "hang_overshoot_s": c.hang_overshoot_s.mean, "detect_slow_steps": c.detect_slow_steps.mean,
-            "restart_s": c.restart_s.mean,
-            "fit_ettr": x.fit_run.ettr, "held_out_measured_ettr": h.ettr, "held_out_predicted_ettr": p.ettr,
-            "held_out_replay_ettr_95": [x.interval.low, x.interval.high],
-            "held_out_error_points": x.error_points(),
-            "missed_faults": missed(&x.fit_run) + missed(h), "false_alarms": x.fit_run.false_alarms + h.false_alarms,
+            "timing": &x.timing,
+            "fit_ettr": x.fit_run.ettr,
+            "held_out": x.held_out.iter().map(|r| serde_json::json!({
+                "metric": r.metric, "measured": r.measured, "calibrated": r.calibrated, "uncalibrated": r.uncalibrated,
+            })).collect::<Vec<_>>(),
             "outputs": [pq.display().to_string(), csv.display().to_string()],
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let c = &x.calibration;
+    let t = &x.timing;
+    let fmt_d = |d: &trainlab_models::faultline::Fitted, unit: &str| {
+        format!("{:.3} +- {:.3} {unit} (n={})", d.mean, d.std, d.n)
+    };
     println!("device: {device}");
     println!(
-        "fitted from the calibration run ({} faults, ETTR {:.3}): step {:.3} s, checkpoint {:.4} s, start-up {:.3} s",
-        x.fit_cfg.faults.len(),
-        x.fit_run.ettr,
-        c.step_period_s,
-        c.checkpoint_cost_s,
-        c.startup_s
+        "fitted from the calibration run (ETTR {:.3}): step {:.4} s per {:.3} s of compute, checkpoint {:.4} s, \
+         start-up {:.3} s",
+        x.fit_run.ettr, t.step_period_s, t.step_time_s, t.checkpoint_cost_s, t.startup_s
     );
     println!(
         "detection: kill {}, hang {} beyond the threshold, slow {}; restart overhead {}",
-        fmt_d(&c.detect_kill_s, "s"),
-        fmt_d(&c.hang_overshoot_s, "s"),
-        fmt_d(&c.detect_slow_steps, "slow steps"),
-        fmt_d(&c.restart_s, "s")
+        fmt_d(&t.detect_kill_s, "s"),
+        fmt_d(&t.hang_overshoot_s, "s"),
+        fmt_d(&t.detect_slow_steps, "slow steps"),
+        fmt_d(&t.restart_s, "s")
     );
-    let rows = vec![
-        vec![
-            "steps x mean step (s)".to_string(),
-            format!("{:.2}", h.steps_done as f64 * h.step_period_mean_s),
-            format!("{:.2}", p.useful_s),
-        ],
-        vec![
-            "wall (s)".to_string(),
-            format!("{:.2}", h.wall_s),
-            format!("{:.2}", p.wall_s()),
-        ],
-        vec![
-            "detection (s)".to_string(),
-            format!("{measured_detect:.2}"),
-            format!("{:.2}", p.detect_s),
-        ],
-        vec![
-            "restart incl. first step (s)".to_string(),
-            format!("{measured_restart:.2}"),
-            format!(
-                "{:.2}",
-                p.restart_s + x.held_cfg.faults.len() as f64 * h.step_period_mean_s
-            ),
-        ],
-        vec![
-            "ETTR".to_string(),
-            format!("{:.3}", h.ettr),
-            format!(
-                "{:.3} (replay 95%: {:.3}-{:.3})",
-                p.ettr, x.interval.low, x.interval.high
-            ),
-        ],
-    ];
+    let rows: Vec<Vec<String>> = x
+        .held_out
+        .iter()
+        .map(|r| {
+            vec![
+                r.metric.clone(),
+                format!("{:.3}", r.measured),
+                format!("{:.3}", r.calibrated),
+                format!("{:.3}", r.uncalibrated),
+            ]
+        })
+        .collect();
     println!(
-        "held-out run ({} faults, another schedule):\n{}",
-        x.held_cfg.faults.len(),
-        trainlab_reports::markdown_table(&["", "measured", "predicted"], &rows)
+        "held-out run (another schedule):\n{}",
+        trainlab_reports::markdown_table(&["metric", "measured", "calibrated", "uncalibrated"], &rows)
     );
-    println!(
-        "held-out ETTR error: {:+.1} points (faults missed: {}, false alarms: {})",
-        x.error_points(),
-        missed(&x.fit_run) + missed(h),
-        x.fit_run.false_alarms + h.false_alarms
-    );
+    if let Some(e) = ettr {
+        println!(
+            "held-out ETTR error: {:+.1} points calibrated, {:+.1} uncalibrated",
+            100.0 * e.calibrated_error(),
+            100.0 * e.uncalibrated_error()
+        );
+    }
     println!(
         "wrote {}\nwrote {}\nwrote {}",
         prof_path.display(),

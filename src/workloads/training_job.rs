@@ -9,8 +9,8 @@ use trainlab_core::workloads::TrainingJob;
 /// `__c4-worker` subcommand.
 pub fn backends(quick: bool) -> Vec<Box<dyn Backend<TrainingJob>>> {
     let mut v: Vec<Box<dyn Backend<TrainingJob>>> = vec![
-        Box::new(trainlab_models::reliability::ReliabilityModel),
-        Box::new(trainlab_sim::failures::FailureSim),
+        Box::new(trainlab_models::reliability::ReliabilityModel::default()),
+        Box::new(trainlab_sim::failures::FailureSim::default()),
     ];
     if !quick {
         v.push(Box::new(trainlab_executors::faultrun::FaultRun::new(None)));
