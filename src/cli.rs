@@ -223,7 +223,7 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         Command::Fit(a) => crate::cmd::dcpt::fit(&a),
         Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a),
         Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a),
-        Command::C4Run(a) => crate::cmd::c4::run(a, cancel),
+        Command::C4Run(a) => crate::cmd::c4::run(a, seed, cancel),
         Command::Moe(a) => {
             let s = trainlab_core::Seed(seed.unwrap_or(1000));
             match a.what {

@@ -18,6 +18,8 @@
 //!
 //! The downtime breakdown by phase and by class is first order (expected cost per fault times expected faults) and
 //! rescaled so that it sums to `1 - ETTR`.
+//!
+//! A job with an explicit fault schedule instead of rates is answered by the timeline of [`crate::faultline`].
 use trainlab_core::workloads::training_job::{
     CheckpointInterval, CheckpointRule, Estimate, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob,
     TrainingJobOutcome,
@@ -58,6 +60,7 @@ pub fn daly_interval(delta: f64, m: f64) -> f64 {
 pub fn young_interval(delta: f64, m: f64) -> f64 {
     (2.0 * delta * m).sqrt()
 }
+pub use crate::faultline::FaultTiming;
 
 /// Expected phase durations of one fault under one policy, seconds.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -227,9 +230,22 @@ pub fn expected(job: &TrainingJob, policy: Policy) -> PolicyOutcome {
     }
 }
 
-/// The closed-form backend (`Fidelity::Analytical`, name `young-daly`).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ReliabilityModel;
+/// The closed-form backend (`Fidelity::Analytical`, name `young-daly`): the renewal-reward model above for a job
+/// with failure rates, the expected timeline of [`crate::faultline`] for a scheduled job.
+#[derive(Debug, Default, Clone)]
+pub struct ReliabilityModel {
+    /// Fitted fault-handling timing for scheduled jobs (a calibrated `training_job` profile); `None`: nominal values
+    /// from the workload ([`crate::faultline::JobTiming::of`]). A rate-based job is always answered from its own
+    /// fields: the profile describes fault handling on the machine it was measured on, not a production cluster.
+    pub timing: Option<FaultTiming>,
+}
+
+impl ReliabilityModel {
+    /// The model with a fitted profile (`None`: uncalibrated).
+    pub fn new(timing: Option<FaultTiming>) -> Self {
+        ReliabilityModel { timing }
+    }
+}
 
 impl Backend<TrainingJob> for ReliabilityModel {
     fn name(&self) -> &str {
@@ -241,8 +257,18 @@ impl Backend<TrainingJob> for ReliabilityModel {
     fn run(&mut self, job: &TrainingJob, _ctx: &mut RunCtx) -> Result<TrainingJobOutcome, Error> {
         use trainlab_core::Workload;
         job.validate()?;
+        if job.schedule.is_some() {
+            if let Some(t) = &self.timing {
+                t.validate("profile")?;
+            }
+            return Ok(TrainingJobOutcome {
+                policies: vec![],
+                scheduled: Some(crate::faultline::expected(job, self.timing.as_ref())),
+            });
+        }
         Ok(TrainingJobOutcome {
             policies: job.policies.iter().map(|p| expected(job, *p)).collect(),
+            scheduled: None,
         })
     }
 }
@@ -275,6 +301,7 @@ mod tests {
             policies: vec![Policy::Baseline, Policy::C4d],
             detection: DetectionSpec::default(),
             replications: 8,
+            schedule: None,
         }
     }
 

@@ -28,22 +28,32 @@
 //! at once: counted, with the checkpoints they complete, leaving the state that delivering them one by one leaves
 //! (bit-identical results; routine checkpoints are counted and summed at the end either way).
 //!
+//! A scheduled job (a `workload.schedule` instead of failure rates) is answered by a Monte Carlo replay of its
+//! timeline instead ([`replay`], module `scheduled`), with the same detector probe for localisation.
+//!
 //! Accounting: every wall-clock second is either useful compute or one of the phases, so
 //! `ETTR = 1 - sum(phases) / horizon` exactly. Replications run in parallel (rayon) with seeds
 //! `seed.derive("failures").derive(policy).index(i)`; results are collected in order, so the output is the same at
 //! any thread count.
+mod probe;
+mod scheduled;
+
+pub use scheduled::{replay, replay_once, replay_seed};
+pub use trainlab_core::detector::{Detector, DetectorConfig, HangKind, Verdict};
+
+use probe::Probe;
+
 use crate::engine::{Engine, EventId, exp_sample};
 use rand::RngExt;
 use rayon::prelude::*;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use trainlab_core::detector::{Detector, DetectorConfig};
 use trainlab_core::seed::Rng;
 use trainlab_core::workloads::training_job::{
     Estimate, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob, TrainingJobOutcome,
 };
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, SimTime, Workload};
-use trainlab_models::reliability::{FaultCost, fault_cost};
+use trainlab_models::reliability::{FaultCost, FaultTiming, fault_cost};
 
 /// Ranks whose timestamps the simulated C4D detector sees per diagnosis (the culprit and a random sample).
 pub const SAMPLE_RANKS: usize = 16;
@@ -159,7 +169,7 @@ struct Sim<'a> {
     last_slow_correct: bool,
     rates: Vec<f64>,
     total_rate: f64,
-    det: Option<Detector>,
+    probe: Probe,
     r: RepResult,
 }
 
@@ -255,7 +265,7 @@ impl<'a> Sim<'a> {
             last_slow_correct: true,
             rates: Vec::new(),
             total_rate: 0.0,
-            det: None,
+            probe: Probe::new(job, job.gpus, job.step_time_s),
             r: RepResult {
                 ettr: 0.0,
                 phase_s: [0.0; 6],
@@ -497,110 +507,19 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn detector_cfg(&self) -> DetectorConfig {
-        let d = &self.job.detection;
-        DetectorConfig {
-            ranks: SAMPLE_RANKS.min(self.job.gpus as usize).max(2),
-            hang_timeout_s: d.c4d_hang_s(self.job.step_time_s),
-            window: d.c4d_window_steps as usize,
-            slow_threshold: d.c4d_slow_threshold,
-        }
-    }
-
-    /// Synthesises one healthy BSP step for `n` ranks starting at `t0`; returns its end (the last arrival).
-    fn synth_step(&mut self, det: &mut Detector, k: u64, t0: f64, slow: Option<(usize, f64)>) -> f64 {
-        let n = det.config().ranks;
-        let step = self.job.step_time_s;
-        let cv = self.job.detection.jitter_cv;
-        let mut end = t0;
-        let mut enters = [0.0f64; SAMPLE_RANKS];
-        for (r, slot) in enters.iter_mut().enumerate().take(n) {
-            let mut c = step * (1.0 + cv * normal(&mut self.det_rng)).max(0.1);
-            if let Some((sr, f)) = slow
-                && sr == r
-            {
-                c *= f;
-            }
-            *slot = t0 + c;
-            end = end.max(t0 + c);
-        }
-        for (r, t) in enters.iter().enumerate().take(n) {
-            det.enter(r, k, *t);
-        }
-        for r in 0..n {
-            det.exit(r, k, end);
-        }
-        end
-    }
-
-    /// Runs the detector on a straggler: W healthy steps of history, then slowed steps until it fires (at most
-    /// 50 W). Returns the latency from the fault and whether it named the right rank.
+    /// Runs the detector on a straggler (a random rank of the sample, striking mid-step). Returns the latency from
+    /// the fault and whether it named the right rank.
     fn run_slow_detector(&mut self, slowdown: f64) -> Option<(f64, bool)> {
-        let cfg = self.detector_cfg();
-        let mut det = self.det.take().unwrap_or_else(|| Detector::new(cfg, 0.0));
-        det.reset(0.0);
-        let culprit = self.det_rng.random_range(0..cfg.ranks);
-        let mut t = 0.0;
-        let mut k = 0u64;
-        for _ in 0..(cfg.window + 2) {
-            t = self.synth_step(&mut det, k, t, None);
-            k += 1;
-        }
-        // The fault strikes part-way through a step: the first slowed step is partial.
-        let u: f64 = self.det_rng.random();
-        let fault_t = t - u * self.job.step_time_s;
-        let cap = 50 * cfg.window as u64;
-        let mut out = None;
-        for _ in 0..cap {
-            t = self.synth_step(&mut det, k, t, Some((culprit, slowdown)));
-            k += 1;
-            if let Some(v) = det.check(t) {
-                out = Some((t - fault_t, v.rank() == Some(culprit)));
-                break;
-            }
-        }
-        self.det = Some(det);
+        let culprit = self.det_rng.random_range(0..self.probe.ranks());
+        let out = self.probe.slow(&mut self.det_rng, culprit, slowdown, true);
         self.last_slow_correct = out.is_some_and(|(_, right)| right);
         out
     }
 
-    /// Runs the detector on a hang snapshot; true if it named the right rank.
-    ///
-    /// The snapshot is [`HANG_HISTORY_STEPS`] healthy steps (with per-rank jitter) and then the hung collective:
-    /// the hang rules read which collective each rank entered last, the chunk counters of the collective in flight
-    /// and the time since the last completion, all of which one completed step establishes. (The straggler path
-    /// keeps its longer history: its rule reads the per-step lags and periods.)
+    /// Runs the detector on a hang of a random rank of the sample; true if it named the right rank.
     fn run_hang_detector(&mut self, communication: bool) -> bool {
-        let cfg = self.detector_cfg();
-        let mut det = self.det.take().unwrap_or_else(|| Detector::new(cfg, 0.0));
-        det.reset(0.0);
-        let culprit = self.det_rng.random_range(0..cfg.ranks);
-        let mut t = 0.0;
-        for k in 0..HANG_HISTORY_STEPS {
-            t = self.synth_step(&mut det, k, t, None);
-        }
-        let step = self.job.step_time_s;
-        let hung = HANG_HISTORY_STEPS;
-        for r in 0..cfg.ranks {
-            if communication || r != culprit {
-                det.enter(r, hung, t + step * (1.0 + 0.01 * r as f64));
-            }
-        }
-        if communication {
-            // Ring positions: chunks received grow by one per hop downstream of the stalled link, which ends at the
-            // culprit; nothing is in flight unacknowledged on a stalled link.
-            let s0 = self.det_rng.random_range(0..4u64);
-            for r in 0..cfg.ranks {
-                let hop = |x: usize| ((x + cfg.ranks - culprit) % cfg.ranks) as u64;
-                // sent = what the right neighbour received (acknowledged); received grows per hop.
-                det.progress(r, hung, s0 + hop((r + 1) % cfg.ranks), s0 + hop(r));
-            }
-        }
-        let right = det
-            .check(t + 2.0 * step + cfg.hang_timeout_s)
-            .is_some_and(|v| v.names(culprit));
-        self.det = Some(det);
-        right
+        let culprit = self.det_rng.random_range(0..self.probe.ranks());
+        self.probe.hang(&mut self.det_rng, culprit, communication)
     }
 
     fn on_phase_end(&mut self, eng: &mut Engine<Ev>, now: f64) {
@@ -993,9 +912,22 @@ pub fn summarize(job: &TrainingJob, policy: Policy, reps: &[RepResult]) -> Polic
     }
 }
 
-/// The simulated backend (`Fidelity::Simulated`, name `des`): `workload.replications` replications per policy.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct FailureSim;
+/// The simulated backend (`Fidelity::Simulated`, name `des`): `workload.replications` replications per policy of
+/// the failure DES for a job with failure rates; as many replications of the Monte Carlo replay
+/// ([`replay`]) for a scheduled job.
+#[derive(Debug, Default, Clone)]
+pub struct FailureSim {
+    /// Fitted fault-handling timing for scheduled jobs (a calibrated `training_job` profile); `None`: nominal values
+    /// and the detector on synthesised timestamps. A rate-based job is always answered from its own fields.
+    pub timing: Option<FaultTiming>,
+}
+
+impl FailureSim {
+    /// The simulator with a fitted profile (`None`: uncalibrated).
+    pub fn new(timing: Option<FaultTiming>) -> Self {
+        FailureSim { timing }
+    }
+}
 
 impl Backend<TrainingJob> for FailureSim {
     fn name(&self) -> &str {
@@ -1006,6 +938,15 @@ impl Backend<TrainingJob> for FailureSim {
     }
     fn run(&mut self, job: &TrainingJob, ctx: &mut RunCtx) -> Result<TrainingJobOutcome, Error> {
         job.validate()?;
+        if job.schedule.is_some() {
+            if let Some(t) = &self.timing {
+                t.validate("profile")?;
+            }
+            return Ok(TrainingJobOutcome {
+                policies: vec![],
+                scheduled: Some(scheduled::answer(job, self.timing.as_ref(), ctx.seed)),
+            });
+        }
         let mut policies = Vec::new();
         let total = job.policies.len() as u64;
         for (i, p) in job.policies.iter().enumerate() {
@@ -1016,7 +957,10 @@ impl Backend<TrainingJob> for FailureSim {
             policies.push(summarize(job, *p, &reps));
             ctx.report(i as u64 + 1, total);
         }
-        Ok(TrainingJobOutcome { policies })
+        Ok(TrainingJobOutcome {
+            policies,
+            scheduled: None,
+        })
     }
 }
 

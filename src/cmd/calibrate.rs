@@ -36,7 +36,15 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
         return Err(Error::invalid(
             "--backend",
             device.as_str(),
-            format!("the {} calibration does not measure this device", kind.name()),
+            format!(
+                "the {} calibration measures {} only",
+                kind.name(),
+                cal.devices()
+                    .iter()
+                    .map(|d| d.as_str().to_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
             format!(
                 "use --backend {}",
                 cal.devices()

@@ -18,6 +18,9 @@ use crate::error::check;
 use crate::{Error, Metric, Outcome, Unit, Workload};
 use serde::{Deserialize, Serialize};
 
+mod schedule;
+pub use schedule::{FaultSchedule, InjectedKind, ScheduledFaultOutcome, ScheduledFaultSpec, ScheduledOutcome};
+
 /// Component classes faults are attributed to (the rows of Llama 3's Table 5 plus generic ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -337,16 +340,20 @@ impl DetectionSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingJob {
-    /// GPUs the job runs on.
+    /// GPUs the job runs on (absent in a scheduled job: its `schedule.ranks` say how many).
+    #[serde(default)]
     pub gpus: u64,
     /// GPUs per node (default 8).
     #[serde(default = "eight")]
     pub gpus_per_node: u64,
     /// Seconds per optimizer step.
     pub step_time_s: f64,
-    /// Wall-clock length of the job, days.
+    /// Wall-clock length of the job, days (absent in a scheduled job: `schedule.steps` set its length).
+    #[serde(default)]
     pub horizon_days: f64,
-    /// Compute seconds between checkpoints, or `"young_daly"`.
+    /// Compute seconds between checkpoints, or `"young_daly"` (absent in a scheduled job: it checkpoints every
+    /// `schedule.checkpoint_every_steps` steps).
+    #[serde(default = "unset_interval")]
     pub checkpoint_interval: CheckpointInterval,
     /// Seconds one checkpoint write blocks training.
     pub checkpoint_cost_s: f64,
@@ -358,7 +365,8 @@ pub struct TrainingJob {
     /// Hours until a failed node is repaired and returns to the spare pool.
     #[serde(default = "default_repair_hours")]
     pub repair_hours: f64,
-    /// The failure model.
+    /// The failure model (empty in a scheduled job: its faults are in `schedule.faults`).
+    #[serde(default)]
     pub failures: Vec<FailureSpec>,
     /// Optional lemon nodes.
     #[serde(default)]
@@ -372,6 +380,10 @@ pub struct TrainingJob {
     /// Monte Carlo replications per policy for the simulated backend (default 64).
     #[serde(default = "default_replications")]
     pub replications: u32,
+    /// An explicit fault schedule instead of failure rates: which faults strike which rank at which step. See
+    /// [`FaultSchedule`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<FaultSchedule>,
 }
 
 fn eight() -> u64 {
@@ -385,6 +397,11 @@ fn both_policies() -> Vec<Policy> {
 }
 fn default_replications() -> u32 {
     64
+}
+/// The `checkpoint_interval` of a job that gives none: invalid for a rate-based job (validation says so), the
+/// expected value in a scheduled one.
+fn unset_interval() -> CheckpointInterval {
+    CheckpointInterval::Seconds(0.0)
 }
 
 impl TrainingJob {
@@ -436,6 +453,9 @@ impl Workload for TrainingJob {
     type Outcome = TrainingJobOutcome;
     const KIND: &'static str = "training_job";
     fn validate(&self) -> Result<(), Error> {
+        if let Some(s) = &self.schedule {
+            return self.validate_scheduled(s);
+        }
         check::at_least("workload.gpus", self.gpus, 1)?;
         check::at_least("workload.gpus_per_node", self.gpus_per_node, 1)?;
         check::positive("workload.step_time_s", self.step_time_s)?;
@@ -520,26 +540,7 @@ impl Workload for TrainingJob {
             ));
         }
         check::at_least("workload.replications", self.replications as u64, 2)?;
-        let d = &self.detection;
-        for (name, v) in [
-            ("crash_detect_s", d.crash_detect_s),
-            ("hang_timeout_s", d.hang_timeout_s),
-            ("baseline_localise_crash_s", d.baseline_localise_crash_s),
-            ("baseline_localise_hang_s", d.baseline_localise_hang_s),
-            ("baseline_slow_detect_s", d.baseline_slow_detect_s),
-            ("baseline_localise_slow_s", d.baseline_localise_slow_s),
-            ("baseline_isolate_s", d.baseline_isolate_s),
-            ("c4d_hang_min_s", d.c4d_hang_min_s),
-            ("c4d_localise_s", d.c4d_localise_s),
-            ("c4d_isolate_s", d.c4d_isolate_s),
-            ("jitter_cv", d.jitter_cv),
-        ] {
-            check::non_negative(&format!("workload.detection.{name}"), v)?;
-        }
-        check::positive("workload.detection.c4d_hang_steps", d.c4d_hang_steps)?;
-        check::positive("workload.detection.c4d_slow_threshold", d.c4d_slow_threshold)?;
-        check::at_least("workload.detection.c4d_window_steps", d.c4d_window_steps as u64, 1)?;
-        Ok(())
+        self.detection.validate_at("workload.detection")
     }
 }
 
@@ -653,8 +654,11 @@ pub struct PolicyOutcome {
 /// The answer for a training job: one entry per evaluated policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingJobOutcome {
-    /// Per-policy results, in the order of `workload.policies`.
+    /// Per-policy results, in the order of `workload.policies` (empty for a scheduled job).
     pub policies: Vec<PolicyOutcome>,
+    /// The answer for a scheduled job (`workload.schedule`), None for a rate-based one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<ScheduledOutcome>,
 }
 
 impl TrainingJobOutcome {
@@ -700,6 +704,9 @@ impl Outcome for TrainingJobOutcome {
                 b.gpu_hours_lost.mean - c.gpu_hours_lost.mean,
             ));
         }
+        if let Some(s) = &self.scheduled {
+            out.extend(s.metrics());
+        }
         out
     }
 }
@@ -731,6 +738,7 @@ mod tests {
             policies: both_policies(),
             detection: DetectionSpec::default(),
             replications: 8,
+            schedule: None,
         }
     }
 

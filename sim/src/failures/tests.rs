@@ -28,6 +28,7 @@ fn job(failures: Vec<FailureSpec>) -> TrainingJob {
         policies: vec![Policy::Baseline, Policy::C4d],
         detection: DetectionSpec::default(),
         replications: 200,
+        schedule: None,
     }
 }
 
