@@ -742,4 +742,34 @@ pub(crate) mod tests {
         w.parallel = Some(cfg(1, 1, 128, 1, Recompute::None));
         assert!(be.run(&w, &mut ctx).is_err());
     }
+
+    /// Communication goes through the [`Network`] capability: a free network leaves compute only, and the cluster's
+    /// alpha-beta network is what the default entry points use.
+    #[test]
+    fn step_on_another_network() {
+        struct Free;
+        impl Network for Free {
+            fn collective_time(
+                &self,
+                _: CollectiveOp,
+                a: CollectiveAlgo,
+                _: f64,
+                _: Placement,
+            ) -> (f64, CollectiveAlgo) {
+                (0.0, a)
+            }
+            fn send_time(&self, _: f64, _: bool) -> f64 {
+                0.0
+            }
+        }
+        let w = workload(16);
+        let c = cfg(8, 4, 4, 1, Recompute::Selective);
+        let opts = StepOptions::default();
+        let free = step_breakdown_on(&w, &c, None, &opts, &Free).unwrap();
+        assert_eq!((free.tp_comm_mb_s, free.pp_comm_mb_s, free.dp_comm_s), (0.0, 0.0, 0.0));
+        let ab = step_breakdown_on(&w, &c, None, &opts, &AlphaBetaNetwork::of(&w.cluster)).unwrap();
+        assert_eq!(ab, step_breakdown(&w, &c, None).unwrap());
+        assert!(ab.tp_comm_mb_s > 0.0 && ab.pp_comm_mb_s > 0.0 && ab.dp_comm_s > 0.0);
+        assert_eq!(free.forward_mb_s, ab.forward_mb_s);
+    }
 }

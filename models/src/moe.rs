@@ -676,4 +676,100 @@ mod tests {
         assert!((expected_max_std_normal(2) - 0.5642).abs() < 0.03); // Blom is approximate for tiny r
         assert!((expected_max_std_normal(100) - 2.5076).abs() < 0.02);
     }
+
+    fn switch_like(ep_ranks: u64, nodes: u32) -> MoeLayer {
+        MoeLayer {
+            tokens: 32768,
+            d_model: 768,
+            d_ff: 3072,
+            experts: 128,
+            routing: trainlab_core::workloads::moe::Routing::TopK(1),
+            capacity_factor: 1.25,
+            balance_loss: None,
+            ep_ranks,
+            dtype: Dtype::Bf16,
+            cluster: crate::collectives::tests::cluster(nodes),
+            router: RouterModel::Uniform,
+            pad_to_capacity: false,
+        }
+    }
+
+    #[test]
+    fn all_to_all_is_the_collectives_formula_with_inter_node_latency() {
+        let l = switch_like(32, 4);
+        let m = MoeCostModel::from_cluster(&l.cluster, l.dtype);
+        let bytes = 1.7e6;
+        let local = m.a2a_time(bytes, 1, 1000.0, 768.0);
+        let a2a = m.a2a_time(bytes, 32, 1000.0, 768.0) - local;
+        let want =
+            crate::collectives::predict_on(CollectiveOp::AllToAll, CollectiveAlgo::Ring, bytes, 32, &l.cluster).time_s;
+        assert!((a2a - want).abs() <= 1e-12 * want, "{a2a} vs {want}");
+        // 31 peers, the group spans 4 nodes: inter-node latency per peer
+        assert!(a2a >= 31.0 * l.cluster.inter.latency_s);
+        // within one node: intra-node latency
+        let one_node = m.a2a_time(bytes, 8, 1000.0, 768.0) - local;
+        assert!(one_node < 7.0 * l.cluster.inter.latency_s && one_node >= 7.0 * l.cluster.intra.latency_s);
+    }
+
+    /// A device profile applies to the MoE step as to the dense step: a profile with twice the GEMM rate (and no
+    /// launch cost) gives expert compute of exactly half the time when memory does not bind.
+    #[test]
+    fn from_profile_applies_a_calibrated_profile() {
+        let l = switch_like(32, 4);
+        let mut p = datasheet_profile(&l.cluster.gpu);
+        p.launch_overhead_s = 0.0;
+        p.mem_bw_bytes_per_s = 1e18;
+        let base = MoeCostModel::from_profile(&p, &l.cluster, l.dtype);
+        for r in p.gemm_rate.values_mut() {
+            *r *= 2.0;
+        }
+        let fast = MoeCostModel::from_profile(&p, &l.cluster, l.dtype);
+        let rows = vec![256.0; 128];
+        let (a, b) = (base.step(&l, &rows), fast.step(&l, &rows));
+        assert!(
+            (b.compute_s / a.compute_s - 0.5).abs() < 1e-12,
+            "{} vs {}",
+            b.compute_s,
+            a.compute_s
+        );
+        assert_eq!(a.dispatch_s, b.dispatch_s);
+        // the datasheet model is the datasheet profile's
+        let d = MoeCostModel::from_cluster(&l.cluster, l.dtype);
+        let law = crate::hardware::GemmLaw::of(&datasheet_profile(&l.cluster.gpu), l.dtype);
+        assert_eq!(d.gemm_law(), law);
+        // one expert of 256 rows: the law with d = rows, two GEMMs, three launches
+        let f = 2.0 * 256.0 * 768.0 * 3072.0;
+        let bytes = (256.0 * 768.0 + 768.0 * 3072.0 + 256.0 * 3072.0) * 2.0;
+        let want = 3.0 * crate::roofline::DATASHEET_LAUNCH_OVERHEAD_S + 2.0 * law.time(f, bytes, 256.0);
+        assert!((d.expert_time(256.0, 768.0, 3072.0) - want).abs() < 1e-15);
+    }
+
+    /// Any [`Network`] can time the all-to-alls: a free network leaves only the local permutation.
+    #[test]
+    fn step_on_another_network() {
+        struct Free;
+        impl Network for Free {
+            fn collective_time(
+                &self,
+                _: CollectiveOp,
+                a: CollectiveAlgo,
+                _: f64,
+                _: Placement,
+            ) -> (f64, CollectiveAlgo) {
+                (0.0, a)
+            }
+            fn send_time(&self, _: f64, _: bool) -> f64 {
+                0.0
+            }
+        }
+        let l = switch_like(32, 4);
+        let m = MoeCostModel::from_cluster(&l.cluster, l.dtype);
+        let rows = vec![256.0; 128];
+        let free = m.step_on(&l, &rows, &Free);
+        let ab = m.step(&l, &rows);
+        assert!(free.dispatch_s < ab.dispatch_s);
+        let local = m.dispatch_fixed_s + m.dispatch_s_per_elem * free.max_rank_rows.max(free.processed / 32.0) * 768.0;
+        assert!((free.dispatch_s - local).abs() < 1e-15);
+        assert_eq!(free.compute_s, ab.compute_s);
+    }
 }
