@@ -8,15 +8,17 @@
 //! nothing. The run is a pure function of the objective and the start (no clocks, no shared state), so a multi-start
 //! gives the same bytes at any thread count.
 
-/// Limits and stopping rules of one run.
+/// Limits and stopping rules of one phase of a run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Options {
-    /// Correction pairs kept (L-BFGS memory).
+    /// Correction pairs kept (L-BFGS memory; the first phase's value holds for the run).
     pub memory: usize,
-    /// Most iterations (line searches).
+    /// Most iterations (line searches) in this phase.
     pub max_iters: u64,
-    /// Stop when one iteration lowers the objective by at most `ftol · max(|f_k|, |f_k+1|)`.
+    /// Stop when one iteration lowers the objective by at most `ftol · max(|f_k|, |f_k+1|, f_floor)`.
     pub ftol: f64,
+    /// Floor of the scale in the `ftol` rule (SciPy's L-BFGS-B uses 1; 0 makes the rule purely relative).
+    pub f_floor: f64,
     /// Stop when every gradient component is at most this in magnitude.
     pub gtol: f64,
 }
@@ -51,10 +53,20 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// Minimises `fg` (which returns the objective at its first argument and writes the gradient into its second) from
-/// `x0`. Never fails: the lowest point reached is returned.
-pub(crate) fn minimise<F: FnMut(&[f64], &mut [f64]) -> f64>(mut fg: F, x0: &[f64], opt: &Options) -> Outcome {
+/// `x0`, in phases: when a phase's stopping rule holds, the run goes on under the next one, keeping its iterate and
+/// its curvature pairs (a later, tighter phase continues the same L-BFGS run rather than restarting it). Never fails:
+/// the lowest point reached is returned.
+pub(crate) fn minimise<F: FnMut(&[f64], &mut [f64]) -> f64>(mut fg: F, x0: &[f64], phases: &[Options]) -> Outcome {
     let k = x0.len();
-    let m = opt.memory.max(1);
+    let Some(first) = phases.first() else {
+        return Outcome {
+            x: x0.to_vec(),
+            f: f64::INFINITY,
+            evaluations: 0,
+            iterations: 0,
+        };
+    };
+    let m = first.memory.max(1);
     let mut x = x0.to_vec();
     let mut g = vec![0.0; k];
     let mut f = fg(&x, &mut g);
@@ -74,9 +86,14 @@ pub(crate) fn minimise<F: FnMut(&[f64], &mut [f64]) -> f64>(mut fg: F, x0: &[f64
     let mut gamma = 1.0;
     let mut d = vec![0.0; k];
     let (mut xt, mut gt) = (vec![0.0; k], vec![0.0; k]);
-    let mut iterations = 0;
-    while iterations < opt.max_iters {
-        if g.iter().all(|v| v.abs() <= opt.gtol) {
+    let (mut iterations, mut phase, mut in_phase) = (0, 0, 0);
+    loop {
+        let opt = &phases[phase];
+        if in_phase >= opt.max_iters || g.iter().all(|v| v.abs() <= opt.gtol) {
+            if phase + 1 < phases.len() {
+                (phase, in_phase) = (phase + 1, 0);
+                continue;
+            }
             break;
         }
         // d = -H g by the two-loop recursion, H0 = gamma I.
@@ -138,13 +155,18 @@ pub(crate) fn minimise<F: FnMut(&[f64], &mut [f64]) -> f64>(mut fg: F, x0: &[f64
             gamma = sy / yy;
         }
         iterations += 1;
+        in_phase += 1;
         let drop = f - ft;
         std::mem::swap(&mut x, &mut xt);
         std::mem::swap(&mut g, &mut gt);
-        let scale = f.abs().max(ft.abs());
+        let scale = f.abs().max(ft.abs()).max(opt.f_floor);
         f = ft;
         if drop <= opt.ftol * scale {
-            break;
+            if phase + 1 < phases.len() {
+                (phase, in_phase) = (phase + 1, 0);
+            } else {
+                break;
+            }
         }
     }
     Outcome {
@@ -358,13 +380,14 @@ fn safeguarded_step(x: &mut Pt, y: &mut Pt, p: Pt, bracketed: &mut bool, lo: f64
 mod tests {
     use super::*;
 
-    fn opts() -> Options {
-        Options {
+    fn opts() -> [Options; 1] {
+        [Options {
             memory: 10,
             max_iters: 1000,
             ftol: 1e-15,
+            f_floor: 0.0,
             gtol: 1e-10,
-        }
+        }]
     }
 
     /// Rosenbrock's valley: the classic test of a quasi-Newton method's line search and curvature updates.
@@ -401,6 +424,29 @@ mod tests {
         for (i, v) in out.x.iter().enumerate() {
             assert!((v - i as f64).abs() < 1e-5, "{out:?}");
         }
+    }
+
+    /// A loose first phase followed by a tight one continues the same run: it ends where a tight run alone ends, and
+    /// lower than the loose phase alone.
+    #[test]
+    fn phases_continue_one_run() {
+        let fg = |x: &[f64], g: &mut [f64]| {
+            let (a, b) = (1.0 - x[0], x[1] - x[0] * x[0]);
+            g[0] = -2.0 * a - 400.0 * x[0] * b;
+            g[1] = 200.0 * b;
+            a * a + 100.0 * b * b
+        };
+        let loose = Options {
+            ftol: 1e-3,
+            f_floor: 1.0,
+            gtol: 1e-2,
+            ..opts()[0]
+        };
+        let early = minimise(fg, &[-1.2, 1.0], &[loose]);
+        let both = minimise(fg, &[-1.2, 1.0], &[loose, opts()[0]]);
+        assert!(both.f < early.f && both.f < 1e-16, "{early:?} {both:?}");
+        assert!(both.evaluations > early.evaluations);
+        assert!((both.x[0] - 1.0).abs() < 1e-8, "{both:?}");
     }
 
     /// Overflow far from the start is handled by shortening the step, and a non-finite start returns infinity.
