@@ -6,11 +6,11 @@
 # ratio understates the speed-up for the same work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/bench-lib.sh
 NR="${1:-200}"
 NP="${2:-20}"
-python3 -c 'import simpy' 2>/dev/null || python3 -m pip install --quiet simpy
-cargo bench -q -p trainlab-sim --bench failures --no-run
-BIN=$(ls -t target/release/deps/failures-* | grep -v '\.d$' | head -1)
+need_python simpy
+BIN=$(bench_exe trainlab-sim failures)
 rust=$(TRAINLAB_BENCH_JSON="$NR" "$BIN")
 py=$(python3 scripts/bench_failures.py "$NP")
 python3 - "$rust" "$py" <<'PY'

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""M/M/1 at rho = 0.9 in SimPy: the same model as `sim/examples/mm1.rs`, for a throughput comparison.
+"""M/M/1 at rho = 0.9 in SimPy: the model of trainlab's `queue` workload (`des` backend), for scripts/bench-mm1.sh.
 
-Usage: bench_mm1.py [CUSTOMERS]  (default 1e6). Prints one JSON line with the same fields as the Rust example.
+Usage: bench_mm1.py [CUSTOMERS]  (default 1e6). Prints one JSON line (events, seconds, cpu_seconds, rates, mean
+wait and its closed form).
 `cpu_seconds` is this thread's CPU time (robust on a loaded machine). `events` counts model-level events (one arrival and one departure per customer), as the Rust engine does, so the
 two events/s figures compare wall time for the same work. Requires `pip install simpy`.
 """

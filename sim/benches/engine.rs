@@ -1,9 +1,14 @@
 //! Engine throughput on the classic "hold" model: keep `n` events pending; each step pops the earliest and schedules
 //! one at `now + Exp(1 µs)`. Reported as events per second (criterion `Throughput::Elements`).
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+//!
+//! With `TRAINLAB_BENCH_MM1=<customers>` it instead runs one replication of the `queue` workload's DES (M/M/1 at
+//! rho = 0.9, two events per customer) on this thread and prints one JSON line: `scripts/bench-mm1.sh` compares it
+//! with the same model in SimPy.
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use std::hint::black_box;
 use trainlab_core::{Seed, SimTime};
 use trainlab_sim::engine::{Engine, exp_sample};
+use trainlab_sim::queueing::{Queue, simulate_replication};
 
 /// A payload the size of a typical simulator event (a tag and an index).
 #[derive(Clone, Copy)]
@@ -65,4 +70,32 @@ fn bare_heap(c: &mut Criterion) {
 }
 
 criterion_group!(benches, hold, bare_heap);
-criterion_main!(benches);
+
+/// One M/M/1 replication of `customers` customers, timed; the workload comes from a scenario text, as the CLI reads it.
+fn mm1(customers: &str) {
+    let text = format!(
+        "name = \"mm1-bench\"\nkind = \"queue\"\ndescription = \"M/M/1 at rho = 0.9\"\nseed = 7\n[workload]\n\
+         servers = 1\narrival_rate = 0.9\nservice_rate = 1.0\ncustomers = {customers}\n"
+    );
+    let s = trainlab_datasets::scenario::parse(&text, "TRAINLAB_BENCH_MM1").unwrap_or_else(|e| panic!("{e}"));
+    let q: Queue = s.workload().unwrap_or_else(|e| panic!("{e}"));
+    let t = std::time::Instant::now();
+    let r = simulate_replication(&q, Seed(7));
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{{\"customers\": {customers}, \"events\": {}, \"seconds\": {secs:.6}, \"events_per_s\": {:.1}, \
+         \"mean_wait\": {:.6}}}",
+        r.events,
+        r.events as f64 / secs,
+        r.mean_wait_s
+    );
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("TRAINLAB_BENCH_MM1") {
+        mm1(&n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
