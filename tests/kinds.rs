@@ -241,18 +241,28 @@ fn calibrated_moe_profile_predicts_a_held_out_layer_better() {
 #[test]
 fn calibrated_training_job_profile_is_used_and_beats_the_nominal_timing() {
     let d = tmpdir("c4cal");
-    let o = run(bin().args(["calibrate", "--workload", "training_job", "--quick", "--json", "--out"]).arg(&d));
+    let o = run(bin()
+        .args(["calibrate", "--workload", "training_job", "--quick", "--json", "--out"])
+        .arg(&d));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     // The held-out run (another schedule, not in the fit): the calibrated ETTR is closer to the measured one.
-    let ettr = v["held_out"].as_array().unwrap().iter().find(|r| r["metric"] == "ettr").unwrap();
+    let ettr = v["held_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "ettr")
+        .unwrap();
     let (m, c, u) = (
         ettr["measured"].as_f64().unwrap(),
         ettr["calibrated"].as_f64().unwrap(),
         ettr["uncalibrated"].as_f64().unwrap(),
     );
     println!("held-out ETTR: measured {m:.3}, calibrated {c:.3}, uncalibrated {u:.3}");
-    assert!((c - m).abs() < (u - m).abs(), "calibrated {c} vs uncalibrated {u}, measured {m}");
+    assert!(
+        (c - m).abs() < (u - m).abs(),
+        "calibrated {c} vs uncalibrated {u}, measured {m}"
+    );
     // `compare --profile` feeds the fitted timing to the closed form and the simulator of a scheduled job.
     let ettr_of = |profile: Option<&Path>| -> f64 {
         let mut c = bin();
@@ -268,7 +278,14 @@ fn calibrated_training_job_profile_is_used_and_beats_the_nominal_timing() {
         if profile.is_some() {
             assert_eq!(b["profile"], "training_job");
         }
-        b["metrics"].as_array().unwrap().iter().find(|m| m["metric"] == "ettr").unwrap()["value"].as_f64().unwrap()
+        b["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["metric"] == "ettr")
+            .unwrap()["value"]
+            .as_f64()
+            .unwrap()
     };
     assert_ne!(ettr_of(None), ettr_of(Some(&d)));
 }

@@ -6,9 +6,10 @@
 //! with the same model in SimPy.
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use std::hint::black_box;
+use trainlab_core::workloads::Queue;
 use trainlab_core::{Seed, SimTime};
 use trainlab_sim::engine::{Engine, exp_sample};
-use trainlab_sim::queueing::{Queue, simulate_replication};
+use trainlab_sim::queueing::simulate_replication;
 
 /// A payload the size of a typical simulator event (a tag and an index).
 #[derive(Clone, Copy)]

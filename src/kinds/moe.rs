@@ -30,11 +30,18 @@ fn moe_profile(o: &Opts) -> Result<Option<Profile<MoeProfile>>, Error> {
     o.profiles.get_one::<MoeProfile>("moe_layer", |_| true)
 }
 
-/// The closed form or the simulator, with the calibrated cost model applied to layers on the profile's device.
+/// The closed form or the simulator, with the calibrated cost model applied to layers on the profile's device: a
+/// `moe_layer` profile measured there, else the MoE cost model built from a `device` profile of that device.
 struct WithCost<B> {
     inner: B,
     profile: Option<MoeProfile>,
+    device: Option<trainlab_core::DeviceProfile>,
     set: fn(&mut B, Option<MoeCostModel>),
+}
+
+/// Whether a device profile (`cpu` or `cuda`) describes the device a layer runs on (the `cpu` preset or a GPU).
+fn device_matches(p: &trainlab_core::DeviceProfile, w: &MoeLayer) -> bool {
+    (p.backend == "cpu") == (w.cluster.gpu.name == "cpu")
 }
 
 impl<B: Backend<MoeLayer>> Backend<MoeLayer> for WithCost<B> {
@@ -49,7 +56,13 @@ impl<B: Backend<MoeLayer>> Backend<MoeLayer> for WithCost<B> {
             .profile
             .as_ref()
             .filter(|p| p.device == w.cluster.gpu.name)
-            .map(|p| p.cost.clone());
+            .map(|p| p.cost.clone())
+            .or_else(|| {
+                self.device
+                    .as_ref()
+                    .filter(|d| device_matches(d, w))
+                    .map(|d| MoeCostModel::from_profile(d, &w.cluster, w.dtype))
+            });
         (self.set)(&mut self.inner, cost);
         self.inner.run(w, ctx)
     }
@@ -78,12 +91,21 @@ pub fn on_one_gpu(w: &MoeLayer) -> Option<MoeLayer> {
     Some(x)
 }
 
+/// The device profile given with `--profile` (the GPU's if there is one, else the CPU's).
+fn device_profile(o: &Opts) -> Result<Option<trainlab_core::DeviceProfile>, Error> {
+    Ok(super::micro::device_profile(o, Device::Cuda)?
+        .or(super::micro::device_profile(o, Device::Cpu)?)
+        .map(|p| p.params))
+}
+
 fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
     let profile = moe_profile(o)?.map(|p| p.params);
+    let device = device_profile(o)?;
     Ok(vec![
         Box::new(WithCost {
             inner: MoeAnalytical::default(),
             profile: profile.clone(),
+            device: device.clone(),
             set: |b, c| b.cost = c,
         }),
         Box::new(WithCost {
@@ -92,6 +114,7 @@ fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
                 cost: None,
             },
             profile,
+            device,
             set: |b, c| b.cost = c,
         }),
         Box::new(Answering {
@@ -112,7 +135,7 @@ fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
 /// The `moe_layer` kind.
 pub static KIND: KindDef<MoeLayer> = KindDef {
     about: "an MoE layer: expert load, capacity and dropped tokens under top-k and k-top-1 routing, step time",
-    reads: &["moe_layer"],
+    reads: &["moe_layer", "device"],
     reference: &["cuda", "cpu", "monte_carlo", "closed_form"],
     headline: &["drop_fraction", "expert_load_max", "step_time"],
     backends,
