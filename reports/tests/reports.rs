@@ -90,7 +90,9 @@ fn parquet_and_csv_round_trip() {
     assert_eq!(read_records_parquet(&pq).expect("read parquet"), recs);
     assert_eq!(read_records_csv(&csv).expect("read csv"), recs);
     let header = std::fs::read_to_string(&csv).expect("csv text");
-    assert!(header.starts_with("study,workload,case,backend,fidelity,metric,unit,value,ci_low,ci_high,seed\n"));
+    assert!(header.starts_with(
+        "study,workload,case,backend,fidelity,metric,unit,value,ci_low,ci_high,seed,param.model,param.workload.gpus\n"
+    ));
 }
 
 #[test]
