@@ -121,7 +121,10 @@ fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
             inner: Box::new(trainlab_executors::moe::MoeCpu {
                 draws: if o.quick { 1 } else { 3 },
                 repeats: if o.quick { 2 } else { 5 },
-                threads: 0,
+                // One thread, as the calibration measures: a layer timed on two threads is another workload for
+                // the fitted cost model (about half the time), and one core is far more repeatable on a shared
+                // machine.
+                threads: 1,
             }),
             map: on_cpu,
         }),
