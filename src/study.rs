@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::workloads::{DenseTraining, ParallelConfig, Recompute, TransformerSpec};
-use trainlab_core::{Dtype, Error, Fidelity, GpuSpec, Param, Record, RunCtx, Seed, Workload};
+use trainlab_core::{Dtype, Error, Fidelity, GpuSpec, Param, Record, RunCtx, Workload};
 use trainlab_datasets::scenario::Scenario;
 
 /// The `[study]` table of a `kind = "study"` scenario.
@@ -654,11 +654,6 @@ pub fn params_json(params: &[(String, Param)]) -> BTreeMap<String, serde_json::V
             (k.clone(), j)
         })
         .collect()
-}
-
-/// Seeds a case uses: the study seed's `index(i)` stream.
-pub fn case_seed(study_seed: Seed, index: usize) -> Seed {
-    study_seed.index(index as u64)
 }
 
 /// A value for tables: 4 decimals in a readable range, else scientific.
