@@ -149,3 +149,49 @@ fn compare_gemm_shows_analytical_and_measured() {
     assert!(fid.contains(&"analytical") && fid.contains(&"measured"), "{v}");
     assert_eq!(v["reference"], "cpu");
 }
+
+#[test]
+fn io_errors_print_their_cause_once() {
+    // A missing scenario, a missing CSV for `fit` and a missing profile: each cause appears exactly once.
+    let cases: [&[&str]; 3] = [
+        &["compare", "no/such/scenario.toml"],
+        &["fit", "dcpt", "no/such/runs.csv"],
+        &[
+            "run",
+            "gemm-cpu",
+            "--backend",
+            "roofline",
+            "--profile",
+            "no/such/profile.toml",
+        ],
+    ];
+    for args in cases {
+        let o = run(bin().args(args));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        let path = args.iter().find(|a| a.starts_with("no/such")).unwrap();
+        assert!(e.contains(path), "{args:?}: {e}");
+        // The OS message ("No such file or directory") or the loader's "not found": whichever, once.
+        let cause = if e.contains("No such file") {
+            "No such file"
+        } else {
+            "not found"
+        };
+        assert_eq!(e.matches(cause).count(), 1, "{args:?}: cause repeated: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn error_messages_do_not_nest_backticks() {
+    // A CSV cell that is not a number: the field path is plain, the value alone is quoted.
+    let dir = tmpdir("quotes");
+    let csv = dir.join("x.csv");
+    std::fs::write(&csv, "N,D,r,loss\n1e6,2e9,0.5,abc\n").unwrap();
+    let o = run(bin().arg("fit").arg("dcpt").arg(&csv));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("line 2, column loss = `\"abc\"`"), "{e}");
+    // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
+    assert_eq!(e.matches('`').count() % 2, 0, "{e}");
+}

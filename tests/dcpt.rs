@@ -94,7 +94,7 @@ fn cli_reports_bad_csv_with_row_and_column() {
         out: None,
     };
     let e = format!("{:#}", dcpt::fit(&args).unwrap_err());
-    assert!(e.contains("line 3") && e.contains("`D`"), "{e}");
+    assert!(e.contains("line 3, column D = "), "{e}");
     std::fs::write(&p, "N,D,loss\n1e6,1e9,2.0\n").unwrap();
     let e = format!("{:#}", dcpt::fit(&args).unwrap_err());
     assert!(e.contains("missing column `r`"), "{e}");
