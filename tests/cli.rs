@@ -195,3 +195,22 @@ fn error_messages_do_not_nest_backticks() {
     // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
     assert_eq!(e.matches('`').count() % 2, 0, "{e}");
 }
+
+#[test]
+fn missing_gated_ffn_is_named_with_the_fix() {
+    let dir = tmpdir("gated");
+    let path = dir.join("no-gated.toml");
+    let text = std::fs::read_to_string(fixture("unknown-field.toml"))
+        .unwrap()
+        .replace("gated_ffn = true\n", "")
+        .replace("learning_rate = 3e-4\n", "");
+    std::fs::write(&path, text).unwrap();
+    let o = run(bin().arg("compare").arg(&path));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("workload.model") && e.contains("gated_ffn"), "{e}");
+    assert!(
+        e.contains("gated_ffn = true") && e.contains("gated_ffn = false"),
+        "the fix: {e}"
+    );
+}
