@@ -183,17 +183,16 @@ fn io_errors_print_their_cause_once() {
 }
 
 #[test]
-fn error_messages_do_not_nest_backticks() {
-    // A CSV cell that is not a number: the field path is plain, the value alone is quoted.
-    let dir = tmpdir("quotes");
-    let csv = dir.join("x.csv");
-    std::fs::write(&csv, "N,D,r,loss\n1e6,2e9,0.5,abc\n").unwrap();
-    let o = run(bin().arg("fit").arg("dcpt").arg(&csv));
+fn unknown_law_exits_2_with_the_known_names() {
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv");
+    let o = run(bin().arg("fit").arg("NOPE").arg(&csv));
     let e = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{e}");
-    assert!(e.contains("line 2, column loss = `\"abc\"`"), "{e}");
-    // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
-    assert_eq!(e.matches('`').count() % 2, 0, "{e}");
+    assert!(
+        e.contains("NOPE") && e.contains("chinchilla") && e.contains("dcpt-cross"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
 }
 
 #[test]
@@ -213,4 +212,18 @@ fn missing_gated_ffn_is_named_with_the_fix() {
         e.contains("gated_ffn = true") && e.contains("gated_ffn = false"),
         "the fix: {e}"
     );
+}
+
+#[test]
+fn error_messages_do_not_nest_backticks() {
+    // A CSV cell that is not a number: the field path is plain, the value alone is quoted.
+    let dir = tmpdir("quotes");
+    let csv = dir.join("x.csv");
+    std::fs::write(&csv, "N,D,r,loss\n1e6,2e9,0.5,abc\n").unwrap();
+    let o = run(bin().arg("fit").arg("dcpt").arg(&csv));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("line 2, column loss = `\"abc\"`"), "{e}");
+    // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
+    assert_eq!(e.matches('`').count() % 2, 0, "{e}");
 }

@@ -80,8 +80,7 @@ fn fit_table(
     level: f64,
     cv: Option<(&str, usize)>,
 ) -> anyhow::Result<FitReport> {
-    let law = laws::by_name(law_name)
-        .with_context(|| format!("unknown law `{law_name}`; use one of {}", laws::LAW_NAMES.join(", ")))?;
+    let law = laws::by_name(law_name, "LAW")?;
     let mut fits = Vec::new();
     for (col, t, flip) in targets(table, law.as_ref(), target)? {
         let data = fit::csv::dataset(table, law.as_ref(), &col, flip)?;
@@ -96,7 +95,7 @@ fn fit_table(
             Some((c, k)) => {
                 let j = data
                     .column_index(c)
-                    .with_context(|| format!("--cv {c}: not an input of `{law_name}` ({})", data.inputs.join(",")))?;
+                    .with_context(|| format!("--cv {c}: not an input of law {law_name} ({})", data.inputs.join(",")))?;
                 Some(fit::cross_validate(law.as_ref(), &data, j, k, cfg)?)
             }
             None => None,
@@ -195,6 +194,7 @@ fn config(seed: u64, delta: f64, starts: usize) -> FitConfig {
 
 /// Runs `trainlab fit`.
 pub fn fit(args: &FitArgs) -> anyhow::Result<()> {
+    laws::by_name(&args.law, "LAW")?;
     let table = Table::read(&args.data)?;
     let cfg = config(args.seed, args.delta, args.starts);
     let cv = args.cv.as_deref().map(|c| (c, args.folds));
