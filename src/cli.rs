@@ -208,15 +208,15 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         }
         Command::Calibrate(a) => calibrate::run(&a, seed, &cancel),
         Command::Scenarios(a) => scenarios(&a),
-        Command::Fit(a) => crate::cmd::dcpt::fit(&a),
-        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a),
-        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a),
+        Command::Fit(a) => crate::cmd::dcpt::fit(&a, &cancel),
+        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a, &cancel),
+        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a, &cancel),
         Command::C4Run(a) => crate::cmd::c4::run(a, cancel),
         Command::Moe(a) => {
             let s = Seed(seed.unwrap_or(42));
             match a.what {
                 MoeCommand::Calibrate { quick } => {
-                    let cal = crate::cmd::moe::calibrate_cpu(quick, s)?;
+                    let cal = crate::cmd::moe::calibrate_cpu(quick, s, &cancel)?;
                     print!("{}", cal.markdown());
                     println!(
                         "held-out step time: median |error| {:.1}%, worst {:.1}% over {} layers",
@@ -225,7 +225,7 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
                         cal.held_out.len()
                     );
                 }
-                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick)?),
+                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick, &cancel)?),
             }
             Ok(())
         }

@@ -17,6 +17,8 @@ use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::{Error, Result, Seed};
 
 pub mod csv;
@@ -245,7 +247,7 @@ impl Dataset {
 }
 
 /// Settings of an approach-3 fit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitConfig {
     /// Huber threshold on log residuals (Chinchilla: 1e-3).
     pub delta: f64,
@@ -261,6 +263,18 @@ pub struct FitConfig {
     pub seed: Seed,
     /// Extra grid starts used by each bootstrap refit (besides the full-data optimum).
     pub bootstrap_starts: usize,
+    /// A shared cancel flag (Ctrl-C). Once set, starts and bootstrap replicates not yet begun are skipped: a fit
+    /// keeps the best of the starts that ran, a bootstrap the replicates that ran; [`cross_validate`] stops with
+    /// [`Error::Interrupted`]. Not serialised.
+    #[serde(skip)]
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl FitConfig {
+    /// True once the cancel flag is set.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for FitConfig {
@@ -273,6 +287,7 @@ impl Default for FitConfig {
             bound_penalty: 1e2,
             seed: Seed::default(),
             bootstrap_starts: 4,
+            cancel: None,
         }
     }
 }
@@ -332,7 +347,7 @@ pub struct FitResult {
     pub names: Vec<String>,
     /// Objective at the optimum (summed Huber + bound penalty).
     pub objective: f64,
-    /// Starts run.
+    /// Starts run (fewer than planned when the fit was cancelled part-way).
     pub starts: usize,
     /// Index of the start that won.
     pub best_start: usize,
@@ -540,10 +555,15 @@ fn run_starts(
     weights: Option<&[f64]>,
     starts: &[Vec<f64>],
     cfg: &FitConfig,
-) -> (usize, Vec<f64>, f64) {
+) -> (usize, Vec<f64>, f64, usize) {
+    let ran = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<(Vec<f64>, f64)> = starts
         .par_iter()
         .map(|s| {
+            if cfg.cancelled() {
+                return (s.clone(), f64::INFINITY);
+            }
+            ran.fetch_add(1, Ordering::Relaxed);
             let obj = Objective::new(law, data, weights, cfg.delta, cfg.bound_penalty);
             minimise_from(&obj, s, cfg)
         })
@@ -554,7 +574,7 @@ fn run_starts(
             best = (i, p, c);
         }
     }
-    best
+    (best.0, best.1, best.2, ran.into_inner())
 }
 
 fn check_config(cfg: &FitConfig) -> Result<()> {
@@ -591,7 +611,10 @@ pub fn fit_from(law: &dyn Law, data: &Dataset, cfg: &FitConfig, starts: &[Vec<f6
             "check the law's start grid",
         ));
     }
-    let (best_start, params, objective) = run_starts(law, data, None, starts, cfg);
+    let (best_start, params, objective, ran) = run_starts(law, data, None, starts, cfg);
+    if !objective.is_finite() && cfg.cancelled() {
+        return Err(Error::Interrupted);
+    }
     if !objective.is_finite() {
         return Err(Error::Backend(format!(
             "fit of `{}` failed: no start reached a finite objective",
@@ -609,7 +632,7 @@ pub fn fit_from(law: &dyn Law, data: &Dataset, cfg: &FitConfig, starts: &[Vec<f6
         gof: GoodnessOfFit::of(law, &params, data, cfg.delta),
         params,
         objective,
-        starts: starts.len(),
+        starts: ran,
         best_start,
         inside_bounds,
     })
@@ -684,6 +707,7 @@ pub fn bootstrap(law: &dyn Law, data: &Dataset, best: &FitResult, reps: usize, c
     let base = cfg.seed.derive("bootstrap");
     let params: Vec<Vec<f64>> = (0..reps)
         .into_par_iter()
+        .filter(|_| !cfg.cancelled())
         .map(|b| {
             let mut rng = base.index(b as u64).rng();
             let mut w = vec![0.0; n];
@@ -768,6 +792,9 @@ pub fn cross_validate(
     let mut folds = Vec::new();
     let mut pred = vec![f64::NAN; data.len()];
     for f in 0..k {
+        if cfg.cancelled() {
+            return Err(Error::Interrupted);
+        }
         let test_mask: Vec<bool> = col.iter().map(|&v| fold_of(v) == f).collect();
         let train_mask: Vec<bool> = test_mask.iter().map(|t| !t).collect();
         let train = data.subset(&train_mask);

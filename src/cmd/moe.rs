@@ -1,6 +1,7 @@
 //! `trainlab moe ...`: the MoE layer's calibration against real CPU runs and the M6-T quality experiment (issue 4).
 //! Library logic lives in `trainlab_sim::moe::calibrate` and `trainlab_executors::moe::train_tiny`; this module
 //! only picks the configurations and formats tables.
+use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::workloads::moe::{MoeLayer, RouterModel, Routing};
 use trainlab_core::{Dtype, Error, Seed, Summary};
 use trainlab_executors::moe::{TinyTrainConfig, measure, train_tiny};
@@ -96,21 +97,50 @@ pub fn measured(l: &MoeLayer, i: usize, draws: usize, repeats: usize, seed: Seed
 
 /// Calibrates the simulator on this CPU and checks it on held-out configurations: 2 routing draws per layer, each
 /// timed 3 times, in 3 interleaved passes over all layers (`quick`: 1 draw, 2 repeats, 1 pass).
-pub fn calibrate_cpu(quick: bool, seed: Seed) -> Result<Calibration, Error> {
+///
+/// `cancel` (Ctrl-C) is polled before each layer is measured. Once it is set, no further layer runs, the layers
+/// measured so far are printed (label and fastest mean step time), and the result is [`Error::Interrupted`]: a fit on
+/// part of the layers would not be the calibration asked for.
+pub fn calibrate_cpu(quick: bool, seed: Seed, cancel: &AtomicBool) -> Result<Calibration, Error> {
     let (fit, held) = calibration_sets();
     let (draws, repeats, rounds) = if quick { (1, 2, 1) } else { (4, 2, 3) };
-    calibrate(&fit, &held, 200, seed, rounds, |l, i| {
-        measured(l, i, draws, repeats, seed)
-    })
+    let mut done: Vec<(String, f64)> = Vec::new();
+    let r = calibrate(&fit, &held, 200, seed, rounds, |l, i| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let m = measured(l, i, draws, repeats, seed)?;
+        let mean = m.iter().map(|s| s.step_s).sum::<f64>() / m.len().max(1) as f64;
+        match done.iter_mut().find(|(label, _)| *label == l.label()) {
+            Some(entry) => entry.1 = entry.1.min(mean),
+            None => done.push((l.label(), mean)),
+        }
+        Ok(m)
+    });
+    if matches!(r, Err(Error::Interrupted)) {
+        println!(
+            "interrupted: {} of {} layers measured (mean step, fastest pass):",
+            done.len(),
+            fit.len() + held.len()
+        );
+        for (label, step) in &done {
+            println!("  {label}: {:.2} ms", 1e3 * step);
+        }
+    }
+    r
 }
 
 /// The M6-T quality experiment as a Markdown table (`quick`: 1 seed, 100 steps).
-pub fn quality_table(quick: bool) -> Result<String, Error> {
+///
+/// `cancel` (Ctrl-C) is polled before each training run; once it is set, the table holds the configurations that
+/// finished, followed by a line saying how many did.
+pub fn quality_table(quick: bool, cancel: &AtomicBool) -> Result<String, Error> {
     let mut out = String::from(
         "| routing | capacity factor | balance loss | final MSE (mean +- std) | zero-predictor MSE | drop | load CV |\n\
          |---|---|---|---|---|---|---|\n",
     );
     let seeds = if quick { 1 } else { 3 };
+    let (mut rows, total) = (0, 3 * 3 * 2);
     for (name, groups, per) in [("top1", 1, 1), ("top2", 1, 2), ("2xtop1", 2, 1)] {
         for cf in [1.0, 1.25, 2.0] {
             for bal in [0.0, 0.01] {
@@ -118,9 +148,14 @@ pub fn quality_table(quick: bool) -> Result<String, Error> {
                 if quick {
                     cfg.steps = 100;
                 }
-                let rs = (0..seeds)
-                    .map(|s| train_tiny(&cfg, Seed(1000 + s)))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut rs = Vec::new();
+                for s in 0..seeds {
+                    if cancel.load(Ordering::Relaxed) {
+                        out.push_str(&format!("\ninterrupted: {rows} of {total} configurations finished\n"));
+                        return Ok(out);
+                    }
+                    rs.push(train_tiny(&cfg, Seed(1000 + s))?);
+                }
                 let l: Vec<f64> = rs.iter().map(|r| r.final_loss).collect();
                 let s = Summary::of(&l);
                 let n = rs.len() as f64;
@@ -132,6 +167,7 @@ pub fn quality_table(quick: bool) -> Result<String, Error> {
                     rs.iter().map(|r| r.drop_fraction).sum::<f64>() / n,
                     rs.iter().map(|r| r.load_cv).sum::<f64>() / n,
                 ));
+                rows += 1;
             }
         }
     }
