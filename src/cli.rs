@@ -220,14 +220,14 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         Command::Calibrate(a) => crate::cmd::calibrate::run(&a, seed, &cancel),
         Command::Scenarios(a) => crate::cmd::scenarios::scenarios(&a),
         Command::Kinds(a) => crate::cmd::scenarios::kinds(&a),
-        Command::Fit(a) => crate::cmd::dcpt::fit(&a),
-        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a),
-        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a),
+        Command::Fit(a) => crate::cmd::dcpt::fit(&a, &cancel),
+        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a, &cancel),
+        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a, &cancel),
         Command::C4Run(a) => crate::cmd::c4::run(a, seed, cancel),
         Command::Moe(a) => {
             let s = trainlab_core::Seed(seed.unwrap_or(1000));
             match a.what {
-                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick, s)?),
+                MoeCommand::Quality { quick } => print!("{}", crate::cmd::moe::quality_table(quick, s, &cancel)?),
             }
             Ok(())
         }

@@ -40,10 +40,27 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message(&e));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: root`, each cause once: a cause whose text the message
+/// already ends with (an error type that both displays its source and returns it) is not repeated.
+fn message(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// 2 for bad input anywhere in the cause chain, 130 for an interruption, else 1.
@@ -62,4 +79,29 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message;
+
+    /// An error type that both displays its source and returns it, as some library errors do.
+    #[derive(Debug, thiserror::Error)]
+    #[error("writing out/r.csv: {source}")]
+    struct Both {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn each_cause_appears_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(Both { source: io }).context("saving the report");
+        assert_eq!(
+            message(&e),
+            "saving the report: writing out/r.csv: No such file or directory"
+        );
+        let e = anyhow::anyhow!("root").context("middle").context("outer");
+        assert_eq!(message(&e), "outer: middle: root");
+    }
 }

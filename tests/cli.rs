@@ -152,3 +152,81 @@ fn compare_gemm_shows_analytical_and_measured() {
     assert_eq!(g["reference"], "cpu");
     assert!(g["scaled_by"].is_null());
 }
+
+#[test]
+fn io_errors_print_their_cause_once() {
+    // A missing scenario, a missing CSV for `fit` and a missing profile: each cause appears exactly once.
+    let cases: [&[&str]; 3] = [
+        &["compare", "no/such/scenario.toml"],
+        &["fit", "dcpt", "no/such/runs.csv"],
+        &[
+            "run",
+            "gemm-cpu",
+            "--backend",
+            "roofline",
+            "--profile",
+            "no/such/profile.toml",
+        ],
+    ];
+    for args in cases {
+        let o = run(bin().args(args));
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        let path = args.iter().find(|a| a.starts_with("no/such")).unwrap();
+        assert!(e.contains(path), "{args:?}: {e}");
+        // The OS message ("No such file or directory") or the loader's "not found": whichever, once.
+        let cause = if e.contains("No such file") {
+            "No such file"
+        } else {
+            "not found"
+        };
+        assert_eq!(e.matches(cause).count(), 1, "{args:?}: cause repeated: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn unknown_law_exits_2_with_the_known_names() {
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv");
+    let o = run(bin().arg("fit").arg("NOPE").arg(&csv));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("NOPE") && e.contains("chinchilla") && e.contains("dcpt-cross"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn missing_gated_ffn_is_named_with_the_fix() {
+    let dir = tmpdir("gated");
+    let path = dir.join("no-gated.toml");
+    let text = std::fs::read_to_string(fixture("unknown-field.toml"))
+        .unwrap()
+        .replace("gated_ffn = true\n", "")
+        .replace("learning_rate = 3e-4\n", "");
+    std::fs::write(&path, text).unwrap();
+    let o = run(bin().arg("compare").arg(&path));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("workload.model") && e.contains("gated_ffn"), "{e}");
+    assert!(
+        e.contains("gated_ffn = true") && e.contains("gated_ffn = false"),
+        "the fix: {e}"
+    );
+}
+
+#[test]
+fn error_messages_do_not_nest_backticks() {
+    // A CSV cell that is not a number: the field path is plain, the value alone is quoted.
+    let dir = tmpdir("quotes");
+    let csv = dir.join("x.csv");
+    std::fs::write(&csv, "N,D,r,loss\n1e6,2e9,0.5,abc\n").unwrap();
+    let o = run(bin().arg("fit").arg("dcpt").arg(&csv));
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("line 2, column loss = `\"abc\"`"), "{e}");
+    // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
+    assert_eq!(e.matches('`').count() % 2, 0, "{e}");
+}

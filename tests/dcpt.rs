@@ -6,10 +6,17 @@
 mod dcpt;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use trainlab_core::Seed;
 use trainlab_executors::lm;
 use trainlab_models::fit::{self, FitConfig, csv::Table};
 use trainlab_models::laws::DcptL3;
+
+/// A cancel flag nobody sets (Ctrl-C never pressed).
+fn no_cancel() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("trainlab-dcpt-{}-{name}", std::process::id()));
@@ -63,7 +70,7 @@ fn real_runs_fit_the_dcpt_law_and_the_cli_reads_them() {
         json: false,
         out: Some(dir.clone()),
     };
-    dcpt::fit(&args).unwrap();
+    dcpt::fit(&args, &no_cancel()).unwrap();
     let report: trainlab_models::mixture::FitReport =
         serde_json::from_str(&std::fs::read_to_string(dir.join("fit.json")).unwrap()).unwrap();
     assert_eq!(report.fits.len(), 2);
@@ -93,13 +100,13 @@ fn cli_reports_bad_csv_with_row_and_column() {
         json: true,
         out: None,
     };
-    let e = format!("{:#}", dcpt::fit(&args).unwrap_err());
-    assert!(e.contains("line 3") && e.contains("`D`"), "{e}");
+    let e = format!("{:#}", dcpt::fit(&args, &no_cancel()).unwrap_err());
+    assert!(e.contains("line 3, column D = "), "{e}");
     std::fs::write(&p, "N,D,loss\n1e6,1e9,2.0\n").unwrap();
-    let e = format!("{:#}", dcpt::fit(&args).unwrap_err());
+    let e = format!("{:#}", dcpt::fit(&args, &no_cancel()).unwrap_err());
     assert!(e.contains("missing column `r`"), "{e}");
     std::fs::write(&p, "N,D,r,loss\n1e6,1e9,1.5,2.0\n").unwrap();
-    let e = format!("{:#}", dcpt::fit(&args).unwrap_err());
+    let e = format!("{:#}", dcpt::fit(&args, &no_cancel()).unwrap_err());
     assert!(e.contains("line 2") && e.contains("[0, 1]"), "{e}");
 }
 
@@ -133,7 +140,7 @@ fn execute_dcpt_cpu_grid() {
     let out = std::env::var("DCPT_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu"));
-    dcpt::execute(&grid_args(out)).unwrap();
+    dcpt::execute(&grid_args(out), &no_cancel()).unwrap();
 }
 
 /// The planner on the committed CPU grid (usage 1 at the largest size and full CPT length, 1% and 3% tolerance, with
@@ -146,20 +153,23 @@ fn plan_on_cpu_grid() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv"));
     let dir = tmp("plan");
-    dcpt::fit(&dcpt::FitArgs {
-        law: "dcpt".into(),
-        data: csv.clone(),
-        target: "both".into(),
-        bootstrap: 40,
-        seed: 42,
-        delta: 1e-3,
-        starts: 256,
-        level: 0.9,
-        cv: Some("r".into()),
-        folds: 3,
-        json: false,
-        out: Some(dir.clone()),
-    })
+    dcpt::fit(
+        &dcpt::FitArgs {
+            law: "dcpt".into(),
+            data: csv.clone(),
+            target: "both".into(),
+            bootstrap: 40,
+            seed: 42,
+            delta: 1e-3,
+            starts: 256,
+            level: 0.9,
+            cv: Some("r".into()),
+            folds: 3,
+            json: false,
+            out: Some(dir.clone()),
+        },
+        &no_cancel(),
+    )
     .unwrap();
     let table = Table::read(&csv).unwrap();
     let n = table.rows.iter().map(|r| r[0]).fold(0.0, f64::max);
@@ -185,8 +195,8 @@ fn plan_on_cpu_grid() {
         level: 0.9,
         json: false,
     };
-    dcpt::plan_mixture(&base(dcpt::Usage::Tradeoff, 0.01)).unwrap();
-    dcpt::plan_mixture(&base(dcpt::Usage::Tradeoff, 0.03)).unwrap();
-    dcpt::plan_mixture(&base(dcpt::Usage::LimitedData, 0.03)).unwrap();
-    dcpt::plan_mixture(&base(dcpt::Usage::Compute, 0.03)).unwrap();
+    dcpt::plan_mixture(&base(dcpt::Usage::Tradeoff, 0.01), &no_cancel()).unwrap();
+    dcpt::plan_mixture(&base(dcpt::Usage::Tradeoff, 0.03), &no_cancel()).unwrap();
+    dcpt::plan_mixture(&base(dcpt::Usage::LimitedData, 0.03), &no_cancel()).unwrap();
+    dcpt::plan_mixture(&base(dcpt::Usage::Compute, 0.03), &no_cancel()).unwrap();
 }

@@ -7,10 +7,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Errors a backend, a loader or a validator can report. Bad input is always [`Error::Invalid`] with a field path.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// A value the user supplied is unusable.
-    #[error("invalid `{field}` = {value}: {reason} (fix: {fix})")]
+    /// A value the user supplied is unusable. Displayed as ``invalid FIELD = `VALUE`: REASON (fix: FIX)``: the field
+    /// path plain, the value in backticks (so quotes never nest; see [`quoted`]).
+    #[error("invalid {field} = {}: {reason} (fix: {fix})", quoted(value))]
     Invalid {
-        /// Dotted path of the field, e.g. `workload.cluster.nodes`.
+        /// Dotted path of the field, e.g. `workload.cluster.nodes` (plain text: no backticks).
         field: String,
         /// The value as given.
         value: String,
@@ -22,14 +23,14 @@ pub enum Error {
     /// The backend cannot answer this workload (e.g. no GPU present, or no model for this case).
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// A file could not be read or written.
-    #[error("{context}: {source}")]
+    /// A file could not be read or written. The cause is part of the message and not also returned by
+    /// [`std::error::Error::source`], so a printer of the cause chain (`{:#}` of `anyhow`) shows it once.
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done, with the path.
         context: String,
         /// The underlying cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A failure inside a backend (a device error, a solver that did not converge...).
     #[error("{0}")]
@@ -56,10 +57,10 @@ impl Error {
     }
 
     /// Builds an [`Error::Io`] with a context string.
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(context: impl Into<String>, cause: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 
@@ -85,6 +86,16 @@ impl Error {
     /// True for errors caused by the user's input (the CLI maps these to exit code 2).
     pub fn is_user_error(&self) -> bool {
         matches!(self, Error::Invalid { .. } | Error::Io { .. })
+    }
+}
+
+/// `value` in backticks, as error messages quote values: `` `x` ``, or with double backticks and spaces when the value
+/// itself holds a backtick (Markdown's rule), so a quoted value never nests inside another quote.
+pub fn quoted(value: &str) -> String {
+    if value.contains('`') {
+        format!("`` {value} ``")
+    } else {
+        format!("`{value}`")
     }
 }
 
@@ -134,6 +145,50 @@ pub mod check {
         }
     }
 
+    /// Integer that must not exceed `max`; `why` says what the limit protects (shown in the reason).
+    pub fn at_most(field: &str, value: u64, max: u64, why: &str) -> Result<(), Error> {
+        if value <= max {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                value,
+                format!("must be at most {max} ({why})"),
+                format!("use a value of at most {max}"),
+            ))
+        }
+    }
+
+    /// `value` must be finite, > 0 and at most `max`; `why` says what the limit protects.
+    pub fn positive_at_most(field: &str, value: f64, max: f64, why: &str) -> Result<(), Error> {
+        positive(field, value)?;
+        if value <= max {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                value,
+                format!("must be at most {max:e} ({why})"),
+                format!("use a value of at most {max:e}"),
+            ))
+        }
+    }
+
+    /// `value` must be finite, >= 0 and at most `max`; `why` says what the limit protects.
+    pub fn non_negative_at_most(field: &str, value: f64, max: f64, why: &str) -> Result<(), Error> {
+        non_negative(field, value)?;
+        if value <= max {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                field,
+                value,
+                format!("must be at most {max:e} ({why})"),
+                format!("use a value of at most {max:e}"),
+            ))
+        }
+    }
+
     /// Integer count that must be at least `min`.
     pub fn at_least(field: &str, value: u64, min: u64) -> Result<(), Error> {
         if value >= min {
@@ -146,5 +201,38 @@ pub mod check {
                 format!("set it to {min} or more"),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_quotes_the_value_only() {
+        let e = Error::invalid(
+            "x.csv: line 11, column loss",
+            "\"abc\"",
+            "not a number",
+            "write a number",
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid x.csv: line 11, column loss = `\"abc\"`: not a number (fix: write a number)"
+        );
+        // A value holding a backtick is fenced with double backticks, never nested.
+        let e = Error::invalid("f", "a`b", "r", "x");
+        assert!(e.to_string().contains("= `` a`b ``:"), "{e}");
+    }
+
+    #[test]
+    fn io_shows_its_cause_once_and_not_as_a_source() {
+        let e = Error::io(
+            "reading x.csv",
+            std::io::Error::new(std::io::ErrorKind::NotFound, "gone"),
+        );
+        assert_eq!(e.to_string(), "reading x.csv: gone");
+        assert!(std::error::Error::source(&e).is_none());
+        assert!(e.is_user_error());
     }
 }

@@ -21,7 +21,7 @@ use crate::cpu::MatRef;
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use trainlab_core::{Error, Result, Seed};
 
 /// `C = A·B` (row-major `C`, strided `A` and `B` views) on the crate's one CPU GEMM, f64, serial.
@@ -525,15 +525,17 @@ fn train_on(
     seed: Seed,
     eval_at: &[u64],
     at_eval: &mut dyn FnMut(&Model, u64, f64),
+    cancel: &AtomicBool,
 ) -> Result<f64> {
     match backend {
-        LmBackend::Cpu => Ok(train(model, cfg, corpus, r, tokens, seed, eval_at, at_eval)),
+        LmBackend::Cpu => Ok(train(model, cfg, corpus, r, tokens, seed, eval_at, at_eval, cancel)),
         LmBackend::Cuda => cuda::train_run_cuda(model, cfg, corpus, r, tokens, seed, eval_at, at_eval),
     }
 }
 
 /// Trains `model` on the mixture at domain share `r` for `tokens` tokens, calling `at_eval(tokens_so_far)` at each
-/// of `eval_at` (ascending). Returns matrix FLOPs spent.
+/// of `eval_at` (ascending). Returns matrix FLOPs spent. Stops after the step in progress once `cancel` is set (the
+/// run is then incomplete: fewer `at_eval` calls than `eval_at` points).
 #[allow(clippy::too_many_arguments)]
 fn train(
     model: &mut Model,
@@ -544,6 +546,7 @@ fn train(
     seed: Seed,
     eval_at: &[u64],
     mut at_eval: impl FnMut(&Model, u64, f64),
+    cancel: &AtomicBool,
 ) -> f64 {
     let mut opt = AdamW::new(model.shape, cfg.lr, cfg.weight_decay);
     let mut gen_s = Stream::new(Source::General, seed.derive("general"));
@@ -554,6 +557,9 @@ fn train(
     let warmup: f64 = 20.0;
     let mut step: f64 = 0.0;
     while seen < tokens {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
         let b = cfg.batch.min((tokens - seen) as usize);
         let (mut ctx, mut tgt) = (Vec::with_capacity(b * cfg.context), Vec::with_capacity(b));
         for _ in 0..b {
@@ -596,7 +602,7 @@ pub fn eval_points(total: u64, n: usize) -> Vec<u64> {
 /// parallel, results in input order). `progress(done_runs, fraction_of_current_run, label)` is called as work
 /// proceeds.
 pub fn run_grid(cfg: &GridConfig, progress: &(dyn Fn(usize, f64, &str) + Sync)) -> Result<GridResult> {
-    run_grid_on(cfg, LmBackend::Cpu, progress)
+    run_grid_on(cfg, LmBackend::Cpu, progress, &AtomicBool::new(false))
 }
 
 /// Which device trains the grid's runs.
@@ -610,10 +616,15 @@ pub enum LmBackend {
 }
 
 /// [`run_grid`] on a chosen backend. With [`LmBackend::Cuda`] and no GPU, fails with [`Error::Unsupported`].
+///
+/// `cancel` (Ctrl-C) is polled at every training step on the CPU and before every run on either backend; once it
+/// is set, the runs in progress stop and are dropped, no new run starts, and the result holds the runs that finished
+/// (each with all its evaluation points).
 pub fn run_grid_on(
     cfg: &GridConfig,
     backend: LmBackend,
     progress: &(dyn Fn(usize, f64, &str) + Sync),
+    cancel: &AtomicBool,
 ) -> Result<GridResult> {
     if cfg.hidden.is_empty() || cfg.ratios.is_empty() {
         return Err(Error::invalid(
@@ -650,6 +661,9 @@ pub fn run_grid_on(
     let done = AtomicUsize::new(0);
     let mut rows = Vec::new();
     for (si, &h) in cfg.hidden.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            break;
+        }
         let shape = Shape {
             vocab: cfg.vocab,
             context: cfg.context,
@@ -669,10 +683,17 @@ pub fn run_grid_on(
             size_seed.derive("pretrain"),
             &[],
             &mut |_, _, _| {},
+            cancel,
         )?;
+        if cancel.load(Ordering::Relaxed) {
+            break; // the base model's pretraining did not finish
+        }
         progress(done.load(Ordering::Relaxed), 0.0, &label);
         let (bg, bd) = (eval(&base, &vg), eval(&base, &vd));
         let one_ratio = |(ri, &r): (usize, &f64)| -> Result<Vec<GridRow>> {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(Vec::new());
+            }
             let mut m = base.clone();
             let mut out = Vec::new();
             let label = format!("H={h} r={r}");
@@ -698,7 +719,11 @@ pub fn run_grid_on(
                     });
                     progress(done.load(Ordering::Relaxed), d as f64 / cfg.cpt_tokens as f64, &label);
                 },
+                cancel,
             )?;
+            if out.len() < evals.len() {
+                return Ok(Vec::new()); // interrupted part-way: keep only finished runs
+            }
             done.fetch_add(1, Ordering::Relaxed);
             progress(done.load(Ordering::Relaxed), 1.0, &label);
             Ok(out)
@@ -782,7 +807,17 @@ mod tests {
         };
         let mut m = Model::new(shape, Seed(4));
         let before = eval(&m, &vg);
-        train(&mut m, &cfg, &corpus, 0.0, 40_000, Seed(5), &[], |_, _, _| {});
+        train(
+            &mut m,
+            &cfg,
+            &corpus,
+            0.0,
+            40_000,
+            Seed(5),
+            &[],
+            |_, _, _| {},
+            &AtomicBool::new(false),
+        );
         let after = eval(&m, &vg);
         let floor = corpus.context_entropy(Source::General);
         assert!(after < before - 0.3, "{before} -> {after}");
@@ -810,5 +845,45 @@ mod tests {
         assert!(last(1.0).domain_loss < last(0.0).domain_loss);
         assert!(last(1.0).general_loss > last(0.0).general_loss);
         assert!(a.to_csv().starts_with("N,D,r,general_loss,domain_loss"));
+    }
+
+    #[test]
+    fn cancelled_grid_keeps_only_finished_runs() {
+        let cfg = GridConfig {
+            hidden: vec![8, 12],
+            ratios: vec![0.0, 0.5, 1.0],
+            vocab: 16,
+            pretrain_tokens: 3000,
+            cpt_tokens: 6000,
+            evals: 3,
+            val_examples: 500,
+            ..GridConfig::default()
+        };
+        let cancel = AtomicBool::new(true);
+        let none = run_grid_on(&cfg, LmBackend::Cpu, &|_, _, _| {}, &cancel).unwrap();
+        assert!(none.rows.is_empty());
+        // Interrupt once the first run has finished: every kept run has all its evaluation points, and runs of the
+        // second size never start.
+        let cancel = AtomicBool::new(false);
+        let part = run_grid_on(
+            &cfg,
+            LmBackend::Cpu,
+            &|done, _, _| {
+                if done >= 1 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            },
+            &cancel,
+        )
+        .unwrap();
+        let full = run_grid(&cfg, &|_, _, _| {}).unwrap();
+        assert!(!part.rows.is_empty() && part.rows.len() < full.rows.len());
+        assert_eq!(part.rows.len() % 3, 0, "whole runs only");
+        for row in &part.rows {
+            assert!(
+                full.rows.contains(row),
+                "a kept row differs from the uninterrupted run: {row:?}"
+            );
+        }
     }
 }

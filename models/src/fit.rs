@@ -13,6 +13,8 @@
 use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use trainlab_core::{Error, Result, Seed};
 
 pub mod csv;
@@ -279,7 +281,7 @@ impl Dataset {
 }
 
 /// Settings of an approach-3 fit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitConfig {
     /// Huber threshold on log residuals (Chinchilla: 1e-3).
     pub delta: f64,
@@ -295,6 +297,18 @@ pub struct FitConfig {
     pub seed: Seed,
     /// Extra grid starts used by each bootstrap refit (besides the full-data optimum).
     pub bootstrap_starts: usize,
+    /// A shared cancel flag (Ctrl-C). Once set, starts and bootstrap replicates not yet begun are skipped: a fit
+    /// keeps the best of the starts that ran, a bootstrap the replicates that ran; [`cross_validate`] stops with
+    /// [`Error::Interrupted`]. Not serialised.
+    #[serde(skip)]
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl FitConfig {
+    /// True once the cancel flag is set.
+    pub fn cancelled(&self) -> bool {
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
+    }
 }
 
 impl Default for FitConfig {
@@ -307,6 +321,7 @@ impl Default for FitConfig {
             bound_penalty: 1e2,
             seed: Seed::default(),
             bootstrap_starts: 4,
+            cancel: None,
         }
     }
 }
@@ -366,7 +381,7 @@ pub struct FitResult {
     pub names: Vec<String>,
     /// Objective at the optimum (summed Huber + bound penalty).
     pub objective: f64,
-    /// Starts run.
+    /// Starts run (fewer than planned when the fit was cancelled part-way).
     pub starts: usize,
     /// Index of the start that won.
     pub best_start: usize,
@@ -595,8 +610,17 @@ pub fn minimise_from(obj: &Objective<'_>, start: &[f64], cfg: &FitConfig) -> (Ve
 /// The multi-start: the search from every start (in parallel when `parallel`), the lowest kept (ties to the lowest
 /// index, so the same at any thread count), and that start run again to full precision ([`minimise_from`]: the same
 /// search, deterministic, then the polish). Returns (winning index, point, objective).
-fn best_of(obj: &Objective<'_>, starts: &[Vec<f64>], cfg: &FitConfig, parallel: bool) -> (usize, Vec<f64>, f64) {
-    let search = |s: &Vec<f64>| run_lbfgs(obj, s, cfg, &[SEARCH]);
+/// The best start of `starts` (searched, then polished) and how many starts ran: a start not begun when
+/// `cfg.cancel` is raised is skipped.
+fn best_of(obj: &Objective<'_>, starts: &[Vec<f64>], cfg: &FitConfig, parallel: bool) -> (usize, Vec<f64>, f64, usize) {
+    let ran = AtomicUsize::new(0);
+    let search = |s: &Vec<f64>| {
+        if cfg.cancelled() {
+            return (s.clone(), f64::INFINITY);
+        }
+        ran.fetch_add(1, Ordering::Relaxed);
+        run_lbfgs(obj, s, cfg, &[SEARCH])
+    };
     let results: Vec<(Vec<f64>, f64)> = if parallel {
         starts.par_iter().map(search).collect()
     } else {
@@ -614,7 +638,7 @@ fn best_of(obj: &Objective<'_>, starts: &[Vec<f64>], cfg: &FitConfig, parallel: 
             (best.1, best.2) = (p, c);
         }
     }
-    best
+    (best.0, best.1, best.2, ran.into_inner())
 }
 
 /// The start grid of `law`: the Cartesian product of each parameter's grid, or a seeded subset of `max` points of it
@@ -652,7 +676,7 @@ fn run_starts(
     weights: Option<&[f64]>,
     starts: &[Vec<f64>],
     cfg: &FitConfig,
-) -> (usize, Vec<f64>, f64) {
+) -> (usize, Vec<f64>, f64, usize) {
     let obj = Objective::new(law, data, weights, cfg.delta, cfg.bound_penalty);
     best_of(&obj, starts, cfg, true)
 }
@@ -691,7 +715,10 @@ pub fn fit_from(law: &dyn Law, data: &Dataset, cfg: &FitConfig, starts: &[Vec<f6
             "check the law's start grid",
         ));
     }
-    let (best_start, params, objective) = run_starts(law, data, None, starts, cfg);
+    let (best_start, params, objective, ran) = run_starts(law, data, None, starts, cfg);
+    if !objective.is_finite() && cfg.cancelled() {
+        return Err(Error::Interrupted);
+    }
     if !objective.is_finite() {
         return Err(Error::Backend(format!(
             "fit of `{}` failed: no start reached a finite objective",
@@ -709,7 +736,7 @@ pub fn fit_from(law: &dyn Law, data: &Dataset, cfg: &FitConfig, starts: &[Vec<f6
         gof: GoodnessOfFit::of(law, &params, data, cfg.delta),
         params,
         objective,
-        starts: starts.len(),
+        starts: ran,
         best_start,
         inside_bounds,
     })
@@ -784,6 +811,7 @@ pub fn bootstrap(law: &dyn Law, data: &Dataset, best: &FitResult, reps: usize, c
     let base = cfg.seed.derive("bootstrap");
     let params: Vec<Vec<f64>> = (0..reps)
         .into_par_iter()
+        .filter(|_| !cfg.cancelled())
         .map(|b| {
             let mut rng = base.index(b as u64).rng();
             let mut w = vec![0.0; n];
@@ -856,6 +884,9 @@ pub fn cross_validate(
     let mut folds = Vec::new();
     let mut pred = vec![f64::NAN; data.len()];
     for f in 0..k {
+        if cfg.cancelled() {
+            return Err(Error::Interrupted);
+        }
         let test_mask: Vec<bool> = col.iter().map(|&v| fold_of(v) == f).collect();
         let train_mask: Vec<bool> = test_mask.iter().map(|t| !t).collect();
         let train = data.subset(&train_mask);

@@ -16,6 +16,7 @@
 //! All gradients are analytic (`log_grad`) and checked against finite differences in the tests.
 use crate::fit::fastmath::{Kernel, exp, exp_in_range, ln_normal, vectorised};
 use crate::fit::{InputDomain, InputSpec, Law, ParamSpec, lse};
+use trainlab_core::Error;
 
 const INF: f64 = f64::INFINITY;
 
@@ -518,14 +519,21 @@ impl Law for DcptCrossDomain {
 /// Names accepted by [`by_name`].
 pub const LAW_NAMES: &[&str] = &["chinchilla", "dcpt", "dcpt-separable", "dcpt-cross"];
 
-/// Looks a law up by name (`chinchilla`, `dcpt`, `dcpt-separable`, `dcpt-cross`).
-pub fn by_name(name: &str) -> Option<Box<dyn Law>> {
+/// Looks a law up by name (`chinchilla`, `dcpt`, `dcpt-separable`, `dcpt-cross`; case-insensitive, `dcpt-l3` and
+/// `l3` are `dcpt`). An unknown name is an [`Error::Invalid`] on `field` (e.g. `LAW` for the CLI argument) listing
+/// the known names.
+pub fn by_name(name: &str, field: &str) -> Result<Box<dyn Law>, Error> {
     match name.to_ascii_lowercase().as_str() {
-        "chinchilla" => Some(Box::new(Chinchilla::new())),
-        "dcpt" | "dcpt-l3" | "l3" => Some(Box::new(DcptL3::new())),
-        "dcpt-separable" => Some(Box::new(DcptSeparable::new())),
-        "dcpt-cross" => Some(Box::new(DcptCrossDomain::new())),
-        _ => None,
+        "chinchilla" => Ok(Box::new(Chinchilla::new())),
+        "dcpt" | "dcpt-l3" | "l3" => Ok(Box::new(DcptL3::new())),
+        "dcpt-separable" => Ok(Box::new(DcptSeparable::new())),
+        "dcpt-cross" => Ok(Box::new(DcptCrossDomain::new())),
+        _ => Err(Error::invalid(
+            field,
+            name,
+            "unknown law",
+            format!("use one of {}", LAW_NAMES.join(", ")),
+        )),
     }
 }
 
@@ -665,8 +673,12 @@ mod tests {
     #[test]
     fn registry_knows_all_names() {
         for n in LAW_NAMES {
-            assert_eq!(by_name(n).map(|l| l.name().to_string()).as_deref(), Some(*n));
+            assert_eq!(by_name(n, "law").unwrap().name(), *n);
         }
-        assert!(by_name("nope").is_none());
+        let Err(e) = by_name("nope", "law") else {
+            panic!("`nope` is not a law")
+        };
+        assert!(e.is_user_error());
+        assert!(e.to_string().contains("dcpt-cross"), "{e}");
     }
 }

@@ -179,14 +179,7 @@ impl DcptPair {
     /// Builds the pair; both laws must take inputs `[N, D, r]` and have matching bootstrap sizes (or none).
     pub fn new(general_fit: FittedLaw, domain_fit: FittedLaw) -> Result<Self> {
         let get = |f: &FittedLaw, field: &str| -> Result<Box<dyn Law>> {
-            let law = laws::by_name(&f.law).ok_or_else(|| {
-                Error::invalid(
-                    field,
-                    &f.law,
-                    "unknown law",
-                    format!("use one of {}", laws::LAW_NAMES.join(", ")),
-                )
-            })?;
+            let law = laws::by_name(&f.law, field)?;
             let names: Vec<&str> = law.inputs().iter().map(|i| i.name.as_str()).collect();
             if names != ["N", "D", "r"] {
                 return Err(Error::invalid(

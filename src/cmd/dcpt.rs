@@ -3,6 +3,8 @@
 use anyhow::{Context, bail};
 use clap::Args;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::Seed;
 use trainlab_models::fit::{self, FitConfig, csv::Table};
 use trainlab_models::laws::{self, Target};
@@ -71,6 +73,10 @@ fn targets(table: &Table, law: &dyn fit::Law, target: &str) -> anyhow::Result<Ve
 }
 
 /// Fits every requested target of `table`; shared by `fit` and `plan-mixture DATA.csv`.
+///
+/// When `cfg.cancel` is set part-way (Ctrl-C), the fit in progress keeps the best of the starts that ran and the
+/// bootstrap the replicates that ran, cross-validation is skipped, later targets are not fitted, and a note on
+/// stderr says so; the report holds what was done. Nothing fitted at all is [`trainlab_core::Error::Interrupted`].
 fn fit_table(
     law_name: &str,
     table: &Table,
@@ -80,14 +86,32 @@ fn fit_table(
     level: f64,
     cv: Option<(&str, usize)>,
 ) -> anyhow::Result<FitReport> {
-    let law = laws::by_name(law_name)
-        .with_context(|| format!("unknown law `{law_name}`; use one of {}", laws::LAW_NAMES.join(", ")))?;
+    let law = laws::by_name(law_name, "LAW")?;
     let mut fits = Vec::new();
     for (col, t, flip) in targets(table, law.as_ref(), target)? {
+        if cfg.cancelled() {
+            eprintln!("interrupted: `{col}` not fitted");
+            continue;
+        }
         let data = fit::csv::dataset(table, law.as_ref(), &col, flip)?;
-        let fr = fit::fit(law.as_ref(), &data, cfg)?;
-        let (param_ci, reps) = if bootstrap > 0 {
+        let fr = match fit::fit(law.as_ref(), &data, cfg) {
+            Err(trainlab_core::Error::Interrupted) => {
+                eprintln!("interrupted: `{col}` not fitted");
+                continue;
+            }
+            other => other?,
+        };
+        if cfg.cancelled() {
+            eprintln!("interrupted: `{col}` is the best of the starts that finished");
+        }
+        let (param_ci, reps) = if bootstrap > 0 && !cfg.cancelled() {
             let bs = fit::bootstrap(law.as_ref(), &data, &fr, bootstrap, cfg)?;
+            if cfg.cancelled() {
+                eprintln!(
+                    "interrupted: `{col}` bootstrap kept {} of {bootstrap} replicates",
+                    bs.params.len()
+                );
+            }
             (bs.param_intervals(&fr.params, level), bs.params)
         } else {
             (Vec::new(), Vec::new())
@@ -96,8 +120,14 @@ fn fit_table(
             Some((c, k)) => {
                 let j = data
                     .column_index(c)
-                    .with_context(|| format!("--cv {c}: not an input of `{law_name}` ({})", data.inputs.join(",")))?;
-                Some(fit::cross_validate(law.as_ref(), &data, j, k, cfg)?)
+                    .with_context(|| format!("--cv {c}: not an input of law {law_name} ({})", data.inputs.join(",")))?;
+                match fit::cross_validate(law.as_ref(), &data, j, k, cfg) {
+                    Err(trainlab_core::Error::Interrupted) => {
+                        eprintln!("interrupted: `{col}` cross-validation skipped");
+                        None
+                    }
+                    other => Some(other?),
+                }
             }
             None => None,
         };
@@ -110,6 +140,9 @@ fn fit_table(
             bootstrap: reps,
             cv,
         });
+    }
+    if fits.is_empty() {
+        return Err(trainlab_core::Error::Interrupted.into());
     }
     Ok(FitReport {
         law: law.name().to_string(),
@@ -184,19 +217,22 @@ fn write_json(dir: &Path, name: &str, v: &impl serde::Serialize) -> anyhow::Resu
     Ok(p)
 }
 
-fn config(seed: u64, delta: f64, starts: usize) -> FitConfig {
+fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> FitConfig {
     FitConfig {
         delta,
         max_starts: starts,
         seed: Seed(seed),
+        cancel: Some(cancel.clone()),
         ..FitConfig::default()
     }
 }
 
-/// Runs `trainlab fit`.
-pub fn fit(args: &FitArgs) -> anyhow::Result<()> {
+/// Runs `trainlab fit`. A first Ctrl-C (`cancel`) keeps what the fit has so far (see `fit_table`), prints and
+/// writes it; the caller exits 130.
+pub fn fit(args: &FitArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    laws::by_name(&args.law, "LAW")?;
     let table = Table::read(&args.data)?;
-    let cfg = config(args.seed, args.delta, args.starts);
+    let cfg = config(args.seed, args.delta, args.starts, cancel);
     let cv = args.cv.as_deref().map(|c| (c, args.folds));
     let report = fit_table(&args.law, &table, &args.target, &cfg, args.bootstrap, args.level, cv)?;
     if args.json {
@@ -298,8 +334,9 @@ pub enum TrainBackend {
     Cuda,
 }
 
-/// Runs `trainlab plan-mixture`.
-pub fn plan_mixture(args: &PlanArgs) -> anyhow::Result<()> {
+/// Runs `trainlab plan-mixture`. A first Ctrl-C (`cancel`) during the fit from a CSV keeps what the fit has; the
+/// plan is then answered from it when both losses were fitted (else the run ends as interrupted).
+pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     let is_json = args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let mut base_from_table = None;
     let report: FitReport = if is_json {
@@ -316,9 +353,12 @@ pub fn plan_mixture(args: &PlanArgs) -> anyhow::Result<()> {
                 .find(|r| (r[jn] / n - 1.0).abs() < 1e-9)
                 .map(|r| r[jb]);
         }
-        let cfg = config(args.seed, 1e-3, args.starts);
+        let cfg = config(args.seed, 1e-3, args.starts, cancel);
         fit_table("dcpt", &table, "both", &cfg, args.bootstrap, args.level, None)?
     };
+    if cancel.load(Ordering::Relaxed) && report.fits.len() < 2 {
+        return Err(trainlab_core::Error::Interrupted.into());
+    }
     let pair = report.pair()?;
     let lvl = args.level;
     let fmt = |c: &fit::Ci| format!("{:.4} [{:.4}, {:.4}]", c.estimate, c.lo, c.hi);
@@ -432,8 +472,9 @@ pub struct ExecuteArgs {
     pub out: PathBuf,
 }
 
-/// Runs `trainlab execute-dcpt`.
-pub fn execute(args: &ExecuteArgs) -> anyhow::Result<()> {
+/// Runs `trainlab execute-dcpt`. A first Ctrl-C (`cancel`) stops the runs in progress (dropped) and starts no new
+/// one; the runs that finished are written to `runs.csv`, the fit is skipped, and the caller exits 130.
+pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
     use trainlab_executors::lm;
     let grid = lm::GridConfig {
@@ -468,20 +509,26 @@ pub fn execute(args: &ExecuteArgs) -> anyhow::Result<()> {
         TrainBackend::Cpu => lm::LmBackend::Cpu,
         TrainBackend::Cuda => lm::LmBackend::Cuda,
     };
-    let result = lm::run_grid_on(&grid, backend, &progress)?;
+    let result = lm::run_grid_on(&grid, backend, &progress, cancel)?;
     total.finish();
     bar.finish_and_clear();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let csv_path = args.out.join("runs.csv");
     std::fs::write(&csv_path, result.to_csv()).with_context(|| format!("writing {}", csv_path.display()))?;
+    // Each run contributes one row per evaluation point.
+    let evals = lm::eval_points(args.cpt_tokens, args.evals).len().max(1);
+    let finished = result.rows.len() / evals;
     println!(
-        "wrote {} ({} rows, {} runs)",
+        "wrote {} ({} rows, {finished} of {runs} runs)",
         csv_path.display(),
         result.rows.len(),
-        runs
     );
+    if cancel.load(Ordering::Relaxed) {
+        eprintln!("interrupted: {finished} of {runs} runs finished and are in runs.csv; the fit was skipped");
+        return Ok(());
+    }
     let table = Table::read(&csv_path)?;
-    let cfg = config(args.seed, 1e-3, args.starts);
+    let cfg = config(args.seed, 1e-3, args.starts, cancel);
     let law = laws::DcptL3::new();
     for (col, flip, name) in [("general_loss", true, "general"), ("domain_loss", false, "domain")] {
         let mut data = fit::csv::dataset(&table, &law, col, flip)?;

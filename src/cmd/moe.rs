@@ -1,16 +1,21 @@
 //! `trainlab moe quality`: the M6-T quality experiment on a tiny MoE (issue 4). The MoE cost model's calibration is
 //! `trainlab calibrate --workload moe_layer` (the kind table's, in `trainlab::kinds::moe`).
+use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::{Error, Seed, Summary};
 use trainlab_executors::moe::{TinyTrainConfig, train_tiny};
 
 /// The M6-T quality experiment as a Markdown table (`quick`: 1 seed, 100 steps). Seeds `seed`, `seed + 1`, ... (the
 /// README's table used 1000).
-pub fn quality_table(quick: bool, seed: Seed) -> Result<String, Error> {
+///
+/// `cancel` (Ctrl-C) is polled before each training run; once it is set, the table holds the configurations that
+/// finished, followed by a line saying how many did.
+pub fn quality_table(quick: bool, seed: Seed, cancel: &AtomicBool) -> Result<String, Error> {
     let mut out = String::from(
         "| routing | capacity factor | balance loss | final MSE (mean +- std) | zero-predictor MSE | drop | load CV |\n\
          |---|---|---|---|---|---|---|\n",
     );
     let seeds = if quick { 1 } else { 3 };
+    let (mut rows, total) = (0, 3 * 3 * 2);
     for (name, groups, per) in [("top1", 1, 1), ("top2", 1, 2), ("2xtop1", 2, 1)] {
         for cf in [1.0, 1.25, 2.0] {
             for bal in [0.0, 0.01] {
@@ -18,9 +23,14 @@ pub fn quality_table(quick: bool, seed: Seed) -> Result<String, Error> {
                 if quick {
                     cfg.steps = 100;
                 }
-                let rs = (0..seeds)
-                    .map(|s| train_tiny(&cfg, Seed(seed.0.wrapping_add(s))))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut rs = Vec::new();
+                for s in 0..seeds {
+                    if cancel.load(Ordering::Relaxed) {
+                        out.push_str(&format!("\ninterrupted: {rows} of {total} configurations finished\n"));
+                        return Ok(out);
+                    }
+                    rs.push(train_tiny(&cfg, Seed(seed.0.wrapping_add(s)))?);
+                }
                 let l: Vec<f64> = rs.iter().map(|r| r.final_loss).collect();
                 let s = Summary::of(&l);
                 let n = rs.len() as f64;
@@ -32,6 +42,7 @@ pub fn quality_table(quick: bool, seed: Seed) -> Result<String, Error> {
                     rs.iter().map(|r| r.drop_fraction).sum::<f64>() / n,
                     rs.iter().map(|r| r.load_cv).sum::<f64>() / n,
                 ));
+                rows += 1;
             }
         }
     }

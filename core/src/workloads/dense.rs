@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// A decoder-only transformer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, try_from = "RawTransformerSpec")]
 pub struct TransformerSpec {
     /// Label, e.g. `llama2-70b`.
     pub name: String,
@@ -20,13 +20,55 @@ pub struct TransformerSpec {
     pub kv_heads: Option<u64>,
     /// FFN inner width.
     pub ffn_hidden: u64,
-    /// Gated FFN (SwiGLU: three weight matrices) instead of two.
-    #[serde(default = "yes")]
+    /// Gated FFN (SwiGLU, as in Llama: three weight matrices) or a plain one (GELU, as in GPT and Megatron: two).
+    /// Required: there is no default, because either guess silently changes the parameter count by a third of the
+    /// FFN.
     pub gated_ffn: bool,
     /// Vocabulary size.
     pub vocab: u64,
     /// Sequence length in tokens.
     pub seq_len: u64,
+}
+
+/// [`TransformerSpec`] as written in a scenario: the same fields, `gated_ffn` optional only so that leaving it out
+/// gives a message that says what to write.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransformerSpec {
+    name: String,
+    layers: u64,
+    hidden: u64,
+    heads: u64,
+    #[serde(default)]
+    kv_heads: Option<u64>,
+    ffn_hidden: u64,
+    gated_ffn: Option<bool>,
+    vocab: u64,
+    seq_len: u64,
+}
+
+impl TryFrom<RawTransformerSpec> for TransformerSpec {
+    type Error = String;
+    fn try_from(r: RawTransformerSpec) -> Result<Self, String> {
+        let gated_ffn = r.gated_ffn.ok_or_else(|| {
+            format!(
+                "missing field `gated_ffn` in model `{}`: add gated_ffn = true for a SwiGLU FFN (Llama) or \
+                 gated_ffn = false for a plain GELU FFN (GPT, Megatron); there is no default",
+                r.name
+            )
+        })?;
+        Ok(TransformerSpec {
+            name: r.name,
+            layers: r.layers,
+            hidden: r.hidden,
+            heads: r.heads,
+            kv_heads: r.kv_heads,
+            ffn_hidden: r.ffn_hidden,
+            gated_ffn,
+            vocab: r.vocab,
+            seq_len: r.seq_len,
+        })
+    }
 }
 
 fn yes() -> bool {
@@ -158,12 +200,20 @@ impl Workload for DenseTraining {
     const KIND: &'static str = "dense_training";
     fn validate(&self) -> Result<(), Error> {
         let m = &self.model;
+        // Sizes first, each on its own (so an absurd value is named, not a relation it breaks). The limits lie
+        // far beyond any published model and keep every product the step model forms in `u64` exact.
+        let size = "far beyond any published model; larger sizes overflow the step model's arithmetic";
         check::at_least("workload.model.layers", m.layers, 1)?;
+        check::at_most("workload.model.layers", m.layers, MAX_LAYERS, size)?;
         check::at_least("workload.model.hidden", m.hidden, 1)?;
+        check::at_most("workload.model.hidden", m.hidden, MAX_HIDDEN, size)?;
         check::at_least("workload.model.heads", m.heads, 1)?;
         check::at_least("workload.model.ffn_hidden", m.ffn_hidden, 1)?;
+        check::at_most("workload.model.ffn_hidden", m.ffn_hidden, MAX_FFN_HIDDEN, size)?;
         check::at_least("workload.model.vocab", m.vocab, 1)?;
+        check::at_most("workload.model.vocab", m.vocab, MAX_VOCAB, size)?;
         check::at_least("workload.model.seq_len", m.seq_len, 1)?;
+        check::at_most("workload.model.seq_len", m.seq_len, MAX_SEQ_LEN, size)?;
         if !m.hidden.is_multiple_of(m.heads) {
             return Err(Error::invalid(
                 "workload.model.heads",
@@ -183,19 +233,60 @@ impl Workload for DenseTraining {
             ));
         }
         self.cluster.validate("workload.cluster")?;
-        check::positive("workload.train_tokens", self.train_tokens)?;
+        let gpus = self.cluster.gpus();
+        if gpus > MAX_GPUS {
+            let (field, value) = if self.cluster.gpus_per_node as u64 > MAX_GPUS {
+                ("workload.cluster.gpus_per_node", self.cluster.gpus_per_node)
+            } else {
+                ("workload.cluster.nodes", self.cluster.nodes)
+            };
+            return Err(Error::invalid(
+                field,
+                value,
+                format!("the cluster would have {gpus} GPUs, more than {MAX_GPUS}"),
+                "use fewer nodes or GPUs per node",
+            ));
+        }
+        check::positive_at_most(
+            "workload.train_tokens",
+            self.train_tokens,
+            MAX_TRAIN_TOKENS,
+            "far beyond any published token budget",
+        )?;
         check::at_least("workload.global_batch_tokens", self.global_batch_tokens, m.seq_len)?;
+        let sequences = self.global_batch_tokens / m.seq_len;
+        if sequences > MAX_SEQUENCES {
+            return Err(Error::invalid(
+                "workload.global_batch_tokens",
+                self.global_batch_tokens,
+                format!(
+                    "{sequences} sequences of {} tokens per step, more than {MAX_SEQUENCES} (the pipeline simulator \
+                     replays every micro-batch)",
+                    m.seq_len
+                ),
+                "give the tokens of one optimizer step",
+            ));
+        }
         if let Some(p) = &self.parallel {
-            check::at_least("workload.parallel.tp", p.tp, 1)?;
-            check::at_least("workload.parallel.pp", p.pp, 1)?;
-            check::at_least("workload.parallel.dp", p.dp, 1)?;
+            for (name, v) in [("tp", p.tp), ("pp", p.pp), ("dp", p.dp)] {
+                let field = format!("workload.parallel.{name}");
+                check::at_least(&field, v, 1)?;
+                check::at_most(&field, v, gpus, "the cluster has no more GPUs")?;
+            }
             check::at_least("workload.parallel.micro_batch", p.micro_batch, 1)?;
+            check::at_most(
+                "workload.parallel.micro_batch",
+                p.micro_batch,
+                sequences,
+                "the global batch has no more sequences",
+            )?;
+            // Each factor is at most MAX_GPUS (2^20), so the product cannot overflow.
             let used = p.tp * p.pp * p.dp;
-            if used != self.cluster.gpus() {
+            if used != gpus {
                 return Err(Error::invalid(
                     "workload.parallel",
                     p.label(),
-                    format!("tp*pp*dp = {used} but the cluster has {} GPUs", self.cluster.gpus()),
+                    format!("tp*pp*dp = {used} but the cluster has {gpus} GPUs"),
                     "make tp*pp*dp equal nodes*gpus_per_node",
                 ));
             }
@@ -203,6 +294,23 @@ impl Workload for DenseTraining {
         Ok(())
     }
 }
+
+/// Most transformer layers: 2^14 (DeepNet, Wang et al. 2022, trained 1,000; published LLMs have a few hundred).
+const MAX_LAYERS: u64 = 1 << 14;
+/// Widest model (`hidden`): 2^20, some 50x PaLM 540B's 18,432 (Chowdhery et al. 2022, Table 1).
+const MAX_HIDDEN: u64 = 1 << 20;
+/// Widest FFN inner layer: 2^22.
+const MAX_FFN_HIDDEN: u64 = 1 << 22;
+/// Largest vocabulary: 2^24 tokens.
+const MAX_VOCAB: u64 = 1 << 24;
+/// Longest sequence: 2^24 tokens.
+const MAX_SEQ_LEN: u64 = 1 << 24;
+/// Most sequences per optimizer step: 2^20, 16x the 65,536 of LAMB's BERT runs (You et al. 2019).
+const MAX_SEQUENCES: u64 = 1 << 20;
+/// Most GPUs in a cluster: 2^20.
+const MAX_GPUS: u64 = 1 << 20;
+/// Largest token budget: 1e18 tokens, some 60,000x Llama 3's 15.6T (Dubey et al. 2024).
+const MAX_TRAIN_TOKENS: f64 = 1e18;
 
 /// The answer for dense training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,6 +24,10 @@ pub struct Gemm {
     pub device: Device,
 }
 
+/// Most operand elements (A, B and C over the batch) a GEMM workload may have: 16 GB in fp32, beyond any single
+/// device's product; it also keeps every size computed from the dimensions far inside `u64` and `f64` integers.
+const MAX_ELEMENTS: f64 = 4e9;
+
 fn one() -> u64 {
     1
 }
@@ -49,7 +53,12 @@ impl Gemm {
     }
     /// Bytes touched at least once: A, B read, C written.
     pub fn bytes(&self) -> f64 {
-        ((self.m * self.k + self.k * self.n + self.m * self.n) * self.dtype.bytes() * self.batch) as f64
+        self.elements() * self.dtype.bytes() as f64
+    }
+    /// Elements of A, B and C over the batch (`(m k + k n + m n) batch`), in `f64` so that no size overflows.
+    pub fn elements(&self) -> f64 {
+        let (m, n, k) = (self.m as f64, self.n as f64, self.k as f64);
+        (m * k + k * n + m * n) * self.batch as f64
     }
     /// Short label, e.g. `512x512x512 fp32`.
     pub fn label(&self) -> String {
@@ -101,13 +110,30 @@ impl Workload for Gemm {
         check::at_least("workload.n", self.n, 1)?;
         check::at_least("workload.k", self.k, 1)?;
         check::at_least("workload.batch", self.batch, 1)?;
-        let elems = (self.m * self.k + self.k * self.n + self.m * self.n) as f64 * self.batch as f64;
-        if elems > 4e9 {
+        if self.elements() > MAX_ELEMENTS {
+            // Name the field to shrink: the batch when one product fits, else the largest dimension.
+            let one = Gemm {
+                batch: 1,
+                ..self.clone()
+            };
+            let (field, value) = if one.elements() <= MAX_ELEMENTS {
+                ("workload.batch", self.batch)
+            } else if self.m >= self.n && self.m >= self.k {
+                ("workload.m", self.m)
+            } else if self.n >= self.k {
+                ("workload.n", self.n)
+            } else {
+                ("workload.k", self.k)
+            };
             return Err(Error::invalid(
-                "workload.m/n/k",
-                self.label(),
-                "operands exceed 4e9 elements",
-                "use smaller dimensions",
+                field,
+                value,
+                format!(
+                    "the operands of {} hold {:.3e} elements, more than {MAX_ELEMENTS:e}",
+                    self.label(),
+                    self.elements()
+                ),
+                "use smaller dimensions or a smaller batch",
             ));
         }
         Ok(())

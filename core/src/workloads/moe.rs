@@ -133,6 +133,13 @@ fn bf16() -> Dtype {
     Dtype::Bf16
 }
 
+/// Widest `d_model` or `d_ff`: 2^22.
+const MAX_WIDTH: u64 = 1 << 22;
+/// Most experts in a layer: 2^20 (PEER, He 2024, "Mixture of A Million Experts", uses 1024^2).
+const MAX_EXPERTS: u64 = 1 << 20;
+/// Largest capacity factor: 1e4. Capacities and slot counts then stay far inside `u64`.
+const MAX_CAPACITY_FACTOR: f64 = 1e4;
+
 impl MoeLayer {
     /// Expert slots per token.
     pub fn k(&self) -> u64 {
@@ -182,6 +189,16 @@ impl Workload for MoeLayer {
         check::at_least("workload.d_ff", self.d_ff, 1)?;
         check::at_least("workload.experts", self.experts, 1)?;
         check::at_least("workload.ep_ranks", self.ep_ranks, 1)?;
+        // Sizes on their own first, so an absurd value is named rather than a relation it breaks.
+        let size = "far beyond any published MoE layer";
+        check::at_most("workload.d_model", self.d_model, MAX_WIDTH, size)?;
+        check::at_most("workload.d_ff", self.d_ff, MAX_WIDTH, size)?;
+        check::at_most(
+            "workload.experts",
+            self.experts,
+            MAX_EXPERTS,
+            "the most experts published in one layer (He 2024, a million experts)",
+        )?;
         let k = self.k();
         let field = match self.routing {
             Routing::TopK(_) => "workload.routing.top_k",
@@ -213,6 +230,17 @@ impl Workload for MoeLayer {
                 self.capacity_factor,
                 "must be a finite number > 0 (0 would drop every token)",
                 "use e.g. 1.0, 1.25 or 2.0",
+            ));
+        }
+        if self.capacity_factor > MAX_CAPACITY_FACTOR {
+            return Err(Error::invalid(
+                "workload.capacity_factor",
+                self.capacity_factor,
+                format!(
+                    "must be at most {MAX_CAPACITY_FACTOR:e}; above the number of experts nothing changes (one \
+                     expert could already take every slot)"
+                ),
+                format!("use at most {}", (self.experts as f64).min(MAX_CAPACITY_FACTOR)),
             ));
         }
         if !self.experts.is_multiple_of(self.ep_ranks) {

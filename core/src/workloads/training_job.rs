@@ -449,6 +449,20 @@ impl TrainingJob {
     }
 }
 
+// Bounds that keep the simulator's integer-nanosecond clock (u64, 584 years) and its event count finite:
+// horizon <= 10 years, every duration <= ~31.7 years, at most 1e5 faults per replication.
+const MAX_GPUS: u64 = 1 << 20;
+const MAX_HORIZON_DAYS: f64 = 3650.0;
+const MAX_SECONDS: f64 = 1e9;
+const MIN_STEP_S: f64 = 1e-4;
+const MAX_STEP_S: f64 = 1e6;
+const MAX_FACTOR: f64 = 1e3;
+const MAX_FAULTS: f64 = 1e5;
+const MAX_REPLICATIONS: u64 = 1_000_000;
+/// Steps of a scheduled job (the simulator replays each one).
+const MAX_SCHEDULED_STEPS: u64 = 10_000_000;
+const CLOCK: &str = "keeps the simulator's nanosecond clock in range";
+
 impl Workload for TrainingJob {
     type Outcome = TrainingJobOutcome;
     const KIND: &'static str = "training_job";
@@ -456,17 +470,33 @@ impl Workload for TrainingJob {
         if let Some(s) = &self.schedule {
             return self.validate_scheduled(s);
         }
+        let clock = CLOCK;
         check::at_least("workload.gpus", self.gpus, 1)?;
+        check::at_most("workload.gpus", self.gpus, MAX_GPUS, "far beyond any cluster")?;
         check::at_least("workload.gpus_per_node", self.gpus_per_node, 1)?;
-        check::positive("workload.step_time_s", self.step_time_s)?;
-        check::positive("workload.horizon_days", self.horizon_days)?;
+        check::at_most(
+            "workload.gpus_per_node",
+            self.gpus_per_node,
+            MAX_GPUS,
+            "far beyond any node",
+        )?;
+        check::positive_at_most("workload.step_time_s", self.step_time_s, MAX_STEP_S, clock)?;
+        if self.step_time_s < MIN_STEP_S {
+            return Err(Error::invalid(
+                "workload.step_time_s",
+                self.step_time_s,
+                format!("must be at least {MIN_STEP_S:e} s (the detector's timestamps are in nanoseconds)"),
+                "give the seconds of one optimizer step",
+            ));
+        }
+        check::positive_at_most("workload.horizon_days", self.horizon_days, MAX_HORIZON_DAYS, clock)?;
         match self.checkpoint_interval {
             CheckpointInterval::Seconds(s) => {
-                if !(s.is_finite() && s > 0.0) {
+                if !(s.is_finite() && (1e-3..=MAX_SECONDS).contains(&s)) {
                     return Err(Error::invalid(
                         "workload.checkpoint_interval",
                         s,
-                        "must be a finite number of seconds > 0",
+                        format!("must be a finite number of seconds in [1e-3, {MAX_SECONDS:e}]"),
                         "give the compute seconds between checkpoints, or \"young_daly\"",
                     ));
                 }
@@ -482,9 +512,9 @@ impl Workload for TrainingJob {
                 }
             }
         }
-        check::non_negative("workload.checkpoint_cost_s", self.checkpoint_cost_s)?;
-        check::non_negative("workload.restart_cost_s", self.restart_cost_s)?;
-        check::positive("workload.repair_hours", self.repair_hours)?;
+        check::non_negative_at_most("workload.checkpoint_cost_s", self.checkpoint_cost_s, MAX_SECONDS, clock)?;
+        check::non_negative_at_most("workload.restart_cost_s", self.restart_cost_s, MAX_SECONDS, clock)?;
+        check::positive_at_most("workload.repair_hours", self.repair_hours, MAX_SECONDS / 3600.0, clock)?;
         let nodes = self.nodes();
         if let Some(spares) = self.spare_nodes
             && spares > nodes
@@ -496,23 +526,6 @@ impl Workload for TrainingJob {
                 format!("use at most {nodes} spare nodes"),
             ));
         }
-        for (i, f) in self.failures.iter().enumerate() {
-            check::non_negative(
-                &format!("workload.failures[{i}].rate_per_component_hour"),
-                f.rate_per_component_hour,
-            )?;
-            if let Some(k) = f.weibull_shape {
-                check::in_range(&format!("workload.failures[{i}].weibull_shape"), k, 0.1, 20.0)?;
-            }
-            if !(f.slowdown.is_finite() && f.slowdown >= 1.0) {
-                return Err(Error::invalid(
-                    format!("workload.failures[{i}].slowdown"),
-                    f.slowdown,
-                    "must be a finite factor >= 1",
-                    "give the step-time multiple of a slow fault, e.g. 1.5",
-                ));
-            }
-        }
         if let Some(l) = &self.lemon {
             if l.nodes > nodes {
                 return Err(Error::invalid(
@@ -522,14 +535,50 @@ impl Workload for TrainingJob {
                     format!("use at most {nodes}"),
                 ));
             }
-            if !(l.rate_multiplier.is_finite() && l.rate_multiplier >= 1.0) {
+            if !(l.rate_multiplier.is_finite() && (1.0..=MAX_FACTOR).contains(&l.rate_multiplier)) {
                 return Err(Error::invalid(
                     "workload.lemon.rate_multiplier",
                     l.rate_multiplier,
-                    "must be a finite factor >= 1",
+                    format!("must be a finite factor in [1, {MAX_FACTOR}]"),
                     "give how many times more often a lemon node fails, e.g. 10",
                 ));
             }
+        }
+        for (i, f) in self.failures.iter().enumerate() {
+            let rate = format!("workload.failures[{i}].rate_per_component_hour");
+            check::non_negative(&rate, f.rate_per_component_hour)?;
+            if let Some(k) = f.weibull_shape {
+                check::in_range(&format!("workload.failures[{i}].weibull_shape"), k, 0.1, 20.0)?;
+            }
+            if !(f.slowdown.is_finite() && (1.0..=MAX_FACTOR).contains(&f.slowdown)) {
+                return Err(Error::invalid(
+                    format!("workload.failures[{i}].slowdown"),
+                    f.slowdown,
+                    format!("must be a finite factor in [1, {MAX_FACTOR}]"),
+                    "give the step-time multiple of a slow fault, e.g. 1.5",
+                ));
+            }
+            let expected = self.entry_rate_per_s(f) * self.horizon_s();
+            if expected > MAX_FAULTS {
+                return Err(Error::invalid(
+                    rate,
+                    f.rate_per_component_hour,
+                    format!(
+                        "{expected:.3e} expected faults over the horizon, more than {MAX_FAULTS:e} (the simulator \
+                         draws every one)"
+                    ),
+                    "give faults per component per hour, e.g. 1e-5 for a GPU",
+                ));
+            }
+        }
+        let expected = self.total_rate_per_s() * self.horizon_s();
+        if expected > MAX_FAULTS {
+            return Err(Error::invalid(
+                "workload.failures",
+                format!("{} entries", self.failures.len()),
+                format!("{expected:.3e} expected faults over the horizon, more than {MAX_FAULTS:e}"),
+                "lower the rates or the horizon",
+            ));
         }
         if self.policies.is_empty() {
             return Err(Error::invalid(
@@ -540,6 +589,12 @@ impl Workload for TrainingJob {
             ));
         }
         check::at_least("workload.replications", self.replications as u64, 2)?;
+        check::at_most(
+            "workload.replications",
+            self.replications as u64,
+            MAX_REPLICATIONS,
+            "64 to 1,000 already give tight intervals",
+        )?;
         self.detection.validate_at("workload.detection")
     }
 }

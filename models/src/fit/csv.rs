@@ -82,7 +82,7 @@ impl Table {
             for (cell, col) in cells.iter().zip(&columns) {
                 let v: f64 = cell.parse().map_err(|_| {
                     Error::invalid(
-                        format!("{source}: line {}, column `{col}`", i + 1),
+                        format!("{source}: line {}, column {col}", i + 1),
                         format!("{cell:?}"),
                         "not a number",
                         "write a plain decimal or scientific number such as 1.5e9",
@@ -90,7 +90,7 @@ impl Table {
                 })?;
                 if !v.is_finite() {
                     return Err(Error::invalid(
-                        format!("{source}: line {}, column `{col}`", i + 1),
+                        format!("{source}: line {}, column {col}", i + 1),
                         cell,
                         "NaN or infinite",
                         "remove the row or give a finite value",
@@ -156,7 +156,7 @@ impl Table {
             };
             if !ok {
                 return Err(Error::invalid(
-                    format!("{}: line {line}, column `{}`", self.source, self.columns[j]),
+                    format!("{}: line {line}, column {}", self.source, self.columns[j]),
                     v,
                     why,
                     "correct or remove the row",
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(t.lines, vec![2, 4]);
         let e = Table::parse("N,D,loss\n1,2,abc\n", "x.csv").unwrap_err().to_string();
         assert!(
-            e.contains("line 2") && e.contains("`loss`") && e.contains("not a number"),
+            e.contains("line 2, column loss = `\"abc\"`") && e.contains("not a number") && !e.contains("`loss`"),
             "{e}"
         );
         let e = Table::parse("N,D,loss\n1,2,NaN\n", "x.csv").unwrap_err().to_string();

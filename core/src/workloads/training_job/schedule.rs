@@ -21,7 +21,10 @@
 //!
 //! A scheduled job runs under C4D detection only (`policies` must include `"c4d"`; the baseline policy has no real
 //! counterpart on a small machine).
-use super::{CheckpointInterval, DetectionSpec, Estimate, Policy, TrainingJob};
+use super::{
+    CLOCK, CheckpointInterval, DetectionSpec, Estimate, MAX_FACTOR, MAX_GPUS, MAX_REPLICATIONS, MAX_SCHEDULED_STEPS,
+    MAX_SECONDS, MAX_STEP_S, MIN_STEP_S, Policy, TrainingJob,
+};
 use crate::error::check;
 use crate::{Error, Metric, Unit};
 use serde::{Deserialize, Serialize};
@@ -109,7 +112,14 @@ impl FaultSchedule {
     /// [`FaultSchedule::warmup_steps`].
     pub fn validate_at(&self, path: &str, warmup: u64) -> Result<(), Error> {
         check::at_least(&format!("{path}.ranks"), self.ranks, 2)?;
+        check::at_most(&format!("{path}.ranks"), self.ranks, MAX_GPUS, "far beyond any cluster")?;
         check::at_least(&format!("{path}.steps"), self.steps, 1)?;
+        check::at_most(
+            &format!("{path}.steps"),
+            self.steps,
+            MAX_SCHEDULED_STEPS,
+            "the simulator replays every step",
+        )?;
         check::at_least(
             &format!("{path}.checkpoint_every_steps"),
             self.checkpoint_every_steps,
@@ -167,11 +177,11 @@ impl FaultSchedule {
                         "add e.g. slowdown = 1.5: the rank's compute then takes 1.5 times as long",
                     ));
                 }
-                (InjectedKind::Slow, Some(x)) if !(x.is_finite() && x >= 1.0) => {
+                (InjectedKind::Slow, Some(x)) if !(x.is_finite() && (1.0..=MAX_FACTOR).contains(&x)) => {
                     return Err(Error::invalid(
                         format!("{at}.slowdown"),
                         x,
-                        "must be a finite factor >= 1",
+                        format!("must be a finite factor in [1, {MAX_FACTOR}]"),
                         "give the compute-time multiple of the slow rank, e.g. 1.5",
                     ));
                 }
@@ -244,10 +254,24 @@ impl TrainingJob {
                 "drop policies, or include \"c4d\"",
             ));
         }
-        check::positive("workload.step_time_s", self.step_time_s)?;
-        check::non_negative("workload.checkpoint_cost_s", self.checkpoint_cost_s)?;
-        check::non_negative("workload.restart_cost_s", self.restart_cost_s)?;
+        check::positive_at_most("workload.step_time_s", self.step_time_s, MAX_STEP_S, CLOCK)?;
+        if self.step_time_s < MIN_STEP_S {
+            return Err(Error::invalid(
+                "workload.step_time_s",
+                self.step_time_s,
+                format!("must be at least {MIN_STEP_S:e} s (the detector's timestamps are in nanoseconds)"),
+                "give the seconds of one optimizer step",
+            ));
+        }
+        check::non_negative_at_most("workload.checkpoint_cost_s", self.checkpoint_cost_s, MAX_SECONDS, CLOCK)?;
+        check::non_negative_at_most("workload.restart_cost_s", self.restart_cost_s, MAX_SECONDS, CLOCK)?;
         check::at_least("workload.replications", u64::from(self.replications), 2)?;
+        check::at_most(
+            "workload.replications",
+            u64::from(self.replications),
+            MAX_REPLICATIONS,
+            "64 to 1,000 already give tight intervals",
+        )?;
         self.detection.validate_at("workload.detection")?;
         s.validate_at("workload.schedule", FaultSchedule::warmup_steps(&self.detection))
     }
@@ -324,13 +348,30 @@ impl DetectionSpec {
             ("c4d_hang_min_s", self.c4d_hang_min_s),
             ("c4d_localise_s", self.c4d_localise_s),
             ("c4d_isolate_s", self.c4d_isolate_s),
-            ("jitter_cv", self.jitter_cv),
         ] {
-            check::non_negative(&format!("{path}.{name}"), v)?;
+            check::non_negative_at_most(&format!("{path}.{name}"), v, MAX_SECONDS, CLOCK)?;
         }
-        check::positive(&format!("{path}.c4d_hang_steps"), self.c4d_hang_steps)?;
-        check::positive(&format!("{path}.c4d_slow_threshold"), self.c4d_slow_threshold)?;
-        check::at_least(&format!("{path}.c4d_window_steps"), u64::from(self.c4d_window_steps), 1)
+        check::in_range(&format!("{path}.jitter_cv"), self.jitter_cv, 0.0, 1.0)?;
+        let steps = "the detector replays every step it waits for";
+        check::positive_at_most(
+            &format!("{path}.c4d_hang_steps"),
+            self.c4d_hang_steps,
+            MAX_FACTOR,
+            steps,
+        )?;
+        check::positive_at_most(
+            &format!("{path}.c4d_slow_threshold"),
+            self.c4d_slow_threshold,
+            MAX_FACTOR,
+            "a lag of a thousand steps is a hang",
+        )?;
+        check::at_least(&format!("{path}.c4d_window_steps"), u64::from(self.c4d_window_steps), 1)?;
+        check::at_most(
+            &format!("{path}.c4d_window_steps"),
+            u64::from(self.c4d_window_steps),
+            MAX_FACTOR as u64,
+            steps,
+        )
     }
 }
 

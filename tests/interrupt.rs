@@ -1,0 +1,105 @@
+//! The first Ctrl-C (SIGINT) is honoured by the long subcommands: each stops at its next unit of work, keeps what
+//! it has, and exits 130. The binary is started, interrupted once it is well into its work, and its exit code and
+//! output are checked.
+#![cfg(unix)]
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-int-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts `trainlab ARGS`, waits `after`, sends one SIGINT, and waits (at most `limit`) for the exit.
+fn interrupt(args: &[&str], after: Duration, limit: Duration) -> (Output, Duration) {
+    let child: Child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn trainlab");
+    std::thread::sleep(after);
+    let sent = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{args:?}: still running {limit:?} after Ctrl-C"))
+        .expect("wait");
+    (out, sent.elapsed())
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).to_string()
+}
+
+#[test]
+fn execute_dcpt_keeps_finished_runs_on_ctrl_c() {
+    let out = tmpdir("dcpt");
+    let o = out.display().to_string();
+    // 3 sizes x 11 ratios of runs of 2M tokens (about a second each in the test profile): some finish before the
+    // interrupt, most do not.
+    let args = [
+        "execute-dcpt",
+        "--hidden",
+        "4,8,16",
+        "--ratios",
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1",
+        "--holdout",
+        "0.5",
+        "--pretrain-tokens",
+        "2000",
+        "--cpt-tokens",
+        "2000000",
+        "--evals",
+        "4",
+        "--out",
+        &o,
+    ];
+    let (r, took) = interrupt(&args, Duration::from_secs(6), Duration::from_secs(60));
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(30), "took {took:?} to stop");
+    let csv = std::fs::read_to_string(Path::new(&out).join("runs.csv")).expect("runs.csv written on interrupt");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(rows.len() < 33 * 4, "the grid was not interrupted: {} rows", rows.len());
+    // Only whole runs are kept: every (N, r) present has all 4 evaluation points.
+    let mut runs = std::collections::BTreeMap::new();
+    for row in &rows {
+        let cells: Vec<&str> = row.split(',').collect();
+        *runs.entry((cells[0].to_string(), cells[2].to_string())).or_insert(0) += 1;
+    }
+    assert!(runs.values().all(|&n| n == 4), "partial runs kept: {runs:?}");
+    assert!(err.contains("runs finished"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn fit_keeps_its_best_start_on_ctrl_c() {
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/runs.csv");
+    let out = tmpdir("fit");
+    let c = csv.display().to_string();
+    let o = out.display().to_string();
+    // 4,500 starts per loss and 2,000 bootstrap replicates: minutes of work, interrupted after 3 s.
+    let args = ["fit", "dcpt", &c, "--bootstrap", "2000", "--json", "--out", &o];
+    let (r, took) = interrupt(&args, Duration::from_secs(3), Duration::from_secs(60));
+    let err = text(&r.stderr);
+    assert!(took < Duration::from_secs(30), "took {took:?} to stop");
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    // Whatever was fitted is printed and written.
+    if out.join("fit.json").exists() {
+        let v: serde_json::Value = serde_json::from_slice(&r.stdout).expect("a JSON report on stdout");
+        assert!(!v["fits"].as_array().unwrap().is_empty());
+    }
+}
