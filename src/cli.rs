@@ -45,11 +45,11 @@ pub enum Command {
     /// List the workload kinds: backends, calibration, profiles read, embedded scenarios.
     Kinds(KindsArgs),
     /// Fit a scaling law (Chinchilla, D-CPT) to a CSV of runs, with bootstrap intervals.
-    Fit(crate::cmd::dcpt::FitArgs),
+    Fit(trainlab::dcpt::FitArgs),
     /// Plan a domain mixture ratio (D-CPT usages: trade-off, limited domain data, compute allocation).
-    PlanMixture(crate::cmd::dcpt::PlanArgs),
+    PlanMixture(trainlab::dcpt::PlanArgs),
     /// Run a grid of small continual-pretraining runs on this CPU and fit the D-CPT law to them.
-    ExecuteDcpt(crate::cmd::dcpt::ExecuteArgs),
+    ExecuteDcpt(trainlab::dcpt::ExecuteArgs),
     /// A real fault-injection training run (C4D): worker processes, ring all-reduce over loopback TCP, detection,
     /// localisation and restart from checkpoints.
     C4Run(crate::cmd::c4::C4RunArgs),
@@ -220,9 +220,9 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         Command::Calibrate(a) => crate::cmd::calibrate::run(&a, seed, &cancel),
         Command::Scenarios(a) => crate::cmd::scenarios::scenarios(&a),
         Command::Kinds(a) => crate::cmd::scenarios::kinds(&a),
-        Command::Fit(a) => crate::cmd::dcpt::fit(&a, &cancel),
-        Command::PlanMixture(a) => crate::cmd::dcpt::plan_mixture(&a, &cancel),
-        Command::ExecuteDcpt(a) => crate::cmd::dcpt::execute(&a, &cancel),
+        Command::Fit(a) => trainlab::dcpt::fit(&a, &cancel),
+        Command::PlanMixture(a) => trainlab::dcpt::plan_mixture(&a, &cancel),
+        Command::ExecuteDcpt(a) => trainlab::dcpt::execute(&a, &cancel),
         Command::C4Run(a) => crate::cmd::c4::run(a, seed, cancel),
         Command::Moe(a) => {
             let s = trainlab_core::Seed(seed.unwrap_or(1000));

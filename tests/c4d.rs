@@ -93,14 +93,12 @@ fn slow_detection_rate() {
         slowdowns.extend(x.measured_slowdown);
     }
     let detected = latencies.len();
-    latencies.sort_by(f64::total_cmp);
-    slowdowns.sort_by(f64::total_cmp);
     eprintln!(
         "slow 1.5x: {detected}/{n} detected and localised; median latency {:.2} s; measured slowdown median {:.2} \
          (min {:.2}); false alarms {}",
-        latencies.get(latencies.len() / 2).copied().unwrap_or(f64::NAN),
-        slowdowns.get(slowdowns.len() / 2).copied().unwrap_or(f64::NAN),
-        slowdowns.first().copied().unwrap_or(f64::NAN),
+        trainlab_core::stats::median(&latencies),
+        trainlab_core::stats::median(&slowdowns),
+        slowdowns.iter().copied().fold(f64::NAN, f64::min),
         r.false_alarms
     );
     assert_eq!(

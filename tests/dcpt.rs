@@ -1,9 +1,7 @@
 //! D-CPT workflow end to end: real small CPT runs (trainlab-executors::lm) -> CSV -> approach-3 fit of the D-CPT law
-//! (trainlab-models) -> held-out ratios -> planner. The CLI module is compiled in here directly (`src/cmd/dcpt.rs`),
-//! so the subcommands' run functions are exercised without spawning the binary.
-#[path = "../src/cmd/dcpt.rs"]
-#[allow(dead_code)]
-mod dcpt;
+//! (trainlab-models) -> held-out ratios -> planner, through the library's subcommand functions (`trainlab::dcpt`),
+//! without spawning the binary.
+use trainlab::dcpt;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -602,9 +602,9 @@ fn missed(f: ScheduledFault, compute_samples: &[(u64, usize, f64)]) -> FaultReco
     }
 }
 
+/// The median (`trainlab_core::stats`), `None` for no samples.
 fn median(v: &mut [f64]) -> Option<f64> {
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| v[v.len() / 2])
+    (!v.is_empty()).then(|| trainlab_core::stats::median_mut(v))
 }
 
 /// The slowdown a slow injection really produced: per step, the faulty rank's compute time over the median of the

@@ -22,7 +22,8 @@ use rand::RngExt;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use trainlab_core::{Error, Result, Seed};
+use trainlab_core::workloads::cpt::{CptOutcome, CptRun};
+use trainlab_core::{Backend, Error, Fidelity, Result, RunCtx, Seed};
 
 /// `C = A·B` (row-major `C`, strided `A` and `B` views) on the crate's one CPU GEMM, f64, serial.
 fn mm(m: usize, n: usize, k: usize, a: MatRef<'_, f64>, b: MatRef<'_, f64>, c: &mut [f64]) {
@@ -885,5 +886,64 @@ mod tests {
                 "a kept row differs from the uninterrupted run: {row:?}"
             );
         }
+    }
+}
+
+/// The grid of one [`CptRun`]: its size, its ratio, its setup, one evaluation at the end of CPT.
+pub fn grid_of(w: &CptRun, seed: Seed) -> GridConfig {
+    let s = &w.setup;
+    GridConfig {
+        hidden: vec![w.hidden as usize],
+        ratios: vec![w.domain_ratio],
+        vocab: s.vocab as usize,
+        context: s.context as usize,
+        embed: s.embed as usize,
+        batch: s.batch as usize,
+        lr: s.lr,
+        weight_decay: s.weight_decay,
+        pretrain_tokens: s.pretrain_tokens,
+        cpt_tokens: w.cpt_tokens,
+        evals: 1,
+        val_examples: s.val_examples as usize,
+        zipf: s.zipf,
+        overlap: s.overlap,
+        seed,
+    }
+}
+
+/// A real CPT run of a [`CptRun`] (pretraining of the base model, then CPT, then both validation losses) on the CPU
+/// or the first CUDA GPU: the measured backend of the `cpt_run` kind.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CptExec {
+    /// The device that trains.
+    pub device: LmBackend,
+}
+
+impl Backend<CptRun> for CptExec {
+    fn name(&self) -> &str {
+        match self.device {
+            LmBackend::Cpu => "cpu",
+            LmBackend::Cuda => "cuda",
+        }
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Measured
+    }
+    fn available(&self) -> std::result::Result<(), String> {
+        match self.device {
+            LmBackend::Cpu => Ok(()),
+            LmBackend::Cuda => crate::cuda::gpu_unavailable_reason().map_or(Ok(()), Err),
+        }
+    }
+    fn run(&mut self, w: &CptRun, ctx: &mut RunCtx) -> Result<CptOutcome> {
+        let g = run_grid_on(&grid_of(w, ctx.seed), self.device, &|_, _, _| {}, &ctx.cancel)?;
+        let Some(last) = g.rows.last() else {
+            return Err(Error::Interrupted);
+        };
+        Ok(CptOutcome {
+            general_loss: (last.general_loss, None),
+            domain_loss: (last.domain_loss, None),
+            params: last.n,
+        })
     }
 }

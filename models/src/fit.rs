@@ -760,18 +760,8 @@ pub struct Ci {
     pub hi: f64,
 }
 
-/// The `q`-quantile of `v` (linear interpolation, NaNs dropped).
-pub fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(|a, b| a.total_cmp(b));
-    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
-    let i = pos.floor() as usize;
-    let j = (i + 1).min(s.len() - 1);
-    s[i] + (s[j] - s[i]) * (pos - i as f64)
-}
+/// The `q`-quantile of a sample (type 7, NaNs dropped): the one in `trainlab_core::stats`.
+pub use trainlab_core::stats::quantile;
 
 impl Bootstrap {
     /// Percentile interval at `level` (e.g. 0.9) of an arbitrary statistic of the parameters.

@@ -1,10 +1,9 @@
 //! The subcommands: generic ones over the kind table (`run`, `compare`, `plan`, `merge`, `calibrate`, `scenarios`,
-//! `kinds`) and the experiments owned by one workload (`fit`, `plan-mixture`, `execute-dcpt`, `c4-run`,
-//! `moe quality`).
+//! `kinds`) and the experiments owned by one workload (`c4-run`, `moe quality`; the D-CPT commands `fit`,
+//! `plan-mixture` and `execute-dcpt` are the library's [`trainlab::dcpt`]).
 pub mod answer;
 pub mod c4;
 pub mod calibrate;
-pub mod dcpt;
 pub mod moe;
 pub mod plan;
 pub mod scenarios;

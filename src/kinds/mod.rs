@@ -20,6 +20,7 @@ use trainlab_core::{Backend, Error, Fidelity, Metric, Param, Record, RunCtx, Uni
 use trainlab_datasets::scenario::Scenario;
 
 pub mod collective;
+pub mod cpt;
 pub mod dense;
 pub mod micro;
 pub mod moe;
@@ -36,6 +37,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &queue::KIND,
     &moe::KIND,
     &training_job::KIND,
+    &cpt::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.

@@ -1,6 +1,7 @@
 //! Concrete workload kinds. Each is a serialisable description plus its outcome; backends for it live in the crate
 //! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
 pub mod collective;
+pub mod cpt;
 pub mod dense;
 pub mod gemm;
 pub mod micro;
@@ -9,6 +10,7 @@ pub mod queue;
 pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
+pub use cpt::{CptOutcome, CptRun, CptSetup};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};

@@ -18,9 +18,13 @@ use trainlab_core::workloads::training_job::{InjectedKind, ScheduledFaultSpec, T
 use trainlab_core::{Error, Unit};
 use trainlab_models::faultline::{self, FaultTiming, Fitted};
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+/// The median (`trainlab_core::stats`), 0 for no samples.
+fn median(v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        trainlab_core::stats::median(&v)
+    }
 }
 
 /// Fits the fault-handling timing from one or more measured runs, each with the configuration it ran with.
