@@ -335,3 +335,42 @@ fn calibrated_cpt_law_predicts_a_run_outside_its_grid() {
         assert!(e < 0.05, "{metric}: law {law} vs measured {cpu}");
     }
 }
+
+#[test]
+fn recorded_cpt_profile_reproduces_its_held_out_table() {
+    use trainlab_core::Backend;
+    use trainlab_models::cpt::{CptLaw, CptLawParams};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/cpt-cpu/profile-cpt_run-cpu.toml");
+    let profiles = Profiles::load(&path).unwrap();
+    let p = profiles
+        .get_one::<CptLawParams>("cpt_run", |_| true)
+        .unwrap()
+        .expect("the committed cpt_run profile");
+    assert!(p.held_out.len() >= 8, "{:?}", p.held_out);
+    let mut law = CptLaw {
+        fitted: Some(p.params.clone()),
+    };
+    let mut worst = 0.0f64;
+    for h in &p.held_out {
+        // Cases read "H=8 r=0.3 [held-out]": the final point (all CPT tokens) of that run.
+        let mut it = h.case.split_whitespace();
+        let hidden: u64 = it.next().unwrap().trim_start_matches("H=").parse().unwrap();
+        let ratio: f64 = it.next().unwrap().trim_start_matches("r=").parse().unwrap();
+        let w = trainlab::kinds::cpt::default_run(hidden, ratio, p.params.fitted_tokens.1);
+        let o = law.run(&w, &mut RunCtx::new(Seed(1))).unwrap();
+        let predicted = if h.metric == "general_loss" {
+            o.general_loss.0
+        } else {
+            o.domain_loss.0
+        };
+        assert!(
+            (predicted - h.calibrated).abs() < 1e-9,
+            "{}: {predicted} vs {}",
+            h.case,
+            h.calibrated
+        );
+        worst = worst.max((predicted - h.measured).abs() / h.measured);
+    }
+    println!("committed cpt_run profile: worst held-out error {:.2}%", 100.0 * worst);
+    assert!(worst < 0.02, "worst held-out error {worst}");
+}
