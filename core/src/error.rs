@@ -162,6 +162,10 @@ pub mod check {
     /// `value` must be finite, > 0 and at most `max`; `why` says what the limit protects.
     pub fn positive_at_most(field: &str, value: f64, max: f64, why: &str) -> Result<(), Error> {
         positive(field, value)?;
+        float_at_most(field, value, max, why)
+    }
+
+    fn float_at_most(field: &str, value: f64, max: f64, why: &str) -> Result<(), Error> {
         if value <= max {
             Ok(())
         } else {
@@ -177,16 +181,7 @@ pub mod check {
     /// `value` must be finite, >= 0 and at most `max`; `why` says what the limit protects.
     pub fn non_negative_at_most(field: &str, value: f64, max: f64, why: &str) -> Result<(), Error> {
         non_negative(field, value)?;
-        if value <= max {
-            Ok(())
-        } else {
-            Err(Error::invalid(
-                field,
-                value,
-                format!("must be at most {max:e} ({why})"),
-                format!("use a value of at most {max:e}"),
-            ))
-        }
+        float_at_most(field, value, max, why)
     }
 
     /// Integer count that must be at least `min`.

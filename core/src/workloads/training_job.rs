@@ -463,6 +463,22 @@ const MAX_REPLICATIONS: u64 = 1_000_000;
 const MAX_SCHEDULED_STEPS: u64 = 10_000_000;
 const CLOCK: &str = "keeps the simulator's nanosecond clock in range";
 
+impl TrainingJob {
+    /// `step_time_s` in [`MIN_STEP_S`, `MAX_STEP_S`] (rate-based and scheduled jobs alike).
+    fn check_step_time(&self) -> Result<(), Error> {
+        check::positive_at_most("workload.step_time_s", self.step_time_s, MAX_STEP_S, CLOCK)?;
+        if self.step_time_s < MIN_STEP_S {
+            return Err(Error::invalid(
+                "workload.step_time_s",
+                self.step_time_s,
+                format!("must be at least {MIN_STEP_S:e} s (the detector's timestamps are in nanoseconds)"),
+                "give the seconds of one optimizer step",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Workload for TrainingJob {
     type Outcome = TrainingJobOutcome;
     const KIND: &'static str = "training_job";
@@ -480,15 +496,7 @@ impl Workload for TrainingJob {
             MAX_GPUS,
             "far beyond any node",
         )?;
-        check::positive_at_most("workload.step_time_s", self.step_time_s, MAX_STEP_S, clock)?;
-        if self.step_time_s < MIN_STEP_S {
-            return Err(Error::invalid(
-                "workload.step_time_s",
-                self.step_time_s,
-                format!("must be at least {MIN_STEP_S:e} s (the detector's timestamps are in nanoseconds)"),
-                "give the seconds of one optimizer step",
-            ));
-        }
+        self.check_step_time()?;
         check::positive_at_most("workload.horizon_days", self.horizon_days, MAX_HORIZON_DAYS, clock)?;
         match self.checkpoint_interval {
             CheckpointInterval::Seconds(s) => {

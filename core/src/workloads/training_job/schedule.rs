@@ -23,7 +23,7 @@
 //! counterpart on a small machine).
 use super::{
     CLOCK, CheckpointInterval, DetectionSpec, Estimate, MAX_FACTOR, MAX_GPUS, MAX_REPLICATIONS, MAX_SCHEDULED_STEPS,
-    MAX_SECONDS, MAX_STEP_S, MIN_STEP_S, Policy, TrainingJob,
+    MAX_SECONDS, Policy, TrainingJob,
 };
 use crate::error::check;
 use crate::{Error, Metric, Unit};
@@ -254,15 +254,7 @@ impl TrainingJob {
                 "drop policies, or include \"c4d\"",
             ));
         }
-        check::positive_at_most("workload.step_time_s", self.step_time_s, MAX_STEP_S, CLOCK)?;
-        if self.step_time_s < MIN_STEP_S {
-            return Err(Error::invalid(
-                "workload.step_time_s",
-                self.step_time_s,
-                format!("must be at least {MIN_STEP_S:e} s (the detector's timestamps are in nanoseconds)"),
-                "give the seconds of one optimizer step",
-            ));
-        }
+        self.check_step_time()?;
         check::non_negative_at_most("workload.checkpoint_cost_s", self.checkpoint_cost_s, MAX_SECONDS, CLOCK)?;
         check::non_negative_at_most("workload.restart_cost_s", self.restart_cost_s, MAX_SECONDS, CLOCK)?;
         check::at_least("workload.replications", u64::from(self.replications), 2)?;
