@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod distill;
 pub mod faultrun;
 pub mod gpu;
 pub mod lm;

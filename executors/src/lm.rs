@@ -107,7 +107,7 @@ impl Model {
         }
     }
 
-    fn zeros(shape: Shape) -> Self {
+    pub(crate) fn zeros(shape: Shape) -> Self {
         let (v, c, e, h) = (shape.vocab, shape.context, shape.embed, shape.hidden);
         Model {
             emb: vec![0.0; v * e],
@@ -134,11 +134,25 @@ impl Model {
     /// Mean cross-entropy (nats) on examples `(contexts, targets)`; `contexts` holds `c` tokens per example. When
     /// `grads` is given, the gradient of that mean is written into it.
     pub fn loss(&self, ctx: &[u32], tgt: &[u32], grads: Option<&mut Grads>) -> f64 {
+        self.loss_kd(ctx, tgt, None, grads)
+    }
+
+    /// The temperature-`tau` softmax of the logits of each example (row-major `[B, V]`): a teacher's soft targets.
+    pub fn soft_targets(&self, ctx: &[u32], tau: f64) -> Vec<f64> {
+        let b = ctx.len() / self.shape.context.max(1);
+        let (_, _, mut lg) = self.forward(ctx, b);
+        let v = self.shape.vocab;
+        for row in lg.chunks_mut(v) {
+            softmax_in_place(row, tau);
+        }
+        lg
+    }
+
+    /// The hidden activations and logits (bias included) of `b` examples: `(X [B, cE], A [B, H], logits [B, V])`.
+    fn forward(&self, ctx: &[u32], b: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         let s = self.shape;
         let (v, c, e, h) = (s.vocab, s.context, s.embed, s.hidden);
-        let b = tgt.len();
         let ce = c * e;
-        // X [B, cE]
         let mut x = vec![0.0; b * ce];
         for i in 0..b {
             for j in 0..c {
@@ -157,14 +171,44 @@ impl Model {
         // logits = A W2 + b2
         let mut lg = vec![0.0; b * v];
         mm(b, v, h, rm(&a, h), rm(&self.w2, v), &mut lg);
-        let mut total = 0.0;
-        for i in 0..b {
-            let row = &mut lg[i * v..(i + 1) * v];
-            let mut m = f64::NEG_INFINITY;
+        for row in lg.chunks_mut(v) {
             for (z, bb) in row.iter_mut().zip(&self.b2) {
                 *z += bb;
-                m = m.max(*z);
             }
+        }
+        (x, a, lg)
+    }
+
+    /// Mean of `CE + γ·τ²·KL(teacher_τ ‖ student_τ)` over the examples (the distillation loss of Hinton et al. 2015 as
+    /// DDK uses it), or the plain mean CE when `kd` is `None`; its gradient into `grads` when given. `kd.soft` holds
+    /// the teacher's temperature-τ probabilities of each example ([`Model::soft_targets`]).
+    pub fn loss_kd(&self, ctx: &[u32], tgt: &[u32], kd: Option<Kd<'_>>, grads: Option<&mut Grads>) -> f64 {
+        let s = self.shape;
+        let (v, c, e, h) = (s.vocab, s.context, s.embed, s.hidden);
+        let b = tgt.len();
+        let ce = c * e;
+        let (x, a, mut lg) = self.forward(ctx, b);
+        let mut total = 0.0;
+        let mut soft = vec![0.0; if kd.is_some() { v } else { 0 }];
+        for i in 0..b {
+            let row = &mut lg[i * v..(i + 1) * v];
+            if let Some(k) = &kd {
+                // The student's tempered distribution, the KL term and its gradient γ·τ·(p_S,τ − p_T,τ).
+                soft.copy_from_slice(row);
+                softmax_in_place(&mut soft, k.tau);
+                let q = &k.soft[i * v..(i + 1) * v];
+                let kl: f64 = q
+                    .iter()
+                    .zip(&soft)
+                    .filter(|(qt, _)| **qt > 0.0)
+                    .map(|(qt, ps)| qt * (qt.ln() - ps.max(1e-300).ln()))
+                    .sum();
+                total += k.gamma * k.tau * k.tau * kl;
+                for (sv, qt) in soft.iter_mut().zip(q) {
+                    *sv = k.gamma * k.tau * (*sv - qt) / b as f64;
+                }
+            }
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let mut sum = 0.0;
             for z in row.iter_mut() {
                 *z = (*z - m).exp();
@@ -172,11 +216,16 @@ impl Model {
             }
             let t = tgt[i] as usize;
             total += -(row[t] / sum).ln();
-            // row becomes dlogits = (softmax - onehot) / B
+            // row becomes dlogits = (softmax - onehot) / B (+ the KL term's gradient)
             for z in row.iter_mut() {
                 *z /= sum * b as f64;
             }
             row[t] -= 1.0 / b as f64;
+            if kd.is_some() {
+                for (z, g) in row.iter_mut().zip(&soft) {
+                    *z += g;
+                }
+            }
         }
         let Some(g) = grads else {
             return total / b as f64;
@@ -215,6 +264,30 @@ impl Model {
             }
         }
         total / b as f64
+    }
+}
+
+/// The distillation term of [`Model::loss_kd`].
+#[derive(Debug, Clone, Copy)]
+pub struct Kd<'a> {
+    /// The teacher's temperature-τ probabilities, `[B, V]`.
+    pub soft: &'a [f64],
+    /// Weight γ of the KL term.
+    pub gamma: f64,
+    /// Temperature τ.
+    pub tau: f64,
+}
+
+/// `row` ← softmax(`row` / `tau`).
+fn softmax_in_place(row: &mut [f64], tau: f64) {
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut sum = 0.0;
+    for z in row.iter_mut() {
+        *z = ((*z - m) / tau).exp();
+        sum += *z;
+    }
+    for z in row.iter_mut() {
+        *z /= sum;
     }
 }
 
@@ -284,8 +357,8 @@ impl AdamW {
 #[derive(Debug, Clone)]
 pub struct Corpus {
     vocab: usize,
-    /// Cumulative next-token distributions per context, `[2][V·V][V]`.
-    cdf: [Vec<f64>; 2],
+    /// Cumulative next-token distributions per source and context, `[sources][V·V][V]`.
+    cdf: Vec<Vec<f64>>,
 }
 
 /// Which source.
@@ -307,15 +380,8 @@ impl Corpus {
         let z: f64 = weights.iter().sum();
         let mut rng_g = seed.derive("corpus.general").rng();
         let mut rng_d = seed.derive("corpus.domain").rng();
-        let perm = |rng: &mut trainlab_core::seed::Rng| -> Vec<usize> {
-            let mut p: Vec<usize> = (0..vocab).collect();
-            for i in (1..vocab).rev() {
-                let j = rng.random_range(0..=i);
-                p.swap(i, j);
-            }
-            p
-        };
-        let mut cdf = [vec![0.0; vocab * vocab * vocab], vec![0.0; vocab * vocab * vocab]];
+        let perm = |rng: &mut trainlab_core::seed::Rng| permutation(vocab, rng);
+        let mut cdf = vec![vec![0.0; vocab * vocab * vocab]; 2];
         for ctx in 0..vocab * vocab {
             let pg = perm(&mut rng_g);
             let pd = perm(&mut rng_d);
@@ -337,11 +403,61 @@ impl Corpus {
         Ok(Corpus { vocab, cdf })
     }
 
+    /// `zipf.len()` domain sources (DDK's multi-domain corpus): domain `i`'s next-token law in every context is
+    /// `overlap·Zipf(s_i)∘π_common + (1 − overlap)·Zipf(s_i)∘π_i`, a law shared by all domains (what transfers between
+    /// them) mixed with the domain's own, at the domain's own Zipf exponent (its entropy). Source `i` is
+    /// [`Stream::of`]`(i, ..)`.
+    pub fn multi(vocab: usize, zipf: &[f64], overlap: f64, seed: Seed) -> Result<Self> {
+        trainlab_core::error::check::in_range("corpus.overlap", overlap, 0.0, 1.0)?;
+        trainlab_core::error::check::at_least("corpus.vocab", vocab as u64, 2)?;
+        let mut rng_c = seed.derive("corpus.common").rng();
+        let mut rngs: Vec<_> = (0..zipf.len())
+            .map(|i| seed.derive("corpus.domain").index(i as u64).rng())
+            .collect();
+        let weights: Vec<Vec<f64>> = zipf
+            .iter()
+            .map(|s| {
+                let w: Vec<f64> = (1..=vocab).map(|k| (k as f64).powf(-s)).collect();
+                let z: f64 = w.iter().sum();
+                w.iter().map(|x| x / z).collect()
+            })
+            .collect();
+        let mut cdf = vec![vec![0.0; vocab * vocab * vocab]; zipf.len()];
+        let mut probs = vec![0.0; vocab];
+        for ctx in 0..vocab * vocab {
+            let pc = permutation(vocab, &mut rng_c);
+            for (i, rng) in rngs.iter_mut().enumerate() {
+                let own = permutation(vocab, rng);
+                probs.iter_mut().for_each(|p| *p = 0.0);
+                for rank in 0..vocab {
+                    probs[pc[rank]] += overlap * weights[i][rank];
+                    probs[own[rank]] += (1.0 - overlap) * weights[i][rank];
+                }
+                let mut acc = 0.0;
+                for t in 0..vocab {
+                    acc += probs[t];
+                    cdf[i][ctx * vocab + t] = acc;
+                }
+            }
+        }
+        Ok(Corpus { vocab, cdf })
+    }
+
+    /// Number of sources.
+    pub fn sources(&self) -> usize {
+        self.cdf.len()
+    }
+
     /// Entropy rate bound: the average next-token entropy over contexts (nats), a floor for any model's loss
     /// (exact when contexts are visited uniformly; the stationary weighting differs slightly).
     pub fn context_entropy(&self, src: Source) -> f64 {
+        self.source_entropy(src as usize)
+    }
+
+    /// [`Corpus::context_entropy`] of source `i`.
+    pub fn source_entropy(&self, i: usize) -> f64 {
         let v = self.vocab;
-        let cdf = &self.cdf[src as usize];
+        let cdf = &self.cdf[i];
         let mut h = 0.0;
         for ctx in 0..v * v {
             let mut prev = 0.0;
@@ -356,17 +472,27 @@ impl Corpus {
         h / (v * v) as f64
     }
 
-    fn next(&self, src: Source, a: u32, b: u32, u: f64) -> u32 {
+    fn next(&self, src: usize, a: u32, b: u32, u: f64) -> u32 {
         let v = self.vocab;
-        let row = &self.cdf[src as usize][(a as usize * v + b as usize) * v..][..v];
+        let row = &self.cdf[src][(a as usize * v + b as usize) * v..][..v];
         row.partition_point(|c| *c < u).min(v - 1) as u32
     }
+}
+
+/// A seeded Fisher–Yates permutation of `0..n`.
+fn permutation(n: usize, rng: &mut trainlab_core::seed::Rng) -> Vec<usize> {
+    let mut p: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = rng.random_range(0..=i);
+        p.swap(i, j);
+    }
+    p
 }
 
 /// A token stream from one source: yields (context, next) examples from a running sequence.
 #[derive(Debug, Clone)]
 pub struct Stream {
-    src: Source,
+    src: usize,
     last: [u32; 2],
     rng: trainlab_core::seed::Rng,
 }
@@ -374,8 +500,12 @@ pub struct Stream {
 impl Stream {
     /// A stream seeded by `seed`.
     pub fn new(src: Source, seed: Seed) -> Self {
+        Self::of(src as usize, seed)
+    }
+    /// A stream of source `i` of a [`Corpus::multi`] corpus, seeded by `seed`.
+    pub fn of(i: usize, seed: Seed) -> Self {
         Stream {
-            src,
+            src: i,
             last: [0, 1],
             rng: seed.rng(),
         }

@@ -5,6 +5,7 @@
 pub mod calibrate;
 pub mod collectives;
 pub mod cpt;
+pub mod distill;
 pub mod dense;
 pub mod faultline;
 pub mod fit;

@@ -22,6 +22,7 @@ use trainlab_datasets::scenario::Scenario;
 pub mod collective;
 pub mod cpt;
 pub mod dense;
+pub mod distill;
 pub mod micro;
 pub mod moe;
 pub mod queue;
@@ -38,6 +39,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &moe::KIND,
     &training_job::KIND,
     &cpt::KIND,
+    &distill::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.

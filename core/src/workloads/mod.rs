@@ -2,6 +2,7 @@
 //! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
 pub mod collective;
 pub mod cpt;
+pub mod distill;
 pub mod dense;
 pub mod gemm;
 pub mod micro;
@@ -11,6 +12,7 @@ pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use cpt::{CptOutcome, CptRun, CptSetup};
+pub use distill::{DistillOutcome, Distillation};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
