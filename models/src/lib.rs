@@ -5,6 +5,7 @@
 pub mod calibrate;
 pub mod collectives;
 pub mod dense;
+pub mod fabric;
 pub mod faultline;
 pub mod fit;
 pub mod hardware;

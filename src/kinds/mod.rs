@@ -21,6 +21,7 @@ use trainlab_datasets::scenario::Scenario;
 
 pub mod collective;
 pub mod dense;
+pub mod fabric;
 pub mod micro;
 pub mod moe;
 pub mod queue;
@@ -36,6 +37,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &queue::KIND,
     &moe::KIND,
     &training_job::KIND,
+    &fabric::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.

@@ -2,6 +2,7 @@
 //! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
 pub mod collective;
 pub mod dense;
+pub mod fabric;
 pub mod gemm;
 pub mod micro;
 pub mod moe;
@@ -10,6 +11,7 @@ pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+pub use fabric::{Fabric, FabricJob, FabricOp, FabricOutcome, JobOutcome};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 pub use moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel, Routing};
