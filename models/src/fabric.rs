@@ -104,6 +104,7 @@ pub fn max_load_cdf(f: u64, u: u64) -> Vec<f64> {
     let exact = f.saturating_mul(u) <= EXACT_LIMIT;
     let mut out = Vec::with_capacity(f as usize + 1);
     let mut done = false;
+    let mut prev = 0.0;
     for m in 0..=f {
         let p = if done {
             1.0
@@ -112,9 +113,11 @@ pub fn max_load_cdf(f: u64, u: u64) -> Vec<f64> {
         } else {
             p_max_at_most_approx(f, u, m)
         };
-        if p >= 1.0 - 1e-15 {
+        // Stop once the distribution has converged (rounding keeps a sum of exponentials a hair below 1).
+        if p >= 1.0 - 1e-12 || (p > 0.5 && p - prev < 1e-15) {
             done = true;
         }
+        prev = p;
         out.push(p);
     }
     out
