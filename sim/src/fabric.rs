@@ -7,7 +7,9 @@
 //! in `include/rdma/ib_verbs.h`). QP numbers are allocated in sequence from a random 24-bit base per NIC
 //! (`seed.derive("qpn")`). Under `ecmp` the bonded NIC (for its port) and every switch on the way pick a next hop
 //! among the surviving ones that still reach the destination: CRC-32 (IEEE 802.3) of the 5-tuple, started from the
-//! switch's own seed (`seed.derive("ecmp").index(switch)`), modulo the number of candidates. Under `planned`
+//! switch's own seed (`seed.derive("ecmp").index(switch)`) and passed through a seeded non-linear finaliser
+//! ([`ecmp_hash`]: without it every switch would split the same flows the same way), modulo the number of
+//! candidates. Under `planned`
 //! (C4P-style) each connection, in order, takes the path whose most loaded link has the fewest flows already placed
 //! (ties to the lowest index), the NIC ports chosen the same way, so bonded ports are balanced; a failed link is
 //! simply absent, so the planner re-plans and ECMP re-hashes over the survivors.
@@ -69,6 +71,18 @@ pub fn crc32(seed: u32, bytes: &[u8]) -> u32 {
         c = CRC_TABLE[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
     }
     !c
+}
+
+/// A switch's ECMP hash of `tuple`: CRC-32 of the 5-tuple started from the switch's seed, then mixed with the seed
+/// through a non-linear finaliser (SplitMix64's). A bare CRC is affine in its input and seed, so two switches that
+/// differ only in the seed would make the same split of the same flows (hash polarization); ASICs avoid that by
+/// offering several hash functions and per-switch seeds, which the finaliser stands in for.
+pub fn ecmp_hash(switch_seed: u64, tuple: &FiveTuple) -> u64 {
+    let mut z = (crc32(switch_seed as u32, &tuple.bytes()) as u64) ^ switch_seed;
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A flow's 5-tuple (UDP, RoCEv2).
@@ -379,10 +393,7 @@ fn no_route(c: &Conn) -> Error {
 impl Router {
     fn pick(&self, net: &Net, at: SwitchRef, cands: &[(u32, u32)], tuple: &FiveTuple) -> usize {
         match self {
-            Router::Ecmp(seed) => {
-                let s = seed.index(switch_id(net, at)).0 as u32;
-                (crc32(s, &tuple.bytes()) % cands.len() as u32) as usize
-            }
+            Router::Ecmp(seed) => (ecmp_hash(seed.index(switch_id(net, at)).0, tuple) % cands.len() as u64) as usize,
             Router::Planned(_) => 0,
         }
     }
