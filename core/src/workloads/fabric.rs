@@ -803,7 +803,7 @@ impl Workload for Fabric {
         for (i, f) in failed.iter().enumerate() {
             if failed[..i].contains(f) {
                 return Err(Error::invalid(
-                    format!("workload.failed_links[{i}]"),
+                    format!("workload.failed_links[{i}].index"),
                     format!("{} - {}", self.failed_links[i].a, self.failed_links[i].b),
                     "this link is listed twice",
                     "list every failed link once",
