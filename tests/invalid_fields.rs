@@ -1,5 +1,5 @@
 //! Validation property test (issue 9, item 7): in a valid scenario of each of `gemm`, `dense_training`,
-//! `moe_layer` and `training_job`, every numeric field of the `[workload]` table (walked recursively through nested
+//! `moe_layer`, `training_job` and `fabric`, every numeric field of the `[workload]` table (walked recursively through nested
 //! tables and arrays of tables) is set in turn to 0, negative values, NaN, ±inf and 2^63 (as a float, and as the
 //! largest TOML integer `i64::MAX`, since 2^63 itself overflows TOML's i64). Each mutated scenario must either be
 //! rejected with an [`Error::Invalid`] whose field path names the mutated field, or be accepted and then answered by
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use trainlab_core::workloads::moe::MoeLayer;
-use trainlab_core::workloads::{DenseTraining, Gemm, TrainingJob};
+use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, TrainingJob};
 use trainlab_core::{Backend, Error, Outcome, RunCtx, Seed, Workload};
 use trainlab_datasets::scenario::{EMBEDDED, Scenario, parse};
 
@@ -130,6 +130,7 @@ fn scenarios() -> Vec<(String, Scenario)> {
             variant("moe-switch-capacity", "balance_loss = 0.01"),
         ),
         ("c4-production".into(), variant("c4-production", "")),
+        ("c4p-link-failure".into(), variant("c4p-link-failure", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -239,6 +240,13 @@ fn job_backends() -> Vec<Box<dyn Backend<TrainingJob>>> {
     ]
 }
 
+fn fabric_backends() -> Vec<Box<dyn Backend<Fabric>>> {
+    vec![
+        Box::new(trainlab_models::fabric::FabricAnalytical),
+        Box::new(trainlab_sim::fabric::FabricSim { replications: 1 }),
+    ]
+}
+
 /// What happened to a case that holds the property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -278,6 +286,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         DenseTraining::KIND => check_typed::<DenseTraining>(sc, field, dense_backends),
         MoeLayer::KIND => check_typed::<MoeLayer>(sc, field, moe_backends),
         TrainingJob::KIND => check_typed::<TrainingJob>(sc, field, job_backends),
+        Fabric::KIND => check_typed::<Fabric>(sc, field, fabric_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }

@@ -7,6 +7,7 @@ pub mod collectives;
 pub mod cpt;
 pub mod distill;
 pub mod dense;
+pub mod fabric;
 pub mod faultline;
 pub mod fit;
 pub mod hardware;

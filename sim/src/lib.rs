@@ -3,6 +3,7 @@
 
 pub mod dense;
 pub mod engine;
+pub mod fabric;
 pub mod failures;
 pub mod moe;
 pub mod pipeline;

@@ -23,6 +23,7 @@ pub mod collective;
 pub mod cpt;
 pub mod dense;
 pub mod distill;
+pub mod fabric;
 pub mod micro;
 pub mod moe;
 pub mod queue;
@@ -38,6 +39,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &queue::KIND,
     &moe::KIND,
     &training_job::KIND,
+    &fabric::KIND,
     &cpt::KIND,
     &distill::KIND,
 ];

@@ -4,6 +4,7 @@ pub mod collective;
 pub mod cpt;
 pub mod distill;
 pub mod dense;
+pub mod fabric;
 pub mod gemm;
 pub mod micro;
 pub mod moe;
@@ -14,6 +15,7 @@ pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome
 pub use cpt::{CptOutcome, CptRun, CptSetup};
 pub use distill::{DistillOutcome, Distillation};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+pub use fabric::{Fabric, FabricJob, FabricOp, FabricOutcome, JobOutcome};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 pub use moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel, Routing};

@@ -1,0 +1,98 @@
+//! End-to-end tests of the `fabric` kind through the binary: bad input exits 2 naming the field, the C4P scenarios
+//! run and compare.
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainlab"))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn base() -> String {
+    std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/c4p-link-failure.toml")).unwrap()
+}
+
+/// Writes `text` to a temporary scenario file.
+fn scenario(tag: &str, text: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-fabric-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join("s.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn bad_fabric_input_exits_2_with_the_field_path() {
+    let b = base();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "nowhere",
+            b.replacen("b = \"spine0\"\nindex = 0", "b = \"core9\"\nindex = 0", 1),
+            "workload.failed_links[0].b",
+        ),
+        (
+            "no-node",
+            b.replacen("a = \"leaf7\"", "a = \"leaf99\"", 1),
+            "workload.failed_links[0].a",
+        ),
+        (
+            "zero-gbps",
+            b.replace("link_gbps = 200.0", "link_gbps = 0.0"),
+            "workload.topology.link_gbps",
+        ),
+        (
+            "negative-gbps",
+            b.replace("link_gbps = 200.0", "link_gbps = -200.0"),
+            "workload.topology.link_gbps",
+        ),
+        (
+            "too-many-ranks",
+            b.replace(
+                "placement = { first = 0, count = 64 }",
+                "placement = { first = 100, count = 64 }",
+            ),
+            "workload.jobs[0].placement.count",
+        ),
+        (
+            "routing",
+            b.replace("routing = \"ecmp\"", "routing = \"random\""),
+            "workload.routing",
+        ),
+        (
+            "unknown-field",
+            b.replace("ports_per_nic = 2", "ports_per_nic = 2\nbonding = true"),
+            "bonding",
+        ),
+    ];
+    for (tag, text, field) in cases {
+        assert_ne!(text, b, "{tag}: the mutation did not apply");
+        let p = scenario(tag, &text);
+        for args in [vec!["run", "--backend", "flow_sim"], vec!["compare"]] {
+            let o = bin().args(&args).arg(&p).output().unwrap();
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{tag} {args:?}: {e}");
+            assert!(e.contains(field), "{tag}: {field} not in: {e}");
+            assert!(!e.contains("panicked"), "{tag}: {e}");
+        }
+    }
+}
+
+#[test]
+fn c4p_scenarios_run_and_compare() {
+    let o = bin()
+        .args(["run", "c4p-512", "--backend", "analytical"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = bin()
+        .args(["compare", "c4p-link-failure-planned", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let s = v.to_string();
+    assert!(s.contains("flow_sim") && s.contains("slowdown"), "{s}");
+}
