@@ -39,6 +39,17 @@ pub struct StudySpec {
     /// Explicit cases, each a table of field path -> value.
     #[serde(default)]
     pub cases: Vec<toml::Table>,
+    /// Runs of every case with different seeds (a `replica` parameter column, 0-based); default 1.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Common random numbers: replica `r` of every case runs with the seed `seed.index(r)`, so cases differ only by
+    /// their parameters (same corpora, same initial weights), as an ablation wants. Default: each case its own seed.
+    #[serde(default)]
+    pub common_seed: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// The `[plan]` table of a `kind = "plan"` scenario: the dense-training layout study.
@@ -313,38 +324,63 @@ fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
     };
     let mut param_names: Vec<String> = Vec::new();
     let mut cases = Vec::new();
+    trainlab_core::error::check::at_least(&format!("{}: study.replicas", sc.origin), u64::from(spec.replicas), 1)?;
+    trainlab_core::error::check::at_most(
+        &format!("{}: study.replicas", sc.origin),
+        u64::from(spec.replicas),
+        10_000,
+        "a study of that many seeds per case belongs on a cluster: split it",
+    )?;
+    let replicas: Vec<Option<u32>> = if spec.replicas > 1 {
+        (0..spec.replicas).map(Some).collect()
+    } else {
+        vec![None]
+    };
     for e in &explicit {
         for g in &grid {
-            let overrides: Vec<(String, toml::Value)> = e.iter().chain(g.iter()).cloned().collect();
-            let index = cases.len();
-            let mut body = base.body.clone();
-            for (path, v) in &overrides {
-                if !param_names.contains(path) {
-                    param_names.push(path.clone());
+            for &replica in &replicas {
+                let overrides: Vec<(String, toml::Value)> = e.iter().chain(g.iter()).cloned().collect();
+                let index = cases.len();
+                let mut body = base.body.clone();
+                for (path, v) in &overrides {
+                    if !param_names.contains(path) {
+                        param_names.push(path.clone());
+                    }
+                    set_path(&mut body, path, v.clone(), &format!("{}: study.grid.{path}", sc.origin))?;
                 }
-                set_path(&mut body, path, v.clone(), &format!("{}: study.grid.{path}", sc.origin))?;
+                let mut params: Vec<(String, Param)> =
+                    overrides.iter().map(|(p, v)| (p.clone(), param_of(v))).collect();
+                if let Some(r) = replica {
+                    params.push(("replica".into(), Param::Num(f64::from(r))));
+                    if !param_names.iter().any(|p| p == "replica") {
+                        param_names.push("replica".into());
+                    }
+                }
+                let label = if params.is_empty() {
+                    base.name.clone()
+                } else {
+                    let inner: Vec<String> = params.iter().map(|(p, v)| format!("{p}={v}")).collect();
+                    format!("{}[{}]", base.name, inner.join(","))
+                };
+                let scenario = Scenario {
+                    name: label.clone(),
+                    kind: base.kind.clone(),
+                    description: base.description.clone(),
+                    seed: if spec.common_seed {
+                        sc.seed.index(u64::from(replica.unwrap_or(0)))
+                    } else {
+                        sc.seed.index(index as u64)
+                    },
+                    body,
+                    origin: format!("{} case {index} ({label})", sc.origin),
+                };
+                cases.push(Case {
+                    index,
+                    label,
+                    params,
+                    scenario,
+                });
             }
-            let params: Vec<(String, Param)> = overrides.iter().map(|(p, v)| (p.clone(), param_of(v))).collect();
-            let label = if params.is_empty() {
-                base.name.clone()
-            } else {
-                let inner: Vec<String> = params.iter().map(|(p, v)| format!("{p}={v}")).collect();
-                format!("{}[{}]", base.name, inner.join(","))
-            };
-            let scenario = Scenario {
-                name: label.clone(),
-                kind: base.kind.clone(),
-                description: base.description.clone(),
-                seed: sc.seed.index(index as u64),
-                body,
-                origin: format!("{} case {index} ({label})", sc.origin),
-            };
-            cases.push(Case {
-                index,
-                label,
-                params,
-                scenario,
-            });
         }
     }
     Ok(Study {

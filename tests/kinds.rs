@@ -374,3 +374,63 @@ fn recorded_cpt_profile_reproduces_its_held_out_table() {
     println!("committed cpt_run profile: worst held-out error {:.2}%", 100.0 * worst);
     assert!(worst < 0.02, "worst held-out error {worst}");
 }
+
+#[test]
+fn replicas_with_common_seeds_share_seeds_across_cases() {
+    let text = "name = \"t\"\nkind = \"study\"\nseed = 3\n[study]\nbase = \"moe-switch-capacity\"\nreplicas = 2\n\
+                common_seed = true\n[study.grid]\ncapacity_factor = [1.0, 2.0]\n";
+    let sc = parse(text, "t.toml").unwrap();
+    let s = study::load(&sc, &Opts::default()).unwrap();
+    assert_eq!(s.cases.len(), 4);
+    let seed = |cf: f64, r: f64| {
+        s.cases
+            .iter()
+            .find(|c| {
+                c.params
+                    .iter()
+                    .any(|(p, v)| p == "capacity_factor" && *v == trainlab_core::Param::Num(cf))
+                    && c.params
+                        .iter()
+                        .any(|(p, v)| p == "replica" && *v == trainlab_core::Param::Num(r))
+            })
+            .map(|c| c.scenario.seed)
+            .unwrap()
+    };
+    assert_eq!(seed(1.0, 0.0), seed(2.0, 0.0));
+    assert_eq!(seed(1.0, 1.0), seed(2.0, 1.0));
+    assert_ne!(seed(1.0, 0.0), seed(1.0, 1.0));
+    // Without common_seed every case has its own.
+    let sc = parse(&text.replace("common_seed = true", "common_seed = false"), "t.toml").unwrap();
+    let s = study::load(&sc, &Opts::default()).unwrap();
+    let mut seeds: Vec<_> = s.cases.iter().map(|c| c.scenario.seed.0).collect();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 4);
+}
+
+#[test]
+fn distillation_bad_input_exits_2_with_the_field() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ddk-tiny.toml")).unwrap();
+    let d = tmpdir("ddkbad");
+    for (from, to, field) in [
+        (
+            "schedule = { ddk = { k = 25, alpha = 0.5 } }",
+            "schedule = { static = [0.5, 0.5, 0.5, 0.0, 0.0, 0.0] }",
+            "workload.schedule.static",
+        ),
+        ("alpha = 0.5 }", "alpha = 1.5 }", "workload.schedule.ddk.alpha"),
+        ("k = 25,", "k = 0,", "workload.schedule.ddk.k"),
+        (
+            "tokens = 3000, zipf = 1.0",
+            "tokens = 0, zipf = 1.0",
+            "workload.domains[3].tokens",
+        ),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let p = d.join("bad.toml");
+        std::fs::write(&p, base.replace(from, to)).unwrap();
+        let o = run(bin().args(["run", "--backend", "cost_model"]).arg(&p));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}

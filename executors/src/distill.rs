@@ -87,13 +87,16 @@ struct Loop<'a> {
     cancel: &'a AtomicBool,
 }
 
+/// Appends `b` examples (contexts, targets) to the batch.
+type NextBatch<'a> = dyn FnMut(usize, &mut Vec<u32>, &mut Vec<u32>) + 'a;
+
 /// The one training loop (teacher and student): AdamW with a 20-step linear warm-up, batches from `next_batch`,
 /// the distillation term when `teacher` is set; `after_step(step, model)` runs after every step. Returns the FLOPs
 /// spent on the student's (or teacher's) steps and on the teacher's soft targets, or `None` when cancelled.
 fn train(
     model: &mut Model,
     l: &Loop<'_>,
-    next_batch: &mut dyn FnMut(usize, &mut Vec<u32>, &mut Vec<u32>),
+    next_batch: &mut NextBatch<'_>,
     after_step: &mut dyn FnMut(u64, &Model),
 ) -> Option<(f64, f64)> {
     let mut opt = AdamW::new(model.shape, l.lr, 0.01);
@@ -113,7 +116,11 @@ fn train(
             Some((t, gamma, tau)) => {
                 let soft = t.soft_targets(&ctx, tau);
                 soft_flops += forward_flops(t, b);
-                let kd = Kd { soft: &soft, gamma, tau };
+                let kd = Kd {
+                    soft: &soft,
+                    gamma,
+                    tau,
+                };
                 model.loss_kd(&ctx, &tgt, Some(kd), Some(&mut grads));
             }
             None => {
@@ -302,7 +309,13 @@ mod tests {
         let ctx = [0u32, 1, 2, 3, 4, 5, 1, 1];
         let tgt = [2u32, 0, 5, 3];
         let soft = t.soft_targets(&ctx, 2.0);
-        let kd = || Some(Kd { soft: &soft, gamma: 0.7, tau: 2.0 });
+        let kd = || {
+            Some(Kd {
+                soft: &soft,
+                gamma: 0.7,
+                tau: 2.0,
+            })
+        };
         let mut g = Model::new(shape, Seed(0));
         s.loss_kd(&ctx, &tgt, kd(), Some(&mut g));
         for (i, analytic) in [(0usize, g.w1[0]), (5, g.w1[5])] {
@@ -313,7 +326,10 @@ mod tests {
             let down = s.loss_kd(&ctx, &tgt, kd(), None);
             s.w1[i] += h;
             let numeric = (up - down) / (2.0 * h);
-            assert!((numeric - analytic).abs() < 1e-6 * (1.0 + numeric.abs()), "{numeric} vs {analytic}");
+            assert!(
+                (numeric - analytic).abs() < 1e-6 * (1.0 + numeric.abs()),
+                "{numeric} vs {analytic}"
+            );
         }
         let (i, analytic) = (3usize, g.b2[3]);
         s.b2[i] += 1e-6;
@@ -329,7 +345,10 @@ mod tests {
         let o = distill(&run(Schedule::Ddk { k: 25, alpha: 0.5 }), Seed(3), &cancel).unwrap();
         let (s, t, w) = (o.student_ce.unwrap(), o.teacher_ce.unwrap(), o.weights.unwrap());
         assert!(s.iter().zip(&t).all(|(a, b)| a.is_finite() && b.is_finite()));
-        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9 && w.iter().all(|x| *x >= 0.5 / 3.0 - 1e-12), "{w:?}");
+        assert!(
+            (w.iter().sum::<f64>() - 1.0).abs() < 1e-9 && w.iter().all(|x| *x >= 0.5 / 3.0 - 1e-12),
+            "{w:?}"
+        );
         // The domain with the largest gap gets the largest weight.
         let gaps: Vec<f64> = s.iter().zip(&t).map(|(a, b)| a - b).collect();
         let arg = |v: &[f64]| (0..v.len()).max_by(|&i, &j| v[i].total_cmp(&v[j])).unwrap();
@@ -337,5 +356,23 @@ mod tests {
         // Same seed, same bytes.
         let again = distill(&run(Schedule::Ddk { k: 25, alpha: 0.5 }), Seed(3), &cancel).unwrap();
         assert_eq!(again.student_ce.unwrap(), s);
+    }
+
+    #[test]
+    fn alpha_zero_is_uniform_and_flops_match_the_closed_form() {
+        let cancel = AtomicBool::new(false);
+        let mut w = run(Schedule::Uniform);
+        w.student_tokens = 8_000;
+        w.teacher_tokens = 8_000;
+        let u = distill(&w, Seed(5), &cancel).unwrap();
+        w.schedule = Schedule::Ddk { k: 10, alpha: 0.0 };
+        let d = distill(&w, Seed(5), &cancel).unwrap();
+        // DDK with no smoothing weight keeps the uniform floor 1/N: the same draws, the same student.
+        assert_eq!(u.student_ce, d.student_ce);
+        // The FLOPs counted as spent equal the closed form's, part by part (exact integers in f64).
+        for (o, sched) in [(&u, Schedule::Uniform), (&d, Schedule::Ddk { k: 10, alpha: 0.0 })] {
+            w.schedule = sched;
+            assert_eq!(o.flops, trainlab_models::distill::flops(&w), "{:?}", w.schedule);
+        }
     }
 }

@@ -1104,8 +1104,11 @@ mod tests {
             assert_eq!(f.detected.mean, 1.0, "{s:?}");
             assert_eq!(f.localised.unwrap().mean, 1.0, "{s:?}");
         }
-        // Killed at 20 with a checkpoint every 10: nothing lost; hung at 50: nothing lost.
-        assert_eq!(s.faults[0].lost_steps.mean, 0.0);
+        // Killed after step 20 with a checkpoint every 10: nothing lost when step 20's checkpoint was written before
+        // the kill; on a loaded machine the kill can land while it is being written, and the restart then redoes the
+        // 10 steps since step 10's (seen twice under a parallel test run). Anything else is a bug.
+        let lost = s.faults[0].lost_steps.mean;
+        assert!(lost == 0.0 || lost == 10.0, "lost {lost} steps: {s:?}");
         let r = b.last.lock().unwrap().clone().unwrap();
         assert_eq!(r.steps_done, 90);
     }

@@ -5,8 +5,8 @@
 pub mod calibrate;
 pub mod collectives;
 pub mod cpt;
-pub mod distill;
 pub mod dense;
+pub mod distill;
 pub mod fabric;
 pub mod faultline;
 pub mod fit;

@@ -221,8 +221,16 @@ impl Workload for Distillation {
             check::at_most(&f, v, MAX_SIZE, "far beyond a model trained on this machine")?;
         }
         // The corpus holds a next-token law per context pair and domain: V^3 entries per domain.
-        check::at_most("workload.vocab", self.vocab, 256, "each domain stores V^3 probabilities")?;
-        for (name, v) in [("teacher_tokens", self.teacher_tokens), ("student_tokens", self.student_tokens)] {
+        check::at_most(
+            "workload.vocab",
+            self.vocab,
+            256,
+            "each domain stores V^3 probabilities",
+        )?;
+        for (name, v) in [
+            ("teacher_tokens", self.teacher_tokens),
+            ("student_tokens", self.student_tokens),
+        ] {
             let f = format!("workload.{name}");
             check::at_least(&f, v, self.batch)?;
             check::at_most(&f, v, MAX_TOKENS, "weeks of CPU time")?;
@@ -325,7 +333,11 @@ impl Outcome for DistillOutcome {
         }
         let f = self.flops;
         out.push(Metric::new("flops", Unit::Flop, f.total()));
-        out.push(Metric::new("teacher_flop_share", Unit::Ratio, f.teacher_forward / f.total()));
+        out.push(Metric::new(
+            "teacher_flop_share",
+            Unit::Ratio,
+            f.teacher_forward / f.total(),
+        ));
         out.push(Metric::new("eval_flop_share", Unit::Ratio, f.evaluation / f.total()));
         out
     }
@@ -355,7 +367,10 @@ mod tests {
         // α = 0 is uniform; α = 1 has no floor; the floor (1 − α)/N holds for any gap.
         assert_eq!(ddk_update(&[0.9, 0.1], &[5.0, 1.0], &[1.0, 1.0], 0.0), vec![0.5, 0.5]);
         let r = ddk_update(&[0.25; 4], &[50.0, 1.0, 1.0, 1.0], &[1.0; 4], 0.5);
-        assert!(r.iter().all(|x| *x >= 0.125 - 1e-12) && (r.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{r:?}");
+        assert!(
+            r.iter().all(|x| *x >= 0.125 - 1e-12) && (r.iter().sum::<f64>() - 1.0).abs() < 1e-12,
+            "{r:?}"
+        );
         // History: the previous weights multiply the new evidence.
         let a = ddk_update(&[0.8, 0.2], &[1.0, 1.0], &[1.0, 1.0], 1.0);
         assert!((a[0] - 0.8).abs() < 1e-12, "{a:?}");

@@ -2,8 +2,8 @@
 //! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
 pub mod collective;
 pub mod cpt;
-pub mod distill;
 pub mod dense;
+pub mod distill;
 pub mod fabric;
 pub mod gemm;
 pub mod micro;
@@ -13,8 +13,8 @@ pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use cpt::{CptOutcome, CptRun, CptSetup};
-pub use distill::{DistillOutcome, Distillation};
 pub use dense::{DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+pub use distill::{DistillOutcome, Distillation};
 pub use fabric::{Fabric, FabricJob, FabricOp, FabricOutcome, JobOutcome};
 pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
