@@ -656,6 +656,73 @@ pub fn write_manifest(m: &Manifest, out: &Path) -> Result<PathBuf, Error> {
     Ok(p)
 }
 
+/// What a shard writes beside its records (`records-shard-I-of-N.json`): which study it belongs to, exactly. `merge`
+/// accepts only shards with one fingerprint, each index once, every index below N, record counts as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardInfo {
+    /// The study's manifest.
+    pub manifest: Manifest,
+    /// FNV-1a of everything that decides the shard's records: the manifest, the backends, every case's scenario
+    /// (body and seed), the profiles' bytes, the tool version and git revision (see [`fingerprint`]).
+    pub fingerprint: String,
+    /// Shard index I.
+    pub index: usize,
+    /// Shard count N.
+    pub of: usize,
+    /// Records in the shard's Parquet.
+    pub records: usize,
+    /// The profile files the shard read (names only), for messages.
+    pub profiles: Vec<String>,
+}
+
+/// The fingerprint of a study as run with `profile_bytes` (see [`ShardInfo::fingerprint`]).
+pub fn fingerprint(s: &Study, profile_bytes: &[u8]) -> String {
+    let mut text = serde_json::to_string(&s.manifest).unwrap_or_default();
+    text.push_str(&s.backends.join(","));
+    for c in &s.cases {
+        text.push_str(&format!("\n{} {} {}", c.index, c.scenario.seed.0, c.scenario.body));
+    }
+    text.push_str(env!("CARGO_PKG_VERSION"));
+    text.push_str(env!("TRAINLAB_GIT_REV"));
+    let mut bytes = text.into_bytes();
+    bytes.extend_from_slice(profile_bytes);
+    format!("{:016x}", trainlab_core::seed::fnv1a(&bytes))
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same folder, then a rename, so an interrupted write
+/// never leaves a half file under the final name.
+pub fn write_atomic(path: &Path, text: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp-{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), path.display()), e))
+}
+
+/// Writes a shard's [`ShardInfo`] as `records-shard-I-of-N.json` in `out`.
+pub fn write_shard_info(info: &ShardInfo, out: &Path) -> Result<PathBuf, Error> {
+    let p = out.join(format!("records-shard-{}-of-{}.json", info.index, info.of));
+    let text = serde_json::to_string_pretty(info).map_err(|e| Error::Backend(format!("internal: {e}")))?;
+    write_atomic(&p, (text + "\n").as_bytes())?;
+    Ok(p)
+}
+
+/// Reads a shard's [`ShardInfo`].
+pub fn read_shard_info(p: &Path) -> Result<ShardInfo, Error> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(
+            p.display().to_string(),
+            "(see reason)",
+            format!("not a shard description of this trainlab version: {e}"),
+            "re-run the shard with this trainlab",
+        )
+    })
+}
+
 /// Reads a manifest written by [`write_manifest`].
 pub fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
     let p = dir.join(MANIFEST);

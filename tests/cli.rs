@@ -135,6 +135,94 @@ fn shards_merge_to_the_single_run() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
 
+/// Writes a study over `allreduce-h100` named `name` with `ranks` as its grid, returns its path.
+fn study_file(dir: &Path, file: &str, name: &str, ranks: &str) -> String {
+    let p = dir.join(file);
+    std::fs::write(
+        &p,
+        format!("name = \"{name}\"\nkind = \"study\"\nseed = 5\n[study]\nbase = \"allreduce-h100\"\n[study.grid]\nranks = [{ranks}]\n"),
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+fn shard(study: &str, i: usize, n: usize, out: &Path) {
+    let o = run(bin()
+        .args(["plan", study, "--shard", &format!("{i}/{n}"), "--out"])
+        .arg(out));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn merge_rejects_stray_renamed_mixed_and_truncated_shards() {
+    let src = tmpdir("merge-src");
+    let a = study_file(&src, "a.toml", "alpha", "2, 4, 8, 16");
+    let b = study_file(&src, "b.toml", "beta", "2, 4, 8, 16");
+    let a2 = study_file(&src, "a2.toml", "alpha", "2, 4, 8, 32");
+    let good = tmpdir("merge-good");
+    for i in 0..2 {
+        shard(&a, i, 2, &good);
+    }
+    let o = run(bin().arg("merge").arg(&good));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let copy = |tag: &str| {
+        let d = tmpdir(tag);
+        for e in std::fs::read_dir(&good).unwrap() {
+            let p = e.unwrap().path();
+            if p.file_name().unwrap().to_string_lossy().starts_with("records-shard-") {
+                std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
+            }
+        }
+        std::fs::copy(good.join("study.json"), d.join("study.json")).unwrap();
+        d
+    };
+    let refused = |d: &Path, why: &str| {
+        let o = run(bin().arg("merge").arg(d));
+        assert_eq!(o.status.code(), Some(2), "{why}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{why}: {}", stderr(&o));
+    };
+    // A stray shard 7-of-2.
+    let d = copy("merge-stray");
+    for ext in ["parquet", "json"] {
+        std::fs::copy(
+            d.join(format!("records-shard-0-of-2.{ext}")),
+            d.join(format!("records-shard-7-of-2.{ext}")),
+        )
+        .unwrap();
+    }
+    refused(&d, "stray shard");
+    // Shard 0 copied over shard 1 (a duplicate under another name).
+    let d = copy("merge-dup");
+    for ext in ["parquet", "json"] {
+        std::fs::copy(
+            d.join(format!("records-shard-0-of-2.{ext}")),
+            d.join(format!("records-shard-1-of-2.{ext}")),
+        )
+        .unwrap();
+    }
+    refused(&d, "describes shard 0/2");
+    // Shard 1 of another study.
+    let d = copy("merge-mixed");
+    shard(&b, 1, 2, &d);
+    refused(&d, "different studies");
+    // Shard 1 of a study of the same name with other cases.
+    let d = copy("merge-content");
+    shard(&a2, 1, 2, &d);
+    refused(&d, "different content");
+    // A shard whose Parquet lost records.
+    let d = copy("merge-truncated");
+    let side = d.join("records-shard-1-of-2.json");
+    let text = std::fs::read_to_string(&side).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let n = v["records"].as_u64().unwrap();
+    std::fs::write(
+        &side,
+        text.replace(&format!("\"records\": {n}"), &format!("\"records\": {}", n + 1)),
+    )
+    .unwrap();
+    refused(&d, "truncated");
+}
+
 #[test]
 fn compare_gemm_shows_analytical_and_measured() {
     let o = run(bin().args(["compare", "gemm-cpu", "--json"]));

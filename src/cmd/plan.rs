@@ -76,7 +76,21 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     match shard {
         Some((i, n)) => {
             let (pq, csv) = trainlab_reports::write_records(&records, &a.out, &format!("records-shard-{i}-of-{n}"))?;
-            written.extend([pq, csv, study::write_manifest(m, &a.out)?]);
+            let (names, bytes) = profile_files(a.profile.as_deref())?;
+            let info = study::ShardInfo {
+                manifest: m.clone(),
+                fingerprint: study::fingerprint(&study, &bytes),
+                index: i,
+                of: n,
+                records: records.len(),
+                profiles: names,
+            };
+            written.extend([
+                pq,
+                csv,
+                study::write_shard_info(&info, &a.out)?,
+                study::write_manifest(m, &a.out)?,
+            ]);
         }
         None => written.extend(write_outputs(m, &records, &a.out)?),
     }
@@ -304,6 +318,35 @@ pub fn write_outputs(m: &Manifest, records: &[Record], out: &Path) -> Result<Vec
     Ok(written)
 }
 
+/// The profile files given with `--profile` (a file, or the `*.toml` files of a folder in name order): their names
+/// and their bytes (names and contents), for the shard fingerprint.
+fn profile_files(p: Option<&Path>) -> Result<(Vec<String>, Vec<u8>)> {
+    let Some(p) = p else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let mut files: Vec<PathBuf> = if p.is_dir() {
+        std::fs::read_dir(p)
+            .map_err(|e| Error::io(format!("reading {}", p.display()), e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|f| f.extension().is_some_and(|x| x == "toml"))
+            .collect()
+    } else {
+        vec![p.to_path_buf()]
+    };
+    files.sort();
+    let (mut names, mut bytes) = (Vec::new(), Vec::new());
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend(std::fs::read(&f).map_err(|e| Error::io(format!("reading {}", f.display()), e))?);
+        names.push(name);
+    }
+    Ok((names, bytes))
+}
+
 /// `trainlab merge`.
 pub fn merge(a: &MergeArgs) -> Result<()> {
     let rd = std::fs::read_dir(&a.dir).map_err(|e| Error::io(format!("reading {}", a.dir.display()), e))?;
@@ -329,9 +372,26 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         )));
     }
     shards.sort();
+    let name = |p: &Path| {
+        p.file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default()
+    };
     let n = shards[0].1;
-    if shards.iter().any(|s| s.1 != n) {
-        bail!(UsageError("shards of different N in one folder".into()));
+    if let Some(s) = shards.iter().find(|s| s.1 != n) {
+        bail!(UsageError(format!(
+            "{} and {}: shards of different N in one folder (merge the shards of one `plan --shard I/N` run)",
+            name(&shards[0].2),
+            name(&s.2)
+        )));
+    }
+    if let Some(s) = shards.iter().find(|s| s.0 >= n) {
+        bail!(UsageError(format!(
+            "{}: a stray shard (index {} of {n}: indices run from 0 to {})",
+            name(&s.2),
+            s.0,
+            n - 1
+        )));
     }
     let have: Vec<usize> = shards.iter().map(|s| s.0).collect();
     let missing: Vec<usize> = (0..n).filter(|i| !have.contains(i)).collect();
@@ -341,9 +401,68 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
             a.dir.display()
         )));
     }
-    let manifest = study::read_manifest(&a.dir)?;
+    // Every shard's description: one fingerprint (one study, one content, the same profiles), its own index.
+    let mut infos = Vec::new();
+    for (i, _, p) in &shards {
+        let side = p.with_extension("json");
+        if !side.exists() {
+            bail!(UsageError(format!(
+                "{}: no {} beside it (written by `trainlab plan --shard` with every shard); re-run that shard",
+                name(p),
+                name(&side)
+            )));
+        }
+        let info = study::read_shard_info(&side)?;
+        if info.index != *i || info.of != n {
+            bail!(UsageError(format!(
+                "{}: describes shard {}/{} but is named as shard {i}/{n} (a renamed or copied shard)",
+                name(&side),
+                info.index,
+                info.of
+            )));
+        }
+        infos.push((info, side));
+    }
+    let (first, first_path) = &infos[0];
+    for (info, p) in &infos[1..] {
+        if info.fingerprint != first.fingerprint {
+            let what = if info.manifest.study != first.manifest.study {
+                format!(
+                    "different studies (`{}` and `{}`)",
+                    first.manifest.study, info.manifest.study
+                )
+            } else if info.profiles != first.profiles {
+                format!("different profiles ({:?} and {:?})", first.profiles, info.profiles)
+            } else {
+                format!(
+                    "the same study name `{}` with different content (cases, backends, profiles or trainlab version)",
+                    info.manifest.study
+                )
+            };
+            bail!(UsageError(format!(
+                "{} and {}: {what}; merge the shards of one `plan --shard I/N` run",
+                name(first_path),
+                name(p)
+            )));
+        }
+    }
+    let manifest = first.manifest.clone();
     let paths: Vec<PathBuf> = shards.into_iter().map(|s| s.2).collect();
-    let mut records = trainlab_reports::merge_parquet(&paths).context("merging shards")?;
+    let mut records = Vec::new();
+    for ((info, side), p) in infos.iter().zip(&paths) {
+        let part =
+            trainlab_reports::merge_parquet(std::slice::from_ref(p)).with_context(|| format!("reading {}", name(p)))?;
+        if part.len() != info.records {
+            bail!(UsageError(format!(
+                "{}: {} records, but {} says {} were written (a truncated or replaced file)",
+                name(p),
+                part.len(),
+                name(side),
+                info.records
+            )));
+        }
+        records.extend(part);
+    }
     canonical_sort(&mut records);
     let out = a.out.clone().unwrap_or_else(|| a.dir.clone());
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
