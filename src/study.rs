@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use trainlab_core::workloads::{DenseTraining, ParallelConfig, Recompute, TransformerSpec};
+use trainlab_core::workloads::{DenseTraining, Downtime, ParallelConfig, Recompute, TrainingJob, TransformerSpec};
 use trainlab_core::{Dtype, Error, Fidelity, GpuSpec, Param, Record, RunCtx, Workload};
 use trainlab_datasets::scenario::Scenario;
 
@@ -72,6 +72,10 @@ pub struct PlanSpec {
     pub dtype: Dtype,
     /// The models.
     pub models: Vec<TransformerSpec>,
+    /// A `training_job` scenario (embedded name or path) whose failure rates, detection policies and checkpoint and
+    /// restart costs every case also answers with: its expected ETTR, and days and GPU-hours including downtime.
+    #[serde(default)]
+    pub downtime_from: Option<String>,
 }
 
 fn eight() -> u32 {
@@ -261,6 +265,45 @@ pub fn load(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
     }
 }
 
+/// The downtime model of a plan: the failures, policies and costs of the `training_job` scenario `name` (an embedded
+/// name, or a path relative to the plan file).
+fn downtime_of(sc: &Scenario, name: &str) -> Result<Downtime, Error> {
+    let field = format!("{}: plan.downtime_from", sc.origin);
+    let p = Path::new(name);
+    let rel = Path::new(&sc.origin).parent().map(|d| d.join(p));
+    let path = match rel {
+        Some(r) if !p.is_absolute() && r.exists() => r.display().to_string(),
+        _ => name.to_string(),
+    };
+    let base = trainlab_datasets::scenario::load(&path).map_err(|e| e.map_field(|f| format!("{field} -> {f}")))?;
+    if base.kind != TrainingJob::KIND {
+        return Err(Error::invalid(
+            field,
+            name,
+            format!("a `{}` scenario, not a `training_job`", base.kind),
+            "name a training_job scenario with failure rates, e.g. \"llama3-405b\"",
+        ));
+    }
+    let job: TrainingJob = base
+        .workload()
+        .map_err(|e| e.map_field(|f| format!("{field} -> {f}")))?;
+    if job.schedule.is_some() || job.failures.is_empty() {
+        return Err(Error::invalid(
+            field,
+            name,
+            "a plan needs failure rates, and this job has a fault schedule or no failures",
+            "name a training_job scenario with [[workload.failures]], e.g. \"llama3-405b\"",
+        ));
+    }
+    Ok(Downtime {
+        failures: job.failures,
+        policies: job.policies,
+        checkpoint_cost_s: job.checkpoint_cost_s,
+        restart_cost_s: job.restart_cost_s,
+        detection: job.detection,
+    })
+}
+
 fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
     let spec: StudySpec = sc.body_as("study")?;
     let base_path = {
@@ -420,6 +463,10 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             "list GPU counts, e.g. [1024, 2048]",
         ));
     }
+    let downtime = match &spec.downtime_from {
+        None => None,
+        Some(name) => Some(downtime_of(sc, name)?),
+    };
     let mut cases = Vec::new();
     for m in &spec.models {
         for (j, &g) in spec.gpu_counts.iter().enumerate() {
@@ -448,6 +495,7 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
                 dtype: spec.dtype,
                 parallel: None,
                 overlap_comm: true,
+                downtime: downtime.clone(),
             };
             workload
                 .validate()
@@ -785,6 +833,14 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         })
         .collect();
     cases.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.total_cmp(&b.2)));
+    // Policies with a downtime answer (a plan with `downtime_from`), in a fixed order.
+    let policies: Vec<&str> = ["c4d", "baseline"]
+        .into_iter()
+        .filter(|p| {
+            let m = format!("ettr.{p}");
+            cases.iter().any(|(c, _, _)| idx.get(c, "analytical", &m).is_some())
+        })
+        .collect();
     let rows = cases
         .iter()
         .map(|(case, _, _)| {
@@ -797,18 +853,24 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
                 zero1: true,
             };
-            vec![
+            let mut row = vec![
                 case.to_string(),
                 layout.label(),
                 format!("{:.3}", get("step_time")),
                 format!("{:.1}%", 100.0 * get("mfu")),
                 format!("{:.2}", get("train_days")),
-                format!("{:.4e}", get("gpu_hours")),
+                thousands(get("gpu_hours")),
                 format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
-            ]
+            ];
+            for p in &policies {
+                row.push(format!("{:.3}", get(&format!("ettr.{p}"))));
+                row.push(format!("{:.2}", get(&format!("days_with_downtime.{p}"))));
+                row.push(thousands(get(&format!("gpu_hours_with_downtime.{p}"))));
+            }
+            row
         })
         .collect();
-    let headers = [
+    let mut headers: Vec<String> = [
         "case",
         "layout",
         "step (s)",
@@ -816,8 +878,32 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         "days",
         "GPU-hours",
         "mem/GPU (GiB)",
-    ];
-    (headers.iter().map(|s| s.to_string()).collect(), rows)
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for p in &policies {
+        headers.push(format!("ETTR {p}"));
+        headers.push(format!("days incl. downtime {p}"));
+        headers.push(format!("GPU-hours incl. downtime {p}"));
+    }
+    (headers, rows)
+}
+
+/// `x` rounded to a whole number with thousands separators (`535,770`); `-` for NaN.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
 }
 
 /// The metrics a generic study shows: the kind's headline metrics that are present, else the first `n`.

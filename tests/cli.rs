@@ -318,3 +318,30 @@ fn error_messages_do_not_nest_backticks() {
     // No backtick-quoted span contains another quote of the same kind: spans alternate open/close cleanly.
     assert_eq!(e.matches('`').count() % 2, 0, "{e}");
 }
+
+#[test]
+fn default_plan_answers_with_expected_downtime() {
+    let out = tmpdir("default-downtime");
+    let o = run(bin().args(["plan", "--out"]).arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("days incl. downtime c4d"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("records.csv")).unwrap();
+    let value = |case: &str, metric: &str| -> f64 {
+        csv.lines()
+            .find(|l| l.contains(case) && l.contains(&format!(",{metric},")))
+            .and_then(|l| l.split(',').nth(7))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{case} {metric}"))
+    };
+    // 16,384 GPUs under the Llama 3 failure rates: the baseline loses far more than C4D, and both stretch the run.
+    let case = "llama2-70b@16384xh100-sxm";
+    let (days, c4d, base) = (
+        value(case, "train_days"),
+        value(case, "days_with_downtime.c4d"),
+        value(case, "days_with_downtime.baseline"),
+    );
+    assert!(days < c4d && c4d < base, "{days} {c4d} {base}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("days incl. downtime"), "report lacks the downtime columns");
+}

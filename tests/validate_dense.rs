@@ -41,6 +41,7 @@ fn predict(r: &DenseRun) -> (DenseOutcome, DenseTraining) {
         dtype: Dtype::Bf16,
         parallel: None,
         overlap_comm: true,
+        downtime: None,
     };
     let policies: Vec<Recompute> = match r.recompute {
         Some(p) => vec![p],

@@ -47,6 +47,7 @@ fn workload() -> DenseTraining {
         dtype: Dtype::Bf16,
         parallel: None,
         overlap_comm: true,
+        downtime: None,
     }
 }
 

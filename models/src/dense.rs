@@ -426,7 +426,22 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         bubble_fraction: b.bubble_fraction,
         exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction) * (b.tp_comm_mb_s + b.pp_comm_mb_s)
             + b.dp_exposed_s,
+        ettr: expected_ettr(w, b.step_time_s, seconds / 86_400.0),
     }
+}
+
+/// With a downtime model: the `training_job` closed form (renewal-reward with Young/Daly checkpoints,
+/// [`crate::reliability::expected`]) of this run's GPUs and step time over its failure-free training days, per
+/// policy.
+fn expected_ettr(w: &DenseTraining, step_time_s: f64, days: f64) -> Vec<(trainlab_core::workloads::Policy, f64)> {
+    let Some(d) = &w.downtime else {
+        return Vec::new();
+    };
+    let job = d.job(w.cluster.gpus(), u64::from(w.cluster.gpus_per_node), step_time_s, days);
+    d.policies
+        .iter()
+        .map(|&p| (p, crate::reliability::expected(&job, p).ettr.mean))
+        .collect()
 }
 
 /// The full term-by-term breakdown of one layout. `profile = None` uses [`datasheet_profile`] of the cluster's GPU.
@@ -574,6 +589,7 @@ pub(crate) mod tests {
             dtype: Dtype::Bf16,
             parallel: None,
             overlap_comm: true,
+            downtime: None,
         }
     }
 
@@ -586,6 +602,50 @@ pub(crate) mod tests {
             recompute: r,
             zero1: true,
         }
+    }
+
+    #[test]
+    fn downtime_divides_days_by_the_training_job_ettr() {
+        use trainlab_core::Outcome;
+        use trainlab_core::workloads::Downtime;
+        use trainlab_core::workloads::training_job::{FailureSpec, FaultClass, FaultKind, Policy};
+        let mut w = workload(128);
+        w.downtime = Some(Downtime {
+            failures: vec![FailureSpec {
+                class: FaultClass::Gpu,
+                kind: FaultKind::FailStop,
+                rate_per_component_hour: 1e-5,
+                scope: None,
+                weibull_shape: None,
+                slowdown: 1.0,
+            }],
+            policies: vec![Policy::Baseline, Policy::C4d],
+            checkpoint_cost_s: 10.0,
+            restart_cost_s: 300.0,
+            detection: Default::default(),
+        });
+        w.validate().unwrap();
+        let o = DenseAnalytical::default()
+            .run(&w, &mut RunCtx::new(trainlab_core::Seed(1)))
+            .unwrap();
+        let job = w.downtime.as_ref().unwrap().job(1024, 8, o.step_time_s, o.train_days);
+        for (p, e) in &o.ettr {
+            let want = crate::reliability::expected(&job, *p).ettr.mean;
+            assert_eq!(*e, want);
+            assert!(*e > 0.5 && *e < 1.0, "{p:?} {e}");
+        }
+        // C4D detection loses less than the baseline.
+        assert!(o.ettr[1].1 > o.ettr[0].1, "{:?}", o.ettr);
+        let m = o.metrics();
+        let get = |n: &str| m.iter().find(|x| x.name == n).unwrap().value;
+        assert!((get("days_with_downtime.c4d") - o.train_days / o.ettr[1].1).abs() < 1e-12);
+        // A bad rate in the downtime model names its path.
+        w.downtime.as_mut().unwrap().failures[0].rate_per_component_hour = f64::NAN;
+        let e = w.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("workload.downtime.failures[0].rate_per_component_hour"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -103,6 +103,7 @@ mod tests {
                 zero1: true,
             }),
             overlap_comm: true,
+            downtime: None,
         }
     }
 

@@ -1,4 +1,5 @@
 //! Dense transformer training: a model, a cluster, a batch and a token budget; optionally a fixed parallel layout.
+use super::training_job::{CheckpointInterval, CheckpointRule, DetectionSpec, FailureSpec, Policy, TrainingJob};
 use crate::error::check;
 use crate::{ClusterSpec, Dtype, Error, Metric, Outcome, Unit, Workload};
 use serde::{Deserialize, Serialize};
@@ -189,6 +190,59 @@ pub struct DenseTraining {
     /// Overlap data-parallel gradient communication with the backward pass.
     #[serde(default = "yes")]
     pub overlap_comm: bool,
+    /// Failures, detection and recovery of the run: with it, every answer also gives the expected effective training
+    /// time ratio and the days and GPU-hours including downtime (the `training_job` closed form of the same run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime: Option<Downtime>,
+}
+
+/// What a training run loses to failures: the failure model, detection policies and recovery costs of a
+/// `training_job`, applied to a dense run's GPUs and step time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Downtime {
+    /// Failure rates per component class (e.g. the Llama 3 Table 5 rates of `scenarios/llama3-405b.toml`).
+    pub failures: Vec<FailureSpec>,
+    /// Detection policies to answer for (`baseline`, `c4d`).
+    pub policies: Vec<Policy>,
+    /// Seconds one checkpoint write blocks training (checkpoints at the Young/Daly interval).
+    pub checkpoint_cost_s: f64,
+    /// Seconds from isolation until training resumes.
+    pub restart_cost_s: f64,
+    /// Detection timings.
+    #[serde(default)]
+    pub detection: DetectionSpec,
+}
+
+impl Downtime {
+    /// The `training_job` of a run on `gpus` GPUs (`gpus_per_node` each node) with steps of `step_time_s`, over
+    /// `horizon_days` of training.
+    pub fn job(&self, gpus: u64, gpus_per_node: u64, step_time_s: f64, horizon_days: f64) -> TrainingJob {
+        TrainingJob {
+            gpus,
+            gpus_per_node,
+            step_time_s,
+            horizon_days,
+            checkpoint_interval: CheckpointInterval::Rule(CheckpointRule::YoungDaly),
+            checkpoint_cost_s: self.checkpoint_cost_s,
+            restart_cost_s: self.restart_cost_s,
+            spare_nodes: None,
+            repair_hours: super::training_job::default_repair_hours(),
+            failures: self.failures.clone(),
+            lemon: None,
+            policies: self.policies.clone(),
+            detection: self.detection.clone(),
+            replications: super::training_job::default_replications(),
+            schedule: None,
+        }
+    }
+
+    /// Checks the failure model and costs as a job of `gpus` GPUs would (field paths under `path`).
+    pub fn validate_at(&self, path: &str, gpus: u64, gpus_per_node: u64) -> Result<(), Error> {
+        self.job(gpus, gpus_per_node, 1.0, 1.0)
+            .validate()
+            .map_err(|e| e.map_field(|f| f.replacen("workload", path, 1)))
+    }
 }
 
 fn bf16() -> Dtype {
@@ -291,6 +345,9 @@ impl Workload for DenseTraining {
                 ));
             }
         }
+        if let Some(d) = &self.downtime {
+            d.validate_at("workload.downtime", gpus, u64::from(self.cluster.gpus_per_node))?;
+        }
         Ok(())
     }
 }
@@ -333,11 +390,14 @@ pub struct DenseOutcome {
     pub bubble_fraction: f64,
     /// Communication time not hidden behind compute, seconds per step.
     pub exposed_comm_s: f64,
+    /// With a `downtime` model: per policy, the expected ETTR (useful / wall time) of the run.
+    #[serde(default)]
+    pub ettr: Vec<(Policy, f64)>,
 }
 
 impl Outcome for DenseOutcome {
     fn metrics(&self) -> Vec<Metric> {
-        vec![
+        let mut out = vec![
             Metric::new("step_time", Unit::Seconds, self.step_time_s),
             Metric::new("mfu", Unit::Ratio, self.mfu),
             Metric::new("memory_per_gpu", Unit::Bytes, self.memory_per_gpu_bytes),
@@ -351,6 +411,22 @@ impl Outcome for DenseOutcome {
             Metric::new("dp", Unit::Choice, self.config.dp as f64),
             Metric::new("micro_batch", Unit::Choice, self.config.micro_batch as f64),
             Metric::new("recompute_level", Unit::Choice, self.config.recompute.level() as f64),
-        ]
+        ];
+        // Days and GPU-hours including expected downtime: the failure-free figures over the ETTR.
+        for (p, e) in &self.ettr {
+            let p = p.as_str();
+            out.push(Metric::new(format!("ettr.{p}"), Unit::Ratio, *e));
+            out.push(Metric::new(
+                format!("days_with_downtime.{p}"),
+                Unit::Days,
+                self.train_days / e,
+            ));
+            out.push(Metric::new(
+                format!("gpu_hours_with_downtime.{p}"),
+                Unit::GpuHours,
+                self.gpu_hours / e,
+            ));
+        }
+        out
     }
 }

@@ -389,13 +389,13 @@ pub struct TrainingJob {
 fn eight() -> u64 {
     8
 }
-fn default_repair_hours() -> f64 {
+pub(crate) fn default_repair_hours() -> f64 {
     48.0
 }
 fn both_policies() -> Vec<Policy> {
     vec![Policy::Baseline, Policy::C4d]
 }
-fn default_replications() -> u32 {
+pub(crate) fn default_replications() -> u32 {
     64
 }
 /// The `checkpoint_interval` of a job that gives none: invalid for a rate-based job (validation says so), the
