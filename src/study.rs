@@ -861,6 +861,7 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 format!("{:.2}", get("train_days")),
                 thousands(get("gpu_hours")),
                 format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
+                step_split(get("step_time"), get("bubble_fraction"), get("exposed_comm")),
             ];
             for p in &policies {
                 row.push(format!("{:.3}", get(&format!("ettr.{p}"))));
@@ -878,6 +879,7 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         "days",
         "GPU-hours",
         "mem/GPU (GiB)",
+        "bubble · exposed comm (of step)",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -888,6 +890,15 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         headers.push(format!("GPU-hours incl. downtime {p}"));
     }
     (headers, rows)
+}
+
+/// Two of the reasons a layout's MFU falls: the pipeline bubble's share of the step, and communication not hidden
+/// behind compute (per step, as a share of the step time; the two may overlap, so they are not a partition).
+fn step_split(step: f64, bubble: f64, exposed_comm: f64) -> String {
+    if !(step > 0.0 && bubble.is_finite() && exposed_comm.is_finite()) {
+        return "-".into();
+    }
+    format!("{:.0}% · {:.0}%", 100.0 * bubble, 100.0 * exposed_comm / step)
 }
 
 /// `x` rounded to a whole number with thousands separators (`535,770`); `-` for NaN.

@@ -343,5 +343,8 @@ fn default_plan_answers_with_expected_downtime() {
     );
     assert!(days < c4d && c4d < base, "{days} {c4d} {base}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("days incl. downtime"), "report lacks the downtime columns");
+    assert!(
+        html.contains("days incl. downtime"),
+        "report lacks the downtime columns"
+    );
 }
