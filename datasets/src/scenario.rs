@@ -49,7 +49,15 @@ pub struct Scenario {
 
 /// Parses scenario text; `origin` is used in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Scenario, Error> {
-    let raw: RawScenario = toml::from_str(text).map_err(|e| toml_error(e, origin, ""))?;
+    let raw: RawScenario = toml::from_str(text).map_err(|e| {
+        // A syntax error (or a header field of the wrong type) points at its line and column in the file.
+        let at = e.span().map(|sp| line_col(text, sp.start));
+        let origin = match at {
+            Some((l, c)) => format!("{origin}: line {l}, column {c}"),
+            None => origin.to_string(),
+        };
+        toml_error(e, &origin, "")
+    })?;
     let mut bodies: Vec<(&str, toml::Table)> = [("workload", raw.workload), ("plan", raw.plan), ("study", raw.study)]
         .into_iter()
         .filter_map(|(n, t)| t.map(|t| (n, t)))
@@ -113,6 +121,14 @@ pub fn load(arg: &str) -> Result<Scenario, Error> {
 pub fn load_file(path: &Path) -> Result<Scenario, Error> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     parse(&text, &path.display().to_string())
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `text`.
+fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..text.floor_char_boundary(at.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
 }
 
 fn toml_error(e: toml::de::Error, origin: &str, prefix: &str) -> Error {
@@ -318,6 +334,15 @@ mod tests {
         let w: Collective = parse(text, "t.toml").unwrap().workload().unwrap();
         assert_eq!(w.cluster.gpus(), 16);
         assert_eq!(w.cluster.gpu.name, "a100-80gb");
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let e = parse("name = \"x\"\nkind = \"queue\"\n[workload\nservers = 1\n", "bad.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml: line 3, column"), "{e}");
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 
     #[test]
