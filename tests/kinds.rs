@@ -434,3 +434,39 @@ fn distillation_bad_input_exits_2_with_the_field() {
         assert!(err.contains(field), "{field}: {err}");
     }
 }
+
+#[test]
+fn a_device_profile_with_a_bad_rate_is_refused() {
+    let d = tmpdir("badrate");
+    let p = d.join("profile-device-cpu.toml");
+    let text = |rate: &str, bw: &str| {
+        format!(
+            "kind = \"device\"\nformat = 2\n[provenance]\ndate = \"x\"\ndevice = \"x\"\ncommand = \"x\"\nversion = \"x\"\n\
+             [params]\nbackend = \"cpu\"\ngemm_half_dim = 64.0\nlaunch_overhead_s = 1e-6\nmem_bw_bytes_per_s = {bw}\n\
+             [params.gemm_rate]\nfp32 = {rate}\n[params.provenance]\ndate = \"x\"\ndevice = \"x\"\ncommand = \"x\"\n\
+             version = \"x\"\n"
+        )
+    };
+    std::fs::write(&p, text("1e11", "2e10")).unwrap();
+    let o = run(bin()
+        .args(["run", "gemm-cpu", "--backend", "roofline", "--profile"])
+        .arg(&p));
+    assert!(
+        o.status.success(),
+        "a sane profile is used: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for (rate, bw, field) in [
+        ("nan", "2e10", "profile.params.gemm_rate.fp32"),
+        ("-1e11", "2e10", "profile.params.gemm_rate.fp32"),
+        ("1e11", "0.0", "profile.params.mem_bw_bytes_per_s"),
+    ] {
+        std::fs::write(&p, text(rate, bw)).unwrap();
+        let o = run(bin()
+            .args(["run", "gemm-cpu", "--backend", "roofline", "--profile"])
+            .arg(&p));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}

@@ -7,7 +7,7 @@
 //! fitted ([`HeldOut`]). The parameters themselves are typed by the crate that owns the model: [`DeviceProfile`]
 //! here (GEMM, memory, launch), the MoE cost model in `trainlab-models`, the fault-handling timings in
 //! `trainlab-models`, the D-CPT law in `trainlab-models`.
-use crate::Dtype;
+use crate::{Dtype, Error};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -127,6 +127,34 @@ pub struct DeviceProfile {
 }
 
 impl DeviceProfile {
+    /// Checks every number: rates and bandwidth finite and > 0, the half-rate dimension and launch overhead finite
+    /// and >= 0, a known backend. `path` prefixes the field names (`profile.params`).
+    pub fn validate(&self, path: &str) -> Result<(), Error> {
+        use crate::error::check;
+        if self.backend != "cpu" && self.backend != "cuda" {
+            return Err(Error::invalid(
+                format!("{path}.backend"),
+                &self.backend,
+                "a device profile is measured on `cpu` or `cuda`",
+                "recalibrate: trainlab calibrate --workload gemm",
+            ));
+        }
+        if self.gemm_rate.is_empty() {
+            return Err(Error::invalid(
+                format!("{path}.gemm_rate"),
+                "{}",
+                "no GEMM rate",
+                "recalibrate: trainlab calibrate --workload gemm",
+            ));
+        }
+        for (d, r) in &self.gemm_rate {
+            check::positive(&format!("{path}.gemm_rate.{}", d.as_str()), *r)?;
+        }
+        check::positive(&format!("{path}.mem_bw_bytes_per_s"), self.mem_bw_bytes_per_s)?;
+        check::non_negative(&format!("{path}.gemm_half_dim"), self.gemm_half_dim)?;
+        check::non_negative(&format!("{path}.launch_overhead_s"), self.launch_overhead_s)
+    }
+
     /// Asymptotic GEMM rate for `dtype` (falls back to fp32).
     pub fn rate(&self, dtype: Dtype) -> f64 {
         self.gemm_rate

@@ -16,8 +16,13 @@ use trainlab_models::roofline::{Roofline, datasheet_profile, default_cpu_profile
 
 /// The device profile for `device` given with `--profile`, if any.
 pub fn device_profile(opts: &Opts, device: Device) -> Result<Option<Profile<DeviceProfile>>, Error> {
-    opts.profiles
-        .get_one::<DeviceProfile>("device", |p| p.params.backend == device.as_str())
+    let p = opts
+        .profiles
+        .get_one::<DeviceProfile>("device", |p| p.params.backend == device.as_str())?;
+    if let Some(p) = &p {
+        p.params.validate("profile.params")?;
+    }
+    Ok(p)
 }
 
 /// The uncalibrated device profile: a documented guess for a small CPU, the H100 datasheet for a GPU.
