@@ -217,6 +217,38 @@ fn write_json(dir: &Path, name: &str, v: &impl serde::Serialize) -> anyhow::Resu
     Ok(p)
 }
 
+/// The ranges of the fitting flags, checked before any work: `--bootstrap` at most 100,000 replicates, `--starts`
+/// 1 to 1,000,000, `--level` strictly between 0 and 1, `--delta` > 0.
+fn check_fit_flags(bootstrap: usize, starts: usize, level: f64, delta: Option<f64>) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    check::at_most(
+        "--bootstrap",
+        bootstrap as u64,
+        100_000,
+        "far past what a percentile interval needs",
+    )?;
+    check::at_least("--starts", starts as u64, 1)?;
+    check::at_most(
+        "--starts",
+        starts as u64,
+        1_000_000,
+        "the start grids have at most a few thousand points",
+    )?;
+    if !(level > 0.0 && level < 1.0) {
+        return Err(trainlab_core::Error::invalid(
+            "--level",
+            level,
+            "an interval level lies strictly between 0 and 1",
+            "use e.g. --level 0.9",
+        )
+        .into());
+    }
+    if let Some(d) = delta {
+        check::positive("--delta", d)?;
+    }
+    Ok(())
+}
+
 fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> FitConfig {
     FitConfig {
         delta,
@@ -231,6 +263,7 @@ fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> Fit
 /// writes it; the caller exits 130.
 pub fn fit(args: &FitArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     laws::by_name(&args.law, "LAW")?;
+    check_fit_flags(args.bootstrap, args.starts, args.level, Some(args.delta))?;
     let table = Table::read(&args.data)?;
     let cfg = config(args.seed, args.delta, args.starts, cancel);
     let cv = args.cv.as_deref().map(|c| (c, args.folds));
@@ -337,6 +370,7 @@ pub enum TrainBackend {
 /// Runs `trainlab plan-mixture`. A first Ctrl-C (`cancel`) during the fit from a CSV keeps what the fit has; the
 /// plan is then answered from it when both losses were fitted (else the run ends as interrupted).
 pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    check_fit_flags(args.bootstrap, args.starts, args.level, None)?;
     let is_json = args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let mut base_from_table = None;
     let report: FitReport = if is_json {
@@ -476,7 +510,26 @@ pub struct ExecuteArgs {
 /// one; the runs that finished are written to `runs.csv`, the fit is skipped, and the caller exits 130.
 pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use trainlab_core::error::check;
     use trainlab_executors::lm;
+    check::at_least("--starts", args.starts as u64, 1)?;
+    check::at_least("--evals", args.evals as u64, 1)?;
+    check::at_most(
+        "--evals",
+        args.evals as u64,
+        1_000,
+        "one evaluation per log-spaced point",
+    )?;
+    check::at_least("--embed", args.embed as u64, 1)?;
+    check::at_least("--vocab", args.vocab as u64, 2)?;
+    check::at_most(
+        "--vocab",
+        args.vocab as u64,
+        256,
+        "each source stores V^3 probabilities",
+    )?;
+    check::positive_at_most("--lr", args.lr, 1.0, "AdamW diverges far below that")?;
+    check::in_range("--overlap", args.overlap, 0.0, 1.0)?;
     let grid = lm::GridConfig {
         hidden: args.hidden.clone(),
         ratios: args.ratios.clone(),
