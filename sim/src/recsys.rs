@@ -27,7 +27,8 @@
 //! cache of `k` rows: `static_topk` (rows of rank `<= k`), `lru` (evict the least recently used) or `lfu` (evict the
 //! least frequently used of the cached rows, ties to the least recent). The first quarter of the stream warms the
 //! cache and is not counted.
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
 
 use rand_distr::{Distribution, Zipf};
 use trainlab_core::seed::Rng;
@@ -43,6 +44,36 @@ const TICKS: f64 = 1e12;
 fn ticks(s: f64) -> u64 {
     (s * TICKS).round() as u64
 }
+
+/// A multiplicative (Fibonacci) hash of a row id: ids are ranks, so no adversary; much faster than SipHash.
+#[derive(Clone, Copy, Default)]
+struct IdHash;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, IdHash>;
 
 /// Hit rate of a cache of `k` of `rows` rows under `policy`, over `ids` Zipf(`s`) draws (the first quarter warms
 /// the cache).
@@ -71,26 +102,30 @@ pub fn simulate_hit_rate(rows: u64, k: u64, s: f64, policy: CachePolicy, ids: u6
             }
         }
         CachePolicy::Lru => {
-            let mut last: HashMap<u64, u64> = HashMap::with_capacity(k as usize + 1);
-            let mut by_time: BTreeMap<u64, u64> = BTreeMap::new();
+            // Last access time per cached row, and every access in time order; entries superseded by a later
+            // access of the same row are skipped when the oldest is evicted (amortised O(1) per access).
+            let mut last: IdMap<u64> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
+            let mut order: VecDeque<(u64, u64)> = VecDeque::new();
             for i in 0..ids {
                 let r = zipf.sample(rng) as u64;
-                if let Some(t) = last.insert(r, i) {
-                    by_time.remove(&t);
+                if last.insert(r, i).is_some() {
                     note(i, true);
                 } else {
                     note(i, false);
-                    if last.len() as u64 > k
-                        && let Some((_, old)) = by_time.pop_first()
-                    {
-                        last.remove(&old);
+                    if last.len() as u64 > k {
+                        while let Some((t, old)) = order.pop_front() {
+                            if last.get(&old) == Some(&t) {
+                                last.remove(&old);
+                                break;
+                            }
+                        }
                     }
                 }
-                by_time.insert(i, r);
+                order.push_back((i, r));
             }
         }
         CachePolicy::Lfu => {
-            let mut entry: HashMap<u64, (u64, u64)> = HashMap::with_capacity(k as usize + 1);
+            let mut entry: IdMap<(u64, u64)> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
             let mut order: BTreeSet<(u64, u64, u64)> = BTreeSet::new();
             for i in 0..ids {
                 let r = zipf.sample(rng) as u64;
@@ -368,14 +403,32 @@ impl Default for RecsysSim {
     }
 }
 
-/// The simulated hit rate of every field group of `w`, each from its own labelled stream of `seed`.
+/// Most ids one field group's cache simulation draws.
+pub const MAX_CACHE_IDS: u64 = 8 << 20;
+
+/// Ids drawn for a cache of `k` rows: `ids` for a static cache (no warm-up needed); for LRU and LFU at least `8 k`
+/// (the first quarter warms the cache, so the counted part is `6 k` accesses, long enough for an LRU cache to
+/// turn over), at most [`MAX_CACHE_IDS`]. A cache of more than 1 M rows is therefore measured before it is
+/// stationary: a bias the closed form does not have.
+pub fn cache_stream_len(policy: CachePolicy, k: u64, ids: u64) -> u64 {
+    match policy {
+        CachePolicy::StaticTopk => ids,
+        CachePolicy::Lru | CachePolicy::Lfu => k.saturating_mul(8).max(ids).min(MAX_CACHE_IDS.max(ids)),
+    }
+}
+
+/// The simulated hit rate of every field group of `w`, each from its own labelled stream of `seed` (in parallel
+/// over groups; each group's stream depends only on its index).
 pub fn simulated_hits(w: &RecsysStep, ids: u64, seed: Seed) -> Vec<f64> {
+    use rayon::prelude::*;
     w.fields
-        .iter()
+        .par_iter()
         .enumerate()
         .map(|(g, f)| {
             let mut rng = seed.derive("recsys.cache").index(g as u64).rng();
-            simulate_hit_rate(f.rows, w.cached_rows(f.rows), f.zipf_s, w.cache.policy, ids, &mut rng)
+            let k = w.cached_rows(f.rows);
+            let n = cache_stream_len(w.cache.policy, k, ids);
+            simulate_hit_rate(f.rows, k, f.zipf_s, w.cache.policy, n, &mut rng)
         })
         .collect()
 }
