@@ -1,5 +1,5 @@
 //! Validation property test (issue 9, item 7): in a valid scenario of each of `gemm`, `dense_training`,
-//! `moe_layer`, `training_job` and `fabric`, every numeric field of the `[workload]` table (walked recursively through nested
+//! `moe_layer`, `training_job`, `fabric` and `recsys_step`, every numeric field of the `[workload]` table (walked recursively through nested
 //! tables and arrays of tables) is set in turn to 0, negative values, NaN, ±inf and 2^63 (as a float, and as the
 //! largest TOML integer `i64::MAX`, since 2^63 itself overflows TOML's i64). Each mutated scenario must either be
 //! rejected with an [`Error::Invalid`] whose field path names the mutated field, or be accepted and then answered by
@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use trainlab_core::workloads::moe::MoeLayer;
-use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, TrainingJob};
+use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, RecsysStep, TrainingJob};
 use trainlab_core::{Backend, Error, Outcome, RunCtx, Seed, Workload};
 use trainlab_datasets::scenario::{EMBEDDED, Scenario, parse};
 
@@ -131,6 +131,7 @@ fn scenarios() -> Vec<(String, Scenario)> {
         ),
         ("c4-production".into(), variant("c4-production", "")),
         ("c4p-link-failure".into(), variant("c4p-link-failure", "")),
+        ("picasso-wdl".into(), variant("picasso-wdl", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -240,6 +241,13 @@ fn job_backends() -> Vec<Box<dyn Backend<TrainingJob>>> {
     ]
 }
 
+fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
+    vec![
+        Box::new(trainlab_models::recsys::RecsysAnalytical),
+        Box::new(trainlab_sim::recsys::RecsysSim { cache_ids: 2_000 }),
+    ]
+}
+
 fn fabric_backends() -> Vec<Box<dyn Backend<Fabric>>> {
     vec![
         Box::new(trainlab_models::fabric::FabricAnalytical),
@@ -287,6 +295,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         MoeLayer::KIND => check_typed::<MoeLayer>(sc, field, moe_backends),
         TrainingJob::KIND => check_typed::<TrainingJob>(sc, field, job_backends),
         Fabric::KIND => check_typed::<Fabric>(sc, field, fabric_backends),
+        RecsysStep::KIND => check_typed::<RecsysStep>(sc, field, recsys_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }

@@ -79,6 +79,40 @@ pub struct GpuSpec {
     pub tdp_watts: f64,
     /// Where the numbers come from.
     pub source: String,
+    /// Streaming-multiprocessor limits and host link, for kernel-level models (absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm: Option<SmSpec>,
+}
+
+/// Per-SM resource limits of one GPU (CUDA C Programming Guide, "Technical Specifications per Compute
+/// Capability"; the allocation granularities of the CUDA Occupancy Calculator), the SM count and the host link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmSpec {
+    /// Streaming multiprocessors.
+    pub sms: u32,
+    /// Resident threads per SM.
+    pub max_threads_per_sm: u32,
+    /// Resident blocks per SM.
+    pub max_blocks_per_sm: u32,
+    /// Threads per block.
+    pub max_threads_per_block: u32,
+    /// 32-bit registers per SM.
+    pub registers_per_sm: u32,
+    /// Registers per thread.
+    pub max_registers_per_thread: u32,
+    /// Register allocation unit per warp (registers).
+    pub register_alloc_unit: u32,
+    /// Shared memory per SM usable by blocks, bytes (the largest carve-out).
+    pub shared_mem_per_sm_bytes: u32,
+    /// Shared memory per block, bytes.
+    pub max_shared_mem_per_block_bytes: u32,
+    /// Shared memory the runtime reserves per block, bytes (1 KiB from compute capability 8.0).
+    pub reserved_shared_mem_per_block_bytes: u32,
+    /// Shared memory allocation unit, bytes.
+    pub shared_mem_alloc_unit_bytes: u32,
+    /// Host link (PCIe) bandwidth per direction, bytes/s.
+    pub pcie_bytes_per_s: f64,
 }
 
 impl GpuSpec {

@@ -21,7 +21,7 @@ pub mod units;
 pub mod workloads;
 
 pub use backend::{Backend, Fidelity, Outcome, RunCtx, Workload, run_backends};
-pub use cluster::{ClusterSpec, Device, Dtype, GpuSpec, LinkSpec};
+pub use cluster::{ClusterSpec, Device, Dtype, GpuSpec, LinkSpec, SmSpec};
 pub use error::{Error, Result};
 pub use metric::{Interval, Metric, Unit};
 pub use profile::{DeviceProfile, HeldOut, PROFILE_FORMAT, Profile, Provenance};

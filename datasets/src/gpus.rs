@@ -4,7 +4,7 @@
 //! direction (the datasheets quote the bidirectional total, which is halved here). The network tiers (latency,
 //! NIC speed) are assumptions stated in [`cluster`], not datasheet values.
 use std::collections::BTreeMap;
-use trainlab_core::{ClusterSpec, Dtype, Error, GpuSpec, LinkSpec};
+use trainlab_core::{ClusterSpec, Dtype, Error, GpuSpec, LinkSpec, SmSpec};
 
 const TFLOPS: f64 = 1e12;
 const GB: f64 = 1e9;
@@ -18,6 +18,72 @@ struct Preset {
     tdp_w: f64,
     nic_gbit_s: f64,
     source: &'static str,
+    sm: Option<SmPreset>,
+}
+
+/// Per-SM limits of a compute capability (CUDA C Programming Guide, "Technical Specifications per Compute
+/// Capability"; allocation units from the CUDA Occupancy Calculator spreadsheet), the SM count of the part (its
+/// datasheet or the architecture whitepaper) and PCIe per direction (datasheet bidirectional figure / 2).
+#[derive(Clone, Copy)]
+struct SmPreset {
+    sms: u32,
+    shared_kib_per_sm: u32,
+    shared_kib_per_block: u32,
+    reserved_shared: u32,
+    shared_alloc_unit: u32,
+    pcie_gb_s: f64,
+}
+
+/// Compute capability 7.0 (V100): 96 KiB shared per SM and per block, no reserved shared memory, 256-byte unit;
+/// 80 SMs (Tesla V100 whitepaper); PCIe Gen3 x16 32 GB/s bidirectional (datasheet).
+const CC70_V100: SmPreset = SmPreset {
+    sms: 80,
+    shared_kib_per_sm: 96,
+    shared_kib_per_block: 96,
+    reserved_shared: 0,
+    shared_alloc_unit: 256,
+    pcie_gb_s: 16.0,
+};
+/// Compute capability 8.0 (A100): 164 KiB shared per SM, 163 KiB per block, 1 KiB reserved per block, 128-byte
+/// unit; 108 SMs (A100 whitepaper); PCIe Gen4 64 GB/s bidirectional (datasheet).
+const CC80_A100: SmPreset = SmPreset {
+    sms: 108,
+    shared_kib_per_sm: 164,
+    shared_kib_per_block: 163,
+    reserved_shared: 1024,
+    shared_alloc_unit: 128,
+    pcie_gb_s: 32.0,
+};
+/// Compute capability 9.0 (H100/H800/H200 SXM): 228 KiB shared per SM, 227 KiB per block, 1 KiB reserved, 128-byte
+/// unit; 132 SMs (H100 whitepaper, SXM5); PCIe Gen5 128 GB/s bidirectional (datasheet).
+const CC90_HOPPER_SXM: SmPreset = SmPreset {
+    sms: 132,
+    shared_kib_per_sm: 228,
+    shared_kib_per_block: 227,
+    reserved_shared: 1024,
+    shared_alloc_unit: 128,
+    pcie_gb_s: 64.0,
+};
+
+impl SmPreset {
+    /// The limits common to compute capabilities 7.0 to 9.0: 2,048 threads, 32 blocks and 64 K registers per SM,
+    /// 1,024 threads per block, 255 registers per thread, registers allocated per warp in units of 256.
+    fn spec(self) -> SmSpec {
+        SmSpec {
+            sms: self.sms,
+            max_threads_per_sm: 2048,
+            max_blocks_per_sm: 32,
+            max_threads_per_block: 1024,
+            registers_per_sm: 65536,
+            max_registers_per_thread: 255,
+            register_alloc_unit: 256,
+            shared_mem_per_sm_bytes: self.shared_kib_per_sm * 1024,
+            max_shared_mem_per_block_bytes: self.shared_kib_per_block * 1024,
+            reserved_shared_mem_per_block_bytes: self.reserved_shared,
+            shared_mem_alloc_unit_bytes: self.shared_alloc_unit,
+            pcie_bytes_per_s: self.pcie_gb_s * GB,
+        }
+    }
 }
 
 const PRESETS: &[Preset] = &[
@@ -31,6 +97,7 @@ const PRESETS: &[Preset] = &[
         nic_gbit_s: 100.0,
         source: "NVIDIA Tesla V100 GPU Accelerator datasheet (SXM2): 15.7 TFLOPS FP32, 125 TFLOPS tensor, 32 GB HBM2 \
                  900 GB/s, NVLink 300 GB/s, 300 W. No BF16 (falls back to FP32 rate).",
+        sm: Some(CC70_V100),
     },
     Preset {
         name: "a100-80gb",
@@ -47,6 +114,7 @@ const PRESETS: &[Preset] = &[
         nic_gbit_s: 200.0,
         source: "NVIDIA A100 Tensor Core GPU datasheet (SXM 80GB): 19.5 TFLOPS FP32, 156 TF32, 312 BF16/FP16 dense, \
                  80 GB HBM2e 2,039 GB/s, NVLink 600 GB/s, 400 W.",
+        sm: Some(CC80_A100),
     },
     Preset {
         name: "h100-sxm",
@@ -64,6 +132,7 @@ const PRESETS: &[Preset] = &[
         nic_gbit_s: 400.0,
         source: "NVIDIA H100 Tensor Core GPU datasheet (SXM5): 67 TFLOPS FP32, 989 TF BF16/FP16 dense (1,979 with \
                  sparsity), 1,979 FP8 dense, 80 GB HBM3 3.35 TB/s, NVLink 900 GB/s, up to 700 W.",
+        sm: Some(CC90_HOPPER_SXM),
     },
     Preset {
         name: "h800",
@@ -81,6 +150,7 @@ const PRESETS: &[Preset] = &[
         nic_gbit_s: 400.0,
         source: "NVIDIA H800 SXM5 product brief: H100 SXM compute and 80 GB HBM3 3.35 TB/s, NVLink reduced to \
                  400 GB/s, 700 W.",
+        sm: Some(CC90_HOPPER_SXM),
     },
     Preset {
         name: "h200",
@@ -98,6 +168,7 @@ const PRESETS: &[Preset] = &[
         nic_gbit_s: 400.0,
         source: "NVIDIA H200 Tensor Core GPU datasheet (SXM): H100 SXM compute (989 TF BF16 dense), 141 GB HBM3e \
                  4.8 TB/s, NVLink 900 GB/s, up to 700 W.",
+        sm: Some(CC90_HOPPER_SXM),
     },
 ];
 
@@ -129,6 +200,7 @@ const HOST_CPU: Preset = Preset {
     nic_gbit_s: 10.0,
     source: "not a datasheet: a documented guess for a 2-core AVX2 machine (2 FMA x 8 fp32 lanes x 2 FLOP x 3 GHz \
              per core, ~70% sustained; ~12 GB/s DRAM); calibrate to replace it",
+    sm: None,
 };
 
 /// The preset called `name` (case-insensitive; `h100` is accepted for `h100-sxm`).
@@ -157,6 +229,7 @@ pub fn preset(name: &str) -> Option<GpuSpec> {
             nvlink_bandwidth_bytes_per_s: p.nvlink_total_gb_s * GB / 2.0,
             tdp_watts: p.tdp_w,
             source: p.source.to_string(),
+            sm: p.sm.map(SmPreset::spec),
         })
 }
 

@@ -16,6 +16,7 @@ fn workload() -> DenseTraining {
         nvlink_bandwidth_bytes_per_s: 450e9,
         tdp_watts: 700.0,
         source: "bench".into(),
+        sm: None,
     };
     DenseTraining {
         model: TransformerSpec {

@@ -15,6 +15,7 @@ pub mod laws;
 pub mod mixture;
 pub mod moe;
 pub mod queueing;
+pub mod recsys;
 pub mod reliability;
 pub mod roofline;
 pub mod search;

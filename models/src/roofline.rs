@@ -169,6 +169,7 @@ pub(crate) mod tests {
             nvlink_bandwidth_bytes_per_s: 450e9,
             tdp_watts: 700.0,
             source: "test".into(),
+            sm: None,
         }
     }
 

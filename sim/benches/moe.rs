@@ -25,6 +25,7 @@ fn layer(routing: Routing, router: RouterModel) -> MoeLayer {
                 nvlink_bandwidth_bytes_per_s: 4.5e11,
                 tdp_watts: 700.0,
                 source: "bench".into(),
+                sm: None,
             },
             gpus_per_node: 8,
             nodes: 8,

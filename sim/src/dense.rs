@@ -65,6 +65,7 @@ mod tests {
             nvlink_bandwidth_bytes_per_s: 450e9,
             tdp_watts: 700.0,
             source: "test".into(),
+            sm: None,
         };
         DenseTraining {
             model: TransformerSpec {

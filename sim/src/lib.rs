@@ -8,3 +8,4 @@ pub mod failures;
 pub mod moe;
 pub mod pipeline;
 pub mod queueing;
+pub mod recsys;

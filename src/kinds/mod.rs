@@ -27,6 +27,7 @@ pub mod fabric;
 pub mod micro;
 pub mod moe;
 pub mod queue;
+pub mod recsys;
 pub mod training_job;
 
 /// The table of workload kinds, in the order `trainlab` lists them.
@@ -42,6 +43,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &fabric::KIND,
     &cpt::KIND,
     &distill::KIND,
+    &recsys::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.

@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod micro;
 pub mod moe;
 pub mod queue;
+pub mod recsys;
 pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
@@ -20,6 +21,7 @@ pub use gemm::{Gemm, GemmOutcome};
 pub use micro::{LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 pub use moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel, Routing};
 pub use queue::{Queue, QueueOutcome};
+pub use recsys::{RecsysOutcome, RecsysStep};
 pub use training_job::{
     CheckpointInterval, DetectionSpec, FailureSpec, FaultClass, FaultKind, Phase, Policy, PolicyOutcome, TrainingJob,
     TrainingJobOutcome,

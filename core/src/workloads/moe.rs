@@ -424,6 +424,7 @@ mod tests {
                 nvlink_bandwidth_bytes_per_s: 4.5e11,
                 tdp_watts: 700.0,
                 source: "test".into(),
+                sm: None,
             },
             gpus_per_node: 8,
             nodes: 1,

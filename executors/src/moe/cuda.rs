@@ -628,6 +628,7 @@ mod tests {
                     nvlink_bandwidth_bytes_per_s: 0.0,
                     tdp_watts: 1.0,
                     source: "test".into(),
+                    sm: None,
                 },
                 gpus_per_node: 1,
                 nodes: 1,

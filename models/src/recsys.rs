@@ -1,0 +1,548 @@
+//! Closed form of a recommender training step (`recsys_step`, PICASSO: arXiv 2204.04903; cost model of
+//! `shared/design/notes/c4-picasso-moe.md` §2.4), and the op plan the kernel-level simulator (`trainlab_sim::recsys`)
+//! replays.
+//!
+//! # The op plan ([`plan`])
+//! Per micro-batch of `b` samples, each embedding chain (a field, or a packed group of fields with equal `dim` and
+//! `pooling`) with `L = b Σ ids_per_sample` lookups of rows of `d` fp32 values runs, in order:
+//! `unique` (reads and writes the 8-byte ids: `16 L` bytes), a PCIe `copy` of the missed rows (`(1-h) 4 L d` bytes,
+//! only when something misses), `gather` (`8 L d`: rows read, written to a staging buffer), `pool` (`4 L d` read,
+//! `4 b d` per field written); the MLP chain: `concat` (`8 b K0`, `K0 = Σ d`), per layer a GEMM `[b, k] x [k, n]`
+//! and an activation (`2 b n e` bytes), then backward per layer (last first) activation gradient (`3 b n e`), the
+//! data-gradient GEMM `[b, n] x [n, k]` and the weight-gradient GEMM `[k, b] x [b, n]`; then per embedding chain
+//! `pool_grad` (`4 b d` per field read, `4 L d` written) and the sparse row update `scatter` (`12 L d`). After all
+//! micro-batches, one optimizer kernel per layer (`28 k n` bytes: Adam reads weights, gradient and two moments, writes
+//! three). Packing makes one chain of summed bytes out of the group's fields. Mean pooling costs what sum does.
+//! Ids are not de-duplicated before the copy (every lookup of a missed row copies it): an upper bound on PCIe bytes.
+//!
+//! # Time of one op alone
+//! - **Kernels** have a block shape ([`BlockShape`]) and a grid; the blocks an SM holds follow the CUDA occupancy
+//!   rules ([`occupancy`]), and the kernel's share of the GPU's block slots is `s = min(1, blocks / (occ x SMs))`.
+//! - **Memory-bound kernels** (all but GEMMs): `kernel_us + bytes / (bw x min(1, 2 s))`, `bw` = 0.9 x HBM (the
+//!   datasheet memory efficiency of [`crate::roofline`]). A kernel on fewer than half the SMs cannot keep enough bytes
+//!   in flight to saturate HBM (Little's law); the factor 2 is an assumption, not a measurement.
+//! - **GEMMs**: `kernel_us` + the shared GEMM law of [`crate::hardware`] (`max(F / (rate d/(d+h)), B / bw)`,
+//!   `d = min(m, n, k)`, datasheet rate 0.75 x dense peak); 256-thread blocks of a 128 x 128 tile, 128 registers per
+//!   thread, 64 KiB shared memory (a cuBLAS-like tile; an assumption).
+//! - **Copies**: `kernel_us + bytes / PCIe` per direction (the preset's datasheet figure).
+//! - **Launch**: every op (kernels and copies) costs the host `launch_us`.
+//!
+//! # Step time ([`RecsysAnalytical`])
+//! With one stream the executor is synchronous: `T = Σ_ops (launch + time)`. With `S >= 2` streams and `M`
+//! micro-batches the four stages (launch, copy, embedding, MLP; sums `t_r`) pipeline across micro-batches:
+//! `T = Σ_r t_r / M + (M - 1) max_r t_r / M` (notes §2.4; it tends to `max_r t_r` as `M` grows instead of `Σ_r t_r`).
+//! `sm_busy = Σ s_k t_k / T`, `hbm_util = Σ bytes / (T bw)`, `pcie_util = Σ copied / (T PCIe)`.
+//!
+//! # Cache hit rate in closed form
+//! Ids of a table of `V` rows are Zipf(`s`): the row of rank `i` has probability `i^-s / H_{V,s}`,
+//! `H_{n,s} = Σ_{i<=n} i^-s` (generalised harmonic number).
+//! - `static_topk` caching the `k` most popular rows: `h = H_{k,s} / H_{V,s}` (notes §2.4).
+//! - `lru`: Che's approximation (Che, Tung & Wang, IEEE JSAC 20(7), 2002; Fricker, Robert & Roberts, ITC 2012):
+//!   the characteristic time `t_C` solves `Σ_i (1 - exp(-p_i t_C)) = k` (by bisection on `log t_C`), and
+//!   `h = Σ_i p_i (1 - exp(-p_i t_C))`.
+//! - `lfu`: under independent references an LFU cache converges to the top-k rows, so the static form is used.
+//!
+//! Sums over up to 2^34 rows are exact for the first [`EXACT_TERMS`] ranks and by geometric bins beyond (each bin's
+//! terms evaluated at its geometric midpoint times its count; relative error below 1e-5 in the tests).
+use trainlab_core::workloads::recsys::{CachePolicy, RecsysOutcome, RecsysStep};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, SmSpec, Workload};
+
+use crate::hardware::GemmLaw;
+use crate::roofline::datasheet_profile;
+
+/// A kernel's block shape, as the occupancy rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockShape {
+    /// Threads per block.
+    pub threads: u32,
+    /// Registers per thread.
+    pub regs: u32,
+    /// Static plus dynamic shared memory per block, bytes.
+    pub smem: u32,
+}
+
+/// Memory-bound kernels: 256 threads, 32 registers, 4 KiB shared memory (a hash or reduction scratch).
+pub const MEM_BLOCK: BlockShape = BlockShape {
+    threads: 256,
+    regs: 32,
+    smem: 4096,
+};
+/// GEMM kernels: 256 threads, 128 registers, 64 KiB shared memory per 128 x 128 tile.
+pub const GEMM_BLOCK: BlockShape = BlockShape {
+    threads: 256,
+    regs: 128,
+    smem: 64 * 1024,
+};
+
+/// SM sub-partitions whose register files are allocated separately (4 from compute capability 7.0; the
+/// `cudaOccMaxBlocksPerSMRegsLimit` rule of `cuda_occupancy.h`).
+const SUB_PARTITIONS: u32 = 4;
+
+fn round_up(x: u32, unit: u32) -> u32 {
+    if unit == 0 { x } else { x.div_ceil(unit) * unit }
+}
+
+/// Resident blocks per SM of a kernel of block shape `b` (0 if the shape cannot launch), by the CUDA occupancy
+/// rules for compute capability 7.0 and later: the minimum of the block limit, the warp limit
+/// (`max_threads / 32` warps over `ceil(threads / 32)` warps per block), the register limit (registers per warp
+/// rounded up to the allocation unit; whole warps per sub-partition register file of `registers / 4`), and the
+/// shared-memory limit (`smem + reserved` rounded up to the allocation unit).
+pub fn occupancy(sm: &SmSpec, b: BlockShape) -> u32 {
+    if b.threads == 0
+        || b.threads > sm.max_threads_per_block
+        || b.regs > sm.max_registers_per_thread
+        || b.smem > sm.max_shared_mem_per_block_bytes
+    {
+        return 0;
+    }
+    let warps = b.threads.div_ceil(32);
+    let by_blocks = sm.max_blocks_per_sm;
+    let by_warps = (sm.max_threads_per_sm / 32) / warps;
+    let by_regs = if b.regs == 0 {
+        u32::MAX
+    } else {
+        let per_warp = round_up(b.regs * 32, sm.register_alloc_unit);
+        let warps_by_regs = (sm.registers_per_sm / SUB_PARTITIONS / per_warp) * SUB_PARTITIONS;
+        warps_by_regs / warps
+    };
+    let smem = round_up(
+        b.smem + sm.reserved_shared_mem_per_block_bytes,
+        sm.shared_mem_alloc_unit_bytes,
+    );
+    let by_smem = sm.shared_mem_per_sm_bytes.checked_div(smem).unwrap_or(u32::MAX);
+    by_blocks.min(by_warps).min(by_regs).min(by_smem)
+}
+
+/// The share of the GPU's block slots a grid of `blocks` blocks of shape `b` occupies: `min(1, blocks / (occ SMs))`.
+pub fn sm_share(sm: &SmSpec, b: BlockShape, blocks: f64) -> f64 {
+    let slots = occupancy(sm, b) as f64 * sm.sms as f64;
+    if slots <= 0.0 { 1.0 } else { (blocks / slots).min(1.0) }
+}
+
+/// Ranks summed term by term before geometric binning.
+pub const EXACT_TERMS: u64 = 1 << 16;
+const BIN_RATIO: f64 = 1.001;
+
+/// `Σ_{i=1}^{n} g(i)` for a smooth, slowly varying `g`: exact up to [`EXACT_TERMS`], geometric bins beyond.
+pub fn rank_sum(n: u64, g: impl Fn(f64) -> f64) -> f64 {
+    let exact = n.min(EXACT_TERMS);
+    let mut s = 0.0;
+    for i in 1..=exact {
+        s += g(i as f64);
+    }
+    let mut a = exact + 1;
+    while a <= n {
+        let b = (((a as f64) * BIN_RATIO) as u64).max(a).min(n);
+        let mid = ((a as f64) * (b as f64)).sqrt();
+        s += (b - a + 1) as f64 * g(mid);
+        a = b + 1;
+    }
+    s
+}
+
+/// Generalised harmonic number `H_{n,s} = Σ_{i<=n} i^-s`.
+pub fn harmonic(n: u64, s: f64) -> f64 {
+    rank_sum(n, |i| i.powf(-s))
+}
+
+/// Hit rate of a static cache of the `k` most popular of `rows` Zipf(`s`) rows: `H_{k,s} / H_{V,s}`.
+pub fn static_topk_hit(rows: u64, k: u64, s: f64) -> f64 {
+    if k == 0 {
+        return 0.0;
+    }
+    if k >= rows {
+        return 1.0;
+    }
+    harmonic(k, s) / harmonic(rows, s)
+}
+
+/// Hit rate of an LRU cache of `k` of `rows` Zipf(`s`) rows under independent references, by Che's approximation.
+pub fn lru_che_hit(rows: u64, k: u64, s: f64) -> f64 {
+    if k == 0 {
+        return 0.0;
+    }
+    if k >= rows {
+        return 1.0;
+    }
+    let h = harmonic(rows, s);
+    let occupied = |t: f64| rank_sum(rows, |i| 1.0 - (-(i.powf(-s) / h) * t).exp());
+    // Bisection on log t: occupied(t) grows from 0 to `rows`.
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while occupied(hi.exp()) < k as f64 {
+        lo = hi;
+        hi *= 2.0;
+        if hi > 200.0 {
+            break;
+        }
+    }
+    for _ in 0..80 {
+        let mid = 0.5 * (lo + hi);
+        if occupied(mid.exp()) < k as f64 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let t = (0.5 * (lo + hi)).exp();
+    rank_sum(rows, |i| {
+        let p = i.powf(-s) / h;
+        p * (1.0 - (-p * t).exp())
+    })
+}
+
+/// The closed-form hit rate of field group `g` of `w` under its cache policy.
+pub fn closed_form_hit(w: &RecsysStep, g: usize) -> f64 {
+    let f = &w.fields[g];
+    let k = w.cached_rows(f.rows);
+    match w.cache.policy {
+        CachePolicy::StaticTopk | CachePolicy::Lfu => static_topk_hit(f.rows, k, f.zipf_s),
+        CachePolicy::Lru => lru_che_hit(f.rows, k, f.zipf_s),
+    }
+}
+
+/// Which stage an op belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Embedding kernels (unique, gather, pool and their backward).
+    Embedding,
+    /// MLP kernels (concat, GEMMs, activations, optimizer).
+    Mlp,
+    /// PCIe copies (their own engine).
+    Copy,
+}
+
+/// One op of the plan, in host program order.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Op {
+    /// Its stage.
+    pub stage: Stage,
+    /// The micro-batch (the optimizer ops carry `micro_batches`).
+    pub micro: u32,
+    /// The stream it runs on when there are `S >= 2` streams (copies: the copy engine).
+    pub stream: u32,
+    /// Time alone on the GPU, seconds (including the fixed kernel time).
+    pub time_s: f64,
+    /// Share of the GPU's block slots (0 for copies).
+    pub sm_share: f64,
+    /// HBM bytes moved.
+    pub hbm_bytes: f64,
+    /// PCIe bytes moved.
+    pub pcie_bytes: f64,
+}
+
+/// The ops of one step, in host program order, and their dependencies beyond stream order.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The ops.
+    pub ops: Vec<Op>,
+    /// `(before, after)`: `after` may start only once `before` has finished.
+    pub edges: Vec<(u32, u32)>,
+    /// Host time per op launch, seconds.
+    pub launch_s: f64,
+    /// Sustained HBM bandwidth, bytes/s.
+    pub hbm_bw: f64,
+    /// PCIe bandwidth, bytes/s.
+    pub pcie_bw: f64,
+    /// Lookups per step (all fields).
+    pub lookups: f64,
+    /// Lookups that hit the cache.
+    pub hits: f64,
+}
+
+impl Plan {
+    /// GPU kernels (ops that are not copies).
+    pub fn kernels(&self) -> u64 {
+        self.ops.iter().filter(|o| o.stage != Stage::Copy).count() as u64
+    }
+}
+
+struct Builder<'a> {
+    plan: Plan,
+    sm: &'a SmSpec,
+    kernel_s: f64,
+    gemm: GemmLaw,
+    elem: f64,
+}
+
+impl Builder<'_> {
+    fn push(&mut self, op: Op, after: &[u32]) -> u32 {
+        let id = self.plan.ops.len() as u32;
+        self.plan.ops.push(op);
+        for &a in after {
+            self.plan.edges.push((a, id));
+        }
+        id
+    }
+    fn mem(&mut self, stage: Stage, micro: u32, stream: u32, bytes: f64, elems: f64, after: &[u32]) -> u32 {
+        let s = sm_share(self.sm, MEM_BLOCK, (elems / 1024.0).ceil().max(1.0));
+        let bw = self.plan.hbm_bw * (2.0 * s).min(1.0);
+        let op = Op {
+            stage,
+            micro,
+            stream,
+            time_s: self.kernel_s + bytes / bw,
+            sm_share: s,
+            hbm_bytes: bytes,
+            pcie_bytes: 0.0,
+        };
+        self.push(op, after)
+    }
+    fn gemm(&mut self, micro: u32, stream: u32, m: f64, n: f64, k: f64, after: &[u32]) -> u32 {
+        let blocks = (m / 128.0).ceil() * (n / 128.0).ceil();
+        let s = sm_share(self.sm, GEMM_BLOCK, blocks.max(1.0));
+        let op = Op {
+            stage: Stage::Mlp,
+            micro,
+            stream,
+            time_s: self.kernel_s + self.gemm.matmul_time(m, n, k, 1.0, self.elem),
+            sm_share: s,
+            hbm_bytes: (m * k + k * n + m * n) * self.elem,
+            pcie_bytes: 0.0,
+        };
+        self.push(op, after)
+    }
+}
+
+/// The op plan of a step of `w` (validated), with the hit rate of each field group given by `hit`.
+pub fn plan(w: &RecsysStep, hit: &[f64]) -> Plan {
+    let gpu = &w.cluster.gpu;
+    let sm = gpu.sm.as_ref().expect("validated: the GPU has SM limits");
+    let profile = datasheet_profile(gpu);
+    let gemm = GemmLaw::of(&profile, w.mlp_dtype);
+    let mut b = Builder {
+        plan: Plan {
+            launch_s: w.overheads.launch_us * 1e-6,
+            hbm_bw: profile.mem_bw_bytes_per_s,
+            pcie_bw: sm.pcie_bytes_per_s,
+            ..Plan::default()
+        },
+        sm,
+        kernel_s: w.overheads.kernel_us * 1e-6,
+        gemm,
+        elem: w.mlp_dtype.bytes() as f64,
+    };
+    // Chains: (dim, fields of the chain as (group index, count)).
+    let mut chains: Vec<(u64, Vec<(usize, u64)>)> = Vec::new();
+    if w.packing {
+        let mut keys: Vec<_> = w.fields.iter().map(|g| (g.dim, g.pooling)).collect();
+        keys.sort();
+        keys.dedup();
+        for (dim, pooling) in keys {
+            let members = w
+                .fields
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.dim == dim && g.pooling == pooling)
+                .map(|(i, g)| (i, g.count))
+                .collect();
+            chains.push((dim, members));
+        }
+    } else {
+        for (i, g) in w.fields.iter().enumerate() {
+            for _ in 0..g.count {
+                chains.push((g.dim, vec![(i, 1)]));
+            }
+        }
+    }
+    let m_total = w.micro_batches;
+    let streams = w.streams as u32;
+    let k0 = w.mlp_input() as f64;
+    let mut mlp_last = Vec::new();
+    for m in 0..m_total {
+        // Split the batch as evenly as possible: the first `batch % M` micro-batches get one more sample.
+        let bm = (w.batch / m_total + u64::from(m < w.batch % m_total)) as f64;
+        let mi = m as u32;
+        let mut fwd_last = Vec::with_capacity(chains.len());
+        for (c, (dim, members)) in chains.iter().enumerate() {
+            let st = (mi + c as u32) % streams;
+            let d = *dim as f64;
+            let (mut lookups, mut misses, mut nf) = (0.0, 0.0, 0.0);
+            for &(g, count) in members {
+                let l = bm * (count * w.fields[g].ids_per_sample) as f64;
+                lookups += l;
+                misses += l * (1.0 - hit[g]);
+                nf += count as f64;
+            }
+            b.plan.lookups += lookups;
+            b.plan.hits += lookups - misses;
+            let u = b.mem(Stage::Embedding, mi, st, 16.0 * lookups, lookups, &[]);
+            let mut prev = u;
+            if misses > 0.0 {
+                let bytes = 4.0 * misses * d;
+                let op = Op {
+                    stage: Stage::Copy,
+                    micro: mi,
+                    stream: st,
+                    time_s: b.kernel_s + bytes / b.plan.pcie_bw,
+                    sm_share: 0.0,
+                    hbm_bytes: 0.0,
+                    pcie_bytes: bytes,
+                };
+                prev = b.push(op, &[u]);
+            }
+            let g = b.mem(Stage::Embedding, mi, st, 8.0 * lookups * d, lookups * d, &[prev]);
+            let p = b.mem(
+                Stage::Embedding,
+                mi,
+                st,
+                4.0 * lookups * d + 4.0 * bm * nf * d,
+                lookups * d,
+                &[g],
+            );
+            fwd_last.push(p);
+        }
+        let st = mi % streams;
+        let mut prev = b.mem(Stage::Mlp, mi, st, 8.0 * bm * k0, bm * k0, &fwd_last);
+        let mut widths = vec![k0];
+        widths.extend(w.mlp.iter().map(|&x| x as f64));
+        for l in 0..w.mlp.len() {
+            let (k, n) = (widths[l], widths[l + 1]);
+            prev = b.gemm(mi, st, bm, n, k, &[prev]);
+            prev = b.mem(Stage::Mlp, mi, st, 2.0 * bm * n * b.elem, bm * n, &[prev]);
+        }
+        for l in (0..w.mlp.len()).rev() {
+            let (k, n) = (widths[l], widths[l + 1]);
+            prev = b.mem(Stage::Mlp, mi, st, 3.0 * bm * n * b.elem, bm * n, &[prev]);
+            prev = b.gemm(mi, st, bm, k, n, &[prev]);
+            prev = b.gemm(mi, st, k, n, bm, &[prev]);
+        }
+        mlp_last.push(prev);
+        for (c, (dim, members)) in chains.iter().enumerate() {
+            let st = (mi + c as u32) % streams;
+            let d = *dim as f64;
+            let (mut lookups, mut nf) = (0.0, 0.0);
+            for &(g, count) in members {
+                lookups += bm * (count * w.fields[g].ids_per_sample) as f64;
+                nf += count as f64;
+            }
+            let pg = b.mem(
+                Stage::Embedding,
+                mi,
+                st,
+                4.0 * bm * nf * d + 4.0 * lookups * d,
+                lookups * d,
+                &[prev],
+            );
+            b.mem(Stage::Embedding, mi, st, 12.0 * lookups * d, lookups * d, &[pg]);
+        }
+    }
+    let mut widths = vec![k0];
+    widths.extend(w.mlp.iter().map(|&x| x as f64));
+    let mut after = mlp_last;
+    for l in 0..w.mlp.len() {
+        let kn = widths[l] * widths[l + 1];
+        let id = b.mem(Stage::Mlp, m_total as u32, 0, 28.0 * kn, kn, &after);
+        after = vec![id];
+    }
+    b.plan
+}
+
+/// Sums of one plan by stage, and the utilisations of a step of time `t`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageSums {
+    /// Host launch time, seconds.
+    pub launch: f64,
+    /// Embedding kernels, seconds.
+    pub embedding: f64,
+    /// MLP kernels, seconds.
+    pub mlp: f64,
+    /// Copies, seconds.
+    pub copy: f64,
+    /// `Σ s_k t_k`, seconds.
+    pub sm_time: f64,
+    /// HBM bytes.
+    pub hbm_bytes: f64,
+    /// PCIe bytes.
+    pub pcie_bytes: f64,
+}
+
+/// The stage sums of `p`.
+pub fn stage_sums(p: &Plan) -> StageSums {
+    let mut s = StageSums {
+        launch: p.ops.len() as f64 * p.launch_s,
+        ..StageSums::default()
+    };
+    for o in &p.ops {
+        match o.stage {
+            Stage::Embedding => s.embedding += o.time_s,
+            Stage::Mlp => s.mlp += o.time_s,
+            Stage::Copy => s.copy += o.time_s,
+        }
+        s.sm_time += o.sm_share * o.time_s;
+        s.hbm_bytes += o.hbm_bytes;
+        s.pcie_bytes += o.pcie_bytes;
+    }
+    s
+}
+
+/// The closed-form outcome of `w` (validated).
+pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
+    let hit: Vec<f64> = (0..w.fields.len()).map(|g| closed_form_hit(w, g)).collect();
+    let p = plan(w, &hit);
+    let s = stage_sums(&p);
+    let total = s.launch + s.embedding + s.mlp + s.copy;
+    let t = if w.streams == 1 {
+        total
+    } else {
+        let m = w.micro_batches as f64;
+        let max = s.launch.max(s.embedding).max(s.mlp).max(s.copy);
+        total / m + (m - 1.0) * max / m
+    };
+    RecsysOutcome {
+        step_time_s: t,
+        kernels: p.kernels(),
+        sm_busy: (s.sm_time / t).min(1.0),
+        hbm_util: s.hbm_bytes / (t * p.hbm_bw),
+        pcie_util: s.pcie_bytes / (t * p.pcie_bw),
+        cache_hit_rate: if p.lookups > 0.0 { p.hits / p.lookups } else { 0.0 },
+        stage_embedding_s: s.embedding,
+        stage_mlp_s: s.mlp,
+        stage_copy_s: s.copy,
+        stage_launch_s: s.launch,
+        batch: w.batch,
+    }
+}
+
+/// The `analytical` backend of `recsys_step` (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecsysAnalytical;
+
+impl Backend<RecsysStep> for RecsysAnalytical {
+    fn name(&self) -> &str {
+        "analytical"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Analytical
+    }
+    fn run(&mut self, workload: &RecsysStep, _ctx: &mut RunCtx) -> Result<RecsysOutcome, Error> {
+        workload.validate()?;
+        Ok(closed_form(workload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn harmonic_numbers_match_direct_sums() {
+        for &(n, s) in &[(10u64, 1.0), (1000, 0.8), (200_000, 1.1), (3_000_000, 1.0)] {
+            let direct: f64 = (1..=n).map(|i| (i as f64).powf(-s)).sum();
+            let r = harmonic(n, s);
+            assert!(((r - direct) / direct).abs() < 1e-5, "H({n},{s}) = {r} vs {direct}");
+        }
+        assert_eq!(static_topk_hit(100, 100, 1.0), 1.0);
+        assert_eq!(static_topk_hit(100, 0, 1.0), 0.0);
+        // Uniform ids: a cache of k rows hits k/V under every policy.
+        assert!((static_topk_hit(1000, 100, 0.0) - 0.1).abs() < 1e-12);
+        assert!((lru_che_hit(1000, 100, 0.0) - 0.1).abs() < 1e-6);
+    }
+
+    #[test]
+    fn che_is_below_static_topk_under_skew() {
+        let (v, k, s) = (100_000, 1000, 1.0);
+        let lru = lru_che_hit(v, k, s);
+        let top = static_topk_hit(v, k, s);
+        assert!(lru < top && lru > 0.5 * top, "lru {lru} top {top}");
+    }
+}
