@@ -475,13 +475,7 @@ impl Router {
                             .iter()
                             .map(|&(l, sw)| self.load(l).max(down_min(self, sw)))
                             .collect();
-                        let mut best = 0;
-                        for i in 1..cands.len() {
-                            if cost[i] < cost[best] {
-                                best = i;
-                            }
-                        }
-                        cands[best]
+                        cands[first_min(&cost)]
                     }
                 };
                 path.push(up);
@@ -591,13 +585,7 @@ impl Router {
                             .iter()
                             .map(|&(l, core)| self.load(l).max(core_down_min(self, sw, core)))
                             .collect();
-                        let mut best = 0;
-                        for i in 1..cands.len() {
-                            if cost[i] < cost[best] {
-                                best = i;
-                            }
-                        }
-                        cands[best]
+                        cands[first_min(&cost)]
                     }
                 };
                 path.push(up2);
@@ -1023,4 +1011,15 @@ impl Backend<Fabric> for FabricSim {
             work: done.iter().map(|r| r.recomputes).sum(),
         })
     }
+}
+
+/// Index of the first smallest cost (the planner's tie-break: the earliest candidate).
+fn first_min(cost: &[u32]) -> usize {
+    let mut best = 0;
+    for i in 1..cost.len() {
+        if cost[i] < cost[best] {
+            best = i;
+        }
+    }
+    best
 }
