@@ -1,27 +1,11 @@
 //! End-to-end tests of the `fabric` kind through the binary: bad input exits 2 naming the field, the C4P scenarios
 //! run and compare.
+mod common;
+use common::*;
 use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trainlab"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
 
 fn base() -> String {
     std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/c4p-link-failure.toml")).unwrap()
-}
-
-/// Writes `text` to a temporary scenario file.
-fn scenario(tag: &str, text: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("trainlab-fabric-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join("s.toml");
-    std::fs::write(&p, text).unwrap();
-    p
 }
 
 #[test]
@@ -69,7 +53,7 @@ fn bad_fabric_input_exits_2_with_the_field_path() {
     ];
     for (tag, text, field) in cases {
         assert_ne!(text, b, "{tag}: the mutation did not apply");
-        let p = scenario(tag, &text);
+        let p = scenario_file(tag, &text);
         for args in [vec!["run", "--backend", "flow_sim"], vec!["compare"]] {
             let o = bin().args(&args).arg(&p).output().unwrap();
             let e = stderr(&o);

@@ -1,26 +1,12 @@
 //! The kind table: every kind declared once and consistent, studies over any kind, profiles checked per kind.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
+use std::path::Path;
 use trainlab::kinds::{self, KINDS, Opts, Request};
 use trainlab::profiles::Profiles;
 use trainlab::study;
 use trainlab_core::{Fidelity, RunCtx, Seed};
 use trainlab_datasets::scenario::{EMBEDDED, parse};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_trainlab"))
-}
-
-fn run(c: &mut Command) -> Output {
-    c.output().expect("spawn trainlab")
-}
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("trainlab-kinds-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 #[test]
 fn table_is_consistent() {

@@ -1,0 +1,34 @@
+//! Helpers the end-to-end tests share: the built binary, its output, scratch folders and scenario files.
+#![allow(dead_code)] // each test binary uses its own subset
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The `trainlab` binary built for this test run.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_trainlab"))
+}
+
+/// Runs `cmd` to completion.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("spawn trainlab")
+}
+
+/// Its standard error as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+/// A fresh, empty scratch folder for this test process and `tag`.
+pub fn tmpdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `text` written as `s.toml` in a fresh scratch folder for `tag`.
+pub fn scenario_file(tag: &str, text: &str) -> PathBuf {
+    let p = tmpdir(tag).join("s.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
