@@ -4,6 +4,7 @@
 
 pub mod calibrate;
 pub mod collectives;
+pub mod contrastive;
 pub mod cpt;
 pub mod dense;
 pub mod distill;

@@ -20,6 +20,7 @@ use trainlab_core::{Backend, Error, Fidelity, Metric, Param, Record, RunCtx, Uni
 use trainlab_datasets::scenario::Scenario;
 
 pub mod collective;
+pub mod contrastive;
 pub mod cpt;
 pub mod dense;
 pub mod distill;
@@ -43,6 +44,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &fabric::KIND,
     &cpt::KIND,
     &distill::KIND,
+    &contrastive::KIND,
     &recsys::KIND,
 ];
 

@@ -1,6 +1,7 @@
 //! Concrete workload kinds. Each is a serialisable description plus its outcome; backends for it live in the crate
 //! that owns the method (closed forms in `models`, simulators in `sim`, real runs in `executors`).
 pub mod collective;
+pub mod contrastive;
 pub mod cpt;
 pub mod dense;
 pub mod distill;

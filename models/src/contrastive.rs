@@ -1,0 +1,185 @@
+//! The cost of one contrastive pre-training step (CLIP-style in-batch negatives or MoCo/VICTOR-style momentum
+//! queues), in closed form: the `analytical` backend of the `contrastive_pretrain` kind. Formulas from
+//! `shared/design/notes/rlhf-victor.md` §3.4–3.5 (the notes' own derivations, tagged [I] there):
+//!
+//! With W GPUs, global batch B, per-GPU batch b = B/W, embedding width d, query encoders of N_v, N_t parameters fed
+//! T_v, T_t tokens per sample:
+//! - encoders: `6·(N_v·T_v + N_t·T_t)·b` FLOPs for the query encoders (forward and backward), plus
+//!   `2·(N_v·T_v + N_t·T_t)·b` for the momentum key encoders (forward only), at `mfu` of the GPU's peak;
+//! - logits, forward and backward (×3): in-batch `2·B·B·d` per rank, or `2·b·B·d` with the local loss; queue
+//!   `2·b·(K + b)·d` per queue (each query against the queue and the batch's own keys);
+//! - momentum EMA: a memory-bound pass of ≈ 12 bytes per key-network parameter (read both weights, write one, fp32),
+//!   over the HBM bandwidth;
+//! - communication through the one hardware model ([`crate::hardware::AlphaBetaNetwork`]): the all-gather of the
+//!   b×d image and text embeddings (bf16) of every rank (in-batch; the same volume again as a reduce-scatter with
+//!   `gather_with_grad`), the all-gather of the keys for the queues, and the data-parallel all-reduce of the query
+//!   encoders' bf16 gradients, counted in full (not overlapped with the backward pass: an upper bound);
+//! - loading: `b · frames · decode_s_per_frame / cores_per_gpu` host seconds; it runs ahead of the GPU (prefetch), so
+//!   a step takes the larger of loading and the GPU's work, and `cores needed = b·frames·decode / GPU time`;
+//! - memory: the fp32 logit matrix (`B·B·4` bytes, or `b·B·4` with the local loss: 4.29 GB at B = 32,768, the
+//!   notes' check), the fp32 queues `K·d·4` each, the key network's bf16 weights `2·(N_v + N_t)`.
+use crate::collectives::Placement;
+use crate::hardware::{AlphaBetaNetwork, Network};
+use trainlab_core::workloads::CollectiveAlgo;
+use trainlab_core::workloads::CollectiveOp;
+use trainlab_core::workloads::contrastive::{ContrastiveOutcome, ContrastivePretrain, Negatives};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, Workload};
+
+/// The step cost of `w`.
+pub fn step_cost(w: &ContrastivePretrain) -> ContrastiveOutcome {
+    let gpus = w.cluster.gpus() as f64;
+    let (bg, b, d) = (w.global_batch as f64, w.per_gpu_batch(), w.embed_dim as f64);
+    let rate = w.cluster.gpu.peak(w.dtype) * w.mfu;
+    let per_sample = w.video_encoder.params * w.video_encoder.tokens + w.text_encoder.params * w.text_encoder.tokens;
+    let key_net = w.momentum.is_some();
+    let encoder_flops = (6.0 + if key_net { 2.0 } else { 0.0 }) * per_sample * b;
+    let (logit_flops, logits_bytes, queue_bytes) = match w.negatives {
+        Negatives::InBatch { local_loss, .. } => {
+            let rows = if local_loss { b } else { bg };
+            (3.0 * 2.0 * rows * bg * d, rows * bg * 4.0, 0.0)
+        }
+        Negatives::Queue { size, queues } => {
+            let (k, q) = (size as f64, queues as f64);
+            (3.0 * 2.0 * b * (k + b) * d * q, b * (k + b) * 4.0 * q, k * d * 4.0 * q)
+        }
+    };
+    let key_params = w.video_encoder.params + w.text_encoder.params;
+    let momentum_s = if key_net {
+        12.0 * key_params / w.cluster.gpu.hbm_bandwidth_bytes_per_s
+    } else {
+        0.0
+    };
+    let net = AlphaBetaNetwork::of(&w.cluster);
+    let group = Placement::packed(w.cluster.gpus(), u64::from(w.cluster.gpus_per_node));
+    let coll = |op, bytes: f64| {
+        if gpus < 2.0 {
+            0.0
+        } else {
+            net.collective_time(op, CollectiveAlgo::Auto, bytes, group).0
+        }
+    };
+    // nccl-tests convention: `bytes` is each rank's full buffer (the gathered result for an all-gather).
+    let embeddings = 2.0 * bg * d * 2.0; // image and text, bf16, whole batch
+    let mut comm_s = coll(CollectiveOp::AllReduce, 2.0 * key_params);
+    match w.negatives {
+        Negatives::InBatch { gather_with_grad, .. } => {
+            comm_s += coll(CollectiveOp::AllGather, embeddings);
+            if gather_with_grad {
+                comm_s += coll(CollectiveOp::ReduceScatter, embeddings);
+            }
+        }
+        Negatives::Queue { queues, .. } => comm_s += coll(CollectiveOp::AllGather, bg * d * 2.0 * queues as f64),
+    }
+    let encoders_s = encoder_flops / rate;
+    let logits_s = logit_flops / rate;
+    let gpu_s = encoders_s + logits_s + momentum_s + comm_s;
+    let decode = b * w.frames_per_clip as f64 * w.decode_s_per_frame;
+    let load_s = decode / w.cores_per_gpu as f64;
+    let step_s = gpu_s.max(load_s);
+    let steps = w.samples_per_epoch * w.epochs / bg;
+    ContrastiveOutcome {
+        load_s,
+        encoders_s,
+        logits_s,
+        momentum_s,
+        comm_s,
+        step_s,
+        cores_needed: decode / gpu_s,
+        logits_bytes,
+        queue_bytes,
+        key_network_bytes: if key_net { 2.0 * key_params } else { 0.0 },
+        days: steps * step_s / 86_400.0,
+        samples_per_s: bg / step_s,
+    }
+}
+
+/// The closed-form backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContrastiveAnalytical;
+
+impl Backend<ContrastivePretrain> for ContrastiveAnalytical {
+    fn name(&self) -> &str {
+        "analytical"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Analytical
+    }
+    fn run(&mut self, w: &ContrastivePretrain, _: &mut RunCtx) -> Result<ContrastiveOutcome, Error> {
+        w.validate()?;
+        Ok(step_cost(w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trainlab_core::workloads::contrastive::Encoder;
+
+    /// CLIP ViT-L/14's shape (Radford et al. 2021 as quoted in the notes §3.4: batch 32,768, 256 GPUs).
+    fn clip_vit_l14(mfu: f64) -> ContrastivePretrain {
+        ContrastivePretrain {
+            // An H100 cluster of 256 GPUs here (the memory checks do not depend on the GPU); the published-budget
+            // check runs on the V100 preset in `tests/contrastive.rs`.
+            cluster: crate::collectives::tests::cluster(32),
+            global_batch: 32_768,
+            embed_dim: 768,
+            video_encoder: Encoder {
+                params: 304e6,
+                tokens: 257.0,
+            },
+            text_encoder: Encoder {
+                params: 123e6,
+                tokens: 77.0,
+            },
+            negatives: Negatives::InBatch {
+                local_loss: false,
+                gather_with_grad: false,
+            },
+            momentum: None,
+            frames_per_clip: 1,
+            decode_s_per_frame: 0.0,
+            cores_per_gpu: 8,
+            samples_per_epoch: 400e6,
+            epochs: 32.0,
+            dtype: trainlab_core::Dtype::Fp16,
+            mfu,
+        }
+    }
+
+    #[test]
+    fn logit_memory_matches_the_notes() {
+        let w = clip_vit_l14(0.2);
+        let o = step_cost(&w);
+        // B x B fp32 at B = 32,768: 4.29 GB.
+        assert!((o.logits_bytes - 4.294_967_296e9).abs() < 1.0, "{}", o.logits_bytes);
+        let mut l = w.clone();
+        l.negatives = Negatives::InBatch {
+            local_loss: true,
+            gather_with_grad: true,
+        };
+        // B/W x B: 128 x 32,768 x 4 = 16.8 MB on 256 GPUs.
+        assert!((step_cost(&l).logits_bytes - 128.0 * 32_768.0 * 4.0).abs() < 1.0);
+        // MoCo's default queue: 65,536 x 128 fp32 = 32 MiB.
+        let mut q = w;
+        q.embed_dim = 128;
+        q.momentum = Some(0.999);
+        q.negatives = Negatives::Queue {
+            size: 65_536,
+            queues: 1,
+        };
+        assert_eq!(step_cost(&q).queue_bytes, 32.0 * 1024.0 * 1024.0);
+    }
+
+    #[test]
+    fn more_decode_cores_end_a_loader_bound_step() {
+        let mut w = clip_vit_l14(0.2);
+        w.frames_per_clip = 12;
+        w.decode_s_per_frame = 0.01;
+        w.cores_per_gpu = 1;
+        let o = step_cost(&w);
+        assert!(o.load_s > o.step_s - 1e-12 && o.cores_needed > 1.0, "{o:?}");
+        w.cores_per_gpu = o.cores_needed.ceil() as u64;
+        let o2 = step_cost(&w);
+        assert!(o2.load_s <= o2.step_s && o2.step_s < o.step_s, "{o2:?}");
+    }
+}
