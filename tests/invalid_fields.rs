@@ -1,5 +1,5 @@
 //! Validation property test (issue 9, item 7): in a valid scenario of each of `gemm`, `dense_training`,
-//! `moe_layer`, `training_job`, `fabric` and `recsys_step`, every numeric field of the `[workload]` table (walked recursively through nested
+//! `moe_layer`, `training_job`, `fabric`, `recsys_step` and `contrastive_pretrain`, every numeric field of the `[workload]` table (walked recursively through nested
 //! tables and arrays of tables) is set in turn to 0, negative values, NaN, ±inf and 2^63 (as a float, and as the
 //! largest TOML integer `i64::MAX`, since 2^63 itself overflows TOML's i64). Each mutated scenario must either be
 //! rejected with an [`Error::Invalid`] whose field path names the mutated field, or be accepted and then answered by
@@ -13,6 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
+use trainlab_core::workloads::contrastive::ContrastivePretrain;
 use trainlab_core::workloads::moe::MoeLayer;
 use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, RecsysStep, TrainingJob};
 use trainlab_core::{Backend, Error, Outcome, RunCtx, Seed, Workload};
@@ -132,6 +133,7 @@ fn scenarios() -> Vec<(String, Scenario)> {
         ("c4-production".into(), variant("c4-production", "")),
         ("c4p-link-failure".into(), variant("c4p-link-failure", "")),
         ("picasso-wdl".into(), variant("picasso-wdl", "")),
+        ("victor-h100".into(), variant("victor-h100", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -241,6 +243,10 @@ fn job_backends() -> Vec<Box<dyn Backend<TrainingJob>>> {
     ]
 }
 
+fn contrastive_backends() -> Vec<Box<dyn Backend<ContrastivePretrain>>> {
+    vec![Box::new(trainlab_models::contrastive::ContrastiveAnalytical)]
+}
+
 fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
     vec![
         Box::new(trainlab_models::recsys::RecsysAnalytical),
@@ -296,6 +302,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         TrainingJob::KIND => check_typed::<TrainingJob>(sc, field, job_backends),
         Fabric::KIND => check_typed::<Fabric>(sc, field, fabric_backends),
         RecsysStep::KIND => check_typed::<RecsysStep>(sc, field, recsys_backends),
+        ContrastivePretrain::KIND => check_typed::<ContrastivePretrain>(sc, field, contrastive_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }
