@@ -28,6 +28,7 @@ pub mod micro;
 pub mod moe;
 pub mod queue;
 pub mod recsys;
+pub mod rlhf;
 pub mod training_job;
 
 /// The table of workload kinds, in the order `trainlab` lists them.
@@ -44,6 +45,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &cpt::KIND,
     &distill::KIND,
     &recsys::KIND,
+    &rlhf::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.
