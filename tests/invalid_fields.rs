@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use trainlab_core::workloads::moe::MoeLayer;
+use trainlab_core::workloads::rlhf::RlhfIteration;
 use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, RecsysStep, TrainingJob};
 use trainlab_core::{Backend, Error, Outcome, RunCtx, Seed, Workload};
 use trainlab_datasets::scenario::{EMBEDDED, Scenario, parse};
@@ -132,6 +133,12 @@ fn scenarios() -> Vec<(String, Scenario)> {
         ("c4-production".into(), variant("c4-production", "")),
         ("c4p-link-failure".into(), variant("c4p-link-failure", "")),
         ("picasso-wdl".into(), variant("picasso-wdl", "")),
+        ("rlhf-70b-colocated".into(), variant("rlhf-70b-colocated", "")),
+        (
+            "rlhf-70b-colocated+options".into(),
+            variant("rlhf-70b-colocated", "samples_per_prompt = 1\ndtype = \"bf16\""),
+        ),
+        ("rlhf-70b-disaggregated".into(), variant("rlhf-70b-disaggregated", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -248,6 +255,10 @@ fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
     ]
 }
 
+fn rlhf_backends() -> Vec<Box<dyn Backend<RlhfIteration>>> {
+    vec![Box::new(trainlab_models::rlhf::RlhfAnalytical::default())]
+}
+
 fn fabric_backends() -> Vec<Box<dyn Backend<Fabric>>> {
     vec![
         Box::new(trainlab_models::fabric::FabricAnalytical),
@@ -296,6 +307,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         TrainingJob::KIND => check_typed::<TrainingJob>(sc, field, job_backends),
         Fabric::KIND => check_typed::<Fabric>(sc, field, fabric_backends),
         RecsysStep::KIND => check_typed::<RecsysStep>(sc, field, recsys_backends),
+        RlhfIteration::KIND => check_typed::<RlhfIteration>(sc, field, rlhf_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }

@@ -130,6 +130,10 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             "workload.algorithm",
         ),
         (&colo, "rollout_tp = 8", "rollout_tp = 3", "workload.rollout_tp"),
+        // The KV cache of 128 sequences of 17,408 tokens (41 KB per token per GPU at TP 8) does not fit in an H100;
+        // the 140 GB of weights do not fit at TP 1.
+        (&colo, "max = 2048", "max = 16384", "workload.generation_batch"),
+        (&colo, "rollout_tp = 8", "rollout_tp = 1", "workload.rollout_tp"),
         (
             &dis,
             "actor_gpus = 16",

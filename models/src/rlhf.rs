@@ -38,7 +38,9 @@
 //! `tokens_per_s` the iteration's prompt and response tokens over it, `gpu_hours_per_iteration` the time times every
 //! GPU of the cluster (idle ones included). Memory per GPU: `actor` and `critic` from the step model (weights,
 //! gradients, optimizer state, activations); `rollout` the weights `b·N/tp` plus a KV cache for `B` sequences of
-//! `P + max` tokens; `reference` and `reward` their weights spread over their GPUs.
+//! `P + max` tokens (more than the GPU holds is an input error naming `generation_batch`); `reference` and `reward`
+//! their weights spread over their GPUs. The roles' memory is not summed for a colocated placement (real hybrid
+//! engines offload or free parts between phases), and the training memory check sees one model at a time.
 use trainlab_core::workloads::dense::{DenseTraining, TransformerSpec};
 use trainlab_core::workloads::rlhf::{
     Algorithm, Placement as RolePlacement, ResponseLength, RlhfIteration, RlhfOutcome,
@@ -48,6 +50,8 @@ use trainlab_core::{Backend, ClusterSpec, DeviceProfile, Error, Fidelity, RunCtx
 
 use crate::hardware::{AlphaBetaNetwork, GemmLaw, Network, Placement, memory_time};
 use crate::roofline::datasheet_profile;
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// Moments of the response length that the cost model reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,8 +153,14 @@ fn sub_cluster(c: &ClusterSpec, g: u64) -> ClusterSpec {
     out
 }
 
-/// Generation time `(prefill, decode)` and the rollout engine's memory per GPU.
-fn generation(w: &RlhfIteration, law: &GemmLaw, net: &dyn Network, rollout_gpus: u64) -> (f64, f64, f64) {
+/// Generation time `(prefill, decode)` and the rollout engine's memory per GPU; an input error when the weights and
+/// the KV cache of a batch do not fit in the GPU's memory.
+fn generation(
+    w: &RlhfIteration,
+    law: &GemmLaw,
+    net: &dyn Network,
+    rollout_gpus: u64,
+) -> Result<(f64, f64, f64), Error> {
     let m = &w.actor;
     let (b, tp) = (w.dtype.bytes() as f64, w.rollout_tp);
     let engines = (rollout_gpus / tp).max(1);
@@ -181,7 +191,36 @@ fn generation(w: &RlhfIteration, law: &GemmLaw, net: &dyn Network, rollout_gpus:
     let compute = law.compute_time(2.0 * m.params() * bf * st.mean / tp as f64, live);
     let decode = mem.max(compute) + steps * 2.0 * l * allreduce(live * h * b);
     let memory = weights + bf * (p + w.response.max() as f64) * kv;
-    (prefill * waves as f64, decode * waves as f64, memory)
+    let have = w.cluster.gpu.memory_bytes as f64;
+    if weights > have {
+        return Err(Error::invalid(
+            "workload.rollout_tp",
+            tp,
+            format!(
+                "the actor's weights alone need {:.1} GiB per GPU of a rollout engine, more than the {:.0} GiB of a {}",
+                weights / GIB,
+                have / GIB,
+                w.cluster.gpu.name
+            ),
+            "raise rollout_tp",
+        ));
+    }
+    if memory > have {
+        return Err(Error::invalid(
+            "workload.generation_batch",
+            w.generation_batch,
+            format!(
+                "a rollout engine needs {:.1} GiB per GPU (weights and the KV cache of {batch} sequences of {} tokens), \
+                 more than the {:.0} GiB of a {}",
+                memory / GIB,
+                w.prompt_len + w.response.max(),
+                have / GIB,
+                w.cluster.gpu.name
+            ),
+            "lower generation_batch or raise rollout_tp",
+        ));
+    }
+    Ok((prefill * waves as f64, decode * waves as f64, memory))
 }
 
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
@@ -250,7 +289,7 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
 
         // 1. Generation.
         let (prefill_s, decode_s) = if w.algorithm.generates() {
-            let (p, d, mem) = generation(w, &law, &net, rollout_g);
+            let (p, d, mem) = generation(w, &law, &net, rollout_g)?;
             memory.push(("rollout".to_string(), mem));
             (p, d)
         } else {

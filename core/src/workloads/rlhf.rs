@@ -413,7 +413,7 @@ impl Workload for RlhfIteration {
                     "give each rollout engine rollout_tp GPUs",
                 ));
             }
-            let total: u64 = used.iter().map(|u| u.1).sum();
+            let total = used.iter().fold(0u64, |a, u| a.saturating_add(u.1));
             if total > gpus {
                 return Err(Error::invalid(
                     "workload.placement.disaggregated",
