@@ -405,3 +405,98 @@ mod tests {
         assert!(expected_max(&t, 4096) > 255.0);
     }
 }
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use trainlab_core::workloads::rlhf::Placement as RolePlacement;
+    use trainlab_core::{Dtype, GpuSpec, LinkSpec};
+
+    fn model() -> TransformerSpec {
+        TransformerSpec {
+            name: "t".into(),
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            kv_heads: None,
+            ffn_hidden: 256,
+            gated_ffn: false,
+            vocab: 100,
+            seq_len: 128,
+        }
+    }
+
+    fn iteration(batch: u64) -> RlhfIteration {
+        let link = LinkSpec {
+            bandwidth_bytes_per_s: 1e9,
+            latency_s: 0.0,
+        };
+        RlhfIteration {
+            algorithm: Algorithm::RejectionSampling,
+            actor: model(),
+            reference: None,
+            critic: None,
+            reward: Some(model()),
+            prompts: 64,
+            prompt_len: 10,
+            response: ResponseLength::Fixed(100),
+            samples_per_prompt: 1,
+            ppo_epochs: 1,
+            placement: RolePlacement::Colocated,
+            generation_batch: batch,
+            rollout_tp: 1,
+            dtype: Dtype::Bf16,
+            cluster: ClusterSpec {
+                gpu: GpuSpec {
+                    name: "toy".into(),
+                    memory_bytes: 1 << 40,
+                    peak_flops: BTreeMap::from([(Dtype::Bf16, 1e12)]),
+                    hbm_bandwidth_bytes_per_s: 1e9,
+                    nvlink_bandwidth_bytes_per_s: 1e9,
+                    tdp_watts: 1.0,
+                    source: "test".into(),
+                    sm: None,
+                },
+                gpus_per_node: 1,
+                nodes: 1,
+                intra: link,
+                inter: link,
+            },
+        }
+    }
+
+    fn decode(batch: u64, rate: f64, bw: f64) -> f64 {
+        let w = iteration(batch);
+        let law = GemmLaw {
+            rate_flops_per_s: rate,
+            half_dim: 0.0,
+            mem_bw_bytes_per_s: bw,
+        };
+        generation(&w, &law, &AlphaBetaNetwork::of(&w.cluster), 1).unwrap().1
+    }
+
+    #[test]
+    fn decode_by_hand_memory_bound() {
+        // 64 sequences in waves of 8: 8 waves of 100 steps. Per wave: weights 2·N bytes per step, KV
+        // 8·(10·100 + 100²/2) tokens read of 2·L·H·2 = 512 bytes each; compute negligible at 1e18 FLOP/s.
+        let n = model().params();
+        let per_wave = (100.0 * 2.0 * n + 8.0 * (1_000.0 + 5_000.0) * 512.0) / 1e9;
+        let d = decode(8, 1e18, 1e9);
+        assert!((d / (8.0 * per_wave) - 1.0).abs() < 1e-9, "{d} vs {}", 8.0 * per_wave);
+        // Doubling the batch halves the waves: the weights are read half as often, the KV bytes stay the same.
+        let d16 = decode(16, 1e18, 1e9);
+        let want = 4.0 * (100.0 * 2.0 * n + 16.0 * 6_000.0 * 512.0) / 1e9;
+        assert!((d16 / want - 1.0).abs() < 1e-9 && d16 < d, "{d} -> {d16} (want {want})");
+    }
+
+    #[test]
+    fn decode_compute_bound_is_batch_independent() {
+        // With unbounded bandwidth decode is 2·N FLOPs per generated token: 64·100 tokens at 1e9 FLOP/s.
+        let n = model().params();
+        for b in [4, 16, 64] {
+            let d = decode(b, 1e9, 1e30);
+            assert!((d / (2.0 * n * 6_400.0 / 1e9) - 1.0).abs() < 1e-9, "batch {b}: {d}");
+        }
+    }
+}
