@@ -1,5 +1,5 @@
 //! Validation property test (issue 9, item 7): in a valid scenario of each of `gemm`, `dense_training`,
-//! `moe_layer`, `training_job`, `fabric`, `recsys_step` and `contrastive_pretrain`, every numeric field of the `[workload]` table (walked recursively through nested
+//! `moe_layer`, `training_job`, `fabric`, `recsys_step`, `contrastive_pretrain` and `rlhf_iteration`, every numeric field of the `[workload]` table (walked recursively through nested
 //! tables and arrays of tables) is set in turn to 0, negative values, NaN, ±inf and 2^63 (as a float, and as the
 //! largest TOML integer `i64::MAX`, since 2^63 itself overflows TOML's i64). Each mutated scenario must either be
 //! rejected with an [`Error::Invalid`] whose field path names the mutated field, or be accepted and then answered by
@@ -15,6 +15,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 use trainlab_core::workloads::contrastive::ContrastivePretrain;
 use trainlab_core::workloads::moe::MoeLayer;
+use trainlab_core::workloads::rlhf::RlhfIteration;
 use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, RecsysStep, TrainingJob};
 use trainlab_core::{Backend, Error, Outcome, RunCtx, Seed, Workload};
 use trainlab_datasets::scenario::{EMBEDDED, Scenario, parse};
@@ -134,6 +135,12 @@ fn scenarios() -> Vec<(String, Scenario)> {
         ("c4p-link-failure".into(), variant("c4p-link-failure", "")),
         ("picasso-wdl".into(), variant("picasso-wdl", "")),
         ("victor-h100".into(), variant("victor-h100", "")),
+        ("rlhf-70b-colocated".into(), variant("rlhf-70b-colocated", "")),
+        (
+            "rlhf-70b-colocated+options".into(),
+            variant("rlhf-70b-colocated", "samples_per_prompt = 1\ndtype = \"bf16\""),
+        ),
+        ("rlhf-70b-disaggregated".into(), variant("rlhf-70b-disaggregated", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -254,6 +261,10 @@ fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
     ]
 }
 
+fn rlhf_backends() -> Vec<Box<dyn Backend<RlhfIteration>>> {
+    vec![Box::new(trainlab_models::rlhf::RlhfAnalytical::default())]
+}
+
 fn fabric_backends() -> Vec<Box<dyn Backend<Fabric>>> {
     vec![
         Box::new(trainlab_models::fabric::FabricAnalytical),
@@ -303,6 +314,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         Fabric::KIND => check_typed::<Fabric>(sc, field, fabric_backends),
         RecsysStep::KIND => check_typed::<RecsysStep>(sc, field, recsys_backends),
         ContrastivePretrain::KIND => check_typed::<ContrastivePretrain>(sc, field, contrastive_backends),
+        RlhfIteration::KIND => check_typed::<RlhfIteration>(sc, field, rlhf_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }

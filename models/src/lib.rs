@@ -18,5 +18,6 @@ pub mod moe;
 pub mod queueing;
 pub mod recsys;
 pub mod reliability;
+pub mod rlhf;
 pub mod roofline;
 pub mod search;

@@ -29,6 +29,7 @@ pub mod micro;
 pub mod moe;
 pub mod queue;
 pub mod recsys;
+pub mod rlhf;
 pub mod training_job;
 
 /// The table of workload kinds, in the order `trainlab` lists them.
@@ -46,6 +47,7 @@ pub static KINDS: &[&dyn Kind] = &[
     &distill::KIND,
     &contrastive::KIND,
     &recsys::KIND,
+    &rlhf::KIND,
 ];
 
 /// The kind named `name`, or an input error listing the known kinds.

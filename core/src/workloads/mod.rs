@@ -11,6 +11,7 @@ pub mod micro;
 pub mod moe;
 pub mod queue;
 pub mod recsys;
+pub mod rlhf;
 pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};

@@ -1,0 +1,502 @@
+//! The phase cost model of one RLHF iteration, in closed form: the `analytical` backend of the `rlhf_iteration`
+//! kind. Notation and the phase table are those of `shared/design/notes/rlhf-victor.md` §3.1 and §3.3: `S`
+//! sequences per iteration (`prompts × samples_per_prompt`), prompt length `P`, response length `R` (a
+//! distribution), parameters `N` of a role ([`TransformerSpec::params`]), `b` bytes per element of `dtype`. Compute
+//! and memory times go through the one hardware model ([`crate::hardware`]: the GEMM law of the GPU's datasheet
+//! profile or a calibrated one, HBM at the profile's sustained bandwidth, collectives by the cluster's alpha-beta
+//! network). Attention FLOPs are ignored in generation and scoring (the notes' convention; the training step model
+//! counts them).
+//!
+//! 1. **Generation** (PPO and rejection sampling), on `E = rollout GPUs / rollout_tp` engines, each decoding its
+//!    `⌈S/E⌉` sequences in `⌈S/(E·batch)⌉` static waves of `B` sequences. Per wave:
+//!    - prefill: `2·N·B·P / tp` FLOPs (compute-bound, limiting dimension `B·P`), the weights read once, plus two
+//!      tensor-parallel all-reduces of `B·P·hidden·b` bytes per layer;
+//!    - decode: a wave runs until its longest response ends, `M_B = E[max of B lengths]` steps (the long tail). Bytes
+//!      from HBM: the weights `b·N/tp` at every step, and the KV cache read by every generated token,
+//!      `B·(P·E[R] + E[R²]/2)·kv` with `kv = 2·L·H_kv·d_head·b/tp` bytes per token (the notes' KV formula). Compute
+//!      `2·N·B·E[R]/tp` at the mean live batch `B·E[R]/M_B`. The wave takes the larger of the two (a roofline over
+//!      the wave, not per step), plus `2·L` all-reduces of `live batch·hidden·b` bytes per step when `tp > 1`.
+//!    - For the lognormal `R` (truncated at `max`), `E[R]`, `E[R²]` and `M_B = ∫₀^max (1 − F(x)^B) dx` are integrated
+//!      numerically (Simpson, 4,096 intervals) from the CDF `F` (`Φ((ln x − μ)/σ)`, `μ = ln mean − σ²/2`; lengths
+//!      continuous). Not modelled: continuous batching (which refills finished slots: this model is the static-batch
+//!      upper end), kernel launch overheads (engines run CUDA graphs), speculative decoding.
+//! 2. **Experience making**: forward passes over the `S·(P + E[R])` tokens: PPO the actor's old log-probs, the
+//!    reference, critic and reward model (`2·N` FLOPs per token each); rejection sampling the reward model;
+//!    DPO the reference over chosen and rejected (`2·prompts` sequences). Compute-bound, limiting dimension the model's
+//!    hidden width. Colocated: in series on all GPUs; disaggregated: each role on its own GPUs, in parallel (the actor's
+//!    pass on the actor GPUs).
+//! 3. **Training**: through the **dense step model** ([`crate::dense`], the fastest fitting layout from
+//!    [`crate::search::search`]) for the actor and the critic, on packed sequences of `P + ⌈E[R]⌉` tokens: PPO trains
+//!    both on `S` sequences for `ppo_epochs` passes (one optimizer step per pass; the memory check sees the trained
+//!    model alone, not the colocated roles beside it); DPO trains the actor on `2·prompts` sequences; rejection
+//!    sampling on `prompts` (the best response per prompt). Colocated: actor then critic; disaggregated: in parallel.
+//! 4. **Weight sync**: colocated (hybrid engine), each GPU gathers its rollout shard `b·N/tp` less the training shard
+//!    it holds `b·N/W` over the intra-node link; disaggregated, every rollout GPU receives `b·N/tp` and the actor GPUs
+//!    send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one NIC per GPU), plus its latency.
+//!
+//! Phases run in series (on-policy); `iteration_time` is their sum, `generation_share` the generation part of it,
+//! `tokens_per_s` the iteration's prompt and response tokens over it, `gpu_hours_per_iteration` the time times every
+//! GPU of the cluster (idle ones included). Memory per GPU: `actor` and `critic` from the step model (weights,
+//! gradients, optimizer state, activations); `rollout` the weights `b·N/tp` plus a KV cache for `B` sequences of
+//! `P + max` tokens (more than the GPU holds is an input error naming `generation_batch`); `reference` and `reward`
+//! their weights spread over their GPUs. The roles' memory is not summed for a colocated placement (real hybrid
+//! engines offload or free parts between phases), and the training memory check sees one model at a time.
+use trainlab_core::workloads::dense::{DenseTraining, TransformerSpec};
+use trainlab_core::workloads::rlhf::{
+    Algorithm, Placement as RolePlacement, ResponseLength, RlhfIteration, RlhfOutcome,
+};
+use trainlab_core::workloads::{CollectiveAlgo, CollectiveOp};
+use trainlab_core::{Backend, ClusterSpec, DeviceProfile, Error, Fidelity, RunCtx, Workload};
+
+use crate::hardware::{AlphaBetaNetwork, GemmLaw, Network, Placement, memory_time};
+use crate::roofline::datasheet_profile;
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// Moments of the response length that the cost model reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LengthStats {
+    /// `E[R]`, tokens.
+    pub mean: f64,
+    /// `E[R²]`.
+    pub mean_sq: f64,
+}
+
+/// Complementary error function (Numerical Recipes `erfcc`, Chebyshev fit, fractional error below 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 { r } else { 2.0 - r }
+}
+
+/// CDF of the response length at `x` tokens (before truncation).
+fn cdf(r: &ResponseLength, x: f64) -> f64 {
+    match *r {
+        ResponseLength::Fixed(n) => {
+            if x >= n as f64 {
+                1.0
+            } else {
+                0.0
+            }
+        }
+        ResponseLength::Lognormal { mean, sigma, .. } => {
+            if x <= 0.0 {
+                return 0.0;
+            }
+            let mu = mean.ln() - sigma * sigma / 2.0;
+            0.5 * erfc(-(x.ln() - mu) / (sigma * std::f64::consts::SQRT_2))
+        }
+    }
+}
+
+/// `∫₀^max f(x) dx` by Simpson's rule on 4,096 intervals.
+fn simpson(max: f64, f: impl Fn(f64) -> f64) -> f64 {
+    let n = 4096;
+    let h = max / n as f64;
+    let mut s = f(0.0) + f(max);
+    for i in 1..n {
+        s += if i % 2 == 1 { 4.0 } else { 2.0 } * f(i as f64 * h);
+    }
+    s * h / 3.0
+}
+
+/// `E[R]` and `E[R²]` of the truncated length.
+pub fn length_stats(r: &ResponseLength) -> LengthStats {
+    match *r {
+        ResponseLength::Fixed(n) => LengthStats {
+            mean: n as f64,
+            mean_sq: (n * n) as f64,
+        },
+        ResponseLength::Lognormal { max, .. } => {
+            let m = max as f64;
+            LengthStats {
+                mean: simpson(m, |x| 1.0 - cdf(r, x)),
+                mean_sq: simpson(m, |x| 2.0 * x * (1.0 - cdf(r, x))),
+            }
+        }
+    }
+}
+
+/// `E[max of batch lengths]`: the decode steps of a static batch.
+pub fn expected_max(r: &ResponseLength, batch: u64) -> f64 {
+    match *r {
+        ResponseLength::Fixed(n) => n as f64,
+        ResponseLength::Lognormal { max, .. } => simpson(max as f64, |x| 1.0 - cdf(r, x).powf(batch as f64)),
+    }
+}
+
+/// The closed-form RLHF iteration model.
+#[derive(Debug, Clone, Default)]
+pub struct RlhfAnalytical {
+    /// Device parameters; `None` uses the datasheet profile of the cluster's GPU.
+    pub profile: Option<DeviceProfile>,
+}
+
+/// A cluster of `g` GPUs of `c`'s kind (whole nodes beyond one node; validation checks that).
+fn sub_cluster(c: &ClusterSpec, g: u64) -> ClusterSpec {
+    let gpn = c.gpus_per_node as u64;
+    let mut out = c.clone();
+    if g <= gpn {
+        out.nodes = 1;
+        out.gpus_per_node = g as u32;
+    } else {
+        out.nodes = (g / gpn) as u32;
+    }
+    out
+}
+
+/// Generation time `(prefill, decode)` and the rollout engine's memory per GPU; an input error when the weights and
+/// the KV cache of a batch do not fit in the GPU's memory.
+fn generation(
+    w: &RlhfIteration,
+    law: &GemmLaw,
+    net: &dyn Network,
+    rollout_gpus: u64,
+) -> Result<(f64, f64, f64), Error> {
+    let m = &w.actor;
+    let (b, tp) = (w.dtype.bytes() as f64, w.rollout_tp);
+    let engines = (rollout_gpus / tp).max(1);
+    let seqs = w.generated_sequences().div_ceil(engines);
+    let waves = seqs.div_ceil(w.generation_batch);
+    let batch = seqs.div_ceil(waves);
+    let (bf, p, l, h) = (batch as f64, w.prompt_len as f64, m.layers as f64, m.hidden as f64);
+    let weights = b * m.params() / tp as f64;
+    let kv = 2.0 * l * m.kv() as f64 * (h / m.heads as f64) * b / tp as f64;
+    let st = length_stats(&w.response);
+    let steps = expected_max(&w.response, batch);
+    let group = Placement::packed(tp, w.cluster.gpus_per_node as u64);
+    let allreduce = |bytes: f64| {
+        if tp > 1 {
+            net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, group)
+                .0
+        } else {
+            0.0
+        }
+    };
+    let prefill =
+        law.time(2.0 * m.params() * bf * p / tp as f64, weights, bf * p) + 2.0 * l * allreduce(bf * p * h * b);
+    let live = bf * st.mean / steps;
+    let mem = memory_time(
+        steps * weights + bf * (p * st.mean + st.mean_sq / 2.0) * kv,
+        law.mem_bw_bytes_per_s,
+    );
+    let compute = law.compute_time(2.0 * m.params() * bf * st.mean / tp as f64, live);
+    let decode = mem.max(compute) + steps * 2.0 * l * allreduce(live * h * b);
+    let memory = weights + bf * (p + w.response.max() as f64) * kv;
+    let have = w.cluster.gpu.memory_bytes as f64;
+    if weights > have {
+        return Err(Error::invalid(
+            "workload.rollout_tp",
+            tp,
+            format!(
+                "the actor's weights alone need {:.1} GiB per GPU of a rollout engine, more than the {:.0} GiB of a {}",
+                weights / GIB,
+                have / GIB,
+                w.cluster.gpu.name
+            ),
+            "raise rollout_tp",
+        ));
+    }
+    if memory > have {
+        return Err(Error::invalid(
+            "workload.generation_batch",
+            w.generation_batch,
+            format!(
+                "a rollout engine needs {:.1} GiB per GPU (weights and the KV cache of {batch} sequences of {} tokens), \
+                 more than the {:.0} GiB of a {}",
+                memory / GIB,
+                w.prompt_len + w.response.max(),
+                have / GIB,
+                w.cluster.gpu.name
+            ),
+            "lower generation_batch or raise rollout_tp",
+        ));
+    }
+    Ok((prefill * waves as f64, decode * waves as f64, memory))
+}
+
+/// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
+fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
+    law.compute_time(2.0 * m.params() * tokens / gpus as f64, m.hidden as f64)
+}
+
+/// Training time of `m` on `seqs` packed sequences of `seq_len` tokens, one optimizer step, on `gpus` GPUs, through
+/// the dense step model: `(step time, memory per GPU)`.
+fn train(
+    w: &RlhfIteration,
+    role: &str,
+    m: &TransformerSpec,
+    seqs: u64,
+    seq_len: u64,
+    gpus: u64,
+    profile: Option<&DeviceProfile>,
+) -> Result<(f64, f64), Error> {
+    let mut model = m.clone();
+    model.seq_len = seq_len;
+    let d = DenseTraining {
+        model,
+        cluster: sub_cluster(&w.cluster, gpus),
+        global_batch_tokens: seqs * seq_len,
+        train_tokens: (seqs * seq_len) as f64,
+        dtype: w.dtype,
+        parallel: None,
+        overlap_comm: true,
+        downtime: None,
+    };
+    let best = crate::search::search(&d, profile)
+        .map_err(|e| {
+            e.map_field(|f| format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)"))
+        })?
+        .best;
+    Ok((best.step_time_s, best.memory_per_gpu_bytes))
+}
+
+impl Backend<RlhfIteration> for RlhfAnalytical {
+    fn name(&self) -> &str {
+        "analytical"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Analytical
+    }
+    fn run(&mut self, w: &RlhfIteration, _: &mut RunCtx) -> Result<RlhfOutcome, Error> {
+        w.validate()?;
+        let owned;
+        let profile = match &self.profile {
+            Some(p) => p,
+            None => {
+                owned = datasheet_profile(&w.cluster.gpu);
+                &owned
+            }
+        };
+        let law = GemmLaw::of(profile, w.dtype);
+        let net = AlphaBetaNetwork::of(&w.cluster);
+        let [actor_g, rollout_g, ref_g, critic_g, reward_g] = w.role_gpus();
+        let colocated = matches!(w.placement, RolePlacement::Colocated);
+        let gpus = w.cluster.gpus();
+        let st = length_stats(&w.response);
+        let seq = w.prompt_len as f64 + st.mean;
+        let seq_len = w.prompt_len + st.mean.ceil() as u64;
+        let b = w.dtype.bytes() as f64;
+        let mut memory = Vec::new();
+
+        // 1. Generation.
+        let (prefill_s, decode_s) = if w.algorithm.generates() {
+            let (p, d, mem) = generation(w, &law, &net, rollout_g)?;
+            memory.push(("rollout".to_string(), mem));
+            (p, d)
+        } else {
+            (0.0, 0.0)
+        };
+
+        // 2. Experience making: (model, sequences, GPUs).
+        let s = w.generated_sequences() as f64;
+        let passes: Vec<(&TransformerSpec, f64, u64)> = match w.algorithm {
+            Algorithm::Ppo => vec![
+                (&w.actor, s, actor_g),
+                (w.reference.as_ref().expect("validated"), s, ref_g),
+                (w.critic.as_ref().expect("validated"), s, critic_g),
+                (w.reward.as_ref().expect("validated"), s, reward_g),
+            ],
+            Algorithm::Dpo => vec![(w.reference.as_ref().expect("validated"), 2.0 * w.prompts as f64, ref_g)],
+            Algorithm::RejectionSampling => vec![(w.reward.as_ref().expect("validated"), s, reward_g)],
+        };
+        let times = passes.iter().map(|(m, n, g)| forward(m, n * seq, *g, &law));
+        let experience_s = if colocated {
+            times.sum()
+        } else {
+            times.fold(0.0, f64::max)
+        };
+
+        // 3. Training.
+        let p = Some(profile);
+        let (train_seqs, epochs) = match w.algorithm {
+            Algorithm::Ppo => (w.generated_sequences(), w.ppo_epochs),
+            Algorithm::Dpo => (2 * w.prompts, 1),
+            Algorithm::RejectionSampling => (w.prompts, 1),
+        };
+        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p)?;
+        memory.push(("actor".to_string(), actor_mem));
+        let mut training = vec![actor_step * epochs as f64];
+        if let Some(c) = &w.critic {
+            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p)?;
+            memory.push(("critic".to_string(), mem));
+            training.push(step * epochs as f64);
+        }
+        let training_s = if colocated {
+            training.iter().sum()
+        } else {
+            training.iter().copied().fold(0.0, f64::max)
+        };
+        for (role, m, g) in [("reference", &w.reference, ref_g), ("reward", &w.reward, reward_g)] {
+            if let Some(m) = m {
+                memory.push((role.to_string(), b * m.params() / g as f64));
+            }
+        }
+
+        // 4. Weight sync.
+        let shard = b * w.actor.params() / w.rollout_tp as f64;
+        let sync_s = if !w.algorithm.generates() {
+            0.0
+        } else if colocated {
+            memory_time(
+                (shard - b * w.actor.params() / gpus as f64).max(0.0),
+                w.cluster.intra.bandwidth_bytes_per_s,
+            ) + w.cluster.intra.latency_s
+        } else {
+            let sent = rollout_g as f64 * shard / actor_g as f64;
+            memory_time(shard.max(sent), w.cluster.inter.bandwidth_bytes_per_s) + w.cluster.inter.latency_s
+        };
+
+        let seqs = match w.algorithm {
+            Algorithm::Dpo => 2.0 * w.prompts as f64,
+            _ => s,
+        };
+        memory.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(RlhfOutcome {
+            prefill_s,
+            decode_s,
+            experience_s,
+            training_s,
+            sync_s,
+            tokens: seqs * seq,
+            gpus,
+            memory_per_gpu: memory,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erfc_and_lognormal_moments() {
+        assert!((erfc(0.0) - 1.0).abs() < 1e-7);
+        assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
+        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
+        // A wide cap leaves the lognormal whole: E[R] = mean, E[R²] = mean²·e^{σ²}.
+        let r = ResponseLength::Lognormal {
+            mean: 200.0,
+            sigma: 0.5,
+            max: 20_000,
+        };
+        let s = length_stats(&r);
+        assert!((s.mean - 200.0).abs() < 0.1, "{s:?}");
+        assert!((s.mean_sq / (40_000.0 * 0.25f64.exp()) - 1.0).abs() < 1e-3, "{s:?}");
+        // The expected max of a batch grows with the batch and stays under the cap; one draw is the mean.
+        assert!((expected_max(&r, 1) - s.mean).abs() < 1e-9);
+        let (m8, m256) = (expected_max(&r, 8), expected_max(&r, 256));
+        assert!(s.mean < m8 && m8 < m256 && m256 < 20_000.0, "{m8} {m256}");
+        // A tight cap truncates: the mean falls and the max of a large batch reaches the cap.
+        let t = ResponseLength::Lognormal {
+            mean: 200.0,
+            sigma: 1.0,
+            max: 256,
+        };
+        assert!(length_stats(&t).mean < 200.0);
+        assert!(expected_max(&t, 4096) > 255.0);
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use trainlab_core::workloads::rlhf::Placement as RolePlacement;
+    use trainlab_core::{Dtype, GpuSpec, LinkSpec};
+
+    fn model() -> TransformerSpec {
+        TransformerSpec {
+            name: "t".into(),
+            layers: 2,
+            hidden: 64,
+            heads: 4,
+            kv_heads: None,
+            ffn_hidden: 256,
+            gated_ffn: false,
+            vocab: 100,
+            seq_len: 128,
+        }
+    }
+
+    fn iteration(batch: u64) -> RlhfIteration {
+        let link = LinkSpec {
+            bandwidth_bytes_per_s: 1e9,
+            latency_s: 0.0,
+        };
+        RlhfIteration {
+            algorithm: Algorithm::RejectionSampling,
+            actor: model(),
+            reference: None,
+            critic: None,
+            reward: Some(model()),
+            prompts: 64,
+            prompt_len: 10,
+            response: ResponseLength::Fixed(100),
+            samples_per_prompt: 1,
+            ppo_epochs: 1,
+            placement: RolePlacement::Colocated,
+            generation_batch: batch,
+            rollout_tp: 1,
+            dtype: Dtype::Bf16,
+            cluster: ClusterSpec {
+                gpu: GpuSpec {
+                    name: "toy".into(),
+                    memory_bytes: 1 << 40,
+                    peak_flops: BTreeMap::from([(Dtype::Bf16, 1e12)]),
+                    hbm_bandwidth_bytes_per_s: 1e9,
+                    nvlink_bandwidth_bytes_per_s: 1e9,
+                    tdp_watts: 1.0,
+                    source: "test".into(),
+                    sm: None,
+                },
+                gpus_per_node: 1,
+                nodes: 1,
+                intra: link,
+                inter: link,
+            },
+        }
+    }
+
+    fn decode(batch: u64, rate: f64, bw: f64) -> f64 {
+        let w = iteration(batch);
+        let law = GemmLaw {
+            rate_flops_per_s: rate,
+            half_dim: 0.0,
+            mem_bw_bytes_per_s: bw,
+        };
+        generation(&w, &law, &AlphaBetaNetwork::of(&w.cluster), 1).unwrap().1
+    }
+
+    #[test]
+    fn decode_by_hand_memory_bound() {
+        // 64 sequences in waves of 8: 8 waves of 100 steps. Per wave: weights 2·N bytes per step, KV
+        // 8·(10·100 + 100²/2) tokens read of 2·L·H·2 = 512 bytes each; compute negligible at 1e18 FLOP/s.
+        let n = model().params();
+        let per_wave = (100.0 * 2.0 * n + 8.0 * (1_000.0 + 5_000.0) * 512.0) / 1e9;
+        let d = decode(8, 1e18, 1e9);
+        assert!((d / (8.0 * per_wave) - 1.0).abs() < 1e-9, "{d} vs {}", 8.0 * per_wave);
+        // Doubling the batch halves the waves: the weights are read half as often, the KV bytes stay the same.
+        let d16 = decode(16, 1e18, 1e9);
+        let want = 4.0 * (100.0 * 2.0 * n + 16.0 * 6_000.0 * 512.0) / 1e9;
+        assert!((d16 / want - 1.0).abs() < 1e-9 && d16 < d, "{d} -> {d16} (want {want})");
+    }
+
+    #[test]
+    fn decode_compute_bound_is_batch_independent() {
+        // With unbounded bandwidth decode is 2·N FLOPs per generated token: 64·100 tokens at 1e9 FLOP/s.
+        let n = model().params();
+        for b in [4, 16, 64] {
+            let d = decode(b, 1e9, 1e30);
+            assert!((d / (2.0 * n * 6_400.0 / 1e9) - 1.0).abs() < 1e-9, "batch {b}: {d}");
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The `rlhf_iteration` kind end to end: the shipped scenarios run, phase times move the way the cost model says they
+//! must, and bad input exits 2 naming the field.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use trainlab_core::workloads::rlhf::{Algorithm, ResponseLength, RlhfIteration};
+use trainlab_core::{Backend, Metric, Outcome, RunCtx, Seed};
+use trainlab_models::rlhf::RlhfAnalytical;
+
+fn scenario(name: &str) -> RlhfIteration {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"));
+    trainlab_datasets::scenario::load_file(&path)
+        .and_then(|s| s.workload::<RlhfIteration>())
+        .expect("shipped scenario")
+}
+
+fn metrics(w: &RlhfIteration) -> Vec<Metric> {
+    RlhfAnalytical::default()
+        .run(w, &mut RunCtx::new(Seed(1)))
+        .expect("model runs")
+        .metrics()
+}
+
+fn value(ms: &[Metric], name: &str) -> f64 {
+    ms.iter()
+        .find(|m| m.name == name)
+        .map(|m| m.value)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[test]
+fn rlhf_phases_add_up_and_memory_is_per_role() {
+    for name in ["rlhf-70b-colocated", "rlhf-70b-disaggregated"] {
+        let m = metrics(&scenario(name));
+        let parts: f64 = ["time.generation", "time.experience", "time.training", "time.sync"]
+            .iter()
+            .map(|n| value(&m, n))
+            .sum();
+        let t = value(&m, "iteration_time");
+        assert!((parts - t).abs() < 1e-9 * t, "{name}: {parts} vs {t}");
+        assert!(
+            (value(&m, "time.generation.prefill") + value(&m, "time.generation.decode") - value(&m, "time.generation"))
+                .abs()
+                < 1e-9 * t
+        );
+        for role in ["actor", "critic", "reference", "reward", "rollout"] {
+            let b = value(&m, &format!("memory_per_gpu.{role}"));
+            assert!(b > 0.0 && b < 80e9, "{name}: {role} {b}");
+        }
+        let share = value(&m, "generation_share");
+        assert!(share > 0.0 && share < 1.0, "{name}: {share}");
+        assert!((value(&m, "gpu_hours_per_iteration") - t * 64.0 / 3600.0).abs() < 1e-9 * t);
+    }
+}
+
+#[test]
+fn rlhf_longer_responses_raise_decode_time_and_generation_share() {
+    let base = scenario("rlhf-70b-colocated");
+    let mut last: Option<(f64, f64)> = None;
+    for r in [128, 512, 2048] {
+        let mut w = base.clone();
+        w.response = ResponseLength::Fixed(r);
+        let m = metrics(&w);
+        let (decode, share) = (value(&m, "time.generation.decode"), value(&m, "generation_share"));
+        if let Some((d0, s0)) = last {
+            assert!(decode > 2.0 * d0, "decode {d0} -> {decode} at {r}");
+            assert!(share > s0, "share {s0} -> {share} at {r}");
+        }
+        last = Some((decode, share));
+    }
+}
+
+#[test]
+fn rlhf_the_long_tail_costs_decode_steps() {
+    // Same mean length: a wider lognormal makes each static batch wait for a longer response.
+    let base = scenario("rlhf-70b-colocated");
+    let decode = |sigma: f64| {
+        let mut w = base.clone();
+        w.response = ResponseLength::Lognormal {
+            mean: 600.0,
+            sigma,
+            max: 4096,
+        };
+        value(&metrics(&w), "time.generation.decode")
+    };
+    let (narrow, wide) = (decode(0.1), decode(1.0));
+    assert!(wide > 1.5 * narrow, "{narrow} vs {wide}");
+}
+
+#[test]
+fn rlhf_dpo_generates_nothing() {
+    let mut w = scenario("rlhf-70b-colocated");
+    w.algorithm = Algorithm::Dpo;
+    w.critic = None;
+    w.reward = None;
+    let m = metrics(&w);
+    assert_eq!(value(&m, "time.generation"), 0.0);
+    assert_eq!(value(&m, "time.sync"), 0.0);
+    assert!(value(&m, "time.training") > 0.0 && value(&m, "time.experience") > 0.0);
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("trainlab-rlhf-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn rlhf_bad_input_exits_2_with_the_field() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let colo = std::fs::read_to_string(root.join("rlhf-70b-colocated.toml")).unwrap();
+    let dis = std::fs::read_to_string(root.join("rlhf-70b-disaggregated.toml")).unwrap();
+    let d = tmpdir("bad");
+    let reward_layers = "[workload.reward]\nname = \"llama2-7b\"\nlayers = 32";
+    for (base, from, to, field) in [
+        (&colo, "sigma = 0.8", "sigma = 0.0", "workload.response.lognormal.sigma"),
+        (&colo, "mean = 600.0", "mean = -5.0", "workload.response.lognormal.mean"),
+        (&colo, "max = 2048", "max = 0", "workload.response.lognormal.max"),
+        (
+            &colo,
+            reward_layers,
+            "[workload.reward]\nname = \"llama2-7b\"\nlayers = 0",
+            "workload.reward.layers",
+        ),
+        (
+            &colo,
+            "algorithm = \"ppo\"",
+            "algorithm = \"grpo\"",
+            "workload.algorithm",
+        ),
+        (&colo, "rollout_tp = 8", "rollout_tp = 3", "workload.rollout_tp"),
+        // The KV cache of 128 sequences of 17,408 tokens (41 KB per token per GPU at TP 8) does not fit in an H100;
+        // the 140 GB of weights do not fit at TP 1.
+        (&colo, "max = 2048", "max = 16384", "workload.generation_batch"),
+        (&colo, "rollout_tp = 8", "rollout_tp = 1", "workload.rollout_tp"),
+        (
+            &dis,
+            "actor_gpus = 16",
+            "actor_gpus = 40",
+            "workload.placement.disaggregated",
+        ),
+        (
+            &dis,
+            "critic_gpus = 4",
+            "critic_gpus = 0",
+            "workload.placement.disaggregated.critic_gpus",
+        ),
+        (&colo, "algorithm = \"ppo\"", "algorithm = \"dpo\"", "workload.critic"),
+    ] {
+        assert!(base.contains(from), "{from}");
+        let p = d.join("bad.toml");
+        std::fs::write(&p, base.replace(from, to)).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+            .args(["run", "--backend", "analytical"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{to}: {err}");
+        assert!(err.contains(field), "{field}: {err}");
+    }
+}
