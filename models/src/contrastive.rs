@@ -19,7 +19,7 @@
 //! - memory: the fp32 logit matrix (`B·B·4` bytes, or `b·B·4` with the local loss: 4.29 GB at B = 32,768, the
 //!   notes' check), the fp32 queues `K·d·4` each, the key network's bf16 weights `2·(N_v + N_t)`.
 use crate::collectives::Placement;
-use crate::hardware::{AlphaBetaNetwork, Network};
+use crate::hardware::{AlphaBetaNetwork, Network, memory_time};
 use trainlab_core::workloads::CollectiveAlgo;
 use trainlab_core::workloads::CollectiveOp;
 use trainlab_core::workloads::contrastive::{ContrastiveOutcome, ContrastivePretrain, Negatives};
@@ -45,7 +45,7 @@ pub fn step_cost(w: &ContrastivePretrain) -> ContrastiveOutcome {
     };
     let key_params = w.video_encoder.params + w.text_encoder.params;
     let momentum_s = if key_net {
-        12.0 * key_params / w.cluster.gpu.hbm_bandwidth_bytes_per_s
+        memory_time(12.0 * key_params, w.cluster.gpu.hbm_bandwidth_bytes_per_s)
     } else {
         0.0
     };
