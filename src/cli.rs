@@ -90,6 +90,10 @@ pub struct PlanArgs {
     /// A profile file or directory from `trainlab calibrate` (one the study's kind reads).
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// Finish an interrupted run in DIR (its output folder): run only the cases it did not finish and write the
+    /// complete outputs there. The study and --profile must be those of that run.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["shard", "out"])]
+    pub resume: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of tables.
     #[arg(long)]
     pub json: bool,

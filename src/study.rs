@@ -107,6 +107,9 @@ pub struct Manifest {
     pub headline: Vec<String>,
     /// How device efficiencies were set (`datasheet defaults` or the profile's provenance).
     pub efficiencies: String,
+    /// What every case assumes, as (what, assumed) pairs: the head of the report.
+    #[serde(default)]
+    pub assumptions: Vec<(String, String)>,
 }
 
 /// One case of a study.
@@ -426,6 +429,7 @@ fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             }
         }
     }
+    let assumptions = study_assumptions(&spec, &base, &backends, &param_names, cases.len(), opts);
     Ok(Study {
         kind,
         backends,
@@ -435,6 +439,7 @@ fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             kind: kind.name().to_string(),
             seed: sc.seed.0,
             form: "study".into(),
+            assumptions,
             params: param_names,
             cases: cases.len(),
             headline: kind.headline().iter().map(|s| s.to_string()).collect(),
@@ -533,6 +538,7 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             kind: DenseTraining::KIND.into(),
             seed: sc.seed.0,
             form: "plan".into(),
+            assumptions: plan_assumptions(&spec, downtime.as_ref(), opts),
             params: vec!["model".into(), "gpus".into()],
             cases: cases.len(),
             headline: kinds::dense::KIND.headline.iter().map(|s| s.to_string()).collect(),
@@ -540,6 +546,112 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
         },
         cases,
     })
+}
+
+/// What a generic study's cases share: the base scenario, the backends, the grid and the seeds.
+fn study_assumptions(
+    spec: &StudySpec,
+    base: &Scenario,
+    backends: &[String],
+    params: &[String],
+    cases: usize,
+    opts: &Opts,
+) -> Vec<(String, String)> {
+    let mut v = vec![
+        (
+            "base scenario".to_string(),
+            format!("{} (kind {}): every field not in the grid", base.name, base.kind),
+        ),
+        ("backends".into(), backends.join(", ")),
+        (
+            "grid".into(),
+            format!(
+                "{cases} cases over {}",
+                if params.is_empty() {
+                    "-".into()
+                } else {
+                    params.join(", ")
+                }
+            ),
+        ),
+        (
+            "seeds".into(),
+            if spec.common_seed {
+                "common random numbers: replica r of every case uses seed.index(r)".into()
+            } else {
+                "case i uses seed.index(i)".into()
+            },
+        ),
+        ("device efficiencies".into(), efficiencies(opts)),
+    ];
+    if spec.replicas > 1 {
+        v.push(("replicas".into(), format!("{} runs per case", spec.replicas)));
+    }
+    v
+}
+
+/// What every case of a dense layout plan assumes: the cluster, the batch, the search space, the network and the
+/// failure model (or its absence).
+fn plan_assumptions(spec: &PlanSpec, downtime: Option<&Downtime>, opts: &Opts) -> Vec<(String, String)> {
+    let g = &spec.gpu;
+    let gib = (1u64 << 30) as f64;
+    let sizes: Vec<String> = spec.gpu_counts.iter().map(|&n| thousands(n as f64)).collect();
+    let seqs: Vec<String> = spec
+        .models
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} sequences of {}",
+                m.name,
+                thousands((spec.global_batch_tokens / m.seq_len.max(1)) as f64),
+                thousands(m.seq_len as f64)
+            )
+        })
+        .collect();
+    let failures = match (downtime, &spec.downtime_from) {
+        (Some(d), Some(from)) => format!(
+            "{} failure classes from the `{from}` training_job scenario; checkpoints at the Young/Daly interval, {} s \
+             per write, {} s restart; policies {}; intervals are 95%, from the Poisson count of faults over the run",
+            d.failures.len(),
+            d.checkpoint_cost_s,
+            d.restart_cost_s,
+            d.policies.iter().map(|p| p.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        _ => "none: days and GPU-hours assume no failure and no restart (set plan.downtime_from)".into(),
+    };
+    vec![
+        (
+            "GPU".into(),
+            format!(
+                "{}: {:.0} GiB, {:.0} TFLOP/s dense {}, {} per node",
+                g.name,
+                g.memory_bytes as f64 / gib,
+                g.peak(spec.dtype) / 1e12,
+                spec.dtype.as_str(),
+                spec.gpus_per_node
+            ),
+        ),
+        ("cluster sizes".into(), format!("{} GPUs", sizes.join(", "))),
+        ("training tokens".into(), thousands(spec.train_tokens)),
+        (
+            "global batch".into(),
+            format!(
+                "{} tokens per step ({})",
+                thousands(spec.global_batch_tokens as f64),
+                seqs.join("; ")
+            ),
+        ),
+        ("device efficiencies".into(), efficiencies(opts)),
+        ("layout search".into(), trainlab_models::search::SEARCH_SPACE.into()),
+        (
+            "communication".into(),
+            "alpha-beta collectives on the NVLink and NIC bandwidths of the GPU preset; data-parallel gradient \
+             reduction overlapped with the backward pass, tensor-parallel collectives not overlapped"
+                .into(),
+        ),
+        ("network congestion".into(), "none: an ideal non-blocking fabric".into()),
+        ("failures".into(), failures),
+    ]
 }
 
 /// How the report describes the device efficiencies a run used.
@@ -642,6 +754,18 @@ pub fn run_cases(
                 label: &case.label,
             };
             let groups = study.kind.answer(&case.scenario, opts, &req, &mut ctx);
+            // A case cut short by the interruption is not done: a resumed run runs it again.
+            let interrupted = |e: &Error| matches!(e, Error::Interrupted);
+            let cut = match &groups {
+                Err(e) => interrupted(e),
+                Ok(gs) => gs
+                    .iter()
+                    .flat_map(|g| &g.answers)
+                    .any(|a| a.result.as_ref().is_err_and(interrupted)),
+            };
+            if cut {
+                return None;
+            }
             on_done();
             Some(CaseResult {
                 index: case.index,
@@ -700,7 +824,7 @@ pub const MANIFEST: &str = "study.json";
 pub fn write_manifest(m: &Manifest, out: &Path) -> Result<PathBuf, Error> {
     let p = out.join(MANIFEST);
     let text = serde_json::to_string_pretty(m).map_err(|e| Error::Backend(format!("internal: {e}")))?;
-    std::fs::write(&p, text + "\n").map_err(|e| Error::io(format!("writing {}", p.display()), e))?;
+    write_atomic(&p, (text + "\n").as_bytes())?;
     Ok(p)
 }
 
@@ -722,6 +846,61 @@ pub struct ShardInfo {
     pub records: usize,
     /// The profile files the shard read (names only), for messages.
     pub profiles: Vec<String>,
+    /// The shard's cases without an answer: (label, reason).
+    #[serde(default)]
+    pub failures: Vec<(String, String)>,
+    /// False when the shard was interrupted before all its cases ran (`merge` refuses it).
+    #[serde(default = "yes")]
+    pub complete: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The name of the description a whole (unsharded) run writes beside its records.
+pub const RUN_INFO: &str = "run.json";
+
+/// What a whole (unsharded) run writes beside its records (`run.json`): which study, exactly, and which of its
+/// cases are done, so that `plan --resume DIR` runs only the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunInfo {
+    /// The study's manifest.
+    pub manifest: Manifest,
+    /// As [`ShardInfo::fingerprint`].
+    pub fingerprint: String,
+    /// Indices of the cases that ran (answered or failed), ascending.
+    pub done: Vec<usize>,
+    /// Cases in the study.
+    pub asked: usize,
+    /// Records in `records.parquet`.
+    pub records: usize,
+    /// The profile files the run read (names only).
+    pub profiles: Vec<String>,
+    /// Cases without an answer: (label, reason).
+    pub failures: Vec<(String, String)>,
+}
+
+/// Writes a run's [`RunInfo`] as `run.json` in `out`, atomically.
+pub fn write_run_info(info: &RunInfo, out: &Path) -> Result<PathBuf, Error> {
+    let p = out.join(RUN_INFO);
+    let text = serde_json::to_string_pretty(info).map_err(|e| Error::Backend(format!("internal: {e}")))?;
+    write_atomic(&p, (text + "\n").as_bytes())?;
+    Ok(p)
+}
+
+/// Reads a run's [`RunInfo`].
+pub fn read_run_info(p: &Path) -> Result<RunInfo, Error> {
+    let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        Error::invalid(
+            p.display().to_string(),
+            "(see reason)",
+            format!("not a run description of this trainlab version: {e}"),
+            "run the study again without --resume",
+        )
+    })
 }
 
 /// The fingerprint of a study as run with `profile_bytes` (see [`ShardInfo::fingerprint`]).
@@ -853,6 +1032,10 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
                 zero1: true,
             };
+            let shares: Vec<(&str, f64)> = SHARES
+                .iter()
+                .map(|(m, l)| (*l, get(&format!("step_share.{m}"))))
+                .collect();
             let mut row = vec![
                 case.to_string(),
                 layout.label(),
@@ -861,11 +1044,19 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 format!("{:.2}", get("train_days")),
                 thousands(get("gpu_hours")),
                 format!("{:.1}", get("memory_per_gpu") / (1u64 << 30) as f64),
-                step_split(get("step_time"), get("bubble_fraction"), get("exposed_comm")),
+                step_split(&shares),
+                bottleneck(&shares, get("memory_fraction")),
             ];
             for p in &policies {
-                row.push(format!("{:.3}", get(&format!("ettr.{p}"))));
-                row.push(format!("{:.2}", get(&format!("days_with_downtime.{p}"))));
+                let with_ci = |m: String, f: &dyn Fn(f64) -> String| match idx.get(case, "analytical", &m) {
+                    Some(r) => match (r.ci_low, r.ci_high) {
+                        (Some(l), Some(h)) => format!("{} [{}–{}]", f(r.value), f(l), f(h)),
+                        _ => f(r.value),
+                    },
+                    None => "-".into(),
+                };
+                row.push(with_ci(format!("ettr.{p}"), &|x| format!("{x:.3}")));
+                row.push(with_ci(format!("days_with_downtime.{p}"), &|x| format!("{x:.2}")));
                 row.push(thousands(get(&format!("gpu_hours_with_downtime.{p}"))));
             }
             row
@@ -879,7 +1070,8 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         "days",
         "GPU-hours",
         "mem/GPU (GiB)",
-        "bubble · exposed comm (of step)",
+        "step: compute · bubble · TP · PP · DP · optimizer (%)",
+        "bottleneck",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -892,17 +1084,55 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
     (headers, rows)
 }
 
-/// Two of the reasons a layout's MFU falls: the pipeline bubble's share of the step, and communication not hidden
-/// behind compute (per step, as a share of the step time; the two may overlap, so they are not a partition).
-fn step_split(step: f64, bubble: f64, exposed_comm: f64) -> String {
-    if !(step > 0.0 && bubble.is_finite() && exposed_comm.is_finite()) {
+/// The step shares a dense answer reports (`step_share.<metric>`), with their labels, in the order of
+/// [`StepSplit::named`](trainlab_core::workloads::StepSplit::named).
+const SHARES: [(&str, &str); 6] = [
+    ("compute", "compute"),
+    ("bubble", "pipeline bubble"),
+    ("tp_comm", "TP comm"),
+    ("pp_comm", "PP comm"),
+    ("dp_comm", "DP comm"),
+    ("optimizer", "optimizer"),
+];
+
+/// Where a layout's step goes: its six shares in percent (`52 · 40 · 5 · 0 · 2 · 1`).
+fn step_split(shares: &[(&str, f64)]) -> String {
+    if shares.iter().any(|(_, x)| !x.is_finite()) {
         return "-".into();
     }
-    format!("{:.0}% · {:.0}%", 100.0 * bubble, 100.0 * exposed_comm / step)
+    shares
+        .iter()
+        .map(|(_, x)| format!("{:.0}", 100.0 * x))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
+/// The bottleneck of a layout: the largest share of the step after compute, or compute when every other cause
+/// is under 10% of the step; `memory` is added when the layout fills over 90% of the GPU's memory (memory then
+/// forced the split, recomputation or pipeline depth).
+fn bottleneck(shares: &[(&str, f64)], memory_fraction: f64) -> String {
+    if shares.iter().any(|(_, x)| !x.is_finite()) {
+        return "-".into();
+    }
+    let worst = shares
+        .iter()
+        .skip(1)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .copied()
+        .unwrap_or(("compute", 0.0));
+    let mut s = if worst.1 < 0.10 {
+        format!("compute ({:.0}%)", 100.0 * shares[0].1)
+    } else {
+        format!("{} ({:.0}%)", worst.0, 100.0 * worst.1)
+    };
+    if memory_fraction > 0.9 {
+        s.push_str(&format!(" · memory ({:.0}% full)", 100.0 * memory_fraction));
+    }
+    s
 }
 
 /// `x` rounded to a whole number with thousands separators (`535,770`); `-` for NaN.
-fn thousands(x: f64) -> String {
+pub fn thousands(x: f64) -> String {
     if !x.is_finite() {
         return "-".into();
     }

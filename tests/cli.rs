@@ -329,4 +329,52 @@ fn default_plan_answers_with_expected_downtime() {
         html.contains("days incl. downtime"),
         "report lacks the downtime columns"
     );
+    // The report states its assumptions, a bottleneck per case and 95% intervals of the days with downtime.
+    for needle in [
+        "Assumptions",
+        "global batch",
+        "Poisson count",
+        "bottleneck",
+        "Pareto front",
+    ] {
+        assert!(html.contains(needle), "report lacks `{needle}`");
+    }
+    let ci = |metric: &str| -> (f64, f64) {
+        let line = csv
+            .lines()
+            .find(|l| l.contains(case) && l.contains(&format!(",{metric},")))
+            .unwrap();
+        let cells: Vec<&str> = line.split(',').collect();
+        (cells[8].parse().unwrap(), cells[9].parse().unwrap())
+    };
+    let (lo, hi) = ci("days_with_downtime.c4d");
+    assert!(lo < c4d && c4d < hi && lo >= days, "{lo} {c4d} {hi}");
+    // Step shares partition the step: they sum to 1.
+    let shares: f64 = ["compute", "bubble", "tp_comm", "pp_comm", "dp_comm", "optimizer"]
+        .iter()
+        .map(|s| value(case, &format!("step_share.{s}")))
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+}
+
+#[test]
+fn infeasible_cases_are_listed_in_the_report() {
+    // A 175B model on 8 A100s does not fit in memory; the 1.3B model does.
+    let text = std::fs::read_to_string(fixture("small-plan.toml"))
+        .unwrap()
+        .replace("gpu_counts = [64, 128, 256]", "gpu_counts = [8, 256]")
+        .replace(
+            "name = \"gpt-13b\"\nlayers = 40\nhidden = 5120\nheads = 40\nffn_hidden = 20480",
+            "name = \"gpt-175b\"\nlayers = 96\nhidden = 12288\nheads = 96\nffn_hidden = 49152",
+        );
+    let study = common::scenario_file("infeasible-plan", &text);
+    let out = tmpdir("infeasible");
+    let o = run(bin().arg("plan").arg(&study).arg("--out").arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Cases without an answer (1)"), "no infeasible section");
+    assert!(
+        html.contains("gpt-175b@8xa100-80gb"),
+        "the infeasible case is not named"
+    );
 }

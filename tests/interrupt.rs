@@ -103,3 +103,76 @@ fn fit_keeps_its_best_start_on_ctrl_c() {
         assert!(!v["fits"].as_array().unwrap().is_empty());
     }
 }
+
+/// A study of 24 M/M/1 simulations of a million customers each (about half a second apiece in the test profile).
+fn slow_study(dir: &Path) -> String {
+    let p = dir.join("slow-study.toml");
+    std::fs::write(
+        &p,
+        "name = \"slow-study\"\nkind = \"study\"\ndescription = \"24 long M/M/1 simulations\"\nseed = 3\n\
+         [study]\nbase = \"mm1\"\nbackends = [\"des\"]\nreplicas = 24\n[study.grid]\ncustomers = [1000000]\n",
+    )
+    .unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn plan_keeps_finished_cases_on_ctrl_c_and_resumes_to_the_one_process_answer() {
+    let dir = tmpdir("plan");
+    let study = slow_study(&dir);
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--json", "--out"])
+        .arg(&full)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = part.display().to_string();
+    let (r, took) = interrupt(
+        &["plan", &study, "--out", &p],
+        Duration::from_millis(2500),
+        Duration::from_secs(60),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    // Cases in flight finish (each well under a second), none starts after the signal.
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    assert!(err.contains("--resume"), "{err}");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(part.join("run.json")).expect("run.json on interrupt")).unwrap();
+    let done = run["done"].as_array().unwrap().len();
+    assert!(done < 24, "nothing was interrupted: {done} of 24 done");
+    let html = std::fs::read_to_string(part.join("report.html")).unwrap();
+    assert!(html.contains("PARTIAL RESULTS"), "the partial report is not marked");
+    // Resuming runs the rest and ends with the bytes of the one-process run.
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--json", "--resume", &p])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["cases"].as_array().unwrap().len(),
+        24 - done,
+        "resume reran finished cases"
+    );
+    for f in ["records.csv", "records.parquet"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "{f} of the resumed run differs from the one-process run"
+        );
+    }
+    assert!(
+        !std::fs::read_to_string(part.join("report.html"))
+            .unwrap()
+            .contains("PARTIAL RESULTS")
+    );
+    // Another study (here: another seed) does not resume this folder.
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--seed", "9", "--resume", &p])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("different content"), "{}", text(&o.stderr));
+}

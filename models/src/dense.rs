@@ -39,7 +39,7 @@
 //!
 //! **MFU** = model FLOPs (without recomputation) / (step time x GPUs x dense peak of the dtype).
 use trainlab_core::workloads::{
-    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, ParallelConfig, Recompute, TransformerSpec,
+    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, ParallelConfig, Recompute, StepSplit, TransformerSpec,
 };
 use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Workload};
 
@@ -415,6 +415,7 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
     let tokens = (b.micro_batches * b.config.micro_batch * b.config.dp * w.model.seq_len) as f64;
     let tokens_per_s = tokens / b.step_time_s;
     let seconds = w.train_tokens / tokens_per_s;
+    let ettr = expected_ettr(w, b.step_time_s, seconds / 86_400.0);
     DenseOutcome {
         config: b.config,
         step_time_s: b.step_time_s,
@@ -426,21 +427,49 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         bubble_fraction: b.bubble_fraction,
         exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction) * (b.tp_comm_mb_s + b.pp_comm_mb_s)
             + b.dp_exposed_s,
-        ettr: expected_ettr(w, b.step_time_s, seconds / 86_400.0),
+        ettr: ettr.iter().map(|&(p, e, _)| (p, e)).collect(),
+        ettr_ci: ettr.iter().map(|&(p, _, (l, h))| (p, l, h)).collect(),
+        split: Some(split_of(b)),
+        memory_fraction: b.memory_per_gpu_bytes / w.cluster.gpu.memory_bytes as f64,
+    }
+}
+
+/// The step's partition into causes (see [`StepSplit`]): the pipeline runs `m + (p - 1)/v` slots of one micro-batch
+/// time (compute, TP and PP communication); the `(p - 1)/v` slots are the bubble; then the exposed DP reduction and
+/// the optimizer. The six shares sum to 1 by construction.
+fn split_of(b: &StepBreakdown) -> StepSplit {
+    let step = b.step_time_s;
+    let pipeline = step - b.dp_exposed_s - b.optimizer_s;
+    let mf = b.micro_batches as f64;
+    StepSplit {
+        compute: mf * (b.forward_mb_s + b.backward_mb_s) / step,
+        bubble: b.bubble_fraction * pipeline / step,
+        tp_comm: mf * b.tp_comm_mb_s / step,
+        pp_comm: mf * b.pp_comm_mb_s / step,
+        dp_comm: b.dp_exposed_s / step,
+        optimizer: b.optimizer_s / step,
     }
 }
 
 /// With a downtime model: the `training_job` closed form (renewal-reward with Young/Daly checkpoints,
 /// [`crate::reliability::expected`]) of this run's GPUs and step time over its failure-free training days, per
 /// policy.
-fn expected_ettr(w: &DenseTraining, step_time_s: f64, days: f64) -> Vec<(trainlab_core::workloads::Policy, f64)> {
+/// Each entry: the policy, the expected ETTR and its 95% interval ([`crate::reliability::ettr_interval`]).
+fn expected_ettr(
+    w: &DenseTraining,
+    step_time_s: f64,
+    days: f64,
+) -> Vec<(trainlab_core::workloads::Policy, f64, (f64, f64))> {
     let Some(d) = &w.downtime else {
         return Vec::new();
     };
     let job = d.job(w.cluster.gpus(), u64::from(w.cluster.gpus_per_node), step_time_s, days);
     d.policies
         .iter()
-        .map(|&p| (p, crate::reliability::expected(&job, p).ettr.mean))
+        .map(|&p| {
+            let o = crate::reliability::expected(&job, p);
+            (p, o.ettr.mean, crate::reliability::ettr_interval(&o))
+        })
         .collect()
 }
 

@@ -230,6 +230,33 @@ pub fn expected(job: &TrainingJob, policy: Policy) -> PolicyOutcome {
     }
 }
 
+/// A 95% interval of the ETTR of one run of `job` whose expected outcome under a policy is `o`: the spread of the
+/// Poisson count of faults over the run. The fault-driven downtime (everything but checkpoint writes, a fraction
+/// `1 - ETTR - c` of wall time) scales with the count `N ~ Poisson(Lambda)` while checkpointing (`c`) does not:
+/// `ETTR_N = ETTR / (ETTR + c + (1 - ETTR - c) N / Lambda)`, at the 2.5% and 97.5% quantiles of `N`. Each fault's cost
+/// is held at its mean, so the interval is that of the count only (the dominant term when a run sees tens of faults
+/// or more; narrower than the truth for a run expecting only a few). Returns `(low, high)`.
+pub fn ettr_interval(o: &PolicyOutcome) -> (f64, f64) {
+    let e = o.ettr.mean;
+    let lambda = o.interruptions.mean;
+    let c = o
+        .downtime_by_phase
+        .iter()
+        .find(|(p, _)| *p == Phase::Checkpointing)
+        .map_or(0.0, |(_, x)| x.mean);
+    let f = (1.0 - e - c).max(0.0);
+    if !(lambda > 0.0 && lambda.is_finite() && e > 0.0) || f == 0.0 {
+        return (e, e);
+    }
+    use statrs::distribution::{DiscreteCDF, Poisson};
+    let Ok(n) = Poisson::new(lambda) else {
+        return (e, e);
+    };
+    let at = |k: u64| e / (e + c + f * k as f64 / lambda);
+    // More faults, lower ETTR.
+    (at(n.inverse_cdf(0.975)), at(n.inverse_cdf(0.025)))
+}
+
 /// The closed-form backend (`Fidelity::Analytical`, name `young-daly`): the renewal-reward model above for a job
 /// with failure rates, the expected timeline of [`crate::faultline`] for a scheduled job.
 #[derive(Debug, Default, Clone)]
@@ -331,6 +358,40 @@ mod tests {
         assert!((sum - (1.0 - c.ettr.mean)).abs() < 1e-9);
         // Llama 3 scale: 16,384 GPUs at 4.7e-4 failures per GPU-day ~ 415 interruptions in 54 days.
         assert!((c.interruptions.mean - 415.9).abs() < 1.0, "{}", c.interruptions.mean);
+    }
+
+    #[test]
+    fn ettr_interval_brackets_the_mean_and_narrows_with_more_faults() {
+        let j = job(1e-5, 3600.0);
+        let o = expected(&j, Policy::C4d);
+        let (lo, hi) = ettr_interval(&o);
+        assert!(lo < o.ettr.mean && o.ettr.mean < hi, "{lo} {} {hi}", o.ettr.mean);
+        // Ten times the horizon: ten times the faults, a relatively narrower interval of the same mean.
+        let mut long = j.clone();
+        long.horizon_days *= 10.0;
+        let ol = expected(&long, Policy::C4d);
+        let (l2, h2) = ettr_interval(&ol);
+        assert!((ol.ettr.mean - o.ettr.mean).abs() < 1e-9);
+        assert!(h2 - l2 < 0.5 * (hi - lo), "{} vs {}", h2 - l2, hi - lo);
+        // The relative half-width of the fault-driven downtime is about 1.96 / sqrt(Lambda) (normal limit).
+        let lambda = o.interruptions.mean;
+        assert!(lambda > 50.0, "{lambda}");
+        // 1/ETTR - 1 is the downtime per useful second; its fault-driven part f/e spreads with the count.
+        let e = o.ettr.mean;
+        let c = o
+            .downtime_by_phase
+            .iter()
+            .find(|(p, _)| *p == Phase::Checkpointing)
+            .unwrap()
+            .1
+            .mean;
+        let f = 1.0 - e - c;
+        let half = (1.0 / lo - 1.0 / hi) / 2.0 / (f / e);
+        assert!(
+            (half / (1.96 / lambda.sqrt()) - 1.0).abs() < 0.1,
+            "{half} vs {}",
+            1.96 / lambda.sqrt()
+        );
     }
 
     #[test]

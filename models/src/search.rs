@@ -13,6 +13,11 @@ use trainlab_core::{DeviceProfile, Error, Workload};
 use crate::dense::{StepOptions, check_config, evaluate, fits_memory, outcome_of};
 use crate::roofline::datasheet_profile;
 
+/// The layout space of [`candidates`] in words, for reports.
+pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing the heads), pp dividing the layers, \
+    dp the rest; micro-batches of 1, 2, 4, 8; no, selective or full recomputation; ZeRO-1 optimizer sharding; the \
+    fastest layout that fits in memory wins";
+
 /// Micro-batch sizes tried.
 pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
 /// Recompute policies tried.

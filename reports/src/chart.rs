@@ -8,6 +8,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 use crate::ReportError;
+use crate::error::{commit, tmp_for, write_atomic};
 use crate::format::format_value;
 
 /// DejaVu Sans (Bitstream Vera license, see `assets/LICENSE-DejaVu.txt`), embedded so PNG rendering needs no system
@@ -198,6 +199,24 @@ fn clean(spec: &ChartSpec) -> Vec<Clean> {
         .collect()
 }
 
+/// An axis tick label: [`format_value`], but whole numbers from 1e5 to below 1e10 with thousands separators
+/// (`535,770` GPU-hours rather than `5.358e5`).
+fn format_tick(v: f64) -> String {
+    if (1e5..1e10).contains(&v.abs()) {
+        let digits = format!("{:.0}", v.abs());
+        let mut out = String::new();
+        for (i, ch) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(ch);
+        }
+        if v < 0.0 { format!("-{out}") } else { out }
+    } else {
+        format_value(v)
+    }
+}
+
 /// Axis transform helpers: bars and padding are computed in the transformed (log10 for log axes) space.
 fn fwd(v: f64, log: bool) -> f64 {
     if log { v.log10() } else { v }
@@ -386,7 +405,18 @@ fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, spec: &ChartSpec) -> 
         y_base: y0,
         legend,
     };
-    let (xt, xl) = if spec.log_x {
+    // A log x axis over a few distinct values (GPU counts 1,024..16,384, say) is labelled at the data, not at
+    // decades or 1-2-5 steps that fall between them.
+    let mut distinct: Vec<f64> = data.iter().flat_map(|s| s.points.iter().map(|p| p.0)).collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    // ... when they are far enough apart for their labels (a twentieth of the axis each).
+    let spaced = distinct
+        .windows(2)
+        .all(|w| (w[1].log10() - w[0].log10()) >= (x1.log10() - x0.log10()) / 20.0);
+    let (xt, xl) = if spec.log_x && !bar && (2..=10).contains(&distinct.len()) && spaced {
+        (distinct, Vec::new())
+    } else if spec.log_x {
         log_ticks(x0, x1)
     } else {
         Default::default()
@@ -448,7 +478,7 @@ where
         .y_label_area_size(78)
         .build_cartesian_2d(x, y)
         .map_err(chart_err)?;
-    let tick = |v: &f64| format_value(*v);
+    let tick = |v: &f64| format_tick(*v);
     chart
         .configure_mesh()
         .x_desc(spec.x_label.as_str())
@@ -553,16 +583,25 @@ pub fn render_chart(spec: &ChartSpec, png: Option<&Path>, svg: Option<&Path>) ->
     };
     if let Some(p) = png {
         mkparent(p)?;
-        let root = BitMapBackend::new(p, (spec.width, spec.height)).into_drawing_area();
-        draw(&root, spec).map_err(|e| match e {
-            ReportError::Chart(m) => ReportError::Chart(format!("{}: {m}", p.display())),
-            other => other,
-        })?;
+        let tmp = tmp_for(p);
+        {
+            let root = BitMapBackend::new(&tmp, (spec.width, spec.height)).into_drawing_area();
+            let drawn = draw(&root, spec);
+            if let Err(e) = drawn {
+                drop(root);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(match e {
+                    ReportError::Chart(m) => ReportError::Chart(format!("{}: {m}", p.display())),
+                    other => other,
+                });
+            }
+        }
+        commit(&tmp, p)?;
     }
     if let Some(p) = svg {
         mkparent(p)?;
         let s = chart_svg_string(spec)?;
-        std::fs::write(p, s).map_err(|e| ReportError::io(p, e))?;
+        write_atomic(p, s.as_bytes())?;
     }
     Ok(())
 }
@@ -606,6 +645,14 @@ mod tests {
             vec![0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]
         );
         assert_eq!(linear_ticks(3.0, 27.0), vec![5.0, 10.0, 15.0, 20.0, 25.0]);
+    }
+
+    #[test]
+    fn ticks_of_large_numbers_have_separators() {
+        assert_eq!(format_tick(535_770.4), "535,770");
+        assert_eq!(format_tick(-1_234_567.0), "-1,234,567");
+        assert_eq!(format_tick(16_384.0), "16384");
+        assert_eq!(format_tick(2.5e12), "2.5e12");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The crate's error type.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong while writing or reading reports.
 #[derive(Debug, thiserror::Error)]
@@ -77,4 +77,38 @@ impl From<ReportError> for trainlab_core::Error {
             other => trainlab_core::Error::Backend(other.to_string()),
         }
     }
+}
+
+/// The temporary name an output is first written under: a hidden file in the same folder with the same extension
+/// (`.NAME.tmp-PID.EXT`), so that writers that pick a format from the extension still see it, and a rename onto the
+/// final name (atomic within one file system) is the last step. An interrupted or failed write never leaves a half
+/// file under the final name.
+pub(crate) fn tmp_for(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|s| format!(".{}", s.to_string_lossy()))
+        .unwrap_or_default();
+    path.with_file_name(format!(".{stem}.tmp-{}{ext}", std::process::id()))
+}
+
+/// Renames a finished temporary file (see [`tmp_for`]) onto its final name; removes it if the rename fails.
+pub(crate) fn commit(tmp: &Path, path: &Path) -> Result<(), ReportError> {
+    std::fs::rename(tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        ReportError::io(path, e)
+    })
+}
+
+/// Writes `bytes` to `path` atomically (a temporary file in the same folder, then a rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
+    let tmp = tmp_for(path);
+    if let Err(e) = std::fs::write(&tmp, bytes) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ReportError::io(path, e));
+    }
+    commit(&tmp, path)
 }

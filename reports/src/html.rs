@@ -59,13 +59,16 @@ pub fn records_markdown(records: &[Record]) -> String {
     markdown_table(&headers, &rows)
 }
 
-const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1100px;margin:2em auto;\
+const CSS: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1400px;margin:2em auto;\
 padding:0 1em;color:#222;line-height:1.45}h1{border-bottom:2px solid #0072b2;padding-bottom:.2em}\
 h2{margin-top:1.8em;color:#0b3c5d}table{border-collapse:collapse;margin:1em 0;font-size:.9em}\
-th,td{border:1px solid #ccc;padding:.3em .6em}th{background:#eef3f8;text-align:left}\
+th,td{border:1px solid #ccc;padding:.3em .6em;white-space:nowrap}td.wrap{white-space:normal;min-width:20em}th{background:#eef3f8;text-align:left}\
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr:nth-child(even) td{background:#fafafa}\
 figure{margin:1em 0}figure svg{max-width:100%;height:auto;border:1px solid #eee}\
-figcaption{font-size:.85em;color:#555}pre{background:#f5f5f5;padding:.6em;overflow-x:auto}";
+figcaption{font-size:.85em;color:#555}pre{background:#f5f5f5;padding:.6em;overflow-x:auto}\
+.scroll{overflow-x:auto;max-width:100%}\
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(100%,340px),1fr));gap:.8em}\
+.grid figure{margin:0}img,svg{max-width:100%}";
 
 /// Builder for one self-contained HTML file. Text is always escaped; charts are inlined as SVG.
 ///
@@ -115,7 +118,7 @@ impl HtmlReport {
 
     /// A table; cells that parse as numbers are right-aligned. Short rows are padded with empty cells.
     pub fn table<H: AsRef<str>, C: AsRef<str>>(&mut self, headers: &[H], rows: &[Vec<C>]) -> &mut Self {
-        let mut s = String::from("<table>\n<thead><tr>");
+        let mut s = String::from("<div class=\"scroll\"><table>\n<thead><tr>");
         for h in headers {
             s.push_str(&format!("<th>{}</th>", escape_html(h.as_ref())));
         }
@@ -124,12 +127,19 @@ impl HtmlReport {
             s.push_str("<tr>");
             for i in 0..headers.len().max(r.len()) {
                 let c = r.get(i).map(|c| c.as_ref()).unwrap_or("");
-                let class = if is_numeric(c) { " class=\"num\"" } else { "" };
+                // Short cells stay on one line (the table scrolls in its box); prose wraps.
+                let class = if is_numeric(c) {
+                    " class=\"num\""
+                } else if c.chars().count() > 40 {
+                    " class=\"wrap\""
+                } else {
+                    ""
+                };
                 s.push_str(&format!("<td{class}>{}</td>", escape_html(c)));
             }
             s.push_str("</tr>\n");
         }
-        s.push_str("</tbody>\n</table>");
+        s.push_str("</tbody>\n</table></div>");
         self.body.push(s);
         self
     }
@@ -147,6 +157,22 @@ impl HtmlReport {
             "<figure>\n{svg}\n<figcaption>{}</figcaption>\n</figure>",
             escape_html(&spec.title)
         ));
+        Ok(self)
+    }
+
+    /// Small multiples: several charts side by side in a responsive grid (one column on a narrow screen), each
+    /// with its title as caption.
+    pub fn chart_grid(&mut self, specs: &[ChartSpec]) -> Result<&mut Self, ReportError> {
+        let mut s = String::from("<div class=\"grid\">");
+        for spec in specs {
+            let svg = chart_svg_string(spec)?;
+            s.push_str(&format!(
+                "\n<figure>\n{svg}\n<figcaption>{}</figcaption>\n</figure>",
+                escape_html(&spec.title)
+            ));
+        }
+        s.push_str("\n</div>");
+        self.body.push(s);
         Ok(self)
     }
 
@@ -171,6 +197,6 @@ impl HtmlReport {
         if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(d).map_err(|e| ReportError::io(d, e))?;
         }
-        std::fs::write(path, self.render()).map_err(|e| ReportError::io(path, e))
+        crate::write_atomic(path, self.render().as_bytes())
     }
 }

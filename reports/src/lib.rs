@@ -22,7 +22,7 @@ mod html;
 mod table;
 
 pub use chart::{ChartKind, ChartSpec, Series, chart_svg_string, render_chart, series_from_records};
-pub use error::ReportError;
+pub use error::{ReportError, write_atomic};
 pub use format::{format_value, markdown_table};
 pub use html::{HtmlReport, escape_html, record_rows, records_markdown};
 pub use table::{

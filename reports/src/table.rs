@@ -11,6 +11,7 @@ use polars::prelude::*;
 use trainlab_core::{Fidelity, Param, Record, Unit};
 
 use crate::ReportError;
+use crate::error::{commit, tmp_for};
 
 /// The column names of a records table, in order. `fidelity` and `unit` are stored by their snake-case names
 /// (`"analytical"`, `"flop_per_second"`), `ci_low`/`ci_high` may be null, `seed` is an unsigned 64-bit integer.
@@ -282,16 +283,28 @@ pub fn write_frame(df: &mut DataFrame, dir: &Path, stem: &str) -> Result<(PathBu
     std::fs::create_dir_all(dir).map_err(|e| ReportError::io(dir, e))?;
     let pq = dir.join(format!("{stem}.parquet"));
     let csv = dir.join(format!("{stem}.csv"));
-    ParquetWriter::new(create(&pq)?)
+    // Each file is written under a temporary name and renamed when complete, so an interrupted run never leaves a
+    // truncated table under the final name.
+    let (pq_tmp, csv_tmp) = (tmp_for(&pq), tmp_for(&csv));
+    let written = ParquetWriter::new(create(&pq_tmp)?)
         .with_compression(ParquetCompression::Zstd(None))
         .set_parallel(false)
         .finish(df)
-        .map_err(|e| ReportError::polars(Some(&pq), e))?;
-    CsvWriter::new(create(&csv)?)
-        .include_header(true)
-        .n_threads(1)
-        .finish(df)
-        .map_err(|e| ReportError::polars(Some(&csv), e))?;
+        .map_err(|e| ReportError::polars(Some(&pq), e))
+        .and_then(|_| {
+            CsvWriter::new(create(&csv_tmp)?)
+                .include_header(true)
+                .n_threads(1)
+                .finish(df)
+                .map_err(|e| ReportError::polars(Some(&csv), e))
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&pq_tmp);
+        let _ = std::fs::remove_file(&csv_tmp);
+        return Err(e);
+    }
+    commit(&pq_tmp, &pq)?;
+    commit(&csv_tmp, &csv)?;
     Ok((pq, csv))
 }
 

@@ -6,4 +6,5 @@ pub mod c4;
 pub mod calibrate;
 pub mod moe;
 pub mod plan;
+pub mod report;
 pub mod scenarios;

@@ -1,6 +1,7 @@
 //! `trainlab plan` and `trainlab merge`: studies over any kind (see [`trainlab::study`]), their shards and their
 //! report (records as Parquet/CSV, charts as PNG/SVG, one self-contained `report.html`).
 use crate::cli::{MergeArgs, PlanArgs, UsageError};
+use crate::cmd::report::{Partial, write_outputs};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -8,9 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use trainlab::kinds::Opts;
 use trainlab::profiles::Profiles;
-use trainlab::study::{self, Manifest, canonical_sort, num, param, shown_metrics, summary_table};
-use trainlab_core::{Error, Param, Record, Seed};
-use trainlab_reports::{ChartKind, ChartSpec, HtmlReport, Series};
+use trainlab::study::{self, canonical_sort, summary_table};
+use trainlab_core::{Error, Record, Seed};
 
 /// `trainlab plan`.
 pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -> Result<()> {
@@ -26,11 +26,27 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let study = study::load(&sc, &opts)?;
     opts.profiles.check_for(study.kind)?;
     let shard = a.shard.as_deref().map(study::parse_shard).transpose()?;
+    let (names, profile_bytes) = profile_files(a.profile.as_deref())?;
+    let fingerprint = study::fingerprint(&study, &profile_bytes);
+    // A resumed run: what the earlier run of the same study finished (checked by fingerprint) is kept, only the
+    // rest runs.
+    let (out, prior) = match &a.resume {
+        Some(dir) => (dir.clone(), Some(resume_state(dir, &fingerprint, &names)?)),
+        None => (a.out.clone(), None),
+    };
+    let already: std::collections::HashSet<usize> = prior
+        .as_ref()
+        .map_or_else(Default::default, |p| p.0.done.iter().copied().collect());
     let mine: Vec<study::Case> = match shard {
         Some((i, n)) => study.cases.iter().filter(|c| c.index % n == i).cloned().collect(),
-        None => study.cases.clone(),
+        None => study
+            .cases
+            .iter()
+            .filter(|c| !already.contains(&c.index))
+            .cloned()
+            .collect(),
     };
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(format!("creating {}", a.out.display()), e))?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
@@ -50,15 +66,14 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         .iter()
         .flat_map(|r| r.records(&m.study, &m.kind, m.seed))
         .collect();
-    canonical_sort(&mut records);
-    let failures: Vec<(String, String)> = results
+    let mut failures: Vec<(String, String)> = results
         .iter()
         .filter_map(|r| r.failure().map(|f| (r.label.clone(), f)))
         .collect();
     for (label, why) in &failures {
         eprintln!("warning: case {label} has no answer: {why}");
     }
-    if !results.is_empty() && failures.len() == results.len() {
+    if prior.is_none() && !interrupted && !results.is_empty() && failures.len() == results.len() {
         let why = failures
             .iter()
             .map(|(l, w)| format!("{l}: {w}"))
@@ -72,27 +87,57 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         )
         .into());
     }
+    let mut done: Vec<usize> = results.iter().map(|r| r.index).collect();
+    if let Some((info, old)) = prior {
+        records.extend(old);
+        failures.extend(info.failures);
+        done.extend(info.done);
+    }
+    done.sort_unstable();
+    canonical_sort(&mut records);
+    // Failures in case order (by the case's index), so a resumed run lists them as a single run does.
+    let order: std::collections::HashMap<&str, usize> =
+        study.cases.iter().map(|c| (c.label.as_str(), c.index)).collect();
+    failures.sort_by_key(|(l, _)| order.get(l.as_str()).copied().unwrap_or(usize::MAX));
     let mut written: Vec<PathBuf> = Vec::new();
     match shard {
         Some((i, n)) => {
-            let (pq, csv) = trainlab_reports::write_records(&records, &a.out, &format!("records-shard-{i}-of-{n}"))?;
-            let (names, bytes) = profile_files(a.profile.as_deref())?;
+            let (pq, csv) = trainlab_reports::write_records(&records, &out, &format!("records-shard-{i}-of-{n}"))?;
             let info = study::ShardInfo {
                 manifest: m.clone(),
-                fingerprint: study::fingerprint(&study, &bytes),
+                fingerprint,
                 index: i,
                 of: n,
                 records: records.len(),
                 profiles: names,
+                failures: failures.clone(),
+                complete: !interrupted,
             };
             written.extend([
                 pq,
                 csv,
-                study::write_shard_info(&info, &a.out)?,
-                study::write_manifest(m, &a.out)?,
+                study::write_shard_info(&info, &out)?,
+                study::write_manifest(m, &out)?,
             ]);
         }
-        None => written.extend(write_outputs(m, &records, &a.out)?),
+        None => {
+            let asked = study.cases.len();
+            let partial = (done.len() < asked).then_some(Partial {
+                done: done.len(),
+                asked,
+            });
+            written.extend(write_outputs(m, &records, &failures, partial, &out)?);
+            let info = study::RunInfo {
+                manifest: m.clone(),
+                fingerprint,
+                done,
+                asked,
+                records: records.len(),
+                profiles: names,
+                failures: failures.clone(),
+            };
+            written.push(study::write_run_info(&info, &out)?);
+        }
     }
     if a.json {
         let cases: Vec<_> = results
@@ -144,178 +189,62 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         }
     }
     if interrupted {
-        eprintln!(
-            "interrupted after {} of {} cases; the files above hold those cases",
-            results.len(),
-            mine.len()
-        );
+        let how = match shard {
+            Some(_) => "re-run this shard to complete it (`merge` refuses an interrupted shard)".to_string(),
+            None => format!(
+                "the files above hold those cases, marked partial; `trainlab plan {} --resume {}` runs the rest",
+                a.scenario.as_deref().unwrap_or(""),
+                out.display()
+            ),
+        };
+        eprintln!("interrupted after {} of {} cases; {how}", results.len(), mine.len());
     }
     Ok(())
 }
 
-fn plan_charts(records: &[Record]) -> Vec<(&'static str, ChartSpec)> {
-    let mut models: Vec<String> = Vec::new();
-    for r in records {
-        if let Some(Param::Text(mname)) = param(r, "model")
-            && !models.contains(mname)
-        {
-            models.push(mname.clone());
-        }
+/// What an earlier run in `dir` finished: its description (which must be of the same study, with the same
+/// profiles and trainlab) and its records.
+fn resume_state(dir: &Path, fingerprint: &str, profiles: &[String]) -> Result<(study::RunInfo, Vec<Record>)> {
+    let side = dir.join(study::RUN_INFO);
+    if !side.exists() {
+        bail!(UsageError(format!(
+            "--resume {}: no {} there (it is written by every `trainlab plan` run without --shard); \
+             give the folder of an earlier run, or run without --resume",
+            dir.display(),
+            study::RUN_INFO
+        )));
     }
-    let series_of = |metric: &str, scale: f64| -> Vec<Series> {
-        models
-            .iter()
-            .map(|mname| {
-                let mut points: Vec<(f64, f64)> = records
-                    .iter()
-                    .filter(|r| r.metric == metric && matches!(param(r, "model"), Some(Param::Text(x)) if x == mname))
-                    .filter_map(|r| Some((num(param(r, "gpus"))?, r.value * scale)))
-                    .collect();
-                points.sort_by(|a, b| a.0.total_cmp(&b.0));
-                Series {
-                    name: mname.clone(),
-                    points,
-                }
-            })
-            .collect()
-    };
-    [
-        (
-            "days",
-            "Wall-clock days to train",
-            "training days",
-            series_of("train_days", 1.0),
-        ),
-        (
-            "gpu_hours",
-            "GPU-hours to train",
-            "GPU-hours",
-            series_of("gpu_hours", 1.0),
-        ),
-        (
-            "mfu",
-            "Model FLOPs utilisation of the best layout",
-            "MFU (%)",
-            series_of("mfu", 100.0),
-        ),
-    ]
-    .into_iter()
-    .map(|(stem, title, ylabel, series)| {
-        let mut spec = ChartSpec::new(title, "GPUs", ylabel, ChartKind::Line);
-        spec.series = series;
-        spec.log_x = true;
-        spec.log_y = stem != "mfu";
-        (stem, spec)
-    })
-    .collect()
-}
-
-/// Generic charts: the first three metrics against the first numeric parameter, one series per backend (and per
-/// value of the second parameter, if any).
-fn generic_charts(m: &Manifest, records: &[Record]) -> Vec<(String, ChartSpec)> {
-    let Some(x) = m
-        .params
-        .iter()
-        .find(|p| records.iter().any(|r| num(param(r, p)).is_some()))
-    else {
-        return Vec::new();
-    };
-    let second = m.params.iter().find(|p| *p != x);
-    shown_metrics(m, records, 3)
-        .iter()
-        .map(|metric| {
-            let mut series: Vec<Series> = Vec::new();
-            for r in records.iter().filter(|r| r.metric == *metric) {
-                let Some(xv) = num(param(r, x)) else { continue };
-                let name = match second.and_then(|s| param(r, s).map(|v| format!("{s}={v}"))) {
-                    Some(s) => format!("{} {s}", r.backend),
-                    None => r.backend.clone(),
-                };
-                match series.iter_mut().find(|s| s.name == name) {
-                    Some(s) => s.points.push((xv, r.value)),
-                    None => series.push(Series {
-                        name,
-                        points: vec![(xv, r.value)],
-                    }),
-                }
-            }
-            for s in &mut series {
-                s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            }
-            let unit = records
-                .iter()
-                .find(|r| r.metric == *metric)
-                .map_or("", |r| r.unit.symbol());
-            let mut spec = ChartSpec::new(
-                format!("{metric} vs {x}"),
-                x.as_str(),
-                format!("{metric} ({unit})"),
-                ChartKind::Line,
-            );
-            spec.series = series;
-            (metric.replace(['.', '/'], "_"), spec)
-        })
-        .collect()
-}
-
-/// Writes the full set of outputs of a complete study: records, manifest, charts, report.html.
-pub fn write_outputs(m: &Manifest, records: &[Record], out: &Path) -> Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    let (pq, csv) = trainlab_reports::write_records(records, out, "records")?;
-    written.extend([pq, csv, study::write_manifest(m, out)?]);
-    let charts: Vec<(String, ChartSpec)> = if m.form == "plan" {
-        plan_charts(records)
-            .into_iter()
-            .map(|(s, c)| (s.to_string(), c))
-            .collect()
-    } else {
-        generic_charts(m, records)
-    };
-    let mut report = HtmlReport::new(format!("trainlab plan: {}", m.study));
-    report.paragraph(&m.description);
-    let how = if m.form == "plan" {
-        "Each case is answered by the analytical step model's search over tensor/pipeline/data-parallel layouts, \
-         micro-batch sizes and recomputation, keeping the fastest that fits in GPU memory."
-            .to_string()
-    } else {
-        format!(
-            "{} cases of kind {}, answered by the kind's backends through the kind table; case i uses seed.index(i).",
-            m.cases, m.kind
-        )
-    };
-    report.paragraph(&format!(
-        "Seed {}. Device efficiencies: {}. {how}",
-        m.seed, m.efficiencies
-    ));
-    for (stem, spec) in charts {
-        let png = out.join(format!("{stem}.png"));
-        let svg = out.join(format!("{stem}.svg"));
-        trainlab_reports::render_chart(&spec, Some(&png), Some(&svg))?;
-        written.extend([png, svg]);
-        report.chart(&spec)?;
+    let info = study::read_run_info(&side)?;
+    if info.fingerprint != fingerprint {
+        let what = if info.profiles != profiles {
+            format!("was run with the profiles {:?}, not {:?}", info.profiles, profiles)
+        } else {
+            format!(
+                "holds the study `{}` with different content (cases, backends, seed or trainlab version)",
+                info.manifest.study
+            )
+        };
+        bail!(UsageError(format!(
+            "--resume {}: {what}; resume with the same study and --profile, or use a new --out",
+            dir.display()
+        )));
     }
-    report.heading(if m.form == "plan" {
-        "Best layout per case"
+    let pq = dir.join("records.parquet");
+    let records = if info.records == 0 && !pq.exists() {
+        Vec::new()
     } else {
-        "Cases"
-    });
-    let (headers, rows) = summary_table(m, records);
-    report.table(&headers.iter().map(String::as_str).collect::<Vec<_>>(), &rows);
-    // The page stays readable (and small) for large studies: the records table shows the first rows; every record
-    // is in records.parquet / records.csv.
-    const SHOWN: usize = 2_000;
-    if records.len() > SHOWN {
-        report.heading(&format!("Records (first {SHOWN} of {})", records.len()));
-        report.paragraph("All records are in records.parquet and records.csv beside this page.");
-        report.table_records(&records[..SHOWN]);
-    } else {
-        report.heading("All records");
-        report.table_records(records);
+        trainlab_reports::read_records_parquet(&pq).with_context(|| format!("reading {}", pq.display()))?
+    };
+    if records.len() != info.records {
+        bail!(UsageError(format!(
+            "--resume {}: records.parquet has {} records but {} says {} (a file replaced since); use a new --out",
+            dir.display(),
+            records.len(),
+            study::RUN_INFO,
+            info.records
+        )));
     }
-    let html = out.join("report.html");
-    report.write(&html)?;
-    written.push(html);
-    Ok(written)
+    Ok((info, records))
 }
 
 /// The profile files given with `--profile` (a file, or the `*.toml` files of a folder in name order): their names
@@ -413,6 +342,13 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
             )));
         }
         let info = study::read_shard_info(&side)?;
+        if !info.complete {
+            bail!(UsageError(format!(
+                "{}: shard {i}/{n} was interrupted before all its cases ran; re-run it with `trainlab plan STUDY \
+                 --shard {i}/{n}`",
+                name(&side)
+            )));
+        }
         if info.index != *i || info.of != n {
             bail!(UsageError(format!(
                 "{}: describes shard {}/{} but is named as shard {i}/{n} (a renamed or copied shard)",
@@ -466,7 +402,11 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     canonical_sort(&mut records);
     let out = a.out.clone().unwrap_or_else(|| a.dir.clone());
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-    let written = write_outputs(&manifest, &records, &out)?;
+    let mut failures: Vec<(String, String)> = Vec::new();
+    for (info, _) in &infos {
+        failures.extend(info.failures.iter().cloned());
+    }
+    let written = write_outputs(&manifest, &records, &failures, None, &out)?;
     if a.json {
         let v = serde_json::json!({"study": manifest.study, "shards": n, "records": records.len(),
             "outputs": written.iter().map(|p| p.display().to_string()).collect::<Vec<_>>()});

@@ -393,6 +393,49 @@ pub struct DenseOutcome {
     /// With a `downtime` model: per policy, the expected ETTR (useful / wall time) of the run.
     #[serde(default)]
     pub ettr: Vec<(Policy, f64)>,
+    /// With a `downtime` model: per policy, a 95% interval `(low, high)` of the ETTR (the Poisson spread of the
+    /// fault count over the run), in the order of `ettr`.
+    #[serde(default)]
+    pub ettr_ci: Vec<(Policy, f64, f64)>,
+    /// Where the step time goes, as shares of it (None where the backend does not split it).
+    #[serde(default)]
+    pub split: Option<StepSplit>,
+    /// Peak memory per GPU over the GPU's memory.
+    #[serde(default)]
+    pub memory_fraction: f64,
+}
+
+/// A partition of one step's time into its causes, each a share of the step (they sum to 1): the compute of every
+/// micro-batch, the pipeline bubble, tensor-parallel and pipeline point-to-point communication that is not hidden,
+/// the data-parallel gradient reduction not hidden behind the backward pass, and the optimizer step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepSplit {
+    /// Forward and backward compute (including recomputation).
+    pub compute: f64,
+    /// Idle stage time in the pipeline fill and drain.
+    pub bubble: f64,
+    /// Tensor-parallel collectives.
+    pub tp_comm: f64,
+    /// Pipeline sends and receives.
+    pub pp_comm: f64,
+    /// Data-parallel gradient reduction not overlapped with the backward pass.
+    pub dp_comm: f64,
+    /// The optimizer step.
+    pub optimizer: f64,
+}
+
+impl StepSplit {
+    /// The shares with their names, in a fixed order.
+    pub fn named(&self) -> [(&'static str, f64); 6] {
+        [
+            ("compute", self.compute),
+            ("bubble", self.bubble),
+            ("tp_comm", self.tp_comm),
+            ("pp_comm", self.pp_comm),
+            ("dp_comm", self.dp_comm),
+            ("optimizer", self.optimizer),
+        ]
+    }
 }
 
 impl Outcome for DenseOutcome {
@@ -412,16 +455,28 @@ impl Outcome for DenseOutcome {
             Metric::new("micro_batch", Unit::Choice, self.config.micro_batch as f64),
             Metric::new("recompute_level", Unit::Choice, self.config.recompute.level() as f64),
         ];
-        // Days and GPU-hours including expected downtime: the failure-free figures over the ETTR.
+        if let Some(split) = &self.split {
+            for (name, share) in split.named() {
+                out.push(Metric::new(format!("step_share.{name}"), Unit::Ratio, share));
+            }
+        }
+        if self.memory_fraction > 0.0 {
+            out.push(Metric::new("memory_fraction", Unit::Ratio, self.memory_fraction));
+        }
+        // Days and GPU-hours including expected downtime: the failure-free figures over the ETTR, with the 95%
+        // interval of the ETTR where the backend gives one.
         for (p, e) in &self.ettr {
+            let ci = self.ettr_ci.iter().find(|(q, _, _)| q == p).map(|&(_, l, h)| (l, h));
             let p = p.as_str();
-            out.push(Metric::new(format!("ettr.{p}"), Unit::Ratio, *e));
-            out.push(Metric::new(
-                format!("days_with_downtime.{p}"),
-                Unit::Days,
-                self.train_days / e,
-            ));
-            out.push(Metric::new(
+            let with = |name: String, unit: Unit, v: f64| match ci {
+                Some((l, h)) if name.starts_with("ettr") => Metric::with_ci(name, unit, v, l, h),
+                // Over the ETTR: a higher ETTR gives fewer days.
+                Some((l, h)) => Metric::with_ci(name, unit, v, v * e / h, v * e / l),
+                None => Metric::new(name, unit, v),
+            };
+            out.push(with(format!("ettr.{p}"), Unit::Ratio, *e));
+            out.push(with(format!("days_with_downtime.{p}"), Unit::Days, self.train_days / e));
+            out.push(with(
                 format!("gpu_hours_with_downtime.{p}"),
                 Unit::GpuHours,
                 self.gpu_hours / e,
