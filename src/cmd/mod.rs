@@ -7,3 +7,4 @@ pub mod calibrate;
 pub mod moe;
 pub mod plan;
 pub mod scenarios;
+pub mod slurm;
