@@ -97,6 +97,20 @@ pub struct PlanArgs {
     /// Print a JSON summary on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Run nothing; write a batch job that runs the study as shards into `--out` (`slurm`: an array job, a merge
+    /// job and `slurm/submit.sh` that chains them).
+    #[arg(long, value_enum, conflicts_with = "shard")]
+    pub emit: Option<Emit>,
+    /// With `--emit`: the number of shards (array tasks), 1 to the study's case count (default: cases, at most 16).
+    #[arg(long, value_name = "N", requires = "emit")]
+    pub shards: Option<usize>,
+}
+
+/// What `plan --emit` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Emit {
+    /// A Slurm array job (sbatch), its merge job and a submit script.
+    Slurm,
 }
 
 /// `merge` arguments.
@@ -201,6 +215,7 @@ pub fn ctx(seed: Seed, cancel: &Arc<AtomicBool>) -> RunCtx {
 pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
     let seed = cli.seed;
     match cli.command {
+        Command::Plan(a) if a.emit.is_some() => crate::cmd::slurm::emit(&a, seed),
         Command::Plan(a) => crate::cmd::plan::run(&a, seed, &cancel),
         Command::Merge(a) => crate::cmd::plan::merge(&a),
         Command::Run(a) => crate::cmd::answer::run_one(

@@ -8,3 +8,4 @@ pub mod moe;
 pub mod plan;
 pub mod report;
 pub mod scenarios;
+pub mod slurm;
