@@ -99,7 +99,7 @@ pub struct PlanArgs {
     pub json: bool,
     /// Run nothing; write a batch job that runs the study as shards into `--out` (`slurm`: an array job, a merge
     /// job and `slurm/submit.sh` that chains them).
-    #[arg(long, value_enum, conflicts_with = "shard")]
+    #[arg(long, value_enum, conflicts_with_all = ["shard", "resume"])]
     pub emit: Option<Emit>,
     /// With `--emit`: the number of shards (array tasks), 1 to the study's case count (default: cases, at most 16).
     #[arg(long, value_name = "N", requires = "emit")]
