@@ -21,6 +21,9 @@ pub struct Cli {
     /// Seed for every random stream (overrides the scenario's `seed`).
     #[arg(long, global = true)]
     pub seed: Option<u64>,
+    /// No progress bars (they are drawn only on a terminal anyway, and never with --json).
+    #[arg(long, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -204,16 +207,20 @@ pub struct CalibrateArgs {
     pub json: bool,
 }
 
-/// The run context for a seed and the shared cancel flag.
-pub fn ctx(seed: Seed, cancel: &Arc<AtomicBool>) -> RunCtx {
+/// The run context for a seed and the shared cancel flag, with a progress bar that backends reporting progress
+/// (simulator replications, measured sweeps) drive; hidden with `json` or `--quiet`. The caller clears the bar.
+pub fn ctx(seed: Seed, cancel: &Arc<AtomicBool>, json: bool) -> (RunCtx, indicatif::ProgressBar) {
     let mut c = RunCtx::new(seed);
     c.cancel = cancel.clone();
-    c
+    let bar = trainlab::progress::bar(0, "running", json);
+    c.progress = Some(trainlab::progress::callback(&bar).0);
+    (c, bar)
 }
 
 /// Dispatches a parsed command line.
 pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
     let seed = cli.seed;
+    trainlab::progress::set_quiet(cli.quiet);
     match cli.command {
         Command::Plan(a) if a.emit.is_some() => crate::cmd::slurm::emit(&a, seed),
         Command::Plan(a) => crate::cmd::plan::run(&a, seed, &cancel),

@@ -265,9 +265,17 @@ pub fn fit(args: &FitArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     laws::by_name(&args.law, "LAW")?;
     check_fit_flags(args.bootstrap, args.starts, args.level, Some(args.delta))?;
     let table = Table::read(&args.data)?;
-    let cfg = config(args.seed, args.delta, args.starts, cancel);
+    let mut cfg = config(args.seed, args.delta, args.starts, cancel);
+    let spin = crate::progress::spinner("fit", args.json);
+    spin.set_message(format!(
+        "{} starts per target, then {} bootstrap refits",
+        args.starts, args.bootstrap
+    ));
+    cfg.progress = Some(crate::progress::message_callback(&spin, "bootstrap refits"));
     let cv = args.cv.as_deref().map(|c| (c, args.folds));
-    let report = fit_table(&args.law, &table, &args.target, &cfg, args.bootstrap, args.level, cv)?;
+    let report = fit_table(&args.law, &table, &args.target, &cfg, args.bootstrap, args.level, cv);
+    spin.finish_and_clear();
+    let report = report?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -387,8 +395,16 @@ pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result
                 .find(|r| (r[jn] / n - 1.0).abs() < 1e-9)
                 .map(|r| r[jb]);
         }
-        let cfg = config(args.seed, 1e-3, args.starts, cancel);
-        fit_table("dcpt", &table, "both", &cfg, args.bootstrap, args.level, None)?
+        let mut cfg = config(args.seed, 1e-3, args.starts, cancel);
+        let spin = crate::progress::spinner("plan-mixture", args.json);
+        spin.set_message(format!(
+            "fitting the D-CPT law ({} starts, {} bootstrap refits)",
+            args.starts, args.bootstrap
+        ));
+        cfg.progress = Some(crate::progress::message_callback(&spin, "bootstrap refits"));
+        let r = fit_table("dcpt", &table, "both", &cfg, args.bootstrap, args.level, None);
+        spin.finish_and_clear();
+        r?
     };
     if cancel.load(Ordering::Relaxed) && report.fits.len() < 2 {
         return Err(trainlab_core::Error::Interrupted.into());
@@ -545,6 +561,9 @@ pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<(
     };
     let runs = args.hidden.len() * args.ratios.len();
     let mp = MultiProgress::new();
+    if crate::progress::quiet() {
+        mp.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let style = ProgressStyle::with_template("{prefix:>14} [{bar:40}] {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     let total = mp.add(ProgressBar::new(runs as u64));

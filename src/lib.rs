@@ -8,4 +8,5 @@ pub mod calibration;
 pub mod dcpt;
 pub mod kinds;
 pub mod profiles;
+pub mod progress;
 pub mod study;

@@ -47,6 +47,23 @@ pub trait Workload: Clone + Debug + Serialize + DeserializeOwned + Send + Sync +
 /// Progress callback: `(done, total)`.
 pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
+/// A progress callback `(done, total)` that can sit in `Debug + Clone` settings (e.g. a fit's configuration).
+#[derive(Clone)]
+pub struct Progress(pub ProgressFn);
+
+impl Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
+}
+
+impl Progress {
+    /// Reports `done` of `total` units.
+    pub fn report(&self, done: u64, total: u64) {
+        (self.0)(done, total)
+    }
+}
+
 /// Per-run context: seed, progress reporting and cancellation.
 #[derive(Clone)]
 pub struct RunCtx {

@@ -20,7 +20,7 @@ pub mod stats;
 pub mod units;
 pub mod workloads;
 
-pub use backend::{Backend, Fidelity, Outcome, RunCtx, Workload, run_backends};
+pub use backend::{Backend, Fidelity, Outcome, Progress, RunCtx, Workload, run_backends};
 pub use cluster::{ClusterSpec, Device, Dtype, GpuSpec, LinkSpec, SmSpec};
 pub use error::{Error, Result};
 pub use metric::{Interval, Metric, Unit};

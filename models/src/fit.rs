@@ -302,6 +302,9 @@ pub struct FitConfig {
     /// [`Error::Interrupted`]. Not serialised.
     #[serde(skip)]
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Progress of the bootstrap (replicates done of asked). Not serialised.
+    #[serde(skip)]
+    pub progress: Option<trainlab_core::Progress>,
 }
 
 impl FitConfig {
@@ -322,6 +325,7 @@ impl Default for FitConfig {
             seed: Seed::default(),
             bootstrap_starts: 4,
             cancel: None,
+            progress: None,
         }
     }
 }
@@ -799,6 +803,7 @@ pub fn bootstrap(law: &dyn Law, data: &Dataset, best: &FitResult, reps: usize, c
         cfg.seed.derive("bootstrap.starts"),
     ));
     let base = cfg.seed.derive("bootstrap");
+    let done = std::sync::atomic::AtomicU64::new(0);
     let params: Vec<Vec<f64>> = (0..reps)
         .into_par_iter()
         .filter(|_| !cfg.cancelled())
@@ -813,7 +818,11 @@ pub fn bootstrap(law: &dyn Law, data: &Dataset, best: &FitResult, reps: usize, c
                 ..cfg.clone()
             };
             let obj = Objective::new(law, data, Some(&w), inner.delta, inner.bound_penalty);
-            best_of(&obj, &starts, &inner, false).1
+            let p = best_of(&obj, &starts, &inner, false).1;
+            if let Some(pr) = &cfg.progress {
+                pr.report(done.fetch_add(1, Ordering::Relaxed) + 1, reps as u64);
+            }
+            p
         })
         .collect();
     Ok(Bootstrap { params })

@@ -83,14 +83,16 @@ pub fn run_one(
         quick: false,
     };
     let note = profile_note(kind, &opts.profiles)?;
-    let mut c = ctx(s, cancel);
+    let (mut c, bar) = ctx(s, cancel, json);
     let only = [backend.to_string()];
     let req = Request {
         only: Some(&only),
         follow_scaled: false,
         label: &sc.name,
     };
-    let mut groups = kind.answer(&sc, &opts, &req, &mut c)?;
+    let groups = kind.answer(&sc, &opts, &req, &mut c);
+    bar.finish_and_clear();
+    let mut groups = groups?;
     let gi = groups
         .iter()
         .position(|g| !g.answers.is_empty())
@@ -204,13 +206,15 @@ pub fn compare(
         quick,
     };
     let note = profile_note(kind, &opts.profiles)?;
-    let mut c = ctx(s, cancel);
+    let (mut c, bar) = ctx(s, cancel, json);
     let req = Request {
         only: None,
         follow_scaled: true,
         label: &sc.name,
     };
-    let mut groups = kind.answer(&sc, &opts, &req, &mut c)?;
+    let groups = kind.answer(&sc, &opts, &req, &mut c);
+    bar.finish_and_clear();
+    let mut groups = groups?;
     let all: Vec<Record> = groups
         .iter()
         .flat_map(|g| g.records(&sc.name, kind.name(), s.0, &[]))

@@ -117,23 +117,11 @@ pub fn run(a: C4RunArgs, seed: Option<u64>, cancel: Arc<AtomicBool>) -> anyhow::
             "e.g. --compute-s 0.06"
         ));
     }
-    let r = match &a.schedule {
-        Some(path) => {
-            let job = schedule_job(path, a.compute_s)?;
-            if let Err(trainlab_core::Error::Unsupported(why)) = FaultRunConfig::for_job(&job) {
-                bail!(trainlab_core::Error::invalid(
-                    format!("{}: schedule", path.display()),
-                    "too large",
-                    why,
-                    "fewer ranks or steps, or a shorter step_time_s",
-                ));
-            }
-            FaultRun::new(None)
-                .run_job(&job, &cancel)
-                .with_context(|| format!("running the schedule in {}", path.display()))?
-        }
-        None => run_flags(&a, seed, &cancel)?,
-    };
+    let spin = trainlab::progress::spinner("c4-run", a.json);
+    spin.set_message("fault-injection run: worker processes, ring all-reduce over loopback");
+    let r = run_c4(&a, seed, &cancel);
+    spin.finish_and_clear();
+    let r = r?;
     if a.json {
         println!("{r:#?}");
         return Ok(());
@@ -175,6 +163,27 @@ pub fn run(a: C4RunArgs, seed: Option<u64>, cancel: Arc<AtomicBool>) -> anyhow::
         return Err(trainlab_core::Error::Interrupted.into());
     }
     Ok(())
+}
+
+/// The run itself: the schedule file's job, or the job the flags describe.
+fn run_c4(a: &C4RunArgs, seed: Option<u64>, cancel: &AtomicBool) -> anyhow::Result<FaultRunReport> {
+    Ok(match &a.schedule {
+        Some(path) => {
+            let job = schedule_job(path, a.compute_s)?;
+            if let Err(trainlab_core::Error::Unsupported(why)) = FaultRunConfig::for_job(&job) {
+                bail!(trainlab_core::Error::invalid(
+                    format!("{}: schedule", path.display()),
+                    "too large",
+                    why,
+                    "fewer ranks or steps, or a shorter step_time_s",
+                ));
+            }
+            FaultRun::new(None)
+                .run_job(&job, cancel)
+                .with_context(|| format!("running the schedule in {}", path.display()))?
+        }
+        None => run_flags(a, seed, cancel)?,
+    })
 }
 
 /// The run of `--kill/--hang/--slow` faults spread over the steps, ranks drawn from the seed.

@@ -2,7 +2,6 @@
 //! written to `--out`, its held-out table printed (calibrated and uncalibrated prediction against measurement).
 use crate::cli::CalibrateArgs;
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use trainlab::calibration::{self, CalRequest, Device};
@@ -56,17 +55,7 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
         )
         .into());
     }
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new_spinner()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} calibrate {prefix}: {msg} ({elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.set_prefix(kind.name());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let bar = trainlab::progress::spinner(&format!("calibrate {}", kind.name()), a.json);
     let progress = {
         let b = bar.clone();
         move |m: String| b.set_message(m)

@@ -10,6 +10,14 @@ use trainlab_executors::moe::{TinyTrainConfig, train_tiny};
 /// `cancel` (Ctrl-C) is polled before each training run; once it is set, the table holds the configurations that
 /// finished, followed by a line saying how many did.
 pub fn quality_table(quick: bool, seed: Seed, cancel: &AtomicBool) -> Result<String, Error> {
+    let seeds = if quick { 1 } else { 3 };
+    let bar = trainlab::progress::bar(3 * 3 * 2 * seeds, "moe quality: training runs", false);
+    let t = quality_rows(quick, seed, cancel, &|| bar.inc(1));
+    bar.finish_and_clear();
+    t
+}
+
+fn quality_rows(quick: bool, seed: Seed, cancel: &AtomicBool, tick: &dyn Fn()) -> Result<String, Error> {
     let mut out = String::from(
         "| routing | capacity factor | balance loss | final MSE (mean +- std) | zero-predictor MSE | drop | load CV |\n\
          |---|---|---|---|---|---|---|\n",
@@ -30,6 +38,7 @@ pub fn quality_table(quick: bool, seed: Seed, cancel: &AtomicBool) -> Result<Str
                         return Ok(out);
                     }
                     rs.push(train_tiny(&cfg, Seed(seed.0.wrapping_add(s)))?);
+                    tick();
                 }
                 let l: Vec<f64> = rs.iter().map(|r| r.final_loss).collect();
                 let s = Summary::of(&l);

@@ -3,7 +3,6 @@
 use crate::cli::{MergeArgs, PlanArgs, UsageError};
 use crate::cmd::report::{Partial, write_outputs};
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -47,17 +46,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
             .collect(),
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        let b = ProgressBar::new(mine.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} plan [{bar:30}] {pos}/{len} cases ({elapsed}, eta {eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        b
-    };
+    let bar = trainlab::progress::bar(mine.len() as u64, "plan: cases", a.json);
     let results = study::run_cases(&study, &mine, &opts, cancel, &|| bar.inc(1));
     bar.finish_and_clear();
     let interrupted = results.len() < mine.len();
