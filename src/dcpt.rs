@@ -249,6 +249,51 @@ fn check_fit_flags(bootstrap: usize, starts: usize, level: f64, delta: Option<f6
     Ok(())
 }
 
+/// An output folder given by `flag` must be a folder or not exist yet: checked before any work, so a path that
+/// names a file fails at once (exit 2) rather than after the fit or the runs.
+pub fn check_out_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!(trainlab_core::Error::invalid(
+            flag,
+            dir.display(),
+            "exists and is not a folder",
+            "give a folder path (it is created when missing)"
+        ));
+    }
+    Ok(())
+}
+
+/// `--cv COLUMN` and `--folds K` of `fit`, checked before the fit: K from 2 to 1,000, and with `--cv` the column an
+/// input of the law with at least K distinct values in the table.
+fn check_cv(table: &Table, law: &dyn fit::Law, cv: Option<&str>, folds: usize) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    check::at_least("--folds", folds as u64, 2)?;
+    check::at_most("--folds", folds as u64, 1_000, "each fold is a full fit")?;
+    let Some(c) = cv else { return Ok(()) };
+    let names: Vec<&str> = law.inputs().iter().map(|i| i.name.as_str()).collect();
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(c)) {
+        bail!(trainlab_core::Error::invalid(
+            "--cv",
+            c,
+            format!("not an input of law {}", law.name()),
+            format!("use one of {}", names.join(", "))
+        ));
+    }
+    let j = table.index(c)?;
+    let mut distinct: Vec<f64> = table.rows.iter().map(|r| r[j]).collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    if folds > distinct.len() {
+        bail!(trainlab_core::Error::invalid(
+            "--folds",
+            folds,
+            format!("column {c} has {} distinct values", distinct.len()),
+            format!("use --folds 2 to {}", distinct.len())
+        ));
+    }
+    Ok(())
+}
+
 fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> FitConfig {
     FitConfig {
         delta,
@@ -262,9 +307,13 @@ fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> Fit
 /// Runs `trainlab fit`. A first Ctrl-C (`cancel`) keeps what the fit has so far (see `fit_table`), prints and
 /// writes it; the caller exits 130.
 pub fn fit(args: &FitArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
-    laws::by_name(&args.law, "LAW")?;
+    let law = laws::by_name(&args.law, "LAW")?;
     check_fit_flags(args.bootstrap, args.starts, args.level, Some(args.delta))?;
+    if let Some(dir) = &args.out {
+        check_out_dir("--out", dir)?;
+    }
     let table = Table::read(&args.data)?;
+    check_cv(&table, law.as_ref(), args.cv.as_deref(), args.folds)?;
     let cfg = config(args.seed, args.delta, args.starts, cancel);
     let cv = args.cv.as_deref().map(|c| (c, args.folds));
     let report = fit_table(&args.law, &table, &args.target, &cfg, args.bootstrap, args.level, cv)?;
