@@ -407,6 +407,43 @@ fn need(v: Option<f64>, flag: &str, usage: &str) -> anyhow::Result<f64> {
     })
 }
 
+/// The flags `args.usage` reads, checked before any fit (the plan checks them again under its own names): each
+/// required one present, sizes finite and positive, shares in range, `--optimise` known.
+fn check_usage_flags(args: &PlanArgs) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    match args.usage {
+        Usage::Tradeoff => {
+            check::positive("--n", need(args.n, "--n", "tradeoff")?)?;
+            check::positive("--d", need(args.d, "--d", "tradeoff")?)?;
+            check::non_negative("--tolerance", args.tolerance)?;
+            if let Some(b) = args.base_general_loss {
+                check::positive("--base-general-loss", b)?;
+            }
+        }
+        Usage::LimitedData => {
+            check::positive("--n", need(args.n, "--n", "limited-data")?)?;
+            check::positive(
+                "--domain-tokens",
+                need(args.domain_tokens, "--domain-tokens", "limited-data")?,
+            )?;
+            check::in_range("--r-min", args.r_min, 1e-6, 1.0)?;
+        }
+        Usage::Compute => {
+            check::positive("--flops", need(args.flops, "--flops", "compute")?)?;
+            check::in_range("--ratio", args.ratio, 0.0, 1.0)?;
+            if !matches!(args.optimise.as_str(), "domain" | "general") {
+                bail!(trainlab_core::Error::invalid(
+                    "--optimise",
+                    &args.optimise,
+                    "unknown objective",
+                    "use domain or general"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Device choice of `execute-dcpt`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainBackend {
@@ -420,12 +457,19 @@ pub enum TrainBackend {
 /// plan is then answered from it when both losses were fitted (else the run ends as interrupted).
 pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     check_fit_flags(args.bootstrap, args.starts, args.level, None)?;
+    check_usage_flags(args)?;
     let is_json = args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let mut base_from_table = None;
     let report: FitReport = if is_json {
         let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a `trainlab fit` report", args.input.display()))?
+        serde_json::from_str(&text).map_err(|e| {
+            trainlab_core::Error::invalid(
+                args.input.display().to_string(),
+                "not a fit report",
+                format!("not a `trainlab fit` report: {e}"),
+                "give the fit.json written by `trainlab fit dcpt DATA.csv --out DIR`, or a CSV of runs",
+            )
+        })?
     } else {
         let table = Table::read(&args.input)?;
         if let (Some(n), true) = (args.n, table.has("base_general_loss")) {
