@@ -599,6 +599,69 @@ pub struct ExecuteArgs {
     pub out: PathBuf,
 }
 
+/// The size of the `execute-dcpt` grid and its held-out ratios, checked before any run: widths, embedding and token
+/// counts within what a CPU trains in hours, not years (each bound far above the defaults), at most 10,000 runs, and
+/// every `--holdout` ratio one of `--ratios`, with at least one ratio left to fit on.
+fn check_grid_size(args: &ExecuteArgs) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    check::at_most(
+        "--starts",
+        args.starts as u64,
+        1_000_000,
+        "the start grid has a few thousand points",
+    )?;
+    check::at_most("--embed", args.embed as u64, 4_096, "a CPU trains these tiny models")?;
+    for h in &args.hidden {
+        check::at_most("--hidden", *h as u64, 4_096, "a CPU trains these tiny models")?;
+    }
+    const TOKENS: u64 = 1_000_000_000;
+    check::at_most(
+        "--pretrain-tokens",
+        args.pretrain_tokens,
+        TOKENS,
+        "a billion tokens is hours per run",
+    )?;
+    check::at_most(
+        "--cpt-tokens",
+        args.cpt_tokens,
+        TOKENS,
+        "a billion tokens is hours per run",
+    )?;
+    let runs = args.hidden.len().saturating_mul(args.ratios.len());
+    check::at_most(
+        "--hidden x --ratios",
+        runs as u64,
+        10_000,
+        "one run per width and ratio",
+    )?;
+    for (i, r) in args.ratios.iter().enumerate() {
+        check::in_range(&format!("--ratios[{i}]"), *r, 0.0, 1.0)?;
+    }
+    for h in &args.holdout {
+        if !args.ratios.iter().any(|r| (r - h).abs() < 1e-9) {
+            bail!(trainlab_core::Error::invalid(
+                "--holdout",
+                h,
+                "not one of --ratios",
+                "hold out ratios that --ratios lists"
+            ));
+        }
+    }
+    if args
+        .ratios
+        .iter()
+        .all(|r| args.holdout.iter().any(|h| (r - h).abs() < 1e-9))
+    {
+        bail!(trainlab_core::Error::invalid(
+            "--holdout",
+            format!("{:?}", args.holdout),
+            "holds out every ratio, leaving none to fit on",
+            "hold out some of --ratios, not all"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `trainlab execute-dcpt`. A first Ctrl-C (`cancel`) stops the runs in progress (dropped) and starts no new
 /// one; the runs that finished are written to `runs.csv`, the fit is skipped, and the caller exits 130.
 pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -623,6 +686,8 @@ pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<(
     )?;
     check::positive_at_most("--lr", args.lr, 1.0, "AdamW diverges far below that")?;
     check::in_range("--overlap", args.overlap, 0.0, 1.0)?;
+    check_grid_size(args)?;
+    check_out_dir("--out", &args.out)?;
     let grid = lm::GridConfig {
         hidden: args.hidden.clone(),
         ratios: args.ratios.clone(),
