@@ -252,11 +252,27 @@ fn check_fit_flags(bootstrap: usize, starts: usize, level: f64, delta: Option<f6
 /// An output folder given by `flag` must be a folder or not exist yet: checked before any work, so a path that
 /// names a file fails at once (exit 2) rather than after the fit or the runs.
 pub fn check_out_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() && !dir.is_dir() {
+    if dir.as_os_str().is_empty() {
+        bail!(trainlab_core::Error::invalid(
+            flag,
+            "",
+            "empty path",
+            "give a folder path"
+        ));
+    }
+    // The folder itself, else the nearest ancestor that exists, must be a folder (`FILE/sub` cannot be created).
+    if let Some(p) = dir.ancestors().find(|p| !p.as_os_str().is_empty() && p.exists())
+        && !p.is_dir()
+    {
+        let reason = if p == dir {
+            "exists and is not a folder".to_string()
+        } else {
+            format!("{} is a file, so no folder can be created under it", p.display())
+        };
         bail!(trainlab_core::Error::invalid(
             flag,
             dir.display(),
-            "exists and is not a folder",
+            reason,
             "give a folder path (it is created when missing)"
         ));
     }
