@@ -751,10 +751,10 @@ fn help_flags(cmd: &str) -> Vec<String> {
             if name != "help" && name != "version" {
                 out.push(format!("--{name}"));
             }
-        } else if first.starts_with('<') {
-            if let Some(end) = first.find('>') {
-                out.push(first[..=end].to_string());
-            }
+        } else if first.starts_with('<')
+            && let Some(end) = first.find('>')
+        {
+            out.push(first[..=end].to_string());
         }
     }
     out
@@ -923,7 +923,7 @@ fn every_embedded_scenario_survives_random_bad_fields() {
     let t0 = Instant::now();
     let backends = analytical_backends();
     let root = tmpdir("cli-fuzz-scenarios");
-    let mut rng = Lcg(0x5eed_16);
+    let mut rng = Lcg(0x5eed_0016);
     let cpt_profile = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("datasets/calibration/cpt-cpu")
         .display()
