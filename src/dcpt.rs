@@ -249,6 +249,67 @@ fn check_fit_flags(bootstrap: usize, starts: usize, level: f64, delta: Option<f6
     Ok(())
 }
 
+/// An output folder given by `flag` must be a folder or not exist yet: checked before any work, so a path that
+/// names a file fails at once (exit 2) rather than after the fit or the runs.
+pub fn check_out_dir(flag: &str, dir: &Path) -> anyhow::Result<()> {
+    if dir.as_os_str().is_empty() {
+        bail!(trainlab_core::Error::invalid(
+            flag,
+            "",
+            "empty path",
+            "give a folder path"
+        ));
+    }
+    // The folder itself, else the nearest ancestor that exists, must be a folder (`FILE/sub` cannot be created).
+    if let Some(p) = dir.ancestors().find(|p| !p.as_os_str().is_empty() && p.exists())
+        && !p.is_dir()
+    {
+        let reason = if p == dir {
+            "exists and is not a folder".to_string()
+        } else {
+            format!("{} is a file, so no folder can be created under it", p.display())
+        };
+        bail!(trainlab_core::Error::invalid(
+            flag,
+            dir.display(),
+            reason,
+            "give a folder path (it is created when missing)"
+        ));
+    }
+    Ok(())
+}
+
+/// `--cv COLUMN` and `--folds K` of `fit`, checked before the fit: K from 2 to 1,000, and with `--cv` the column an
+/// input of the law with at least K distinct values in the table.
+fn check_cv(table: &Table, law: &dyn fit::Law, cv: Option<&str>, folds: usize) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    check::at_least("--folds", folds as u64, 2)?;
+    check::at_most("--folds", folds as u64, 1_000, "each fold is a full fit")?;
+    let Some(c) = cv else { return Ok(()) };
+    let names: Vec<&str> = law.inputs().iter().map(|i| i.name.as_str()).collect();
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(c)) {
+        bail!(trainlab_core::Error::invalid(
+            "--cv",
+            c,
+            format!("not an input of law {}", law.name()),
+            format!("use one of {}", names.join(", "))
+        ));
+    }
+    let j = table.index(c)?;
+    let mut distinct: Vec<f64> = table.rows.iter().map(|r| r[j]).collect();
+    distinct.sort_by(f64::total_cmp);
+    distinct.dedup();
+    if folds > distinct.len() {
+        bail!(trainlab_core::Error::invalid(
+            "--folds",
+            folds,
+            format!("column {c} has {} distinct values", distinct.len()),
+            format!("use --folds 2 to {}", distinct.len())
+        ));
+    }
+    Ok(())
+}
+
 fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> FitConfig {
     FitConfig {
         delta,
@@ -262,9 +323,13 @@ fn config(seed: u64, delta: f64, starts: usize, cancel: &Arc<AtomicBool>) -> Fit
 /// Runs `trainlab fit`. A first Ctrl-C (`cancel`) keeps what the fit has so far (see `fit_table`), prints and
 /// writes it; the caller exits 130.
 pub fn fit(args: &FitArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
-    laws::by_name(&args.law, "LAW")?;
+    let law = laws::by_name(&args.law, "LAW")?;
     check_fit_flags(args.bootstrap, args.starts, args.level, Some(args.delta))?;
+    if let Some(dir) = &args.out {
+        check_out_dir("--out", dir)?;
+    }
     let table = Table::read(&args.data)?;
+    check_cv(&table, law.as_ref(), args.cv.as_deref(), args.folds)?;
     let mut cfg = config(args.seed, args.delta, args.starts, cancel);
     let spin = crate::progress::spinner("fit", args.json);
     spin.set_message(format!(
@@ -366,6 +431,43 @@ fn need(v: Option<f64>, flag: &str, usage: &str) -> anyhow::Result<f64> {
     })
 }
 
+/// The flags `args.usage` reads, checked before any fit (the plan checks them again under its own names): each
+/// required one present, sizes finite and positive, shares in range, `--optimise` known.
+fn check_usage_flags(args: &PlanArgs) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    match args.usage {
+        Usage::Tradeoff => {
+            check::positive("--n", need(args.n, "--n", "tradeoff")?)?;
+            check::positive("--d", need(args.d, "--d", "tradeoff")?)?;
+            check::non_negative("--tolerance", args.tolerance)?;
+            if let Some(b) = args.base_general_loss {
+                check::positive("--base-general-loss", b)?;
+            }
+        }
+        Usage::LimitedData => {
+            check::positive("--n", need(args.n, "--n", "limited-data")?)?;
+            check::positive(
+                "--domain-tokens",
+                need(args.domain_tokens, "--domain-tokens", "limited-data")?,
+            )?;
+            check::in_range("--r-min", args.r_min, 1e-6, 1.0)?;
+        }
+        Usage::Compute => {
+            check::positive("--flops", need(args.flops, "--flops", "compute")?)?;
+            check::in_range("--ratio", args.ratio, 0.0, 1.0)?;
+            if !matches!(args.optimise.as_str(), "domain" | "general") {
+                bail!(trainlab_core::Error::invalid(
+                    "--optimise",
+                    &args.optimise,
+                    "unknown objective",
+                    "use domain or general"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Device choice of `execute-dcpt`.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainBackend {
@@ -379,12 +481,19 @@ pub enum TrainBackend {
 /// plan is then answered from it when both losses were fitted (else the run ends as interrupted).
 pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
     check_fit_flags(args.bootstrap, args.starts, args.level, None)?;
+    check_usage_flags(args)?;
     let is_json = args.input.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
     let mut base_from_table = None;
     let report: FitReport = if is_json {
         let text = std::fs::read_to_string(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a `trainlab fit` report", args.input.display()))?
+        serde_json::from_str(&text).map_err(|e| {
+            trainlab_core::Error::invalid(
+                args.input.display().to_string(),
+                "not a fit report",
+                format!("not a `trainlab fit` report: {e}"),
+                "give the fit.json written by `trainlab fit dcpt DATA.csv --out DIR`, or a CSV of runs",
+            )
+        })?
     } else {
         let table = Table::read(&args.input)?;
         if let (Some(n), true) = (args.n, table.has("base_general_loss")) {
@@ -522,6 +631,69 @@ pub struct ExecuteArgs {
     pub out: PathBuf,
 }
 
+/// The size of the `execute-dcpt` grid and its held-out ratios, checked before any run: widths, embedding and token
+/// counts within what a CPU trains in hours, not years (each bound far above the defaults), at most 10,000 runs, and
+/// every `--holdout` ratio one of `--ratios`, with at least one ratio left to fit on.
+fn check_grid_size(args: &ExecuteArgs) -> anyhow::Result<()> {
+    use trainlab_core::error::check;
+    check::at_most(
+        "--starts",
+        args.starts as u64,
+        1_000_000,
+        "the start grid has a few thousand points",
+    )?;
+    check::at_most("--embed", args.embed as u64, 4_096, "a CPU trains these tiny models")?;
+    for h in &args.hidden {
+        check::at_most("--hidden", *h as u64, 4_096, "a CPU trains these tiny models")?;
+    }
+    const TOKENS: u64 = 1_000_000_000;
+    check::at_most(
+        "--pretrain-tokens",
+        args.pretrain_tokens,
+        TOKENS,
+        "a billion tokens is hours per run",
+    )?;
+    check::at_most(
+        "--cpt-tokens",
+        args.cpt_tokens,
+        TOKENS,
+        "a billion tokens is hours per run",
+    )?;
+    let runs = args.hidden.len().saturating_mul(args.ratios.len());
+    check::at_most(
+        "--hidden x --ratios",
+        runs as u64,
+        10_000,
+        "one run per width and ratio",
+    )?;
+    for (i, r) in args.ratios.iter().enumerate() {
+        check::in_range(&format!("--ratios[{i}]"), *r, 0.0, 1.0)?;
+    }
+    for h in &args.holdout {
+        if !args.ratios.iter().any(|r| (r - h).abs() < 1e-9) {
+            bail!(trainlab_core::Error::invalid(
+                "--holdout",
+                h,
+                "not one of --ratios",
+                "hold out ratios that --ratios lists"
+            ));
+        }
+    }
+    if args
+        .ratios
+        .iter()
+        .all(|r| args.holdout.iter().any(|h| (r - h).abs() < 1e-9))
+    {
+        bail!(trainlab_core::Error::invalid(
+            "--holdout",
+            format!("{:?}", args.holdout),
+            "holds out every ratio, leaving none to fit on",
+            "hold out some of --ratios, not all"
+        ));
+    }
+    Ok(())
+}
+
 /// Runs `trainlab execute-dcpt`. A first Ctrl-C (`cancel`) stops the runs in progress (dropped) and starts no new
 /// one; the runs that finished are written to `runs.csv`, the fit is skipped, and the caller exits 130.
 pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<()> {
@@ -546,6 +718,8 @@ pub fn execute(args: &ExecuteArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result<(
     )?;
     check::positive_at_most("--lr", args.lr, 1.0, "AdamW diverges far below that")?;
     check::in_range("--overlap", args.overlap, 0.0, 1.0)?;
+    check_grid_size(args)?;
+    check_out_dir("--out", &args.out)?;
     let grid = lm::GridConfig {
         hidden: args.hidden.clone(),
         ratios: args.ratios.clone(),

@@ -49,14 +49,22 @@ pub struct Scenario {
 
 /// Parses scenario text; `origin` is used in messages.
 pub fn parse(text: &str, origin: &str) -> Result<Scenario, Error> {
-    let raw: RawScenario = toml::from_str(text).map_err(|e| {
-        // A syntax error (or a header field of the wrong type) points at its line and column in the file.
-        let at = e.span().map(|sp| line_col(text, sp.start));
-        let origin = match at {
-            Some((l, c)) => format!("{origin}: line {l}, column {c}"),
-            None => origin.to_string(),
+    // A syntax error (or a header field of the wrong type) points at its line and column in the file; a header
+    // field of the wrong type (`seed = -1`, `kind = []`, `workload = 0`) is also named.
+    let at = |e: &toml::de::Error| match e.span().map(|sp| line_col(text, sp.start)) {
+        Some((l, c)) => format!("{origin}: line {l}, column {c}"),
+        None => origin.to_string(),
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(e.clone(), &at(&e), ""))?;
+    let raw: RawScenario = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." || path.is_empty() {
+            String::new()
+        } else {
+            path
         };
-        toml_error(e, &origin, "")
+        toml_error(inner.clone(), &at(&inner), &field)
     })?;
     let mut bodies: Vec<(&str, toml::Table)> = [("workload", raw.workload), ("plan", raw.plan), ("study", raw.study)]
         .into_iter()

@@ -188,31 +188,23 @@ fn run_c4(a: &C4RunArgs, seed: Option<u64>, cancel: &AtomicBool) -> anyhow::Resu
 
 /// The run of `--kill/--hang/--slow` faults spread over the steps, ranks drawn from the seed.
 fn run_flags(a: &C4RunArgs, seed: Option<u64>, cancel: &AtomicBool) -> anyhow::Result<FaultRunReport> {
-    if a.ranks < 2 {
-        bail!(trainlab_core::Error::invalid(
-            "--ranks",
-            a.ranks,
-            "need at least 2 ranks",
-            "use --ranks 2 or more"
-        ));
-    }
-    if !(a.slowdown.is_finite() && a.slowdown >= 1.0) {
-        bail!(trainlab_core::Error::invalid(
-            "--slowdown",
-            a.slowdown,
-            "must be >= 1",
-            "e.g. --slowdown 1.5"
-        ));
-    }
+    let n = check_flags(a)?;
     let steps = match a.minutes {
         Some(m) => (m * 60.0 / a.compute_s.max(1e-3)) as u64 * 4,
         None => a.steps,
     };
+    if steps == 0 {
+        bail!(trainlab_core::Error::invalid(
+            "--minutes",
+            a.minutes.unwrap_or(0.0),
+            format!("shorter than one step of --compute-s {} s", a.compute_s),
+            "more minutes or a smaller --compute-s"
+        ));
+    }
     let mut kinds = Vec::new();
     kinds.extend(std::iter::repeat_n(Injection::Kill, a.kill));
     kinds.extend(std::iter::repeat_n(Injection::Hang, a.hang));
     kinds.extend(std::iter::repeat_n(Injection::Slow(a.slowdown), a.slow));
-    let n = kinds.len() as u64;
     let mut rng = a.fault_seed.or(seed).unwrap_or(42);
     let faults = kinds
         .into_iter()
@@ -237,4 +229,80 @@ fn run_flags(a: &C4RunArgs, seed: Option<u64>, cancel: &AtomicBool) -> anyhow::R
         cfg.time_limit_s = cfg.time_limit_s.max(steps as f64 * a.compute_s * 5.0);
     }
     Ok(faultrun::run(&cfg, cancel)?)
+}
+
+/// The ranges of the `--kill/--hang/--slow` run's flags, checked before any worker starts: 2 to
+/// [`faultrun::MAX_RANKS`] ranks, at least one step, `--minutes` finite and positive, `--slowdown` >= 1, and an
+/// estimated wall time (steps at `--compute-s` each, 5 s per fault) within [`faultrun::MAX_RUN_S`], as for a
+/// `--schedule` file. Returns the number of faults.
+fn check_flags(a: &C4RunArgs) -> anyhow::Result<u64> {
+    use trainlab_core::Error;
+    let max_ranks = faultrun::MAX_RANKS;
+    if a.ranks < 2 || a.ranks as u64 > max_ranks {
+        bail!(Error::invalid(
+            "--ranks",
+            a.ranks,
+            format!("need 2 to {max_ranks} ranks (each is a worker process on this machine)"),
+            format!("use --ranks between 2 and {max_ranks}")
+        ));
+    }
+    if !(a.slowdown.is_finite() && a.slowdown >= 1.0) {
+        bail!(Error::invalid(
+            "--slowdown",
+            a.slowdown,
+            "must be >= 1",
+            "e.g. --slowdown 1.5"
+        ));
+    }
+    let n = (a.kill as u64)
+        .saturating_add(a.hang as u64)
+        .saturating_add(a.slow as u64);
+    let run_s = match a.minutes {
+        Some(m) => {
+            if !(m.is_finite() && m > 0.0) {
+                bail!(Error::invalid(
+                    "--minutes",
+                    m,
+                    "must be a finite number of minutes > 0",
+                    "e.g. --minutes 10"
+                ));
+            }
+            m * 60.0
+        }
+        None => {
+            if a.steps == 0 {
+                bail!(Error::invalid("--steps", 0, "must be at least 1", "e.g. --steps 300"));
+            }
+            a.steps as f64 * a.compute_s.max(1e-3) * 1.5
+        }
+    };
+    let estimate = run_s + n as f64 * 5.0 + 5.0;
+    let max_s = faultrun::MAX_RUN_S;
+    if estimate > max_s {
+        let (flag, value) = if n as f64 * 5.0 > run_s {
+            ("--kill/--hang/--slow", format!("{}/{}/{}", a.kill, a.hang, a.slow))
+        } else if let Some(m) = a.minutes {
+            ("--minutes", m.to_string())
+        } else {
+            ("--steps x --compute-s", format!("{} x {}", a.steps, a.compute_s))
+        };
+        bail!(Error::invalid(
+            flag,
+            value,
+            format!(
+                "the run would take about {} s (more than {max_s} s: {} s of steps at --compute-s {} and about 5 s \
+                 per fault)",
+                seconds(estimate),
+                seconds(run_s),
+                a.compute_s
+            ),
+            "fewer steps, minutes or faults, or a smaller --compute-s",
+        ));
+    }
+    Ok(n)
+}
+
+/// Seconds for a message: whole seconds, or scientific notation past a million.
+fn seconds(s: f64) -> String {
+    if s < 1e6 { format!("{s:.0}") } else { format!("{s:.2e}") }
 }
