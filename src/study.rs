@@ -495,6 +495,9 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
                 dtype: spec.dtype,
                 parallel: None,
                 overlap_comm: true,
+                tp_comm_overlap: false,
+                attention_scores_materialized: false,
+                dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
                 downtime: downtime.clone(),
             };
             workload
@@ -845,14 +848,16 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         .iter()
         .map(|(case, _, _)| {
             let get = |n: &str| idx.get(case, "analytical", n).map_or(f64::NAN, |r| r.value);
-            let layout = ParallelConfig {
-                tp: get("tp") as u64,
-                pp: get("pp") as u64,
-                dp: get("dp") as u64,
-                micro_batch: get("micro_batch") as u64,
-                recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
-                zero1: true,
-            };
+            let mut layout = ParallelConfig::new(
+                get("tp") as u64,
+                get("pp") as u64,
+                get("dp") as u64,
+                get("micro_batch") as u64,
+                Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
+            );
+            layout.cp = (get("cp") as u64).max(1);
+            layout.virtual_stages = (get("virtual_stages") as u64).max(1);
+            layout.sequence_parallel = get("sequence_parallel") != 0.0;
             let mut row = vec![
                 case.to_string(),
                 layout.label(),
