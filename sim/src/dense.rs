@@ -10,7 +10,9 @@
 //! its collectives). With `tp_comm_overlap` the GEMM before each TP collective and the collective are split into
 //! [`TP_OVERLAP_CHUNKS`] chunks that pipeline. The first stage runs the embedding, the last the LM head. Stages
 //! follow the GPipe, 1F1B or interleaved 1F1B order (Megatron-LM's warm-up of `2 (p - s - 1) + (v - 1) p`
-//! forwards), linked by send operations. ZeRO-3 gathers a chunk's parameters on the DP stream before each pass
+//! forwards), linked by send operations that block the sending stage until done (the closed form's exposed
+//! point-to-point time; sends overlapped with compute are not modelled), and a pass starts only
+//! after the previous pass's last collective. ZeRO-3 gathers a chunk's parameters on the DP stream before each pass
 //! (prefetched one pass ahead with `overlap_comm`). Gradients: with `overlap_comm`, buckets of `dp_bucket_bytes`
 //! are reduced on the DP stream as the last backward of each model chunk produces them; without, one reduction
 //! after the last backward. The optimizer step follows the reductions.
@@ -141,7 +143,8 @@ pub struct OpSimResult {
     /// Step time, seconds.
     pub step_time_s: f64,
     /// Mean over stages of the compute stream's idle time waiting on another stage (pipeline bubble), as a fraction
-    /// of the step.
+    /// of the step. It counts fill and drain and also the idle time of stages faster than the slowest one in the
+    /// steady state, so with uneven stages (embedding, LM head) it exceeds the closed form's fill-and-drain bubble.
     pub bubble_fraction: f64,
     /// Mean over stages of the compute stream's idle time waiting on a collective (TP, CP, DP, ZeRO-3), seconds.
     pub exposed_comm_s: f64,
@@ -282,8 +285,7 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
     let mut sends: HashMap<Pass, u32> = HashMap::new();
     let mut wants: Vec<(Pass, u32)> = Vec::new();
     let l = c.layer;
-    for s in 0..p as usize {
-        let sl = per_stage[s];
+    for (s, &sl) in per_stage.iter().enumerate() {
         let chunk_layers = |ch: u64| sl / v + u64::from(ch < sl % v);
         let ord = order(&cfg, s as u64, m);
         // the last backward of each chunk (its gradients are final then)
@@ -295,6 +297,7 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
         }
         let mut bucket = 0.0;
         let mut prev_pass_first = NONE;
+        let (mut prev_pass_last, mut prev_send) = (NONE, NONE);
         for (i, &(fwd, ch, j)) in ord.iter().enumerate() {
             let first_stage_chunk = s == 0 && ch == 0;
             let last_stage_chunk = s == p as usize - 1 && ch == v - 1;
@@ -349,8 +352,9 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
             } else {
                 NONE
             };
-            // a zero-time entry op carries the pass's external dependencies
-            let entry = b.g.op(0.0, s, COMPUTE, &[gate]);
+            // a zero-time entry op carries the pass's external dependencies: the previous pass's last collective
+            // and its send (point-to-point transfers block the sender, as the closed form charges them)
+            let entry = b.g.op(0.0, s, COMPUTE, &[gate, prev_pass_last, prev_send]);
             prev_pass_first = entry;
             if let Some(pk) = producer {
                 wants.push((pk, entry));
@@ -404,8 +408,11 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
             }
             // hand the output to the consumer stage
             let has_consumer = if fwd { !last_stage_chunk } else { !first_stage_chunk };
+            prev_pass_last = last;
+            prev_send = NONE;
             if has_consumer && p > 1 {
                 let send = b.g.op(c.p2p, s, if fwd { SEND_F } else { SEND_B }, &[last]);
+                prev_send = send;
                 sends.insert(
                     Pass {
                         stage: s as u32,
@@ -417,7 +424,7 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
                 );
             }
         }
-        let tail = b.g.tail(s, COMPUTE);
+        let tail = b.g.op(0.0, s, COMPUTE, &[prev_pass_last, prev_send]);
         let stage_params = c.stage_params(sl, s == 0, s == p as usize - 1);
         if c.overlap {
             if bucket > 0.0 {
@@ -460,10 +467,8 @@ fn run(g: &Graph, stages: usize, group: u64) -> Result<OpSimResult, Error> {
     let mut finish = vec![0u64; n];
     let mut trigger = vec![NONE; n];
     let mut eng: Engine<u32> = Engine::with_capacity(1024);
-    for i in 0..n {
-        if pending[i] == 0 {
-            eng.schedule_at(SimTime(g.dur[i]), i as u32);
-        }
+    for (i, _) in pending.iter().enumerate().filter(|(_, n)| **n == 0) {
+        eng.schedule_at(SimTime(g.dur[i]), i as u32);
     }
     let mut done = 0usize;
     while let Some((t, id)) = eng.step() {
@@ -506,7 +511,7 @@ fn run(g: &Graph, stages: usize, group: u64) -> Result<OpSimResult, Error> {
             continue;
         }
         let t = trigger[i];
-        let by_comm = t != NONE && g.kind[t as usize] == Kind::Comm && g.stage[t as usize] as usize == s;
+        let by_comm = t != NONE && g.kind[t as usize] != Kind::Compute && g.stage[t as usize] as usize == s;
         if by_comm {
             comm[s] += gap;
         } else {
@@ -693,7 +698,8 @@ mod tests {
     }
 
     /// Many stages: 1F1B, GPipe and interleaved schedules all run every operation; interleaving shrinks the
-    /// bubble; the simulated step lies near the closed form's.
+    /// bubble; the simulated step lies within 1% of the closed form's (measured: 0.2-0.5% below it, the closed
+    /// form's fill and drain charge every stage's whole micro-batch time, sends included).
     #[test]
     fn pipeline_schedules() {
         let w = workload(8, 4, 2);
@@ -702,7 +708,7 @@ mod tests {
         let mut ctx = RunCtx::new(Seed(1));
         let (one, b) = sim.simulate(&w, &base).unwrap();
         assert!(
-            rel(one.step_time_s, b.step_time_s) < 0.03,
+            rel(one.step_time_s, b.step_time_s) < 0.01,
             "{} vs {}",
             one.step_time_s,
             b.step_time_s
@@ -712,7 +718,7 @@ mod tests {
             ..base
         };
         let (gp, _) = sim.simulate(&w, &gpipe).unwrap();
-        assert!(rel(gp.step_time_s, one.step_time_s) < 0.03);
+        assert!(rel(gp.step_time_s, one.step_time_s) < 0.01);
         let inter = ParallelConfig {
             virtual_stages: 2,
             ..base
@@ -720,7 +726,7 @@ mod tests {
         let (iv, bi) = sim.simulate(&w, &inter).unwrap();
         assert!(iv.bubble_fraction < one.bubble_fraction, "{iv:?} {one:?}");
         assert!(
-            rel(iv.step_time_s, bi.step_time_s) < 0.03,
+            rel(iv.step_time_s, bi.step_time_s) < 0.01,
             "{} vs {}",
             iv.step_time_s,
             bi.step_time_s
@@ -733,7 +739,7 @@ mod tests {
         let a = DenseAnalytical { profile: None }.run(&w3, &mut ctx).unwrap();
         let s = DenseOpSim::default().run(&w3, &mut ctx).unwrap();
         assert!(
-            rel(s.step_time_s, a.step_time_s) < 0.03,
+            rel(s.step_time_s, a.step_time_s) < 0.01,
             "{} vs {}",
             s.step_time_s,
             a.step_time_s
