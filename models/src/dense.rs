@@ -42,7 +42,8 @@
 //! **Memory per GPU** (Korthikanti et al. 2022 eq. 1-2 and Table 2): weights 2 bytes/param and gradients 2, fp32
 //! master and Adam moments 12 (ZeRO-1 shards the 12, ZeRO-2 also the gradients, ZeRO-3 all 16 plus two gathered
 //! layers), for the stage's parameters divided by `tp`; activations per layer per micro-batch `sbh (34 + 5as/h) / t`
-//! with SP, `sbh (10 + 24/t + 5as/(ht))` without (none); selective drops the `5as/h` term; full keeps the layer input
+//! with SP, `sbh (10 + 24/t + 5as/(ht))` without (none); selective drops the `5as/h` term, and so does fused
+//! attention (`attention_scores_materialized = false`: the kernel stores no scores); full keeps the layer input
 //! `2 sbh / t` (SP) or `2 sbh` plus one layer's working set; `s` is the local `s / cp` except in `5as/h`. In flight
 //! on stage `i`: `min(p - i, m)` micro-batches under 1F1B, `m` under GPipe, and under interleaving
 //! `min(m v, 2 (p - i - 1) + (v - 1) p + 1)` chunks of `1/v` of the stage (the warm-up of Megatron-LM's interleaved
@@ -317,11 +318,22 @@ pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Erro
 }
 
 /// Activation bytes per layer per micro-batch for a recompute policy (Korthikanti et al. 2022 eq. 1-2, Table 2),
-/// on the `seq_len / cp` tokens of a context-parallel rank, with or without sequence parallelism.
-pub fn activation_bytes_per_layer(m: &TransformerSpec, cfg: &ParallelConfig, r: Recompute) -> f64 {
+/// on the `seq_len / cp` tokens of a context-parallel rank, with or without sequence parallelism. The `5as/h` bytes
+/// of attention scores, softmax and dropout mask are stored only when `scores_materialized`: a fused attention
+/// kernel keeps none of them, so without recomputation it stores what selective recomputation stores.
+pub fn activation_bytes_per_layer(
+    m: &TransformerSpec,
+    cfg: &ParallelConfig,
+    r: Recompute,
+    scores_materialized: bool,
+) -> f64 {
     let sbh = (m.seq_len / cfg.cp.max(1)) as f64 * cfg.micro_batch as f64 * m.hidden as f64;
     let t = cfg.tp as f64;
-    let scores = 5.0 * m.heads as f64 * m.seq_len as f64 / m.hidden as f64;
+    let scores = if scores_materialized {
+        5.0 * m.heads as f64 * m.seq_len as f64 / m.hidden as f64
+    } else {
+        0.0
+    };
     let (replicated, split) = if cfg.sp() || cfg.tp == 1 {
         (0.0, 34.0)
     } else {
@@ -372,9 +384,9 @@ pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u6
         // two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
         _ => 16.0 * p / d + 4.0 * lp,
     };
-    let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute);
+    let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized);
     let working = if cfg.recompute == Recompute::Full {
-        activation_bytes_per_layer(m, cfg, Recompute::Selective)
+        activation_bytes_per_layer(m, cfg, Recompute::Selective, w.attention_scores_materialized)
     } else {
         0.0
     };
@@ -846,8 +858,15 @@ pub(crate) mod tests {
         let sel = step_breakdown(&w, &cfg(8, 4, 4, 1, Recompute::Selective), None).unwrap();
         let full = step_breakdown(&w, &cfg(8, 4, 4, 1, Recompute::Full), None).unwrap();
         assert!(none.step_time_s < sel.step_time_s && sel.step_time_s < full.step_time_s);
-        assert!(none.memory_per_gpu_bytes > sel.memory_per_gpu_bytes);
+        // fused attention stores no scores: selective recomputation saves no memory then
+        assert_eq!(none.memory_per_gpu_bytes, sel.memory_per_gpu_bytes);
         assert!(sel.memory_per_gpu_bytes > full.memory_per_gpu_bytes);
+        let mut wm = w.clone();
+        wm.attention_scores_materialized = true;
+        let none_m = step_breakdown(&wm, &cfg(8, 4, 4, 1, Recompute::None), None).unwrap();
+        let sel_m = step_breakdown(&wm, &cfg(8, 4, 4, 1, Recompute::Selective), None).unwrap();
+        assert!(none_m.memory_per_gpu_bytes > sel_m.memory_per_gpu_bytes);
+        assert_eq!(sel_m.memory_per_gpu_bytes, sel.memory_per_gpu_bytes);
         // full recompute costs about one extra forward: +1/3 of compute
         let ratio = (full.forward_mb_s + full.backward_mb_s) / (none.forward_mb_s + none.backward_mb_s);
         assert!(ratio > 1.3 && ratio < 1.34, "{ratio}");
@@ -936,18 +955,26 @@ pub(crate) mod tests {
         let (s, b, h, a) = (4096.0, 1.0, 8192.0, 64.0);
         let sbh = s * b * h;
         let mut c = cfg(8, 1, 1, 1, Recompute::None);
-        let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None);
+        let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None, true);
         assert!((with_sp / (sbh / 8.0 * (34.0 + 5.0 * a * s / h)) - 1.0).abs() < 1e-12);
-        assert!((activation_bytes_per_layer(&m, &c, Recompute::Selective) / (34.0 * sbh / 8.0) - 1.0).abs() < 1e-12);
+        assert!(
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (34.0 * sbh / 8.0) - 1.0).abs() < 1e-12
+        );
         c.sequence_parallel = false;
-        let without = activation_bytes_per_layer(&m, &c, Recompute::None);
+        let without = activation_bytes_per_layer(&m, &c, Recompute::None, true);
         assert!((without / (sbh * (10.0 + 24.0 / 8.0 + 5.0 * a * s / (h * 8.0))) - 1.0).abs() < 1e-12);
-        assert!((activation_bytes_per_layer(&m, &c, Recompute::Selective) / (sbh * (10.0 + 3.0)) - 1.0).abs() < 1e-12);
+        assert!(
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (sbh * (10.0 + 3.0)) - 1.0).abs() < 1e-12
+        );
         // context parallelism divides the tokens a rank holds
         c.sequence_parallel = true;
         c.cp = 4;
-        let cp4 = activation_bytes_per_layer(&m, &c, Recompute::None);
+        let cp4 = activation_bytes_per_layer(&m, &c, Recompute::None, true);
         assert!((cp4 * 4.0 / with_sp - 1.0).abs() < 1e-12);
+        // fused attention stores no scores: no recomputation then stores what selective recomputation stores
+        c.cp = 1;
+        let fused = activation_bytes_per_layer(&m, &c, Recompute::None, false);
+        assert_eq!(fused, activation_bytes_per_layer(&m, &c, Recompute::Selective, true));
     }
 
     #[test]
