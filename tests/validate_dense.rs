@@ -2,18 +2,31 @@
 //! of large runs (`trainlab_datasets::published`): Megatron-LM SC'21 Table 1, Llama 3 Table 4, MegaScale Table 2.
 //!
 //! For each published run the model gets the paper's model, GPU, GPU count, TP/PP/DP and global batch; the
-//! micro-batch size (not reported) and, where the paper does not say, the recompute policy are chosen as the fastest
-//! that fits in memory. Throughput is compared in tokens/s per GPU, which is convention-free: Megatron's TFLOP/s
+//! micro-batch size and the interleaving degree (not reported) and, where the paper does not say, the recompute
+//! policy are chosen as the fastest that fits in memory. Throughput is compared in tokens/s per GPU, which is convention-free: Megatron's TFLOP/s
 //! (which count full recomputation, `96 B s l h^2 (1 + s/6h + V/16lh)`) are converted with their own formula, MFU
 //! rows with the model-FLOP count of `TransformerSpec::train_flops_per_token`.
 //!
-//! Bound: every Megatron-LM and MegaScale row within 25% (relative error of throughput). The Llama 3 rows are a
-//! known gap, asserted as such: their layout relies on features the model does not represent (interleaved 1F1B with
-//! uneven first/last stages, whose virtual-stage count the paper does not give here; the memory model then forces
-//! full recomputation at PP16), so the model must under-predict them, by less than 55%. The model has no per-run tuning: datasheet
-//! efficiencies (0.75 of dense peak for large GEMMs, 0.9 of HBM) and the alpha-beta network of the DGX presets.
-//! MegaScale's own system adds overlap and fused operators beyond what the model represents; its rows are the
-//! ones the model under-predicts most.
+//! Bounds: every Megatron SC'21 row and MegaScale's own rows within 25% (relative error of throughput). Two groups
+//! are known gaps, asserted as such:
+//! - MegaScale Table 2's Megatron-LM baseline rows have the same model, GPUs and layout as the MegaScale rows at
+//!   1/1.21 and 1/1.34 of their throughput; the model has no input for what the older framework lacks (MegaScale's
+//!   communication overlap and operator fusion), predicts the optimised system for both and over-predicts the
+//!   baseline (asserted between 0 and +40%).
+//! - Llama 3 405B: with fused attention and 10% memory headroom only full recomputation fits at TP8/PP16 (selective
+//!   needs 76-90 GiB of the 72 GiB allowed), so the model pays an extra forward the real run may not have; the
+//!   paper does not give the recomputation policy or the interleaving degree. Asserted under-predicted, by < 25%.
+//!
+//! Megatron SC'21 rows are over-predicted by up to 19% (only the 1008B row is V: +7.6%): already +14% at TP8 with
+//! one stage, more where the search picks interleaving the table does not report. Not diagnosed; the candidates are
+//! the TP all-reduce time on A100 NVLink (the preset's datasheet rate) and the unreported interleaving degree.
+//!
+//! Measured on 2026-12-01 (`cargo test --workspace --locked --test validate_dense -- --nocapture`): verified (V)
+//! rows 7, mean |error| 12.2%, worst 31.1% (the MegaScale baseline at 12288 GPUs); without the two baseline rows 5 V
+//! rows, mean 6.7%, worst 12.5%; Llama 3 405B -10.6% (8,192 GPUs) and -12.5% (16,384); all 16 rows mean 11.6%,
+//! worst 31.1%. The issue-15 goal (V rows mean <= 3%, worst <= 8%) is not met. The model has no per-run tuning:
+//! datasheet efficiencies (0.75 of dense peak for large GEMMs, 0.9 of HBM) and the alpha-beta network of the DGX
+//! presets.
 use trainlab_core::Dtype;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
 use trainlab_datasets::gpus;
@@ -106,9 +119,10 @@ fn dense_model_matches_published_runs() {
             100.0 * pub_mfu,
             100.0 * o.mfu
         );
-        errors.push((r.model.clone(), r.gpus, err, r.verified, r.mark == "S"));
+        let baseline = r.note.contains("Megatron-LM baseline");
+        errors.push((r.model.clone(), r.gpus, err, r.verified, r.mark == "S", baseline));
     }
-    type Row = (String, u64, f64, bool, bool);
+    type Row = (String, u64, f64, bool, bool, bool);
     let summary = |name: &str, pick: &dyn Fn(&Row) -> bool| {
         let xs: Vec<f64> = errors.iter().filter(|e| pick(e)).map(|e| e.2.abs()).collect();
         if xs.is_empty() {
@@ -127,11 +141,24 @@ fn dense_model_matches_published_runs() {
     summary("verified + secondary-source rows", &|e| e.3 || e.4);
     summary("recalled rows (R; not in the headline)", &|e| !e.3 && !e.4);
     summary("all rows", &|_| true);
-    for (m, g, e, _, _) in &errors {
+    summary("verified rows without MegaScale's Megatron-LM baseline", &|e| {
+        e.3 && !e.5
+    });
+    for (m, g, e, _, _, baseline) in &errors {
         if m.starts_with("llama3") {
             assert!(
-                *e < 0.0 && *e > -0.55,
+                *e < 0.0 && *e > -0.25,
                 "{m} on {g} GPUs: known-gap row out of its range: {:+.1}%",
+                100.0 * e
+            );
+            continue;
+        }
+        if *baseline {
+            // the same model, GPUs and layout as the MegaScale rows at 1/1.21 and 1/1.34 of their throughput: the
+            // model has no input for what the older framework lacks, so it over-predicts these rows
+            assert!(
+                *e > 0.0 && *e < 0.40,
+                "{m} on {g} GPUs: known-gap (Megatron-LM baseline) row out of its range: {:+.1}%",
                 100.0 * e
             );
             continue;
