@@ -500,6 +500,9 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
                 dtype: spec.dtype,
                 parallel: None,
                 overlap_comm: true,
+                tp_comm_overlap: false,
+                attention_scores_materialized: false,
+                dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
                 downtime: downtime.clone(),
             };
             workload
@@ -1024,14 +1027,16 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         .iter()
         .map(|(case, _, _)| {
             let get = |n: &str| idx.get(case, "analytical", n).map_or(f64::NAN, |r| r.value);
-            let layout = ParallelConfig {
-                tp: get("tp") as u64,
-                pp: get("pp") as u64,
-                dp: get("dp") as u64,
-                micro_batch: get("micro_batch") as u64,
-                recompute: Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
-                zero1: true,
-            };
+            let mut layout = ParallelConfig::new(
+                get("tp") as u64,
+                get("pp") as u64,
+                get("dp") as u64,
+                get("micro_batch") as u64,
+                Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
+            );
+            layout.cp = (get("cp") as u64).max(1);
+            layout.virtual_stages = (get("virtual_stages") as u64).max(1);
+            layout.sequence_parallel = get("sequence_parallel") != 0.0;
             let shares: Vec<(&str, f64)> = SHARES
                 .iter()
                 .map(|(m, l)| (*l, get(&format!("step_share.{m}"))))
@@ -1070,7 +1075,7 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         "days",
         "GPU-hours",
         "mem/GPU (GiB)",
-        "step: compute · bubble · TP · PP · DP · optimizer (%)",
+        "step: compute · bubble · TP · PP · CP/ZeRO-3 · DP · optimizer (%)",
         "bottleneck",
     ]
     .iter()
@@ -1086,16 +1091,17 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
 
 /// The step shares a dense answer reports (`step_share.<metric>`), with their labels, in the order of
 /// [`StepSplit::named`](trainlab_core::workloads::StepSplit::named).
-const SHARES: [(&str, &str); 6] = [
+const SHARES: [(&str, &str); 7] = [
     ("compute", "compute"),
     ("bubble", "pipeline bubble"),
     ("tp_comm", "TP comm"),
     ("pp_comm", "PP comm"),
+    ("other_comm", "CP/ZeRO-3 comm"),
     ("dp_comm", "DP comm"),
     ("optimizer", "optimizer"),
 ];
 
-/// Where a layout's step goes: its six shares in percent (`52 · 40 · 5 · 0 · 2 · 1`).
+/// Where a layout's step goes: its seven shares in percent (`52 · 40 · 5 · 0 · 0 · 2 · 1`).
 fn step_split(shares: &[(&str, f64)]) -> String {
     if shares.iter().any(|(_, x)| !x.is_finite()) {
         return "-".into();

@@ -350,10 +350,18 @@ fn default_plan_answers_with_expected_downtime() {
     let (lo, hi) = ci("days_with_downtime.c4d");
     assert!(lo < c4d && c4d < hi && lo >= days, "{lo} {c4d} {hi}");
     // Step shares partition the step: they sum to 1.
-    let shares: f64 = ["compute", "bubble", "tp_comm", "pp_comm", "dp_comm", "optimizer"]
-        .iter()
-        .map(|s| value(case, &format!("step_share.{s}")))
-        .sum();
+    let shares: f64 = [
+        "compute",
+        "bubble",
+        "tp_comm",
+        "pp_comm",
+        "other_comm",
+        "dp_comm",
+        "optimizer",
+    ]
+    .iter()
+    .map(|s| value(case, &format!("step_share.{s}")))
+    .sum();
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
 }
 

@@ -126,6 +126,15 @@ fn scenarios() -> Vec<(String, Scenario)> {
                 "parallel = { tp = 8, pp = 8, dp = 32, micro_batch = 1, recompute = \"selective\" }",
             ),
         ),
+        (
+            "llama2-70b-h100+layout".into(),
+            variant(
+                "llama2-70b-h100",
+                "parallel = { tp = 4, cp = 2, pp = 8, dp = 32, micro_batch = 1, recompute = \"selective\", \
+                 virtual_stages = 2, sequence_parallel = true, zero_stage = 2, trim_end_stages = 1 }\n\
+                 dp_bucket_bytes = 4.0e7\nattention_scores_materialized = false\ntp_comm_overlap = true",
+            ),
+        ),
         ("moe-switch-capacity".into(), variant("moe-switch-capacity", "")),
         (
             "moe-switch-capacity+options".into(),
@@ -229,7 +238,7 @@ fn gemm_backends() -> Vec<Box<dyn Backend<Gemm>>> {
 fn dense_backends() -> Vec<Box<dyn Backend<DenseTraining>>> {
     vec![
         Box::new(trainlab_models::dense::DenseAnalytical { profile: None }),
-        Box::new(trainlab_sim::dense::DensePipelineSim { profile: None }),
+        Box::new(trainlab_sim::dense::DenseOpSim { profile: None }),
     ]
 }
 
@@ -449,6 +458,37 @@ fn cli_rejects_bad_fields_with_exit_2() {
             with_line("llama2-70b-h100", "train_tokens", "nan"),
             "analytical",
             "workload.train_tokens",
+        ),
+        (
+            "dense-cp",
+            with_line(
+                "llama2-70b-h100",
+                "train_tokens",
+                "2.0e12\nparallel = { tp = 8, cp = 3, pp = 1, dp = 1, micro_batch = 1 }",
+            )
+            .replace("nodes = 256", "nodes = 3"),
+            "analytical",
+            "workload.parallel.cp",
+        ),
+        (
+            "dense-vstages",
+            with_line(
+                "llama2-70b-h100",
+                "train_tokens",
+                "2.0e12\nparallel = { tp = 8, pp = 8, dp = 32, micro_batch = 1, virtual_stages = 3 }",
+            ),
+            "op_sim",
+            "workload.parallel.virtual_stages",
+        ),
+        (
+            "dense-zero",
+            with_line(
+                "llama2-70b-h100",
+                "train_tokens",
+                "2.0e12\nparallel = { tp = 8, pp = 8, dp = 32, micro_batch = 1, zero_stage = 7 }",
+            ),
+            "analytical",
+            "workload.parallel.zero_stage",
         ),
         (
             "moe-cf",

@@ -72,8 +72,11 @@ pub struct DenseRun {
     pub value: f64,
     /// FLOP convention of `value`.
     pub flops_convention: FlopsConvention,
-    /// Checked against the paper text (`true`) or recalled (`false`).
+    /// Checked against the paper text (`true`, mark `V`) or not (`false`: `S` when an independent secondary source
+    /// found with the search tool agrees, `R` when recalled only).
     pub verified: bool,
+    /// The `verified` column as written: `V`, `S` or `R`.
+    pub mark: String,
     /// Remarks.
     pub note: String,
 }
@@ -211,6 +214,7 @@ pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
             value: field(&c, 20, "value", ln)?,
             flops_convention,
             verified: c[22].trim() == "V",
+            mark: c[22].trim().to_string(),
             note: c[23].trim().to_string(),
         });
     }

@@ -48,6 +48,9 @@ fn workload() -> DenseTraining {
         dtype: Dtype::Bf16,
         parallel: None,
         overlap_comm: true,
+        tp_comm_overlap: false,
+        attention_scores_materialized: false,
+        dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
         downtime: None,
     }
 }

@@ -1,45 +1,59 @@
-//! Closed-form training-step model of a dense decoder-only transformer under tensor (TP), pipeline (PP) and data (DP)
-//! parallelism, after Narayanan et al. SC'21 ("Efficient Large-Scale Language Model Training on GPU Clusters Using
-//! Megatron-LM") and Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models").
+//! Closed-form training-step model of a dense decoder-only transformer under tensor (TP), context (CP), pipeline
+//! (PP) and data (DP) parallelism, after Narayanan et al. SC'21 ("Efficient Large-Scale Language Model Training on GPU
+//! Clusters Using Megatron-LM") and Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+//! Models").
+//!
+//! The per-operation costs of one micro-batch ([`StepCosts`], [`LayerCosts`]) are computed once, here, through the
+//! one hardware model ([`crate::hardware`]); the closed form sums them and the operation-level simulator
+//! (`trainlab_sim::dense`) schedules the same numbers on streams. Neither has a formula of its own.
 //!
 //! **Compute.** Each layer's forward is the list of its GEMMs (QKV, attention scores `QK^T`, `AV`, output
-//! projection, FFN up (x2 when gated), FFN down) split over `tp`, each timed with the roofline of
-//! [`crate::hardware::GemmLaw`] (`d = min(m, n, k)` sets the efficiency), plus memory-bound element-wise work (norms,
-//! activation, residuals, dropout, rotary): `2 x 34 sbh / tp` bytes read and written per layer (each of the
-//! `34 sbh` bytes of stored activations of Korthikanti eq. 1 written once and read once; attention is assumed fused,
-//! so the `5as/h` score matrix is not streamed). Backward is twice the forward. Recomputation adds one more forward
-//! (`Full`) or the attention-score GEMMs only (`Selective`). Their FLOPs sum to
-//! [`TransformerSpec::train_flops_per_token`] (forward 1/3, backward 2/3), up to the norms.
-//! The slowest pipeline stage holds `ceil(layers/pp)` layers plus the output head (which the last stage carries).
+//! projection, FFN up (x2 when gated), FFN down) split over `tp`, on the `b s / cp` tokens a rank holds (scores
+//! against all `s` keys), each timed with the roofline of [`crate::hardware::GemmLaw`] (`d = min(m, n, k)` sets the
+//! efficiency), plus memory-bound element-wise work: `2 x` the stored activation bytes of Korthikanti eq. 1-2 (each
+//! written once and read once): `34 sbh / t` with sequence parallelism, `(10 + 24/t) sbh` without (norms and dropout
+//! replicated over the TP ranks); attention is fused unless `attention_scores_materialized` (then the `5as/h sbh` of
+//! scores, softmax and mask are streamed too). Backward is twice the forward. Recomputation adds one more forward
+//! (`Full`) or the attention core only (`Selective`). The first stage also runs the embedding (a memory-bound
+//! gather, and its TP all-reduce), the last the LM head (logits GEMM and fp32 cross-entropy, and the TP all-reduce of
+//! its input gradient).
 //!
-//! **Communication.** TP: Megatron's 2 all-reduces per layer in forward and 2 in backward (+2 with full recompute),
-//! each of `b s h` elements over the `tp` ranks of a node, not overlapped (reduce-scatter + all-gather under sequence
-//! parallelism moves the same bytes). PP: one activation send forward and one gradient send backward per
-//! micro-batch, `b s h / tp` elements (Megatron's scatter/gather optimisation), on the inter-node tier when the
-//! neighbouring stages are `tp*dp >= gpus_per_node` ranks apart (rank order tp, dp, pp), exposed. DP: all-reduce
-//! of the stage's bf16 gradients over `dp` ranks spaced `tp` apart, or reduce-scatter + all-gather with `zero1`
-//! (same bytes); hierarchical alpha-beta from [`crate::collectives`], through the [`Network`] capability of
-//! [`crate::hardware`] ([`step_breakdown_on`] takes another network).
+//! **Communication.** TP: Megatron's 2 collectives per layer in forward and 2 in backward (+2 with full recompute),
+//! each of `b s h / cp` elements over the `tp` ranks of a node (all-reduce, or reduce-scatter + all-gather under
+//! sequence parallelism: the same bytes), not overlapped in the closed form. CP (ring attention): per layer `cp - 1`
+//! steps each passing the local K and V (`2 b (s/cp) kv_heads d_head / t` elements) to the next rank, twice that in
+//! backward (K/V and their gradients); with `overlap_comm` hidden behind the attention core
+//! (`exposed = max(0, comm - core)`). PP: one activation send forward and one gradient send backward per
+//! micro-batch and model chunk, `b s h / (t cp)` elements, on the inter-node tier when neighbouring stages are
+//! `tp*cp*dp >= gpus_per_node` ranks apart (rank order tp, cp, dp, pp), exposed; interleaving multiplies them by `v`
+//! (Narayanan et al. sec. 2.2.2). DP over the `dp * cp` ranks that hold the same weights: all-reduce of the stage's
+//! bf16 gradients (ZeRO-0), reduce-scatter + all-gather (ZeRO-1/2: the same bytes), reduce-scatter only plus one
+//! all-gather of the parameters before every forward and every backward (ZeRO-3 / FSDP: 1.5x the bytes per step
+//! with one micro-batch, Rajbhandari et al. SC'20 sec. 7.2.1), through the [`Network`] capability.
 //!
-//! **Schedule.** 1F1B with `m = global_sequences / (dp * micro_batch)` micro-batches per replica:
-//! `step = (m + p - 1) t_mb + exposed_dp + t_optimizer`, bubble fraction `(p-1)/(m+p-1)`.
+//! **Schedule.** Stage `i` takes `t_i` per micro-batch (its layers, embedding or head, collectives, sends). With
+//! `m` micro-batches and `v` model chunks per stage the pipeline takes `m t_max + (sum_i t_i - t_max) / v`: the
+//! slowest stage sets the pace and the others fill and drain; with equal stages this is the familiar
+//! `(m + (p-1)/v) t` (bubble `(p-1)/v` slots, Narayanan et al. eq. 1 and sec. 2.2.2). GPipe has the same time.
 //! **Overlap rule:** with `overlap_comm`, the gradient reduction of a stage overlaps only the backward pass of its
-//! last micro-batch (gradients are final only then; Megatron launches bucketed reductions during that backward):
-//! `exposed_dp = max(0, t_dp - t_backward_mb)`; without it, `exposed_dp = t_dp`.
-//! The optimizer step (Adam) streams 32 bytes per local parameter (fp32 master, two moments, bf16 grad; read and
-//! write), sharded over `dp` with `zero1`.
+//! last micro-batch: `exposed_dp = max(0, t_dp - t_backward_mb)`; without it, `exposed_dp = t_dp`. The optimizer
+//! step (Adam) streams 32 bytes per local parameter, sharded over the DP x CP ranks with ZeRO >= 1.
 //!
-//! **Memory per GPU** (Korthikanti et al. 2022, eq. 1-2, sequence parallelism assumed whenever `tp > 1`): weights and
-//! grads 4 bytes/param plus fp32 master and Adam moments 12 bytes/param (divided by `dp` with `zero1`), for the
-//! stage's parameters divided by `tp`; activations per layer per micro-batch `sbh (34 + 5as/h) / tp` (none),
-//! `34 sbh / tp` (selective), `2 sbh / tp` plus one layer's `34 sbh / tp` working set (full); stage 0 holds
-//! `min(p, m)` micro-batches in flight under 1F1B; the last stage holds one plus the fp32 logits `4 s b V / tp`.
-//! [`fits`] keeps [`MEMORY_HEADROOM`] of the GPU memory free for the CUDA context, allocator fragmentation and
-//! communication buffers.
+//! **Memory per GPU** (Korthikanti et al. 2022 eq. 1-2 and Table 2): weights 2 bytes/param and gradients 2, fp32
+//! master and Adam moments 12 (ZeRO-1 shards the 12, ZeRO-2 also the gradients, ZeRO-3 all 16 plus two gathered
+//! layers), for the stage's parameters divided by `tp`; activations per layer per micro-batch `sbh (34 + 5as/h) / t`
+//! with SP, `sbh (10 + 24/t + 5as/(ht))` without (none); selective drops the `5as/h` term, and so does fused
+//! attention (`attention_scores_materialized = false`: the kernel stores no scores); full keeps the layer input
+//! `2 sbh / t` (SP) or `2 sbh` plus one layer's working set; `s` is the local `s / cp` except in `5as/h`. In flight
+//! on stage `i`: `min(p - i, m)` micro-batches under 1F1B, `m` under GPipe, and under interleaving
+//! `min(m v, 2 (p - i - 1) + (v - 1) p + 1)` chunks of `1/v` of the stage (the warm-up of Megatron-LM's interleaved
+//! schedule); the last stage also holds the fp32 logits `4 s b V / (t cp)`. [`fits`] keeps [`MEMORY_HEADROOM`] of the
+//! GPU memory free for the CUDA context, allocator fragmentation and communication buffers.
 //!
 //! **MFU** = model FLOPs (without recomputation) / (step time x GPUs x dense peak of the dtype).
 use trainlab_core::workloads::{
-    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, ParallelConfig, Recompute, StepSplit, TransformerSpec,
+    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, ParallelConfig, PipelineSchedule, Recompute,
+    StageLayers, StepSplit, TransformerSpec,
 };
 use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Workload};
 
@@ -53,26 +67,197 @@ pub const MEMORY_HEADROOM: f64 = 0.10;
 const KERNELS_PER_LAYER_FWD: f64 = 12.0;
 /// Bytes per parameter streamed by the optimizer step.
 const OPTIMIZER_BYTES_PER_PARAM: f64 = 32.0;
+/// Chunks a GEMM and its tensor-parallel collective are split into when `tp_comm_overlap` is on (the simulator's
+/// pipelined GEMM + reduce-scatter; each chunk pays the collective's latency again).
+pub const TP_OVERLAP_CHUNKS: u32 = 4;
 
-/// Model options beyond [`ParallelConfig`] (which lives in `trainlab-core`): schedule and kernel features of the
-/// framework being modelled. [`Default`] is plain 1F1B with fused (FlashAttention-style) attention.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StepOptions {
-    /// Model chunks per pipeline stage for the interleaved 1F1B schedule (Narayanan et al. 2021, sec. 2.2.2): the
-    /// bubble shrinks to `(p-1)/V` micro-batch slots and point-to-point traffic grows `V`-fold. 1 = plain 1F1B.
-    /// Activation memory is taken as unchanged (the paper reports a small increase).
-    pub virtual_stages: u64,
-    /// Attention scores are materialised in memory (pre-FlashAttention kernels, e.g. Megatron-LM 2021): the
-    /// `5as/h sbh` bytes of scores, softmax and dropout mask are streamed like the other activations.
-    pub attention_scores_materialized: bool,
+/// Per-operation times of one layer for one micro-batch on one GPU, seconds (forward unless said otherwise).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerCosts {
+    /// QKV GEMM, half of the element-wise work and half of the launches.
+    pub qkv: f64,
+    /// Attention core: `QK^T` and `AV`.
+    pub core: f64,
+    /// Output projection GEMM.
+    pub proj: f64,
+    /// FFN up (and gate) GEMM, the other half of the element-wise work and launches.
+    pub up: f64,
+    /// FFN down GEMM.
+    pub down: f64,
+    /// One tensor-parallel collective of the micro-batch's activations (0 when `tp = 1`).
+    pub tp_coll: f64,
+    /// The same collective on `1 / TP_OVERLAP_CHUNKS` of the bytes.
+    pub tp_coll_chunk: f64,
+    /// One ring-attention step: the local K and V to the next context-parallel rank (0 when `cp = 1`).
+    pub cp_step: f64,
+    /// Gradient bytes of the layer on one GPU (bf16/fp16 parameters over `tp`).
+    pub grad_bytes: f64,
 }
 
-impl Default for StepOptions {
-    fn default() -> Self {
-        StepOptions {
-            virtual_stages: 1,
-            attention_scores_materialized: false,
+impl LayerCosts {
+    /// Forward compute.
+    pub fn fwd(&self) -> f64 {
+        self.qkv + self.core + self.proj + self.up + self.down
+    }
+    /// Extra forward work of a recompute policy in the backward pass.
+    pub fn recompute(&self, r: Recompute) -> f64 {
+        match r {
+            Recompute::None => 0.0,
+            Recompute::Selective => self.core,
+            Recompute::Full => self.fwd(),
         }
+    }
+    /// Backward compute, including recomputation.
+    pub fn bwd(&self, r: Recompute) -> f64 {
+        2.0 * self.fwd() + self.recompute(r)
+    }
+    /// Tensor-parallel collectives per layer and micro-batch: 2 forward, 2 backward, 2 more with full recompute.
+    pub fn tp_colls(r: Recompute) -> f64 {
+        if r == Recompute::Full { 6.0 } else { 4.0 }
+    }
+}
+
+/// Everything the step of one layout costs, per operation: what [`evaluate_on`] sums and the operation-level
+/// simulator schedules.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepCosts {
+    /// The layout.
+    pub config: ParallelConfig,
+    /// One layer.
+    pub layer: LayerCosts,
+    /// Layers per stage.
+    pub stages: StageLayers,
+    /// Micro-batches per replica per step (`m`).
+    pub micro_batches: u64,
+    /// Embedding forward on the first stage (its backward is twice this).
+    pub emb_fwd: f64,
+    /// LM head forward (logits and cross-entropy) on the last stage (its backward is twice this).
+    pub head_fwd: f64,
+    /// One pipeline point-to-point message (an activation or its gradient, one model chunk).
+    pub p2p: f64,
+    /// Parameters of one layer on one GPU.
+    pub layer_params: f64,
+    /// Parameters of the embedding (and of the untied LM head) on one GPU.
+    pub emb_params: f64,
+    /// Bytes per parameter and gradient element.
+    pub elem_bytes: f64,
+    /// The data-parallel (x context-parallel) group.
+    pub dp_group: Placement,
+    /// Memory bandwidth (optimizer), bytes/s.
+    pub mem_bw: f64,
+    /// Launch overhead, seconds.
+    pub launch: f64,
+    /// Overlap DP buckets, CP exchange and ZeRO-3 gathers with compute.
+    pub overlap: bool,
+}
+
+impl StepCosts {
+    /// Parameters on one GPU of a stage with `layers` layers (plus the embedding on the first, the head on the last).
+    pub fn stage_params(&self, layers: u64, first: bool, last: bool) -> f64 {
+        layers as f64 * self.layer_params + self.emb_params * (f64::from(u8::from(first)) + f64::from(u8::from(last)))
+    }
+    /// Gradient synchronisation of `bytes` of gradients over the DP group at the end of the step: all-reduce
+    /// (ZeRO-0), reduce-scatter + all-gather (ZeRO-1/2), reduce-scatter (ZeRO-3, parameters are gathered per pass).
+    pub fn dp_sync(&self, net: &dyn Network, bytes: f64) -> f64 {
+        if self.dp_group.ranks <= 1 || bytes <= 0.0 {
+            return 0.0;
+        }
+        let c = |op| net.collective_time(op, CollectiveAlgo::Ring, bytes, self.dp_group).0;
+        match self.config.zero_stage {
+            0 => {
+                net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, self.dp_group)
+                    .0
+            }
+            3 => c(CollectiveOp::ReduceScatter),
+            _ => c(CollectiveOp::ReduceScatter) + c(CollectiveOp::AllGather),
+        }
+    }
+    /// ZeRO-3 all-gather of `bytes` of parameters before a pass (0 below ZeRO-3 or with one replica).
+    pub fn zero3_gather(&self, net: &dyn Network, bytes: f64) -> f64 {
+        if self.config.zero_stage < 3 || self.dp_group.ranks <= 1 {
+            return 0.0;
+        }
+        net.collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, bytes, self.dp_group)
+            .0
+    }
+    /// Optimizer step of a stage with `params` parameters on one GPU.
+    pub fn optimizer(&self, params: f64) -> f64 {
+        let local = if self.config.zero_stage >= 1 {
+            params / self.dp_group.ranks.max(1) as f64
+        } else {
+            params
+        };
+        self.launch + memory_time(OPTIMIZER_BYTES_PER_PARAM * local, self.mem_bw)
+    }
+    /// Exposed time of a transfer `comm` that may hide behind `compute` when overlap is on.
+    pub fn exposed(&self, comm: f64, compute: f64) -> f64 {
+        if self.overlap { (comm - compute).max(0.0) } else { comm }
+    }
+    /// Ring-attention exposure of one layer per micro-batch: forward, backward (twice the bytes and the core) and a
+    /// full recompute's forward again.
+    pub fn cp_exposed_layer(&self) -> f64 {
+        let l = &self.layer;
+        let kv = (self.config.cp.saturating_sub(1)) as f64 * l.cp_step;
+        if kv == 0.0 {
+            return 0.0;
+        }
+        let f = self.exposed(kv, l.core);
+        let b = self.exposed(2.0 * kv, 2.0 * l.core);
+        f + b
+            + if self.config.recompute == Recompute::Full {
+                f
+            } else {
+                0.0
+            }
+    }
+}
+
+/// The closed-form time of one stage per micro-batch, by term.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct StageTime {
+    fwd: f64,
+    bwd: f64,
+    tp: f64,
+    pp: f64,
+    cp: f64,
+    zero3: f64,
+    params: f64,
+}
+
+impl StageTime {
+    fn total(&self) -> f64 {
+        self.fwd + self.bwd + self.tp + self.pp + self.cp + self.zero3
+    }
+}
+
+fn stage_time(c: &StepCosts, net: &dyn Network, layers: u64, first: bool, last: bool) -> StageTime {
+    let l = &c.layer;
+    let r = c.config.recompute;
+    let n = layers as f64;
+    let (e, h) = (f64::from(u8::from(first)), f64::from(u8::from(last)));
+    let fwd = n * l.fwd() + e * c.emb_fwd + h * c.head_fwd;
+    let bwd = n * l.bwd(r) + 2.0 * (e * c.emb_fwd + h * c.head_fwd);
+    let tp = (n * LayerCosts::tp_colls(r) + e + h) * l.tp_coll;
+    let pp = if c.config.pp > 1 {
+        2.0 * c.config.virtual_stages as f64 * c.p2p
+    } else {
+        0.0
+    };
+    let params = c.stage_params(layers, first, last);
+    let ag = c.zero3_gather(net, params * c.elem_bytes);
+    let zero3 = if ag > 0.0 {
+        c.exposed(ag, fwd) + c.exposed(ag, bwd)
+    } else {
+        0.0
+    };
+    StageTime {
+        fwd,
+        bwd,
+        tp,
+        pp,
+        cp: n * c.cp_exposed_layer(),
+        zero3,
+        params,
     }
 }
 
@@ -91,6 +276,8 @@ pub struct StepBreakdown {
     pub tp_comm_mb_s: f64,
     /// Pipeline point-to-point time per micro-batch, seconds.
     pub pp_comm_mb_s: f64,
+    /// Exposed ring-attention and ZeRO-3 gather time per micro-batch on that stage, seconds.
+    pub other_comm_mb_s: f64,
     /// Data-parallel gradient communication per step, seconds.
     pub dp_comm_s: f64,
     /// The part of it not hidden behind backward, seconds.
@@ -99,7 +286,7 @@ pub struct StepBreakdown {
     pub optimizer_s: f64,
     /// Step time, seconds.
     pub step_time_s: f64,
-    /// Pipeline bubble fraction `(p-1)/(m+p-1)`.
+    /// Pipeline bubble fraction (`(p-1)/v / (m + (p-1)/v)` with equal stages).
     pub bubble_fraction: f64,
     /// Peak memory per GPU, bytes.
     pub memory_per_gpu_bytes: f64,
@@ -123,150 +310,226 @@ pub fn global_sequences(w: &DenseTraining) -> Result<u64, Error> {
     Ok(w.global_batch_tokens / s)
 }
 
-/// Checks a layout against the workload (the checks `step` performs), naming the field.
+/// Checks a layout against the workload (the checks `step` performs), naming the field; returns the micro-batches
+/// per replica per step.
 pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Error> {
-    let m = &w.model;
     let seqs = global_sequences(w)?;
-    if cfg.tp == 0 || cfg.pp == 0 || cfg.dp == 0 || cfg.micro_batch == 0 {
-        return Err(Error::invalid(
-            "workload.parallel",
-            cfg.label(),
-            "tp, pp, dp and micro_batch must be at least 1",
-            "set each to 1 or more",
-        ));
-    }
-    if cfg.tp * cfg.pp * cfg.dp != w.cluster.gpus() {
-        return Err(Error::invalid(
-            "workload.parallel",
-            cfg.label(),
-            format!(
-                "tp*pp*dp = {} but the cluster has {} GPUs",
-                cfg.tp * cfg.pp * cfg.dp,
-                w.cluster.gpus()
-            ),
-            "make tp*pp*dp equal nodes*gpus_per_node",
-        ));
-    }
-    if !m.heads.is_multiple_of(cfg.tp) {
-        return Err(Error::invalid(
-            "workload.parallel.tp",
-            cfg.tp,
-            format!("does not divide heads = {}", m.heads),
-            "choose tp dividing the number of attention heads",
-        ));
-    }
-    if cfg.pp > m.layers {
-        return Err(Error::invalid(
-            "workload.parallel.pp",
-            cfg.pp,
-            format!("more stages than layers ({})", m.layers),
-            "use pp <= layers",
-        ));
-    }
-    if !seqs.is_multiple_of(cfg.dp * cfg.micro_batch) {
-        return Err(Error::invalid(
-            "workload.parallel.micro_batch",
-            cfg.micro_batch,
-            format!(
-                "dp * micro_batch = {} does not divide the global batch of {seqs} sequences",
-                cfg.dp * cfg.micro_batch
-            ),
-            "choose dp and micro_batch so that their product divides the global batch",
-        ));
-    }
-    Ok(seqs / (cfg.dp * cfg.micro_batch))
+    cfg.check(&w.model, w.cluster.gpus(), seqs)
 }
 
-/// Per-layer forward GEMM time plus element-wise time for a micro-batch, and the attention-score part.
-struct LayerTimes {
-    fwd: f64,
-    attn_scores: f64,
-}
-
-fn layer_times(
+/// Activation bytes per layer per micro-batch for a recompute policy (Korthikanti et al. 2022 eq. 1-2, Table 2),
+/// on the `seq_len / cp` tokens of a context-parallel rank, with or without sequence parallelism. The `5as/h` bytes
+/// of attention scores, softmax and dropout mask are stored only when `scores_materialized`: a fused attention
+/// kernel keeps none of them, so without recomputation it stores what selective recomputation stores.
+pub fn activation_bytes_per_layer(
     m: &TransformerSpec,
     cfg: &ParallelConfig,
-    p: &DeviceProfile,
-    dtype: trainlab_core::Dtype,
-    opts: &StepOptions,
-) -> LayerTimes {
-    let tp = cfg.tp as f64;
-    let b = cfg.micro_batch as f64;
-    let s = m.seq_len as f64;
-    let h = m.hidden as f64;
-    let a = m.heads as f64;
-    let hd = h / a;
-    let kv = m.kv() as f64;
-    let f = m.ffn_hidden as f64;
-    let t = b * s;
-    let eb = dtype.bytes() as f64;
-    let law = GemmLaw::of(p, dtype);
-    let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| law.matmul_time(mm, nn, kk, batch, eb);
-    let qkv = gemm(t, (h + 2.0 * kv * hd) / tp, h, 1.0);
-    let scores = gemm(s, s, hd, b * a / tp);
-    let av = gemm(s, hd, s, b * a / tp);
-    let proj = gemm(t, h, h / tp, 1.0);
-    let up = gemm(t, f * if m.gated_ffn { 2.0 } else { 1.0 } / tp, h, 1.0);
-    let down = gemm(t, h, f / tp, 1.0);
-    let stored = if opts.attention_scores_materialized {
-        34.0 + 5.0 * a * s / h
-    } else {
-        34.0
-    };
-    let elementwise = memory_time(2.0 * stored * t * h / tp, p.mem_bw_bytes_per_s);
-    let launches = KERNELS_PER_LAYER_FWD * p.launch_overhead_s;
-    LayerTimes {
-        fwd: qkv + scores + av + proj + up + down + elementwise + launches,
-        attn_scores: scores + av,
-    }
-}
-
-/// Activation bytes per layer per micro-batch for a recompute policy (Korthikanti et al. 2022, with sequence
-/// parallelism when `tp > 1`).
-pub fn activation_bytes_per_layer(m: &TransformerSpec, micro_batch: u64, tp: u64, r: Recompute) -> f64 {
-    let sbh = m.seq_len as f64 * micro_batch as f64 * m.hidden as f64;
-    let tp = tp as f64;
-    match r {
-        Recompute::None => sbh * (34.0 + 5.0 * m.heads as f64 * m.seq_len as f64 / m.hidden as f64) / tp,
-        Recompute::Selective => 34.0 * sbh / tp,
-        Recompute::Full => 2.0 * sbh / tp,
-    }
-}
-
-/// Peak memory per GPU in bytes for a layout (max of the first and the last pipeline stage).
-pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64) -> f64 {
-    let m = &w.model;
-    let (tp, pp, dp) = (cfg.tp as f64, cfg.pp, cfg.dp as f64);
-    let stage_layers = m.layers.div_ceil(pp) as f64;
-    let emb = (m.vocab * m.hidden) as f64;
-    let stage_params = |first: bool, last: bool| {
-        let mut p = stage_layers * m.layer_params();
-        if first {
-            p += emb;
-        }
-        if last {
-            p += emb;
-        }
-        p / tp
-    };
-    let opt_div = if cfg.zero1 { dp } else { 1.0 };
-    let state = |p: f64| 4.0 * p + 12.0 * p / opt_div;
-    let per_layer = activation_bytes_per_layer(m, cfg.micro_batch, cfg.tp, cfg.recompute);
-    let working = if cfg.recompute == Recompute::Full {
-        activation_bytes_per_layer(m, cfg.micro_batch, cfg.tp, Recompute::Selective)
+    r: Recompute,
+    scores_materialized: bool,
+) -> f64 {
+    let sbh = (m.seq_len / cfg.cp.max(1)) as f64 * cfg.micro_batch as f64 * m.hidden as f64;
+    let t = cfg.tp as f64;
+    let scores = if scores_materialized {
+        5.0 * m.heads as f64 * m.seq_len as f64 / m.hidden as f64
     } else {
         0.0
     };
-    let in_flight = pp.min(micro_batches).max(1) as f64;
-    let logits = 4.0 * (m.seq_len * cfg.micro_batch) as f64 * m.vocab as f64 / tp;
-    let first = state(stage_params(true, pp == 1)) + in_flight * stage_layers * per_layer + working;
-    let last = state(stage_params(pp == 1, true)) + stage_layers * per_layer + working + logits;
-    if pp == 1 { first + logits } else { first.max(last) }
+    let (replicated, split) = if cfg.sp() || cfg.tp == 1 {
+        (0.0, 34.0)
+    } else {
+        (10.0, 24.0)
+    };
+    match r {
+        Recompute::None => sbh * (replicated + (split + scores) / t),
+        Recompute::Selective => sbh * (replicated + split / t),
+        Recompute::Full => {
+            if cfg.sp() || cfg.tp == 1 {
+                2.0 * sbh / t
+            } else {
+                2.0 * sbh
+            }
+        }
+    }
+}
+
+/// Layers' worth of activations a stage holds in flight: `layers` times the micro-batches (or model chunks of
+/// `1/v` of the stage) between their forward and their backward at the peak, for stage `stage` of `p`.
+fn in_flight_layers(cfg: &ParallelConfig, stage: u64, layers: u64, m: u64) -> f64 {
+    let (p, v) = (cfg.pp, cfg.virtual_stages.max(1));
+    let l = layers as f64;
+    match cfg.schedule {
+        PipelineSchedule::Gpipe => m as f64 * l,
+        PipelineSchedule::OneFOneB if v == 1 => (p - stage).min(m).max(1) as f64 * l,
+        PipelineSchedule::OneFOneB => {
+            let chunks = (2 * (p - stage - 1) + (v - 1) * p + 1).min(m * v);
+            chunks as f64 * l / v as f64
+        }
+    }
+}
+
+/// Peak memory per GPU in bytes for a layout (the largest over the first, a middle and the last stage).
+pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64) -> f64 {
+    let m = &w.model;
+    let Some(st) = StageLayers::of(m.layers, cfg.pp, cfg.trim_end_stages) else {
+        return f64::INFINITY;
+    };
+    let tp = cfg.tp as f64;
+    let emb = (m.vocab * m.hidden) as f64 / tp;
+    let lp = m.layer_params() / tp;
+    let d = (cfg.dp * cfg.cp) as f64;
+    let state = |p: f64| match cfg.zero_stage {
+        0 => 16.0 * p,
+        1 => 4.0 * p + 12.0 * p / d,
+        2 => 2.0 * p + 14.0 * p / d,
+        // two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
+        _ => 16.0 * p / d + 4.0 * lp,
+    };
+    let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized);
+    let working = if cfg.recompute == Recompute::Full {
+        activation_bytes_per_layer(m, cfg, Recompute::Selective, w.attention_scores_materialized)
+    } else {
+        0.0
+    };
+    let logits = 4.0 * ((m.seq_len / cfg.cp.max(1)) * cfg.micro_batch) as f64 * m.vocab as f64 / tp;
+    let pp = cfg.pp;
+    let stage_mem = |stage: u64, layers: u64, first: bool, last: bool| {
+        let p = layers as f64 * lp + emb * (f64::from(u8::from(first)) + f64::from(u8::from(last)));
+        state(p)
+            + in_flight_layers(cfg, stage, layers, micro_batches) * per_layer
+            + working
+            + if last { logits } else { 0.0 }
+    };
+    if pp == 1 {
+        return stage_mem(0, st.first, true, true);
+    }
+    let mut peak = stage_mem(0, st.first, true, false).max(stage_mem(pp - 1, st.last, false, true));
+    if pp > 2 {
+        peak = peak.max(stage_mem(1, st.mid_max, false, false));
+    }
+    peak
 }
 
 /// Whether a modelled peak fits the GPU with [`MEMORY_HEADROOM`] kept free.
 pub fn fits_memory(w: &DenseTraining, bytes: f64) -> bool {
     bytes <= (1.0 - MEMORY_HEADROOM) * w.cluster.gpu.memory_bytes as f64
+}
+
+/// The per-operation costs of a checked layout with `micro_batches` micro-batches, communication timed by `net`.
+pub fn step_costs(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    p: &DeviceProfile,
+    micro_batches: u64,
+    net: &dyn Network,
+) -> StepCosts {
+    let m = &w.model;
+    let c = &w.cluster;
+    let gpn = c.gpus_per_node as u64;
+    let dtype = w.dtype;
+    let eb = dtype.bytes() as f64;
+    let (tp, cp, dp) = (cfg.tp, cfg.cp.max(1), cfg.dp);
+    let tpf = tp as f64;
+    let b = cfg.micro_batch as f64;
+    let s = m.seq_len as f64;
+    let s_loc = s / cp as f64;
+    let h = m.hidden as f64;
+    let a = m.heads as f64;
+    let hd = h / a;
+    let kv = m.kv() as f64;
+    let f = m.ffn_hidden as f64;
+    let v = m.vocab as f64;
+    let t = b * s_loc;
+    let law = GemmLaw::of(p, dtype);
+    let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| law.matmul_time(mm, nn, kk, batch, eb);
+    let qkv = gemm(t, (h + 2.0 * kv * hd) / tpf, h, 1.0);
+    let scores = gemm(s_loc, s, hd, b * a / tpf);
+    let av = gemm(s_loc, hd, s, b * a / tpf);
+    let proj = gemm(t, h, h / tpf, 1.0);
+    let up = gemm(t, f * if m.gated_ffn { 2.0 } else { 1.0 } / tpf, h, 1.0);
+    let down = gemm(t, h, f / tpf, 1.0);
+    let score_bytes = if w.attention_scores_materialized {
+        5.0 * a * s / h
+    } else {
+        0.0
+    };
+    let stored = if cfg.sp() {
+        (34.0 + score_bytes) / tpf
+    } else if tp == 1 {
+        34.0 + score_bytes
+    } else {
+        10.0 + (24.0 + score_bytes) / tpf
+    };
+    let elementwise = memory_time(2.0 * stored * t * h, p.mem_bw_bytes_per_s);
+    let half_launches = KERNELS_PER_LAYER_FWD * p.launch_overhead_s / 2.0;
+
+    let tp_at = Placement {
+        ranks: tp,
+        per_node: tp.min(gpn).max(1),
+    };
+    let tp_time = |bytes: f64| {
+        if tp > 1 {
+            net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, tp_at)
+                .0
+        } else {
+            0.0
+        }
+    };
+    let act_bytes = t * h * eb;
+    let cp_step = if cp > 1 {
+        let kv_local = (kv / tpf).max(1.0) * hd;
+        net.send_time(2.0 * t * kv_local * eb, tp * cp > gpn)
+    } else {
+        0.0
+    };
+    let layer = LayerCosts {
+        qkv: qkv + elementwise / 2.0 + half_launches,
+        core: scores + av,
+        proj,
+        up: up + elementwise / 2.0 + half_launches,
+        down,
+        tp_coll: tp_time(act_bytes),
+        tp_coll_chunk: tp_time(act_bytes / f64::from(TP_OVERLAP_CHUNKS)),
+        cp_step,
+        grad_bytes: m.layer_params() / tpf * eb,
+    };
+    // output head on the last stage: logits GEMM + fp32 softmax/cross-entropy streaming (3 passes)
+    let head_fwd = p.launch_overhead_s * 3.0
+        + law.time(2.0 * t * h * v / tpf, (t * h + h * v / tpf) * eb, t.min(h).min(v / tpf))
+        + memory_time(3.0 * 4.0 * t * v / tpf, p.mem_bw_bytes_per_s);
+    // embedding on the first stage: gather of `t` rows, written once and read once
+    let emb_fwd = p.launch_overhead_s + memory_time(2.0 * t * h * eb, p.mem_bw_bytes_per_s);
+    let p2p = if cfg.pp > 1 {
+        let cross_node = tp * cp * dp >= gpn && c.nodes > 1;
+        net.send_time(act_bytes / tpf, cross_node)
+    } else {
+        0.0
+    };
+    let ranks = dp * cp;
+    StepCosts {
+        config: *cfg,
+        layer,
+        stages: StageLayers::of(m.layers, cfg.pp, cfg.trim_end_stages).unwrap_or(StageLayers {
+            first: m.layers,
+            last: m.layers,
+            mid_max: 0,
+            mid_min: 0,
+            n_mid_max: 0,
+        }),
+        micro_batches,
+        emb_fwd,
+        head_fwd,
+        p2p,
+        layer_params: m.layer_params() / tpf,
+        emb_params: v * h / tpf,
+        elem_bytes: eb,
+        dp_group: Placement {
+            ranks,
+            per_node: (gpn / tp.min(gpn).max(1)).clamp(1, ranks.max(1)),
+        },
+        mem_bw: p.mem_bw_bytes_per_s,
+        launch: p.launch_overhead_s,
+        overlap: w.overlap_comm,
+    }
 }
 
 /// The full breakdown for a checked layout (no validation of the workload itself), communication on the cluster's
@@ -276,9 +539,8 @@ pub(crate) fn evaluate(
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     micro_batches: u64,
-    opts: &StepOptions,
 ) -> StepBreakdown {
-    evaluate_on(w, cfg, p, micro_batches, opts, &AlphaBetaNetwork::of(&w.cluster))
+    evaluate_on(w, cfg, p, micro_batches, &AlphaBetaNetwork::of(&w.cluster))
 }
 
 /// [`evaluate`] with communication timed by `net`.
@@ -287,118 +549,69 @@ pub(crate) fn evaluate_on(
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     micro_batches: u64,
-    opts: &StepOptions,
     net: &dyn Network,
 ) -> StepBreakdown {
-    let m = &w.model;
-    let c = &w.cluster;
-    let gpn = c.gpus_per_node as u64;
-    let dtype = w.dtype;
-    let eb = dtype.bytes() as f64;
-    let (tp, pp, dp) = (cfg.tp, cfg.pp, cfg.dp);
-    let b = cfg.micro_batch as f64;
-    let s = m.seq_len as f64;
-    let h = m.hidden as f64;
-    let v = m.vocab as f64;
-    let t_tok = b * s;
-    let stage_layers = m.layers.div_ceil(pp) as f64;
-
-    let lt = layer_times(m, cfg, p, dtype, opts);
-    let v_stages = opts.virtual_stages.max(1) as f64;
-    // output head on the last stage: logits GEMM + fp32 softmax/cross-entropy streaming (3 passes)
-    let law = GemmLaw::of(p, dtype);
-    let head_fwd = p.launch_overhead_s * 3.0
-        + law.time(
-            2.0 * t_tok * h * v / tp as f64,
-            (t_tok * h + h * v / tp as f64) * eb,
-            t_tok.min(h).min(v / tp as f64),
-        )
-        + memory_time(3.0 * 4.0 * t_tok * v / tp as f64, p.mem_bw_bytes_per_s);
-    let recompute_layer = match cfg.recompute {
-        Recompute::None => 0.0,
-        Recompute::Selective => lt.attn_scores,
-        Recompute::Full => lt.fwd,
-    };
-    let forward_mb = stage_layers * lt.fwd + head_fwd;
-    let backward_mb = stage_layers * (2.0 * lt.fwd + recompute_layer) + 2.0 * head_fwd;
-
-    // tensor parallel: 2 all-reduces forward, 2 backward, 2 more in a full recompute
-    let tp_at = Placement {
-        ranks: tp,
-        per_node: tp.min(gpn).max(1),
-    };
-    let ar = |bytes: f64, at: Placement| {
-        net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, at)
-            .0
-    };
-    let tp_per_layer = if tp > 1 {
-        let n_ar = if cfg.recompute == Recompute::Full { 6.0 } else { 4.0 };
-        n_ar * ar(t_tok * h * eb, tp_at)
+    let c = step_costs(w, cfg, p, micro_batches, net);
+    let st = c.stages;
+    let pp = cfg.pp;
+    // the stage classes: first, last, the middle ones with the most and the fewest layers
+    let mut classes: [(StageTime, f64); 4] = [(StageTime::default(), 0.0); 4];
+    if pp == 1 {
+        classes[0] = (stage_time(&c, net, st.first, true, true), 1.0);
     } else {
-        0.0
-    };
-    let tp_comm_mb = stage_layers * tp_per_layer;
-
-    // pipeline point-to-point
-    let pp_comm_mb = if pp > 1 {
-        let cross_node = tp * dp >= gpn && c.nodes > 1;
-        2.0 * v_stages * net.send_time(t_tok * h * eb / tp as f64, cross_node)
-    } else {
-        0.0
-    };
-
-    let t_mb = forward_mb + backward_mb + tp_comm_mb + pp_comm_mb;
-    let mf = micro_batches as f64;
-    let pf = pp as f64;
-    let bubble_slots = (pf - 1.0) / v_stages;
-    let pipeline = (mf + bubble_slots) * t_mb;
-    let bubble = bubble_slots / (mf + bubble_slots);
-
-    // data parallel gradients of the slowest (last) stage
-    let emb = v * h;
-    let stage_params = (stage_layers * m.layer_params() + emb + if pp == 1 { emb } else { 0.0 }) / tp as f64;
-    let dp_at = Placement {
-        ranks: dp,
-        per_node: (gpn / tp.min(gpn)).clamp(1, dp.max(1)),
-    };
-    let grad_bytes = stage_params * eb;
-    let dp_comm = if dp > 1 {
-        if cfg.zero1 {
-            net.collective_time(CollectiveOp::ReduceScatter, CollectiveAlgo::Ring, grad_bytes, dp_at)
-                .0
-                + net
-                    .collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, grad_bytes, dp_at)
-                    .0
-        } else {
-            ar(grad_bytes, dp_at)
+        classes[0] = (stage_time(&c, net, st.first, true, false), 1.0);
+        classes[1] = (stage_time(&c, net, st.last, false, true), 1.0);
+        if pp > 2 {
+            classes[2] = (stage_time(&c, net, st.mid_max, false, false), st.n_mid_max as f64);
+            let rest = (pp - 2 - st.n_mid_max) as f64;
+            if rest > 0.0 {
+                classes[3] = (stage_time(&c, net, st.mid_min, false, false), rest);
+            }
         }
+    }
+    let mut slow = classes[0].0;
+    let mut sum = 0.0;
+    for (t, n) in classes.iter().filter(|(_, n)| *n > 0.0) {
+        sum += n * t.total();
+        if t.total() > slow.total() {
+            slow = *t;
+        }
+    }
+    let t_max = slow.total();
+    let mf = micro_batches as f64;
+    let vf = cfg.virtual_stages.max(1) as f64;
+    let pipeline = mf * t_max + (sum - t_max) / vf;
+    let bubble = if pipeline > 0.0 {
+        (pipeline - mf * t_max) / pipeline
     } else {
         0.0
     };
-    let dp_exposed = if w.overlap_comm {
-        (dp_comm - backward_mb).max(0.0)
-    } else {
-        dp_comm
-    };
-    let opt_params = if cfg.zero1 {
-        stage_params / dp as f64
-    } else {
-        stage_params
-    };
-    let optimizer = p.launch_overhead_s + memory_time(OPTIMIZER_BYTES_PER_PARAM * opt_params, p.mem_bw_bytes_per_s);
+
+    // data-parallel gradients of the stage with the most parameters, hidden behind its last backward
+    let mut big = classes[0].0;
+    for (t, _) in classes.iter().filter(|(_, n)| *n > 0.0) {
+        if t.params > big.params {
+            big = *t;
+        }
+    }
+    let dp_comm = c.dp_sync(net, big.params * c.elem_bytes);
+    let dp_exposed = c.exposed(dp_comm, big.bwd);
+    let optimizer = c.optimizer(big.params);
 
     let step = pipeline + dp_exposed + optimizer;
-    let tokens = (micro_batches * cfg.micro_batch * dp) as f64 * s;
+    let m = &w.model;
+    let tokens = (micro_batches * cfg.micro_batch * cfg.dp) as f64 * m.seq_len as f64;
     let model_flops = m.train_flops_per_token() * tokens;
-    let peak = c.gpu.peak(dtype).max(1.0);
-    let mfu = model_flops / (step * c.gpus() as f64 * peak);
+    let peak = w.cluster.gpu.peak(w.dtype).max(1.0);
+    let mfu = model_flops / (step * w.cluster.gpus() as f64 * peak);
     StepBreakdown {
         config: *cfg,
         micro_batches,
-        forward_mb_s: forward_mb,
-        backward_mb_s: backward_mb,
-        tp_comm_mb_s: tp_comm_mb,
-        pp_comm_mb_s: pp_comm_mb,
+        forward_mb_s: slow.fwd,
+        backward_mb_s: slow.bwd,
+        tp_comm_mb_s: slow.tp,
+        pp_comm_mb_s: slow.pp,
+        other_comm_mb_s: slow.cp + slow.zero3,
         dp_comm_s: dp_comm,
         dp_exposed_s: dp_exposed,
         optimizer_s: optimizer,
@@ -425,7 +638,8 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         train_days: seconds / 86_400.0,
         gpu_hours: seconds / 3_600.0 * w.cluster.gpus() as f64,
         bubble_fraction: b.bubble_fraction,
-        exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction) * (b.tp_comm_mb_s + b.pp_comm_mb_s)
+        exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction)
+            * (b.tp_comm_mb_s + b.pp_comm_mb_s + b.other_comm_mb_s)
             + b.dp_exposed_s,
         ettr: ettr.iter().map(|&(p, e, _)| (p, e)).collect(),
         ettr_ci: ettr.iter().map(|&(p, _, (l, h))| (p, l, h)).collect(),
@@ -434,9 +648,9 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
     }
 }
 
-/// The step's partition into causes (see [`StepSplit`]): the pipeline runs `m + (p - 1)/v` slots of one micro-batch
-/// time (compute, TP and PP communication); the `(p - 1)/v` slots are the bubble; then the exposed DP reduction and
-/// the optimizer. The six shares sum to 1 by construction.
+/// The step's partition into causes (see [`StepSplit`]): the pipeline runs `m` micro-batch times of the slowest
+/// stage (compute, TP, PP, CP and ZeRO-3 communication) plus its bubble; then the exposed DP reduction and the
+/// optimizer. The seven shares sum to 1 by construction.
 fn split_of(b: &StepBreakdown) -> StepSplit {
     let step = b.step_time_s;
     let pipeline = step - b.dp_exposed_s - b.optimizer_s;
@@ -446,6 +660,7 @@ fn split_of(b: &StepBreakdown) -> StepSplit {
         bubble: b.bubble_fraction * pipeline / step,
         tp_comm: mf * b.tp_comm_mb_s / step,
         pp_comm: mf * b.pp_comm_mb_s / step,
+        other_comm: mf * b.other_comm_mb_s / step,
         dp_comm: b.dp_exposed_s / step,
         optimizer: b.optimizer_s / step,
     }
@@ -479,37 +694,18 @@ pub fn step_breakdown(
     cfg: &ParallelConfig,
     profile: Option<&DeviceProfile>,
 ) -> Result<StepBreakdown, Error> {
-    step_breakdown_with(w, cfg, profile, &StepOptions::default())
+    step_breakdown_on(w, cfg, profile, &AlphaBetaNetwork::of(&w.cluster))
 }
 
-/// [`step_breakdown`] with explicit [`StepOptions`].
-pub fn step_breakdown_with(
-    w: &DenseTraining,
-    cfg: &ParallelConfig,
-    profile: Option<&DeviceProfile>,
-    opts: &StepOptions,
-) -> Result<StepBreakdown, Error> {
-    step_breakdown_on(w, cfg, profile, opts, &AlphaBetaNetwork::of(&w.cluster))
-}
-
-/// [`step_breakdown_with`] with communication timed by `net` instead of the cluster's alpha-beta network (e.g. a
+/// [`step_breakdown`] with communication timed by `net` instead of the cluster's alpha-beta network (e.g. a
 /// network simulator).
 pub fn step_breakdown_on(
     w: &DenseTraining,
     cfg: &ParallelConfig,
     profile: Option<&DeviceProfile>,
-    opts: &StepOptions,
     net: &dyn Network,
 ) -> Result<StepBreakdown, Error> {
     w.validate()?;
-    if opts.virtual_stages == 0 {
-        return Err(Error::invalid(
-            "options.virtual_stages",
-            0,
-            "must be at least 1",
-            "use 1 for plain 1F1B",
-        ));
-    }
     let mb = check_config(w, cfg)?;
     let owned;
     let p = match profile {
@@ -519,23 +715,12 @@ pub fn step_breakdown_on(
             &owned
         }
     };
-    Ok(evaluate_on(w, cfg, p, mb, opts, net))
+    Ok(evaluate_on(w, cfg, p, mb, net))
 }
 
 /// Predicted step of one layout (does not check memory: see [`fits`]).
 pub fn step(w: &DenseTraining, cfg: &ParallelConfig, profile: Option<&DeviceProfile>) -> Result<DenseOutcome, Error> {
     let b = step_breakdown(w, cfg, profile)?;
-    Ok(outcome_of(w, &b))
-}
-
-/// [`step`] with explicit [`StepOptions`].
-pub fn step_with(
-    w: &DenseTraining,
-    cfg: &ParallelConfig,
-    profile: Option<&DeviceProfile>,
-    opts: &StepOptions,
-) -> Result<DenseOutcome, Error> {
-    let b = step_breakdown_with(w, cfg, profile, opts)?;
     Ok(outcome_of(w, &b))
 }
 
@@ -618,19 +803,15 @@ pub(crate) mod tests {
             dtype: Dtype::Bf16,
             parallel: None,
             overlap_comm: true,
+            tp_comm_overlap: false,
+            attention_scores_materialized: false,
+            dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
             downtime: None,
         }
     }
 
-    fn cfg(tp: u64, pp: u64, dp: u64, mb: u64, r: Recompute) -> ParallelConfig {
-        ParallelConfig {
-            tp,
-            pp,
-            dp,
-            micro_batch: mb,
-            recompute: r,
-            zero1: true,
-        }
+    pub(crate) fn cfg(tp: u64, pp: u64, dp: u64, mb: u64, r: Recompute) -> ParallelConfig {
+        ParallelConfig::new(tp, pp, dp, mb, r)
     }
 
     #[test]
@@ -687,7 +868,7 @@ pub(crate) mod tests {
         p.mem_bw_bytes_per_s = 1e30;
         let c = cfg(8, 4, 4, 1, Recompute::None);
         let mb = check_config(&w, &c).unwrap();
-        let b = evaluate(&w, &c, &p, mb, &StepOptions::default());
+        let b = evaluate(&w, &c, &p, mb);
         let m = &w.model;
         let tokens_mb = m.seq_len as f64;
         // slowest stage: 20 layers + head, over tp = 8
@@ -707,13 +888,36 @@ pub(crate) mod tests {
         let sel = step_breakdown(&w, &cfg(8, 4, 4, 1, Recompute::Selective), None).unwrap();
         let full = step_breakdown(&w, &cfg(8, 4, 4, 1, Recompute::Full), None).unwrap();
         assert!(none.step_time_s < sel.step_time_s && sel.step_time_s < full.step_time_s);
-        assert!(none.memory_per_gpu_bytes > sel.memory_per_gpu_bytes);
+        // fused attention stores no scores: selective recomputation saves no memory then
+        assert_eq!(none.memory_per_gpu_bytes, sel.memory_per_gpu_bytes);
         assert!(sel.memory_per_gpu_bytes > full.memory_per_gpu_bytes);
+        let mut wm = w.clone();
+        wm.attention_scores_materialized = true;
+        let none_m = step_breakdown(&wm, &cfg(8, 4, 4, 1, Recompute::None), None).unwrap();
+        let sel_m = step_breakdown(&wm, &cfg(8, 4, 4, 1, Recompute::Selective), None).unwrap();
+        assert!(none_m.memory_per_gpu_bytes > sel_m.memory_per_gpu_bytes);
+        assert_eq!(sel_m.memory_per_gpu_bytes, sel.memory_per_gpu_bytes);
         // full recompute costs about one extra forward: +1/3 of compute
         let ratio = (full.forward_mb_s + full.backward_mb_s) / (none.forward_mb_s + none.backward_mb_s);
         assert!(ratio > 1.3 && ratio < 1.34, "{ratio}");
         // MFU does not credit recomputation
         assert!(full.mfu < none.mfu);
+    }
+
+    /// The bubble of `m t_max + (sum_i t_i - t_max) / v` from the four stages' own times (20 layers each).
+    fn pipeline_bubble(w: &DenseTraining, c: &ParallelConfig, v: u64) -> f64 {
+        let mb = check_config(w, c).unwrap();
+        let net = AlphaBetaNetwork::of(&w.cluster);
+        let p = datasheet_profile(&w.cluster.gpu);
+        let costs = step_costs(w, c, &p, mb, &net);
+        let t: Vec<f64> = [(true, false), (false, false), (false, false), (false, true)]
+            .iter()
+            .map(|&(first, last)| stage_time(&costs, &net, 20, first, last).total())
+            .collect();
+        let t_max = t.iter().copied().fold(0.0, f64::max);
+        let steady = mb as f64 * t_max;
+        let pipeline = steady + (t.iter().sum::<f64>() - t_max) / v as f64;
+        (pipeline - steady) / pipeline
     }
 
     #[test]
@@ -723,7 +927,15 @@ pub(crate) mod tests {
         let b = step_breakdown(&w, &c, None).unwrap();
         // 1024 sequences / (dp 4 * mb 2) = 128 micro-batches
         assert_eq!(b.micro_batches, 128);
-        assert!((b.bubble_fraction - 3.0 / 131.0).abs() < 1e-12);
+        // m t_max + (sum - t_max) / v over the stages' times (the first carries the embedding, the last the head);
+        // with equal stages this would be (p-1)/(m+p-1) = 3/131, and the cheaper end stages make it a little less
+        let expect = pipeline_bubble(&w, &c, 1);
+        assert!(
+            (b.bubble_fraction - expect).abs() < 1e-12,
+            "{} vs {expect}",
+            b.bubble_fraction
+        );
+        assert!(b.bubble_fraction < 3.0 / 131.0 && b.bubble_fraction > 0.9 * 3.0 / 131.0);
         // Korthikanti: selective, first stage: 34 sbh / t per layer * L/p layers * p in flight = 34 sbh L / t
         let m = &w.model;
         let sbh = (m.seq_len * 2 * m.hidden) as f64;
@@ -740,28 +952,182 @@ pub(crate) mod tests {
 
     #[test]
     fn interleaving_shrinks_bubble_and_materialized_attention_costs() {
-        let w = workload(16);
+        let mut w = workload(16);
         let c = cfg(8, 4, 4, 2, Recompute::Selective);
         let plain = step_breakdown(&w, &c, None).unwrap();
-        let opts = StepOptions {
-            virtual_stages: 3,
-            ..StepOptions::default()
-        };
-        let inter = step_breakdown_with(&w, &c, None, &opts).unwrap();
-        assert!((inter.bubble_fraction - 1.0 / 129.0).abs() < 1e-12);
+        let inter_cfg = ParallelConfig { virtual_stages: 4, ..c };
+        let inter = step_breakdown(&w, &inter_cfg, None).unwrap();
+        // Narayanan et al. sec. 2.2.2: the bubble is (p-1)/v slots, the point-to-point traffic v times
+        let expect = pipeline_bubble(&w, &inter_cfg, 4);
+        assert!(
+            (inter.bubble_fraction - expect).abs() < 1e-12,
+            "{} vs {expect}",
+            inter.bubble_fraction
+        );
+        // near (p-1)/v / (m + (p-1)/v) of equal stages
+        assert!(inter.bubble_fraction < 0.75 / 128.75 && inter.bubble_fraction > 0.9 * 0.75 / 128.75);
         assert!(inter.step_time_s < plain.step_time_s);
-        assert!((inter.pp_comm_mb_s / plain.pp_comm_mb_s - 3.0).abs() < 1e-9);
-        let opts = StepOptions {
-            attention_scores_materialized: true,
-            ..StepOptions::default()
-        };
-        let mat = step_breakdown_with(&w, &c, None, &opts).unwrap();
+        assert!((inter.pp_comm_mb_s / plain.pp_comm_mb_s - 4.0).abs() < 1e-9);
+        // more chunks in flight on the first stage: 2(p-1) + (v-1)p + 1 = 19 chunks of 5 layers vs 4 x 20 layers
+        assert!(inter.memory_per_gpu_bytes > plain.memory_per_gpu_bytes);
+        w.attention_scores_materialized = true;
+        let mat = step_breakdown(&w, &c, None).unwrap();
         assert!(mat.forward_mb_s > plain.forward_mb_s);
-        let bad = StepOptions {
-            virtual_stages: 0,
-            ..StepOptions::default()
-        };
-        assert!(step_with(&w, &c, None, &bad).is_err());
+        // 3 chunks do not divide the 20 layers per stage
+        let bad = ParallelConfig { virtual_stages: 3, ..c };
+        let e = step(&w, &bad, None).unwrap_err().to_string();
+        assert!(e.contains("workload.parallel.virtual_stages"), "{e}");
+    }
+
+    #[test]
+    fn korthikanti_activation_memory() {
+        let m = llama70b();
+        let (s, b, h, a) = (4096.0, 1.0, 8192.0, 64.0);
+        let sbh = s * b * h;
+        let mut c = cfg(8, 1, 1, 1, Recompute::None);
+        let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        assert!((with_sp / (sbh / 8.0 * (34.0 + 5.0 * a * s / h)) - 1.0).abs() < 1e-12);
+        assert!(
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (34.0 * sbh / 8.0) - 1.0).abs() < 1e-12
+        );
+        c.sequence_parallel = false;
+        let without = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        assert!((without / (sbh * (10.0 + 24.0 / 8.0 + 5.0 * a * s / (h * 8.0))) - 1.0).abs() < 1e-12);
+        assert!(
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (sbh * (10.0 + 3.0)) - 1.0).abs() < 1e-12
+        );
+        // context parallelism divides the tokens a rank holds
+        c.sequence_parallel = true;
+        c.cp = 4;
+        let cp4 = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        assert!((cp4 * 4.0 / with_sp - 1.0).abs() < 1e-12);
+        // fused attention stores no scores: no recomputation then stores what selective recomputation stores
+        c.cp = 1;
+        let fused = activation_bytes_per_layer(&m, &c, Recompute::None, false);
+        assert_eq!(fused, activation_bytes_per_layer(&m, &c, Recompute::Selective, true));
+    }
+
+    #[test]
+    fn sequence_parallel_context_parallel_and_zero_change_time_and_memory() {
+        let w = workload(16);
+        let base = cfg(8, 4, 4, 1, Recompute::Selective);
+        let b = step_breakdown(&w, &base, None).unwrap();
+        let nosp = step_breakdown(
+            &w,
+            &ParallelConfig {
+                sequence_parallel: false,
+                ..base
+            },
+            None,
+        )
+        .unwrap();
+        assert!(nosp.forward_mb_s > b.forward_mb_s && nosp.memory_per_gpu_bytes > b.memory_per_gpu_bytes);
+        // cp 2 halves the tokens per rank: less memory, a ring exchange per layer
+        let cp = ParallelConfig { cp: 2, dp: 2, ..base };
+        let bc = step_breakdown(&w, &cp, None).unwrap();
+        assert!(bc.memory_per_gpu_bytes < b.memory_per_gpu_bytes);
+        assert!(bc.forward_mb_s < b.forward_mb_s);
+        let mut wo = w.clone();
+        wo.overlap_comm = false;
+        let bo = step_breakdown(&wo, &cp, None).unwrap();
+        assert!(bo.other_comm_mb_s > bc.other_comm_mb_s && bo.other_comm_mb_s > 0.0);
+        // ZeRO stages: less memory each, ZeRO-3 gathers parameters every pass
+        let mem: Vec<f64> = (0..=3u8)
+            .map(|z| step_breakdown(&w, &ParallelConfig { zero_stage: z, ..base }, None).unwrap())
+            .map(|x| x.memory_per_gpu_bytes)
+            .collect();
+        assert!(mem.windows(2).all(|p| p[1] < p[0]), "{mem:?}");
+        let z3 = step_breakdown(&wo, &ParallelConfig { zero_stage: 3, ..base }, None).unwrap();
+        assert!(z3.other_comm_mb_s > 0.0);
+        // The step-time shares partition the step, CP and ZeRO-3 communication included.
+        for x in [&b, &bc, &bo, &z3, &nosp] {
+            let total: f64 = split_of(x).named().iter().map(|(_, v)| v).sum();
+            assert!((total - 1.0).abs() < 1e-9, "{total}");
+        }
+        assert!(split_of(&bo).other_comm > 0.0);
+        // cp must divide the sequence, zero_stage is 0..=3
+        let e = step(
+            &w,
+            &ParallelConfig {
+                cp: 3,
+                dp: 1,
+                pp: 1,
+                tp: 8,
+                ..base
+            },
+            None,
+        );
+        assert!(e.is_err());
+        let mut w3 = workload(12);
+        w3.global_batch_tokens = 4096 * 96;
+        let e = step(
+            &w3,
+            &ParallelConfig {
+                cp: 3,
+                dp: 4,
+                pp: 1,
+                tp: 8,
+                ..base
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("workload.parallel.cp"), "{e}");
+        let e = step(&w, &ParallelConfig { zero_stage: 4, ..base }, None).unwrap_err();
+        assert!(e.to_string().contains("workload.parallel.zero_stage"), "{e}");
+    }
+
+    #[test]
+    fn uneven_stages_slowest_sets_the_pace() {
+        // 80 layers on 6 stages: the two extra layers go to the middle stages first
+        let st = StageLayers::of(80, 6, 0).unwrap();
+        assert_eq!(st.per_stage(6).iter().sum::<u64>(), 80);
+        assert_eq!(st.per_stage(6), vec![13, 14, 14, 13, 13, 13]);
+        // Llama 3 405B: 126 layers, 16 stages, one layer fewer on the first and the last
+        let l3 = StageLayers::of(126, 16, 1).unwrap();
+        assert_eq!((l3.first, l3.last, l3.mid_max, l3.mid_min), (7, 7, 8, 8));
+        assert_eq!(l3.per_stage(16).iter().sum::<u64>(), 126);
+        let w = workload(16);
+        let even = step_breakdown(&w, &cfg(8, 4, 4, 1, Recompute::Selective), None).unwrap();
+        // pp = 5 does not divide the GPUs here; trim shifts the head's stage's layers to the others
+        let trimmed = step_breakdown(
+            &w,
+            &ParallelConfig {
+                trim_end_stages: 1,
+                ..cfg(8, 4, 4, 1, Recompute::Selective)
+            },
+            None,
+        )
+        .unwrap();
+        // a 70B layer costs more than the LM head: 21 layers on a middle stage are slower than 20 + head
+        assert!(
+            trimmed.step_time_s > even.step_time_s,
+            "{} vs {}",
+            trimmed.step_time_s,
+            even.step_time_s
+        );
+        let c = check_config(&w, &cfg(8, 4, 4, 1, Recompute::Selective)).unwrap();
+        let p = datasheet_profile(&w.cluster.gpu);
+        let costs = step_costs(
+            &w,
+            &cfg(8, 4, 4, 1, Recompute::Selective),
+            &p,
+            c,
+            &AlphaBetaNetwork::of(&w.cluster),
+        );
+        assert!((trimmed.forward_mb_s / (21.0 * costs.layer.fwd()) - 1.0).abs() < 1e-12);
+        // with a trim the slowest stage's time sets m t_max + (sum - t_max) / v
+        assert!(StageLayers::of(8, 4, 4).is_none());
+        let e = step(
+            &w,
+            &ParallelConfig {
+                trim_end_stages: 40,
+                ..cfg(8, 4, 4, 1, Recompute::Selective)
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("workload.parallel.trim_end_stages"), "{e}");
     }
 
     proptest::proptest! {
@@ -853,10 +1219,9 @@ pub(crate) mod tests {
         }
         let w = workload(16);
         let c = cfg(8, 4, 4, 1, Recompute::Selective);
-        let opts = StepOptions::default();
-        let free = step_breakdown_on(&w, &c, None, &opts, &Free).unwrap();
+        let free = step_breakdown_on(&w, &c, None, &Free).unwrap();
         assert_eq!((free.tp_comm_mb_s, free.pp_comm_mb_s, free.dp_comm_s), (0.0, 0.0, 0.0));
-        let ab = step_breakdown_on(&w, &c, None, &opts, &AlphaBetaNetwork::of(&w.cluster)).unwrap();
+        let ab = step_breakdown_on(&w, &c, None, &AlphaBetaNetwork::of(&w.cluster)).unwrap();
         assert_eq!(ab, step_breakdown(&w, &c, None).unwrap());
         assert!(ab.tp_comm_mb_s > 0.0 && ab.pp_comm_mb_s > 0.0 && ab.dp_comm_s > 0.0);
         assert_eq!(free.forward_mb_s, ab.forward_mb_s);

@@ -249,6 +249,9 @@ fn train(
         dtype: w.dtype,
         parallel: None,
         overlap_comm: true,
+        tp_comm_overlap: false,
+        attention_scores_materialized: false,
+        dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
         downtime: None,
     };
     let best = crate::search::search(&d, profile)

@@ -1,16 +1,20 @@
 //! Exhaustive search over parallel layouts of a dense training job with the step model of [`crate::dense`].
 //!
-//! Enumerated: `tp` a power of two `<= gpus_per_node` dividing the heads; `pp` dividing the layers; `dp = gpus /
-//! (tp pp)` an integer; micro-batch sizes 1, 2, 4, 8 with `dp * micro_batch` dividing the global batch; recompute
-//! none, selective, full; `zero1` on (the distributed optimizer only saves memory in this model). Layouts whose
-//! modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) are kept in the rows but cannot win.
-//! The winner is the fitting layout with the smallest step time; ties go to the earlier layout in enumeration order
-//! (tp, pp, micro-batch, recompute ascending), so the answer is the same at any thread count.
+//! Enumerated: `tp` a power of two `<= gpus_per_node` dividing the heads; with `tp > 1` sequence parallelism on and
+//! off; `cp` in 1, 2, 4, 8, 16 dividing the sequence and leaving at least [`MIN_CP_TOKENS`] tokens per rank; `pp`
+//! from 1 to the layers (not necessarily dividing them: the slowest stage sets the pace) with
+//! `dp = gpus / (tp cp pp)` an integer; with `pp > 1` interleaving with `v` in [`VIRTUAL_STAGES`] where valid;
+//! micro-batch sizes 1, 2, 4, 8 with `dp * micro_batch` dividing the global batch; recompute none, selective, full;
+//! ZeRO-1 (the distributed optimizer only saves memory in this model: ZeRO-2/3 are given, not searched), even end
+//! stages. Layouts whose modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) are kept in
+//! the rows but cannot win. The winner is the fitting layout with the smallest step time; ties go to the earlier
+//! layout in enumeration order (tp, sp, cp, pp, v, micro-batch, recompute ascending), so the answer is the same at
+//! any thread count.
 use rayon::prelude::*;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
 use trainlab_core::{DeviceProfile, Error, Workload};
 
-use crate::dense::{StepOptions, check_config, evaluate, fits_memory, outcome_of};
+use crate::dense::{check_config, evaluate, fits_memory, outcome_of};
 use crate::roofline::datasheet_profile;
 
 /// The layout space of [`candidates`] in words, for reports.
@@ -20,6 +24,13 @@ pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing 
 
 /// Micro-batch sizes tried.
 pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
+/// Interleaving degrees tried (model chunks per stage) when `pp > 1`.
+pub const VIRTUAL_STAGES: [u64; 4] = [1, 2, 4, 8];
+/// Context-parallel sizes tried.
+pub const CONTEXT_PARALLEL: [u64; 5] = [1, 2, 4, 8, 16];
+/// Fewest tokens per context-parallel rank the search tries: below this the ring's K/V exchange is not hidden by
+/// the attention it overlaps (a search heuristic, not a validity rule).
+pub const MIN_CP_TOKENS: u64 = 2048;
 /// Recompute policies tried.
 pub const RECOMPUTES: [Recompute; 3] = [Recompute::None, Recompute::Selective, Recompute::Full];
 
@@ -46,27 +57,41 @@ pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
     let m = &w.model;
     let gpus = w.cluster.gpus();
     let gpn = w.cluster.gpus_per_node as u64;
+    let seqs = crate::dense::global_sequences(w).unwrap_or(0);
     let mut out = Vec::new();
     let mut tp = 1u64;
     while tp <= gpn.max(1) {
         if m.heads.is_multiple_of(tp) && gpus.is_multiple_of(tp) {
-            for pp in 1..=m.layers {
-                if !m.layers.is_multiple_of(pp) || !(gpus / tp).is_multiple_of(pp) {
-                    continue;
-                }
-                let dp = gpus / (tp * pp);
-                for &micro_batch in &MICRO_BATCHES {
-                    for &recompute in &RECOMPUTES {
-                        let cfg = ParallelConfig {
-                            tp,
-                            pp,
-                            dp,
-                            micro_batch,
-                            recompute,
-                            zero1: true,
-                        };
-                        if check_config(w, &cfg).is_ok() {
-                            out.push(cfg);
+            for sp in if tp > 1 { &[true, false][..] } else { &[true][..] } {
+                for &cp in &CONTEXT_PARALLEL {
+                    if !m.seq_len.is_multiple_of(cp)
+                        || (cp > 1 && m.seq_len / cp < MIN_CP_TOKENS)
+                        || !(gpus / tp).is_multiple_of(cp)
+                    {
+                        continue;
+                    }
+                    for pp in 1..=m.layers {
+                        if !(gpus / (tp * cp)).is_multiple_of(pp) {
+                            continue;
+                        }
+                        let dp = gpus / (tp * cp * pp);
+                        for &v in &VIRTUAL_STAGES {
+                            if v > 1 && pp == 1 {
+                                break;
+                            }
+                            for &micro_batch in &MICRO_BATCHES {
+                                for &recompute in &RECOMPUTES {
+                                    let cfg = ParallelConfig {
+                                        cp,
+                                        virtual_stages: v,
+                                        sequence_parallel: *sp,
+                                        ..ParallelConfig::new(tp, pp, dp, micro_batch, recompute)
+                                    };
+                                    if cfg.check(m, gpus, seqs).is_ok() {
+                                        out.push(cfg);
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -94,7 +119,7 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
         .map(|cfg| {
             // check_config passed during enumeration
             let mb = check_config(w, cfg).unwrap_or(1);
-            let b = evaluate(w, cfg, p, mb, &StepOptions::default());
+            let b = evaluate(w, cfg, p, mb);
             SearchRow {
                 fits: fits_memory(w, b.memory_per_gpu_bytes),
                 outcome: outcome_of(w, &b),

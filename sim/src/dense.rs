@@ -1,27 +1,575 @@
-//! Simulated backend for dense training: the analytical step model's per-micro-batch stage times, replayed through
-//! the 1F1B pipeline event simulator ([`crate::pipeline`]).
+//! Operation-level simulator of one dense training step (backend `op_sim` of `dense_training`).
 //!
-//! The closed form charges every micro-batch slot of the slowest stage with the pipeline point-to-point time,
-//! `(m + p - 1) (f + b + 2 t_p2p)`. The simulator instead sends activations and gradients as events between
-//! stages, so transfers on the critical path are counted where they occur and overlap elsewhere. With one stage
-//! both agree to the nanosecond clock (tested); with many stages the simulator is the reference for the bubble.
-//! Stages are uniform (each runs the slowest stage's times), as in the closed form.
-use crate::pipeline::simulate_1f1b;
-use trainlab_core::workloads::{DenseOutcome, DenseTraining, Recompute};
-use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx};
-use trainlab_models::dense::{outcome_of, step_breakdown};
+//! The step is a graph of operations on streams, run on [`crate::engine::Engine`]: every pipeline stage has a
+//! compute stream, a tensor-parallel (TP) stream, a context-parallel (CP) stream, a data-parallel (DP) stream and
+//! two send streams (activations forward, gradients backward). Streams are in order; an operation starts when its
+//! stream is free and its dependencies are done. Per layer and micro-batch, forward: QKV, the attention core (with
+//! ring attention, `cp - 1` K/V steps on the CP stream, each gating one block of the core when `overlap_comm`, all
+//! before the core otherwise), the output projection, a TP collective, FFN up and down, a TP collective; backward in
+//! reverse at twice the compute (plus the recomputation of the policy; full recomputation replays the forward with
+//! its collectives). With `tp_comm_overlap` the GEMM before each TP collective and the collective are split into
+//! [`TP_OVERLAP_CHUNKS`] chunks that pipeline. The first stage runs the embedding, the last the LM head. Stages
+//! follow the GPipe, 1F1B or interleaved 1F1B order (Megatron-LM's warm-up of `2 (p - s - 1) + (v - 1) p`
+//! forwards), linked by send operations that block the sending stage until done (the closed form's exposed
+//! point-to-point time; sends overlapped with compute are not modelled), and a pass starts only
+//! after the previous pass's last collective. ZeRO-3 gathers a chunk's parameters on the DP stream before each pass
+//! (prefetched one pass ahead with `overlap_comm`). Gradients: with `overlap_comm`, buckets of `dp_bucket_bytes`
+//! are reduced on the DP stream as the last backward of each model chunk produces them; without, one reduction
+//! after the last backward. The optimizer step follows the reductions.
+//!
+//! Every duration comes from [`trainlab_models::dense::step_costs`] (the one hardware model; no formula here), so
+//! with one stage and overlap off the simulated step equals the closed form up to the clock (femtoseconds; test:
+//! relative difference below 1e-9). It is where overlap, bucket sizes, uneven stages and the exact schedule are
+//! modelled; links are not shared between streams (no contention), which is the next step (a flow-level network).
+//! Stage layers are split as evenly as possible over the `v` chunks; above [`MAX_OPS`] operations, consecutive
+//! layers are simulated as one (their durations summed), which keeps totals exact.
+use std::collections::HashMap;
+
+use crate::engine::Engine;
+use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, PipelineSchedule, Recompute};
+use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, SimTime};
+use trainlab_models::dense::{StepCosts, TP_OVERLAP_CHUNKS, check_config, outcome_of, step_breakdown, step_costs};
+use trainlab_models::hardware::{AlphaBetaNetwork, Network};
+use trainlab_models::roofline::datasheet_profile;
 use trainlab_models::search::search;
 
-/// Dense training answered by the pipeline DES (name `pipeline_des`).
+/// Most operations simulated per step; beyond it consecutive layers are merged.
+pub const MAX_OPS: usize = 3_000_000;
+
+const COMPUTE: usize = 0;
+const TP: usize = 1;
+const CP: usize = 2;
+const DP: usize = 3;
+const SEND_F: usize = 4;
+const SEND_B: usize = 5;
+const STREAMS: usize = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Compute,
+    Comm,
+    Send,
+}
+
+/// The operation graph under construction.
+struct Graph {
+    scale: f64,
+    dur: Vec<u64>,
+    kind: Vec<Kind>,
+    stage: Vec<u32>,
+    prev: Vec<u32>,
+    edges: Vec<(u32, u32)>,
+    tails: Vec<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Graph {
+    fn op(&mut self, secs: f64, stage: usize, stream: usize, deps: &[u32]) -> u32 {
+        let id = self.dur.len() as u32;
+        self.dur.push((secs.max(0.0) * self.scale).round() as u64);
+        self.kind.push(match stream {
+            COMPUTE => Kind::Compute,
+            SEND_F | SEND_B => Kind::Send,
+            _ => Kind::Comm,
+        });
+        self.stage.push(stage as u32);
+        let s = stage * STREAMS + stream;
+        let prev = self.tails[s];
+        self.prev.push(prev);
+        if prev != NONE {
+            self.edges.push((prev, id));
+        }
+        self.tails[s] = id;
+        for &d in deps {
+            if d != NONE {
+                self.edges.push((d, id));
+            }
+        }
+        id
+    }
+    fn tail(&self, stage: usize, stream: usize) -> u32 {
+        self.tails[stage * STREAMS + stream]
+    }
+}
+
+/// A pass of one model chunk of one micro-batch on one stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Pass {
+    stage: u32,
+    chunk: u32,
+    mb: u32,
+    fwd: bool,
+}
+
+/// The operation order of stage `s` (pass keys without the stage).
+fn order(cfg: &ParallelConfig, s: u64, m: u64) -> Vec<(bool, u64, u64)> {
+    let (p, v) = (cfg.pp, cfg.virtual_stages.max(1));
+    let mut out = Vec::with_capacity((2 * m * v) as usize);
+    match cfg.schedule {
+        PipelineSchedule::Gpipe => {
+            out.extend((0..m).map(|j| (true, 0, j)));
+            out.extend((0..m).map(|j| (false, 0, j)));
+        }
+        PipelineSchedule::OneFOneB => {
+            let total = m * v;
+            let warm = if v == 1 {
+                (p - s - 1).min(m)
+            } else {
+                (2 * (p - s - 1) + (v - 1) * p).min(total)
+            };
+            let f = |k: u64| (true, (k / p) % v, (k / (p * v)) * p + k % p);
+            let b = |k: u64| (false, v - 1 - (k / p) % v, (k / (p * v)) * p + k % p);
+            type Key = (bool, u64, u64);
+            let (f, b): (&dyn Fn(u64) -> Key, &dyn Fn(u64) -> Key) = if v == 1 {
+                (&|k| (true, 0, k), &|k| (false, 0, k))
+            } else {
+                (&f, &b)
+            };
+            out.extend((0..warm).map(f));
+            for i in 0..total - warm {
+                out.push(f(warm + i));
+                out.push(b(i));
+            }
+            out.extend((total - warm..total).map(b));
+        }
+    }
+    out
+}
+
+/// The result of one simulated step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpSimResult {
+    /// Step time, seconds.
+    pub step_time_s: f64,
+    /// Mean over stages of the compute stream's idle time waiting on another stage (pipeline bubble), as a fraction
+    /// of the step. It counts fill and drain and also the idle time of stages faster than the slowest one in the
+    /// steady state, so with uneven stages (embedding, LM head) it exceeds the closed form's fill-and-drain bubble.
+    pub bubble_fraction: f64,
+    /// Mean over stages of the compute stream's idle time waiting on a collective (TP, CP, DP, ZeRO-3), seconds.
+    pub exposed_comm_s: f64,
+    /// Operations simulated.
+    pub ops: usize,
+    /// Layers merged into one simulated group (1 = every layer on its own).
+    pub layers_per_group: u64,
+}
+
+struct Builder<'a> {
+    g: Graph,
+    c: &'a StepCosts,
+    net: &'a dyn Network,
+    tp_overlap: bool,
+    bucket_bytes: f64,
+    group: u64,
+}
+
+impl Builder<'_> {
+    /// A compute op of `secs` followed by a TP collective `n` times the layer's (split in chunks with TP overlap).
+    fn gemm_then_tp(&mut self, s: usize, secs: f64, k: f64, deps: &[u32]) -> u32 {
+        let l = self.c.layer;
+        if l.tp_coll == 0.0 {
+            return self.g.op(secs, s, COMPUTE, deps);
+        }
+        if self.tp_overlap {
+            let n = TP_OVERLAP_CHUNKS;
+            let mut last = NONE;
+            for i in 0..n {
+                let g = self
+                    .g
+                    .op(secs / f64::from(n), s, COMPUTE, if i == 0 { deps } else { &[] });
+                last = self.g.op(k * l.tp_coll_chunk, s, TP, &[g]);
+            }
+            last
+        } else {
+            let g = self.g.op(secs, s, COMPUTE, deps);
+            self.g.op(k * l.tp_coll, s, TP, &[g])
+        }
+    }
+
+    /// The attention core of `k` layers with its ring exchange (`mult` = 1 forward, 2 backward), after `after`.
+    fn core(&mut self, s: usize, k: f64, core: f64, mult: f64, after: u32) -> u32 {
+        let cp = self.c.config.cp;
+        if cp <= 1 {
+            return self.g.op(k * core, s, COMPUTE, &[after]);
+        }
+        let step = k * mult * self.c.layer.cp_step;
+        if self.c.overlap {
+            let block = k * core / cp as f64;
+            let mut last = self.g.op(block, s, COMPUTE, &[after]);
+            for _ in 1..cp {
+                let kv = self.g.op(step, s, CP, &[after]);
+                last = self.g.op(block, s, COMPUTE, &[kv]);
+            }
+            last
+        } else {
+            let mut kv = after;
+            for _ in 1..cp {
+                kv = self.g.op(step, s, CP, &[kv]);
+            }
+            self.g.op(k * core, s, COMPUTE, &[kv])
+        }
+    }
+
+    /// Forward of `k` layers; returns its last op.
+    fn layers_fwd(&mut self, s: usize, k: f64, first_dep: u32) -> u32 {
+        let l = self.c.layer;
+        let a = self.g.op(k * l.qkv, s, COMPUTE, &[first_dep]);
+        let c = self.core(s, k, l.core, 1.0, a);
+        let t1 = self.gemm_then_tp(s, k * l.proj, k, &[c]);
+        let up = self.g.op(k * l.up, s, COMPUTE, &[t1]);
+        self.gemm_then_tp(s, k * l.down, k, &[up])
+    }
+
+    /// Backward of `k` layers (with recomputation); returns (last op, op after which the gradients are ready).
+    fn layers_bwd(&mut self, s: usize, k: f64, first_dep: u32) -> (u32, u32) {
+        let l = self.c.layer;
+        let r = self.c.config.recompute;
+        let mut dep = first_dep;
+        if r == Recompute::Full {
+            dep = self.layers_fwd(s, k, dep);
+        }
+        let down = self.g.op(2.0 * k * l.down, s, COMPUTE, &[dep]);
+        let t1 = self.gemm_then_tp(s, 2.0 * k * l.up, k, &[down]);
+        let proj = self.g.op(2.0 * k * l.proj, s, COMPUTE, &[t1]);
+        let sel = if r == Recompute::Selective { l.core } else { 0.0 };
+        let core = self.core(s, k, 2.0 * l.core + sel, 2.0, proj);
+        let last = self.gemm_then_tp(s, 2.0 * k * l.qkv, k, &[core]);
+        (last, last)
+    }
+
+    fn dp_bucket(&mut self, s: usize, bytes: f64, after: u32) {
+        let t = self.c.dp_sync(self.net, bytes);
+        self.g.op(t, s, DP, &[after]);
+    }
+}
+
+/// Simulates one step of a checked layout with its costs; `w` gives the overlap switches and the bucket size.
+pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s: f64) -> Result<OpSimResult, Error> {
+    let cfg = c.config;
+    let (p, v, m) = (cfg.pp, cfg.virtual_stages.max(1), c.micro_batches);
+    let layers = w.model.layers;
+    let per_layer_ops = 18
+        + 6 * cfg.cp
+        + if w.tp_comm_overlap {
+            8 * u64::from(TP_OVERLAP_CHUNKS)
+        } else {
+            0
+        };
+    let est_ops = m.saturating_mul(layers).saturating_mul(per_layer_ops) + m * p * v * 6;
+    let group = est_ops.div_ceil(MAX_OPS as u64).max(1);
+    // ticks per second: femtoseconds while the step fits in u64 with margin, coarser beyond
+    let scale = if est_step_s < 4.0e3 {
+        1e15
+    } else if est_step_s < 4.0e6 {
+        1e12
+    } else {
+        1e9
+    };
+    let mut b = Builder {
+        g: Graph {
+            scale,
+            dur: Vec::new(),
+            kind: Vec::new(),
+            stage: Vec::new(),
+            prev: Vec::new(),
+            edges: Vec::new(),
+            tails: vec![NONE; p as usize * STREAMS],
+        },
+        c,
+        net,
+        tp_overlap: w.tp_comm_overlap,
+        bucket_bytes: w.dp_bucket_bytes,
+        group,
+    };
+    let per_stage = c.stages.per_stage(p);
+    let mut sends: HashMap<Pass, u32> = HashMap::new();
+    let mut wants: Vec<(Pass, u32)> = Vec::new();
+    let l = c.layer;
+    for (s, &sl) in per_stage.iter().enumerate() {
+        let chunk_layers = |ch: u64| sl / v + u64::from(ch < sl % v);
+        let ord = order(&cfg, s as u64, m);
+        // the last backward of each chunk (its gradients are final then)
+        let mut last_bwd: Vec<usize> = vec![usize::MAX; v as usize];
+        for (i, &(f, ch, _)) in ord.iter().enumerate() {
+            if !f {
+                last_bwd[ch as usize] = i;
+            }
+        }
+        let mut bucket = 0.0;
+        let mut prev_pass_first = NONE;
+        let (mut prev_pass_last, mut prev_send) = (NONE, NONE);
+        for (i, &(fwd, ch, j)) in ord.iter().enumerate() {
+            let first_stage_chunk = s == 0 && ch == 0;
+            let last_stage_chunk = s == p as usize - 1 && ch == v - 1;
+            let nl = chunk_layers(ch);
+            // input from another stage
+            let producer = if fwd {
+                if s > 0 {
+                    Some(Pass {
+                        stage: s as u32 - 1,
+                        chunk: ch as u32,
+                        mb: j as u32,
+                        fwd,
+                    })
+                } else if ch > 0 {
+                    Some(Pass {
+                        stage: p as u32 - 1,
+                        chunk: ch as u32 - 1,
+                        mb: j as u32,
+                        fwd,
+                    })
+                } else {
+                    None
+                }
+            } else if s < p as usize - 1 {
+                Some(Pass {
+                    stage: s as u32 + 1,
+                    chunk: ch as u32,
+                    mb: j as u32,
+                    fwd,
+                })
+            } else if ch < v - 1 {
+                Some(Pass {
+                    stage: 0,
+                    chunk: ch as u32 + 1,
+                    mb: j as u32,
+                    fwd,
+                })
+            } else {
+                None
+            };
+            // ZeRO-3: gather this chunk's parameters first
+            let params = nl as f64 * c.layer_params
+                + c.emb_params * f64::from(u8::from(first_stage_chunk) + u8::from(last_stage_chunk));
+            let ag = c.zero3_gather(net, params * c.elem_bytes);
+            let gate = if ag > 0.0 {
+                let after = if c.overlap {
+                    prev_pass_first
+                } else {
+                    b.g.tail(s, COMPUTE)
+                };
+                b.g.op(ag, s, DP, &[after])
+            } else {
+                NONE
+            };
+            // a zero-time entry op carries the pass's external dependencies: the previous pass's last collective
+            // and its send (point-to-point transfers block the sender, as the closed form charges them)
+            let entry = b.g.op(0.0, s, COMPUTE, &[gate, prev_pass_last, prev_send]);
+            prev_pass_first = entry;
+            if let Some(pk) = producer {
+                wants.push((pk, entry));
+            }
+            let collect = !fwd && c.overlap && last_bwd[ch as usize] == i;
+            let mut last = entry;
+            let groups: Vec<u64> = {
+                let mut v = Vec::new();
+                let mut left = nl;
+                while left > 0 {
+                    let k = left.min(b.group);
+                    v.push(k);
+                    left -= k;
+                }
+                v
+            };
+            if fwd {
+                if first_stage_chunk {
+                    last = b.gemm_then_tp(s, c.emb_fwd, 1.0, &[last]);
+                }
+                for &k in &groups {
+                    last = b.layers_fwd(s, k as f64, last);
+                }
+                if last_stage_chunk {
+                    last = b.g.op(c.head_fwd, s, COMPUTE, &[last]);
+                }
+            } else {
+                if last_stage_chunk {
+                    last = b.gemm_then_tp(s, 2.0 * c.head_fwd, 1.0, &[last]);
+                    if collect {
+                        bucket += c.emb_params * c.elem_bytes;
+                    }
+                }
+                for &k in groups.iter().rev() {
+                    let (end, grads) = b.layers_bwd(s, k as f64, last);
+                    last = end;
+                    if collect {
+                        bucket += k as f64 * l.grad_bytes;
+                        if bucket >= b.bucket_bytes {
+                            b.dp_bucket(s, bucket, grads);
+                            bucket = 0.0;
+                        }
+                    }
+                }
+                if first_stage_chunk {
+                    last = b.g.op(2.0 * c.emb_fwd, s, COMPUTE, &[last]);
+                    if collect {
+                        bucket += c.emb_params * c.elem_bytes;
+                    }
+                }
+            }
+            // hand the output to the consumer stage
+            let has_consumer = if fwd { !last_stage_chunk } else { !first_stage_chunk };
+            prev_pass_last = last;
+            prev_send = NONE;
+            if has_consumer && p > 1 {
+                let send = b.g.op(c.p2p, s, if fwd { SEND_F } else { SEND_B }, &[last]);
+                prev_send = send;
+                sends.insert(
+                    Pass {
+                        stage: s as u32,
+                        chunk: ch as u32,
+                        mb: j as u32,
+                        fwd,
+                    },
+                    send,
+                );
+            }
+        }
+        let tail = b.g.op(0.0, s, COMPUTE, &[prev_pass_last, prev_send]);
+        let stage_params = c.stage_params(sl, s == 0, s == p as usize - 1);
+        if c.overlap {
+            if bucket > 0.0 {
+                b.dp_bucket(s, bucket, tail);
+            }
+        } else {
+            b.dp_bucket(s, stage_params * c.elem_bytes, tail);
+        }
+        let dp_tail = b.g.tail(s, DP);
+        b.g.op(c.optimizer(stage_params), s, COMPUTE, &[dp_tail]);
+    }
+    let mut g = b.g;
+    for (pk, consumer) in wants {
+        let Some(&send) = sends.get(&pk) else {
+            return Err(Error::Backend(format!("op_sim: no send for {pk:?} (a schedule bug)")));
+        };
+        g.edges.push((send, consumer));
+    }
+    run(&g, p as usize, group)
+}
+
+fn run(g: &Graph, stages: usize, group: u64) -> Result<OpSimResult, Error> {
+    let n = g.dur.len();
+    let mut pending = vec![0u32; n];
+    let mut offsets = vec![0usize; n + 1];
+    for &(a, b) in &g.edges {
+        pending[b as usize] += 1;
+        offsets[a as usize + 1] += 1;
+    }
+    for i in 0..n {
+        offsets[i + 1] += offsets[i];
+    }
+    let mut succ = vec![0u32; g.edges.len()];
+    let mut fill = offsets.clone();
+    for &(a, b) in &g.edges {
+        succ[fill[a as usize]] = b;
+        fill[a as usize] += 1;
+    }
+    let mut start = vec![0u64; n];
+    let mut finish = vec![0u64; n];
+    let mut trigger = vec![NONE; n];
+    let mut eng: Engine<u32> = Engine::with_capacity(1024);
+    for (i, _) in pending.iter().enumerate().filter(|(_, n)| **n == 0) {
+        eng.schedule_at(SimTime(g.dur[i]), i as u32);
+    }
+    let mut done = 0usize;
+    while let Some((t, id)) = eng.step() {
+        let id = id as usize;
+        finish[id] = t.0;
+        done += 1;
+        for &s in &succ[offsets[id]..offsets[id + 1]] {
+            let s = s as usize;
+            pending[s] -= 1;
+            if pending[s] == 0 {
+                start[s] = t.0;
+                trigger[s] = id as u32;
+                eng.schedule_at(SimTime(t.0 + g.dur[s]), s as u32);
+            }
+        }
+    }
+    if done != n {
+        return Err(Error::Backend(format!(
+            "op_sim: {} of {n} operations never ran (a schedule bug)",
+            n - done
+        )));
+    }
+    let end = finish.iter().copied().max().unwrap_or(0);
+    let mut bubble = vec![0u64; stages];
+    let mut comm = vec![0u64; stages];
+    let mut last_end = vec![0u64; stages];
+    for i in 0..n {
+        if g.kind[i] != Kind::Compute {
+            continue;
+        }
+        let s = g.stage[i] as usize;
+        let prev_end = if g.prev[i] == NONE {
+            0
+        } else {
+            finish[g.prev[i] as usize]
+        };
+        last_end[s] = last_end[s].max(finish[i]);
+        let gap = start[i].saturating_sub(prev_end);
+        if gap == 0 {
+            continue;
+        }
+        let t = trigger[i];
+        let by_comm = t != NONE && g.kind[t as usize] != Kind::Compute && g.stage[t as usize] as usize == s;
+        if by_comm {
+            comm[s] += gap;
+        } else {
+            bubble[s] += gap;
+        }
+    }
+    for s in 0..stages {
+        bubble[s] += end - last_end[s];
+    }
+    let secs = |x: u64| x as f64 / g.scale;
+    let step = secs(end);
+    Ok(OpSimResult {
+        step_time_s: step,
+        bubble_fraction: if end > 0 {
+            bubble.iter().map(|&x| secs(x)).sum::<f64>() / stages as f64 / step
+        } else {
+            0.0
+        },
+        exposed_comm_s: comm.iter().map(|&x| secs(x)).sum::<f64>() / stages as f64,
+        ops: n,
+        layers_per_group: group,
+    })
+}
+
+/// Dense training answered by the operation-level simulator (name `op_sim`); a workload without a layout is
+/// simulated at the layout the analytical search picks.
 #[derive(Debug, Clone, Default)]
-pub struct DensePipelineSim {
+pub struct DenseOpSim {
     /// A calibrated device profile; `None` uses the GPU's datasheet profile.
     pub profile: Option<DeviceProfile>,
 }
 
-impl Backend<DenseTraining> for DensePipelineSim {
+impl DenseOpSim {
+    /// The simulated step of `w` at layout `cfg`, with the closed form's breakdown it was built from.
+    pub fn simulate(
+        &self,
+        w: &DenseTraining,
+        cfg: &ParallelConfig,
+    ) -> Result<(OpSimResult, trainlab_models::dense::StepBreakdown), Error> {
+        let b = step_breakdown(w, cfg, self.profile.as_ref())?;
+        let mb = check_config(w, cfg)?;
+        let owned;
+        let p = match &self.profile {
+            Some(p) => p,
+            None => {
+                owned = datasheet_profile(&w.cluster.gpu);
+                &owned
+            }
+        };
+        let net = AlphaBetaNetwork::of(&w.cluster);
+        let costs = step_costs(w, cfg, p, mb, &net);
+        Ok((simulate(w, &costs, &net, b.step_time_s)?, b))
+    }
+}
+
+impl Backend<DenseTraining> for DenseOpSim {
     fn name(&self) -> &str {
-        "pipeline_des"
+        "op_sim"
     }
     fn fidelity(&self) -> Fidelity {
         Fidelity::Simulated
@@ -31,32 +579,27 @@ impl Backend<DenseTraining> for DensePipelineSim {
             Some(c) => c,
             None => search(w, self.profile.as_ref())?.best.config,
         };
-        let b = step_breakdown(w, &cfg, self.profile.as_ref())?;
-        // Tensor-parallel all-reduces: 2 in the forward, the rest (2, or 4 with full recomputation) in the backward.
-        let n_ar = if cfg.recompute == Recompute::Full { 6.0 } else { 4.0 };
-        let f = b.forward_mb_s + b.tp_comm_mb_s * 2.0 / n_ar;
-        let bw = b.backward_mb_s + b.tp_comm_mb_s * (n_ar - 2.0) / n_ar;
-        let p = cfg.pp as usize;
-        let m = b.micro_batches as usize;
-        let p2p = b.pp_comm_mb_s / 2.0;
-        let sim = simulate_1f1b(p, m, &vec![f; p], &vec![bw; p], p2p)?;
-        let step = sim.step_time_s + b.dp_exposed_s + b.optimizer_s;
+        let (sim, b) = self.simulate(w, &cfg)?;
         let mut sb = b.clone();
-        sb.step_time_s = step;
+        sb.step_time_s = sim.step_time_s;
         sb.bubble_fraction = sim.bubble_fraction;
-        sb.mfu = b.mfu * b.step_time_s / step;
-        Ok(outcome_of(w, &sb))
+        sb.mfu = b.mfu * b.step_time_s / sim.step_time_s;
+        let mut o = outcome_of(w, &sb);
+        o.exposed_comm_s = sim.exposed_comm_s;
+        // The simulated timeline overlaps streams: the closed form's partition of the step does not hold for it.
+        o.split = None;
+        Ok(o)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trainlab_core::workloads::{ParallelConfig, TransformerSpec};
+    use trainlab_core::workloads::TransformerSpec;
     use trainlab_core::{ClusterSpec, Dtype, GpuSpec, LinkSpec, Seed};
     use trainlab_models::dense::DenseAnalytical;
 
-    fn workload(pp: u64, dp: u64) -> DenseTraining {
+    pub(crate) fn workload(tp: u64, pp: u64, dp: u64) -> DenseTraining {
         let gpu = GpuSpec {
             name: "h100-sxm".into(),
             memory_bytes: 80 << 30,
@@ -82,7 +625,7 @@ mod tests {
             cluster: ClusterSpec {
                 gpu,
                 gpus_per_node: 8,
-                nodes: (8 * pp * dp / 8) as u32,
+                nodes: (tp * pp * dp).div_ceil(8) as u32,
                 intra: LinkSpec {
                     bandwidth_bytes_per_s: 450e9,
                     latency_s: 3e-6,
@@ -95,52 +638,129 @@ mod tests {
             global_batch_tokens: 4096 * 256,
             train_tokens: 1e12,
             dtype: Dtype::Bf16,
-            parallel: Some(ParallelConfig {
-                tp: 8,
-                pp,
-                dp,
-                micro_batch: 1,
-                recompute: Recompute::Selective,
-                zero1: true,
-            }),
+            parallel: Some(ParallelConfig::new(tp, pp, dp, 1, Recompute::Selective)),
             overlap_comm: true,
+            tp_comm_overlap: false,
+            attention_scores_materialized: false,
+            dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
             downtime: None,
         }
     }
 
-    #[test]
-    fn one_stage_agrees_exactly_with_the_closed_form() {
-        let w = workload(1, 4);
-        let mut ctx = RunCtx::new(Seed(1));
-        let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
-        let s = DensePipelineSim::default().run(&w, &mut ctx).unwrap();
-        // Equal up to the simulator's integer-nanosecond clock: at most 1 ns rounding per event.
-        let m = 256.0;
-        assert!(
-            (a.step_time_s - s.step_time_s).abs() <= 2.0 * m * 1e-9,
-            "{a:?} vs {s:?}"
-        );
+    fn rel(a: f64, b: f64) -> f64 {
+        (a / b - 1.0).abs()
     }
 
+    /// One stage, overlap off: the simulated step is the closed form (every op's duration is a closed-form term).
     #[test]
-    fn many_stages_agree_within_the_p2p_accounting() {
-        let w = workload(4, 2);
+    fn one_stage_without_overlap_is_the_closed_form() {
+        for (rc, cp, zero) in [
+            (Recompute::Selective, 1, 1),
+            (Recompute::Full, 2, 1),
+            (Recompute::None, 1, 3),
+            (Recompute::Selective, 4, 0),
+        ] {
+            let mut w = workload(8, 1, 4);
+            w.overlap_comm = false;
+            let mut cfg = ParallelConfig::new(8, 1, 4 / cp, 1, rc);
+            cfg.cp = cp;
+            cfg.zero_stage = zero;
+            w.parallel = Some(cfg);
+            let mut ctx = RunCtx::new(Seed(1));
+            let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
+            let s = DenseOpSim::default().run(&w, &mut ctx).unwrap();
+            let d = rel(s.step_time_s, a.step_time_s);
+            assert!(d < 1e-9, "{cfg:?}: {} vs {} ({d:e})", s.step_time_s, a.step_time_s);
+            assert!(
+                rel(s.exposed_comm_s, a.exposed_comm_s) < 1e-9,
+                "{} vs {}",
+                s.exposed_comm_s,
+                a.exposed_comm_s
+            );
+        }
+    }
+
+    /// Overlap only hides: DP buckets, ring exchange and TP chunks never make a step slower than without them.
+    #[test]
+    fn overlap_hides_communication() {
+        let mut w = workload(8, 1, 4);
+        let mut cfg = ParallelConfig::new(8, 1, 2, 1, Recompute::Selective);
+        cfg.cp = 2;
+        w.parallel = Some(cfg);
+        w.overlap_comm = false;
+        let sim = DenseOpSim::default();
+        let (off, _) = sim.simulate(&w, &cfg).unwrap();
+        w.overlap_comm = true;
+        let (on, _) = sim.simulate(&w, &cfg).unwrap();
+        w.tp_comm_overlap = true;
+        let (tp_on, _) = sim.simulate(&w, &cfg).unwrap();
+        assert!(on.step_time_s < off.step_time_s, "{on:?} {off:?}");
+        assert!(tp_on.step_time_s < on.step_time_s, "{tp_on:?} {on:?}");
+        assert!(on.exposed_comm_s < off.exposed_comm_s);
+    }
+
+    /// Many stages: 1F1B, GPipe and interleaved schedules all run every operation; interleaving shrinks the
+    /// bubble; the simulated step lies within 1% of the closed form's (measured: 0.2-0.5% below it, the closed
+    /// form's fill and drain charge every stage's whole micro-batch time, sends included).
+    #[test]
+    fn pipeline_schedules() {
+        let w = workload(8, 4, 2);
+        let sim = DenseOpSim::default();
+        let base = ParallelConfig::new(8, 4, 2, 1, Recompute::Selective);
         let mut ctx = RunCtx::new(Seed(1));
-        let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
-        let s = DensePipelineSim::default().run(&w, &mut ctx).unwrap();
-        // The DES only pays transfers on the critical path, so it is never slower, and the gap is small.
+        let (one, b) = sim.simulate(&w, &base).unwrap();
         assert!(
-            s.step_time_s <= a.step_time_s * (1.0 + 1e-9),
-            "{} > {}",
-            s.step_time_s,
-            a.step_time_s
+            rel(one.step_time_s, b.step_time_s) < 0.01,
+            "{} vs {}",
+            one.step_time_s,
+            b.step_time_s
         );
+        let gpipe = ParallelConfig {
+            schedule: PipelineSchedule::Gpipe,
+            ..base
+        };
+        let (gp, _) = sim.simulate(&w, &gpipe).unwrap();
+        assert!(rel(gp.step_time_s, one.step_time_s) < 0.01);
+        let inter = ParallelConfig {
+            virtual_stages: 2,
+            ..base
+        };
+        let (iv, bi) = sim.simulate(&w, &inter).unwrap();
+        assert!(iv.bubble_fraction < one.bubble_fraction, "{iv:?} {one:?}");
         assert!(
-            s.step_time_s >= 0.95 * a.step_time_s,
+            rel(iv.step_time_s, bi.step_time_s) < 0.01,
+            "{} vs {}",
+            iv.step_time_s,
+            bi.step_time_s
+        );
+        // uneven stages: 32 layers on 3 stages
+        let mut w3 = workload(8, 3, 1);
+        w3.global_batch_tokens = 4096 * 96;
+        let uneven = ParallelConfig::new(8, 3, 1, 1, Recompute::Selective);
+        w3.parallel = Some(uneven);
+        let a = DenseAnalytical { profile: None }.run(&w3, &mut ctx).unwrap();
+        let s = DenseOpSim::default().run(&w3, &mut ctx).unwrap();
+        assert!(
+            rel(s.step_time_s, a.step_time_s) < 0.01,
             "{} vs {}",
             s.step_time_s,
             a.step_time_s
         );
-        assert!((s.bubble_fraction - a.bubble_fraction).abs() < 0.02);
+    }
+
+    #[test]
+    fn schedule_orders_hold_every_pass_once() {
+        for (p, v, m) in [(4u64, 1u64, 8u64), (4, 2, 8), (3, 3, 6), (2, 1, 1)] {
+            let mut cfg = ParallelConfig::new(1, p, 1, 1, Recompute::None);
+            cfg.virtual_stages = v;
+            for s in 0..p {
+                let o = order(&cfg, s, m);
+                assert_eq!(o.len() as u64, 2 * m * v);
+                let mut seen = std::collections::HashSet::new();
+                for x in &o {
+                    assert!(seen.insert(*x), "{x:?} twice");
+                }
+            }
+        }
     }
 }

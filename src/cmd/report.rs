@@ -61,7 +61,8 @@ pub fn write_outputs(
     let how = if m.form == "plan" {
         "Each case is answered by the analytical step model's search over layouts; the table shows the fastest \
          layout that fits in memory, where its step time goes (shares of the step: compute, pipeline bubble, \
-         tensor-parallel, pipeline and data-parallel communication not hidden, optimizer) and its bottleneck: the \
+         tensor-parallel, pipeline, context-parallel or ZeRO-3 and data-parallel communication not hidden, optimizer) \
+         and its bottleneck: the \
          largest cause after compute, or compute when every other cause is under 10% of the step."
             .to_string()
     } else {

@@ -1,5 +1,5 @@
-//! The `dense_training` kind: a dense transformer trained on a GPU cluster (step model and layout search, 1F1B
-//! pipeline DES). Reads a `device` profile measured on a GPU (`calibrate --backend cuda`).
+//! The `dense_training` kind: a dense transformer trained on a GPU cluster (step model and layout search, operation-level
+//! step simulator). Reads a `device` profile measured on a GPU (`calibrate --backend cuda`).
 use super::micro::device_profile;
 use super::{KindDef, Opts};
 use crate::calibration::Device;
@@ -35,7 +35,7 @@ fn backends(o: &Opts) -> Result<super::Backends<DenseTraining>, Error> {
         Box::new(trainlab_models::dense::DenseAnalytical {
             profile: profile.clone(),
         }),
-        Box::new(trainlab_sim::dense::DensePipelineSim { profile }),
+        Box::new(trainlab_sim::dense::DenseOpSim { profile }),
     ])
 }
 
@@ -43,12 +43,12 @@ fn backends(o: &Opts) -> Result<super::Backends<DenseTraining>, Error> {
 pub static KIND: KindDef<DenseTraining> = KindDef {
     about: "a dense transformer trained on a GPU cluster: layout, step time, MFU, memory, days",
     reads: &["device"],
-    reference: &["pipeline_des", "analytical"],
+    reference: &["op_sim", "analytical"],
     headline: &["step_time", "mfu", "train_days", "gpu_hours"],
     backends,
     describe: |w| format!("{} GPUs", w.cluster.gpus()),
     profiled: |o, _| match gpu_profile(o) {
-        Ok(Some(_)) => vec![("analytical", "device".into()), ("pipeline_des", "device".into())],
+        Ok(Some(_)) => vec![("analytical", "device".into()), ("op_sim", "device".into())],
         _ => vec![],
     },
     calibration: None,

@@ -137,13 +137,28 @@ impl Recompute {
     }
 }
 
-/// A parallel layout: tensor x pipeline x data parallelism, micro-batch size and recomputation.
+/// Pipeline schedule of the micro-batches within a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineSchedule {
+    /// PipeDream-Flush / 1F1B (Narayanan et al. SC'21, sec. 2.2.1); interleaved when `virtual_stages > 1`
+    /// (sec. 2.2.2). Stage `s` holds at most `p - s` micro-batches' activations.
+    #[default]
+    #[serde(rename = "1f1b")]
+    OneFOneB,
+    /// GPipe (Huang et al. 2019): all forwards, then all backwards; every micro-batch's activations are held.
+    Gpipe,
+}
+
+/// A parallel layout: tensor x context x pipeline x data parallelism, micro-batch size, recomputation and the
+/// schedule. Every field after `micro_batch` has a default that is the plain Megatron-LM layout (no context
+/// parallelism, plain 1F1B, sequence parallelism on, distributed optimizer), none of them a model variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct ParallelConfig {
     /// Tensor-parallel degree (within a node).
     pub tp: u64,
-    /// Pipeline stages.
+    /// Pipeline stages. Need not divide the layers: stages then differ by one layer and the slowest sets the pace.
     pub pp: u64,
     /// Data-parallel replicas.
     pub dp: u64,
@@ -152,20 +167,308 @@ pub struct ParallelConfig {
     /// Recomputation policy.
     #[serde(default)]
     pub recompute: Recompute,
-    /// Shard optimizer state across data-parallel ranks (ZeRO-1 / distributed optimizer).
+    /// Context-parallel degree (ring attention: each rank holds `seq_len / cp` tokens of every sequence and passes
+    /// its keys and values around the ring). Must divide `seq_len`. GPUs = tp * cp * pp * dp.
+    #[serde(default = "one")]
+    pub cp: u64,
+    /// Model chunks per pipeline stage (interleaved 1F1B, Narayanan et al. SC'21 sec. 2.2.2): the bubble is divided
+    /// by it, pipeline point-to-point traffic multiplied by it. 1 = plain 1F1B.
+    #[serde(default = "one")]
+    pub virtual_stages: u64,
+    /// Sequence parallelism (Korthikanti et al. 2022): norms and dropout split over the tensor-parallel ranks
+    /// along the sequence, all-reduces become reduce-scatter + all-gather (same bytes). Only matters when tp > 1.
     #[serde(default = "yes")]
-    pub zero1: bool,
+    pub sequence_parallel: bool,
+    /// ZeRO stage over the data-parallel (x context-parallel) ranks: 0 none, 1 optimizer states (Megatron's
+    /// distributed optimizer), 2 + gradients, 3 + parameters (FSDP), which are all-gathered for every forward and
+    /// backward.
+    #[serde(default = "one_u8")]
+    pub zero_stage: u8,
+    /// Layers taken off each of the first and the last pipeline stage (which also carry the embedding and the LM
+    /// head) and spread over the others: Llama 3 405B removed one from each (Dubey et al. 2024, sec. 3.3.2).
+    #[serde(default)]
+    pub trim_end_stages: u64,
+    /// The pipeline schedule.
+    #[serde(default)]
+    pub schedule: PipelineSchedule,
+}
+
+fn one() -> u64 {
+    1
+}
+fn one_u8() -> u8 {
+    1
 }
 
 impl ParallelConfig {
-    /// Label like `tp8-pp4-dp32-mb1-sel`.
+    /// A plain layout: no context parallelism, plain 1F1B, sequence parallelism, ZeRO-1, even stages.
+    pub fn new(tp: u64, pp: u64, dp: u64, micro_batch: u64, recompute: Recompute) -> ParallelConfig {
+        ParallelConfig {
+            tp,
+            pp,
+            dp,
+            micro_batch,
+            recompute,
+            cp: 1,
+            virtual_stages: 1,
+            sequence_parallel: true,
+            zero_stage: 1,
+            trim_end_stages: 0,
+            schedule: PipelineSchedule::OneFOneB,
+        }
+    }
+
+    /// Label like `tp8-pp4-dp32-mb1-sel`, with `-cp2`, `-v3`, `-nosp`, `-z3`, `-trim1`, `-gpipe` when not the
+    /// defaults.
     pub fn label(&self) -> String {
         let r = match self.recompute {
             Recompute::None => "none",
             Recompute::Selective => "sel",
             Recompute::Full => "full",
         };
-        format!("tp{}-pp{}-dp{}-mb{}-{r}", self.tp, self.pp, self.dp, self.micro_batch)
+        let mut s = format!("tp{}-pp{}-dp{}-mb{}-{r}", self.tp, self.pp, self.dp, self.micro_batch);
+        if self.cp != 1 {
+            s += &format!("-cp{}", self.cp);
+        }
+        if self.virtual_stages != 1 {
+            s += &format!("-v{}", self.virtual_stages);
+        }
+        if !self.sequence_parallel && self.tp > 1 {
+            s += "-nosp";
+        }
+        if self.zero_stage != 1 {
+            s += &format!("-z{}", self.zero_stage);
+        }
+        if self.trim_end_stages != 0 {
+            s += &format!("-trim{}", self.trim_end_stages);
+        }
+        if self.schedule == PipelineSchedule::Gpipe {
+            s += "-gpipe";
+        }
+        s
+    }
+
+    /// Checks the layout against a model, a cluster of `gpus` GPUs and a global batch of `sequences` sequences, naming
+    /// the field under `workload.parallel` (the checks of [`DenseTraining::validate`] and of every searched layout).
+    /// Returns the micro-batches per replica per step.
+    pub fn check(&self, model: &TransformerSpec, gpus: u64, sequences: u64) -> Result<u64, Error> {
+        for (name, v) in [("tp", self.tp), ("cp", self.cp), ("pp", self.pp), ("dp", self.dp)] {
+            let field = format!("workload.parallel.{name}");
+            check::at_least(&field, v, 1)?;
+            check::at_most(&field, v, gpus, "the cluster has no more GPUs")?;
+        }
+        check::at_least("workload.parallel.micro_batch", self.micro_batch, 1)?;
+        check::at_most(
+            "workload.parallel.micro_batch",
+            self.micro_batch,
+            sequences,
+            "the global batch has no more sequences",
+        )?;
+        // Each factor is at most MAX_GPUS (2^20); checked products keep absurd combinations from overflowing.
+        let used = self
+            .tp
+            .checked_mul(self.cp)
+            .and_then(|x| x.checked_mul(self.pp))
+            .and_then(|x| x.checked_mul(self.dp));
+        if used != Some(gpus) {
+            return Err(Error::invalid(
+                "workload.parallel",
+                self.label(),
+                format!(
+                    "tp*cp*pp*dp = {} but the cluster has {gpus} GPUs",
+                    used.map_or("more than 2^64".to_string(), |u| u.to_string())
+                ),
+                "make tp*cp*pp*dp equal nodes*gpus_per_node",
+            ));
+        }
+        if !model.seq_len.is_multiple_of(self.cp) {
+            return Err(Error::invalid(
+                "workload.parallel.cp",
+                self.cp,
+                format!("does not divide seq_len = {}", model.seq_len),
+                "choose a context-parallel size dividing the sequence length",
+            ));
+        }
+        if self.zero_stage > 3 {
+            return Err(Error::invalid(
+                "workload.parallel.zero_stage",
+                self.zero_stage,
+                "ZeRO has stages 0 to 3",
+                "use 0 (none), 1 (optimizer states), 2 (+ gradients) or 3 (+ parameters, FSDP)",
+            ));
+        }
+        check::at_most(
+            "workload.parallel.pp",
+            self.pp,
+            model.layers,
+            "a stage needs at least one layer",
+        )?;
+        let Some(st) = StageLayers::of(model.layers, self.pp, self.trim_end_stages) else {
+            return Err(Error::invalid(
+                "workload.parallel.trim_end_stages",
+                self.trim_end_stages,
+                format!(
+                    "leaves the first or last of {} stages without a layer ({} layers), or trims one stage",
+                    self.pp, model.layers
+                ),
+                "use a smaller trim, or 0 with pp = 1",
+            ));
+        };
+        check::at_least("workload.parallel.virtual_stages", self.virtual_stages, 1)?;
+        if self.virtual_stages > 1 {
+            if self.schedule == PipelineSchedule::Gpipe {
+                return Err(Error::invalid(
+                    "workload.parallel.virtual_stages",
+                    self.virtual_stages,
+                    "interleaving is a 1F1B schedule",
+                    "use schedule = \"1f1b\" or virtual_stages = 1",
+                ));
+            }
+            if self.pp == 1 {
+                return Err(Error::invalid(
+                    "workload.parallel.virtual_stages",
+                    self.virtual_stages,
+                    "interleaving needs more than one pipeline stage",
+                    "use virtual_stages = 1 with pp = 1",
+                ));
+            }
+            let even = st.even(self.pp);
+            if (even && !st.first.is_multiple_of(self.virtual_stages)) || self.virtual_stages > st.min(self.pp) {
+                return Err(Error::invalid(
+                    "workload.parallel.virtual_stages",
+                    self.virtual_stages,
+                    if even {
+                        format!("does not divide the {} layers per stage", st.first)
+                    } else {
+                        format!(
+                            "more model chunks than the {} layers of the smallest stage",
+                            st.min(self.pp)
+                        )
+                    },
+                    "choose virtual_stages dividing layers / pp",
+                ));
+            }
+        }
+        if !model.heads.is_multiple_of(self.tp) {
+            return Err(Error::invalid(
+                "workload.parallel.tp",
+                self.tp,
+                format!("does not divide heads = {}", model.heads),
+                "choose tp dividing the number of attention heads",
+            ));
+        }
+        // dp and micro_batch are at most 2^20 each (checked above): the product cannot overflow.
+        if !sequences.is_multiple_of(self.dp * self.micro_batch) {
+            return Err(Error::invalid(
+                "workload.parallel.micro_batch",
+                self.micro_batch,
+                format!(
+                    "dp * micro_batch = {} does not divide the global batch of {sequences} sequences",
+                    self.dp * self.micro_batch
+                ),
+                "choose dp and micro_batch so that their product divides the global batch",
+            ));
+        }
+        let micro_batches = sequences / (self.dp * self.micro_batch);
+        if self.virtual_stages > 1 && !micro_batches.is_multiple_of(self.pp) {
+            return Err(Error::invalid(
+                "workload.parallel.virtual_stages",
+                self.virtual_stages,
+                format!(
+                    "the interleaved schedule needs the {micro_batches} micro-batches per replica to be a multiple of \
+                     pp = {}",
+                    self.pp
+                ),
+                "use virtual_stages = 1, or a batch, dp and micro_batch giving a multiple of pp micro-batches",
+            ));
+        }
+        Ok(micro_batches)
+    }
+
+    /// Whether sequence parallelism is in effect (asked for and tp > 1).
+    pub fn sp(&self) -> bool {
+        self.sequence_parallel && self.tp > 1
+    }
+}
+
+/// How the layers of a model lie on the pipeline stages: the first and the last stage, and the most and fewest on a
+/// middle stage. Layers are spread evenly over `pp` slots after adding `2 trim` (so the first and the last stage
+/// can give `trim` each back); extra layers go to the middle stages first, then to the first stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageLayers {
+    /// Layers of the first stage (which also holds the embedding).
+    pub first: u64,
+    /// Layers of the last stage (which also holds the LM head); equal to `first` when `pp = 1`.
+    pub last: u64,
+    /// Most layers on a middle stage (0 when `pp <= 2`).
+    pub mid_max: u64,
+    /// Fewest layers on a middle stage (0 when `pp <= 2`).
+    pub mid_min: u64,
+    /// Middle stages holding `mid_max` layers.
+    pub n_mid_max: u64,
+}
+
+impl StageLayers {
+    /// The split of `layers` over `pp` stages with `trim` layers fewer on each end stage; `None` when an end stage
+    /// would be left without a layer (or `trim > 0` with one stage).
+    pub fn of(layers: u64, pp: u64, trim: u64) -> Option<StageLayers> {
+        if pp == 0 || pp > layers {
+            return None;
+        }
+        if pp == 1 {
+            return (trim == 0).then_some(StageLayers {
+                first: layers,
+                last: layers,
+                mid_max: 0,
+                mid_min: 0,
+                n_mid_max: 0,
+            });
+        }
+        let total = layers.checked_add(trim.checked_mul(2)?)?;
+        let (base, rem) = (total / pp, total % pp);
+        let mids = pp - 2;
+        let extra_mid = rem.min(mids);
+        let first = (base + u64::from(rem > extra_mid)).checked_sub(trim)?;
+        let last = base.checked_sub(trim)?;
+        if first == 0 || last == 0 {
+            return None;
+        }
+        let (mid_max, mid_min) = if mids == 0 {
+            (0, 0)
+        } else {
+            (base + u64::from(extra_mid > 0), base + u64::from(extra_mid == mids))
+        };
+        Some(StageLayers {
+            first,
+            last,
+            mid_max,
+            mid_min,
+            n_mid_max: if extra_mid > 0 { extra_mid } else { mids },
+        })
+    }
+
+    /// Layers of each stage, first to last.
+    pub fn per_stage(&self, pp: u64) -> Vec<u64> {
+        if pp == 1 {
+            return vec![self.first];
+        }
+        let mut v = vec![self.first];
+        for i in 0..pp - 2 {
+            v.push(if i < self.n_mid_max { self.mid_max } else { self.mid_min });
+        }
+        v.push(self.last);
+        v
+    }
+
+    /// The fewest layers on any stage.
+    pub fn min(&self, pp: u64) -> u64 {
+        let ends = self.first.min(self.last);
+        if pp > 2 { ends.min(self.mid_min) } else { ends }
+    }
+
+    /// Whether every stage holds the same number of layers.
+    pub fn even(&self, pp: u64) -> bool {
+        self.first == self.last && (pp <= 2 || (self.mid_max == self.first && self.mid_min == self.first))
     }
 }
 
@@ -187,9 +490,25 @@ pub struct DenseTraining {
     /// A fixed layout; `None` searches for the fastest that fits.
     #[serde(default)]
     pub parallel: Option<ParallelConfig>,
-    /// Overlap data-parallel gradient communication with the backward pass.
+    /// Overlap communication with compute where the schedule allows it: data-parallel gradient buckets with the
+    /// backward pass, ring-attention key/value exchange with attention, ZeRO-3 parameter gathers with the previous
+    /// pass. Off: every such transfer waits and is waited for.
     #[serde(default = "yes")]
     pub overlap_comm: bool,
+    /// Overlap tensor-parallel collectives with the GEMMs that produce them by splitting both into chunks
+    /// (Megatron-Core's `tp_comm_overlap`); modelled by the operation-level simulator only: the closed form charges
+    /// every tensor-parallel collective in full.
+    #[serde(default)]
+    pub tp_comm_overlap: bool,
+    /// Attention scores are materialised in memory (pre-FlashAttention kernels, e.g. Megatron-LM in 2021): the
+    /// `5as/h sbh` bytes of scores, softmax and dropout mask are streamed like the other activations. Off: fused
+    /// attention.
+    #[serde(default)]
+    pub attention_scores_materialized: bool,
+    /// Bytes of gradients per data-parallel reduction bucket (the operation-level simulator launches a bucket's
+    /// reduction once the backward has produced it). Default 25 MiB, PyTorch DDP's `bucket_cap_mb = 25`.
+    #[serde(default = "default_bucket")]
+    pub dp_bucket_bytes: f64,
     /// Failures, detection and recovery of the run: with it, every answer also gives the expected effective training
     /// time ratio and the days and GPU-hours including downtime (the `training_job` closed form of the same run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +562,13 @@ impl Downtime {
             .validate()
             .map_err(|e| e.map_field(|f| f.replacen("workload", path, 1)))
     }
+}
+
+/// PyTorch DDP's default gradient bucket: `bucket_cap_mb = 25` (torch.nn.parallel.DistributedDataParallel docs).
+pub const DEFAULT_BUCKET_BYTES: f64 = 25.0 * 1024.0 * 1024.0;
+
+fn default_bucket() -> f64 {
+    DEFAULT_BUCKET_BYTES
 }
 
 fn bf16() -> Dtype {
@@ -321,29 +647,14 @@ impl Workload for DenseTraining {
                 "give the tokens of one optimizer step",
             ));
         }
+        check::positive_at_most(
+            "workload.dp_bucket_bytes",
+            self.dp_bucket_bytes,
+            1e15,
+            "a bucket larger than any model's gradients",
+        )?;
         if let Some(p) = &self.parallel {
-            for (name, v) in [("tp", p.tp), ("pp", p.pp), ("dp", p.dp)] {
-                let field = format!("workload.parallel.{name}");
-                check::at_least(&field, v, 1)?;
-                check::at_most(&field, v, gpus, "the cluster has no more GPUs")?;
-            }
-            check::at_least("workload.parallel.micro_batch", p.micro_batch, 1)?;
-            check::at_most(
-                "workload.parallel.micro_batch",
-                p.micro_batch,
-                sequences,
-                "the global batch has no more sequences",
-            )?;
-            // Each factor is at most MAX_GPUS (2^20), so the product cannot overflow.
-            let used = p.tp * p.pp * p.dp;
-            if used != gpus {
-                return Err(Error::invalid(
-                    "workload.parallel",
-                    p.label(),
-                    format!("tp*pp*dp = {used} but the cluster has {gpus} GPUs"),
-                    "make tp*pp*dp equal nodes*gpus_per_node",
-                ));
-            }
+            p.check(m, gpus, sequences)?;
         }
         if let Some(d) = &self.downtime {
             d.validate_at("workload.downtime", gpus, u64::from(self.cluster.gpus_per_node))?;
@@ -406,7 +717,8 @@ pub struct DenseOutcome {
 }
 
 /// A partition of one step's time into its causes, each a share of the step (they sum to 1): the compute of every
-/// micro-batch, the pipeline bubble, tensor-parallel and pipeline point-to-point communication that is not hidden,
+/// micro-batch, the pipeline bubble, tensor-parallel, pipeline point-to-point, context-parallel and ZeRO-3
+/// communication that is not hidden,
 /// the data-parallel gradient reduction not hidden behind the backward pass, and the optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepSplit {
@@ -418,6 +730,9 @@ pub struct StepSplit {
     pub tp_comm: f64,
     /// Pipeline sends and receives.
     pub pp_comm: f64,
+    /// Context-parallel K/V ring exchange and ZeRO-3 parameter gathers not hidden behind compute.
+    #[serde(default)]
+    pub other_comm: f64,
     /// Data-parallel gradient reduction not overlapped with the backward pass.
     pub dp_comm: f64,
     /// The optimizer step.
@@ -426,12 +741,13 @@ pub struct StepSplit {
 
 impl StepSplit {
     /// The shares with their names, in a fixed order.
-    pub fn named(&self) -> [(&'static str, f64); 6] {
+    pub fn named(&self) -> [(&'static str, f64); 7] {
         [
             ("compute", self.compute),
             ("bubble", self.bubble),
             ("tp_comm", self.tp_comm),
             ("pp_comm", self.pp_comm),
+            ("other_comm", self.other_comm),
             ("dp_comm", self.dp_comm),
             ("optimizer", self.optimizer),
         ]
@@ -454,6 +770,9 @@ impl Outcome for DenseOutcome {
             Metric::new("dp", Unit::Choice, self.config.dp as f64),
             Metric::new("micro_batch", Unit::Choice, self.config.micro_batch as f64),
             Metric::new("recompute_level", Unit::Choice, self.config.recompute.level() as f64),
+            Metric::new("cp", Unit::Choice, self.config.cp as f64),
+            Metric::new("virtual_stages", Unit::Choice, self.config.virtual_stages as f64),
+            Metric::new("sequence_parallel", Unit::Choice, f64::from(u8::from(self.config.sp()))),
         ];
         if let Some(split) = &self.split {
             for (name, share) in split.named() {

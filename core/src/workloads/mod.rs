@@ -16,7 +16,10 @@ pub mod training_job;
 
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use cpt::{CptOutcome, CptRun, CptSetup};
-pub use dense::{DenseOutcome, DenseTraining, Downtime, ParallelConfig, Recompute, StepSplit, TransformerSpec};
+pub use dense::{
+    DenseOutcome, DenseTraining, Downtime, ParallelConfig, PipelineSchedule, Recompute, StageLayers, StepSplit,
+    TransformerSpec,
+};
 pub use distill::{DistillOutcome, Distillation};
 pub use fabric::{Fabric, FabricJob, FabricOp, FabricOutcome, JobOutcome};
 pub use gemm::{Gemm, GemmOutcome};
