@@ -132,7 +132,7 @@ const FLAGS: &[Flag] = &[
     f(
         "run llama2-70b-h100",
         "--backend",
-        Kind::Word(&["analytical", "pipeline_des"]),
+        Kind::Word(&["analytical", "op_sim"]),
         true,
     ),
     f(

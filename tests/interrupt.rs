@@ -176,3 +176,21 @@ fn plan_keeps_finished_cases_on_ctrl_c_and_resumes_to_the_one_process_answer() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("different content"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn c4_run_stops_its_workers_on_ctrl_c() {
+    // 4 worker processes, 300 steps of 60 ms with a kill, a hang and a slow rank: about 40 s; interrupted after 4 s.
+    let (r, took) = interrupt(&["c4-run", "--json"], Duration::from_secs(4), Duration::from_secs(60));
+    let err = text(&r.stderr);
+    assert!(
+        matches!(r.status.code(), Some(130)),
+        "exit {:?}: {err}",
+        r.status.code()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert!(!err.contains("panicked"), "{err}");
+    // No worker outlives the run.
+    std::thread::sleep(Duration::from_millis(500));
+    let ps = Command::new("pgrep").args(["-f", "__c4-worker"]).output().unwrap();
+    assert!(ps.stdout.is_empty(), "workers left running: {}", text(&ps.stdout));
+}
