@@ -194,3 +194,26 @@ fn c4_run_stops_its_workers_on_ctrl_c() {
     let ps = Command::new("pgrep").args(["-f", "__c4-worker"]).output().unwrap();
     assert!(ps.stdout.is_empty(), "workers left running: {}", text(&ps.stdout));
 }
+
+#[test]
+fn calibrate_stops_on_ctrl_c_without_a_half_profile() {
+    // The device calibration measures GEMM sweeps and triad for tens of seconds; interrupted after 3 s it exits 130
+    // and writes no profile: a profile fitted to part of a sweep would mislead every later prediction.
+    let out = tmpdir("calibrate");
+    let o = out.display().to_string();
+    let (r, took) = interrupt(
+        &["calibrate", "--workload", "gemm", "--json", "--out", &o],
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert!(!err.contains("panicked"), "{err}");
+    let profiles: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("profile-"))
+        .collect();
+    assert!(profiles.is_empty(), "a profile was written on interrupt");
+}
