@@ -825,10 +825,7 @@ pub const MANIFEST: &str = "study.json";
 
 /// Writes the manifest beside the records.
 pub fn write_manifest(m: &Manifest, out: &Path) -> Result<PathBuf, Error> {
-    let p = out.join(MANIFEST);
-    let text = serde_json::to_string_pretty(m).map_err(|e| Error::Backend(format!("internal: {e}")))?;
-    write_atomic(&p, (text + "\n").as_bytes())?;
-    Ok(p)
+    write_json(m, out.join(MANIFEST))
 }
 
 /// What a shard writes beside its records (`records-shard-I-of-N.json`): which study it belongs to, exactly. `merge`
@@ -887,21 +884,30 @@ pub struct RunInfo {
 
 /// Writes a run's [`RunInfo`] as `run.json` in `out`, atomically.
 pub fn write_run_info(info: &RunInfo, out: &Path) -> Result<PathBuf, Error> {
-    let p = out.join(RUN_INFO);
-    let text = serde_json::to_string_pretty(info).map_err(|e| Error::Backend(format!("internal: {e}")))?;
-    write_atomic(&p, (text + "\n").as_bytes())?;
-    Ok(p)
+    write_json(info, out.join(RUN_INFO))
 }
 
 /// Reads a run's [`RunInfo`].
 pub fn read_run_info(p: &Path) -> Result<RunInfo, Error> {
+    read_json(p, "a run description", "run the study again without --resume")
+}
+
+/// Writes `value` as pretty JSON to `p`, atomically (a temporary file in the same folder, then a rename).
+fn write_json<T: Serialize>(value: &T, p: PathBuf) -> Result<PathBuf, Error> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Backend(format!("internal: {e}")))?;
+    trainlab_reports::write_atomic(&p, (text + "\n").as_bytes())?;
+    Ok(p)
+}
+
+/// Reads JSON written by [`write_json`]; a file of another shape is bad input naming `what` it should be.
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path, what: &str, fix: &str) -> Result<T, Error> {
     let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
     serde_json::from_str(&text).map_err(|e| {
         Error::invalid(
             p.display().to_string(),
             "(see reason)",
-            format!("not a run description of this trainlab version: {e}"),
-            "run the study again without --resume",
+            format!("not {what} of this trainlab version: {e}"),
+            fix,
         )
     })
 }
@@ -920,51 +926,26 @@ pub fn fingerprint(s: &Study, profile_bytes: &[u8]) -> String {
     format!("{:016x}", trainlab_core::seed::fnv1a(&bytes))
 }
 
-/// Writes `text` to `path` atomically: a temporary file in the same folder, then a rename, so an interrupted write
-/// never leaves a half file under the final name.
-pub fn write_atomic(path: &Path, text: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp-{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming {} to {}", tmp.display(), path.display()), e))
-}
-
 /// Writes a shard's [`ShardInfo`] as `records-shard-I-of-N.json` in `out`.
 pub fn write_shard_info(info: &ShardInfo, out: &Path) -> Result<PathBuf, Error> {
-    let p = out.join(format!("records-shard-{}-of-{}.json", info.index, info.of));
-    let text = serde_json::to_string_pretty(info).map_err(|e| Error::Backend(format!("internal: {e}")))?;
-    write_atomic(&p, (text + "\n").as_bytes())?;
-    Ok(p)
+    write_json(
+        info,
+        out.join(format!("records-shard-{}-of-{}.json", info.index, info.of)),
+    )
 }
 
 /// Reads a shard's [`ShardInfo`].
 pub fn read_shard_info(p: &Path) -> Result<ShardInfo, Error> {
-    let text = std::fs::read_to_string(p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(
-            p.display().to_string(),
-            "(see reason)",
-            format!("not a shard description of this trainlab version: {e}"),
-            "re-run the shard with this trainlab",
-        )
-    })
+    read_json(p, "a shard description", "re-run the shard with this trainlab")
 }
 
 /// Reads a manifest written by [`write_manifest`].
 pub fn read_manifest(dir: &Path) -> Result<Manifest, Error> {
-    let p = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(format!("reading {}", p.display()), e))?;
-    serde_json::from_str(&text).map_err(|e| {
-        Error::invalid(
-            p.display().to_string(),
-            "(see reason)",
-            e.to_string(),
-            "use the folder the shards of one `trainlab plan` wrote",
-        )
-    })
+    read_json(
+        &dir.join(MANIFEST),
+        "a study manifest",
+        "use the folder the shards of one `trainlab plan` wrote",
+    )
 }
 
 /// A numeric case parameter as f64.
@@ -1139,18 +1120,11 @@ fn bottleneck(shares: &[(&str, f64)], memory_fraction: f64) -> String {
 
 /// `x` rounded to a whole number with thousands separators (`535,770`); `-` for NaN.
 pub fn thousands(x: f64) -> String {
-    if !x.is_finite() {
-        return "-".into();
+    if x.is_finite() {
+        trainlab_reports::format_thousands(x)
+    } else {
+        "-".into()
     }
-    let digits = format!("{:.0}", x.abs());
-    let mut out = String::new();
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    if x < 0.0 { format!("-{out}") } else { out }
 }
 
 /// The metrics a generic study shows: the kind's headline metrics that are present, else the first `n`.

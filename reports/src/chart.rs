@@ -203,15 +203,7 @@ fn clean(spec: &ChartSpec) -> Vec<Clean> {
 /// (`535,770` GPU-hours rather than `5.358e5`).
 fn format_tick(v: f64) -> String {
     if (1e5..1e10).contains(&v.abs()) {
-        let digits = format!("{:.0}", v.abs());
-        let mut out = String::new();
-        for (i, ch) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                out.push(',');
-            }
-            out.push(ch);
-        }
-        if v < 0.0 { format!("-{out}") } else { out }
+        crate::format::format_thousands(v)
     } else {
         format_value(v)
     }

@@ -23,7 +23,7 @@ mod table;
 
 pub use chart::{ChartKind, ChartSpec, Series, chart_svg_string, render_chart, series_from_records};
 pub use error::{ReportError, write_atomic};
-pub use format::{format_value, markdown_table};
+pub use format::{format_thousands, format_value, markdown_table};
 pub use html::{HtmlReport, escape_html, record_rows, records_markdown};
 pub use table::{
     RECORD_COLUMNS, TableColumn, merge_parquet, read_records_csv, read_records_parquet, records_frame,
