@@ -448,21 +448,11 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
 
 fn run(g: &Graph, stages: usize, group: u64) -> Result<OpSimResult, Error> {
     let n = g.dur.len();
-    let mut pending = vec![0u32; n];
-    let mut offsets = vec![0usize; n + 1];
-    for &(a, b) in &g.edges {
-        pending[b as usize] += 1;
-        offsets[a as usize + 1] += 1;
-    }
-    for i in 0..n {
-        offsets[i + 1] += offsets[i];
-    }
-    let mut succ = vec![0u32; g.edges.len()];
-    let mut fill = offsets.clone();
-    for &(a, b) in &g.edges {
-        succ[fill[a as usize]] = b;
-        fill[a as usize] += 1;
-    }
+    let crate::dag::Dag {
+        mut pending,
+        start: offsets,
+        succ,
+    } = crate::dag::Dag::new(n, &g.edges);
     let mut start = vec![0u64; n];
     let mut finish = vec![0u64; n];
     let mut trigger = vec![NONE; n];

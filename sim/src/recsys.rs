@@ -201,7 +201,7 @@ struct Des<'a> {
     sync: bool,
     eng: Engine<Ev>,
     preds: Vec<u32>,
-    succ_start: Vec<u32>,
+    succ_start: Vec<usize>,
     succ: Vec<u32>,
     queues: Vec<VecDeque<u32>>,
     busy_q: Vec<bool>,
@@ -299,10 +299,7 @@ impl Des<'_> {
         debug_assert_eq!(self.queues[q].front(), Some(&i));
         self.queues[q].pop_front();
         self.busy_q[q] = false;
-        let (a, b) = (
-            self.succ_start[i as usize] as usize,
-            self.succ_start[i as usize + 1] as usize,
-        );
+        let (a, b) = (self.succ_start[i as usize], self.succ_start[i as usize + 1]);
         for k in a..b {
             let j = self.succ[k];
             self.preds[j as usize] -= 1;
@@ -323,21 +320,11 @@ impl Des<'_> {
 pub fn replay(p: &Plan, streams: u32) -> Replay {
     let n = p.ops.len();
     let sync = streams <= 1;
-    let mut preds = vec![0u32; n];
-    let mut deg = vec![0u32; n + 1];
-    for &(a, b) in &p.edges {
-        preds[b as usize] += 1;
-        deg[a as usize + 1] += 1;
-    }
-    for i in 0..n {
-        deg[i + 1] += deg[i];
-    }
-    let mut fill = deg.clone();
-    let mut succ = vec![0u32; p.edges.len()];
-    for &(a, b) in &p.edges {
-        succ[fill[a as usize] as usize] = b;
-        fill[a as usize] += 1;
-    }
+    let crate::dag::Dag {
+        pending: preds,
+        start: deg,
+        succ,
+    } = crate::dag::Dag::new(n, &p.edges);
     let nq = streams.max(1) as usize + 1;
     let mut d = Des {
         p,
