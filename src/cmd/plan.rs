@@ -84,10 +84,8 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     }
     done.sort_unstable();
     canonical_sort(&mut records);
-    // Failures in case order (by the case's index), so a resumed run lists them as a single run does.
-    let order: std::collections::HashMap<&str, usize> =
-        study.cases.iter().map(|c| (c.label.as_str(), c.index)).collect();
-    failures.sort_by_key(|(l, _)| order.get(l.as_str()).copied().unwrap_or(usize::MAX));
+    // Failures by case label, so a resumed run and a merge of shards list them as a single run does.
+    failures.sort();
     let mut written: Vec<PathBuf> = Vec::new();
     match shard {
         Some((i, n)) => {
@@ -395,6 +393,7 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
     for (info, _) in &infos {
         failures.extend(info.failures.iter().cloned());
     }
+    failures.sort();
     let written = write_outputs(&manifest, &records, &failures, None, &out)?;
     if a.json {
         let v = serde_json::json!({"study": manifest.study, "shards": n, "records": records.len(),
