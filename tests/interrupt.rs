@@ -217,3 +217,24 @@ fn calibrate_stops_on_ctrl_c_without_a_half_profile() {
         .collect();
     assert!(profiles.is_empty(), "a profile was written on interrupt");
 }
+
+#[test]
+fn a_long_plan_says_how_long_it_will_take() {
+    // 400 simulations of about half a second each: several minutes on two cores, interrupted after 5 s.
+    let dir = tmpdir("plan-long");
+    let body = std::fs::read_to_string(slow_study(&dir))
+        .unwrap()
+        .replace("replicas = 24", "replicas = 400");
+    let study = dir.join("long-study.toml");
+    std::fs::write(&study, body).unwrap();
+    let out = dir.join("out").display().to_string();
+    let s = study.display().to_string();
+    let (r, _) = interrupt(
+        &["plan", &s, "--out", &out],
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(err.contains("more minutes") && err.contains("--resume"), "{err}");
+}

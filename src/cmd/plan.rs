@@ -47,7 +47,31 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     };
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let bar = trainlab::progress::bar(mine.len() as u64, "plan: cases", a.json);
-    let results = study::run_cases(&study, &mine, &opts, cancel, &|| bar.inc(1));
+    // Once a few seconds of work show the pace, a study that will take over a minute says so (once), with how to
+    // stop and continue it.
+    let started = std::time::Instant::now();
+    let (finished, warned) = (
+        std::sync::atomic::AtomicUsize::new(0),
+        std::sync::atomic::AtomicBool::new(false),
+    );
+    let total = mine.len();
+    let on_done = || {
+        bar.inc(1);
+        let n = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let spent = started.elapsed().as_secs_f64();
+        let eta = spent / n as f64 * total.saturating_sub(n) as f64;
+        if spent > 2.0 && eta > 60.0 && !warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            bar.suspend(|| {
+                eprintln!(
+                    "note: {total} cases at this pace take about {:.0} more minutes; Ctrl-C keeps the finished cases \
+                     and `--resume {}` continues",
+                    (eta / 60.0).ceil(),
+                    out.display()
+                )
+            });
+        }
+    };
+    let results = study::run_cases(&study, &mine, &opts, cancel, &on_done);
     bar.finish_and_clear();
     let interrupted = results.len() < mine.len();
     let m = &study.manifest;
