@@ -220,11 +220,11 @@ fn calibrate_stops_on_ctrl_c_without_a_half_profile() {
 
 #[test]
 fn a_long_plan_says_how_long_it_will_take() {
-    // 400 simulations of about half a second each: several minutes on two cores, interrupted after 5 s.
+    // 2,000 simulations of about half a second each: minutes even on a fast machine; interrupted after 5 s.
     let dir = tmpdir("plan-long");
     let body = std::fs::read_to_string(slow_study(&dir))
         .unwrap()
-        .replace("replicas = 24", "replicas = 400");
+        .replace("replicas = 24", "replicas = 2000");
     let study = dir.join("long-study.toml");
     std::fs::write(&study, body).unwrap();
     let out = dir.join("out").display().to_string();
