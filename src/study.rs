@@ -493,17 +493,14 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             })?;
             let cluster = trainlab_datasets::gpus::cluster(&spec.gpu.name, nodes, spec.gpus_per_node)?;
             let workload = DenseTraining {
-                model: m.clone(),
-                cluster,
-                global_batch_tokens: spec.global_batch_tokens,
-                train_tokens: spec.train_tokens,
-                dtype: spec.dtype,
-                parallel: None,
-                overlap_comm: true,
-                tp_comm_overlap: false,
-                attention_scores_materialized: false,
-                dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
                 downtime: downtime.clone(),
+                ..DenseTraining::new(
+                    m.clone(),
+                    cluster,
+                    spec.global_batch_tokens,
+                    spec.train_tokens,
+                    spec.dtype,
+                )
             };
             workload
                 .validate()

@@ -39,18 +39,15 @@ fn predict(r: &DenseRun) -> (DenseOutcome, DenseTraining) {
     let nodes = (r.gpus / r.gpus_per_node as u64) as u32;
     let cluster = gpus::cluster(&r.gpu, nodes, r.gpus_per_node).expect("preset");
     let w = DenseTraining {
-        model: r.transformer(),
-        cluster,
-        global_batch_tokens: r.global_batch_seqs * r.seq_len,
-        train_tokens: 1e12,
-        dtype: Dtype::Bf16,
-        parallel: None,
-        overlap_comm: true,
-        tp_comm_overlap: false,
         // Megatron-LM in 2021 materialised attention scores (no FlashAttention)
         attention_scores_materialized: r.source.starts_with("Narayanan"),
-        dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
-        downtime: None,
+        ..DenseTraining::new(
+            r.transformer(),
+            cluster,
+            r.global_batch_seqs * r.seq_len,
+            1e12,
+            Dtype::Bf16,
+        )
     };
     let policies: Vec<Recompute> = match r.recompute {
         Some(p) => vec![p],

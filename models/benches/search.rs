@@ -18,8 +18,8 @@ fn workload() -> DenseTraining {
         source: "bench".into(),
         sm: None,
     };
-    DenseTraining {
-        model: TransformerSpec {
+    DenseTraining::new(
+        TransformerSpec {
             name: "llama2-70b".into(),
             layers: 80,
             hidden: 8192,
@@ -30,7 +30,7 @@ fn workload() -> DenseTraining {
             vocab: 32000,
             seq_len: 4096,
         },
-        cluster: ClusterSpec {
+        ClusterSpec {
             gpu,
             gpus_per_node: 8,
             nodes: 128,
@@ -43,16 +43,10 @@ fn workload() -> DenseTraining {
                 latency_s: 8e-6,
             },
         },
-        global_batch_tokens: 4096 * 1024,
-        train_tokens: 2e12,
-        dtype: Dtype::Bf16,
-        parallel: None,
-        overlap_comm: true,
-        tp_comm_overlap: false,
-        attention_scores_materialized: false,
-        dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
-        downtime: None,
-    }
+        4096 * 1024,
+        2e12,
+        Dtype::Bf16,
+    )
 }
 
 fn bench(c: &mut Criterion) {

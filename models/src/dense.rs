@@ -795,19 +795,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn workload(nodes: u32) -> DenseTraining {
-        DenseTraining {
-            model: llama70b(),
-            cluster: cluster(nodes),
-            global_batch_tokens: 4096 * 1024,
-            train_tokens: 2e12,
-            dtype: Dtype::Bf16,
-            parallel: None,
-            overlap_comm: true,
-            tp_comm_overlap: false,
-            attention_scores_materialized: false,
-            dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
-            downtime: None,
-        }
+        DenseTraining::new(llama70b(), cluster(nodes), 4096 * 1024, 2e12, Dtype::Bf16)
     }
 
     pub(crate) fn cfg(tp: u64, pp: u64, dp: u64, mb: u64, r: Recompute) -> ParallelConfig {

@@ -241,19 +241,13 @@ fn train(
 ) -> Result<(f64, f64), Error> {
     let mut model = m.clone();
     model.seq_len = seq_len;
-    let d = DenseTraining {
+    let d = DenseTraining::new(
         model,
-        cluster: sub_cluster(&w.cluster, gpus),
-        global_batch_tokens: seqs * seq_len,
-        train_tokens: (seqs * seq_len) as f64,
-        dtype: w.dtype,
-        parallel: None,
-        overlap_comm: true,
-        tp_comm_overlap: false,
-        attention_scores_materialized: false,
-        dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
-        downtime: None,
-    };
+        sub_cluster(&w.cluster, gpus),
+        seqs * seq_len,
+        (seqs * seq_len) as f64,
+        w.dtype,
+    );
     let best = crate::search::search(&d, profile)
         .map_err(|e| {
             e.map_field(|f| format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)"))

@@ -601,39 +601,36 @@ mod tests {
             sm: None,
         };
         DenseTraining {
-            model: TransformerSpec {
-                name: "t".into(),
-                layers: 32,
-                hidden: 4096,
-                heads: 32,
-                kv_heads: None,
-                ffn_hidden: 11008,
-                gated_ffn: true,
-                vocab: 32000,
-                seq_len: 4096,
-            },
-            cluster: ClusterSpec {
-                gpu,
-                gpus_per_node: 8,
-                nodes: (tp * pp * dp).div_ceil(8) as u32,
-                intra: LinkSpec {
-                    bandwidth_bytes_per_s: 450e9,
-                    latency_s: 3e-6,
-                },
-                inter: LinkSpec {
-                    bandwidth_bytes_per_s: 50e9,
-                    latency_s: 8e-6,
-                },
-            },
-            global_batch_tokens: 4096 * 256,
-            train_tokens: 1e12,
-            dtype: Dtype::Bf16,
             parallel: Some(ParallelConfig::new(tp, pp, dp, 1, Recompute::Selective)),
-            overlap_comm: true,
-            tp_comm_overlap: false,
-            attention_scores_materialized: false,
-            dp_bucket_bytes: trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES,
-            downtime: None,
+            ..DenseTraining::new(
+                TransformerSpec {
+                    name: "t".into(),
+                    layers: 32,
+                    hidden: 4096,
+                    heads: 32,
+                    kv_heads: None,
+                    ffn_hidden: 11008,
+                    gated_ffn: true,
+                    vocab: 32000,
+                    seq_len: 4096,
+                },
+                ClusterSpec {
+                    gpu,
+                    gpus_per_node: 8,
+                    nodes: (tp * pp * dp).div_ceil(8) as u32,
+                    intra: LinkSpec {
+                        bandwidth_bytes_per_s: 450e9,
+                        latency_s: 3e-6,
+                    },
+                    inter: LinkSpec {
+                        bandwidth_bytes_per_s: 50e9,
+                        latency_s: 8e-6,
+                    },
+                },
+                4096 * 256,
+                1e12,
+                Dtype::Bf16,
+            )
         }
     }
 

@@ -77,6 +77,29 @@ fn yes() -> bool {
 }
 
 impl TransformerSpec {
+    /// Checks the relations between the head counts (sizes are each caller's own limits): `heads` divides
+    /// `hidden`, `kv_heads` divides `heads`. Field paths are under `path` (e.g. `workload.model`).
+    pub fn check_heads(&self, path: &str) -> Result<(), Error> {
+        if !self.hidden.is_multiple_of(self.heads) {
+            return Err(Error::invalid(
+                format!("{path}.heads"),
+                self.heads,
+                format!("does not divide hidden = {}", self.hidden),
+                "choose heads dividing hidden",
+            ));
+        }
+        if let Some(kv) = self.kv_heads
+            && (kv == 0 || !self.heads.is_multiple_of(kv))
+        {
+            return Err(Error::invalid(
+                format!("{path}.kv_heads"),
+                kv,
+                "must divide heads",
+                "choose kv_heads dividing heads",
+            ));
+        }
+        Ok(())
+    }
     /// KV heads (defaults to `heads`).
     pub fn kv(&self) -> u64 {
         self.kv_heads.unwrap_or(self.heads)
@@ -515,6 +538,32 @@ pub struct DenseTraining {
     pub downtime: Option<Downtime>,
 }
 
+impl DenseTraining {
+    /// A run of `model` on `cluster` with the default options: the layout searched, DP reduction overlapped with
+    /// the backward pass, TP collectives not overlapped, fused attention, 25 MiB gradient buckets, no downtime.
+    pub fn new(
+        model: TransformerSpec,
+        cluster: ClusterSpec,
+        global_batch_tokens: u64,
+        train_tokens: f64,
+        dtype: Dtype,
+    ) -> Self {
+        DenseTraining {
+            model,
+            cluster,
+            global_batch_tokens,
+            train_tokens,
+            dtype,
+            parallel: None,
+            overlap_comm: true,
+            tp_comm_overlap: false,
+            attention_scores_materialized: false,
+            dp_bucket_bytes: DEFAULT_BUCKET_BYTES,
+            downtime: None,
+        }
+    }
+}
+
 /// What a training run loses to failures: the failure model, detection policies and recovery costs of a
 /// `training_job`, applied to a dense run's GPUs and step time.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -594,24 +643,7 @@ impl Workload for DenseTraining {
         check::at_most("workload.model.vocab", m.vocab, MAX_VOCAB, size)?;
         check::at_least("workload.model.seq_len", m.seq_len, 1)?;
         check::at_most("workload.model.seq_len", m.seq_len, MAX_SEQ_LEN, size)?;
-        if !m.hidden.is_multiple_of(m.heads) {
-            return Err(Error::invalid(
-                "workload.model.heads",
-                m.heads,
-                format!("does not divide hidden = {}", m.hidden),
-                "choose heads dividing hidden",
-            ));
-        }
-        if let Some(kv) = m.kv_heads
-            && (kv == 0 || !m.heads.is_multiple_of(kv))
-        {
-            return Err(Error::invalid(
-                "workload.model.kv_heads",
-                kv,
-                "must divide heads",
-                "choose kv_heads dividing heads",
-            ));
-        }
+        m.check_heads("workload.model")?;
         self.cluster.validate("workload.cluster")?;
         let gpus = self.cluster.gpus();
         if gpus > MAX_GPUS {

@@ -167,24 +167,7 @@ fn check_model(path: &str, m: &TransformerSpec) -> Result<(), Error> {
     check::at_most(&f("ffn_hidden"), m.ffn_hidden, 4 * MAX_HIDDEN, size)?;
     check::at_least(&f("vocab"), m.vocab, 1)?;
     check::at_most(&f("vocab"), m.vocab, MAX_VOCAB, size)?;
-    if !m.hidden.is_multiple_of(m.heads) {
-        return Err(Error::invalid(
-            f("heads"),
-            m.heads,
-            format!("does not divide hidden = {}", m.hidden),
-            "choose heads dividing hidden",
-        ));
-    }
-    if let Some(kv) = m.kv_heads
-        && (kv == 0 || !m.heads.is_multiple_of(kv))
-    {
-        return Err(Error::invalid(
-            f("kv_heads"),
-            kv,
-            "must divide heads",
-            "choose kv_heads dividing heads",
-        ));
-    }
+    m.check_heads(path)?;
     Ok(())
 }
 
