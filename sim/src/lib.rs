@@ -7,6 +7,5 @@ pub mod engine;
 pub mod fabric;
 pub mod failures;
 pub mod moe;
-pub mod pipeline;
 pub mod queueing;
 pub mod recsys;
