@@ -10,7 +10,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use trainlab_core::{Error, HeldOut, PROFILE_FORMAT, Profile, Provenance, Record, Seed};
+use trainlab_core::{Error, Fidelity, HeldOut, Metric, PROFILE_FORMAT, Profile, Provenance, Record, Seed};
 
 pub use trainlab_core::Device;
 
@@ -26,6 +26,15 @@ pub struct CalRequest<'a> {
     pub cancel: &'a Arc<AtomicBool>,
     /// Progress messages (a spinner or nothing).
     pub progress: &'a (dyn Fn(String) + Sync),
+    /// Measurements as they finish (records of the measured backend). If the run is interrupted, `calibrate`
+    /// writes what reached here to `partial-calibration-<kind>-<device>.parquet` / `.csv` and no profile: a model
+    /// fitted to part of a sweep would mislead every later prediction.
+    pub keep: &'a (dyn Fn(Vec<Record>) + Sync),
+}
+
+/// A record of one measurement taken by a calibration (`backend` is the device measured).
+pub fn measured_record(study: &str, kind: &str, case: &str, device: Device, seed: Seed, m: &Metric) -> Record {
+    Record::from_metric(study, kind, case, device.as_str(), Fidelity::Measured, seed.0, m)
 }
 
 /// What a calibration produced.
@@ -106,7 +115,7 @@ pub fn envelope<P: Serialize>(
 pub fn write(c: &Calibrated, device: Device, out: &Path) -> Result<Vec<PathBuf>, Error> {
     std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let prof = out.join(format!("profile-{}-{}.toml", c.profile_kind, device.as_str()));
-    std::fs::write(&prof, &c.profile_toml).map_err(|e| Error::io(format!("writing {}", prof.display()), e))?;
+    trainlab_reports::write_atomic(&prof, c.profile_toml.as_bytes()).map_err(|e| Error::Backend(e.to_string()))?;
     let (pq, csv) = trainlab_reports::write_records(
         &c.records,
         out,
@@ -114,6 +123,24 @@ pub fn write(c: &Calibrated, device: Device, out: &Path) -> Result<Vec<PathBuf>,
     )
     .map_err(|e| Error::Backend(e.to_string()))?;
     Ok(vec![prof, pq, csv])
+}
+
+/// Writes the measurements of an interrupted calibration into `out` as `partial-calibration-<kind>-<device>`
+/// Parquet and CSV (the name marks them partial; no profile is written). Returns the paths.
+pub fn write_partial(
+    records: &[Record],
+    profile_kind: &str,
+    device: Device,
+    out: &Path,
+) -> Result<Vec<PathBuf>, Error> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
+    let (pq, csv) = trainlab_reports::write_records(
+        records,
+        out,
+        &format!("partial-calibration-{profile_kind}-{}", device.as_str()),
+    )
+    .map_err(|e| Error::Backend(e.to_string()))?;
+    Ok(vec![pq, csv])
 }
 
 /// The held-out table as Markdown rows: case, metric, measured, calibrated (error), uncalibrated (error).

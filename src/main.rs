@@ -31,6 +31,8 @@ fn main() -> ExitCode {
             );
         });
     }
+    // Measurements stop within one sample of the signal.
+    trainlab_executors::timing::stop_when(cancel.clone());
     match cli::dispatch(args, cancel.clone()) {
         Ok(()) => {
             if cancel.load(Ordering::SeqCst) {

@@ -13,6 +13,11 @@
 //! value or a string, a string set to an unknown value or a number, a boolean to a string, an array to a scalar, a
 //! table to a scalar, a key removed) and is run with its kind's analytical backend (`plan` for studies). A rejected
 //! mutation must name the field it touched.
+//!
+//! Both properties run twice: against the test build (debug assertions and overflow checks on) and against a binary
+//! with release semantics (neither), named by `TRAINLAB_RELEASE_BIN` (`.ci/run` builds it with
+//! `cargo build --profile fuzz-release --bin trainlab`). Without it the release runs skip with that reason, unless
+//! `TRAINLAB_RELEASE_REQUIRED` is set (`.ci/run` sets it), when a skip is a failure.
 mod common;
 use common::{bin, tmpdir};
 use std::io::Read;
@@ -443,8 +448,8 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn new() -> Scratch {
-        let root = tmpdir("cli-fuzz");
+    fn new(tag: &str) -> Scratch {
+        let root = tmpdir(&format!("cli-fuzz-{tag}"));
         std::fs::create_dir_all(root.join("emptydir")).unwrap();
         std::fs::write(root.join("empty"), "").unwrap();
         let junk: Vec<u8> = (0..512u32)
@@ -573,10 +578,10 @@ struct Ran {
     elapsed: Duration,
 }
 
-/// Runs the binary on `args` in `cwd`, killing it past [`BUDGET`].
-fn run_budgeted(args: &[String], cwd: &Path) -> Ran {
+/// Runs `exe` on `args` in `cwd`, killing it past [`BUDGET`].
+fn run_budgeted(exe: &Path, args: &[String], cwd: &Path) -> Ran {
     let start = Instant::now();
-    let mut child: Child = bin()
+    let mut child: Child = std::process::Command::new(exe)
         .args(args)
         .current_dir(cwd)
         .env("RUST_BACKTRACE", "0")
@@ -650,8 +655,8 @@ fn verdict(what: &str, r: &Ran, want: Option<i32>, name: Option<&str>) -> Option
 /// on exit 2.
 type Job = (String, Vec<String>, Option<i32>, Option<String>);
 
-/// Runs `jobs` on a few threads (the binary is the heavy part), returning every failure.
-fn run_all(jobs: Vec<Job>, cwd: &Path) -> (usize, Vec<String>) {
+/// Runs `jobs` with `exe` on a few threads (the binary is the heavy part), returning every failure.
+fn run_all(exe: &Path, jobs: Vec<Job>, cwd: &Path) -> (usize, Vec<String>) {
     let n = jobs.len();
     let jobs = std::sync::Mutex::new(jobs.into_iter());
     let fails = std::sync::Mutex::new(Vec::new());
@@ -662,7 +667,7 @@ fn run_all(jobs: Vec<Job>, cwd: &Path) -> (usize, Vec<String>) {
                     let Some((what, args, want, name)) = jobs.lock().unwrap().next() else {
                         break;
                     };
-                    let r = run_budgeted(&args, cwd);
+                    let r = run_budgeted(exe, &args, cwd);
                     if let Some(f) = verdict(&what, &r, want, name.as_deref()) {
                         fails.lock().unwrap().push(f);
                     }
@@ -673,10 +678,47 @@ fn run_all(jobs: Vec<Job>, cwd: &Path) -> (usize, Vec<String>) {
     (n, fails.into_inner().unwrap())
 }
 
+/// A name for scratch folders that differs between the two binaries (their runs go on at once).
+fn tag(exe: &Path) -> String {
+    if exe == debug_bin() { "debug" } else { "release" }.to_string()
+}
+
+/// The test build of the binary.
+fn debug_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_trainlab"))
+}
+
+/// The release-semantics binary from `TRAINLAB_RELEASE_BIN`, or `None` after printing why the run skips (a panic
+/// when `TRAINLAB_RELEASE_REQUIRED` is set).
+fn release_bin() -> Option<PathBuf> {
+    let why = match std::env::var_os("TRAINLAB_RELEASE_BIN").map(PathBuf::from) {
+        Some(p) if p.is_file() => return Some(p),
+        Some(p) => format!("TRAINLAB_RELEASE_BIN={} is not a file", p.display()),
+        None => "TRAINLAB_RELEASE_BIN is not set (build it: cargo build --profile fuzz-release --bin trainlab)".into(),
+    };
+    assert!(
+        std::env::var_os("TRAINLAB_RELEASE_REQUIRED").is_none(),
+        "release-semantics fuzz run required, but {why}"
+    );
+    eprintln!("skipped: {why}");
+    None
+}
+
 #[test]
 fn every_flag_rejects_bad_values_with_exit_2() {
+    flags_property(&debug_bin());
+}
+
+#[test]
+fn every_flag_rejects_bad_values_with_exit_2_release() {
+    if let Some(exe) = release_bin() {
+        flags_property(&exe);
+    }
+}
+
+fn flags_property(exe: &Path) {
     let t0 = Instant::now();
-    let sc = Scratch::new();
+    let sc = Scratch::new(&tag(exe));
     let mut jobs = Vec::new();
     let mut skipped = 0;
     for fl in FLAGS {
@@ -694,9 +736,10 @@ fn every_flag_rejects_bad_values_with_exit_2() {
             jobs.push((what, args, Some(code), None));
         }
     }
-    let (n, fails) = run_all(jobs, &sc.root);
+    let (n, fails) = run_all(exe, jobs, &sc.root);
     eprintln!(
-        "{n} flag runs ({skipped} valid values of expensive commands not run) in {:.1} s",
+        "{}: {n} flag runs ({skipped} valid values of expensive commands not run) in {:.1} s",
+        exe.display(),
         t0.elapsed().as_secs_f64()
     );
     assert!(
@@ -921,9 +964,20 @@ fn analytical_backends() -> std::collections::HashMap<String, String> {
 
 #[test]
 fn every_embedded_scenario_survives_random_bad_fields() {
+    scenarios_property(&debug_bin());
+}
+
+#[test]
+fn every_embedded_scenario_survives_random_bad_fields_release() {
+    if let Some(exe) = release_bin() {
+        scenarios_property(&exe);
+    }
+}
+
+fn scenarios_property(exe: &Path) {
     let t0 = Instant::now();
     let backends = analytical_backends();
-    let root = tmpdir("cli-fuzz-scenarios");
+    let root = tmpdir(&format!("cli-fuzz-scenarios-{}", tag(exe)));
     let mut rng = Lcg(0x5eed_0016);
     let cpt_profile = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("datasets/calibration/cpt-cpu")
@@ -973,8 +1027,12 @@ fn every_embedded_scenario_survives_random_bad_fields() {
             ));
         }
     }
-    let (n, fails) = run_all(jobs, &root);
-    eprintln!("{n} scenario mutations in {:.1} s", t0.elapsed().as_secs_f64());
+    let (n, fails) = run_all(exe, jobs, &root);
+    eprintln!(
+        "{}: {n} scenario mutations in {:.1} s",
+        exe.display(),
+        t0.elapsed().as_secs_f64()
+    );
     assert!(
         fails.is_empty(),
         "{} of {n} mutations failed:\n{}",

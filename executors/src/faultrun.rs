@@ -55,7 +55,8 @@ use worker::{WorkerArgs, now_s};
 pub const HANG_FLOOR_S: f64 = 1.0;
 
 /// A fault to inject.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Injection {
     /// SIGKILL.
     Kill,
@@ -66,7 +67,7 @@ pub enum Injection {
 }
 
 /// One scheduled fault: injected into `rank` once the job has completed `at_step` steps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct ScheduledFault {
     /// Completed steps before injection.
     pub at_step: u64,
@@ -139,7 +140,7 @@ impl FaultRunConfig {
 }
 
 /// What happened to one injected fault (or one false alarm).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct FaultRecord {
     /// The injection (None for a false alarm).
     pub injected: Option<ScheduledFault>,
@@ -159,7 +160,7 @@ pub struct FaultRecord {
 }
 
 /// The result of a real run.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct FaultRunReport {
     /// Per fault (and false alarm), in order.
     pub records: Vec<FaultRecord>,
@@ -1047,7 +1048,7 @@ mod tests {
     #[ignore = "timing-sensitive (two real runs, ~40 s); on a loaded shared machine the step period drifts between \
                 runs. Run: cargo test -p trainlab-executors calibrated_prediction -- --ignored --nocapture"]
     fn calibrated_prediction_of_held_out_run() {
-        let x = calibrate::calibrate(&runner(), false, &AtomicBool::new(false), |_| {}).unwrap();
+        let x = calibrate::calibrate(&runner(), false, &AtomicBool::new(false), |_| {}, |_, _| {}).unwrap();
         eprintln!("{:#?}", x.timing);
         for r in &x.held_out {
             eprintln!("{r:?}");

@@ -12,6 +12,8 @@
 //! Other executors (`lm`, `moe`, `faultrun`) reuse [`time_fn`] for wall-clock timing and [`time_samples`] when a
 //! sample comes from elsewhere (e.g. CUDA events).
 use rand::RngExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use trainlab_core::{Error, Seed, Summary};
 
@@ -120,6 +122,24 @@ impl Timing {
     }
 }
 
+/// The process's interrupt flag, if one was registered with [`stop_when`].
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// Makes every timing loop of this process ([`time_fn`], [`time_samples`]) stop with [`Error::Interrupted`] before
+/// its next sample once `flag` is set. The command line registers its Ctrl-C flag here, so a measurement stops
+/// within one sample (one call of a long operation) instead of finishing its repeats. Only the first registration
+/// counts.
+pub fn stop_when(flag: Arc<AtomicBool>) {
+    let _ = STOP.set(flag);
+}
+
+fn stopped() -> Result<(), Error> {
+    match STOP.get() {
+        Some(f) if f.load(Ordering::Relaxed) => Err(Error::Interrupted),
+        _ => Ok(()),
+    }
+}
+
 /// Times `f` by wall clock. `f` is called `opts.warmup` times untimed, once more to size the batch (`inner` calls per
 /// sample so a sample lasts at least `opts.target_sample_s`, at most 1,000,000), then sampled until
 /// `opts.min_samples` and `opts.min_time_s` are both reached or `opts.max_samples` samples are taken.
@@ -130,6 +150,7 @@ where
 {
     opts.validate("timing")?;
     for _ in 0..opts.warmup {
+        stopped()?;
         f()?;
     }
     let t0 = Instant::now();
@@ -162,6 +183,7 @@ where
     while samples.len() < opts.max_samples
         && (samples.len() < opts.min_samples || start.elapsed().as_secs_f64() < opts.min_time_s)
     {
+        stopped()?;
         let s = sample()?;
         if !s.is_finite() || s < 0.0 {
             return Err(Error::Backend(format!("timer returned an invalid sample: {s}")));

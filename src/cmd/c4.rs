@@ -123,7 +123,11 @@ pub fn run(a: C4RunArgs, seed: Option<u64>, cancel: Arc<AtomicBool>) -> anyhow::
     spin.finish_and_clear();
     let r = r?;
     if a.json {
-        println!("{r:#?}");
+        // The report as JSON; an interrupted run says so (`"interrupted": true`) and exits 130.
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        if r.interrupted {
+            return Err(trainlab_core::Error::Interrupted.into());
+        }
         return Ok(());
     }
     println!(

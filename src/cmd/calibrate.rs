@@ -3,10 +3,63 @@
 use crate::cli::CalibrateArgs;
 use anyhow::Result;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use trainlab::calibration::{self, CalRequest, Device};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+use trainlab::calibration::{self, CalRequest, Calibrated, Calibration, Device};
 use trainlab::kinds;
-use trainlab_core::{Error, Seed};
+use trainlab_core::{Error, Record, Seed};
+
+/// How long a calibration may take to stop by itself after Ctrl-C before its unit in flight (one timed GEMM, one
+/// MoE layer, one training run) is abandoned: the command must exit within a second of the signal.
+const GRACE: Duration = Duration::from_millis(400);
+
+/// Runs `cal` on a thread of its own so that Ctrl-C is honoured within [`GRACE`] even when one unit of its work is
+/// longer: the measurements it reported through `keep` are in `kept` either way; a unit abandoned in flight is lost
+/// (the process exits while it runs).
+fn run_cancellable(
+    cal: &'static dyn Calibration,
+    device: Device,
+    quick: bool,
+    seed: Seed,
+    cancel: &Arc<AtomicBool>,
+    bar: &indicatif::ProgressBar,
+    kept: &Arc<std::sync::Mutex<Vec<Record>>>,
+) -> Result<Calibrated, Error> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (cancel, bar, kept) = (cancel.clone(), bar.clone(), kept.clone());
+        std::thread::spawn(move || {
+            let progress = move |m: String| bar.set_message(m);
+            let keep = move |r: Vec<Record>| kept.lock().unwrap_or_else(|p| p.into_inner()).extend(r);
+            let req = CalRequest {
+                device,
+                quick,
+                seed,
+                cancel: &cancel,
+                progress: &progress,
+                keep: &keep,
+            };
+            let _ = tx.send(cal.run(&req));
+        });
+    }
+    let mut since: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(done) => return done,
+            Err(RecvTimeoutError::Timeout) => {
+                if cancel.load(Ordering::Relaxed) && since.get_or_insert_with(Instant::now).elapsed() > GRACE {
+                    return Err(Error::Interrupted);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Backend(
+                    "internal: the calibration stopped without an answer".into(),
+                ));
+            }
+        }
+    }
+}
 
 /// `trainlab calibrate`.
 pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Result<()> {
@@ -56,19 +109,28 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
         .into());
     }
     let bar = trainlab::progress::spinner(&format!("calibrate {}", kind.name()), a.json);
-    let progress = {
-        let b = bar.clone();
-        move |m: String| b.set_message(m)
-    };
-    let req = CalRequest {
-        device,
-        quick: a.quick,
-        seed: Seed(seed.unwrap_or(42)),
-        cancel,
-        progress: &progress,
-    };
-    let done = cal.run(&req);
+    let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let done = run_cancellable(cal, device, a.quick, Seed(seed.unwrap_or(42)), cancel, &bar, &kept);
     bar.finish_and_clear();
+    if let Err(Error::Interrupted) = done {
+        let kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
+        if kept.is_empty() {
+            eprintln!("interrupted before any measurement finished: nothing written, no profile");
+        } else {
+            let paths = calibration::write_partial(&kept, cal.profile_kind(), device, &a.out)?;
+            eprintln!(
+                "interrupted: {} measurements kept, marked partial, in {}; no profile written (a model fitted to \
+                 part of the runs would mislead later predictions)",
+                kept.len(),
+                paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+        }
+        return Err(Error::Interrupted.into());
+    }
     let done = done?;
     let written = calibration::write(&done, device, &a.out)?;
     let med = trainlab_core::stats::median(

@@ -162,6 +162,22 @@ impl Calibration for CptCalibration {
             |done: usize, _: f64, label: &str| (req.progress)(format!("run {} of {runs}: {label}", done + 1));
         let result = lm::run_grid_on(&grid, backend, &progress, req.cancel)?;
         if req.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            // The finished runs (a run is kept whole or not at all) are kept as the partial measurements.
+            let mut kept = Vec::new();
+            for r in &result.rows {
+                let case = format!("N={:.0} r={} D={:.0}", r.n, r.r, r.d);
+                for (name, v) in [("general_loss", r.general_loss), ("domain_loss", r.domain_loss)] {
+                    kept.push(crate::calibration::measured_record(
+                        "calibrate-cpt_run",
+                        CptRun::KIND,
+                        &case,
+                        req.device,
+                        req.seed,
+                        &Metric::new(name, Unit::Nats, v),
+                    ));
+                }
+            }
+            (req.keep)(kept);
             return Err(Error::Interrupted);
         }
         let fit_rows: Vec<&GridRow> = result.rows.iter().filter(|r| !is_held(r.r, &g.held_out)).collect();

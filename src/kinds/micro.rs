@@ -6,7 +6,7 @@
 //! CPU executor answers the workload on this CPU and the CUDA executor on the GPU, so `compare` puts a CPU run and a
 //! GPU run in different groups and never computes an error between them.
 use super::{Answering, KindDef, Opts};
-use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
+use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use trainlab_core::workloads::{Gemm, GemmOutcome, LaunchLatency, LaunchOutcome, MemBandwidth, MemKernel, MemOutcome};
 use trainlab_core::{
     Backend, DeviceProfile, Error, Fidelity, HeldOut, Metric, Profile, Record, RunCtx, Unit, Workload,
@@ -217,6 +217,7 @@ impl Calibration for DeviceCalibration {
         // median): on a shared machine interference comes in bursts that can ruin every sample of one size in a
         // single pass (small multi-threaded GEMMs showed 30-80% spread), but rarely the same size in every pass.
         let rounds = if device == Device::Cpu && !req.quick { 3 } else { 1 };
+        let study = format!("calibrate-device-{}", device.as_str());
         let seed = req.seed;
         let mut ctx = RunCtx::new(seed);
         ctx.cancel = req.cancel.clone();
@@ -235,10 +236,34 @@ impl Calibration for DeviceCalibration {
                 };
                 (req.progress)("memory bandwidth (triad)".into());
                 let mem = trainlab_executors::cpu::time_mem(&triad, &opts, seed.derive("mem"))?;
+                (req.keep)(vec![calibration::measured_record(
+                    &study,
+                    MemBandwidth::KIND,
+                    "triad 64 MiB",
+                    device,
+                    seed,
+                    &Metric::new("time", Unit::Seconds, mem.median_s()),
+                )]);
                 let mut sweep: Vec<(Gemm, Timing)> = Vec::new();
                 for pass in 0..rounds {
-                    (req.progress)(format!("GEMM sweep, pass {} of {rounds}, {n} sizes", pass + 1));
-                    let again = trainlab_executors::cpu::gemm_sweep(&all, &opts, &ctx)?;
+                    let mut again = Vec::with_capacity(n);
+                    for (i, g) in all.iter().enumerate() {
+                        (req.progress)(format!(
+                            "GEMM sweep, pass {} of {rounds}, size {} of {n}",
+                            pass + 1,
+                            i + 1
+                        ));
+                        let t = trainlab_executors::cpu::gemm_sweep(std::slice::from_ref(g), &opts, &ctx)?;
+                        (req.keep)(vec![calibration::measured_record(
+                            &study,
+                            Gemm::KIND,
+                            &format!("{} [pass {}]", g.label(), pass + 1),
+                            device,
+                            seed,
+                            &Metric::new("time", Unit::Seconds, t[0].1.median_s()),
+                        )]);
+                        again.extend(t);
+                    }
                     if sweep.is_empty() {
                         sweep = again;
                         continue;
@@ -293,7 +318,6 @@ impl Calibration for DeviceCalibration {
             .collect();
         let errors: Vec<f64> = held_out.iter().map(HeldOut::calibrated_error).collect();
         profile.holdout_median_abs_rel_error = trainlab_models::calibrate::median_abs(&errors);
-        let study = format!("calibrate-device-{}", device.as_str());
         let mut records = Vec::new();
         for (g, t) in &sweep {
             let role = if fit_sizes.contains(g) { "fit" } else { "held-out" };

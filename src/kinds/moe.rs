@@ -248,6 +248,7 @@ pub fn calibrate_cpu(
     seed: Seed,
     progress: &dyn Fn(String),
     cancel: &std::sync::atomic::AtomicBool,
+    keep: &dyn Fn(Vec<Record>),
 ) -> Result<trainlab_sim::moe::Calibration, Error> {
     let (fit, held) = calibration_sets();
     let (draws, repeats, rounds) = if quick { (1, 2, 1) } else { (4, 2, 3) };
@@ -264,7 +265,23 @@ pub fn calibrate_cpu(
             total,
             rounds
         ));
-        measured(l, i, draws, repeats, seed)
+        let m = measured(l, i, draws, repeats, seed)?;
+        let steps: Vec<f64> = m.iter().map(|x| x.step_s).collect();
+        keep(vec![crate::calibration::measured_record(
+            "calibrate-moe_layer-cpu",
+            MoeLayer::KIND,
+            &format!(
+                "{} d{} f{} [pass {}]",
+                l.label(),
+                l.d_model,
+                l.d_ff,
+                (done - 1) / total + 1
+            ),
+            Device::Cpu,
+            seed,
+            &Metric::new("step_time", Unit::Seconds, trainlab_core::stats::median(&steps)),
+        )]);
+        Ok(m)
     })
 }
 
@@ -288,7 +305,7 @@ impl Calibration for MoeCalibration {
             ));
         }
         let seed = req.seed;
-        let cal = calibrate_cpu(req.quick, seed, req.progress, req.cancel)?;
+        let cal = calibrate_cpu(req.quick, seed, req.progress, req.cancel, req.keep)?;
         let (fit, held) = calibration_sets();
         let label = |l: &MoeLayer| format!("{} d{} f{}", l.label(), l.d_model, l.d_ff);
         // The uncalibrated prediction of each held-out layer: the simulator with the `cpu` preset's datasheet-style

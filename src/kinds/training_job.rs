@@ -10,7 +10,7 @@
 use super::{KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use trainlab_core::workloads::TrainingJob;
-use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Workload};
+use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
 use trainlab_executors::faultrun::{FaultRun, calibrate as c4cal};
 use trainlab_models::reliability::FaultTiming;
 
@@ -74,9 +74,32 @@ impl Calibration for FaultCalibration {
             ));
         }
         let device = trainlab_executors::cpu::cpu_device_description();
-        let x = c4cal::calibrate(&FaultRun::new(None), req.quick, req.cancel, |phase| {
-            (req.progress)(format!("{phase}, 4 worker processes"))
-        })?;
+        let x = c4cal::calibrate(
+            &FaultRun::new(None),
+            req.quick,
+            req.cancel,
+            |phase| (req.progress)(format!("{phase}, 4 worker processes")),
+            |phase, r| {
+                let m = |name: &str, unit: Unit, v: f64| {
+                    crate::calibration::measured_record(
+                        "calibrate-training_job-cpu",
+                        TrainingJob::KIND,
+                        phase,
+                        Device::Cpu,
+                        req.seed,
+                        &Metric::new(name, unit, v),
+                    )
+                };
+                (req.keep)(vec![
+                    m("wall_time", Unit::Seconds, r.wall_s),
+                    m("steps_done", Unit::Count, r.steps_done as f64),
+                    m("step_period", Unit::Seconds, r.step_period_s),
+                    m("checkpoint_time", Unit::Seconds, r.checkpoint_s),
+                    m("startup_time", Unit::Seconds, r.startup_s),
+                    m("ettr", Unit::Ratio, r.ettr),
+                ]);
+            },
+        )?;
         let describe = |j: &TrainingJob| (KIND.describe)(j);
         let held_case = format!("held-out: {}", describe(&x.held_job));
         let held_out: Vec<HeldOut> = x

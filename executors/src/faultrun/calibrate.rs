@@ -197,13 +197,14 @@ impl Calibration {
 }
 
 /// Runs the calibration job and the held-out job for real with `runner`'s workers, fits the timing on the first and
-/// predicts the second. `on_phase` is told when each run starts. An interrupted run is an error
-/// ([`Error::Interrupted`]).
+/// predicts the second. `on_phase` is told when each run starts, `on_run` gets each finished run (so a caller keeps
+/// it if the next one is interrupted). An interrupted run is an error ([`Error::Interrupted`]).
 pub fn calibrate(
     runner: &FaultRun,
     quick: bool,
     cancel: &AtomicBool,
     mut on_phase: impl FnMut(&str),
+    mut on_run: impl FnMut(&str, &FaultRunReport),
 ) -> Result<Calibration, Error> {
     let run = |job: &TrainingJob| -> Result<(FaultRunConfig, FaultRunReport), Error> {
         let cfg = runner.config_for(job)?;
@@ -216,10 +217,12 @@ pub fn calibrate(
     let fit_job = fit_job(quick);
     on_phase("calibration run");
     let (fit_cfg, fit_run) = run(&fit_job)?;
+    on_run("calibration run", &fit_run);
     let timing = fit(&[(&fit_cfg, &fit_run)]);
     let held_job = held_out_job(quick);
     on_phase("held-out run");
     let (_, held_run) = run(&held_job)?;
+    on_run("held-out run", &held_run);
     let held_out = held_out_table(&held_job, &held_run, &timing);
     Ok(Calibration {
         timing,
