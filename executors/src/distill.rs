@@ -136,8 +136,38 @@ fn train(
     Some((own, soft_flops))
 }
 
+/// One point of a distillation's trajectory: after `step` student steps, the examples seen from each domain and the
+/// student's validation CE on each.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TracePoint {
+    /// Student steps done.
+    pub step: u64,
+    /// Training examples (target tokens) drawn from each domain so far.
+    pub seen: Vec<f64>,
+    /// Student validation CE per domain (nats).
+    pub student_ce: Vec<f64>,
+    /// Sampling weights in force after this step.
+    pub weights: Vec<f64>,
+}
+
 /// Runs a distillation for real. `Err(Error::Interrupted)` when `cancel` is set part-way.
 pub fn distill(w: &Distillation, seed: Seed, cancel: &AtomicBool) -> Result<DistillOutcome> {
+    distill_traced(w, seed, seed, cancel, None).map(|(o, _)| o)
+}
+
+/// [`distill`], also evaluating the student on every domain every `trace_every` steps (and after the last step) for
+/// its trajectory. Trace evaluations are measurement, not part of the method: they are not counted in the FLOPs and
+/// do not change the run (the same seed gives the same student with or without a trace).
+///
+/// `seed` draws the setup (corpus, pools, validation sets, teacher); `student_seed` the student's initialisation and
+/// its domain sampling, so that replicas of one setup differ only in the student (`distill` uses one seed for both).
+pub fn distill_traced(
+    w: &Distillation,
+    seed: Seed,
+    student_seed: Seed,
+    cancel: &AtomicBool,
+    trace_every: Option<u64>,
+) -> Result<(DistillOutcome, Vec<TracePoint>)> {
     w.validate()?;
     let n = w.domains.len();
     // Source tokens per context, and the model's context (the domain marker first).
@@ -200,10 +230,10 @@ pub fn distill(w: &Distillation, seed: Seed, cancel: &AtomicBool) -> Result<Dist
     let teacher_ce = eval_domains(&teacher, &val);
     let mut eval_flops = forward_flops(&teacher, val.iter().map(Examples::len).sum());
     // The student: the schedule's weights, a fresh pass over the same pools.
-    let mut student = Model::new(shape(w.student_hidden), seed.derive("distill.student"));
+    let mut student = Model::new(shape(w.student_hidden), student_seed.derive("distill.student"));
     let mut sp = pools("distill.train");
     let mut weights = w.initial_weights();
-    let mut rng = seed.derive("distill.sampling").rng();
+    let mut rng = student_seed.derive("distill.sampling").rng();
     let val_total: usize = val.iter().map(Examples::len).sum();
     let l = Loop {
         tokens: w.student_tokens,
@@ -213,14 +243,19 @@ pub fn distill(w: &Distillation, seed: Seed, cancel: &AtomicBool) -> Result<Dist
         cancel,
     };
     let weights_cell = std::cell::RefCell::new(&mut weights);
+    let seen = std::cell::RefCell::new(vec![0.0f64; n]);
+    let mut trace = Vec::new();
+    let total_steps = w.student_tokens.div_ceil(w.batch);
     let (student_flops, soft_flops) = train(
         &mut student,
         &l,
         &mut |b, ctx, tgt| {
             let wts = weights_cell.borrow();
+            let mut seen = seen.borrow_mut();
             for _ in 0..b {
                 let d = pick(&wts, rng.random::<f64>());
                 sp[d].take(context, ctx, tgt);
+                seen[d] += 1.0;
             }
         },
         &mut |step, m| {
@@ -233,12 +268,22 @@ pub fn distill(w: &Distillation, seed: Seed, cancel: &AtomicBool) -> Result<Dist
                 let next = ddk_update(&wts, &s, &teacher_ce, alpha);
                 **wts = next;
             }
+            if let Some(every) = trace_every
+                && (step % every.max(1) == 0 || step == total_steps)
+            {
+                trace.push(TracePoint {
+                    step,
+                    seen: seen.borrow().clone(),
+                    student_ce: eval_domains(m, &val),
+                    weights: weights_cell.borrow().to_vec(),
+                });
+            }
         },
     )
     .ok_or(Error::Interrupted)?;
     let student_ce = eval_domains(&student, &val);
     eval_flops += forward_flops(&student, val_total);
-    Ok(DistillOutcome {
+    let out = DistillOutcome {
         domains: w.domains.iter().map(|d| d.name.clone()).collect(),
         student_ce: Some(student_ce),
         teacher_ce: Some(teacher_ce),
@@ -248,7 +293,10 @@ pub fn distill(w: &Distillation, seed: Seed, cancel: &AtomicBool) -> Result<Dist
             teacher_forward: soft_flops,
             evaluation: eval_flops,
         },
-    })
+        gap_ci: None,
+        at_scale: None,
+    };
+    Ok((out, trace))
 }
 
 /// The real distillation run as a backend (`cpu`).
@@ -294,6 +342,7 @@ mod tests {
             gamma: 0.2,
             temperature: 1.0,
             val_examples: 500,
+            at_scale: None,
         }
     }
 

@@ -65,6 +65,8 @@ impl Backend<Distillation> for DistillCost {
                 _ => Some(w.initial_weights()),
             },
             flops: flops(w),
+            gap_ci: None,
+            at_scale: w.at_scale.as_ref().map(|a| a.cost()),
         })
     }
 }

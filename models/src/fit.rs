@@ -28,6 +28,8 @@ pub enum InputDomain {
     Positive,
     /// In `[0, 1]` (a mixture ratio r; 0 is allowed).
     UnitInterval,
+    /// Zero or more (examples seen from one domain: none yet is allowed).
+    NonNegative,
 }
 
 /// One input of a law (a column of the data).
@@ -261,11 +263,13 @@ impl Dataset {
                 let ok = match spec.domain {
                     InputDomain::Positive => v.is_finite() && v > 0.0,
                     InputDomain::UnitInterval => v.is_finite() && (0.0..=1.0).contains(&v),
+                    InputDomain::NonNegative => v.is_finite() && v >= 0.0,
                 };
                 if !ok {
                     let want = match spec.domain {
                         InputDomain::Positive => "must be finite and > 0",
                         InputDomain::UnitInterval => "must lie in [0, 1]",
+                        InputDomain::NonNegative => "must be finite and >= 0",
                     };
                     return Err(Error::invalid(
                         format!("data.row[{}].{}", i + 1, spec.name),

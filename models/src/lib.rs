@@ -11,6 +11,7 @@ pub mod distill;
 pub mod fabric;
 pub mod faultline;
 pub mod fit;
+pub mod gaplaw;
 pub mod hardware;
 pub mod laws;
 pub mod mixture;

@@ -3,6 +3,7 @@
 
 pub mod dag;
 pub mod dense;
+pub mod distill;
 pub mod engine;
 pub mod fabric;
 pub mod failures;

@@ -108,6 +108,8 @@ pub fn run(a: &CalibrateArgs, seed: Option<u64>, cancel: &Arc<AtomicBool>) -> Re
         )
         .into());
     }
+    // An unusable output folder fails now, not after minutes of measurement.
+    trainlab::dcpt::check_out_dir("--out", &a.out)?;
     let bar = trainlab::progress::spinner(&format!("calibrate {}", kind.name()), a.json);
     let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
     let done = run_cancellable(cal, device, a.quick, Seed(seed.unwrap_or(42)), cancel, &bar, &kept);

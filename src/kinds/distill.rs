@@ -1,36 +1,521 @@
 //! The `distillation` kind (DDK): a teacher distilled into a student over several domains under a domain-sampling
-//! schedule (uniform, static weights, or DDK's perplexity-guided sampling), answered by the closed-form compute cost
-//! (`cost_model`) and by a real distillation of tiny LMs on this CPU (`cpu`).
+//! schedule (uniform, static weights, or DDK's perplexity-guided sampling).
 //!
-//! Not built yet (issue 12, part 2): the fitted gap-dynamics law, the simulated DDK control loop on it, and the
-//! calibration that fits the law on uniform and static runs and predicts DDK runs.
-use super::{KindDef, Opts, no_profile};
-use trainlab_core::Error;
+//! Backends: the closed-form compute cost (`cost_model`); the gap law fitted to real runs, followed along the
+//! schedule's expected counts (`gap_law`); the DDK control loop run on that law with Monte Carlo over domain sampling
+//! (`ddk_sim`); and the real distillation of tiny LMs on this CPU (`cpu`, the reference). `gap_law` and `ddk_sim` read
+//! a `distillation` profile.
+//!
+//! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform and
+//! data-proportional static sampling (several student seeds, one setup seed: the same corpus and teacher) are traced
+//! every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
+//! intervals). The DDK runs (several `k` and `alpha`) are held out: `ddk_sim` predicts their final per-domain losses
+//! and the ranking of the schedules. Then the schedule search on the law picks the best of 200 candidates, which is
+//! run for real next to the paper's default (`k` scaled to this run's length, `alpha = 0.5`).
+use super::{KindDef, Opts};
+use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
+use std::sync::atomic::Ordering;
 use trainlab_core::workloads::distill::{Distillation, Schedule};
+use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
+use trainlab_executors::distill::{TracePoint, distill_traced};
+use trainlab_models::fit::{self, Dataset, FitConfig, Law};
+use trainlab_models::gaplaw::{DistillProfile, GapLaw, GapLawBackend};
+use trainlab_sim::distill::{DdkSim, candidates, monte_carlo, search};
 
-fn backends(_: &Opts) -> Result<super::Backends<Distillation>, Error> {
+fn profile(o: &Opts) -> Result<Option<Profile<DistillProfile>>, Error> {
+    o.profiles.get_one::<DistillProfile>("distillation", |_| true)
+}
+
+fn backends(o: &Opts) -> Result<super::Backends<Distillation>, Error> {
+    let p = profile(o)?.map(|p| p.params);
     Ok(vec![
         Box::new(trainlab_models::distill::DistillCost),
+        Box::new(GapLawBackend { profile: p.clone() }),
+        Box::new(DdkSim {
+            profile: p,
+            replications: if o.quick { 30 } else { 200 },
+        }),
         Box::new(trainlab_executors::distill::DistillCpu),
     ])
+}
+
+fn describe_schedule(s: &Schedule) -> String {
+    match s {
+        Schedule::Uniform => "uniform".to_string(),
+        Schedule::Static(w) => format!(
+            "static [{}]",
+            w.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ")
+        ),
+        Schedule::Ddk { k, alpha } => format!("ddk k={k} alpha={alpha}"),
+    }
 }
 
 /// The `distillation` kind.
 pub static KIND: KindDef<Distillation> = KindDef {
     about: "distilling a teacher into a student over several domains: per-domain gaps under uniform, static or DDK \
             sampling, and the teacher's share of the compute",
-    reads: &[],
+    reads: &["distillation"],
     reference: &["cpu"],
     headline: &["gap.mean", "gap.worst", "teacher_flop_share"],
     backends,
-    describe: |w| {
-        let s = match &w.schedule {
-            Schedule::Uniform => "uniform".to_string(),
-            Schedule::Static(_) => "static".to_string(),
-            Schedule::Ddk { k, alpha } => format!("ddk k={k} alpha={alpha}"),
-        };
-        format!("{} domains, {s}", w.domains.len())
+    describe: |w| format!("{} domains, {}", w.domains.len(), describe_schedule(&w.schedule)),
+    profiled: |o, w| match profile(o) {
+        Ok(Some(p)) if p.params.check_for(w).is_ok() => {
+            vec![("gap_law", "distillation".into()), ("ddk_sim", "distillation".into())]
+        }
+        _ => vec![],
     },
-    profiled: no_profile,
-    calibration: None,
+    calibration: Some(&DistillCalibration),
 };
+
+/// What the calibration runs.
+#[derive(Debug, Clone)]
+pub struct CalPlan {
+    /// The setup (the `ddk-tiny` scenario's, shortened when quick).
+    pub base: Distillation,
+    /// Student seeds (replicas of every schedule).
+    pub seeds: Vec<u64>,
+    /// Schedules whose runs the law is fitted on.
+    pub fit: Vec<Schedule>,
+    /// Schedules held out (predicted by `ddk_sim`).
+    pub held: Vec<Schedule>,
+    /// The paper's default, scaled (one of `held`).
+    pub default: Schedule,
+    /// Student steps between traced evaluations.
+    pub trace_every: u64,
+    /// Fit starts.
+    pub starts: usize,
+    /// Bootstrap replicates of the law.
+    pub bootstrap: usize,
+    /// Monte Carlo replications per schedule.
+    pub reps: usize,
+    /// Search grid: `k` values, `alpha` values, random static weight vectors.
+    pub search: (Vec<u64>, Vec<f64>, usize),
+}
+
+impl CalPlan {
+    /// The plan `calibrate` runs (`quick`: one seed, a shorter run, fewer schedules).
+    pub fn new(quick: bool) -> Result<Self, Error> {
+        let mut base: Distillation = trainlab_datasets::scenario::load("ddk-tiny")?.workload()?;
+        let n = base.domains.len();
+        let total: f64 = base.domains.iter().map(|d| d.tokens as f64).sum();
+        // Static weights proportional to each domain's data, as in `ddk-schedule-study`; the last one closes the sum.
+        let mut prop: Vec<f64> = base.domains.iter().map(|d| d.tokens as f64 / total).collect();
+        prop[n - 1] = 1.0 - prop[..n - 1].iter().sum::<f64>();
+        // DDK's K = 1000 of its run's updates, scaled: `ddk-tiny` updates every 25 of its 1,563 steps.
+        let default = Schedule::Ddk { k: 25, alpha: 0.5 };
+        base.schedule = Schedule::Uniform;
+        Ok(if quick {
+            base.teacher_tokens = 150_000;
+            base.student_tokens = 40_000;
+            CalPlan {
+                base,
+                seeds: vec![1],
+                fit: vec![Schedule::Uniform, Schedule::Static(prop)],
+                held: vec![default.clone(), Schedule::Ddk { k: 25, alpha: 1.0 }],
+                default,
+                trace_every: 50,
+                starts: 32,
+                bootstrap: 0,
+                reps: 20,
+                search: (vec![10, 25, 100], vec![0.0, 0.5, 1.0], 5),
+            }
+        } else {
+            CalPlan {
+                base,
+                seeds: vec![1, 2, 3],
+                fit: vec![Schedule::Uniform, Schedule::Static(prop)],
+                held: vec![
+                    Schedule::Ddk { k: 5, alpha: 0.5 },
+                    default.clone(),
+                    Schedule::Ddk { k: 200, alpha: 0.5 },
+                    Schedule::Ddk { k: 25, alpha: 0.0 },
+                    Schedule::Ddk { k: 25, alpha: 1.0 },
+                ],
+                default,
+                trace_every: 50,
+                starts: 256,
+                bootstrap: 20,
+                reps: 100,
+                search: (vec![5, 10, 25, 50, 100, 200, 400], vec![0.0, 0.25, 0.5, 0.75, 1.0], 164),
+            }
+        })
+    }
+}
+
+/// One real run: its final per-domain losses and trajectory.
+struct Run {
+    schedule: Schedule,
+    seed: u64,
+    student_ce: Vec<f64>,
+    teacher_ce: Vec<f64>,
+    trace: Vec<TracePoint>,
+}
+
+fn mean_gap(s: &[f64], t: &[f64]) -> f64 {
+    s.iter().zip(t).map(|(a, b)| a - b).sum::<f64>() / s.len() as f64
+}
+
+/// Mean over runs of the final per-domain losses of `schedule`.
+fn mean_ce(runs: &[Run], schedule: &Schedule) -> Vec<f64> {
+    let of: Vec<&Run> = runs.iter().filter(|r| &r.schedule == schedule).collect();
+    let n = of[0].student_ce.len();
+    (0..n)
+        .map(|i| of.iter().map(|r| r.student_ce[i]).sum::<f64>() / of.len() as f64)
+        .collect()
+}
+
+/// Spearman rank correlation of two equally long series (no ties expected; ties get the order of appearance).
+fn spearman(a: &[f64], b: &[f64]) -> f64 {
+    let rank = |v: &[f64]| {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
+        let mut r = vec![0.0; v.len()];
+        for (k, i) in idx.into_iter().enumerate() {
+            r[i] = k as f64;
+        }
+        r
+    };
+    let (ra, rb) = (rank(a), rank(b));
+    let n = a.len() as f64;
+    let d2: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - y) * (x - y)).sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+/// R² of predictions against observations.
+fn r_squared(pred: &[f64], obs: &[f64]) -> f64 {
+    let m = obs.iter().sum::<f64>() / obs.len() as f64;
+    let ss_res: f64 = pred.iter().zip(obs).map(|(p, o)| (p - o) * (p - o)).sum();
+    let ss_tot: f64 = obs.iter().map(|o| (o - m) * (o - m)).sum();
+    1.0 - ss_res / ss_tot
+}
+
+/// Calibration of the gap law against real distillation runs on this CPU.
+pub struct DistillCalibration;
+
+impl Calibration for DistillCalibration {
+    fn profile_kind(&self) -> &'static str {
+        "distillation"
+    }
+    fn devices(&self) -> &'static [Device] {
+        &[Device::Cpu]
+    }
+    fn run(&self, req: &CalRequest<'_>) -> Result<Calibrated, Error> {
+        let plan = CalPlan::new(req.quick)?;
+        let study = "calibrate-distillation-cpu";
+        let names: Vec<String> = plan.base.domains.iter().map(|d| d.name.clone()).collect();
+        let setup_seed = req.seed.derive("distill.setup");
+        let mut runs: Vec<Run> = Vec::new();
+        let real = |schedule: &Schedule, runs: &mut Vec<Run>| -> Result<(), Error> {
+            for &s in &plan.seeds {
+                (req.progress)(format!(
+                    "real run {}: {}, student seed {s}",
+                    runs.len() + 1,
+                    describe_schedule(schedule)
+                ));
+                let mut w = plan.base.clone();
+                w.schedule = schedule.clone();
+                let (o, trace) = distill_traced(
+                    &w,
+                    setup_seed,
+                    req.seed.derive("distill.student").index(s),
+                    req.cancel,
+                    Some(plan.trace_every),
+                )?;
+                let (student_ce, teacher_ce) = (o.student_ce.unwrap_or_default(), o.teacher_ce.unwrap_or_default());
+                let case = format!("{} [seed {s}]", describe_schedule(schedule));
+                (req.keep)(
+                    names
+                        .iter()
+                        .zip(&student_ce)
+                        .map(|(d, v)| {
+                            calibration::measured_record(
+                                study,
+                                Distillation::KIND,
+                                &case,
+                                Device::Cpu,
+                                req.seed,
+                                &Metric::new(format!("student_ce.{d}"), Unit::Nats, *v),
+                            )
+                        })
+                        .collect(),
+                );
+                runs.push(Run {
+                    schedule: schedule.clone(),
+                    seed: s,
+                    student_ce,
+                    teacher_ce,
+                    trace,
+                });
+            }
+            Ok(())
+        };
+        for s in plan.fit.iter().chain(&plan.held) {
+            real(s, &mut runs)?;
+        }
+        let teacher_ce = runs[0].teacher_ce.clone();
+        if runs.iter().any(|r| r.teacher_ce != teacher_ce) {
+            return Err(Error::Backend(
+                "internal: runs of one setup seed trained different teachers".into(),
+            ));
+        }
+        // Fit the law on every traced point of the fit runs.
+        let n = names.len();
+        let law = GapLaw::new(n);
+        let pools: Vec<f64> = plan.base.domains.iter().map(|d| d.tokens as f64).collect();
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for r in runs.iter().filter(|r| plan.fit.contains(&r.schedule)) {
+            for p in &r.trace {
+                for i in 0..n {
+                    x.push(GapLaw::row(i, &p.seen, &pools));
+                    y.push(p.student_ce[i]);
+                }
+            }
+        }
+        let data = Dataset::new(law.inputs().iter().map(|s| s.name.clone()).collect(), x, y)?;
+        (req.progress)(format!("fitting the gap law on {} traced points", data.len()));
+        let cfg = FitConfig {
+            max_starts: plan.starts,
+            seed: req.seed.derive("distill.fit"),
+            cancel: Some(req.cancel.clone()),
+            ..FitConfig::default()
+        };
+        let best = fit::fit(&law, &data, &cfg)?;
+        let boot = if plan.bootstrap > 0 && !cfg.cancelled() {
+            (req.progress)(format!("{} bootstrap refits of the law", plan.bootstrap));
+            fit::bootstrap(&law, &data, &best, plan.bootstrap, &cfg)?.params
+        } else {
+            Vec::new()
+        };
+        if req.cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let mut setup = plan.base.clone();
+        setup.schedule = Schedule::Uniform;
+        let profile = DistillProfile {
+            setup,
+            teacher_ce: teacher_ce.clone(),
+            law: law.unpack(&best.params),
+            bootstrap: boot.iter().map(|p| law.unpack(p)).collect(),
+        };
+        // Predict every schedule (the fitted ones too, for the records) by the simulated control loop.
+        let mut schedules: Vec<Schedule> = plan.fit.clone();
+        schedules.extend(plan.held.iter().cloned());
+        let mc_seed = req.seed.derive("distill.mc");
+        let mut predicted = Vec::new();
+        for s in &schedules {
+            let mut w = plan.base.clone();
+            w.schedule = s.clone();
+            let sum = monte_carlo(&w, &profile, plan.reps, mc_seed, req.cancel).ok_or(Error::Interrupted)?;
+            predicted.push(sum);
+        }
+        let mut held_out = Vec::new();
+        let mut records = Vec::new();
+        let (mut pred_all, mut obs_all) = (Vec::new(), Vec::new());
+        let (mut gap_meas, mut gap_pred) = (Vec::new(), Vec::new());
+        for (s, sum) in schedules.iter().zip(&predicted) {
+            let held = plan.held.contains(s);
+            let meas = mean_ce(&runs, s);
+            let case = format!(
+                "{} [{}, mean of {} seeds]",
+                describe_schedule(s),
+                if held { "held-out" } else { "fit" },
+                plan.seeds.len()
+            );
+            let (gm, gp) = (mean_gap(&meas, &teacher_ce), sum.mean_gap.0);
+            gap_meas.push(gm);
+            gap_pred.push(gp);
+            for (i, d) in names.iter().enumerate() {
+                if held {
+                    pred_all.push(sum.student_ce[i]);
+                    obs_all.push(meas[i]);
+                    held_out.push(HeldOut {
+                        case: case.clone(),
+                        metric: format!("student_ce.{d}"),
+                        measured: meas[i],
+                        calibrated: sum.student_ce[i],
+                        uncalibrated: None,
+                    });
+                }
+                for (backend, f, v) in [
+                    ("cpu", Fidelity::Measured, meas[i]),
+                    ("ddk_sim", Fidelity::Simulated, sum.student_ce[i]),
+                ] {
+                    records.push(Record::from_metric(
+                        study,
+                        Distillation::KIND,
+                        &case,
+                        backend,
+                        f,
+                        req.seed.0,
+                        &Metric::new(format!("student_ce.{d}"), Unit::Nats, v),
+                    ));
+                }
+            }
+            for (backend, f, v) in [("cpu", Fidelity::Measured, gm), ("ddk_sim", Fidelity::Simulated, gp)] {
+                records.push(Record::from_metric(
+                    study,
+                    Distillation::KIND,
+                    &case,
+                    backend,
+                    f,
+                    req.seed.0,
+                    &Metric::new("gap.mean", Unit::Nats, v),
+                ));
+            }
+        }
+        let r2 = r_squared(&pred_all, &obs_all);
+        // R² of the deviations from each domain's mean over the held-out schedules: what the schedule changes,
+        // without the differences between domains (which alone give a high R²).
+        let (mut dp, mut dobs) = (Vec::new(), Vec::new());
+        let k = plan.held.len();
+        for i in 0..n {
+            let col = |v: &[f64]| (0..k).map(|j| v[j * n + i]).collect::<Vec<_>>();
+            let (p, o) = (col(&pred_all), col(&obs_all));
+            let (mp, mo) = (p.iter().sum::<f64>() / k as f64, o.iter().sum::<f64>() / k as f64);
+            dp.extend(p.iter().map(|v| v - mp));
+            dobs.extend(o.iter().map(|v| v - mo));
+        }
+        let r2_within = r_squared(&dp, &dobs);
+        // Without the unsmoothed DDK runs (alpha = 1), whose weights collapse onto one domain: a mixture far outside
+        // the fitted ones, where the law's fixed per-domain floors cannot follow the student's capacity.
+        let (mut p1, mut o1) = (Vec::new(), Vec::new());
+        for (j, s) in plan.held.iter().enumerate() {
+            if !matches!(s, Schedule::Ddk { alpha, .. } if *alpha >= 1.0) {
+                p1.extend_from_slice(&pred_all[j * n..(j + 1) * n]);
+                o1.extend_from_slice(&obs_all[j * n..(j + 1) * n]);
+            }
+        }
+        let r2_smoothed = if o1.is_empty() { f64::NAN } else { r_squared(&p1, &o1) };
+        let rho = spearman(&gap_pred, &gap_meas);
+        // The schedule search on the law, then its best schedule run for real next to the paper's default.
+        let (ks, alphas, statics) = &plan.search;
+        let cands = candidates(n, ks, alphas, *statics, req.seed.derive("distill.search"));
+        (req.progress)(format!(
+            "searching {} schedules x {} replications on the law",
+            cands.len(),
+            plan.reps
+        ));
+        let t0 = std::time::Instant::now();
+        let ranked = search(&plan.base, &profile, &cands, plan.reps, mc_seed, req.cancel)?;
+        let search_s = t0.elapsed().as_secs_f64();
+        let best_schedule = ranked[0].schedule.clone();
+        if !runs.iter().any(|r| r.schedule == best_schedule) {
+            real(&best_schedule, &mut runs)?;
+        }
+        let best_meas = mean_gap(&mean_ce(&runs, &best_schedule), &teacher_ce);
+        let default_meas = mean_gap(&mean_ce(&runs, &plan.default), &teacher_ce);
+        let per_seed = |s: &Schedule| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| &r.schedule == s)
+                .map(|r| mean_gap(&r.student_ce, &teacher_ce))
+                .collect()
+        };
+        held_out.push(HeldOut {
+            case: format!("searched best: {}", describe_schedule(&best_schedule)),
+            metric: "gap.mean".into(),
+            measured: best_meas,
+            calibrated: ranked[0].summary.mean_gap.0,
+            uncalibrated: None,
+        });
+        let mut notes = vec![
+            format!(
+                "{} real runs on {} (setup seed fixed, student seeds {:?}); law fitted on {} traced points of the \
+                 uniform and static runs (R² {:.4})",
+                runs.len(),
+                trainlab_executors::cpu::cpu_device_description(),
+                plan.seeds,
+                data.len(),
+                best.gof.r2
+            ),
+            format!(
+                "fitted: beta {:.3}, transfer {:.3}, R* {:.2}; floors {:?}",
+                profile.law.beta,
+                profile.law.transfer,
+                profile.law.rstar,
+                profile
+                    .law
+                    .floor
+                    .iter()
+                    .map(|v| (v * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>()
+            ),
+            format!(
+                "held-out DDK runs: R² {r2:.3} of final per-domain losses ({} values; {r2_smoothed:.3} without \
+                 alpha = 1), R² {r2_within:.3} of their deviations from each domain's mean; Spearman {rho:.2} between \
+                 predicted and measured mean gaps of the {} schedules",
+                pred_all.len(),
+                schedules.len()
+            ),
+        ];
+        for (s, (gm, gp)) in schedules.iter().zip(gap_meas.iter().zip(&gap_pred)) {
+            let sd = trainlab_core::stats::Summary::of(&per_seed(s)).std;
+            notes.push(format!(
+                "  {:<40} measured mean gap {gm:.4} (seed std {sd:.4}), predicted {gp:.4}",
+                describe_schedule(s)
+            ));
+        }
+        notes.push(format!(
+            "search: {} schedules x {} replications in {search_s:.2} s; best {} (predicted {:.4}); measured {:.4} \
+             vs the paper's default {} measured {:.4}",
+            cands.len(),
+            plan.reps,
+            describe_schedule(&best_schedule),
+            ranked[0].summary.mean_gap.0,
+            best_meas,
+            describe_schedule(&plan.default),
+            default_meas
+        ));
+        let json = serde_json::json!({
+            "runs": runs.len(), "points_fitted": data.len(), "fit_r2": best.gof.r2,
+            "held_out_r2": r2, "held_out_r2_without_alpha_1": r2_smoothed,
+            "held_out_r2_within_domain": r2_within, "spearman_mean_gap": rho,
+            "law": profile.law,
+            "search": {"schedules": cands.len(), "replications": plan.reps, "seconds": search_s,
+                       "best": describe_schedule(&best_schedule), "best_predicted_gap": ranked[0].summary.mean_gap.0,
+                       "best_measured_gap": best_meas, "default_measured_gap": default_meas},
+            "schedules": schedules.iter().zip(gap_meas.iter().zip(&gap_pred)).map(|(s, (m, p))| serde_json::json!({
+                "schedule": describe_schedule(s), "measured_mean_gap": m, "predicted_mean_gap": p,
+                "measured_per_seed": per_seed(s)})).collect::<Vec<_>>(),
+        });
+        let measured: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{} seed {}", describe_schedule(&r.schedule), r.seed))
+            .collect();
+        let device = trainlab_executors::cpu::cpu_device_description();
+        Ok(Calibrated {
+            profile_kind: "distillation",
+            profile_toml: envelope("distillation", provenance(device, measured), profile, held_out.clone())?,
+            held_out,
+            records,
+            notes,
+            json,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank_and_fit_statistics() {
+        assert!((spearman(&[1.0, 2.0, 3.0], &[10.0, 20.0, 30.0]) - 1.0).abs() < 1e-12);
+        assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!((r_squared(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]) - 1.0).abs() < 1e-12);
+        assert!(r_squared(&[2.0, 2.0, 2.0], &[1.0, 2.0, 3.0]).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_plan_is_valid_and_holds_out_the_default() {
+        for quick in [true, false] {
+            let p = CalPlan::new(quick).unwrap();
+            assert!(p.held.contains(&p.default));
+            for s in p.fit.iter().chain(&p.held) {
+                let mut w = p.base.clone();
+                w.schedule = s.clone();
+                w.validate().unwrap();
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::check;
-use crate::{Error, Metric, Outcome, Unit, Workload};
+use crate::{ClusterSpec, Dtype, Error, Metric, Outcome, Unit, Workload};
 
 /// One domain of the corpus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,95 @@ pub struct Distillation {
     /// Validation examples per domain (DDK: 500).
     #[serde(default = "d_val")]
     pub val_examples: u64,
+    /// The same method at production scale, for its cost only (the losses are those of the tiny models above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_scale: Option<AtScale>,
+}
+
+/// A transformer teacher and student distilled on a cluster: what the cost model prices at scale.
+///
+/// FLOPs (Kaplan et al. 2020 accounting): `(6·N_S + 2·N_T)·D` (student training, teacher forward on every token;
+/// DDK's periodic evaluation, 500 examples per domain every K = 1000 steps, is left out); time
+/// `FLOPs / (GPUs · peak(dtype) · mfu)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtScale {
+    /// Teacher parameters.
+    pub teacher_params: f64,
+    /// Student parameters.
+    pub student_params: f64,
+    /// Distillation tokens.
+    pub tokens: f64,
+    /// The cluster.
+    pub cluster: ClusterSpec,
+    /// Model FLOPs utilisation assumed (a planning assumption, not measured here).
+    #[serde(default = "d_mfu")]
+    pub mfu: f64,
+    /// Datatype of the matrix products.
+    #[serde(default = "d_dtype")]
+    pub dtype: Dtype,
+}
+
+fn d_mfu() -> f64 {
+    0.4
+}
+fn d_dtype() -> Dtype {
+    Dtype::Bf16
+}
+
+/// The cost of an [`AtScale`] run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AtScaleCost {
+    /// All FLOPs.
+    pub flops: f64,
+    /// The teacher forward's share.
+    pub teacher_share: f64,
+    /// Days on the cluster.
+    pub days: f64,
+    /// GPU-hours.
+    pub gpu_hours: f64,
+}
+
+impl AtScale {
+    /// Its cost by the formulas above.
+    pub fn cost(&self) -> AtScaleCost {
+        let (s, t) = (6.0 * self.student_params, 2.0 * self.teacher_params);
+        let flops = (s + t) * self.tokens;
+        let gpus = self.cluster.gpus() as f64;
+        let secs = flops / (gpus * self.cluster.gpu.peak(self.dtype) * self.mfu);
+        AtScaleCost {
+            flops,
+            teacher_share: t / (s + t),
+            days: secs / 86_400.0,
+            gpu_hours: secs * gpus / 3600.0,
+        }
+    }
+    fn validate(&self) -> Result<(), Error> {
+        check::positive_at_most(
+            "workload.at_scale.teacher_params",
+            self.teacher_params,
+            1e15,
+            "beyond any model",
+        )?;
+        check::positive_at_most(
+            "workload.at_scale.student_params",
+            self.student_params,
+            1e15,
+            "beyond any model",
+        )?;
+        check::positive_at_most("workload.at_scale.tokens", self.tokens, 1e16, "beyond any corpus")?;
+        check::positive_at_most("workload.at_scale.mfu", self.mfu, 1.0, "above the peak")?;
+        self.cluster.validate("workload.at_scale.cluster")?;
+        if self.cluster.gpu.peak(self.dtype).is_nan() || self.cluster.gpu.peak(self.dtype) <= 0.0 {
+            return Err(Error::invalid(
+                "workload.at_scale.dtype",
+                format!("{:?}", self.dtype),
+                "the GPU has no peak rate for this datatype",
+                "use bf16 or fp16",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn d_vocab() -> u64 {
@@ -239,6 +328,9 @@ impl Workload for Distillation {
         check::positive_at_most("workload.lr", self.lr, 1.0, "AdamW diverges far below that")?;
         check::non_negative_at_most("workload.gamma", self.gamma, 100.0, "the KL term would swamp the data")?;
         check::positive_at_most("workload.temperature", self.temperature, 100.0, "a flat teacher")?;
+        if let Some(a) = &self.at_scale {
+            a.validate()?;
+        }
         Ok(())
     }
 }
@@ -287,6 +379,21 @@ pub struct DistillOutcome {
     pub weights: Option<Vec<f64>>,
     /// Matrix FLOPs: student training, teacher forward passes on the student's batches, periodic evaluation.
     pub flops: Flops,
+    /// 95% intervals of the mean and worst gap, where the backend estimates them (Monte Carlo over sampling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gap_ci: Option<GapCi>,
+    /// The cost at production scale, where the workload has [`AtScale`] and the backend prices it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_scale: Option<AtScaleCost>,
+}
+
+/// 95% intervals of the mean and worst per-domain gap (nats).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GapCi {
+    /// Interval of the mean gap.
+    pub mean: (f64, f64),
+    /// Interval of the worst gap.
+    pub worst: (f64, f64),
 }
 
 /// Matrix FLOPs of a distillation run, by part (teacher training not included: the teacher is given).
@@ -313,12 +420,20 @@ impl Outcome for DistillOutcome {
         if let (Some(s), Some(t)) = (&self.student_ce, &self.teacher_ce) {
             let gaps: Vec<f64> = s.iter().zip(t).map(|(a, b)| a - b).collect();
             let n = gaps.len() as f64;
-            out.push(Metric::new("gap.mean", Unit::Nats, gaps.iter().sum::<f64>() / n));
-            out.push(Metric::new(
-                "gap.worst",
-                Unit::Nats,
+            let (mean, worst) = (
+                gaps.iter().sum::<f64>() / n,
                 gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-            ));
+            );
+            match self.gap_ci {
+                Some(ci) => {
+                    out.push(Metric::with_ci("gap.mean", Unit::Nats, mean, ci.mean.0, ci.mean.1));
+                    out.push(Metric::with_ci("gap.worst", Unit::Nats, worst, ci.worst.0, ci.worst.1));
+                }
+                None => {
+                    out.push(Metric::new("gap.mean", Unit::Nats, mean));
+                    out.push(Metric::new("gap.worst", Unit::Nats, worst));
+                }
+            }
             out.push(Metric::new("student_ce.mean", Unit::Nats, s.iter().sum::<f64>() / n));
             for (i, name) in self.domains.iter().enumerate() {
                 out.push(Metric::new(format!("gap.{name}"), Unit::Nats, gaps[i]));
@@ -339,6 +454,12 @@ impl Outcome for DistillOutcome {
             f.teacher_forward / f.total(),
         ));
         out.push(Metric::new("eval_flop_share", Unit::Ratio, f.evaluation / f.total()));
+        if let Some(a) = self.at_scale {
+            out.push(Metric::new("at_scale.flops", Unit::Flop, a.flops));
+            out.push(Metric::new("at_scale.teacher_flop_share", Unit::Ratio, a.teacher_share));
+            out.push(Metric::new("at_scale.days", Unit::Days, a.days));
+            out.push(Metric::new("at_scale.gpu_hours", Unit::GpuHours, a.gpu_hours));
+        }
         out
     }
 }
@@ -398,6 +519,7 @@ mod tests {
             gamma: 0.2,
             temperature: 1.0,
             val_examples: 100,
+            at_scale: None,
         }
     }
 

@@ -152,6 +152,7 @@ impl Table {
             let (ok, why) = match check {
                 ColumnCheck::Positive => (v > 0.0, "must be > 0"),
                 ColumnCheck::Unit => ((0.0..=1.0).contains(&v), "must lie in [0, 1]"),
+                ColumnCheck::NonNegative => (v >= 0.0, "must be >= 0"),
                 ColumnCheck::Any => (true, ""),
             };
             if !ok {
@@ -183,6 +184,7 @@ pub fn dataset(
         let check = match spec.domain {
             InputDomain::Positive => ColumnCheck::Positive,
             InputDomain::UnitInterval => ColumnCheck::Unit,
+            InputDomain::NonNegative => ColumnCheck::NonNegative,
         };
         let mut v = table.column_checked(&spec.name, check)?;
         if flip_ratio && spec.domain == InputDomain::UnitInterval {
@@ -202,6 +204,8 @@ pub enum ColumnCheck {
     Positive,
     /// In `[0, 1]`.
     Unit,
+    /// Zero or more.
+    NonNegative,
     /// Any finite value.
     Any,
 }

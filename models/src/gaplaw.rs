@@ -1,0 +1,465 @@
+//! The gap-dynamics law of a multi-domain distillation (DDK, Liu et al. 2024): the student's validation loss on each
+//! domain as a function of the examples it has seen from every domain, fitted by the project's fit engine
+//! ([`crate::fit`]) on real runs and read by the analytical (`gap_law`) and simulated (`ddk_sim`) backends of the
+//! `distillation` kind.
+//!
+//! For domain `i` of `n`, with `D_j` examples seen from domain `j` whose pool holds `P_j` unique examples:
+//!
+//! ```text
+//! L_i = E_i + A_i · X_i^(−β),   X_i = 1 + D'_i + τ · Σ_{j≠i} D'_j
+//! D'_j = U_j + U_j · R* · (1 − exp(−R_j / R*)),   U_j = min(D_j, P_j),   R_j = (D_j − U_j) / U_j
+//! ```
+//!
+//! `E_i` is the student's floor on domain `i`, `A_i` its reducible part, β the data exponent (shared), τ ∈ [0, 1] the
+//! transfer from the other domains (shared: the synthetic domains share one common law, `Distillation::overlap`), and
+//! `D'` the effective data of a domain whose pool is reused cyclically once exhausted (DDK §2.2): `R_j` repetitions of
+//! `U_j` unique examples are worth `U_j·R*·(1 − e^(−R_j/R*))` fresh ones, the repeated-data form of Muennighoff et
+//! al. 2023 (arXiv 2305.16264, Eq. 5). Parameters in optimiser coordinates: `[e_1..e_n, a_1..a_n, β, τ, r]` with
+//! `E = exp(e)`, `A = exp(a)`, `R* = exp(r)`.
+//!
+//! A row of data is `[domain (1-based), D_1..D_n, P_1..P_n]`, the target the student's CE on that domain (nats).
+use crate::fit::{InputDomain, InputSpec, Law, ParamSpec};
+use serde::{Deserialize, Serialize};
+use trainlab_core::workloads::distill::{DistillOutcome, Distillation, Schedule, ddk_update};
+use trainlab_core::{Backend, Error, Fidelity, RunCtx, Workload};
+
+/// The law for `n` domains.
+#[derive(Debug, Clone)]
+pub struct GapLaw {
+    n: usize,
+    params: Vec<ParamSpec>,
+    inputs: Vec<InputSpec>,
+}
+
+/// Fitted parameters in natural units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GapLawParams {
+    /// Floor `E_i` per domain (nats).
+    pub floor: Vec<f64>,
+    /// Reducible part `A_i` per domain (nats).
+    pub scale: Vec<f64>,
+    /// Data exponent β.
+    pub beta: f64,
+    /// Transfer τ from the other domains' data.
+    pub transfer: f64,
+    /// Repetition constant `R*` of reused data.
+    pub rstar: f64,
+}
+
+impl GapLaw {
+    /// The law for `n` domains (2 or more).
+    pub fn new(n: usize) -> Self {
+        let mut params = Vec::with_capacity(2 * n + 3);
+        for i in 0..n {
+            // Floors near the losses of small LMs on tiny vocabularies (e^0.7 ≈ 2, e^1.2 ≈ 3.3 nats).
+            params.push(ParamSpec::new(&format!("e{}", i + 1), -5.0, 3.0, &[0.7, 1.0]));
+        }
+        for i in 0..n {
+            params.push(ParamSpec::new(&format!("a{}", i + 1), -10.0, 5.0, &[-1.0, 0.5]));
+        }
+        params.push(ParamSpec::new("beta", 0.0, 3.0, &[0.2, 0.5, 1.0]));
+        params.push(ParamSpec::new("tau", 0.0, 1.0, &[0.1, 0.5]));
+        params.push(ParamSpec::new("r", -3.0, 6.0, &[0.0, 2.7]));
+        let mut inputs = vec![InputSpec {
+            name: "domain".into(),
+            domain: InputDomain::Positive,
+        }];
+        for (tag, dom) in [("D", InputDomain::NonNegative), ("P", InputDomain::Positive)] {
+            for j in 0..n {
+                inputs.push(InputSpec {
+                    name: format!("{tag}{}", j + 1),
+                    domain: dom,
+                });
+            }
+        }
+        GapLaw { n, params, inputs }
+    }
+
+    /// Domains.
+    pub fn domains(&self) -> usize {
+        self.n
+    }
+
+    /// Natural parameters from optimiser coordinates.
+    pub fn unpack(&self, p: &[f64]) -> GapLawParams {
+        let n = self.n;
+        GapLawParams {
+            floor: p[..n].iter().map(|x| x.exp()).collect(),
+            scale: p[n..2 * n].iter().map(|x| x.exp()).collect(),
+            beta: p[2 * n],
+            transfer: p[2 * n + 1],
+            rstar: p[2 * n + 2].exp(),
+        }
+    }
+
+    /// Optimiser coordinates from natural parameters.
+    pub fn pack(q: &GapLawParams) -> Vec<f64> {
+        let mut p: Vec<f64> = q.floor.iter().map(|x| x.ln()).collect();
+        p.extend(q.scale.iter().map(|x| x.ln()));
+        p.extend([q.beta, q.transfer, q.rstar.ln()]);
+        p
+    }
+
+    /// A data row for domain `i` (0-based).
+    pub fn row(i: usize, seen: &[f64], pool: &[f64]) -> Vec<f64> {
+        let mut x = Vec::with_capacity(1 + 2 * seen.len());
+        x.push((i + 1) as f64);
+        x.extend_from_slice(seen);
+        x.extend_from_slice(pool);
+        x
+    }
+}
+
+/// Effective data of `d` examples from a pool of `p` unique ones (`R*` = `rstar`), and its derivative in `log R*`.
+pub fn effective(d: f64, p: f64, rstar: f64) -> (f64, f64) {
+    let u = d.min(p);
+    if d <= p || u <= 0.0 {
+        return (d, 0.0);
+    }
+    let r = (d - u) / u;
+    let e = (-r / rstar).exp();
+    let v = u + u * rstar * (1.0 - e);
+    // ∂v/∂R* = U·[(1 − e) − (R/R*)·e]; ∂/∂log R* = R*·∂v/∂R*.
+    let dv = u * rstar * ((1.0 - e) - (r / rstar) * e);
+    (v, dv)
+}
+
+impl GapLawParams {
+    /// Predicted student CE on every domain after `seen` examples from each (pools `pool`).
+    pub fn predict(&self, seen: &[f64], pool: &[f64]) -> Vec<f64> {
+        let eff: Vec<f64> = seen
+            .iter()
+            .zip(pool)
+            .map(|(d, p)| effective(*d, *p, self.rstar).0)
+            .collect();
+        let total: f64 = eff.iter().sum();
+        (0..seen.len())
+            .map(|i| {
+                let x = 1.0 + eff[i] + self.transfer * (total - eff[i]);
+                self.floor[i] + self.scale[i] * x.powf(-self.beta)
+            })
+            .collect()
+    }
+
+    /// Checks that the parameters can be used (finite, positive where they must be), naming `field`.
+    pub fn validate(&self, field: &str, n: usize) -> Result<(), Error> {
+        if self.floor.len() != n || self.scale.len() != n {
+            return Err(Error::invalid(
+                format!("{field}.floor"),
+                self.floor.len(),
+                format!(
+                    "the law was fitted on {} domains, this workload has {n}",
+                    self.floor.len()
+                ),
+                "calibrate on a workload with the same domains",
+            ));
+        }
+        let all = self.floor.iter().chain(&self.scale).chain([&self.rstar]);
+        if all.clone().any(|x| !(x.is_finite() && *x > 0.0)) {
+            return Err(Error::invalid(
+                field,
+                "a non-positive or non-finite value",
+                "floors, scales and R* must be finite and > 0",
+                "recalibrate: trainlab calibrate --workload distillation",
+            ));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..=1.0).contains(&self.transfer)) {
+            return Err(Error::invalid(
+                format!("{field}.beta/transfer"),
+                format!("{} / {}", self.beta, self.transfer),
+                "need beta >= 0 and transfer in [0, 1]",
+                "recalibrate: trainlab calibrate --workload distillation",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Law for GapLaw {
+    fn name(&self) -> &str {
+        "ddk_gap"
+    }
+    fn formula(&self) -> &str {
+        "L_i = E_i + A_i (1 + D'_i + tau sum_{j!=i} D'_j)^-beta, D' = U + U R* (1 - exp(-R/R*))"
+    }
+    fn params(&self) -> &[ParamSpec] {
+        &self.params
+    }
+    fn inputs(&self) -> &[InputSpec] {
+        &self.inputs
+    }
+    fn log_eval(&self, p: &[f64], x: &[f64]) -> f64 {
+        let mut g = vec![0.0; p.len()];
+        self.log_grad(p, x, &mut g)
+    }
+    fn log_grad(&self, p: &[f64], x: &[f64], g: &mut [f64]) -> f64 {
+        let n = self.n;
+        let i = (x[0].round() as usize).clamp(1, n) - 1;
+        let (seen, pool) = (&x[1..1 + n], &x[1 + n..1 + 2 * n]);
+        let (beta, tau, rstar) = (p[2 * n], p[2 * n + 1], p[2 * n + 2].exp());
+        let (e, a) = (p[i].exp(), p[n + i].exp());
+        let (mut xi, mut others, mut dx_dr) = (1.0, 0.0, 0.0);
+        for j in 0..n {
+            let (v, dv) = effective(seen[j], pool[j], rstar);
+            if j == i {
+                xi += v;
+                dx_dr += dv;
+            } else {
+                others += v;
+                dx_dr += tau * dv;
+            }
+        }
+        xi += tau * others;
+        let pow = xi.powf(-beta);
+        let l = e + a * pow;
+        g.fill(0.0);
+        g[i] = e / l;
+        g[n + i] = a * pow / l;
+        g[2 * n] = -a * pow * xi.ln() / l;
+        // ∂L/∂X = −β·A·X^(−β−1).
+        let dl_dx = -beta * a * pow / xi;
+        g[2 * n + 1] = dl_dx * others / l;
+        g[2 * n + 2] = dl_dx * dx_dr / l;
+        l.ln()
+    }
+    fn natural(&self, p: &[f64]) -> Vec<(String, f64)> {
+        let q = self.unpack(p);
+        let mut out = Vec::new();
+        for (i, (f, s)) in q.floor.iter().zip(&q.scale).enumerate() {
+            out.push((format!("E{}", i + 1), *f));
+            out.push((format!("A{}", i + 1), *s));
+        }
+        out.extend([
+            ("beta".to_string(), q.beta),
+            ("tau".to_string(), q.transfer),
+            ("R*".to_string(), q.rstar),
+        ]);
+        out
+    }
+}
+
+/// A `distillation` profile: the gap law fitted on real runs of one setup, with what it was fitted on. The law
+/// answers runs of that setup (same domains, pools, teacher, student and hyper-parameters) under any schedule and
+/// student budget; another setup needs its own calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillProfile {
+    /// The calibrated setup (its schedule and student budget are those of the first fitted run).
+    pub setup: Distillation,
+    /// The teacher's validation CE per domain, measured (nats).
+    pub teacher_ce: Vec<f64>,
+    /// The fitted law.
+    pub law: GapLawParams,
+    /// Bootstrap replicates of the law (for intervals), possibly empty.
+    #[serde(default)]
+    pub bootstrap: Vec<GapLawParams>,
+}
+
+impl DistillProfile {
+    /// Checks the profile and that it was fitted on `w`'s setup (everything but the schedule and student budget).
+    pub fn check_for(&self, w: &Distillation) -> Result<(), Error> {
+        self.law.validate("profile.params.law", self.setup.domains.len())?;
+        if self.teacher_ce.len() != self.setup.domains.len() || self.teacher_ce.iter().any(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                "profile.params.teacher_ce",
+                format!("{:?}", self.teacher_ce),
+                "one finite teacher loss per domain",
+                "recalibrate: trainlab calibrate --workload distillation",
+            ));
+        }
+        let mut same = w.clone();
+        same.schedule = self.setup.schedule.clone();
+        same.student_tokens = self.setup.student_tokens;
+        if same != self.setup {
+            return Err(Error::Unsupported(
+                "the distillation profile was fitted on another setup (domains, pools, teacher, student or \
+                 hyper-parameters differ); the gap law predicts other schedules and budgets of that setup only: \
+                 calibrate on this one"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Unique examples in each domain's pool.
+    pub fn pools(&self) -> Vec<f64> {
+        self.setup.domains.iter().map(|d| d.tokens as f64).collect()
+    }
+}
+
+/// The state of a schedule followed on the law: examples seen per domain and the weights in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Followed {
+    /// Examples seen from each domain.
+    pub seen: Vec<f64>,
+    /// The final weights.
+    pub weights: Vec<f64>,
+}
+
+/// Adds a chunk of `examples` drawn under `weights` to `seen`.
+pub type Draw<'a> = dyn FnMut(&[f64], u64, &mut [f64]) + 'a;
+
+/// Follows `w`'s schedule on the law, `draw(weights, examples, seen)` adding each chunk's examples to `seen`: the
+/// expected counts for the closed form ([`expected_chunk`]), a multinomial draw for the simulator. Under `ddk` the
+/// weights are updated every `k` steps from the law's losses at that point (Eq. 1–2, the same arithmetic as the
+/// real run); chunks are the stretches between updates (the weights are constant inside one).
+pub fn follow(
+    w: &Distillation,
+    law: &GapLawParams,
+    teacher_ce: &[f64],
+    pools: &[f64],
+    draw: &mut Draw<'_>,
+) -> Followed {
+    let n = w.domains.len();
+    let mut seen = vec![0.0; n];
+    let mut weights = w.initial_weights();
+    let steps = w.student_tokens.div_ceil(w.batch);
+    // Examples in the first `s` steps (the last step may be short).
+    let examples_to = |s: u64| (s * w.batch).min(w.student_tokens);
+    match w.schedule {
+        Schedule::Ddk { k, alpha } => {
+            let mut at = 0u64;
+            while at < steps {
+                let next = (at + k).min(steps);
+                draw(&weights, examples_to(next) - examples_to(at), &mut seen);
+                if next.is_multiple_of(k) {
+                    let l = law.predict(&seen, pools);
+                    weights = ddk_update(&weights, &l, teacher_ce, alpha);
+                }
+                at = next;
+            }
+        }
+        _ => draw(&weights, w.student_tokens, &mut seen),
+    }
+    Followed { seen, weights }
+}
+
+/// The closed form's chunk: every domain gets its expected share.
+pub fn expected_chunk(weights: &[f64], examples: u64, seen: &mut [f64]) {
+    for (s, w) in seen.iter_mut().zip(weights) {
+        *s += w * examples as f64;
+    }
+}
+
+/// The analytical backend (`gap_law`): the fitted law along the schedule's expected counts (exact for uniform and
+/// static weights; for DDK the mean-field recursion of the update with expected counts, no sampling noise).
+#[derive(Debug, Clone, Default)]
+pub struct GapLawBackend {
+    /// The profile (`--profile`), if given.
+    pub profile: Option<DistillProfile>,
+}
+
+/// The error of a law backend run without a profile.
+pub fn needs_profile() -> Error {
+    Error::Unsupported(
+        "the gap law exists only as fitted to real runs: run `trainlab calibrate --workload distillation --out DIR`, \
+         then pass `--profile DIR`"
+            .into(),
+    )
+}
+
+/// The outcome of the law at the end of a followed schedule.
+pub fn outcome(w: &Distillation, p: &DistillProfile, f: &Followed) -> DistillOutcome {
+    DistillOutcome {
+        domains: w.domains.iter().map(|d| d.name.clone()).collect(),
+        student_ce: Some(p.law.predict(&f.seen, &p.pools())),
+        teacher_ce: Some(p.teacher_ce.clone()),
+        weights: Some(f.weights.clone()),
+        flops: crate::distill::flops(w),
+        gap_ci: None,
+        at_scale: None,
+    }
+}
+
+impl Backend<Distillation> for GapLawBackend {
+    fn name(&self) -> &str {
+        "gap_law"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Analytical
+    }
+    fn run(&mut self, w: &Distillation, _: &mut RunCtx) -> Result<DistillOutcome, Error> {
+        w.validate()?;
+        let p = self.profile.as_ref().ok_or_else(needs_profile)?;
+        p.check_for(w)?;
+        let f = follow(w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
+        Ok(outcome(w, p, &f))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fit::{Dataset, FitConfig, fit};
+
+    fn truth() -> GapLawParams {
+        GapLawParams {
+            floor: vec![2.2, 2.6, 2.9],
+            scale: vec![3.0, 2.0, 1.5],
+            beta: 0.35,
+            transfer: 0.3,
+            rstar: 4.0,
+        }
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let law = GapLaw::new(3);
+        let p = GapLaw::pack(&truth());
+        // Domain 2 with its pool reused (D > P) so every parameter, R* included, has a gradient.
+        let x = GapLaw::row(1, &[5000.0, 9000.0, 300.0], &[20000.0, 2000.0, 20000.0]);
+        let mut g = vec![0.0; p.len()];
+        law.log_grad(&p, &x, &mut g);
+        for j in 0..p.len() {
+            let h = 1e-6;
+            let (mut up, mut dn) = (p.clone(), p.clone());
+            up[j] += h;
+            dn[j] -= h;
+            let num = (law.log_eval(&up, &x) - law.log_eval(&dn, &x)) / (2.0 * h);
+            assert!(
+                (num - g[j]).abs() < 1e-6 * (1.0 + num.abs()),
+                "param {j}: {num} vs {}",
+                g[j]
+            );
+        }
+    }
+
+    #[test]
+    fn reuse_is_worth_less_than_fresh_data_and_never_negative() {
+        // Within the pool: one for one. Beyond it: each repetition is worth less, the total stays below U(1 + R*).
+        assert_eq!(effective(500.0, 1000.0, 4.0).0, 500.0);
+        let (a, b) = (effective(2000.0, 1000.0, 4.0).0, effective(3000.0, 1000.0, 4.0).0);
+        assert!(1000.0 < a && a < 2000.0 && a < b && b - a < a - 1000.0, "{a} {b}");
+        assert!(effective(1e9, 1000.0, 4.0).0 <= 1000.0 * 5.0 + 1e-9);
+    }
+
+    #[test]
+    fn fit_recovers_known_parameters() {
+        let law = GapLaw::new(3);
+        let t = truth();
+        let pool = [20000.0, 2000.0, 20000.0];
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        // Three schedules' trajectories (uniform and two skewed), 8 checkpoints each.
+        for w in [[1.0 / 3.0; 3], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3]] {
+            for k in 1..=8 {
+                let seen: Vec<f64> = w.iter().map(|f| f * 3000.0 * k as f64).collect();
+                let l = t.predict(&seen, &pool);
+                for (i, li) in l.iter().enumerate() {
+                    x.push(GapLaw::row(i, &seen, &pool));
+                    y.push(*li);
+                }
+            }
+        }
+        let names = law.inputs().iter().map(|s| s.name.clone()).collect();
+        let data = Dataset::new(names, x, y).unwrap();
+        let cfg = FitConfig {
+            max_starts: 64,
+            ..FitConfig::default()
+        };
+        let r = fit(&law, &data, &cfg).unwrap();
+        let q = law.unpack(&r.params);
+        assert!(r.gof.r2 > 0.999_99, "{:?}", r.gof);
+        assert!((q.beta - t.beta).abs() < 0.02, "{q:?}");
+        assert!((q.transfer - t.transfer).abs() < 0.02, "{q:?}");
+    }
+}
