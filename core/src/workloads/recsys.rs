@@ -16,6 +16,10 @@
 //!
 //! The outcome has the same metric names from every backend: `step_time`, `samples_per_s`, `kernels`, `sm_busy`,
 //! `hbm_util`, `pcie_util`, `cache_hit_rate`, and `stage.embedding`, `stage.mlp`, `stage.copy`, `stage.launch`.
+//!
+//! A step on the `cpu` device preset ([`CPU_DEVICE`], no SM limits) is what the measured `cpu` backend runs: there
+//! `sm_busy` is the busy share of the worker threads, `hbm_util` the bytes over the step time and the preset's
+//! memory bandwidth, `pcie_util` the share of the step the staging copy of missed rows runs, `stage.launch` 0.
 use serde::{Deserialize, Serialize};
 
 use crate::error::check;
