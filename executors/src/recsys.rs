@@ -38,7 +38,8 @@
 //! share of the threads; `hbm_util` the ops' bytes over the step time and the `cpu` preset's memory bandwidth;
 //! `pcie_util` the share of the step the staging copies run; `stage.launch` is 0 (no separate launch on a CPU).
 //!
-//! A step of a GPU cluster, or larger than [`TABLE_BUDGET_BYTES`] of tables or [`ACT_BUDGET_BYTES`] of gathered rows,
+//! A step of a GPU cluster, or larger than [`TABLE_BUDGET_BYTES`] of tables, [`ACT_BUDGET_BYTES`] of gathered rows or
+//! [`MLP_FLOP_BUDGET`],
 //! is not what this backend runs: [`scaled_to_budget`] gives the step it runs instead (the kind files that answer
 //! under its own workload).
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -57,12 +58,15 @@ use crate::timing::{TimingOpts, black_box, fill_random_f32, time_samples};
 pub const TABLE_BUDGET_BYTES: u64 = 256 << 20;
 /// Most bytes of gathered rows per step (`batch x Σ fields x ids x dim x 4`; the batch is scaled down to this).
 pub const ACT_BUDGET_BYTES: u64 = 48 << 20;
+/// Most MLP GEMM FLOPs per step (forward and both backward GEMMs; the batch is scaled down to this), so that one
+/// measured step of a production-sized MLP takes a fraction of a second on a CPU.
+pub const MLP_FLOP_BUDGET: f64 = 2e9;
 /// SGD learning rate of the embedding and MLP updates.
 const LR: f32 = 1e-3;
 
 /// The step this backend runs for `w`: the same step with tables scaled to [`TABLE_BUDGET_BYTES`] (every table's
-/// rows by one common factor, at least `ids_per_sample`), the batch to [`ACT_BUDGET_BYTES`] of gathered rows
-/// (micro-batches at most the batch) and fp32 MLP GEMMs. The cluster is left as given (the kind sets the `cpu`
+/// rows by one common factor, at least `ids_per_sample`), the batch to [`ACT_BUDGET_BYTES`] of gathered rows and
+/// [`MLP_FLOP_BUDGET`] (micro-batches at most the batch) and fp32 MLP GEMMs. The cluster is left as given (the kind sets the `cpu`
 /// preset).
 pub fn scaled_to_budget(w: &RecsysStep) -> RecsysStep {
     let mut x = w.clone();
@@ -75,7 +79,12 @@ pub fn scaled_to_budget(w: &RecsysStep) -> RecsysStep {
         }
     }
     let per_sample: u64 = w.fields.iter().map(|g| g.count * g.ids_per_sample * g.dim * 4).sum();
-    let max_batch = (ACT_BUDGET_BYTES / per_sample.max(1)).max(1);
+    let mut widths = vec![w.mlp_input() as f64];
+    widths.extend(w.mlp.iter().map(|&x| x as f64));
+    let flops_per_sample: f64 = widths.windows(2).map(|p| 6.0 * p[0] * p[1]).sum();
+    let max_batch = (ACT_BUDGET_BYTES / per_sample.max(1))
+        .min((MLP_FLOP_BUDGET / flops_per_sample.max(1.0)) as u64)
+        .max(1);
     if x.batch > max_batch {
         x.batch = max_batch;
     }
