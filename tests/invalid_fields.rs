@@ -265,7 +265,7 @@ fn contrastive_backends() -> Vec<Box<dyn Backend<ContrastivePretrain>>> {
 
 fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
     vec![
-        Box::new(trainlab_models::recsys::RecsysAnalytical),
+        Box::new(trainlab_models::recsys::RecsysAnalytical::default()),
         Box::new(trainlab_sim::recsys::RecsysSim { cache_ids: 2_000 }),
     ]
 }

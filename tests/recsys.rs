@@ -91,3 +91,304 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join("records.parquet").exists());
 }
+
+// ---- Issue 11 part 2: the measured CPU backend and its calibration. ----
+
+use std::sync::atomic::AtomicBool;
+use trainlab::kinds::recsys::{calibration_sets, cpu_step, fit};
+use trainlab_core::Seed;
+use trainlab_core::workloads::RecsysStep;
+use trainlab_core::workloads::recsys::{CachePolicy, FieldGroup, Pooling};
+use trainlab_executors::recsys::{CpuStep, Measured, field_ranks, measure, row_of};
+use trainlab_models::recsys::{RecsysCpuParams, cpu_counts, cpu_stage_time, cpu_times};
+
+/// A small step on the CPU: three field groups (sum of 2 ids, mean of 3 ids, dim 8 with one id), a static cache.
+fn small(packing: bool, micro_batches: u64, streams: u64) -> RecsysStep {
+    let mut w = cpu_step(50, packing, 0.2, micro_batches, streams);
+    let g = |count, rows, dim, ids, pooling| FieldGroup {
+        count,
+        rows,
+        dim,
+        ids_per_sample: ids,
+        zipf_s: 1.0,
+        pooling,
+    };
+    w.fields = vec![
+        g(3, 50, 4, 2, Pooling::Sum),
+        g(2, 30, 4, 3, Pooling::Mean),
+        g(2, 40, 8, 1, Pooling::Sum),
+        g(1, 20, 4, 2, Pooling::Sum),
+    ];
+    w.batch = 16;
+    w.mlp = vec![4, 1];
+    w
+}
+
+fn field_shapes(w: &RecsysStep) -> Vec<(u64, u64, u64, f64, bool)> {
+    let mut v = Vec::new();
+    for g in &w.fields {
+        for _ in 0..g.count {
+            v.push((g.rows, g.dim, g.ids_per_sample, g.zipf_s, g.pooling == Pooling::Mean));
+        }
+    }
+    v
+}
+
+#[test]
+fn embedding_bag_matches_a_naive_loop() {
+    let w = small(false, 1, 1);
+    let seed = Seed(5);
+    let mut st = CpuStep::new(&w, seed, 1).unwrap();
+    let shapes = field_shapes(&w);
+    let tables: Vec<Vec<f32>> = (0..shapes.len()).map(|f| st.field_table(f).unwrap()).collect();
+    st.step(&AtomicBool::new(false)).unwrap();
+    let x = st.mlp_input().to_vec();
+    let b = w.batch as usize;
+    let k0 = w.mlp_input() as usize;
+    assert_eq!(x.len(), b * k0);
+    let mut off = 0usize;
+    for (f, &(rows, dim, ids, s, mean)) in shapes.iter().enumerate() {
+        let d = dim as usize;
+        let ranks = field_ranks(seed, f as u64, rows, s, b * ids as usize).unwrap();
+        for i in 0..b {
+            for c in 0..d {
+                let mut sum = 0.0f64;
+                for j in 0..ids as usize {
+                    let row = row_of(ranks[i * ids as usize + j] - 1, rows) as usize;
+                    sum += tables[f][row * d + c] as f64;
+                }
+                if mean {
+                    sum /= ids as f64;
+                }
+                let got = x[i * k0 + off + c] as f64;
+                assert!(
+                    (got - sum).abs() < 1e-5,
+                    "field {f} sample {i} col {c}: {got} vs naive {sum}"
+                );
+            }
+        }
+        off += d;
+    }
+    assert_eq!(off, k0);
+}
+
+#[test]
+fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
+    let seed = Seed(9);
+    let run = |w: &RecsysStep| {
+        let mut st = CpuStep::new(w, seed, 2).unwrap();
+        let cancel = AtomicBool::new(false);
+        let t = st.step(&cancel).unwrap();
+        st.step(&cancel).unwrap();
+        let tables: Vec<Vec<f32>> = (0..field_shapes(w).len()).map(|f| st.field_table(f).unwrap()).collect();
+        (st.mlp_input().to_vec(), tables, t, st.counts)
+    };
+    let (x, tables, t, counts) = run(&small(false, 2, 1));
+    // The ops the executor ran are the ops the CPU op model counts.
+    assert_eq!(t.ops as f64, counts.kernels() + counts.copy.ops);
+    assert!(t.copies > 0 && t.hits > 0 && t.hits < t.lookups, "{t:?}");
+    for (packing, m, s) in [(true, 2, 1), (false, 2, 2), (true, 2, 3)] {
+        let (x2, tables2, t2, counts2) = run(&small(packing, m, s));
+        assert_eq!(x2, x, "packing {packing}, {m} micro-batches, {s} streams: MLP input");
+        assert_eq!(
+            tables2, tables,
+            "packing {packing}, {m} micro-batches, {s} streams: tables after two steps"
+        );
+        assert_eq!((t2.hits, t2.lookups), (t.hits, t.lookups));
+        assert_eq!(t2.ops as f64, counts2.kernels() + counts2.copy.ops);
+        if packing {
+            assert!(t2.ops < t.ops, "packing runs fewer ops: {} vs {}", t2.ops, t.ops);
+        }
+    }
+}
+
+#[test]
+fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
+    let mut w = cpu_step(4, false, 0.05, 1, 1);
+    w.fields[0].rows = 1000;
+    w.fields[0].ids_per_sample = 3;
+    w.batch = 128;
+    let seed = Seed(3);
+    let m = measure(&w, seed, 0, 1, 1, &AtomicBool::new(false)).unwrap();
+    let k = w.cached_rows(1000);
+    let mut ranks = Vec::new();
+    for f in 0..4 {
+        ranks.extend(field_ranks(seed, f, 1000, 1.0, 128 * 3).unwrap());
+    }
+    let sim = trainlab_sim::recsys::hit_rate_of(&ranks, k, CachePolicy::StaticTopk, 0);
+    assert!(sim > 0.2 && sim < 0.9, "{sim}");
+    assert!(
+        (m.hit_rate - sim).abs() < 1e-12,
+        "measured {} vs simulated {sim}",
+        m.hit_rate
+    );
+    // And both near the Zipf closed form (1,536 draws: a loose statistical bound).
+    let closed = trainlab_models::recsys::static_topk_hit(1000, k, 1.0);
+    assert!((sim - closed).abs() < 0.05, "{sim} vs closed form {closed}");
+}
+
+/// 1,000 tiny fields (8 samples, dim 4): per-op costs dominate, so one packed op per step stage beats 1,000 separate
+/// ones. Medians of 5 steps each; the margin asserted (1.25x; 2.0x measured) is loose on purpose (a shared machine); the measured
+/// ratio is printed.
+#[test]
+fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
+    let tiny = |packing| {
+        let mut w = cpu_step(1000, packing, 0.0, 1, 1);
+        w.fields[0].rows = 100;
+        w.batch = 8;
+        w
+    };
+    let cancel = AtomicBool::new(false);
+    let sep = measure(&tiny(false), Seed(1), 1, 5, 1, &cancel).unwrap();
+    let packed = measure(&tiny(true), Seed(1), 1, 5, 1, &cancel).unwrap();
+    let emb = |m: &Measured| m.busy_s[0] + m.busy_s[1];
+    println!(
+        "1,000 tiny fields: step {:.3} ms separate vs {:.3} ms packed ({:.1}x); embedding ops {:.3} vs {:.3} ms",
+        sep.step_s * 1e3,
+        packed.step_s * 1e3,
+        sep.step_s / packed.step_s,
+        emb(&sep) * 1e3,
+        emb(&packed) * 1e3
+    );
+    assert!(sep.step_s > 1.25 * packed.step_s, "{} vs {}", sep.step_s, packed.step_s);
+}
+
+#[test]
+fn the_fit_recovers_known_parameters_from_exact_stage_times() {
+    let truth = RecsysCpuParams {
+        op_overhead_s: 1.5e-6,
+        row_s: 12e-9,
+        mem_bytes_per_s: 9e9,
+        copy_bytes_per_s: 6e9,
+        gemm_flops_per_s: 8e9,
+        overlap: 0.6,
+        threads: 2,
+    };
+    let (fit_set, _) = calibration_sets();
+    let steps: Vec<(RecsysStep, Measured)> = fit_set
+        .into_iter()
+        .map(|w| {
+            let h = 0.4 * w.cache.fraction * 100.0;
+            let counts = cpu_counts(&w, |m, c| {
+                let _ = (m, c);
+                (1.0 - h.min(0.9)) * 256.0 * if w.packing { w.field_count() as f64 } else { 1.0 }
+                    / w.micro_batches as f64
+            });
+            let t = cpu_times(&w, &counts, &truth);
+            let busy = [
+                cpu_stage_time(&counts.copy, &truth, true),
+                cpu_stage_time(&counts.emb_fwd, &truth, false)
+                    + cpu_stage_time(&counts.emb_bwd, &truth, false)
+                    + cpu_stage_time(&counts.scatter, &truth, false),
+                cpu_stage_time(&counts.mlp, &truth, false) + cpu_stage_time(&counts.optim, &truth, false),
+            ];
+            let m = Measured {
+                step_s: t.step,
+                busy_s: busy,
+                rel_spread: 0.0,
+                counts,
+                ops: 0,
+                copies: 0,
+                hit_rate: 0.0,
+                threads: 2,
+            };
+            (w, m)
+        })
+        .collect();
+    let p = fit(&steps);
+    let close = |a: f64, b: f64, what: &str| assert!(((a - b) / b).abs() < 1e-6, "{what}: {a} vs {b}");
+    close(p.op_overhead_s, truth.op_overhead_s, "op overhead");
+    close(p.row_s, truth.row_s, "per row");
+    close(p.mem_bytes_per_s, truth.mem_bytes_per_s, "memory bandwidth");
+    close(p.copy_bytes_per_s, truth.copy_bytes_per_s, "copy bandwidth");
+    close(p.gemm_flops_per_s, truth.gemm_flops_per_s, "GEMM rate");
+    close(p.overlap, truth.overlap, "overlap");
+}
+
+/// The quick calibration runs end to end (real CPU steps, the fit, the held-out prediction, the profile), and the
+/// calibrated CPU op model predicts the held-out steps (100 and 500 fields, another cache size, other micro-batch and
+/// stream counts) with a median |error| under 50%: a generous bound, because the quick run times 3 steps once on a
+/// shared 2-core machine (the committed full run: README). The profile is then read by `compare`.
+#[test]
+fn quick_calibration_predicts_held_out_steps_and_its_profile_is_read() {
+    let dir = std::env::temp_dir().join(format!("trainlab-recsys-cal-{}", std::process::id()));
+    let o = bin()
+        .args(["calibrate", "--workload", "recsys_step", "--quick", "--json", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let med = v["details"]["held_out_median_abs_error"].as_f64().unwrap();
+    println!("quick calibration: held-out median |error| {:.1}%", 100.0 * med);
+    assert!(med < 0.5, "held-out median |error| {med}");
+    let prof = dir.join("profile-recsys_step-cpu.toml");
+    assert!(prof.exists());
+    let o = bin()
+        .args(["compare", "picasso-cpu-fields", "--quick", "--json", "--profile"])
+        .arg(&prof)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let answers = v.to_string();
+    // The closed form answered with the profile, the measured backend ran.
+    assert!(answers.contains("\"profile\":\"recsys_step\""), "{out}");
+    assert!(answers.contains("\"backend\":\"cpu\""), "{out}");
+    // A CUDA calibration is refused (exit 2), not attempted.
+    let o = bin()
+        .args([
+            "calibrate",
+            "--workload",
+            "recsys_step",
+            "--backend",
+            "cuda",
+            "--quick",
+            "--out",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_cpu_input_exits_2_with_the_field_path() {
+    let b =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/picasso-cpu-fields.toml"))
+            .unwrap();
+    for (tag, text, field) in [
+        (
+            "cpu-zero-count",
+            b.replace("count = 200", "count = 0"),
+            "workload.fields[0].count",
+        ),
+        (
+            "cpu-zero-dim",
+            b.replace("dim = 20", "dim = 0"),
+            "workload.fields[0].dim",
+        ),
+        (
+            "cpu-zero-batch",
+            b.replace("batch = 256", "batch = 0"),
+            "workload.batch",
+        ),
+        (
+            "cpu-cache-over-table",
+            b.replace("fraction = 0.01", "fraction = 2.0"),
+            "workload.cache.fraction",
+        ),
+    ] {
+        assert_ne!(text, b, "{tag}");
+        let p = scenario_file(tag, &text);
+        let o = bin()
+            .args(["run", &p.display().to_string(), "--backend", "cpu"])
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {e}");
+        assert!(e.contains(field), "{tag}: expected {field} in: {e}");
+        assert!(!e.contains("panicked"), "{tag}: {e}");
+    }
+}

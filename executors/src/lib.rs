@@ -9,4 +9,5 @@ pub mod faultrun;
 pub mod gpu;
 pub mod lm;
 pub mod moe;
+pub mod recsys;
 pub mod timing;

@@ -44,6 +44,7 @@
 //!
 //! Sums over up to 2^34 rows are exact for the first [`EXACT_TERMS`] ranks and by geometric bins beyond (each bin's
 //! terms evaluated at its geometric midpoint times its count; relative error below 1e-5 in the tests).
+use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::recsys::{CachePolicy, RecsysOutcome, RecsysStep};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, SmSpec, Workload};
 
@@ -503,9 +504,280 @@ pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
     }
 }
 
-/// The `analytical` backend of `recsys_step` (see the [module docs](self)).
+/// Parameters of the CPU op model (the `recsys_step` profile's parameters, fitted by `trainlab calibrate --workload
+/// recsys_step` to real runs of the measured `cpu` backend; see [`cpu_closed_form`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecsysCpuParams {
+    /// Fixed time of one op (dispatch, loop set-up, buffer bookkeeping), seconds.
+    pub op_overhead_s: f64,
+    /// Time per embedding row touched (one random row access and its loop step, whatever its width), seconds.
+    pub row_s: f64,
+    /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.
+    pub mem_bytes_per_s: f64,
+    /// Bandwidth of the staging copy of missed rows (the stand-in for PCIe), bytes/s.
+    pub copy_bytes_per_s: f64,
+    /// Rate of the single-threaded MLP GEMMs, FLOP/s.
+    pub gemm_flops_per_s: f64,
+    /// Share of the ideal interleaving gain realised with two or more streams (0: none, 1: the ideal bound).
+    pub overlap: f64,
+    /// Worker threads the embedding streams run on.
+    pub threads: u32,
+}
+
+impl RecsysCpuParams {
+    /// The uncalibrated CPU model of `w` (on the `cpu` preset): the workload's `launch_us + kernel_us` per op, the
+    /// preset's memory bandwidth for embedding ops and copies, its fp32 rate halved for one GEMM thread (the preset
+    /// is for two cores), the ideal overlap, one thread. Documented guesses, replaced by a profile.
+    pub fn uncalibrated(w: &RecsysStep) -> Self {
+        let g = &w.cluster.gpu;
+        RecsysCpuParams {
+            op_overhead_s: (w.overheads.launch_us + w.overheads.kernel_us) * 1e-6,
+            row_s: 0.0,
+            mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
+            copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
+            gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
+            overlap: 1.0,
+            threads: 1,
+        }
+    }
+}
+
+/// Ops, bytes and FLOPs of one stage of a step on the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuStage {
+    /// Ops.
+    pub ops: f64,
+    /// Embedding rows touched (one per lookup and pass over it).
+    pub rows: f64,
+    /// Bytes read and written.
+    pub bytes: f64,
+    /// GEMM FLOPs.
+    pub flops: f64,
+}
+
+impl CpuStage {
+    fn add(&mut self, ops: f64, rows: f64, bytes: f64, flops: f64) {
+        self.ops += ops;
+        self.rows += rows;
+        self.bytes += bytes;
+        self.flops += flops;
+    }
+}
+
+/// What the measured `cpu` backend does in one step, stage by stage ([`cpu_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuCounts {
+    /// Staging copies of missed rows (one per chain and micro-batch that misses; `8` bytes per missed value).
+    pub copy: CpuStage,
+    /// Forward embedding ops: `gather` (`8 L d`) and `pool` (`4 L d + 4 b n d`) per chain and micro-batch.
+    pub emb_fwd: CpuStage,
+    /// MLP ops per micro-batch: `concat` (`8 b K0`), per layer GEMM (`2 b k n` FLOPs) and ReLU (`8 b n`), the loss
+    /// gradient (`12 b n_last`), per layer ReLU gradient (`12 b n`), data- and weight-gradient GEMMs.
+    pub mlp: CpuStage,
+    /// Backward embedding ops: `pool_grad` (`4 b n d + 4 L d`) per chain and micro-batch.
+    pub emb_bwd: CpuStage,
+    /// Sparse row updates at the end of the step: `scatter` (`12 L d`) per chain and micro-batch.
+    pub scatter: CpuStage,
+    /// Optimizer (SGD) per MLP layer at the end of the step (`16 k n`).
+    pub optim: CpuStage,
+    /// Lookups per step.
+    pub lookups: f64,
+    /// Lookups that hit the cache.
+    pub hits: f64,
+}
+
+impl CpuCounts {
+    /// Ops that are not copies (the `kernels` metric).
+    pub fn kernels(&self) -> f64 {
+        self.emb_fwd.ops + self.mlp.ops + self.emb_bwd.ops + self.scatter.ops + self.optim.ops
+    }
+    /// Bytes of every op.
+    pub fn bytes(&self) -> f64 {
+        [
+            self.copy,
+            self.emb_fwd,
+            self.mlp,
+            self.emb_bwd,
+            self.scatter,
+            self.optim,
+        ]
+        .iter()
+        .map(|s| s.bytes)
+        .sum()
+    }
+}
+
+/// The chains of `w`: `(dim, [(group, fields)])`, one per field or one per packed (dim, pooling) group, in the order
+/// the CPU executor runs them.
+pub fn cpu_chains(w: &RecsysStep) -> Vec<(u64, Vec<(usize, u64)>)> {
+    let mut chains: Vec<(u64, Vec<(usize, u64)>)> = Vec::new();
+    if w.packing {
+        let mut keys: Vec<_> = w.fields.iter().map(|g| (g.dim, g.pooling)).collect();
+        keys.sort();
+        keys.dedup();
+        for (dim, pooling) in keys {
+            let members = w
+                .fields
+                .iter()
+                .enumerate()
+                .filter(|(_, g)| g.dim == dim && g.pooling == pooling)
+                .map(|(i, g)| (i, g.count))
+                .collect();
+            chains.push((dim, members));
+        }
+    } else {
+        for (i, g) in w.fields.iter().enumerate() {
+            for _ in 0..g.count {
+                chains.push((g.dim, vec![(i, 1)]));
+            }
+        }
+    }
+    chains
+}
+
+/// The CPU op counts of a step of `w`; `misses(m, c)` gives the lookups of chain `c` in micro-batch `m` that miss
+/// the cache (the executor passes its real counts, the closed form the expected ones).
+pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> CpuCounts {
+    let chains = cpu_chains(w);
+    let mut c = CpuCounts::default();
+    let k0 = w.mlp_input() as f64;
+    let mut widths = vec![k0];
+    widths.extend(w.mlp.iter().map(|&x| x as f64));
+    for m in 0..w.micro_batches {
+        let b = (w.batch / w.micro_batches + u64::from(m < w.batch % w.micro_batches)) as f64;
+        for (ci, (dim, members)) in chains.iter().enumerate() {
+            let d = *dim as f64;
+            let nf: f64 = members.iter().map(|&(_, n)| n as f64).sum();
+            let l: f64 = members
+                .iter()
+                .map(|&(g, n)| b * (n * w.fields[g].ids_per_sample) as f64)
+                .sum();
+            let miss = misses(m, ci);
+            c.lookups += l;
+            c.hits += l - miss;
+            if miss > 0.0 {
+                c.copy.add(1.0, miss, 8.0 * miss * d, 0.0);
+            }
+            c.emb_fwd
+                .add(2.0, 2.0 * l, 8.0 * l * d + 4.0 * l * d + 4.0 * b * nf * d, 0.0);
+            c.emb_bwd.add(1.0, l, 4.0 * b * nf * d + 4.0 * l * d, 0.0);
+            c.scatter.add(1.0, l, 12.0 * l * d, 0.0);
+        }
+        c.mlp.add(1.0, 0.0, 8.0 * b * k0, 0.0);
+        for l in 0..w.mlp.len() {
+            let (k, n) = (widths[l], widths[l + 1]);
+            c.mlp.add(1.0, 0.0, 4.0 * (b * k + k * n + b * n), 2.0 * b * k * n);
+            c.mlp.add(1.0, 0.0, 8.0 * b * n, 0.0);
+        }
+        c.mlp.add(1.0, 0.0, 12.0 * b * widths[w.mlp.len()], 0.0);
+        for l in (0..w.mlp.len()).rev() {
+            let (k, n) = (widths[l], widths[l + 1]);
+            c.mlp.add(1.0, 0.0, 12.0 * b * n, 0.0);
+            c.mlp.add(1.0, 0.0, 4.0 * (b * n + k * n + b * k), 2.0 * b * k * n);
+            c.mlp
+                .add(1.0, 0.0, 4.0 * (b * k + b * n + 2.0 * k * n), 2.0 * b * k * n);
+        }
+    }
+    for l in 0..w.mlp.len() {
+        c.optim.add(1.0, 0.0, 16.0 * widths[l] * widths[l + 1], 0.0);
+    }
+    c
+}
+
+/// Time of one CPU stage under `p`: `ops o + rows r + bytes / bw + flops / rate`.
+pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
+    let bw = if copy { p.copy_bytes_per_s } else { p.mem_bytes_per_s };
+    s.ops * p.op_overhead_s + s.rows * p.row_s + s.bytes / bw + s.flops / p.gemm_flops_per_s
+}
+
+/// Predicted times of a CPU step: `(serial, ideal, step)` seconds, and the stage times (copy, embedding, MLP).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTimes {
+    /// Every op one after another (one stream).
+    pub serial: f64,
+    /// The ideal interleaved step: forward and backward embedding stages spread over `min(streams, threads)`
+    /// workers and pipelined with the MLP across micro-batches, no faster than the work over the threads; the
+    /// end-of-step scatter and optimizer after it.
+    pub ideal: f64,
+    /// The prediction: `serial` with one stream, else `serial - overlap (serial - ideal)`.
+    pub step: f64,
+    /// Copy stage, seconds.
+    pub copy: f64,
+    /// Embedding ops (forward, backward, scatter), seconds.
+    pub embedding: f64,
+    /// MLP ops and optimizer, seconds.
+    pub mlp: f64,
+}
+
+/// The CPU op model's times of `w` with counts `c` under `p`.
+pub fn cpu_times(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> CpuTimes {
+    let copy = cpu_stage_time(&c.copy, p, true);
+    let fwd = copy + cpu_stage_time(&c.emb_fwd, p, false);
+    let mlp = cpu_stage_time(&c.mlp, p, false);
+    let bwd = cpu_stage_time(&c.emb_bwd, p, false);
+    let tail = cpu_stage_time(&c.scatter, p, false) + cpu_stage_time(&c.optim, p, false);
+    let serial = fwd + mlp + bwd + tail;
+    let workers = w.streams.min(u64::from(p.threads.max(1))) as f64;
+    let m = w.micro_batches as f64;
+    let stages = [fwd / workers, mlp, bwd / workers];
+    let max = stages.iter().copied().fold(0.0, f64::max);
+    let pipe = stages.iter().sum::<f64>() / m + (m - 1.0) * max / m;
+    let ideal = pipe.max((fwd + mlp + bwd) / f64::from(p.threads.max(1))) + tail;
+    let step = if w.streams == 1 {
+        serial
+    } else {
+        serial - p.overlap.clamp(0.0, 1.0) * (serial - ideal).max(0.0)
+    };
+    CpuTimes {
+        serial,
+        ideal,
+        step,
+        copy,
+        embedding: cpu_stage_time(&c.emb_fwd, p, false) + bwd + cpu_stage_time(&c.scatter, p, false),
+        mlp: mlp + cpu_stage_time(&c.optim, p, false),
+    }
+}
+
+/// The closed form of a step on the `cpu` device (the CPU op model): the ops the measured `cpu` backend runs
+/// ([`cpu_counts`], with the closed-form hit rates), timed by `p` ([`cpu_times`]). `sm_busy` is the busy share of
+/// the threads, `hbm_util` the bytes over the step time and the preset's memory bandwidth, `pcie_util` the share of
+/// the step the staging copy runs; there is no separate launch stage on a CPU (`stage.launch` = 0).
+pub fn cpu_closed_form(w: &RecsysStep, p: &RecsysCpuParams) -> RecsysOutcome {
+    let hit: Vec<f64> = (0..w.fields.len()).map(|g| closed_form_hit(w, g)).collect();
+    let chains = cpu_chains(w);
+    let c = cpu_counts(w, |m, ci| {
+        let b = (w.batch / w.micro_batches + u64::from(m < w.batch % w.micro_batches)) as f64;
+        chains[ci]
+            .1
+            .iter()
+            .map(|&(g, n)| b * (n * w.fields[g].ids_per_sample) as f64 * (1.0 - hit[g]))
+            .sum()
+    });
+    let t = cpu_times(w, &c, p);
+    let busy = t.copy + t.embedding + t.mlp;
+    RecsysOutcome {
+        step_time_s: t.step,
+        kernels: c.kernels() as u64,
+        sm_busy: (busy / (t.step * f64::from(p.threads.max(1)))).min(1.0),
+        hbm_util: c.bytes() / (t.step * w.cluster.gpu.hbm_bandwidth_bytes_per_s),
+        pcie_util: (t.copy / t.step).min(1.0),
+        cache_hit_rate: if c.lookups > 0.0 { c.hits / c.lookups } else { 0.0 },
+        stage_embedding_s: t.embedding,
+        stage_mlp_s: t.mlp,
+        stage_copy_s: t.copy,
+        stage_launch_s: 0.0,
+        batch: w.batch,
+    }
+}
+
+/// The `analytical` backend of `recsys_step` (see the [module docs](self)). On the `cpu` device it is the CPU op
+/// model ([`cpu_closed_form`]) with `cpu` (a `recsys_step` profile's parameters), or the uncalibrated guesses.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RecsysAnalytical;
+pub struct RecsysAnalytical {
+    /// Calibrated parameters of the CPU op model (used for steps on the `cpu` device only).
+    pub cpu: Option<RecsysCpuParams>,
+}
 
 impl Backend<RecsysStep> for RecsysAnalytical {
     fn name(&self) -> &str {
@@ -516,6 +788,10 @@ impl Backend<RecsysStep> for RecsysAnalytical {
     }
     fn run(&mut self, workload: &RecsysStep, _ctx: &mut RunCtx) -> Result<RecsysOutcome, Error> {
         workload.validate()?;
+        if workload.on_cpu_device() {
+            let p = self.cpu.unwrap_or_else(|| RecsysCpuParams::uncalibrated(workload));
+            return Ok(cpu_closed_form(workload, &p));
+        }
         Ok(closed_form(workload))
     }
 }

@@ -85,7 +85,21 @@ pub fn simulate_hit_rate(rows: u64, k: u64, s: f64, policy: CachePolicy, ids: u6
         return 1.0;
     }
     let zipf = Zipf::new(rows as f64, s).expect("validated: rows >= 1, s >= 0");
-    let warm = ids / 4;
+    play(ids, k, policy, ids / 4, || zipf.sample(rng) as u64)
+}
+
+/// Hit rate of a cache of `k` rows under `policy` over a given stream of 1-based ranks (rank `r` is the `r`-th most
+/// popular row), the first `warm` accesses not counted: the cache simulator on a measured or replayed id stream
+/// (the measured `cpu` backend's ids, for instance).
+pub fn hit_rate_of(ranks: &[u64], k: u64, policy: CachePolicy, warm: usize) -> f64 {
+    if k == 0 {
+        return 0.0;
+    }
+    let mut it = ranks.iter().copied();
+    play(ranks.len() as u64, k, policy, warm as u64, || it.next().unwrap_or(0))
+}
+
+fn play(ids: u64, k: u64, policy: CachePolicy, warm: u64, mut draw: impl FnMut() -> u64) -> f64 {
     let mut hits = 0u64;
     let mut counted = 0u64;
     let mut note = |i: u64, hit: bool| {
@@ -97,7 +111,7 @@ pub fn simulate_hit_rate(rows: u64, k: u64, s: f64, policy: CachePolicy, ids: u6
     match policy {
         CachePolicy::StaticTopk => {
             for i in 0..ids {
-                let r = zipf.sample(rng) as u64;
+                let r = draw();
                 note(i, r <= k);
             }
         }
@@ -107,7 +121,7 @@ pub fn simulate_hit_rate(rows: u64, k: u64, s: f64, policy: CachePolicy, ids: u6
             let mut last: IdMap<u64> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
             let mut order: VecDeque<(u64, u64)> = VecDeque::new();
             for i in 0..ids {
-                let r = zipf.sample(rng) as u64;
+                let r = draw();
                 if last.insert(r, i).is_some() {
                     note(i, true);
                 } else {
@@ -128,7 +142,7 @@ pub fn simulate_hit_rate(rows: u64, k: u64, s: f64, policy: CachePolicy, ids: u6
             let mut entry: IdMap<(u64, u64)> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
             let mut order: BTreeSet<(u64, u64, u64)> = BTreeSet::new();
             for i in 0..ids {
-                let r = zipf.sample(rng) as u64;
+                let r = draw();
                 let count = match entry.get(&r) {
                     Some(&(c, t)) => {
                         order.remove(&(c, t, r));
@@ -429,6 +443,13 @@ impl Backend<RecsysStep> for RecsysSim {
     }
     fn run(&mut self, w: &RecsysStep, ctx: &mut RunCtx) -> Result<RecsysOutcome, Error> {
         w.validate()?;
+        if w.on_cpu_device() {
+            return Err(Error::Unsupported(
+                "the kernel-level simulator models a GPU; a step on the cpu device is answered by `analytical` (the \
+                 CPU op model) and `cpu`"
+                    .into(),
+            ));
+        }
         let hits = simulated_hits(w, self.cache_ids, ctx.seed);
         let p = plan(w, &hits);
         let r = replay(&p, w.streams as u32);

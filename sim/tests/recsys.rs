@@ -139,8 +139,8 @@ fn packing_reduces_kernels_and_step_time_in_both_backends() {
     }
     let mut ctx = RunCtx::new(Seed(1));
     let (a0, a1) = (
-        RecsysAnalytical.run(&base, &mut ctx).unwrap(),
-        RecsysAnalytical.run(&packed, &mut ctx).unwrap(),
+        RecsysAnalytical::default().run(&base, &mut ctx).unwrap(),
+        RecsysAnalytical::default().run(&packed, &mut ctx).unwrap(),
     );
     let mut sim = RecsysSim { cache_ids: 20_000 };
     let (s0, s1) = (sim.run(&base, &mut ctx).unwrap(), sim.run(&packed, &mut ctx).unwrap());

@@ -1,44 +1,467 @@
 //! The `recsys_step` kind: one training step of a wide-and-deep recommender on one GPU, with PICASSO's packing,
-//! interleaving and caching as switches (issue 11, part 1).
+//! interleaving and caching as switches (issue 11).
 //!
 //! Backends: the closed form (`analytical`: launch x ops, roofline per kernel, PCIe misses, Zipf/Che cache curves,
-//! the interleaving pipeline bound) and the kernel-level simulator (`kernel_des`, the reference: host launch queue,
-//! streams, occupancy-limited SM and HBM sharing, copy engine, simulated caches). Part 1 has **no measured backend
-//! and no calibration**: nothing here ran on a CPU or a GPU, and the parameters of the shipped scenarios are
-//! datasheet values and documented assumptions.
-use super::{KindDef, Opts, no_profile};
-use trainlab_core::Error;
+//! the interleaving pipeline bound; on the `cpu` device the CPU op model of `trainlab_models::recsys`), the
+//! kernel-level simulator (`kernel_des`: host launch queue, streams, occupancy-limited SM and HBM sharing, copy engine,
+//! simulated caches; GPU only) and the measured `cpu` backend (`trainlab_executors::recsys`: the step really run on
+//! this CPU, op by op). The `cpu` backend answers a scaled step on the `cpu` device preset ([`on_cpu`]), filed in its
+//! own group, where the closed form answers with its CPU op model.
+//!
+//! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, memory and copy
+//! bandwidths and GEMM rate are fitted by weighted least squares (non-negative, relative residuals) to the measured
+//! per-stage busy times of one-stream steps at 50, 200 and 1,000 fields (separate and packed, with and without a
+//! cache), the overlap factor to two interleaved steps; held out: 100 and 500 fields, another cache size, other
+//! micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
+use super::{Answering, KindDef, Opts};
+use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
+use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::RecsysStep;
+use trainlab_core::workloads::recsys::{CacheSpec, FieldGroup, Overheads, Pooling};
+use trainlab_core::{Dtype, Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
+use trainlab_executors::recsys::{Measured, RecsysCpu, measure, scaled_to_budget};
+use trainlab_models::recsys::{CpuStage, RecsysAnalytical, RecsysCpuParams, cpu_closed_form, cpu_times};
 
-fn backends(opts: &Opts) -> Result<super::Backends<RecsysStep>, Error> {
+/// The parameters of a `recsys_step` profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecsysProfile {
+    /// The device preset the steps were measured on (`cpu`).
+    pub device: String,
+    /// The fitted CPU op model.
+    pub cpu: RecsysCpuParams,
+}
+
+fn recsys_profile(o: &Opts) -> Result<Option<Profile<RecsysProfile>>, Error> {
+    o.profiles
+        .get_one::<RecsysProfile>("recsys_step", |p| p.params.device == "cpu")
+}
+
+/// The step the `cpu` backend really runs for `w`: on the `cpu` device preset, tables and batch within the
+/// executor's budgets, fp32 MLP (`None`: `w` itself).
+pub fn on_cpu(w: &RecsysStep) -> Option<RecsysStep> {
+    let mut x = scaled_to_budget(w);
+    if !w.on_cpu_device() {
+        x.cluster = trainlab_datasets::gpus::cluster("cpu", 1, 1).ok()?;
+    }
+    (x != *w).then_some(x)
+}
+
+fn backends(o: &Opts) -> Result<super::Backends<RecsysStep>, Error> {
+    let cpu = recsys_profile(o)?.map(|p| p.params.cpu);
     Ok(vec![
-        Box::new(trainlab_models::recsys::RecsysAnalytical),
+        Box::new(RecsysAnalytical { cpu }),
         Box::new(trainlab_sim::recsys::RecsysSim {
-            cache_ids: if opts.quick { 50_000 } else { 200_000 },
+            cache_ids: if o.quick { 50_000 } else { 200_000 },
+        }),
+        Box::new(Answering {
+            inner: Box::new(RecsysCpu {
+                warmup: if o.quick { 1 } else { 2 },
+                repeats: if o.quick { 3 } else { 7 },
+                threads: 0,
+            }),
+            map: on_cpu,
         }),
     ])
 }
 
 /// The `recsys_step` kind.
 pub static KIND: KindDef<RecsysStep> = KindDef {
-    about: "one recommender (WDL) training step on one GPU: packing, interleaving, caching (PICASSO); no measured \
-            backend yet",
-    reads: &[],
-    reference: &["kernel_des", "analytical"],
+    about: "one recommender (WDL) training step on one GPU: packing, interleaving, caching (PICASSO); real CPU steps",
+    reads: &["recsys_step"],
+    reference: &["cpu", "kernel_des", "analytical"],
     headline: &["samples_per_s", "step_time", "kernels", "sm_busy", "cache_hit_rate"],
     backends,
     describe: |w| {
         format!(
-            "{} fields, batch {}, packing {}, {} micro-batches on {} streams, cache {} {}",
+            "{} fields, batch {}, packing {}, {} micro-batches on {} streams, cache {} {} on {}",
             w.field_count(),
             w.batch,
             w.packing,
             w.micro_batches,
             w.streams,
             w.cache.fraction,
-            w.cache.policy.as_str()
+            w.cache.policy.as_str(),
+            w.cluster.gpu.name
         )
     },
-    profiled: no_profile,
-    calibration: None,
+    profiled: |o, w| match recsys_profile(o) {
+        Ok(Some(_)) if w.on_cpu_device() => vec![("analytical", "recsys_step".into())],
+        _ => vec![],
+    },
+    calibration: Some(&RecsysCalibration),
 };
+
+/// A step on this CPU of `fields` fields at fixed embedding bytes and MLP input: `dim = 4000 / fields` (4,000 fp32
+/// values per sample in all), one id per field and sample, 4,000-row tables (64 MiB of tables at any field count),
+/// Zipf 1.0, batch 256, MLP 8-1.
+pub fn cpu_step(fields: u64, packing: bool, cache: f64, micro_batches: u64, streams: u64) -> RecsysStep {
+    RecsysStep {
+        fields: vec![FieldGroup {
+            count: fields,
+            rows: 4000,
+            dim: 4000 / fields,
+            ids_per_sample: 1,
+            zipf_s: 1.0,
+            pooling: Pooling::Sum,
+        }],
+        mlp: vec![8, 1],
+        batch: 256,
+        cluster: trainlab_datasets::gpus::cluster("cpu", 1, 1)
+            .unwrap_or_else(|_| unreachable!("the cpu preset is part of the datasets crate")),
+        mlp_dtype: Dtype::Fp32,
+        packing,
+        micro_batches,
+        streams,
+        cache: CacheSpec {
+            fraction: cache,
+            policy: Default::default(),
+        },
+        overheads: Overheads::default(),
+    }
+}
+
+/// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two interleaved steps)
+/// and held-out set (100 and 500 fields, a 5% cache, 2 and 4 micro-batches on 2 streams).
+pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
+    let mut fit = Vec::new();
+    for f in [50, 200, 1000] {
+        for packing in [false, true] {
+            for cache in [0.0, 0.01] {
+                fit.push(cpu_step(f, packing, cache, 1, 1));
+            }
+        }
+    }
+    fit.push(cpu_step(50, false, 0.01, 4, 2));
+    fit.push(cpu_step(1000, false, 0.01, 4, 2));
+    fit.push(cpu_step(1000, true, 0.01, 4, 2));
+    let held = vec![
+        cpu_step(100, false, 0.05, 1, 1),
+        cpu_step(100, true, 0.05, 1, 1),
+        cpu_step(500, false, 0.05, 1, 1),
+        cpu_step(500, true, 0.0, 1, 1),
+        cpu_step(500, false, 0.05, 2, 2),
+        cpu_step(100, true, 0.05, 4, 2),
+        cpu_step(500, true, 0.05, 4, 2),
+    ];
+    (fit, held)
+}
+
+/// Label of a calibration step.
+pub fn label(w: &RecsysStep) -> String {
+    format!(
+        "F{} d{} {} cache{} m{} s{}",
+        w.field_count(),
+        w.fields[0].dim,
+        if w.packing { "packed" } else { "separate" },
+        w.cache.fraction,
+        w.micro_batches,
+        w.streams
+    )
+}
+
+/// Non-negative weighted least squares for a few unknowns: every subset of free unknowns (the rest held at 0) is
+/// solved by its normal equations, and the feasible solution (all >= 0) with the smallest residual is kept. Exact
+/// NNLS for `n <= 6`.
+pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
+    let n = rows.first().map_or(0, Vec::len);
+    let mut best: (f64, Vec<f64>) = (f64::INFINITY, vec![0.0; n]);
+    for mask in 1u32..(1 << n) {
+        let free: Vec<usize> = (0..n).filter(|j| mask & (1 << j) != 0).collect();
+        let k = free.len();
+        let mut a = vec![vec![0.0; k + 1]; k];
+        for (r, y) in rows.iter().zip(rhs) {
+            for (i, &fi) in free.iter().enumerate() {
+                for (j, &fj) in free.iter().enumerate() {
+                    a[i][j] += r[fi] * r[fj];
+                }
+                a[i][k] += r[fi] * y;
+            }
+        }
+        // Gaussian elimination with partial pivoting.
+        let mut ok = true;
+        for c in 0..k {
+            let p = (c..k)
+                .max_by(|&x, &y| a[x][c].abs().total_cmp(&a[y][c].abs()))
+                .unwrap_or(c);
+            if a[p][c].abs() < 1e-300 {
+                ok = false;
+                break;
+            }
+            a.swap(c, p);
+            let pivot = a[c].clone();
+            for (r, row) in a.iter_mut().enumerate() {
+                if r != c {
+                    let f = row[c] / pivot[c];
+                    for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                        *x -= f * p;
+                    }
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let mut x = vec![0.0; n];
+        for (i, &fi) in free.iter().enumerate() {
+            x[fi] = a[i][k] / a[i][i];
+        }
+        if x.iter().any(|v| *v < 0.0 || !v.is_finite()) {
+            continue;
+        }
+        let res: f64 = rows
+            .iter()
+            .zip(rhs)
+            .map(|(r, y)| {
+                let p: f64 = r.iter().zip(&x).map(|(a, b)| a * b).sum();
+                (p - y).powi(2)
+            })
+            .sum();
+        if res < best.0 {
+            best = (res, x);
+        }
+    }
+    best.1
+}
+
+/// Fits the CPU op model to measured steps: per-op overhead, memory and copy bandwidths and GEMM rate from the
+/// per-stage busy times of the one-stream steps (each stage an equation, residuals relative to the measurement),
+/// then the overlap factor from the interleaved steps (relative least squares, clamped to [0, 1]).
+pub fn fit(steps: &[(RecsysStep, Measured)]) -> RecsysCpuParams {
+    let (mut rows, mut rhs) = (Vec::new(), Vec::new());
+    for (_, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
+        let c = &m.counts;
+        let emb = [c.emb_fwd, c.emb_bwd, c.scatter];
+        let sum = |f: fn(&CpuStage) -> f64, v: &[CpuStage]| v.iter().map(f).sum::<f64>();
+        let mlp = [c.mlp, c.optim];
+        // Unknowns: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate.
+        let eqs = [
+            (m.busy_s[0], [c.copy.ops, c.copy.rows, 0.0, c.copy.bytes, 0.0]),
+            (
+                m.busy_s[1],
+                [
+                    sum(|s| s.ops, &emb),
+                    sum(|s| s.rows, &emb),
+                    sum(|s| s.bytes, &emb),
+                    0.0,
+                    0.0,
+                ],
+            ),
+            (
+                m.busy_s[2],
+                [
+                    sum(|s| s.ops, &mlp),
+                    0.0,
+                    sum(|s| s.bytes, &mlp),
+                    0.0,
+                    sum(|s| s.flops, &mlp),
+                ],
+            ),
+        ];
+        for (t, x) in eqs {
+            if t > 0.0 {
+                rows.push(x.iter().map(|v| v / t).collect());
+                rhs.push(1.0);
+            }
+        }
+    }
+    let x = nnls(&rows, &rhs);
+    let inv = |v: f64| if v > 0.0 { 1.0 / v } else { 1e15 };
+    let threads = steps.iter().map(|(_, m)| m.threads as u32).max().unwrap_or(1);
+    let mut p = RecsysCpuParams {
+        op_overhead_s: x[0],
+        row_s: x[1],
+        mem_bytes_per_s: inv(x[2]),
+        copy_bytes_per_s: inv(x[3]),
+        gemm_flops_per_s: inv(x[4]),
+        overlap: 1.0,
+        threads,
+    };
+    let (mut num, mut den) = (0.0, 0.0);
+    for (w, m) in steps.iter().filter(|(w, _)| w.streams >= 2) {
+        let t = cpu_times(w, &m.counts, &p);
+        let d = t.serial - t.ideal;
+        num += (t.serial - m.step_s) * d / (m.step_s * m.step_s);
+        den += d * d / (m.step_s * m.step_s);
+    }
+    if den > 0.0 {
+        p.overlap = (num / den).clamp(0.0, 1.0);
+    }
+    p
+}
+
+/// Calibration of the CPU op model against real CPU steps.
+pub struct RecsysCalibration;
+
+impl Calibration for RecsysCalibration {
+    fn profile_kind(&self) -> &'static str {
+        "recsys_step"
+    }
+    fn devices(&self) -> &'static [Device] {
+        &[Device::Cpu]
+    }
+    fn run(&self, req: &CalRequest<'_>) -> Result<Calibrated, Error> {
+        if req.device != Device::Cpu {
+            return Err(Error::invalid(
+                "--backend",
+                req.device.as_str(),
+                "the recommender calibration measures CPU steps only (no CUDA backend yet)",
+                "use --backend cpu",
+            ));
+        }
+        let (fit_set, held) = calibration_sets();
+        // Interleaved passes over every case, the fastest pass of each kept (a neighbour's burst of load slows a
+        // pass, never speeds it up).
+        let (warmup, repeats, passes) = if req.quick { (1, 3, 1) } else { (1, 5, 3) };
+        let total = fit_set.len() + held.len();
+        let mut measured: Vec<Option<Measured>> = vec![None; total];
+        for pass in 0..passes {
+            for (i, w) in fit_set.iter().chain(&held).enumerate() {
+                if req.cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Interrupted);
+                }
+                (req.progress)(format!(
+                    "pass {} of {passes}, step {} of {total}: {}",
+                    pass + 1,
+                    i + 1,
+                    label(w)
+                ));
+                let m = measure(
+                    w,
+                    req.seed.derive("recsys_cpu").index(i as u64),
+                    warmup,
+                    repeats,
+                    0,
+                    req.cancel,
+                )?;
+                if measured[i].as_ref().is_none_or(|b| m.step_s < b.step_s) {
+                    measured[i] = Some(m);
+                }
+            }
+        }
+        let measured: Vec<Measured> = measured.into_iter().flatten().collect();
+        let fitted: Vec<(RecsysStep, Measured)> = fit_set.iter().cloned().zip(measured.iter().cloned()).collect();
+        let params = fit(&fitted);
+        let seed = req.seed;
+        let study = "calibrate-recsys_step-cpu";
+        let mut records = Vec::new();
+        let mut held_out = Vec::new();
+        for (i, (w, m)) in fit_set.iter().chain(&held).zip(&measured).enumerate() {
+            let is_fit = i < fit_set.len();
+            let case = format!("{} [{}]", label(w), if is_fit { "fit" } else { "held-out" });
+            let cal = cpu_closed_form(w, &params);
+            let uncal = cpu_closed_form(w, &RecsysCpuParams::uncalibrated(w));
+            let rec = |backend: &str, f: Fidelity, name: &str, unit: Unit, v: f64| {
+                Record::from_metric(
+                    study,
+                    RecsysStep::KIND,
+                    &case,
+                    backend,
+                    f,
+                    seed.0,
+                    &Metric::new(name, unit, v),
+                )
+            };
+            records.push(rec("cpu", Fidelity::Measured, "step_time", Unit::Seconds, m.step_s));
+            records.push(rec(
+                "analytical-calibrated",
+                Fidelity::Analytical,
+                "step_time",
+                Unit::Seconds,
+                cal.step_time_s,
+            ));
+            records.push(rec(
+                "analytical-uncalibrated",
+                Fidelity::Analytical,
+                "step_time",
+                Unit::Seconds,
+                uncal.step_time_s,
+            ));
+            for (name, mv, cv) in [
+                ("stage.copy", m.busy_s[0], cal.stage_copy_s),
+                ("stage.embedding", m.busy_s[1], cal.stage_embedding_s),
+                ("stage.mlp", m.busy_s[2], cal.stage_mlp_s),
+            ] {
+                records.push(rec("cpu", Fidelity::Measured, name, Unit::Seconds, mv));
+                records.push(rec(
+                    "analytical-calibrated",
+                    Fidelity::Analytical,
+                    name,
+                    Unit::Seconds,
+                    cv,
+                ));
+            }
+            records.push(rec(
+                "cpu",
+                Fidelity::Measured,
+                "kernels",
+                Unit::Count,
+                (m.ops - m.copies) as f64,
+            ));
+            records.push(rec(
+                "cpu",
+                Fidelity::Measured,
+                "cache_hit_rate",
+                Unit::Ratio,
+                m.hit_rate,
+            ));
+            if !is_fit {
+                held_out.push(HeldOut {
+                    case: label(w),
+                    metric: "step_time".into(),
+                    measured: m.step_s,
+                    calibrated: cal.step_time_s,
+                    uncalibrated: Some(uncal.step_time_s),
+                });
+            }
+        }
+        let errs: Vec<f64> = held_out.iter().map(|h| h.calibrated_error().abs()).collect();
+        let median = trainlab_core::Summary::of(&errs).median;
+        let worst = errs.iter().copied().fold(0.0, f64::max);
+        let device = trainlab_executors::cpu::cpu_device_description();
+        let prov = provenance(
+            device.clone(),
+            fit_set
+                .iter()
+                .map(|w| format!("{} [fit]", label(w)))
+                .chain(held.iter().map(|w| format!("{} [held-out]", label(w))))
+                .collect(),
+        );
+        let notes = vec![
+            format!("device: {device}"),
+            format!(
+                "fitted: op overhead {:.3} us, {:.1} ns per row, memory {:.2} GB/s, staging copy {:.2} GB/s, GEMM {:.2} GFLOP/s, \
+                 overlap {:.2}, {} threads",
+                params.op_overhead_s * 1e6,
+                params.row_s * 1e9,
+                params.mem_bytes_per_s * 1e-9,
+                params.copy_bytes_per_s * 1e-9,
+                params.gemm_flops_per_s * 1e-9,
+                params.overlap,
+                params.threads
+            ),
+            format!(
+                "held-out step time: median |error| {:.1}%, worst {:.1}% over {} steps",
+                100.0 * median,
+                100.0 * worst,
+                held_out.len()
+            ),
+        ];
+        let json = serde_json::json!({
+            "device": device, "params": params,
+            "held_out_median_abs_error": median, "held_out_max_abs_error": worst,
+        });
+        let profile = RecsysProfile {
+            device: "cpu".into(),
+            cpu: params,
+        };
+        Ok(Calibrated {
+            profile_kind: "recsys_step",
+            profile_toml: envelope("recsys_step", prov, profile, held_out.clone())?,
+            held_out,
+            records,
+            notes,
+            json,
+        })
+    }
+}

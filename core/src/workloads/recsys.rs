@@ -16,6 +16,10 @@
 //!
 //! The outcome has the same metric names from every backend: `step_time`, `samples_per_s`, `kernels`, `sm_busy`,
 //! `hbm_util`, `pcie_util`, `cache_hit_rate`, and `stage.embedding`, `stage.mlp`, `stage.copy`, `stage.launch`.
+//!
+//! A step on the `cpu` device preset ([`CPU_DEVICE`], no SM limits) is what the measured `cpu` backend runs: there
+//! `sm_busy` is the busy share of the worker threads, `hbm_util` the bytes over the step time and the preset's
+//! memory bandwidth, `pcie_util` the share of the step the staging copy of missed rows runs, `stage.launch` 0.
 use serde::{Deserialize, Serialize};
 
 use crate::error::check;
@@ -155,6 +159,17 @@ fn d_dtype() -> Dtype {
 }
 fn d_one() -> u64 {
     1
+}
+
+/// The device preset of a step run on this machine's CPU (no SM limits, no PCIe: the `cpu` backend's workload; the
+/// closed form then uses its CPU op model, `trainlab_models::recsys::cpu_closed_form`).
+pub const CPU_DEVICE: &str = "cpu";
+
+impl RecsysStep {
+    /// Whether the step runs on the CPU device preset.
+    pub fn on_cpu_device(&self) -> bool {
+        self.cluster.gpu.name == CPU_DEVICE && self.cluster.gpu.sm.is_none()
+    }
 }
 
 /// Most fields in one model.
@@ -323,16 +338,23 @@ impl Workload for RecsysStep {
                 "set nodes = 1 and gpus_per_node = 1",
             ));
         }
-        let Some(sm) = &c.gpu.sm else {
-            return Err(Error::invalid(
-                "workload.cluster.gpu.sm",
-                format!("\"{}\"", c.gpu.name),
-                "the GPU has no per-SM limits (SM count, registers, shared memory, PCIe)",
-                "use a GPU preset with SM limits (v100-32gb, a100-80gb, h100-sxm, h800, h200)",
-            ));
-        };
-        check::at_least("workload.cluster.gpu.sm.sms", sm.sms as u64, 1)?;
-        check::positive("workload.cluster.gpu.sm.pcie_bytes_per_s", sm.pcie_bytes_per_s)?;
+        match &c.gpu.sm {
+            Some(sm) => {
+                check::at_least("workload.cluster.gpu.sm.sms", sm.sms as u64, 1)?;
+                check::positive("workload.cluster.gpu.sm.pcie_bytes_per_s", sm.pcie_bytes_per_s)?;
+            }
+            // A step on this machine's CPU (what the measured `cpu` backend runs): no SMs, no PCIe.
+            None if c.gpu.name == CPU_DEVICE => {}
+            None => {
+                return Err(Error::invalid(
+                    "workload.cluster.gpu.sm",
+                    format!("\"{}\"", c.gpu.name),
+                    "the GPU has no per-SM limits (SM count, registers, shared memory, PCIe)",
+                    "use a GPU preset with SM limits (v100-32gb, a100-80gb, h100-sxm, h800, h200), or `cpu` for \
+                     this machine's CPU",
+                ));
+            }
+        }
         check::positive(
             "workload.cluster.gpu.hbm_bandwidth_bytes_per_s",
             c.gpu.hbm_bandwidth_bytes_per_s,
