@@ -64,7 +64,7 @@ fn softmax_rows(s: &mut [f32], cols: usize) -> Vec<f32> {
 }
 
 /// Symmetric in-batch InfoNCE of `q`, `k` (both `n × d`, row-major): the loss and, if `grad`, `(dq, dk)`.
-/// `s` and `t` are `n × n` work buffers (the logit matrix and its column-softmax).
+/// `s` and `t` are `n × n` work buffers (the logit matrix and its column softmax, both row-major).
 #[allow(clippy::too_many_arguments)]
 pub fn in_batch(
     q: &[f32],
@@ -88,27 +88,36 @@ pub fn in_batch(
         threads,
     );
     s.iter_mut().for_each(|x| *x *= inv_tau);
-    // Columns of S are rows of Sᵀ.
-    for i in 0..n {
-        for j in 0..n {
-            t[j * n + i] = s[i * n + j];
+    let diag: Vec<f32> = (0..n).map(|i| s[i * n + i]).collect();
+    // Column softmax into `t` (same row-major layout: row by row, so no strided pass over the matrix).
+    let mut cmax = vec![f32::NEG_INFINITY; n];
+    for row in s.chunks(n) {
+        cmax.iter_mut().zip(row).for_each(|(m, &x)| *m = m.max(x));
+    }
+    let mut csum = vec![0.0f32; n];
+    for (row, trow) in s.chunks(n).zip(t.chunks_mut(n)) {
+        for ((x, out), (m, sum)) in row.iter().zip(trow.iter_mut()).zip(cmax.iter().zip(csum.iter_mut())) {
+            let e = (x - m).exp();
+            *out = e;
+            *sum += e;
         }
     }
-    let diag: Vec<f32> = (0..n).map(|i| s[i * n + i]).collect();
+    let cinv: Vec<f32> = csum.iter().map(|c| 1.0 / c).collect();
+    for trow in t.chunks_mut(n) {
+        trow.iter_mut().zip(&cinv).for_each(|(x, c)| *x *= c);
+    }
+    let lse_c: Vec<f32> = cmax.iter().zip(&csum).map(|(m, c)| m + c.ln()).collect();
     let lse_r = softmax_rows(s, n);
-    let lse_c = softmax_rows(t, n);
     let loss = (0..n)
         .map(|i| f64::from(lse_r[i] - diag[i]) + f64::from(lse_c[i] - diag[i]))
         .sum::<f64>()
         / (2 * n) as f64;
     if let Some((dq, dk)) = grad {
-        // G = (P_r + P_cᵀ - 2I) / 2n, scaled by 1/τ for dS/dQ: written into s.
+        // G = (P_rows + P_cols - 2I) / 2n, times 1/τ for dS/dQ: written into s.
         let scale = inv_tau / (2 * n) as f32;
-        for i in 0..n {
-            for j in 0..n {
-                let eye = if i == j { 2.0 } else { 0.0 };
-                s[i * n + j] = (s[i * n + j] + t[j * n + i] - eye) * scale;
-            }
+        for (i, (row, trow)) in s.chunks_mut(n).zip(t.chunks(n)).enumerate() {
+            row.iter_mut().zip(trow).for_each(|(x, c)| *x = (*x + c) * scale);
+            row[i] -= 2.0 * scale;
         }
         mm(
             n,
