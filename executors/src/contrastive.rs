@@ -7,7 +7,7 @@
 //!   sample, the closed form's accounting), and with a momentum key network the key projections' forward
 //!   (`2·params`).
 //! - **InfoNCE head** (van den Oord et al. 2018; CLIP's symmetric form, Radford et al. 2021 Fig. 3; MoCo's queue,
-//!   He et al. 2020 Alg. 1), temperature [`TEMPERATURE`]:
+//!   He et al. 2020 Alg. 1), temperature [`TEMPERATURE`], on seeded L2-normalised embeddings:
 //!   - in-batch: `S = Q Kᵀ/τ` (B×B), loss `(CE_rows(S) + CE_cols(S))/2` with the diagonal as targets, gradients
 //!     `G = (softmax_rows(S) + softmax_cols(S) − 2I)/(2B)`, `dQ = G K/τ`, `dK = Gᵀ Q/τ` (`6·B²·d` FLOPs);
 //!   - queue: per queue, the queries of one modality against `C = [keys of the batch; queue]` from the momentum key
@@ -191,6 +191,16 @@ pub fn against_keys(
     loss
 }
 
+/// Scales every row of a row-major matrix with `d` columns to unit length (CLIP and MoCo compare L2-normalised
+/// embeddings, so the logits lie in `[-1/τ, 1/τ]`; unnormalised random embeddings would instead push most
+/// `exp` results into the slow subnormal range).
+pub fn normalize_rows(x: &mut [f32], d: usize) {
+    for row in x.chunks_mut(d) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+}
+
 /// A FIFO queue of `size` keys of width `d` (MoCo): a ring buffer whose oldest keys are replaced first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyQueue {
@@ -203,13 +213,11 @@ pub struct KeyQueue {
 }
 
 impl KeyQueue {
-    /// A queue filled with seeded random keys (MoCo initialises its queue randomly).
+    /// A queue filled with seeded random unit keys (MoCo initialises its queue randomly and normalises keys).
     pub fn new(size: usize, d: usize, seed: Seed) -> KeyQueue {
-        KeyQueue {
-            keys: random_f32(seed, size * d),
-            d,
-            head: 0,
-        }
+        let mut keys = random_f32(seed, size * d);
+        normalize_rows(&mut keys, d);
+        KeyQueue { keys, d, head: 0 }
     }
     /// Keys held.
     pub fn len(&self) -> usize {
@@ -302,7 +310,11 @@ impl Head {
             )));
         }
         let (b, d) = (shapes.batch, shapes.d);
-        let emb = |l: &str| random_f32(seed.derive(l), b * d);
+        let emb = |l: &str| {
+            let mut e = random_f32(seed.derive(l), b * d);
+            normalize_rows(&mut e, d);
+            e
+        };
         let (queues, logits, cand) = match shapes.queue {
             None => (Vec::new(), vec![vec![0.0; b * b]], Vec::new()),
             Some((k, q)) => (

@@ -24,7 +24,8 @@
 //! contrastive_pretrain` from real runs on this CPU) replaces, for workloads on the device it was measured on, the
 //! assumed decode cost and `mfu` by fitted ones: decode seconds per frame on one core with a parallel efficiency of
 //! extra workers, seconds per encoder FLOP, the logits as `overhead + s/FLOP · FLOPs + s/element · elements` (the
-//! softmax and its gradient touch every logit), and the EMA's sustained bandwidth.
+//! softmax and its gradient touch every logit; one cost per element for the symmetric in-batch loss, another for a
+//! queue head), and the EMA's sustained bandwidth.
 use serde::{Deserialize, Serialize};
 
 use crate::collectives::Placement;
@@ -50,19 +51,21 @@ pub struct ContrastiveCost {
     pub logit_overhead_s: f64,
     /// Seconds per logit-GEMM FLOP.
     pub logit_s_per_flop: f64,
-    /// Seconds per logit element and softmax pass (softmax, cross-entropy and their gradient; the symmetric
-    /// in-batch loss makes two passes, over rows and over columns, a queue head one).
-    pub logit_s_per_element: f64,
+    /// Seconds per logit element of the symmetric in-batch loss (softmax over rows and over columns,
+    /// cross-entropy and the gradient).
+    pub logit_s_per_element_in_batch: f64,
+    /// Seconds per logit element of a queue head (one softmax, cross-entropy and the gradient, and the copy of the
+    /// candidates).
+    pub logit_s_per_element_queue: f64,
     /// Sustained bytes per second of the momentum EMA pass.
     pub ema_bytes_per_s: f64,
 }
 
-/// Logit elements times softmax passes of one step's head: `2·rows·B` in-batch (rows and columns), `b·(K + b)` per
-/// queue.
-pub fn element_passes(w: &ContrastivePretrain) -> f64 {
+/// Logit elements of one step's head on one GPU: `rows·B` in-batch, `b·(K + b)` per queue.
+pub fn logit_elements(w: &ContrastivePretrain) -> f64 {
     let (bg, b) = (w.global_batch as f64, w.per_gpu_batch());
     match w.negatives {
-        Negatives::InBatch { local_loss, .. } => 2.0 * if local_loss { b } else { bg } * bg,
+        Negatives::InBatch { local_loss, .. } => (if local_loss { b } else { bg }) * bg,
         Negatives::Queue { size, queues } => b * (size as f64 + b) * queues as f64,
     }
 }
@@ -97,7 +100,14 @@ impl ContrastiveCost {
         check::positive(&format!("{path}.encoder_s_per_flop"), self.encoder_s_per_flop)?;
         check::non_negative(&format!("{path}.logit_overhead_s"), self.logit_overhead_s)?;
         check::non_negative(&format!("{path}.logit_s_per_flop"), self.logit_s_per_flop)?;
-        check::non_negative(&format!("{path}.logit_s_per_element"), self.logit_s_per_element)?;
+        check::non_negative(
+            &format!("{path}.logit_s_per_element_in_batch"),
+            self.logit_s_per_element_in_batch,
+        )?;
+        check::non_negative(
+            &format!("{path}.logit_s_per_element_queue"),
+            self.logit_s_per_element_queue,
+        )?;
         check::positive(&format!("{path}.ema_bytes_per_s"), self.ema_bytes_per_s)
     }
 
@@ -167,7 +177,13 @@ pub fn step_cost_with(w: &ContrastivePretrain, cost: Option<&ContrastiveCost>) -
         None => (encoder_flops / rate, logit_flops / rate),
         Some(c) => (
             encoder_flops * c.encoder_s_per_flop,
-            heads * c.logit_overhead_s + logit_flops * c.logit_s_per_flop + element_passes(w) * c.logit_s_per_element,
+            heads * c.logit_overhead_s
+                + logit_flops * c.logit_s_per_flop
+                + logit_elements(w)
+                    * match w.negatives {
+                        Negatives::InBatch { .. } => c.logit_s_per_element_in_batch,
+                        Negatives::Queue { .. } => c.logit_s_per_element_queue,
+                    },
         ),
     };
     let gpu_s = encoders_s + logits_s + momentum_s + comm_s;

@@ -21,7 +21,7 @@ use trainlab_core::{Dtype, Error, Fidelity, HeldOut, Metric, Profile, Record, Se
 use trainlab_executors::contrastive::{self as exec, ContrastiveCpu, INPUT_DIM, Shapes};
 use trainlab_executors::timing::TimingOpts;
 use trainlab_models::contrastive::{
-    ContrastiveAnalytical, ContrastiveCost, element_passes, encoder_flops, logit_flops, step_cost, step_cost_with,
+    ContrastiveAnalytical, ContrastiveCost, encoder_flops, logit_elements, logit_flops, step_cost, step_cost_with,
 };
 use trainlab_sim::contrastive::PipelineDes;
 
@@ -390,14 +390,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn fit(cases: &[Case], measured: &[Vec<(&'static str, f64)>]) -> ContrastiveCost {
     let fit = || cases.iter().zip(measured).filter(|(c, _)| !c.held_out);
     let get = |m: &[(&str, f64)], name: &str| m.iter().find(|(n, _)| *n == name).map_or(f64::NAN, |x| x.1);
-    // Logits: t = heads·c0 + FLOPs·c1 + element-passes·c2.
+    // Logits: t = heads·c0 + FLOPs·c1 + in-batch elements·c2 + queue elements·c3.
     let (mut x, mut y) = (Vec::new(), Vec::new());
     for (c, m) in fit().filter(|(c, _)| c.stage == Stage::Head) {
         let heads = match c.w.negatives {
             Negatives::InBatch { .. } => 1.0,
             Negatives::Queue { queues, .. } => queues as f64,
         };
-        x.push(vec![heads, logit_flops(&c.w), element_passes(&c.w)]);
+        let (e_in, e_queue) = match c.w.negatives {
+            Negatives::InBatch { .. } => (logit_elements(&c.w), 0.0),
+            Negatives::Queue { .. } => (0.0, logit_elements(&c.w)),
+        };
+        x.push(vec![heads, logit_flops(&c.w), e_in, e_queue]);
         y.push(get(m, "time.logits"));
     }
     // Relative errors matter: weight each row by 1/y.
@@ -442,7 +446,8 @@ fn fit(cases: &[Case], measured: &[Vec<(&'static str, f64)>]) -> ContrastiveCost
         encoder_s_per_flop,
         logit_overhead_s: beta[0],
         logit_s_per_flop: beta[1],
-        logit_s_per_element: beta[2],
+        logit_s_per_element_in_batch: beta[2],
+        logit_s_per_element_queue: beta[3],
         ema_bytes_per_s,
     }
 }
@@ -561,7 +566,8 @@ impl Calibration for ContrastiveCalibration {
             format!("device: {device}"),
             format!(
                 "fitted: decode {:.3} ms/frame on one core (PNG 224x224 standing in for video), parallel efficiency \
-                 {:.2}; encoders {:.1} GFLOP/s; logits {:.2e} s + {:.1} GFLOP/s + {:.2} ns/element; EMA {:.1} GB/s",
+                 {:.2}; encoders {:.1} GFLOP/s; logits {:.2e} s + {:.1} GFLOP/s + {:.2} ns/element in-batch, {:.2} ns/element queue; EMA {:.1} \
+                 GB/s",
                 1e3 * cost.decode_s_per_frame,
                 cost.decode_parallel_efficiency,
                 1e-9 / cost.encoder_s_per_flop,
@@ -571,7 +577,8 @@ impl Calibration for ContrastiveCalibration {
                 } else {
                     f64::INFINITY
                 },
-                1e9 * cost.logit_s_per_element,
+                1e9 * cost.logit_s_per_element_in_batch,
+                1e9 * cost.logit_s_per_element_queue,
                 1e-9 * cost.ema_bytes_per_s
             ),
             format!(
