@@ -97,6 +97,7 @@ const KINDS_CAL: &[&str] = &[
     "moe_layer",
     "training_job",
     "cpt_run",
+    "contrastive_pretrain",
 ];
 
 const FIT: &str = "fit dcpt @CSV --starts=1";

@@ -260,7 +260,7 @@ fn job_backends() -> Vec<Box<dyn Backend<TrainingJob>>> {
 }
 
 fn contrastive_backends() -> Vec<Box<dyn Backend<ContrastivePretrain>>> {
-    vec![Box::new(trainlab_models::contrastive::ContrastiveAnalytical)]
+    vec![Box::new(trainlab_models::contrastive::ContrastiveAnalytical::default())]
 }
 
 fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {

@@ -2,6 +2,7 @@
 //! is found. Every executor really computes and really times (warm-up, repeats, median, spread).
 #![warn(missing_docs)]
 
+pub mod contrastive;
 pub mod cpu;
 pub mod cuda;
 pub mod distill;

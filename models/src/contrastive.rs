@@ -6,8 +6,9 @@
 //! T_v, T_t tokens per sample:
 //! - encoders: `6·(N_v·T_v + N_t·T_t)·b` FLOPs for the query encoders (forward and backward), plus
 //!   `2·(N_v·T_v + N_t·T_t)·b` for the momentum key encoders (forward only), at `mfu` of the GPU's peak;
-//! - logits, forward and backward (×3): in-batch `2·B·B·d` per rank, or `2·b·B·d` with the local loss; queue
-//!   `2·b·(K + b)·d` per queue (each query against the queue and the batch's own keys);
+//! - logits, forward and backward: in-batch `3 × 2·B·B·d` per rank (logits, and the gradients of both sides), or
+//!   `3 × 2·b·B·d` with the local loss; queue `2 × 2·b·(K + b)·d` per queue (each query against the queue and the
+//!   batch's own keys; the keys come from the momentum network and take no gradient);
 //! - momentum EMA: a memory-bound pass of ≈ 12 bytes per key-network parameter (read both weights, write one, fp32),
 //!   over the HBM bandwidth;
 //! - communication through the one hardware model ([`crate::hardware::AlphaBetaNetwork`]): the all-gather of the
@@ -17,7 +18,16 @@
 //! - loading: `b · frames · decode_s_per_frame / cores_per_gpu` host seconds; it runs ahead of the GPU (prefetch), so
 //!   a step takes the larger of loading and the GPU's work, and `cores needed = b·frames·decode / GPU time`;
 //! - memory: the fp32 logit matrix (`B·B·4` bytes, or `b·B·4` with the local loss: 4.29 GB at B = 32,768, the
-//!   notes' check), the fp32 queues `K·d·4` each, the key network's bf16 weights `2·(N_v + N_t)`.
+//!   notes' check), the fp32 queues `K·d·4` each, the key network's weights in the compute type `bytes·(N_v + N_t)`.
+//!
+//! A `contrastive_pretrain` profile ([`ContrastiveCost`], written by `trainlab calibrate --workload
+//! contrastive_pretrain` from real runs on this CPU) replaces, for workloads on the device it was measured on, the
+//! assumed decode cost and `mfu` by fitted ones: decode seconds per frame on one core with a parallel efficiency of
+//! extra workers, seconds per encoder FLOP, the logits as `overhead + s/FLOP · FLOPs + s/element · elements` (the
+//! softmax and its gradient touch every logit; one cost per element for the symmetric in-batch loss, another for a
+//! queue head), and the EMA's sustained bandwidth.
+use serde::{Deserialize, Serialize};
+
 use crate::collectives::Placement;
 use crate::hardware::{AlphaBetaNetwork, Network, memory_time};
 use trainlab_core::workloads::CollectiveAlgo;
@@ -25,27 +35,120 @@ use trainlab_core::workloads::CollectiveOp;
 use trainlab_core::workloads::contrastive::{ContrastiveOutcome, ContrastivePretrain, Negatives};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Workload};
 
-/// The step cost of `w`.
+/// Fitted costs of a device (the `params` of a `contrastive_pretrain` profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveCost {
+    /// The device preset the runs were measured on (`cpu`): the costs apply to workloads on it only.
+    pub device: String,
+    /// Seconds to decode one frame on one core (the measured decode stage: PNG frames standing in for video).
+    pub decode_s_per_frame: f64,
+    /// Speed-up of `t` decode workers is `1 + eff · (t − 1)`.
+    pub decode_parallel_efficiency: f64,
+    /// Seconds per encoder FLOP (forward and backward of the query encoders, forward of the key encoders).
+    pub encoder_s_per_flop: f64,
+    /// Fixed seconds per contrastive head (per queue, or once in-batch).
+    pub logit_overhead_s: f64,
+    /// Seconds per logit-GEMM FLOP.
+    pub logit_s_per_flop: f64,
+    /// Seconds per logit element of the symmetric in-batch loss (softmax over rows and over columns,
+    /// cross-entropy and the gradient).
+    pub logit_s_per_element_in_batch: f64,
+    /// Seconds per logit element of a queue head (one softmax, cross-entropy and the gradient, and the copy of the
+    /// candidates).
+    pub logit_s_per_element_queue: f64,
+    /// Sustained bytes per second of the momentum EMA pass.
+    pub ema_bytes_per_s: f64,
+}
+
+/// Logit elements of one step's head on one GPU: `rows·B` in-batch, `b·(K + b)` per queue.
+pub fn logit_elements(w: &ContrastivePretrain) -> f64 {
+    let (bg, b) = (w.global_batch as f64, w.per_gpu_batch());
+    match w.negatives {
+        Negatives::InBatch { local_loss, .. } => (if local_loss { b } else { bg }) * bg,
+        Negatives::Queue { size, queues } => b * (size as f64 + b) * queues as f64,
+    }
+}
+
+/// Logit-GEMM FLOPs of one step's head, forward and backward.
+pub fn logit_flops(w: &ContrastivePretrain) -> f64 {
+    let (bg, b, d) = (w.global_batch as f64, w.per_gpu_batch(), w.embed_dim as f64);
+    match w.negatives {
+        Negatives::InBatch { local_loss, .. } => 3.0 * 2.0 * if local_loss { b } else { bg } * bg * d,
+        // Forward and the queries' gradient only: the keys come from the momentum network, without gradient.
+        Negatives::Queue { size, queues } => 2.0 * 2.0 * b * (size as f64 + b) * d * queues as f64,
+    }
+}
+
+/// Encoder FLOPs of one step on one GPU: query encoders forward and backward, key encoders forward.
+pub fn encoder_flops(w: &ContrastivePretrain) -> f64 {
+    let per_sample = w.video_encoder.params * w.video_encoder.tokens + w.text_encoder.params * w.text_encoder.tokens;
+    (6.0 + if w.momentum.is_some() { 2.0 } else { 0.0 }) * per_sample * w.per_gpu_batch()
+}
+
+impl ContrastiveCost {
+    /// Checks every number (finite; rates positive; efficiency in [0, 1]); `path` prefixes the field names.
+    pub fn validate(&self, path: &str) -> Result<(), Error> {
+        use trainlab_core::error::check;
+        check::positive(&format!("{path}.decode_s_per_frame"), self.decode_s_per_frame)?;
+        check::in_range(
+            &format!("{path}.decode_parallel_efficiency"),
+            self.decode_parallel_efficiency,
+            0.0,
+            1.5,
+        )?;
+        check::positive(&format!("{path}.encoder_s_per_flop"), self.encoder_s_per_flop)?;
+        check::non_negative(&format!("{path}.logit_overhead_s"), self.logit_overhead_s)?;
+        check::non_negative(&format!("{path}.logit_s_per_flop"), self.logit_s_per_flop)?;
+        check::non_negative(
+            &format!("{path}.logit_s_per_element_in_batch"),
+            self.logit_s_per_element_in_batch,
+        )?;
+        check::non_negative(
+            &format!("{path}.logit_s_per_element_queue"),
+            self.logit_s_per_element_queue,
+        )?;
+        check::positive(&format!("{path}.ema_bytes_per_s"), self.ema_bytes_per_s)
+    }
+
+    /// Seconds to decode one GPU's batch of `w` on its workers.
+    pub fn load_s(&self, w: &ContrastivePretrain) -> f64 {
+        let decode = w.per_gpu_batch() * w.frames_per_clip as f64 * self.decode_s_per_frame;
+        decode / self.speedup(w.cores_per_gpu as f64)
+    }
+    fn speedup(&self, workers: f64) -> f64 {
+        1.0 + self.decode_parallel_efficiency * (workers - 1.0)
+    }
+}
+
+/// The step cost of `w` with the assumed decode cost and utilisation of the workload.
 pub fn step_cost(w: &ContrastivePretrain) -> ContrastiveOutcome {
+    step_cost_with(w, None)
+}
+
+/// The step cost of `w`, with fitted device costs where `cost` was measured on `w`'s device.
+pub fn step_cost_with(w: &ContrastivePretrain, cost: Option<&ContrastiveCost>) -> ContrastiveOutcome {
+    let cost = cost.filter(|c| c.device == w.cluster.gpu.name);
     let gpus = w.cluster.gpus() as f64;
     let (bg, b, d) = (w.global_batch as f64, w.per_gpu_batch(), w.embed_dim as f64);
     let rate = w.cluster.gpu.peak(w.dtype) * w.mfu;
-    let per_sample = w.video_encoder.params * w.video_encoder.tokens + w.text_encoder.params * w.text_encoder.tokens;
     let key_net = w.momentum.is_some();
-    let encoder_flops = (6.0 + if key_net { 2.0 } else { 0.0 }) * per_sample * b;
-    let (logit_flops, logits_bytes, queue_bytes) = match w.negatives {
-        Negatives::InBatch { local_loss, .. } => {
-            let rows = if local_loss { b } else { bg };
-            (3.0 * 2.0 * rows * bg * d, rows * bg * 4.0, 0.0)
-        }
+    let (encoder_flops, logit_flops) = (encoder_flops(w), logit_flops(w));
+    let (logits_bytes, queue_bytes) = match w.negatives {
+        Negatives::InBatch { local_loss, .. } => (if local_loss { b } else { bg } * bg * 4.0, 0.0),
         Negatives::Queue { size, queues } => {
             let (k, q) = (size as f64, queues as f64);
-            (3.0 * 2.0 * b * (k + b) * d * q, b * (k + b) * 4.0 * q, k * d * 4.0 * q)
+            (b * (k + b) * 4.0 * q, k * d * 4.0 * q)
         }
     };
     let key_params = w.video_encoder.params + w.text_encoder.params;
+    let heads = match w.negatives {
+        Negatives::InBatch { .. } => 1.0,
+        Negatives::Queue { queues, .. } => queues as f64,
+    };
+    let ema_bw = cost.map_or(w.cluster.gpu.hbm_bandwidth_bytes_per_s, |c| c.ema_bytes_per_s);
     let momentum_s = if key_net {
-        memory_time(12.0 * key_params, w.cluster.gpu.hbm_bandwidth_bytes_per_s)
+        memory_time(12.0 * key_params, ema_bw)
     } else {
         0.0
     };
@@ -70,12 +173,41 @@ pub fn step_cost(w: &ContrastivePretrain) -> ContrastiveOutcome {
         }
         Negatives::Queue { queues, .. } => comm_s += coll(CollectiveOp::AllGather, bg * d * 2.0 * queues as f64),
     }
-    let encoders_s = encoder_flops / rate;
-    let logits_s = logit_flops / rate;
+    let (encoders_s, logits_s) = match cost {
+        None => (encoder_flops / rate, logit_flops / rate),
+        Some(c) => (
+            encoder_flops * c.encoder_s_per_flop,
+            heads * c.logit_overhead_s
+                + logit_flops * c.logit_s_per_flop
+                + logit_elements(w)
+                    * match w.negatives {
+                        Negatives::InBatch { .. } => c.logit_s_per_element_in_batch,
+                        Negatives::Queue { .. } => c.logit_s_per_element_queue,
+                    },
+        ),
+    };
     let gpu_s = encoders_s + logits_s + momentum_s + comm_s;
-    let decode = b * w.frames_per_clip as f64 * w.decode_s_per_frame;
-    let load_s = decode / w.cores_per_gpu as f64;
+    // One worker's seconds for one GPU's batch, and the speed-up of the workers.
+    let (decode, speedup) = match cost {
+        None => (
+            b * w.frames_per_clip as f64 * w.decode_s_per_frame,
+            w.cores_per_gpu as f64,
+        ),
+        Some(c) => (
+            b * w.frames_per_clip as f64 * c.decode_s_per_frame,
+            c.speedup(w.cores_per_gpu as f64),
+        ),
+    };
+    let load_s = decode / speedup;
     let step_s = gpu_s.max(load_s);
+    // Workers whose speed-up brings loading down to the GPU's work.
+    let cores_needed = match cost {
+        None => decode / gpu_s,
+        Some(c) if c.decode_parallel_efficiency > 0.0 => {
+            (1.0 + (decode / gpu_s - 1.0) / c.decode_parallel_efficiency).max(decode / gpu_s)
+        }
+        Some(_) => f64::INFINITY,
+    };
     let steps = w.samples_per_epoch * w.epochs / bg;
     ContrastiveOutcome {
         load_s,
@@ -84,18 +216,28 @@ pub fn step_cost(w: &ContrastivePretrain) -> ContrastiveOutcome {
         momentum_s,
         comm_s,
         step_s,
-        cores_needed: decode / gpu_s,
+        cores_needed,
         logits_bytes,
         queue_bytes,
-        key_network_bytes: if key_net { 2.0 * key_params } else { 0.0 },
+        key_network_bytes: if key_net {
+            w.dtype.bytes() as f64 * key_params
+        } else {
+            0.0
+        },
         days: steps * step_s / 86_400.0,
         samples_per_s: bg / step_s,
+        loader_bound: load_s > gpu_s,
+        gpu_idle_fraction: 1.0 - gpu_s / step_s,
+        queue_occupancy: None,
     }
 }
 
-/// The closed-form backend.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ContrastiveAnalytical;
+/// The closed-form backend, with the fitted costs of a profile where one applies.
+#[derive(Debug, Clone, Default)]
+pub struct ContrastiveAnalytical {
+    /// Fitted device costs (from a `contrastive_pretrain` profile).
+    pub cost: Option<ContrastiveCost>,
+}
 
 impl Backend<ContrastivePretrain> for ContrastiveAnalytical {
     fn name(&self) -> &str {
@@ -106,7 +248,7 @@ impl Backend<ContrastivePretrain> for ContrastiveAnalytical {
     }
     fn run(&mut self, w: &ContrastivePretrain, _: &mut RunCtx) -> Result<ContrastiveOutcome, Error> {
         w.validate()?;
-        Ok(step_cost(w))
+        Ok(step_cost_with(w, self.cost.as_ref()))
     }
 }
 
@@ -139,6 +281,8 @@ mod tests {
             frames_per_clip: 1,
             decode_s_per_frame: 0.0,
             cores_per_gpu: 8,
+            decode_cv: 0.0,
+            prefetch_batches: 2,
             samples_per_epoch: 400e6,
             epochs: 32.0,
             dtype: trainlab_core::Dtype::Fp16,

@@ -1,6 +1,7 @@
 //! trainlab-sim: the discrete-event engine and the simulators built on it.
 #![warn(missing_docs)]
 
+pub mod contrastive;
 pub mod dag;
 pub mod dense;
 pub mod distill;

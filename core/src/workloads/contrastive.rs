@@ -71,8 +71,18 @@ pub struct ContrastivePretrain {
     pub frames_per_clip: u64,
     /// Host CPU seconds to decode and resize one frame on one core.
     pub decode_s_per_frame: f64,
-    /// Decode cores per GPU.
+    /// Decode cores per GPU: data-loader workers, one core each, each decoding whole batches (PyTorch
+    /// `DataLoader` style).
     pub cores_per_gpu: u64,
+    /// Coefficient of variation of one clip's decode time (lognormal with mean `frames_per_clip x
+    /// decode_s_per_frame`); 0: every clip costs the same. Only the input-pipeline simulator reads it (slow clips
+    /// stall the step); the closed form uses the mean.
+    #[serde(default)]
+    pub decode_cv: f64,
+    /// Decoded batches each GPU's loader may hold ready ahead of the step (the bounded prefetch queue); a worker
+    /// that finishes a batch while the queue is full waits.
+    #[serde(default = "two")]
+    pub prefetch_batches: u64,
     /// Samples per epoch.
     pub samples_per_epoch: f64,
     /// Epochs.
@@ -86,6 +96,9 @@ pub struct ContrastivePretrain {
     pub mfu: f64,
 }
 
+fn two() -> u64 {
+    2
+}
 fn one_f() -> f64 {
     1.0
 }
@@ -207,6 +220,19 @@ impl Workload for ContrastivePretrain {
             4096,
             "far beyond any host",
         )?;
+        check::non_negative_at_most(
+            "workload.decode_cv",
+            self.decode_cv,
+            10.0,
+            "a decode time ten times its mean",
+        )?;
+        check::at_least("workload.prefetch_batches", self.prefetch_batches, 1)?;
+        check::at_most(
+            "workload.prefetch_batches",
+            self.prefetch_batches,
+            1024,
+            "far beyond any host memory for decoded batches",
+        )?;
         check::positive_at_most(
             "workload.samples_per_epoch",
             self.samples_per_epoch,
@@ -246,26 +272,38 @@ pub struct ContrastiveOutcome {
     pub days: f64,
     /// Samples per second.
     pub samples_per_s: f64,
+    /// Whether the step waits for the loader: in closed form, loading takes longer than the GPU's work; in the
+    /// simulator, the GPU waits for data more than 1% of the time.
+    pub loader_bound: bool,
+    /// Fraction of the time the GPU waits for a batch.
+    pub gpu_idle_fraction: f64,
+    /// Mean number of decoded batches waiting in a GPU's prefetch queue (time average; simulator only).
+    #[serde(default)]
+    pub queue_occupancy: Option<f64>,
 }
 
 impl Outcome for ContrastiveOutcome {
     fn metrics(&self) -> Vec<Metric> {
-        let gpu = self.encoders_s + self.logits_s + self.momentum_s + self.comm_s;
-        vec![
+        let mut v = vec![
             Metric::new("step_time", Unit::Seconds, self.step_s),
             Metric::new("time.load", Unit::Seconds, self.load_s),
             Metric::new("time.encoders", Unit::Seconds, self.encoders_s),
             Metric::new("time.logits", Unit::Seconds, self.logits_s),
             Metric::new("time.momentum", Unit::Seconds, self.momentum_s),
             Metric::new("time.comm", Unit::Seconds, self.comm_s),
-            // 1 when decoding the clips takes longer than the GPU's work: the step waits for the loader.
-            Metric::new("loader_bound", Unit::Choice, f64::from(u8::from(self.load_s > gpu))),
+            // 1 when the step waits for the loader.
+            Metric::new("loader_bound", Unit::Choice, f64::from(u8::from(self.loader_bound))),
+            Metric::new("gpu_idle_fraction", Unit::Ratio, self.gpu_idle_fraction),
             Metric::new("cores_per_gpu_needed", Unit::Count, self.cores_needed),
             Metric::new("memory.logits", Unit::Bytes, self.logits_bytes),
             Metric::new("memory.queue", Unit::Bytes, self.queue_bytes),
             Metric::new("memory.key_network", Unit::Bytes, self.key_network_bytes),
             Metric::new("samples_per_s", Unit::Dimensionless, self.samples_per_s),
             Metric::new("days", Unit::Days, self.days),
-        ]
+        ];
+        if let Some(q) = self.queue_occupancy {
+            v.push(Metric::new("queue_occupancy", Unit::Count, q));
+        }
+        v
     }
 }
