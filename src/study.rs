@@ -317,8 +317,17 @@ fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             _ => spec.base.clone(),
         }
     };
-    let base = trainlab_datasets::scenario::load(&base_path)
-        .map_err(|e| e.map_field(|f| format!("{}: study.base -> {f}", sc.origin)))?;
+    let base = trainlab_datasets::scenario::load(&base_path).map_err(|e| match e {
+        Error::Invalid { .. } => e.map_field(|f| format!("{}: study.base -> {f}", sc.origin)),
+        // A base that cannot be found or read: name the field that points at it.
+        other if other.is_user_error() => Error::invalid(
+            format!("{}: study.base", sc.origin),
+            &spec.base,
+            other.to_string(),
+            "name an embedded scenario (`trainlab scenarios` lists them) or a scenario file",
+        ),
+        other => other,
+    })?;
     if base.kind == "study" || base.kind == "plan" {
         return Err(Error::invalid(
             format!("{}: study.base", sc.origin),

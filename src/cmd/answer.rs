@@ -104,6 +104,20 @@ pub fn run_one(
         }
         Err(e) => {
             let b = &groups[gi].answers[0].backend;
+            // The backend asked for cannot answer this workload (another router, device or profile): a choice the
+            // user can change, so exit 2 with the way out.
+            let e = match e {
+                Error::Unsupported(why) => Error::invalid(
+                    "--backend",
+                    b,
+                    format!("cannot answer `{}`: {why}", sc.name),
+                    format!(
+                        "choose another backend of `{}` (`trainlab kinds` lists them), or use `compare`",
+                        kind.name()
+                    ),
+                ),
+                e => e,
+            };
             return Err(anyhow::Error::new(e).context(format!("backend `{b}` on `{}`", sc.name)));
         }
     };
