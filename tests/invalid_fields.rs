@@ -1,5 +1,5 @@
 //! Validation property test (issue 9, item 7): in a valid scenario of each of `gemm`, `dense_training`,
-//! `moe_layer`, `training_job`, `fabric`, `recsys_step`, `contrastive_pretrain` and `rlhf_iteration`, every numeric field of the `[workload]` table (walked recursively through nested
+//! `moe_layer`, `training_job`, `fabric`, `recsys_step`, `contrastive_pretrain`, `rlhf_iteration` and `distillation`, every numeric field of the `[workload]` table (walked recursively through nested
 //! tables and arrays of tables) is set in turn to 0, negative values, NaN, ±inf and 2^63 (as a float, and as the
 //! largest TOML integer `i64::MAX`, since 2^63 itself overflows TOML's i64). Each mutated scenario must either be
 //! rejected with an [`Error::Invalid`] whose field path names the mutated field, or be accepted and then answered by
@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 use trainlab_core::workloads::contrastive::ContrastivePretrain;
+use trainlab_core::workloads::distill::Distillation;
 use trainlab_core::workloads::moe::MoeLayer;
 use trainlab_core::workloads::rlhf::RlhfIteration;
 use trainlab_core::workloads::{DenseTraining, Fabric, Gemm, RecsysStep, TrainingJob};
@@ -150,6 +151,7 @@ fn scenarios() -> Vec<(String, Scenario)> {
             variant("rlhf-70b-colocated", "samples_per_prompt = 1\ndtype = \"bf16\""),
         ),
         ("rlhf-70b-disaggregated".into(), variant("rlhf-70b-disaggregated", "")),
+        ("ddk-tiny".into(), variant("ddk-tiny", "")),
         // A job with an explicit fault schedule (validated and answered by another path).
         ("c4-schedule-small".into(), variant("c4-schedule-small", "")),
         (
@@ -274,6 +276,24 @@ fn rlhf_backends() -> Vec<Box<dyn Backend<RlhfIteration>>> {
     vec![Box::new(trainlab_models::rlhf::RlhfAnalytical::default())]
 }
 
+/// The cost model and, with the shipped profile, the law-driven backends (a mutated setup is refused by the
+/// profile, an allowed change such as the student budget is answered).
+fn distill_backends() -> Vec<Box<dyn Backend<Distillation>>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/ddk-cpu");
+    let text = std::fs::read_to_string(dir.join("profile-distillation-cpu.toml")).expect("shipped profile");
+    let p: trainlab_core::Profile<trainlab_models::gaplaw::DistillProfile> = toml::from_str(&text).unwrap();
+    vec![
+        Box::new(trainlab_models::distill::DistillCost),
+        Box::new(trainlab_models::gaplaw::GapLawBackend {
+            profile: Some(p.params.clone()),
+        }),
+        Box::new(trainlab_sim::distill::DdkSim {
+            profile: Some(p.params),
+            replications: 3,
+        }),
+    ]
+}
+
 fn fabric_backends() -> Vec<Box<dyn Backend<Fabric>>> {
     vec![
         Box::new(trainlab_models::fabric::FabricAnalytical),
@@ -324,6 +344,7 @@ fn check(sc: &Scenario, field: &str) -> Result<Verdict, String> {
         RecsysStep::KIND => check_typed::<RecsysStep>(sc, field, recsys_backends),
         ContrastivePretrain::KIND => check_typed::<ContrastivePretrain>(sc, field, contrastive_backends),
         RlhfIteration::KIND => check_typed::<RlhfIteration>(sc, field, rlhf_backends),
+        Distillation::KIND => check_typed::<Distillation>(sc, field, distill_backends),
         k => Err(format!("kind {k} not covered")),
     }
 }

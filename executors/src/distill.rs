@@ -347,6 +347,24 @@ mod tests {
     }
 
     #[test]
+    fn an_exhausted_pool_is_reused_cyclically() {
+        // Three examples of context 2: taking five gives 0, 1, 2, 0, 1 (DDK §2.2: exhausted domains are re-read).
+        let mut p = Pool {
+            ex: Examples {
+                ctx: vec![10, 11, 20, 21, 30, 31],
+                tgt: vec![1, 2, 3],
+            },
+            next: 0,
+        };
+        let (mut ctx, mut tgt) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            p.take(2, &mut ctx, &mut tgt);
+        }
+        assert_eq!(tgt, vec![1, 2, 3, 1, 2]);
+        assert_eq!(ctx, vec![10, 11, 20, 21, 30, 31, 10, 11, 20, 21]);
+    }
+
+    #[test]
     fn kd_gradient_matches_finite_differences() {
         let shape = Shape {
             vocab: 6,

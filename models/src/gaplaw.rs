@@ -333,6 +333,28 @@ pub fn follow(
     Followed { seen, weights }
 }
 
+/// Most DDK updates a law-driven run follows (each evaluates the law on every domain).
+pub const MAX_UPDATES: u64 = 1_000_000;
+
+/// Checks that following `w` on the law is bounded work: at most [`MAX_UPDATES`] DDK updates.
+pub fn check_updates(w: &Distillation) -> Result<(), Error> {
+    if let Schedule::Ddk { k, .. } = w.schedule {
+        let updates = w.student_tokens.div_ceil(w.batch) / k;
+        if updates > MAX_UPDATES {
+            return Err(Error::invalid(
+                "workload.schedule.ddk.k",
+                k,
+                format!(
+                    "{updates} updates over {} student steps; the law-driven backends follow at most {MAX_UPDATES}",
+                    w.student_tokens.div_ceil(w.batch)
+                ),
+                "raise k or lower student_tokens",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The closed form's chunk: every domain gets its expected share.
 pub fn expected_chunk(weights: &[f64], examples: u64, seen: &mut [f64]) {
     for (s, w) in seen.iter_mut().zip(weights) {
@@ -381,6 +403,7 @@ impl Backend<Distillation> for GapLawBackend {
         w.validate()?;
         let p = self.profile.as_ref().ok_or_else(needs_profile)?;
         p.check_for(w)?;
+        check_updates(w)?;
         let f = follow(w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
         Ok(outcome(w, p, &f))
     }

@@ -16,7 +16,7 @@ use rayon::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use trainlab_core::workloads::distill::{DistillOutcome, Distillation, GapCi, Schedule};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, Workload};
-use trainlab_models::gaplaw::{DistillProfile, Followed, follow, needs_profile, outcome};
+use trainlab_models::gaplaw::{DistillProfile, Followed, check_updates, follow, needs_profile, outcome};
 
 /// Adds a multinomial draw of `examples` over `weights` to `seen` (sequential binomials).
 fn multinomial(rng: &mut trainlab_core::seed::Rng, weights: &[f64], examples: u64, seen: &mut [f64]) {
@@ -128,6 +128,7 @@ impl Backend<Distillation> for DdkSim {
         w.validate()?;
         let p = self.profile.as_ref().ok_or_else(needs_profile)?;
         p.check_for(w)?;
+        check_updates(w)?;
         let reps = self.replications.max(2);
         let s = monte_carlo(w, p, reps, ctx.seed.derive("ddk_sim"), &ctx.cancel).ok_or(Error::Interrupted)?;
         let f = Followed {
@@ -192,6 +193,7 @@ pub fn search(
             let mut w = base.clone();
             w.schedule = s.clone();
             w.validate()?;
+            check_updates(&w)?;
             let summary = monte_carlo(&w, p, reps, seed, cancel).ok_or(Error::Interrupted)?;
             Ok(Ranked {
                 schedule: s.clone(),
