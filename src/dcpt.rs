@@ -520,7 +520,14 @@ pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result
     }
     let pair = report.pair()?;
     let lvl = args.level;
-    let fmt = |c: &fit::Ci| format!("{:.4} [{:.4}, {:.4}]", c.estimate, c.lo, c.hi);
+    // A fit without bootstrap replicates has no interval: say so rather than print `[NaN, NaN]`.
+    let fmt = |c: &fit::Ci| {
+        if c.lo.is_finite() && c.hi.is_finite() {
+            format!("{:.4} [{:.4}, {:.4}]", c.estimate, c.lo, c.hi)
+        } else {
+            format!("{:.4} (no interval: the fit has no bootstrap replicates)", c.estimate)
+        }
+    };
     match args.usage {
         Usage::Tradeoff => {
             let (n, d) = (need(args.n, "--n", "tradeoff")?, need(args.d, "--d", "tradeoff")?);
@@ -537,10 +544,14 @@ pub fn plan_mixture(args: &PlanArgs, cancel: &Arc<AtomicBool>) -> anyhow::Result
                 println!("  best domain share r_d  {}", fmt(&plan.r_domain));
                 println!("  domain loss            {}", fmt(&plan.domain_loss));
                 println!("  general loss           {}", fmt(&plan.general_loss));
-                println!(
-                    "  feasible in {:.0}% of bootstrap replicates",
-                    100.0 * plan.feasible_share
-                );
+                if plan.r_domain.lo.is_finite() {
+                    println!(
+                        "  feasible in {:.0}% of bootstrap replicates",
+                        100.0 * plan.feasible_share
+                    );
+                } else {
+                    println!("  (no bootstrap replicates in this fit: refit with `trainlab fit ... --bootstrap N`)");
+                }
             }
         }
         Usage::LimitedData => {

@@ -386,3 +386,20 @@ fn infeasible_cases_are_listed_in_the_report() {
         "the infeasible case is not named"
     );
 }
+
+#[test]
+fn plan_mixture_without_bootstrap_replicates_prints_no_nan() {
+    // The shipped D-CPT fit has no bootstrap replicates: the plan says there is no interval instead of `[NaN, NaN]`.
+    let fit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/fit.json");
+    for usage in [["--usage", "tradeoff", "--n", "1200", "--d", "1e5"]] {
+        let o = common::bin()
+            .arg("plan-mixture")
+            .arg(&fit)
+            .args(usage)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(!out.contains("NaN") && out.contains("no interval"), "{out}");
+    }
+}
