@@ -391,7 +391,10 @@ fn infeasible_cases_are_listed_in_the_report() {
 fn plan_mixture_without_bootstrap_replicates_prints_no_nan() {
     // The shipped D-CPT fit has no bootstrap replicates: the plan says there is no interval instead of `[NaN, NaN]`.
     let fit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/dcpt-cpu/fit.json");
-    for usage in [["--usage", "tradeoff", "--n", "1200", "--d", "1e5"]] {
+    for usage in [
+        ["--usage", "tradeoff", "--n", "1200", "--d", "1e5"],
+        ["--usage", "limited-data", "--n", "1200", "--domain-tokens", "1e4"],
+    ] {
         let o = common::bin()
             .arg("plan-mixture")
             .arg(&fit)
