@@ -7,7 +7,8 @@
 //! a `distillation` profile.
 //!
 //! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform and
-//! data-proportional static sampling (several student seeds, one setup seed: the same corpus and teacher) are traced
+//! data-proportional static sampling (several student seeds, the scenario's seed for the setup: the corpus and
+//! teacher `compare ddk-tiny` runs) are traced
 //! every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
 //! intervals). The DDK runs (several `k` and `alpha`) are held out: `ddk_sim` predicts their final per-domain losses
 //! and the ranking of the schedules. Then the schedule search on the law picks the best of 200 candidates, which is
@@ -16,7 +17,7 @@ use super::{KindDef, Opts};
 use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use std::sync::atomic::Ordering;
 use trainlab_core::workloads::distill::{Distillation, Schedule};
-use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
+use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Seed, Unit, Workload};
 use trainlab_executors::distill::{TracePoint, distill_traced};
 use trainlab_models::fit::{self, Dataset, FitConfig, Law};
 use trainlab_models::gaplaw::{DistillProfile, GapLaw, GapLawBackend};
@@ -73,6 +74,9 @@ pub static KIND: KindDef<Distillation> = KindDef {
 pub struct CalPlan {
     /// The setup (the `ddk-tiny` scenario's, shortened when quick).
     pub base: Distillation,
+    /// The seed of the setup (corpus, pools, validation sets, teacher): the scenario's, so that `compare ddk-tiny`
+    /// runs the very corpus and teacher the law was fitted on.
+    pub setup_seed: Seed,
     /// Student seeds (replicas of every schedule).
     pub seeds: Vec<u64>,
     /// Schedules whose runs the law is fitted on.
@@ -96,7 +100,9 @@ pub struct CalPlan {
 impl CalPlan {
     /// The plan `calibrate` runs (`quick`: one seed, a shorter run, fewer schedules).
     pub fn new(quick: bool) -> Result<Self, Error> {
-        let mut base: Distillation = trainlab_datasets::scenario::load("ddk-tiny")?.workload()?;
+        let sc = trainlab_datasets::scenario::load("ddk-tiny")?;
+        let setup_seed = sc.seed;
+        let mut base: Distillation = sc.workload()?;
         let n = base.domains.len();
         let total: f64 = base.domains.iter().map(|d| d.tokens as f64).sum();
         // Static weights proportional to each domain's data, as in `ddk-schedule-study`; the last one closes the sum.
@@ -110,6 +116,7 @@ impl CalPlan {
             base.student_tokens = 40_000;
             CalPlan {
                 base,
+                setup_seed,
                 seeds: vec![1],
                 fit: vec![Schedule::Uniform, Schedule::Static(prop)],
                 held: vec![default.clone(), Schedule::Ddk { k: 25, alpha: 1.0 }],
@@ -123,6 +130,7 @@ impl CalPlan {
         } else {
             CalPlan {
                 base,
+                setup_seed,
                 seeds: vec![1, 2, 3],
                 fit: vec![Schedule::Uniform, Schedule::Static(prop)],
                 held: vec![
@@ -204,7 +212,7 @@ impl Calibration for DistillCalibration {
         let plan = CalPlan::new(req.quick)?;
         let study = "calibrate-distillation-cpu";
         let names: Vec<String> = plan.base.domains.iter().map(|d| d.name.clone()).collect();
-        let setup_seed = req.seed.derive("distill.setup");
+        let setup_seed = plan.setup_seed;
         let mut runs: Vec<Run> = Vec::new();
         let real = |schedule: &Schedule, runs: &mut Vec<Run>| -> Result<(), Error> {
             for &s in &plan.seeds {
