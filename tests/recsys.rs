@@ -229,8 +229,11 @@ fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
 
 /// 1,000 tiny fields (8 samples, dim 4): per-op costs dominate, so one packed op per step stage beats 1,000 separate
 /// ones. Medians of 5 steps each; the margin asserted (1.25x; 2.0x measured) is loose on purpose (a shared machine); the measured
-/// ratio is printed.
+/// ratio is printed. A speed figure, so not part of the default test run (the machine is shared and noisy; speed
+/// claims live outside timed unit tests): `cargo test --workspace --test recsys -- --ignored packing --nocapture`.
+/// What CI checks instead is the mechanism: packed steps launch fewer ops with identical results (tests above).
 #[test]
+#[ignore = "a timing figure: run on a quiet machine with --ignored"]
 fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
     let tiny = |packing| {
         let mut w = cpu_step(1000, packing, 0.0, 1, 1);
