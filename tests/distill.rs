@@ -39,10 +39,9 @@ fn schedule_of(case: &str) -> Option<Schedule> {
 #[test]
 fn the_shipped_law_predicts_the_held_out_ddk_runs() {
     // Recomputed with today's code from the measured values in the shipped profile: the simulated control loop on
-    // the law fitted to uniform and static runs only. The smoothed DDK runs (alpha < 1): R^2 0.796 over (schedule,
-    // domain) final losses in the shipped calibration (the issue asks 0.9: not met; another corpus draw gave 0.947),
-    // asserted >= 0.75; the unsmoothed one (alpha = 1) collapses onto one domain, outside the fitted mixtures, and is
-    // reported, not asserted.
+    // the law fitted to uniform and static runs only. The smoothed DDK runs (alpha < 1): R^2 0.907 over (schedule,
+    // domain) final losses in the shipped calibration, asserted >= 0.9 (the issue's bar); the unsmoothed one
+    // (alpha = 1) collapses onto one domain, outside the fitted mixtures, and is reported, not asserted.
     let (p, _) = shipped();
     let w0 = ddk_tiny();
     p.params.check_for(&w0).expect("the profile answers ddk-tiny");
@@ -79,7 +78,7 @@ fn the_shipped_law_predicts_the_held_out_ddk_runs() {
     let ss_tot: f64 = obs.iter().map(|o| (o - m) * (o - m)).sum();
     let r2 = 1.0 - ss_res / ss_tot;
     eprintln!("held-out smoothed DDK runs: R^2 {r2:.3} over {} values", obs.len());
-    assert!(r2 >= 0.75, "R^2 {r2}");
+    assert!(r2 >= 0.9, "R^2 {r2}");
     // Every held-out per-domain loss, alpha = 1 included, within 10%.
     let errs: Vec<f64> = p
         .held_out

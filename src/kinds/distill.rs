@@ -7,7 +7,7 @@
 //! a `distillation` profile.
 //!
 //! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform and
-//! data-proportional static sampling (several student seeds, the scenario's seed for the setup: the corpus and
+//! data-proportional and three random static mixtures (several student seeds, the scenario's seed for the setup: the corpus and
 //! teacher `compare ddk-tiny` runs) are traced
 //! every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
 //! intervals). The DDK runs (several `k` and `alpha`) are held out: `ddk_sim` predicts their final per-domain losses
@@ -132,7 +132,16 @@ impl CalPlan {
                 base,
                 setup_seed,
                 seeds: vec![1, 2, 3],
-                fit: vec![Schedule::Uniform, Schedule::Static(prop)],
+                // Uniform, data-proportional, and three random mixtures (Dirichlet(1), seeded): mixtures the law
+                // can learn transfer from; none is a DDK schedule.
+                fit: [Schedule::Uniform, Schedule::Static(prop)]
+                    .into_iter()
+                    .chain(
+                        candidates(n, &[], &[], 3, Seed(7).derive("distill.fit-mixtures"))
+                            .into_iter()
+                            .skip(1),
+                    )
+                    .collect(),
                 held: vec![
                     Schedule::Ddk { k: 5, alpha: 0.5 },
                     default.clone(),
