@@ -6,10 +6,9 @@
 //! (`ddk_sim`); and the real distillation of tiny LMs on this CPU (`cpu`, the reference). `gap_law` and `ddk_sim` read
 //! a `distillation` profile.
 //!
-//! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform and
-//! data-proportional and three random static mixtures (several student seeds, the scenario's seed for the setup: the corpus and
-//! teacher `compare ddk-tiny` runs) are traced
-//! every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
+//! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform,
+//! data-proportional and three random static mixtures (several student seeds; the scenario's seed for the setup: the
+//! corpus and teacher `compare ddk-tiny` runs) are traced every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
 //! intervals). The DDK runs (several `k` and `alpha`) are held out: `ddk_sim` predicts their final per-domain losses
 //! and the ranking of the schedules. Then the schedule search on the law picks the best of 200 candidates, which is
 //! run for real next to the paper's default (`k` scaled to this run's length, `alpha = 0.5`).
