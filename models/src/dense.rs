@@ -20,7 +20,12 @@
 //!
 //! **Communication.** TP: Megatron's 2 collectives per layer in forward and 2 in backward (+2 with full recompute),
 //! each of `b s h / cp` elements over the `tp` ranks of a node (all-reduce, or reduce-scatter + all-gather under
-//! sequence parallelism: the same bytes), not overlapped in the closed form. CP (ring attention): per layer `cp - 1`
+//! sequence parallelism: the same bytes), exposed in full; with `tp_comm_overlap` each collective and the GEMM that
+//! produces it (output projection and FFN down forward, FFN up and QKV input gradients backward, the embedding
+//! gather, the head's backward) are split into [`TP_OVERLAP_CHUNKS`] chunks that pipeline on two streams (Megatron-
+//! Core's `tp_comm_overlap`, Wang et al. ASPLOS'23 decomposition): exposed `c + (n - 1) max(0, c - g)` with `g` a
+//! GEMM chunk and `c` a collective chunk (each paying the latency again), applied only where that is less than the
+//! whole collective ([`LayerCosts::tp_after`]); the same rule, op by op, as the operation-level simulator. CP (ring attention): per layer `cp - 1`
 //! steps each passing the local K and V (`2 b (s/cp) kv_heads d_head / t` elements) to the next rank, twice that in
 //! backward (K/V and their gradients); with `overlap_comm` hidden behind the attention core
 //! (`exposed = max(0, comm - core)`). PP: one activation send forward and one gradient send backward per
@@ -115,6 +120,41 @@ impl LayerCosts {
     pub fn tp_colls(r: Recompute) -> f64 {
         if r == Recompute::Full { 6.0 } else { 4.0 }
     }
+    /// Whether splitting a GEMM of `gemm` seconds and the TP collective that follows it into [`TP_OVERLAP_CHUNKS`]
+    /// pipelined chunks finishes earlier than the GEMM then the whole collective. Each chunk pays the collective's
+    /// latency again, so behind a GEMM too short to hide it the split would be slower: it is then not applied (the
+    /// same decision in the closed form and in the simulator, so overlap never makes a step slower).
+    pub fn tp_chunking_pays(&self, gemm: f64) -> bool {
+        self.tp_coll > 0.0 && self.tp_chunked_exposed(gemm) < self.tp_coll
+    }
+    /// Exposed time of the TP collective after a GEMM of `gemm` seconds split with it into `n` =
+    /// [`TP_OVERLAP_CHUNKS`] chunks on two in-order streams (GEMM chunk `i + 1` runs while collective chunk `i` is
+    /// sent): the pair ends at `g + c + (n - 1) max(g, c)` with `g = gemm / n` and `c` =
+    /// [`LayerCosts::tp_coll_chunk`], so `c + (n - 1) max(0, c - g)` after the GEMM's own `n g`.
+    pub fn tp_chunked_exposed(&self, gemm: f64) -> f64 {
+        let n = f64::from(TP_OVERLAP_CHUNKS);
+        let (g, c) = (gemm / n, self.tp_coll_chunk);
+        c + (n - 1.0) * (c - g).max(0.0)
+    }
+    /// Exposed time of the TP collective after a GEMM of `gemm` seconds: the whole collective, or with
+    /// `tp_comm_overlap` the chunked pipeline where it pays.
+    pub fn tp_after(&self, gemm: f64, tp_overlap: bool) -> f64 {
+        if tp_overlap && self.tp_chunking_pays(gemm) {
+            self.tp_chunked_exposed(gemm)
+        } else {
+            self.tp_coll
+        }
+    }
+    /// Exposed TP time of one layer per micro-batch: forward after the output projection and FFN down, backward
+    /// after the FFN up and QKV input-gradient GEMMs (twice the forward's), the forward's again with full recompute.
+    pub fn tp_layer(&self, r: Recompute, tp_overlap: bool) -> f64 {
+        if !tp_overlap {
+            return Self::tp_colls(r) * self.tp_coll;
+        }
+        let f = self.tp_after(self.proj, true) + self.tp_after(self.down, true);
+        let b = self.tp_after(2.0 * self.up, true) + self.tp_after(2.0 * self.qkv, true);
+        f + b + if r == Recompute::Full { f } else { 0.0 }
+    }
 }
 
 /// Everything the step of one layout costs, per operation: what [`evaluate_on`] sums and the operation-level
@@ -149,6 +189,8 @@ pub struct StepCosts {
     pub launch: f64,
     /// Overlap DP buckets, CP exchange and ZeRO-3 gathers with compute.
     pub overlap: bool,
+    /// Split each TP collective and the GEMM before it into pipelined chunks (`tp_comm_overlap`).
+    pub tp_overlap: bool,
 }
 
 impl StepCosts {
@@ -237,7 +279,10 @@ fn stage_time(c: &StepCosts, net: &dyn Network, layers: u64, first: bool, last: 
     let (e, h) = (f64::from(u8::from(first)), f64::from(u8::from(last)));
     let fwd = n * l.fwd() + e * c.emb_fwd + h * c.head_fwd;
     let bwd = n * l.bwd(r) + 2.0 * (e * c.emb_fwd + h * c.head_fwd);
-    let tp = (n * LayerCosts::tp_colls(r) + e + h) * l.tp_coll;
+    // the embedding's all-reduce follows its gather, the head's input gradient follows the head's backward
+    let tp = n * l.tp_layer(r, c.tp_overlap)
+        + e * l.tp_after(c.emb_fwd, c.tp_overlap)
+        + h * l.tp_after(2.0 * c.head_fwd, c.tp_overlap);
     let pp = if c.config.pp > 1 {
         2.0 * c.config.virtual_stages as f64 * c.p2p
     } else {
@@ -529,6 +574,7 @@ pub fn step_costs(
         mem_bw: p.mem_bw_bytes_per_s,
         launch: p.launch_overhead_s,
         overlap: w.overlap_comm,
+        tp_overlap: w.tp_comm_overlap,
     }
 }
 
@@ -1157,6 +1203,42 @@ pub(crate) mod tests {
         assert!(a.dp_exposed_s < b.dp_exposed_s);
         assert!((b.dp_exposed_s - b.dp_comm_s).abs() < 1e-15);
         assert!((a.dp_exposed_s - (a.dp_comm_s - a.backward_mb_s).max(0.0)).abs() < 1e-15);
+    }
+
+    /// `tp_comm_overlap` never makes a step slower (each GEMM + collective pair is chunked only where that pays),
+    /// hides TP time where the GEMMs are long, and leaves a layout without TP alone.
+    #[test]
+    fn tp_comm_overlap_only_hides() {
+        let mut w = workload(16);
+        let mut hid = 0;
+        for c in crate::search::candidates(&w).iter().step_by(7) {
+            w.tp_comm_overlap = false;
+            let off = step_breakdown(&w, c, None).unwrap();
+            w.tp_comm_overlap = true;
+            let on = step_breakdown(&w, c, None).unwrap();
+            assert!(on.step_time_s <= off.step_time_s, "{c:?}");
+            assert!(on.tp_comm_mb_s <= off.tp_comm_mb_s);
+            if c.tp == 1 {
+                assert_eq!(on, off);
+            } else if on.tp_comm_mb_s < off.tp_comm_mb_s {
+                hid += 1;
+            }
+        }
+        assert!(hid > 10, "{hid}");
+        // the rule itself: a GEMM far longer than a collective chunk leaves one chunk exposed; a GEMM of zero time
+        // would expose n chunks (more than the whole collective: latency paid n times), so no chunking then
+        let c = cfg(8, 1, 16, 1, Recompute::Selective);
+        let mb = check_config(&w, &c).unwrap();
+        let l = step_costs(
+            &w,
+            &c,
+            &datasheet_profile(&w.cluster.gpu),
+            mb,
+            &AlphaBetaNetwork::of(&w.cluster),
+        )
+        .layer;
+        assert!((l.tp_chunked_exposed(1.0) - l.tp_coll_chunk).abs() < 1e-18);
+        assert!(!l.tp_chunking_pays(0.0) && l.tp_after(0.0, true) == l.tp_coll);
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! from 1 to the layers (not necessarily dividing them: the slowest stage sets the pace) with
 //! `dp = gpus / (tp cp pp)` an integer; with `pp > 1` interleaving with `v` in [`VIRTUAL_STAGES`] where valid;
 //! micro-batch sizes 1, 2, 4, 8 with `dp * micro_batch` dividing the global batch; recompute none, selective, full;
-//! ZeRO-1 (the distributed optimizer only saves memory in this model: ZeRO-2/3 are given, not searched), even end
-//! stages. Layouts whose modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) are kept in
-//! the rows but cannot win. The winner is the fitting layout with the smallest step time; ties go to the earlier
-//! layout in enumeration order (tp, sp, cp, pp, v, micro-batch, recompute ascending), so the answer is the same at
-//! any thread count.
+//! with `pp > 1` end stages even or trimmed by one layer each ([`TRIM_END_STAGES`], Llama 3's split, for the LM
+//! head's cost). The optimizer sharding is chosen per layout, not enumerated ([`row_of`]): ZeRO-1; ZeRO-2 when
+//! ZeRO-1 does not fit (in this model ZeRO-2 has ZeRO-1's time with less memory, so it is only needed then);
+//! ZeRO-3 when neither fits, or when the layout's exposed data-parallel sync is not zero (ZeRO-3 adds parameter
+//! gathers to every pass and drops the sync's all-gather, so it cannot be faster otherwise: an exact pruning). Layouts
+//! whose modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) under every stage tried are
+//! kept in the rows but cannot win. The winner is the fitting layout with the smallest step time; ties go to the
+//! earlier layout in enumeration order (tp, sp, cp, pp, v, trim, micro-batch, recompute ascending; ZeRO-1 before
+//! ZeRO-3), so the answer is the same at any thread count.
 use rayon::prelude::*;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
 use trainlab_core::{DeviceProfile, Error, Workload};
@@ -18,9 +22,10 @@ use crate::dense::{check_config, evaluate, fits_memory, outcome_of};
 use crate::roofline::datasheet_profile;
 
 /// The layout space of [`candidates`] in words, for reports.
-pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing the heads), pp dividing the layers, \
-    dp the rest; micro-batches of 1, 2, 4, 8; no, selective or full recomputation; ZeRO-1 optimizer sharding; the \
-    fastest layout that fits in memory wins";
+pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing the heads) with and without \
+    sequence parallelism, cp up to 16, pp up to the layers with interleaving and even or trimmed end stages, dp the \
+    rest; micro-batches of 1, 2, 4, 8; no, selective or full recomputation; ZeRO-1, or ZeRO-2/3 where memory needs \
+    it or ZeRO-3 is faster; the fastest layout that fits in memory wins";
 
 /// Micro-batch sizes tried.
 pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
@@ -31,6 +36,8 @@ pub const CONTEXT_PARALLEL: [u64; 5] = [1, 2, 4, 8, 16];
 /// Fewest tokens per context-parallel rank the search tries: below this the ring's K/V exchange is not hidden by
 /// the attention it overlaps (a search heuristic, not a validity rule).
 pub const MIN_CP_TOKENS: u64 = 2048;
+/// Layers trimmed from the first and the last stage tried when `pp > 1`.
+pub const TRIM_END_STAGES: [u64; 2] = [0, 1];
 /// Recompute policies tried.
 pub const RECOMPUTES: [Recompute; 3] = [Recompute::None, Recompute::Selective, Recompute::Full];
 
@@ -79,16 +86,22 @@ pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
                             if v > 1 && pp == 1 {
                                 break;
                             }
-                            for &micro_batch in &MICRO_BATCHES {
-                                for &recompute in &RECOMPUTES {
-                                    let cfg = ParallelConfig {
-                                        cp,
-                                        virtual_stages: v,
-                                        sequence_parallel: *sp,
-                                        ..ParallelConfig::new(tp, pp, dp, micro_batch, recompute)
-                                    };
-                                    if cfg.check(m, gpus, seqs).is_ok() {
-                                        out.push(cfg);
+                            for &trim in &TRIM_END_STAGES {
+                                if trim > 0 && pp == 1 {
+                                    break;
+                                }
+                                for &micro_batch in &MICRO_BATCHES {
+                                    for &recompute in &RECOMPUTES {
+                                        let cfg = ParallelConfig {
+                                            cp,
+                                            virtual_stages: v,
+                                            sequence_parallel: *sp,
+                                            trim_end_stages: trim,
+                                            ..ParallelConfig::new(tp, pp, dp, micro_batch, recompute)
+                                        };
+                                        if cfg.check(m, gpus, seqs).is_ok() {
+                                            out.push(cfg);
+                                        }
                                     }
                                 }
                             }
@@ -114,18 +127,7 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
         }
     };
     let cands = candidates(w);
-    let rows: Vec<SearchRow> = cands
-        .par_iter()
-        .map(|cfg| {
-            // check_config passed during enumeration
-            let mb = check_config(w, cfg).unwrap_or(1);
-            let b = evaluate(w, cfg, p, mb);
-            SearchRow {
-                fits: fits_memory(w, b.memory_per_gpu_bytes),
-                outcome: outcome_of(w, &b),
-            }
-        })
-        .collect();
+    let rows: Vec<SearchRow> = cands.par_iter().map(|cfg| row_of(w, cfg, p)).collect();
     let mut best: Option<&SearchRow> = None;
     for r in rows.iter().filter(|r| r.fits) {
         // strict `<` keeps the earliest layout among equal step times
@@ -163,6 +165,44 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
     }
 }
 
+/// The row of one candidate layout with its optimizer sharding chosen: ZeRO-1; ZeRO-2 if that does not fit;
+/// ZeRO-3 if neither fits or the ZeRO-1 step has exposed data-parallel sync (the only term ZeRO-3 can shorten:
+/// its step is at least ZeRO-1's minus that exposure). The fitting one with the smallest step wins (the lower
+/// stage on a tie); when none fits, the one needing the least memory.
+pub fn row_of(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile) -> SearchRow {
+    // check_config passed during enumeration
+    let mb = check_config(w, cfg).unwrap_or(1);
+    let eval = |zero_stage: u8| {
+        let c = ParallelConfig { zero_stage, ..*cfg };
+        let b = evaluate(w, &c, p, mb);
+        let row = SearchRow {
+            fits: fits_memory(w, b.memory_per_gpu_bytes),
+            outcome: outcome_of(w, &b),
+        };
+        (row, b.dp_exposed_s)
+    };
+    let (mut row, dp_exposed) = eval(cfg.zero_stage.max(1));
+    if cfg.dp * cfg.cp <= 1 || cfg.zero_stage > 1 {
+        return row;
+    }
+    if !row.fits {
+        row = eval(2).0;
+    }
+    if !row.fits || dp_exposed > 0.0 {
+        let (z3, _) = eval(3);
+        let better = match (z3.fits, row.fits) {
+            (true, true) => z3.outcome.step_time_s < row.outcome.step_time_s,
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) => z3.outcome.memory_per_gpu_bytes < row.outcome.memory_per_gpu_bytes,
+        };
+        if better {
+            row = z3;
+        }
+    }
+    row
+}
+
 /// The GPU memory needed for a modelled peak includes the headroom.
 fn gpu_fraction() -> f64 {
     1.0 - crate::dense::MEMORY_HEADROOM
@@ -172,6 +212,7 @@ fn gpu_fraction() -> f64 {
 mod tests {
     use super::*;
     use crate::dense::tests::workload;
+    use crate::roofline::datasheet_profile;
 
     #[test]
     fn finds_a_sensible_layout_for_70b() {
@@ -179,8 +220,12 @@ mod tests {
         let r = search(&w, None).unwrap();
         assert!(r.rows.len() > 50);
         let b = &r.best;
-        // 70B does not fit on fewer than ~4 GPUs of model parallelism
-        assert!(b.config.tp * b.config.pp >= 4, "{:?}", b.config);
+        // 70B does not fit on fewer than ~4 GPUs of model parallelism unless ZeRO-3 shards the parameters
+        assert!(
+            b.config.tp * b.config.pp >= 4 || b.config.zero_stage == 3,
+            "{:?}",
+            b.config
+        );
         for row in r.rows.iter().filter(|r| r.fits) {
             assert!(row.outcome.step_time_s >= b.step_time_s);
         }
@@ -193,6 +238,57 @@ mod tests {
         let a = one.install(|| search(&w, None).unwrap());
         let b = search(&w, None).unwrap();
         assert_eq!(a, b);
+    }
+
+    /// 16 layers of a 70B-wide model on 17 nodes (136 GPUs, 17 a prime: tp x pp is at most 8) with 5 GiB GPUs:
+    /// no layout fits with ZeRO-1 or ZeRO-2 (at best `P/8 (2 + 14/17)` bytes of state, 5.7 GB), ZeRO-3 shards all 16
+    /// bytes per parameter over the 17 replicas and fits; the search now finds it.
+    #[test]
+    fn a_layout_that_fits_only_with_zero3_is_found() {
+        let mut w = workload(17);
+        w.model.layers = 16;
+        w.global_batch_tokens = 4096 * 17 * 8;
+        w.cluster.gpu.memory_bytes = 5 << 30;
+        let p = datasheet_profile(&w.cluster.gpu);
+        let cands = candidates(&w);
+        assert!(!cands.is_empty());
+        for c in &cands {
+            for z in [0u8, 1, 2] {
+                let c = ParallelConfig { zero_stage: z, ..*c };
+                let b = evaluate(&w, &c, &p, check_config(&w, &c).unwrap());
+                assert!(!fits_memory(&w, b.memory_per_gpu_bytes), "{c:?} fits with ZeRO-{z}");
+            }
+        }
+        let r = search(&w, None).unwrap();
+        assert_eq!(r.best.config.zero_stage, 3, "{:?}", r.best.config);
+        assert!(r.best.memory_per_gpu_bytes <= 0.9 * (5u64 << 30) as f64);
+        // with the old memory the same search keeps ZeRO-1 (nothing needs sharding the parameters)
+        w.cluster.gpu.memory_bytes = 80 << 30;
+        let r = search(&w, None).unwrap();
+        assert!(r.best.config.zero_stage < 3, "{:?}", r.best.config);
+    }
+
+    /// With `pp > 1` trimmed end stages are candidates; ZeRO-3 is only tried where it could win or is needed.
+    #[test]
+    fn trims_are_enumerated_and_zero3_pruning_is_exact() {
+        let w = workload(16);
+        let cands = candidates(&w);
+        assert!(cands.iter().any(|c| c.trim_end_stages == 1 && c.pp > 1));
+        assert!(cands.iter().all(|c| c.trim_end_stages == 0 || c.pp > 1));
+        let p = datasheet_profile(&w.cluster.gpu);
+        // pruning: wherever ZeRO-3 was not tried (no exposed DP sync), it is not faster than the row's stage
+        for c in cands.iter().step_by(11) {
+            let row = row_of(&w, c, &p);
+            let z3 = evaluate(
+                &w,
+                &ParallelConfig { zero_stage: 3, ..*c },
+                &p,
+                check_config(&w, c).unwrap(),
+            );
+            if row.fits && fits_memory(&w, z3.memory_per_gpu_bytes) {
+                assert!(row.outcome.step_time_s <= z3.step_time_s, "{c:?}");
+            }
+        }
     }
 
     #[test]

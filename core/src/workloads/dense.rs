@@ -519,8 +519,8 @@ pub struct DenseTraining {
     #[serde(default = "yes")]
     pub overlap_comm: bool,
     /// Overlap tensor-parallel collectives with the GEMMs that produce them by splitting both into chunks
-    /// (Megatron-Core's `tp_comm_overlap`); modelled by the operation-level simulator only: the closed form charges
-    /// every tensor-parallel collective in full.
+    /// (Megatron-Core's `tp_comm_overlap`); the closed form and the operation-level simulator apply the same
+    /// chunked pipeline to each GEMM + collective pair where it is faster than the collective after the GEMM.
     #[serde(default)]
     pub tp_comm_overlap: bool,
     /// Attention scores are materialised in memory (pre-FlashAttention kernels, e.g. Megatron-LM in 2021): the
