@@ -1024,6 +1024,11 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
             layout.cp = (get("cp") as u64).max(1);
             layout.virtual_stages = (get("virtual_stages") as u64).max(1);
             layout.sequence_parallel = get("sequence_parallel") != 0.0;
+            // The optimizer sharding and end-stage trim the search chose (shown in the label when not the defaults).
+            let z = get("zero_stage");
+            layout.zero_stage = if z.is_finite() { z as u8 } else { 1 };
+            let t = get("trim_end_stages");
+            layout.trim_end_stages = if t.is_finite() { t as u64 } else { 0 };
             let shares: Vec<(&str, f64)> = SHARES
                 .iter()
                 .map(|(m, l)| (*l, get(&format!("step_share.{m}"))))

@@ -805,6 +805,8 @@ impl Outcome for DenseOutcome {
             Metric::new("cp", Unit::Choice, self.config.cp as f64),
             Metric::new("virtual_stages", Unit::Choice, self.config.virtual_stages as f64),
             Metric::new("sequence_parallel", Unit::Choice, f64::from(u8::from(self.config.sp()))),
+            Metric::new("zero_stage", Unit::Choice, f64::from(self.config.zero_stage)),
+            Metric::new("trim_end_stages", Unit::Choice, self.config.trim_end_stages as f64),
         ];
         if let Some(split) = &self.split {
             for (name, share) in split.named() {
