@@ -49,7 +49,7 @@ use rand_distr::{Distribution, Zipf};
 use rayon::prelude::*;
 use trainlab_core::workloads::recsys::{CachePolicy, Pooling, RecsysOutcome, RecsysStep};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Summary, Workload};
-use trainlab_models::recsys::{CpuCounts, cpu_chains, cpu_counts};
+use trainlab_models::recsys::{CpuCounts, cpu_counts, field_chains};
 
 use crate::cpu::{MatRef, gemm};
 use crate::timing::{TimingOpts, black_box, fill_random_f32, time_samples};
@@ -285,7 +285,7 @@ impl CpuStep {
             first += f.count as usize;
         }
         let mut chains = Vec::new();
-        for (dim, members) in cpu_chains(w) {
+        for (dim, members) in field_chains(w) {
             let mut fields = Vec::new();
             let (mut base, mut dev_base) = (0usize, 0usize);
             for (g, n) in members {

@@ -323,28 +323,7 @@ pub fn plan(w: &RecsysStep, hit: &[f64]) -> Plan {
         elem: w.mlp_dtype.bytes() as f64,
     };
     // Chains: (dim, fields of the chain as (group index, count)).
-    let mut chains: Vec<(u64, Vec<(usize, u64)>)> = Vec::new();
-    if w.packing {
-        let mut keys: Vec<_> = w.fields.iter().map(|g| (g.dim, g.pooling)).collect();
-        keys.sort();
-        keys.dedup();
-        for (dim, pooling) in keys {
-            let members = w
-                .fields
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.dim == dim && g.pooling == pooling)
-                .map(|(i, g)| (i, g.count))
-                .collect();
-            chains.push((dim, members));
-        }
-    } else {
-        for (i, g) in w.fields.iter().enumerate() {
-            for _ in 0..g.count {
-                chains.push((g.dim, vec![(i, 1)]));
-            }
-        }
-    }
+    let chains = field_chains(w);
     let m_total = w.micro_batches;
     let streams = w.streams as u32;
     let k0 = w.mlp_input() as f64;
@@ -609,8 +588,8 @@ impl CpuCounts {
 }
 
 /// The chains of `w`: `(dim, [(group, fields)])`, one per field or one per packed (dim, pooling) group, in the order
-/// the CPU executor runs them.
-pub fn cpu_chains(w: &RecsysStep) -> Vec<(u64, Vec<(usize, u64)>)> {
+/// the kernel plan and the CPU executor run them.
+pub fn field_chains(w: &RecsysStep) -> Vec<(u64, Vec<(usize, u64)>)> {
     let mut chains: Vec<(u64, Vec<(usize, u64)>)> = Vec::new();
     if w.packing {
         let mut keys: Vec<_> = w.fields.iter().map(|g| (g.dim, g.pooling)).collect();
@@ -639,7 +618,7 @@ pub fn cpu_chains(w: &RecsysStep) -> Vec<(u64, Vec<(usize, u64)>)> {
 /// The CPU op counts of a step of `w`; `misses(m, c)` gives the lookups of chain `c` in micro-batch `m` that miss
 /// the cache (the executor passes its real counts, the closed form the expected ones).
 pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> CpuCounts {
-    let chains = cpu_chains(w);
+    let chains = field_chains(w);
     let mut c = CpuCounts::default();
     let k0 = w.mlp_input() as f64;
     let mut widths = vec![k0];
@@ -745,7 +724,7 @@ pub fn cpu_times(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> CpuTimes
 /// the step the staging copy runs; there is no separate launch stage on a CPU (`stage.launch` = 0).
 pub fn cpu_closed_form(w: &RecsysStep, p: &RecsysCpuParams) -> RecsysOutcome {
     let hit: Vec<f64> = (0..w.fields.len()).map(|g| closed_form_hit(w, g)).collect();
-    let chains = cpu_chains(w);
+    let chains = field_chains(w);
     let c = cpu_counts(w, |m, ci| {
         let b = (w.batch / w.micro_batches + u64::from(m < w.batch % w.micro_batches)) as f64;
         chains[ci]
