@@ -463,14 +463,8 @@ impl Calibration for ContrastiveCalibration {
         &[Device::Cpu]
     }
     fn run(&self, req: &CalRequest<'_>) -> Result<Calibrated, Error> {
-        if req.device != Device::Cpu {
-            return Err(Error::invalid(
-                "--backend",
-                req.device.as_str(),
-                "the contrastive calibration measures CPU runs only",
-                "use --backend cpu",
-            ));
-        }
+        // `calibrate` has refused any device outside `devices()` already.
+        debug_assert_eq!(req.device, Device::Cpu);
         let seed = req.seed;
         let cases = cases(req.quick);
         let (opts, passes) = if req.quick {

@@ -301,14 +301,8 @@ impl Calibration for RecsysCalibration {
         &[Device::Cpu]
     }
     fn run(&self, req: &CalRequest<'_>) -> Result<Calibrated, Error> {
-        if req.device != Device::Cpu {
-            return Err(Error::invalid(
-                "--backend",
-                req.device.as_str(),
-                "the recommender calibration measures CPU steps only (no CUDA backend yet)",
-                "use --backend cpu",
-            ));
-        }
+        // `calibrate` has refused any device outside `devices()` already.
+        debug_assert_eq!(req.device, Device::Cpu);
         let (fit_set, held) = calibration_sets();
         // Interleaved passes over every case, the fastest pass of each kept (a neighbour's burst of load slows a
         // pass, never speeds it up).
