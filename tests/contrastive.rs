@@ -15,8 +15,16 @@ fn metric(stdout: &[u8], name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} in {v}"))
 }
 
+/// The tests of this binary run one at a time: the quick calibration times real CPU runs, and another test's work on
+/// the same two cores would be timed with them.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[test]
 fn clip_vit_l14_budget_is_within_a_quarter_of_the_published_days() {
+    let _serial = serial();
     let o = run(bin().args(["run", "clip-vit-l14", "--backend", "analytical", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let days = metric(&o.stdout, "days");
@@ -32,6 +40,7 @@ fn clip_vit_l14_budget_is_within_a_quarter_of_the_published_days() {
 
 #[test]
 fn clip_rn50x64_budget_is_within_a_quarter_of_the_published_days() {
+    let _serial = serial();
     let o = run(bin().args(["run", "clip-rn50x64", "--backend", "analytical", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
     let days = metric(&o.stdout, "days");
@@ -45,6 +54,7 @@ fn clip_rn50x64_budget_is_within_a_quarter_of_the_published_days() {
 
 #[test]
 fn clip4clip_style_video_is_loader_bound_and_says_how_many_cores_fix_it() {
+    let _serial = serial();
     let get = |backend: &str, extra: &[&str]| {
         let o = run(bin()
             .args(["run", "clip4clip-8gpu", "--backend", backend, "--json"])
@@ -85,6 +95,7 @@ fn clip4clip_style_video_is_loader_bound_and_says_how_many_cores_fix_it() {
 
 #[test]
 fn bad_contrastive_input_exits_2_with_the_field() {
+    let _serial = serial();
     let base =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/victor-h100.toml"))
             .unwrap();
@@ -115,6 +126,7 @@ fn bad_contrastive_input_exits_2_with_the_field() {
 
 #[test]
 fn the_calibrated_profile_is_read_for_cpu_workloads_and_beats_the_guess_on_another_run() {
+    let _serial = serial();
     let d = tmpdir("contrastive-cal");
     let o = run(bin()
         .args([

@@ -4,12 +4,20 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
+/// The tests of this binary run one at a time: the quick calibration times real CPU steps, and another test's work
+/// on the same two cores would be timed with them.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn base() -> String {
     std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/picasso-wdl.toml")).unwrap()
 }
 
 #[test]
 fn bad_recsys_input_exits_2_with_the_field_path() {
+    let _serial = serial();
     let b = base();
     // The scenario without its field groups (everything from the first [[workload.fields]] on).
     let no_fields = {
@@ -79,6 +87,7 @@ fn bad_recsys_input_exits_2_with_the_field_path() {
 
 #[test]
 fn picasso_scenario_compares_and_the_ablation_study_runs() {
+    let _serial = serial();
     let o = bin().args(["compare", "picasso-wdl", "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -136,6 +145,7 @@ fn field_shapes(w: &RecsysStep) -> Vec<(u64, u64, u64, f64, bool)> {
 
 #[test]
 fn embedding_bag_matches_a_naive_loop() {
+    let _serial = serial();
     let w = small(false, 1, 1);
     let seed = Seed(5);
     let mut st = CpuStep::new(&w, seed, 1).unwrap();
@@ -174,6 +184,7 @@ fn embedding_bag_matches_a_naive_loop() {
 
 #[test]
 fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
+    let _serial = serial();
     let seed = Seed(9);
     let run = |w: &RecsysStep| {
         let mut st = CpuStep::new(w, seed, 2).unwrap();
@@ -204,6 +215,7 @@ fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
 
 #[test]
 fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
+    let _serial = serial();
     let mut w = cpu_step(4, false, 0.05, 1, 1);
     w.fields[0].rows = 1000;
     w.fields[0].ids_per_sample = 3;
@@ -235,6 +247,7 @@ fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
 #[test]
 #[ignore = "a timing figure: run on a quiet machine with --ignored"]
 fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
+    let _serial = serial();
     let tiny = |packing| {
         let mut w = cpu_step(1000, packing, 0.0, 1, 1);
         w.fields[0].rows = 100;
@@ -258,6 +271,7 @@ fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
 
 #[test]
 fn the_fit_recovers_known_parameters_from_exact_stage_times() {
+    let _serial = serial();
     let truth = RecsysCpuParams {
         op_overhead_s: 1.5e-6,
         row_s: 12e-9,
@@ -314,6 +328,7 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
 /// shared 2-core machine (the committed full run: README). The profile is then read by `compare`.
 #[test]
 fn quick_calibration_predicts_held_out_steps_and_its_profile_is_read() {
+    let _serial = serial();
     let dir = std::env::temp_dir().join(format!("trainlab-recsys-cal-{}", std::process::id()));
     let o = bin()
         .args(["calibrate", "--workload", "recsys_step", "--quick", "--json", "--out"])
@@ -358,6 +373,7 @@ fn quick_calibration_predicts_held_out_steps_and_its_profile_is_read() {
 
 #[test]
 fn bad_cpu_input_exits_2_with_the_field_path() {
+    let _serial = serial();
     let b =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/picasso-cpu-fields.toml"))
             .unwrap();
