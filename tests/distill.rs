@@ -73,10 +73,7 @@ fn the_shipped_law_predicts_the_held_out_ddk_runs() {
         );
     }
     assert!(seen.len() >= 5, "held-out DDK schedules in the profile: {seen:?}");
-    let m = obs.iter().sum::<f64>() / obs.len() as f64;
-    let ss_res: f64 = pred.iter().zip(&obs).map(|(a, b)| (a - b) * (a - b)).sum();
-    let ss_tot: f64 = obs.iter().map(|o| (o - m) * (o - m)).sum();
-    let r2 = 1.0 - ss_res / ss_tot;
+    let r2 = trainlab_models::fit::GoodnessOfFit::from_predictions(&pred, &obs, 1e-3).r2;
     eprintln!("held-out smoothed DDK runs: R^2 {r2:.3} over {} values", obs.len());
     assert!(r2 >= 0.9, "R^2 {r2}");
     // Every held-out per-domain loss, alpha = 1 included, within 10%.

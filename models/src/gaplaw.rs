@@ -379,13 +379,14 @@ pub fn needs_profile() -> Error {
     )
 }
 
-/// The outcome of the law at the end of a followed schedule.
-pub fn outcome(w: &Distillation, p: &DistillProfile, f: &Followed) -> DistillOutcome {
+/// The answer of a law-driven backend: its final per-domain losses and weights, with the profile's teacher losses
+/// and the closed-form FLOPs.
+pub fn outcome(w: &Distillation, p: &DistillProfile, student_ce: Vec<f64>, weights: Vec<f64>) -> DistillOutcome {
     DistillOutcome {
         domains: w.domains.iter().map(|d| d.name.clone()).collect(),
-        student_ce: Some(p.law.predict(&f.seen, &p.pools())),
+        student_ce: Some(student_ce),
         teacher_ce: Some(p.teacher_ce.clone()),
-        weights: Some(f.weights.clone()),
+        weights: Some(weights),
         flops: crate::distill::flops(w),
         gap_ci: None,
         at_scale: None,
@@ -405,7 +406,7 @@ impl Backend<Distillation> for GapLawBackend {
         p.check_for(w)?;
         check_updates(w)?;
         let f = follow(w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
-        Ok(outcome(w, p, &f))
+        Ok(outcome(w, p, p.law.predict(&f.seen, &p.pools()), f.weights))
     }
 }
 

@@ -131,12 +131,7 @@ impl Backend<Distillation> for DdkSim {
         check_updates(w)?;
         let reps = self.replications.max(2);
         let s = monte_carlo(w, p, reps, ctx.seed.derive("ddk_sim"), &ctx.cancel).ok_or(Error::Interrupted)?;
-        let f = Followed {
-            seen: vec![0.0; w.domains.len()],
-            weights: s.weights.clone(),
-        };
-        let mut o = outcome(w, p, &f);
-        o.student_ce = Some(s.student_ce.clone());
+        let mut o = outcome(w, p, s.student_ce, s.weights);
         o.gap_ci = Some(GapCi {
             mean: s.mean_gap.1,
             worst: s.worst_gap.1,

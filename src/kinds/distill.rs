@@ -198,12 +198,9 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
     1.0 - 6.0 * d2 / (n * (n * n - 1.0))
 }
 
-/// R² of predictions against observations.
+/// R² of predictions against observations (the fit engine's definition).
 fn r_squared(pred: &[f64], obs: &[f64]) -> f64 {
-    let m = obs.iter().sum::<f64>() / obs.len() as f64;
-    let ss_res: f64 = pred.iter().zip(obs).map(|(p, o)| (p - o) * (p - o)).sum();
-    let ss_tot: f64 = obs.iter().map(|o| (o - m) * (o - m)).sum();
-    1.0 - ss_res / ss_tot
+    fit::GoodnessOfFit::from_predictions(pred, obs, FitConfig::default().delta).r2
 }
 
 /// Calibration of the gap law against real distillation runs on this CPU.
