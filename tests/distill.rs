@@ -184,3 +184,32 @@ fn a_profile_of_another_setup_is_refused_and_bad_schedules_exit_2() {
     }
     let _ = Distillation::KIND;
 }
+
+#[test]
+fn a_teacher_smaller_than_the_student_runs_with_a_warning() {
+    let dir = tmpdir("distill-small-teacher");
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/ddk-tiny.toml")).unwrap();
+    let (t, s) = (ddk_tiny().teacher_hidden, ddk_tiny().student_hidden);
+    assert!(t > s);
+    let from = format!("teacher_hidden = {t}");
+    assert!(base.contains(&from), "{from}");
+    for (text, warned) in [
+        (base.clone(), false),
+        (base.replacen(&from, &format!("teacher_hidden = {}", s / 2), 1), true),
+    ] {
+        let f = dir.join("small-teacher.toml");
+        std::fs::write(&f, text).unwrap();
+        let o = bin()
+            .args(["run", f.to_str().unwrap(), "--backend", "cost_model", "--json"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{err}");
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("the JSON answer, unmixed with the warning");
+        assert_eq!(
+            err.contains("warning:") && err.contains("workload.teacher_hidden"),
+            warned,
+            "{err}"
+        );
+    }
+}

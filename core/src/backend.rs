@@ -42,6 +42,11 @@ pub trait Workload: Clone + Debug + Serialize + DeserializeOwned + Send + Sync +
     const KIND: &'static str;
     /// Checks the description, naming the offending field. Backends may assume a validated workload.
     fn validate(&self) -> Result<(), Error>;
+    /// Settings that are legal but probably not what was meant, one line each, starting with the field path. They
+    /// are printed as warnings (on standard error) and never stop a run.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Progress callback: `(done, total)`.

@@ -281,6 +281,9 @@ impl<W: Workload> Kind for KindDef<W> {
     }
     fn answer(&self, sc: &Scenario, opts: &Opts, req: &Request<'_>, ctx: &mut RunCtx) -> Result<Vec<Group>, Error> {
         let w: W = sc.workload()?;
+        for line in w.warnings() {
+            eprintln!("warning: {}: {line}", sc.origin);
+        }
         self.answer_workload(&w, opts, req, ctx)
     }
 }

@@ -333,6 +333,26 @@ impl Workload for Distillation {
         }
         Ok(())
     }
+    fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.teacher_hidden < self.student_hidden {
+            out.push(format!(
+                "workload.teacher_hidden: the teacher (hidden {}) is smaller than the student (hidden {}); \
+                 distilling from a smaller teacher is allowed, but its soft targets are likely worse than the data's",
+                self.teacher_hidden, self.student_hidden
+            ));
+        }
+        if let Some(a) = &self.at_scale
+            && a.teacher_params < a.student_params
+        {
+            out.push(format!(
+                "workload.at_scale.teacher_params: the teacher ({:.3e} parameters) is smaller than the student \
+                 ({:.3e}); the cost is computed, but such a teacher rarely helps",
+                a.teacher_params, a.student_params
+            ));
+        }
+        out
+    }
 }
 
 /// DDK Eq. 1: the domain discrepancy factor, a softmax over domains of the student/teacher perplexity ratio.
