@@ -35,6 +35,7 @@
 //! deterministic and runs once.
 use crate::engine::{Engine, EventId};
 use rayon::prelude::*;
+use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use trainlab_core::workloads::fabric::{LinkRef, Routing, Shape};
@@ -742,6 +743,108 @@ struct JobState {
     elapsed: f64,
 }
 
+/// The routes of pattern `p` (> 0) of job `j`: under `planned`, placed on the load table of every job's first
+/// pattern (`base`) less job `j`'s own first pattern (`first`), which is not running then.
+#[allow(clippy::too_many_arguments)]
+fn reroute(
+    w: &Fabric,
+    net: &Net,
+    router: &mut Router,
+    base: Option<&[u32]>,
+    first: &Routes,
+    j: usize,
+    p: u64,
+    qpn_seed: Seed,
+) -> Result<Routes, Error> {
+    if let (Router::Planned(loads), Some(base)) = (&mut *router, base) {
+        loads.copy_from_slice(base);
+        for &l in &first.links {
+            loads[l as usize] -= 1;
+        }
+    }
+    route_all(net, router, &connections(w, &net.shape, j, p, qpn_seed))
+}
+
+/// The flows of a `fabric` workload exactly as [`simulate`] routes them for one hash draw: what another simulator
+/// needs to run the same case (the SimGrid peer of `tests/fabric_peers.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowCase {
+    /// Capacity of every directed link, bytes per second.
+    pub link_bytes_per_s: f64,
+    /// Directed links (numbered as in [`Net`]).
+    pub links: usize,
+    /// The jobs, all starting at time zero.
+    pub jobs: Vec<FlowJob>,
+}
+
+/// One job of a [`FlowCase`]: `steps` synchronous steps; step `s` runs pattern `s / repeats`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowJob {
+    /// Steps of the collective.
+    pub steps: u64,
+    /// Consecutive steps per pattern.
+    pub repeats: u64,
+    /// The step patterns.
+    pub patterns: Vec<FlowPattern>,
+}
+
+/// One step pattern: every flow starts with the step and carries `bytes`; the step ends `latency_s` after its last
+/// flow has drained.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowPattern {
+    /// Bytes per flow.
+    pub bytes: f64,
+    /// Added after the last flow of a step drains, seconds.
+    pub latency_s: f64,
+    /// Each flow's directed links.
+    pub paths: Vec<Vec<u32>>,
+}
+
+/// The [`FlowCase`] of `w` (valid) under the hash draw `seed`: the routes [`simulate`] uses with the same seed.
+pub fn flow_case(w: &Fabric, seed: Seed) -> Result<FlowCase, Error> {
+    let shape = w.shape()?;
+    let net = Net::new(shape, &w.failed()?);
+    let qpn_seed = seed.derive("qpn");
+    let mut router = match w.routing {
+        Routing::Ecmp => Router::Ecmp(seed.derive("ecmp")),
+        Routing::Planned => Router::Planned(vec![0; net.links()]),
+    };
+    let mut first = Vec::with_capacity(w.jobs.len());
+    for j in 0..w.jobs.len() {
+        first.push(route_all(&net, &mut router, &connections(w, &shape, j, 0, qpn_seed))?);
+    }
+    let base = match &router {
+        Router::Planned(l) => Some(l.clone()),
+        Router::Ecmp(_) => None,
+    };
+    let mut jobs = Vec::with_capacity(w.jobs.len());
+    for (j, job) in w.jobs.iter().enumerate() {
+        let mut patterns = Vec::new();
+        for p in 0..job.patterns() {
+            let routes = if p == 0 {
+                first[j].clone()
+            } else {
+                reroute(w, &net, &mut router, base.as_deref(), &first[j], j, p, qpn_seed)?
+            };
+            patterns.push(FlowPattern {
+                bytes: job.flow_bytes(&shape),
+                latency_s: (step_latency(w, &shape, j, p) * TICKS_PER_S).round() / TICKS_PER_S,
+                paths: (0..routes.len()).map(|f| routes.path(f).to_vec()).collect(),
+            });
+        }
+        jobs.push(FlowJob {
+            steps: job.steps(&shape),
+            repeats: job.repeats(&shape),
+            patterns,
+        });
+    }
+    Ok(FlowCase {
+        link_bytes_per_s: shape.link_bytes_per_s,
+        links: net.links(),
+        jobs,
+    })
+}
+
 /// Simulates `w` (valid) with the hash draw `seed` (see the [module docs](self)).
 pub fn simulate(w: &Fabric, seed: Seed) -> Result<Replication, Error> {
     let shape = w.shape()?;
@@ -850,14 +953,16 @@ pub fn simulate(w: &Fabric, seed: Seed) -> Result<Replication, Error> {
                 jobs[j].step / job.repeats(&shape)
             };
             if jobs[j].pattern != Some(p) {
-                if let (Router::Planned(loads), Some(base)) = (&mut router, &base_loads) {
-                    loads.copy_from_slice(base);
-                    // This job's first pattern is not running: take its flows off the table.
-                    for &l in &jobs[j].first.links {
-                        loads[l as usize] -= 1;
-                    }
-                }
-                jobs[j].routes = route_all(&net, &mut router, &connections(w, &shape, j, p, qpn_seed))?;
+                jobs[j].routes = reroute(
+                    w,
+                    &net,
+                    &mut router,
+                    base_loads.as_deref(),
+                    &jobs[j].first,
+                    j,
+                    p,
+                    qpn_seed,
+                )?;
                 jobs[j].pattern = Some(p);
             }
             let js = &mut jobs[j];
