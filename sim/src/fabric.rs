@@ -38,7 +38,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use trainlab_core::workloads::fabric::{LinkRef, Routing, Shape};
+use trainlab_core::workloads::fabric::{LinkRef, Node, Routing, Shape};
 use trainlab_core::workloads::{Fabric, FabricOutcome, JobOutcome};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, SimTime, Summary, Workload};
 use trainlab_models::fabric::{ideal_time, step_latency};
@@ -303,6 +303,34 @@ impl Net {
     /// Physical link `j` between aggregation switch `agg` and core `c` of its plane.
     pub fn ac(&self, agg: u32, c: u32, j: u32) -> u32 {
         self.base_ac + (agg * self.shape.cores_per_plane + c) * self.shape.m + j
+    }
+    /// The two ends of directed link `l`, `(from, to)`.
+    pub fn ends(&self, l: u32) -> (Node, Node) {
+        let s = &self.shape;
+        let p = l / 2;
+        let (lower, upper) = if p < self.base_ls {
+            let host = p / (s.nics * s.ports);
+            (Node::Host(host), Node::Leaf(s.leaf_of(host)))
+        } else if p < self.base_ac {
+            let i = p - self.base_ls;
+            let leaf = i / (s.spines_per_pod * s.k);
+            let sp = (i / s.k) % s.spines_per_pod;
+            (
+                Node::Leaf(leaf),
+                Node::Spine(s.pod_of_leaf(leaf) * s.spines_per_pod + sp),
+            )
+        } else {
+            let i = p - self.base_ac;
+            let agg = i / (s.cores_per_plane * s.m);
+            let c = (i / s.m) % s.cores_per_plane;
+            let plane = agg % s.spines_per_pod;
+            (Node::Spine(agg), Node::Core(plane * s.cores_per_plane + c))
+        };
+        if l.is_multiple_of(2) {
+            (lower, upper)
+        } else {
+            (upper, lower)
+        }
     }
     /// Whether directed link `l` is an uplink between switches (leaf to spine, aggregation to core).
     pub fn is_uplink(&self, l: u32) -> bool {
@@ -773,6 +801,9 @@ pub struct FlowCase {
     pub link_bytes_per_s: f64,
     /// Directed links (numbered as in [`Net`]).
     pub links: usize,
+    /// The ends of every directed link a path uses: `(link, from, to)`, nodes named as in scenario files (`host3`,
+    /// `leaf1`, `spine0`, `core2`). Parallel links share their ends and differ by number.
+    pub ends: Vec<(u32, String, String)>,
     /// The jobs, all starting at time zero.
     pub jobs: Vec<FlowJob>,
 }
@@ -838,9 +869,29 @@ pub fn flow_case(w: &Fabric, seed: Seed) -> Result<FlowCase, Error> {
             patterns,
         });
     }
+    let mut used: Vec<u32> = jobs
+        .iter()
+        .flat_map(|j: &FlowJob| j.patterns.iter().flat_map(|p| p.paths.iter().flatten().copied()))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let name = |n: Node| match n {
+        Node::Host(i) => format!("host{i}"),
+        Node::Leaf(i) => format!("leaf{i}"),
+        Node::Spine(i) => format!("spine{i}"),
+        Node::Core(i) => format!("core{i}"),
+    };
+    let ends = used
+        .into_iter()
+        .map(|l| {
+            let (a, b) = net.ends(l);
+            (l, name(a), name(b))
+        })
+        .collect();
     Ok(FlowCase {
         link_bytes_per_s: shape.link_bytes_per_s,
         links: net.links(),
+        ends,
         jobs,
     })
 }
