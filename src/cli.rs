@@ -140,6 +140,10 @@ pub struct RunArgs {
     /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads).
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    #[arg(long, value_enum, default_value = "alpha-beta")]
+    pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -159,6 +163,10 @@ pub struct CompareArgs {
     /// Skip slow backends (long real runs) and use fewer replications.
     #[arg(long)]
     pub quick: bool,
+    /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    #[arg(long, value_enum, default_value = "alpha-beta")]
+    pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -229,6 +237,7 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
             &a.scenario,
             &a.backend,
             a.profile.as_deref(),
+            a.network,
             seed,
             &cancel,
             a.json,
@@ -237,6 +246,7 @@ pub fn dispatch(cli: Cli, cancel: Arc<AtomicBool>) -> Result<()> {
         Command::Compare(a) => crate::cmd::answer::compare(
             &a.scenario,
             a.profile.as_deref(),
+            a.network,
             a.quick,
             seed,
             &cancel,

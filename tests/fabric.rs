@@ -80,3 +80,36 @@ fn c4p_scenarios_run_and_compare() {
     let s = v.to_string();
     assert!(s.contains("flow_sim") && s.contains("slowdown"), "{s}");
 }
+
+fn step_time(args: &[&str]) -> f64 {
+    let o = bin().args(args).args(["--json"]).output().unwrap();
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "step_time")
+        .and_then(|m| m["value"].as_f64())
+        .unwrap()
+}
+
+#[test]
+fn network_flow_times_dense_training_and_is_refused_where_unused() {
+    for backend in ["analytical", "op_sim"] {
+        let run = |net: &str| step_time(&["run", "llama2-70b-h100", "--backend", backend, "--network", net]);
+        let (ab, planned, ecmp) = (run("alpha-beta"), run("flow-planned"), run("flow-ecmp"));
+        // Planned paths on the 1:1 fabric are the alpha-beta ring; ECMP collisions only add time.
+        assert!(
+            (planned - ab).abs() / ab < 0.01,
+            "{backend}: planned {planned} vs alpha-beta {ab}"
+        );
+        assert!(ecmp >= ab * 0.999, "{backend}: ECMP {ecmp} below alpha-beta {ab}");
+    }
+    let o = bin()
+        .args(["run", "gemm-cpu", "--backend", "roofline", "--network", "flow-ecmp"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--network"), "{}", stderr(&o));
+}

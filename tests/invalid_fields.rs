@@ -239,8 +239,8 @@ fn gemm_backends() -> Vec<Box<dyn Backend<Gemm>>> {
 
 fn dense_backends() -> Vec<Box<dyn Backend<DenseTraining>>> {
     vec![
-        Box::new(trainlab_models::dense::DenseAnalytical { profile: None }),
-        Box::new(trainlab_sim::dense::DenseOpSim { profile: None }),
+        Box::new(trainlab_models::dense::DenseAnalytical::default()),
+        Box::new(trainlab_sim::dense::DenseOpSim::default()),
     ]
 }
 

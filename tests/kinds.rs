@@ -162,6 +162,7 @@ fn compare_errors_only_within_one_workload() {
     let opts = Opts {
         quick: true,
         profiles: Profiles::none(),
+        network: Default::default(),
     };
     let mut ctx = RunCtx::new(Seed(1));
     let only = ["closed_form".to_string(), "cpu".to_string()];

@@ -785,6 +785,10 @@ pub fn fits(w: &DenseTraining, cfg: &ParallelConfig) -> bool {
 pub struct DenseAnalytical {
     /// Device parameters; `None` uses the datasheet profile of the cluster's GPU.
     pub profile: Option<DeviceProfile>,
+    /// The network that times the chosen layout's communication; `None` is the cluster's alpha-beta network. The
+    /// layout search always runs on alpha-beta (millions of layouts); only the layout it picks (or the one given) is
+    /// re-timed on this network.
+    pub network: Option<std::sync::Arc<dyn crate::hardware::NetworkFactory>>,
 }
 
 impl Backend<DenseTraining> for DenseAnalytical {
@@ -794,28 +798,41 @@ impl Backend<DenseTraining> for DenseAnalytical {
     fn fidelity(&self) -> Fidelity {
         Fidelity::Analytical
     }
-    fn run(&mut self, w: &DenseTraining, _ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
-        match &w.parallel {
-            Some(cfg) => {
-                let b = step_breakdown(w, cfg, self.profile.as_ref())?;
-                if !fits_memory(w, b.memory_per_gpu_bytes) {
-                    return Err(Error::invalid(
-                        "workload.parallel",
-                        cfg.label(),
-                        format!(
-                            "needs {:.1} GiB per GPU, more than {:.0}% of the {:.0} GiB of a {}",
-                            b.memory_per_gpu_bytes / (1u64 << 30) as f64,
-                            (1.0 - MEMORY_HEADROOM) * 100.0,
-                            w.cluster.gpu.memory_bytes as f64 / (1u64 << 30) as f64,
-                            w.cluster.gpu.name
-                        ),
-                        "raise tp or pp, enable recompute, lower micro_batch, or leave `parallel` out to search",
-                    ));
-                }
-                Ok(outcome_of(w, &b))
-            }
-            None => Ok(crate::search::search(w, self.profile.as_ref())?.best),
+    fn run(&mut self, w: &DenseTraining, ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
+        let net = self
+            .network
+            .as_ref()
+            .map(|f| f.network(&w.cluster, ctx.seed))
+            .transpose()?;
+        let Some(cfg) = &w.parallel else {
+            let best = crate::search::search(w, self.profile.as_ref())?.best;
+            return match &net {
+                None => Ok(best),
+                Some(net) => Ok(outcome_of(
+                    w,
+                    &step_breakdown_on(w, &best.config, self.profile.as_ref(), &**net)?,
+                )),
+            };
+        };
+        let b = match &net {
+            None => step_breakdown(w, cfg, self.profile.as_ref())?,
+            Some(net) => step_breakdown_on(w, cfg, self.profile.as_ref(), &**net)?,
+        };
+        if !fits_memory(w, b.memory_per_gpu_bytes) {
+            return Err(Error::invalid(
+                "workload.parallel",
+                cfg.label(),
+                format!(
+                    "needs {:.1} GiB per GPU, more than {:.0}% of the {:.0} GiB of a {}",
+                    b.memory_per_gpu_bytes / (1u64 << 30) as f64,
+                    (1.0 - MEMORY_HEADROOM) * 100.0,
+                    w.cluster.gpu.memory_bytes as f64 / (1u64 << 30) as f64,
+                    w.cluster.gpu.name
+                ),
+                "raise tp or pp, enable recompute, lower micro_batch, or leave `parallel` out to search",
+            ));
         }
+        Ok(outcome_of(w, &b))
     }
 }
 

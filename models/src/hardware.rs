@@ -99,6 +99,17 @@ pub trait Network: Send + Sync {
     fn send_time(&self, bytes: f64, cross_node: bool) -> f64;
 }
 
+/// Builds the [`Network`] of a cluster: how a backend that is given a network model other than alpha-beta (e.g. the
+/// flow-level fabric simulator of `trainlab_sim::fabric_net`, chosen with `--network`) gets one per workload.
+pub trait NetworkFactory: Send + Sync + std::fmt::Debug {
+    /// The network of `cluster`; `seed` roots its random draws (ECMP hashes).
+    fn network(
+        &self,
+        cluster: &ClusterSpec,
+        seed: trainlab_core::Seed,
+    ) -> Result<Box<dyn Network>, trainlab_core::Error>;
+}
+
 /// The alpha-beta network (Hockney 1994) of a two-tier cluster: NVLink-class links inside a node, one NIC per GPU
 /// between nodes. Formulas in [`crate::collectives`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -28,8 +28,8 @@ use std::collections::HashMap;
 
 use crate::engine::Engine;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, PipelineSchedule, Recompute};
-use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, SimTime};
-use trainlab_models::dense::{StepCosts, TP_OVERLAP_CHUNKS, check_config, outcome_of, step_breakdown, step_costs};
+use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Seed, SimTime};
+use trainlab_models::dense::{StepCosts, TP_OVERLAP_CHUNKS, check_config, outcome_of, step_breakdown_on, step_costs};
 use trainlab_models::hardware::{AlphaBetaNetwork, Network};
 use trainlab_models::roofline::datasheet_profile;
 use trainlab_models::search::search;
@@ -534,6 +534,9 @@ fn run(g: &Graph, stages: usize, group: u64) -> Result<OpSimResult, Error> {
 pub struct DenseOpSim {
     /// A calibrated device profile; `None` uses the GPU's datasheet profile.
     pub profile: Option<DeviceProfile>,
+    /// The network that times communication (`None`: the cluster's alpha-beta network); as for the closed form, a
+    /// layout search runs on alpha-beta.
+    pub network: Option<std::sync::Arc<dyn trainlab_models::hardware::NetworkFactory>>,
 }
 
 impl DenseOpSim {
@@ -543,7 +546,21 @@ impl DenseOpSim {
         w: &DenseTraining,
         cfg: &ParallelConfig,
     ) -> Result<(OpSimResult, trainlab_models::dense::StepBreakdown), Error> {
-        let b = step_breakdown(w, cfg, self.profile.as_ref())?;
+        self.simulate_seeded(w, cfg, Seed(0))
+    }
+
+    /// [`DenseOpSim::simulate`] with `seed` for the network's random draws.
+    pub fn simulate_seeded(
+        &self,
+        w: &DenseTraining,
+        cfg: &ParallelConfig,
+        seed: Seed,
+    ) -> Result<(OpSimResult, trainlab_models::dense::StepBreakdown), Error> {
+        let net: Box<dyn Network> = match &self.network {
+            Some(f) => f.network(&w.cluster, seed)?,
+            None => Box::new(AlphaBetaNetwork::of(&w.cluster)),
+        };
+        let b = step_breakdown_on(w, cfg, self.profile.as_ref(), &*net)?;
         let mb = check_config(w, cfg)?;
         let owned;
         let p = match &self.profile {
@@ -553,9 +570,8 @@ impl DenseOpSim {
                 &owned
             }
         };
-        let net = AlphaBetaNetwork::of(&w.cluster);
-        let costs = step_costs(w, cfg, p, mb, &net);
-        Ok((simulate(w, &costs, &net, b.step_time_s)?, b))
+        let costs = step_costs(w, cfg, p, mb, &*net);
+        Ok((simulate(w, &costs, &*net, b.step_time_s)?, b))
     }
 }
 
@@ -566,12 +582,12 @@ impl Backend<DenseTraining> for DenseOpSim {
     fn fidelity(&self) -> Fidelity {
         Fidelity::Simulated
     }
-    fn run(&mut self, w: &DenseTraining, _ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
+    fn run(&mut self, w: &DenseTraining, ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
         let cfg = match w.parallel {
             Some(c) => c,
             None => search(w, self.profile.as_ref())?.best.config,
         };
-        let (sim, b) = self.simulate(w, &cfg)?;
+        let (sim, b) = self.simulate_seeded(w, &cfg, ctx.seed)?;
         let mut sb = b.clone();
         sb.step_time_s = sim.step_time_s;
         sb.bubble_fraction = sim.bubble_fraction;
@@ -656,7 +672,7 @@ mod tests {
             cfg.zero_stage = zero;
             w.parallel = Some(cfg);
             let mut ctx = RunCtx::new(Seed(1));
-            let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
+            let a = DenseAnalytical::default().run(&w, &mut ctx).unwrap();
             let s = DenseOpSim::default().run(&w, &mut ctx).unwrap();
             let d = rel(s.step_time_s, a.step_time_s);
             assert!(d < 1e-9, "{cfg:?}: {} vs {} ({d:e})", s.step_time_s, a.step_time_s);
@@ -707,7 +723,7 @@ mod tests {
             let mut step = [[0.0; 2]; 2];
             for tpo in [false, true] {
                 w.tp_comm_overlap = tpo;
-                let a = DenseAnalytical { profile: None }.run(&w, &mut ctx).unwrap();
+                let a = DenseAnalytical::default().run(&w, &mut ctx).unwrap();
                 let s = DenseOpSim::default().run(&w, &mut ctx).unwrap();
                 let d = rel(s.step_time_s, a.step_time_s);
                 let tol = if overlap { 0.01 } else { 1e-9 };
@@ -769,7 +785,7 @@ mod tests {
         w3.global_batch_tokens = 4096 * 96;
         let uneven = ParallelConfig::new(8, 3, 1, 1, Recompute::Selective);
         w3.parallel = Some(uneven);
-        let a = DenseAnalytical { profile: None }.run(&w3, &mut ctx).unwrap();
+        let a = DenseAnalytical::default().run(&w3, &mut ctx).unwrap();
         let s = DenseOpSim::default().run(&w3, &mut ctx).unwrap();
         assert!(
             rel(s.step_time_s, a.step_time_s) < 0.01,

@@ -7,6 +7,7 @@ pub mod dense;
 pub mod distill;
 pub mod engine;
 pub mod fabric;
+pub mod fabric_net;
 pub mod failures;
 pub mod moe;
 pub mod queueing;

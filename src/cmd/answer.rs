@@ -8,7 +8,7 @@ use anyhow::Result;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use trainlab::kinds::{self, Group, Opts, Request};
+use trainlab::kinds::{self, Group, NetworkChoice, Opts, Request};
 use trainlab::profiles::Profiles;
 use trainlab_core::{Error, Metric, Record, Seed};
 use trainlab_datasets::scenario::Scenario;
@@ -71,6 +71,7 @@ pub fn run_one(
     scenario: &str,
     backend: &str,
     profile: Option<&Path>,
+    network: NetworkChoice,
     seed: Option<u64>,
     cancel: &Arc<AtomicBool>,
     json: bool,
@@ -78,9 +79,11 @@ pub fn run_one(
 ) -> Result<()> {
     let (sc, s) = load(scenario, seed)?;
     let kind = kinds::find(&sc.kind).map_err(|e| e.map_field(|_| format!("{}: kind", sc.origin)))?;
+    network.check_for(kind.name())?;
     let opts = Opts {
         profiles: Profiles::load_opt(profile)?,
         quick: false,
+        network,
     };
     let note = profile_note(kind, &opts.profiles)?;
     let (mut c, bar) = ctx(s, cancel, json);
@@ -207,6 +210,7 @@ fn group_rows(g: &Group) -> Vec<Vec<String>> {
 pub fn compare(
     scenario: &str,
     profile: Option<&Path>,
+    network: NetworkChoice,
     quick: bool,
     seed: Option<u64>,
     cancel: &Arc<AtomicBool>,
@@ -215,9 +219,11 @@ pub fn compare(
 ) -> Result<()> {
     let (sc, s) = load(scenario, seed)?;
     let kind = kinds::find(&sc.kind).map_err(|e| e.map_field(|_| format!("{}: kind", sc.origin)))?;
+    network.check_for(kind.name())?;
     let opts = Opts {
         profiles: Profiles::load_opt(profile)?,
         quick,
+        network,
     };
     let note = profile_note(kind, &opts.profiles)?;
     let (mut c, bar) = ctx(s, cancel, json);

@@ -21,6 +21,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let opts = Opts {
         profiles: Profiles::load_opt(a.profile.as_deref())?,
         quick: false,
+        network: Default::default(),
     };
     let study = study::load(&sc, &opts)?;
     opts.profiles.check_for(study.kind)?;

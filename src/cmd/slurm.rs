@@ -26,6 +26,7 @@ pub fn emit(a: &PlanArgs, seed_override: Option<u64>) -> Result<()> {
     let opts = Opts {
         profiles: Profiles::load_opt(a.profile.as_deref())?,
         quick: false,
+        network: Default::default(),
     };
     let st = study::load(&sc, &opts)?;
     opts.profiles.check_for(st.kind)?;

@@ -34,8 +34,12 @@ fn backends(o: &Opts) -> Result<super::Backends<DenseTraining>, Error> {
     Ok(vec![
         Box::new(trainlab_models::dense::DenseAnalytical {
             profile: profile.clone(),
+            network: o.network.factory(o.quick),
         }),
-        Box::new(trainlab_sim::dense::DenseOpSim { profile }),
+        Box::new(trainlab_sim::dense::DenseOpSim {
+            profile,
+            network: o.network.factory(o.quick),
+        }),
     ])
 }
 

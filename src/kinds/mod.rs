@@ -75,6 +75,64 @@ pub struct Opts {
     pub profiles: Profiles,
     /// Fewer replications and repeats, and no long real runs.
     pub quick: bool,
+    /// The network model that times communication (`--network`).
+    pub network: NetworkChoice,
+}
+
+/// The network model of `run --network` / `compare --network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkChoice {
+    /// The cluster's alpha-beta network (two tiers, no contention).
+    #[default]
+    AlphaBeta,
+    /// The flow-level fabric simulator with ECMP hashing (collisions of elephant flows).
+    FlowEcmp,
+    /// The flow-level fabric simulator with planned (C4P-style) paths.
+    FlowPlanned,
+}
+
+impl NetworkChoice {
+    /// The kinds whose backends take a network model other than alpha-beta.
+    pub const KINDS: &'static [&'static str] = &["dense_training"];
+
+    /// The name as written on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkChoice::AlphaBeta => "alpha-beta",
+            NetworkChoice::FlowEcmp => "flow-ecmp",
+            NetworkChoice::FlowPlanned => "flow-planned",
+        }
+    }
+
+    /// The flow network factory, `None` for alpha-beta (ECMP: 8 hash draws, 2 with `quick`).
+    pub fn factory(self, quick: bool) -> Option<std::sync::Arc<dyn trainlab_models::hardware::NetworkFactory>> {
+        use trainlab_core::workloads::fabric::Routing;
+        let routing = match self {
+            NetworkChoice::AlphaBeta => return None,
+            NetworkChoice::FlowEcmp => Routing::Ecmp,
+            NetworkChoice::FlowPlanned => Routing::Planned,
+        };
+        Some(std::sync::Arc::new(trainlab_sim::fabric_net::FlowNetworks {
+            routing,
+            replications: if quick { 2 } else { 8 },
+        }))
+    }
+
+    /// An input error when `kind` does not use the network model chosen.
+    pub fn check_for(self, kind: &str) -> Result<(), Error> {
+        if self == NetworkChoice::AlphaBeta || Self::KINDS.contains(&kind) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "--network",
+            self.as_str(),
+            format!(
+                "kind \"{kind}\" has no network model other than alpha-beta (only {})",
+                Self::KINDS.join(", ")
+            ),
+            "drop --network",
+        ))
+    }
 }
 
 /// A backend's name and fidelity, as listed by `--help`-like messages and `trainlab kinds`.
