@@ -151,6 +151,12 @@ const FLAGS: &[Flag] = &[
     ),
     f("run llama2-70b-h100 --backend=analytical", "--out", Kind::OutDir, true),
     f("run llama2-70b-h100 --backend=analytical", "--json", Kind::Bool, true),
+    f(
+        "run llama2-70b-h100 --backend=analytical",
+        "--network",
+        Kind::Word(&["alpha-beta", "flow-ecmp", "flow-planned"]),
+        true,
+    ),
     // compare
     f(
         "compare @V --quick",
@@ -162,6 +168,12 @@ const FLAGS: &[Flag] = &[
     f("compare llama2-70b-h100 --quick", "--out", Kind::OutDir, true),
     f("compare llama2-70b-h100", "--quick", Kind::Bool, true),
     f("compare llama2-70b-h100 --quick", "--json", Kind::Bool, true),
+    f(
+        "compare llama2-70b-h100 --quick",
+        "--network",
+        Kind::Word(&["alpha-beta", "flow-ecmp", "flow-planned"]),
+        true,
+    ),
     // calibrate (valid values start minutes of measurement: only bad ones run)
     f(
         "calibrate --quick --out=@OUT",
