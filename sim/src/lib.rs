@@ -11,3 +11,4 @@ pub mod failures;
 pub mod moe;
 pub mod queueing;
 pub mod recsys;
+pub mod rlhf;

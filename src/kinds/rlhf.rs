@@ -13,9 +13,27 @@ use trainlab_core::Error;
 use trainlab_core::workloads::rlhf::{Placement, RlhfIteration};
 
 fn backends(o: &Opts) -> Result<super::Backends<RlhfIteration>, Error> {
-    Ok(vec![Box::new(trainlab_models::rlhf::RlhfAnalytical {
-        profile: gpu_profile(o)?,
-    })])
+    let profile = gpu_profile(o)?;
+    let des = trainlab_sim::rlhf::RlhfDes {
+        profile: profile.clone(),
+        ..Default::default()
+    };
+    let des = if o.quick {
+        trainlab_sim::rlhf::RlhfDes {
+            iterations: 4,
+            replications: 2,
+            ..des
+        }
+    } else {
+        des
+    };
+    Ok(vec![
+        Box::new(trainlab_models::rlhf::RlhfAnalytical {
+            profile,
+            ..Default::default()
+        }),
+        Box::new(des),
+    ])
 }
 
 /// The `rlhf_iteration` kind.
@@ -34,7 +52,7 @@ pub static KIND: KindDef<RlhfIteration> = KindDef {
         format!("{} on {} GPUs, {p}", w.algorithm.as_str(), w.cluster.gpus())
     },
     profiled: |o, _| match gpu_profile(o) {
-        Ok(Some(_)) => vec![("analytical", "device".into())],
+        Ok(Some(_)) => vec![("analytical", "device".into()), ("simulated", "device".into())],
         _ => vec![],
     },
     calibration: None,
