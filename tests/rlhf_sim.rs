@@ -39,7 +39,10 @@ fn rlhf_sim_fixed_lengths_on_policy_is_the_closed_form() {
         assert!(ts >= ta * (1.0 - 1e-9) && ts < 1.1 * ta, "{name}: {ts} vs {ta}");
         assert!((s.rollout_occupancy - 1.0).abs() < 1e-12);
         assert_eq!(s.overlap_s, 0.0);
-        assert_eq!((s.experience_s, s.training_s, s.sync_s), (a.experience_s, a.training_s, a.sync_s));
+        assert_eq!(
+            (s.experience_s, s.training_s, s.sync_s),
+            (a.experience_s, a.training_s, a.sync_s)
+        );
     }
 }
 

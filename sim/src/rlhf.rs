@@ -317,7 +317,9 @@ pub fn simulate(
             }
         }
     }
-    Ok(finish(spans, prefills, &sync_done, slot_steps, steps, tokens, n_it, events))
+    Ok(finish(
+        spans, prefills, &sync_done, slot_steps, steps, tokens, n_it, events,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -342,7 +344,11 @@ fn finish(
         period_s: period,
         generation_s: mean(&spans[from..]),
         prefill_s: mean(&prefills[from..]),
-        occupancy: if steps > 0 { slot_steps as f64 / steps as f64 } else { 0.0 },
+        occupancy: if steps > 0 {
+            slot_steps as f64 / steps as f64
+        } else {
+            0.0
+        },
         tokens: tokens as f64 / n_it as f64,
         events,
     }
@@ -505,7 +511,10 @@ mod tests {
                 let w = iteration(batch, ResponseLength::Fixed(100), gpus);
                 for continuous in [false, true] {
                     let (cf, sim, period) = both(&w, law, continuous);
-                    assert!((sim / cf - 1.0).abs() < 1e-9, "batch {batch} gpus {gpus}: {sim} vs {cf}");
+                    assert!(
+                        (sim / cf - 1.0).abs() < 1e-9,
+                        "batch {batch} gpus {gpus}: {sim} vs {cf}"
+                    );
                     // On-policy with no other phase: the period is the generation.
                     assert!((period / cf - 1.0).abs() < 1e-9);
                 }
