@@ -280,8 +280,11 @@ fn calibrate(rows: &[Row]) -> Fit {
     }
 }
 
-/// Per-row relative e2e errors: `(row, Some(error) or why not expressed)`.
-fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, Result<(f64, f64, f64), String>)> {
+/// Relative errors `(e2e, gen, train)` of a row, or why the tool cannot express it.
+type RowError = Result<(f64, f64, f64), String>;
+
+/// Per-row relative errors.
+fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
     rows.iter()
         .map(|r| {
             let res = workload(r).map(|w| {

@@ -18,8 +18,9 @@
 //!      the wave, not per step), plus `2·L` all-reduces of `live batch·hidden·b` bytes per step when `tp > 1`.
 //!    - For the lognormal `R` (truncated at `max`), `E[R]`, `E[R²]` and `M_B = ∫₀^max (1 − F(x)^B) dx` are integrated
 //!      numerically (Simpson, 4,096 intervals) from the CDF `F` (`Φ((ln x − μ)/σ)`, `μ = ln mean − σ²/2`; lengths
-//!      continuous). Not modelled: continuous batching (which refills finished slots: this model is the static-batch
-//!      upper end), kernel launch overheads (engines run CUDA graphs), speculative decoding.
+//!      continuous). Not modelled here: continuous batching (which refills finished slots: this model is the
+//!      static-batch upper end; the simulator `trainlab_sim::rlhf` refills them with the same per-step costs,
+//!      [`Rollout`]), kernel launch overheads (engines run CUDA graphs), speculative decoding.
 //! 2. **Experience making**: forward passes over the `S·(P + E[R])` tokens: PPO the actor's old log-probs, the
 //!    reference, critic and reward model (`2·N` FLOPs per token each); rejection sampling the reward model;
 //!    DPO the reference over chosen and rejected (`2·prompts` sequences). Compute-bound, limiting dimension the model's
@@ -34,7 +35,8 @@
 //!    it holds `b·N/W` over the intra-node link; disaggregated, every rollout GPU receives `b·N/tp` and the actor GPUs
 //!    send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one NIC per GPU), plus its latency.
 //!
-//! Phases run in series (on-policy); `iteration_time` is their sum, `generation_share` the generation part of it,
+//! Phases run in series (on-policy); `iteration_time` is their sum (off-policy, disaggregated: `max(G + S, E + T + S)`,
+//! the hidden `min(G, E + T)` reported as `time.overlap`), `generation_share` the generation part of it,
 //! `tokens_per_s` the iteration's prompt and response tokens over it, `gpu_hours_per_iteration` the time times every
 //! GPU of the cluster (idle ones included). Memory per GPU: `actor` and `critic` from the step model (weights,
 //! gradients, optimizer state, activations); `rollout` the weights `b·N/tp` plus a KV cache for `B` sequences of
@@ -157,7 +159,7 @@ fn sub_cluster(c: &ClusterSpec, g: u64) -> ClusterSpec {
 
 /// Per-phase efficiencies: every time of a phase is divided by its efficiency (1: the hardware model as it stands).
 /// They stand for what the hardware model leaves out of a real system (HF `generate` without paged KV or CUDA
-/// graphs, ZeRO-3 gathers, padding, Python overheads); fitted to published rows by [`crate::rlhf_published`].
+/// graphs, ZeRO-3 gathers, padding, Python overheads); fitted to published rows in `tests/rlhf_published.rs`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PhaseEfficiency {
     /// Generation (prefill and decode).

@@ -3,10 +3,11 @@
 //! making, training through the dense step model, weight sync), memory per role and GPU-hours. Answered by the
 //! closed-form phase model (`analytical`); it reads a GPU `device` profile like `dense_training`.
 //!
-//! Not built yet (issue 13, parts 2 and later): the simulator of one iteration (continuous batching over the length
-//! distribution, disaggregated roles pipelined across iterations), the measured tiny RLHF run with sample, token and
-//! segment credit, and the per-phase calibration. The segment-credit mask itself is in
-//! `trainlab_core::workloads::rlhf::credit_mask`.
+//! The `simulated` backend (`trainlab_sim::rlhf`) samples response lengths, refills rollout slots as sequences end
+//! (continuous batching) and pipelines disaggregated iterations when `off_policy` is set; it answers the same metrics
+//! so `trainlab compare` shows both. Not built in this part: the measured tiny RLHF run with sample, token and segment
+//! credit and the per-phase calibration as a profile (the efficiencies fitted to published rows live in
+//! `tests/rlhf_published.rs`). The segment-credit mask itself is in `trainlab_core::workloads::rlhf::credit_mask`.
 use super::dense::gpu_profile;
 use super::{KindDef, Opts};
 use trainlab_core::Error;
