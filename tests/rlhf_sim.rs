@@ -123,3 +123,19 @@ fn rlhf_sim_a_thousand_iterations_time() {
     assert_eq!(reps.len(), 1);
     assert!(reps[0].events >= 1000 * 1024 / 8);
 }
+
+#[test]
+fn rlhf_sim_a_huge_batch_is_cut_to_its_work_budget() {
+    // 600,000 prompts: the simulator runs 6 iterations of one replication instead of 16 x 8.
+    let mut w = scenario("rlhf-70b-colocated");
+    w.prompts = 600_000;
+    let t0 = Instant::now();
+    let (_, reps) = RlhfDes::default().replications(&w, &RunCtx::new(Seed(1))).unwrap();
+    eprintln!(
+        "600,000 prompts: {} replication(s), {:.2} s wall",
+        reps.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(reps.len(), 1);
+    assert!(reps[0].period_s.is_finite() && reps[0].period_s > 0.0);
+}

@@ -44,6 +44,10 @@ use trainlab_core::workloads::rlhf::{ResponseLength, RlhfIteration, RlhfOutcome}
 use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Seed, SimTime};
 use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical, Rollout};
 
+/// Simulated sequences per run beyond which replications, then iterations, are cut (1,000 iterations of 1,024
+/// prompts fit; a batch of millions of prompts runs 2 iterations once).
+const SEQUENCE_BUDGET: u64 = 4_000_000;
+
 /// The RLHF iteration simulator.
 #[derive(Debug, Clone)]
 pub struct RlhfDes {
@@ -370,9 +374,17 @@ impl RlhfDes {
             // Nothing generated (DPO): no random part, one iteration is the closed form.
             return Ok((cf, Vec::new()));
         };
+        // A work budget: about SEQUENCE_BUDGET simulated sequences per run (a few seconds), trading replications
+        // first and then iterations (at least 2, so a period exists) for very large batches.
+        let s = w.generated_sequences().max(1);
+        let iterations = self.iterations.max(1).min((SEQUENCE_BUDGET / s).max(2));
+        let replications = self
+            .replications
+            .max(1)
+            .min((SEQUENCE_BUDGET / (s * iterations)).max(1));
         let base = ctx.seed.derive("rlhf-des");
-        let reps = (0..self.replications.max(1))
-            .map(|r| simulate(w, &ro, &cf, self.iterations, self.continuous, base.index(r), ctx))
+        let reps = (0..replications)
+            .map(|r| simulate(w, &ro, &cf, iterations, self.continuous, base.index(r), ctx))
             .collect::<Result<Vec<_>, _>>()?;
         Ok((cf, reps))
     }
