@@ -48,6 +48,7 @@ pub static KIND: KindDef<RlhfIteration> = KindDef {
     describe: |w| {
         let p = match w.placement {
             Placement::Colocated => "colocated".to_string(),
+            Placement::Disaggregated { .. } if w.off_policy => "disaggregated, off-policy".to_string(),
             Placement::Disaggregated { .. } => "disaggregated".to_string(),
         };
         format!("{} on {} GPUs, {p}", w.algorithm.as_str(), w.cluster.gpus())
