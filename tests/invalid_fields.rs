@@ -273,7 +273,14 @@ fn recsys_backends() -> Vec<Box<dyn Backend<RecsysStep>>> {
 }
 
 fn rlhf_backends() -> Vec<Box<dyn Backend<RlhfIteration>>> {
-    vec![Box::new(trainlab_models::rlhf::RlhfAnalytical::default())]
+    vec![
+        Box::new(trainlab_models::rlhf::RlhfAnalytical::default()),
+        Box::new(trainlab_sim::rlhf::RlhfDes {
+            iterations: 2,
+            replications: 1,
+            ..Default::default()
+        }),
+    ]
 }
 
 /// The cost model and, with the shipped profile, the law-driven backends (a mutated setup is refused by the

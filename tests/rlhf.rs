@@ -147,17 +147,27 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             "workload.placement.disaggregated.critic_gpus",
         ),
         (&colo, "algorithm = \"ppo\"", "algorithm = \"dpo\"", "workload.critic"),
+        // Off-policy pipelining needs roles on their own GPUs.
+        (
+            &colo,
+            "placement = \"colocated\"",
+            "placement = \"colocated\"\noff_policy = true",
+            "workload.off_policy",
+        ),
+        (&colo, "mean = 600.0", "mean = 0.0", "workload.response.lognormal.mean"),
     ] {
         assert!(base.contains(from), "{from}");
         let p = d.join("bad.toml");
         std::fs::write(&p, base.replace(from, to)).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
-            .args(["run", "--backend", "analytical"])
-            .arg(&p)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{to}: {err}");
-        assert!(err.contains(field), "{field}: {err}");
+        for backend in ["analytical", "simulated"] {
+            let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+                .args(["run", "--backend", backend])
+                .arg(&p)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{backend} {to}: {err}");
+            assert!(err.contains(field), "{backend} {field}: {err}");
+        }
     }
 }

@@ -18,8 +18,9 @@
 //!      the wave, not per step), plus `2·L` all-reduces of `live batch·hidden·b` bytes per step when `tp > 1`.
 //!    - For the lognormal `R` (truncated at `max`), `E[R]`, `E[R²]` and `M_B = ∫₀^max (1 − F(x)^B) dx` are integrated
 //!      numerically (Simpson, 4,096 intervals) from the CDF `F` (`Φ((ln x − μ)/σ)`, `μ = ln mean − σ²/2`; lengths
-//!      continuous). Not modelled: continuous batching (which refills finished slots: this model is the static-batch
-//!      upper end), kernel launch overheads (engines run CUDA graphs), speculative decoding.
+//!      continuous). Not modelled here: continuous batching (which refills finished slots: this model is the
+//!      static-batch upper end; the simulator `trainlab_sim::rlhf` refills them with the same per-step costs,
+//!      [`Rollout`]), kernel launch overheads (engines run CUDA graphs), speculative decoding.
 //! 2. **Experience making**: forward passes over the `S·(P + E[R])` tokens: PPO the actor's old log-probs, the
 //!    reference, critic and reward model (`2·N` FLOPs per token each); rejection sampling the reward model;
 //!    DPO the reference over chosen and rejected (`2·prompts` sequences). Compute-bound, limiting dimension the model's
@@ -34,7 +35,8 @@
 //!    it holds `b·N/W` over the intra-node link; disaggregated, every rollout GPU receives `b·N/tp` and the actor GPUs
 //!    send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one NIC per GPU), plus its latency.
 //!
-//! Phases run in series (on-policy); `iteration_time` is their sum, `generation_share` the generation part of it,
+//! Phases run in series (on-policy); `iteration_time` is their sum (off-policy, disaggregated: `max(G + S, E + T + S)`,
+//! the hidden `min(G, E + T)` reported as `time.overlap`), `generation_share` the generation part of it,
 //! `tokens_per_s` the iteration's prompt and response tokens over it, `gpu_hours_per_iteration` the time times every
 //! GPU of the cluster (idle ones included). Memory per GPU: `actor` and `critic` from the step model (weights,
 //! gradients, optimizer state, activations); `rollout` the weights `b·N/tp` plus a KV cache for `B` sequences of
@@ -138,6 +140,8 @@ pub fn expected_max(r: &ResponseLength, batch: u64) -> f64 {
 pub struct RlhfAnalytical {
     /// Device parameters; `None` uses the datasheet profile of the cluster's GPU.
     pub profile: Option<DeviceProfile>,
+    /// Per-phase efficiencies (default 1: the hardware model as it stands).
+    pub efficiency: PhaseEfficiency,
 }
 
 /// A cluster of `g` GPUs of `c`'s kind (whole nodes beyond one node; validation checks that).
@@ -153,74 +157,178 @@ fn sub_cluster(c: &ClusterSpec, g: u64) -> ClusterSpec {
     out
 }
 
-/// Generation time `(prefill, decode)` and the rollout engine's memory per GPU; an input error when the weights and
-/// the KV cache of a batch do not fit in the GPU's memory.
-fn generation(
-    w: &RlhfIteration,
-    law: &GemmLaw,
-    net: &dyn Network,
-    rollout_gpus: u64,
-) -> Result<(f64, f64, f64), Error> {
-    let m = &w.actor;
-    let (b, tp) = (w.dtype.bytes() as f64, w.rollout_tp);
-    let engines = (rollout_gpus / tp).max(1);
-    let seqs = w.generated_sequences().div_ceil(engines);
-    let waves = seqs.div_ceil(w.generation_batch);
-    let batch = seqs.div_ceil(waves);
-    let (bf, p, l, h) = (batch as f64, w.prompt_len as f64, m.layers as f64, m.hidden as f64);
-    let weights = b * m.params() / tp as f64;
-    let kv = 2.0 * l * m.kv() as f64 * (h / m.heads as f64) * b / tp as f64;
-    let st = length_stats(&w.response);
-    let steps = expected_max(&w.response, batch);
-    let group = Placement::packed(tp, w.cluster.gpus_per_node as u64);
-    let allreduce = |bytes: f64| {
-        if tp > 1 {
-            net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, group)
+/// Per-phase efficiencies: every time of a phase is divided by its efficiency (1: the hardware model as it stands).
+/// They stand for what the hardware model leaves out of a real system (HF `generate` without paged KV or CUDA
+/// graphs, ZeRO-3 gathers, padding, Python overheads); fitted to published rows in `tests/rlhf_published.rs`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PhaseEfficiency {
+    /// Generation (prefill and decode).
+    pub generation: f64,
+    /// Experience making and training.
+    pub training: f64,
+}
+
+impl Default for PhaseEfficiency {
+    fn default() -> Self {
+        PhaseEfficiency {
+            generation: 1.0,
+            training: 1.0,
+        }
+    }
+}
+
+/// The per-step costs of one rollout engine: what the closed form sums over a static wave and the simulator
+/// charges step by step. Times are already divided by the generation efficiency.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollout {
+    /// Rollout engines (`rollout GPUs / rollout_tp`).
+    pub engines: u64,
+    /// Sequences one engine decodes together: `generation_batch`, balanced over the waves of the engine's
+    /// `⌈S/E⌉` sequences.
+    pub slots: u64,
+    /// Static waves per engine.
+    pub waves: u64,
+    /// Prompt length, tokens.
+    pub prompt_len: f64,
+    /// Weight bytes per GPU.
+    pub weight_bytes: f64,
+    /// KV-cache bytes per token per GPU.
+    pub kv_bytes_per_token: f64,
+    /// Rollout memory per GPU, bytes.
+    pub memory: f64,
+    law: GemmLaw,
+    net: AlphaBetaNetwork,
+    group: Placement,
+    flops_per_token: f64,
+    layers: f64,
+    hidden: f64,
+    bytes: f64,
+    tp: u64,
+    efficiency: f64,
+}
+
+impl Rollout {
+    /// The rollout engines of `w` on `rollout_gpus` GPUs; an input error when the weights and the KV cache of a
+    /// batch do not fit in the GPU's memory.
+    pub fn new(
+        w: &RlhfIteration,
+        law: &GemmLaw,
+        net: &AlphaBetaNetwork,
+        rollout_gpus: u64,
+        efficiency: f64,
+    ) -> Result<Rollout, Error> {
+        let m = &w.actor;
+        let (b, tp) = (w.dtype.bytes() as f64, w.rollout_tp);
+        let engines = (rollout_gpus / tp).max(1);
+        let seqs = w.generated_sequences().div_ceil(engines);
+        let waves = seqs.div_ceil(w.generation_batch);
+        let batch = seqs.div_ceil(waves);
+        let (l, h) = (m.layers as f64, m.hidden as f64);
+        let weights = b * m.params() / tp as f64;
+        let kv = 2.0 * l * m.kv() as f64 * (h / m.heads as f64) * b / tp as f64;
+        let memory = weights + batch as f64 * (w.prompt_len + w.response.max()) as f64 * kv;
+        let have = w.cluster.gpu.memory_bytes as f64;
+        if weights > have {
+            return Err(Error::invalid(
+                "workload.rollout_tp",
+                tp,
+                format!(
+                    "the actor's weights alone need {:.1} GiB per GPU of a rollout engine, more than the {:.0} GiB of a {}",
+                    weights / GIB,
+                    have / GIB,
+                    w.cluster.gpu.name
+                ),
+                "raise rollout_tp",
+            ));
+        }
+        if memory > have {
+            return Err(Error::invalid(
+                "workload.generation_batch",
+                w.generation_batch,
+                format!(
+                    "a rollout engine needs {:.1} GiB per GPU (weights and the KV cache of {batch} sequences of {} \
+                     tokens), more than the {:.0} GiB of a {}",
+                    memory / GIB,
+                    w.prompt_len + w.response.max(),
+                    have / GIB,
+                    w.cluster.gpu.name
+                ),
+                "lower generation_batch or raise rollout_tp",
+            ));
+        }
+        Ok(Rollout {
+            engines,
+            slots: batch,
+            waves,
+            prompt_len: w.prompt_len as f64,
+            weight_bytes: weights,
+            kv_bytes_per_token: kv,
+            memory,
+            law: *law,
+            net: *net,
+            group: Placement::packed(tp, w.cluster.gpus_per_node as u64),
+            flops_per_token: 2.0 * m.params() / tp as f64,
+            layers: l,
+            hidden: h,
+            bytes: b,
+            tp,
+            efficiency,
+        })
+    }
+
+    fn allreduce(&self, bytes: f64) -> f64 {
+        if self.tp > 1 {
+            self.net
+                .collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, self.group)
                 .0
         } else {
             0.0
         }
-    };
-    let prefill =
-        law.time(2.0 * m.params() * bf * p / tp as f64, weights, bf * p) + 2.0 * l * allreduce(bf * p * h * b);
+    }
+
+    /// Prefill of `k` prompts together: `2·N·k·P/tp` FLOPs (limiting dimension `k·P`) or the weights read once,
+    /// whichever is slower, plus two tensor-parallel all-reduces of the activations per layer.
+    pub fn prefill_s(&self, k: f64) -> f64 {
+        let tokens = k * self.prompt_len;
+        (self.law.time(self.flops_per_token * tokens, self.weight_bytes, tokens)
+            + 2.0 * self.layers * self.allreduce(tokens * self.hidden * self.bytes))
+            / self.efficiency
+    }
+
+    /// Memory time of decode steps reading the weights `steps` times and `kv_tokens` cached tokens.
+    pub fn decode_memory_s(&self, steps: f64, kv_tokens: f64) -> f64 {
+        memory_time(
+            steps * self.weight_bytes + kv_tokens * self.kv_bytes_per_token,
+            self.law.mem_bw_bytes_per_s,
+        ) / self.efficiency
+    }
+
+    /// Compute time of decoding `tokens` tokens at a live batch of `live` sequences.
+    pub fn decode_compute_s(&self, tokens: f64, live: f64) -> f64 {
+        self.law.compute_time(self.flops_per_token * tokens, live) / self.efficiency
+    }
+
+    /// Tensor-parallel communication of one decode step at a live batch of `live` sequences.
+    pub fn decode_comm_s(&self, live: f64) -> f64 {
+        2.0 * self.layers * self.allreduce(live * self.hidden * self.bytes) / self.efficiency
+    }
+}
+
+/// Generation time `(prefill, decode)`, the rollout memory per GPU and the mean slot occupancy of the static waves
+/// (`E[R]/M_B`).
+fn generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64, f64, f64) {
+    let bf = ro.slots as f64;
+    let p = ro.prompt_len;
+    let st = length_stats(&w.response);
+    let steps = expected_max(&w.response, ro.slots);
+    let prefill = ro.prefill_s(bf);
     let live = bf * st.mean / steps;
-    let mem = memory_time(
-        steps * weights + bf * (p * st.mean + st.mean_sq / 2.0) * kv,
-        law.mem_bw_bytes_per_s,
-    );
-    let compute = law.compute_time(2.0 * m.params() * bf * st.mean / tp as f64, live);
-    let decode = mem.max(compute) + steps * 2.0 * l * allreduce(live * h * b);
-    let memory = weights + bf * (p + w.response.max() as f64) * kv;
-    let have = w.cluster.gpu.memory_bytes as f64;
-    if weights > have {
-        return Err(Error::invalid(
-            "workload.rollout_tp",
-            tp,
-            format!(
-                "the actor's weights alone need {:.1} GiB per GPU of a rollout engine, more than the {:.0} GiB of a {}",
-                weights / GIB,
-                have / GIB,
-                w.cluster.gpu.name
-            ),
-            "raise rollout_tp",
-        ));
-    }
-    if memory > have {
-        return Err(Error::invalid(
-            "workload.generation_batch",
-            w.generation_batch,
-            format!(
-                "a rollout engine needs {:.1} GiB per GPU (weights and the KV cache of {batch} sequences of {} tokens), \
-                 more than the {:.0} GiB of a {}",
-                memory / GIB,
-                w.prompt_len + w.response.max(),
-                have / GIB,
-                w.cluster.gpu.name
-            ),
-            "lower generation_batch or raise rollout_tp",
-        ));
-    }
-    Ok((prefill * waves as f64, decode * waves as f64, memory))
+    // A roofline over the wave: memory of every step against the compute of every token.
+    let mem = ro.decode_memory_s(steps, bf * (p * st.mean + st.mean_sq / 2.0));
+    let compute = ro.decode_compute_s(bf * st.mean, live);
+    let decode = mem.max(compute) + steps * ro.decode_comm_s(live);
+    let waves = ro.waves as f64;
+    (prefill * waves, decode * waves, ro.memory, st.mean / steps)
 }
 
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
@@ -264,6 +372,19 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
         Fidelity::Analytical
     }
     fn run(&mut self, w: &RlhfIteration, _: &mut RunCtx) -> Result<RlhfOutcome, Error> {
+        Ok(self.model(w)?.1)
+    }
+}
+
+impl RlhfAnalytical {
+    /// The closed form's generation `(prefill, decode)` seconds of `w` on the engines `ro`.
+    pub fn closed_form_generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64) {
+        let (p, d, _, _) = generation(w, ro);
+        (p, d)
+    }
+
+    /// The closed form of `w`: the rollout engines' per-step costs (`None` without generation) and the outcome.
+    pub fn model(&self, w: &RlhfIteration) -> Result<(Option<Rollout>, RlhfOutcome), Error> {
         w.validate()?;
         let owned;
         let profile = match &self.profile {
@@ -284,13 +405,16 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
         let b = w.dtype.bytes() as f64;
         let mut memory = Vec::new();
 
+        let eff = self.efficiency;
+
         // 1. Generation.
-        let (prefill_s, decode_s) = if w.algorithm.generates() {
-            let (p, d, mem) = generation(w, &law, &net, rollout_g)?;
+        let (rollout, prefill_s, decode_s, occupancy) = if w.algorithm.generates() {
+            let ro = Rollout::new(w, &law, &net, rollout_g, eff.generation)?;
+            let (p, d, mem, occ) = generation(w, &ro);
             memory.push(("rollout".to_string(), mem));
-            (p, d)
+            (Some(ro), p, d, occ)
         } else {
-            (0.0, 0.0)
+            (None, 0.0, 0.0, 0.0)
         };
 
         // 2. Experience making: (model, sequences, GPUs).
@@ -305,7 +429,9 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
             Algorithm::Dpo => vec![(w.reference.as_ref().expect("validated"), 2.0 * w.prompts as f64, ref_g)],
             Algorithm::RejectionSampling => vec![(w.reward.as_ref().expect("validated"), s, reward_g)],
         };
-        let times = passes.iter().map(|(m, n, g)| forward(m, n * seq, *g, &law));
+        let times = passes
+            .iter()
+            .map(|(m, n, g)| forward(m, n * seq, *g, &law) / eff.training);
         let experience_s = if colocated {
             times.sum()
         } else {
@@ -321,11 +447,11 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
         };
         let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p)?;
         memory.push(("actor".to_string(), actor_mem));
-        let mut training = vec![actor_step * epochs as f64];
+        let mut training = vec![actor_step * epochs as f64 / eff.training];
         if let Some(c) = &w.critic {
             let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p)?;
             memory.push(("critic".to_string(), mem));
-            training.push(step * epochs as f64);
+            training.push(step * epochs as f64 / eff.training);
         }
         let training_s = if colocated {
             training.iter().sum()
@@ -357,7 +483,14 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
             _ => s,
         };
         memory.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(RlhfOutcome {
+        // Off-policy: generation (and sync) of the next iteration runs while this one is scored and trained; in
+        // steady state an iteration takes max(G + S, E + T + S), hiding min(G, E + T).
+        let overlap_s = if w.off_policy {
+            (prefill_s + decode_s).min(experience_s + training_s)
+        } else {
+            0.0
+        };
+        let out = RlhfOutcome {
             prefill_s,
             decode_s,
             experience_s,
@@ -366,7 +499,11 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
             tokens: seqs * seq,
             gpus,
             memory_per_gpu: memory,
-        })
+            overlap_s,
+            rollout_occupancy: occupancy,
+            iteration_time_ci: None,
+        };
+        Ok((rollout, out))
     }
 }
 
@@ -443,6 +580,7 @@ mod decode_tests {
             placement: RolePlacement::Colocated,
             generation_batch: batch,
             rollout_tp: 1,
+            off_policy: false,
             dtype: Dtype::Bf16,
             cluster: ClusterSpec {
                 gpu: GpuSpec {
@@ -470,7 +608,8 @@ mod decode_tests {
             half_dim: 0.0,
             mem_bw_bytes_per_s: bw,
         };
-        generation(&w, &law, &AlphaBetaNetwork::of(&w.cluster), 1).unwrap().1
+        let ro = Rollout::new(&w, &law, &AlphaBetaNetwork::of(&w.cluster), 1, 1.0).unwrap();
+        generation(&w, &ro).1
     }
 
     #[test]

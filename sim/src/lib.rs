@@ -12,3 +12,4 @@ pub mod failures;
 pub mod moe;
 pub mod queueing;
 pub mod recsys;
+pub mod rlhf;

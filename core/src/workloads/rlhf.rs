@@ -133,6 +133,12 @@ pub struct RlhfIteration {
     /// Tensor parallelism of one rollout engine.
     #[serde(default = "one")]
     pub rollout_tp: u64,
+    /// One-step off-policy (asynchronous) RLHF: the rollout engines generate iteration `i + 1` with the weights of
+    /// iteration `i − 1` while the trainers score and train iteration `i` (disaggregated placement only; the
+    /// simulator pipelines the iterations, the closed form overlaps generation and sync with experience and
+    /// training).
+    #[serde(default)]
+    pub off_policy: bool,
     /// Weight, activation and KV-cache data type.
     #[serde(default = "bf16")]
     pub dtype: Dtype,
@@ -354,6 +360,22 @@ impl Workload for RlhfIteration {
                 "choose rollout_tp dividing the heads",
             ));
         }
+        if self.off_policy && !self.algorithm.generates() {
+            return Err(Error::invalid(
+                "workload.off_policy",
+                true,
+                format!("{alg} generates nothing, so there is no generation to overlap with training"),
+                "set off_policy = false",
+            ));
+        }
+        if self.off_policy && self.placement == Placement::Colocated {
+            return Err(Error::invalid(
+                "workload.off_policy",
+                true,
+                "colocated roles share every GPU, so generation cannot overlap training",
+                "use a disaggregated placement or set off_policy = false",
+            ));
+        }
         if let Placement::Disaggregated { .. } = self.placement {
             let [actor, rollout, reference, critic, reward] = self.role_gpus();
             let p = |x: &str| format!("workload.placement.disaggregated.{x}");
@@ -500,12 +522,22 @@ pub struct RlhfOutcome {
     pub gpus: u64,
     /// Peak bytes per GPU of each role: `(role, bytes)`.
     pub memory_per_gpu: Vec<(String, f64)>,
+    /// Seconds of the phases hidden by overlapping iterations (off-policy pipelining); 0 on-policy.
+    #[serde(default)]
+    pub overlap_s: f64,
+    /// Mean fraction of the rollout engines' batch slots holding a live sequence during decode (1 with fixed
+    /// lengths; the long tail lowers it); 0 when nothing is generated.
+    #[serde(default)]
+    pub rollout_occupancy: f64,
+    /// A 95% interval of `iteration_time` over Monte Carlo replications (simulator only).
+    #[serde(default)]
+    pub iteration_time_ci: Option<(f64, f64)>,
 }
 
 impl RlhfOutcome {
-    /// Time of one iteration (phases in series), seconds.
+    /// Time of one iteration: the phases in series less what pipelining hides, seconds.
     pub fn iteration_time_s(&self) -> f64 {
-        self.prefill_s + self.decode_s + self.experience_s + self.training_s + self.sync_s
+        self.prefill_s + self.decode_s + self.experience_s + self.training_s + self.sync_s - self.overlap_s
     }
 }
 
@@ -513,15 +545,21 @@ impl Outcome for RlhfOutcome {
     fn metrics(&self) -> Vec<Metric> {
         let t = self.iteration_time_s();
         let generation = self.prefill_s + self.decode_s;
+        let it = match self.iteration_time_ci {
+            Some((lo, hi)) => Metric::with_ci("iteration_time", Unit::Seconds, t, lo, hi),
+            None => Metric::new("iteration_time", Unit::Seconds, t),
+        };
         let mut out = vec![
-            Metric::new("iteration_time", Unit::Seconds, t),
+            it,
             Metric::new("time.generation", Unit::Seconds, generation),
             Metric::new("time.generation.prefill", Unit::Seconds, self.prefill_s),
             Metric::new("time.generation.decode", Unit::Seconds, self.decode_s),
             Metric::new("time.experience", Unit::Seconds, self.experience_s),
             Metric::new("time.training", Unit::Seconds, self.training_s),
             Metric::new("time.sync", Unit::Seconds, self.sync_s),
-            Metric::new("generation_share", Unit::Ratio, generation / t),
+            Metric::new("time.overlap", Unit::Seconds, self.overlap_s),
+            Metric::new("generation_share", Unit::Ratio, generation / (t + self.overlap_s)),
+            Metric::new("rollout_occupancy", Unit::Ratio, self.rollout_occupancy),
             Metric::new("tokens_per_s", Unit::TokensPerSecond, self.tokens / t),
             Metric::new("gpu_hours_per_iteration", Unit::GpuHours, t * self.gpus as f64 / 3600.0),
         ];

@@ -1,0 +1,395 @@
+//! The `rlhf_iteration` closed form against published RLHF iteration times (`datasets/data/published/rlhf_iteration.csv`:
+//! OpenRLHF's benchmark table and DeepSpeed-Chat's Table 1, transcribed in notes rlhf-victor.md §3.2).
+//!
+//! Every row the tool can express becomes a workload (assumptions in [`workload`]). The systems differ in ways the
+//! hardware model does not see, so each gets a per-phase efficiency (`PhaseEfficiency`): a generation efficiency per
+//! generation engine (HF `generate`, vLLM, DeepSpeed's Hybrid Engine) and a training efficiency per training stack
+//! (DeepSpeed-Chat, OpenRLHF). They are **calibrated** on a named subset and every other row is a prediction:
+//! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train);
+//! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train);
+//! - Hybrid Engine generation: DeepSpeed-Chat Table 1's OPT-13B on 8 A100-80GB (e2e), with DeepSpeed-Chat's training
+//!   efficiency from above.
+//!
+//! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
+//! the scoring forward passes), its "training" time the PPO updates and the weight broadcast. Run with
+//! `--nocapture` for the per-row table that README quotes.
+use trainlab_core::workloads::dense::TransformerSpec;
+use trainlab_core::workloads::rlhf::{Algorithm, Placement, ResponseLength, RlhfIteration, RlhfOutcome};
+use trainlab_core::{Backend, Dtype, Error, RunCtx, Seed};
+use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical};
+
+const CSV: &str = include_str!("../datasets/data/published/rlhf_iteration.csv");
+/// DeepSpeed-Chat Table 1: one epoch of 135,317,504 tokens in iterations of 1,024 pairs of 256 + 256 tokens.
+const DSCHAT_ITERATIONS: f64 = 135_317_504.0 / (1024.0 * 512.0);
+
+#[derive(Debug, Clone)]
+struct Row {
+    line: usize,
+    system: String,
+    model: String,
+    gpus: u64,
+    roles: String,
+    prompt_len: u64,
+    response_len: u64,
+    batch: u64,
+    gen_s: Option<f64>,
+    train_s: Option<f64>,
+    e2e_s: f64,
+}
+
+fn rows() -> Vec<Row> {
+    let mut out = Vec::new();
+    let mut header = true;
+    for (i, l) in CSV.lines().enumerate() {
+        if l.starts_with('#') || l.trim().is_empty() {
+            continue;
+        }
+        if header {
+            header = false;
+            continue;
+        }
+        let f: Vec<&str> = l.split(',').collect();
+        assert_eq!(f.len(), 15, "line {}: {l}", i + 1);
+        let num = |s: &str| (!s.is_empty()).then(|| s.parse::<f64>().unwrap());
+        out.push(Row {
+            line: i + 1,
+            system: f[2].into(),
+            model: f[3].into(),
+            gpus: f[5].parse().unwrap(),
+            roles: f[6].into(),
+            prompt_len: f[7].parse().unwrap(),
+            response_len: f[8].parse().unwrap(),
+            batch: f[9].parse().unwrap(),
+            gen_s: num(f[10]),
+            train_s: num(f[11]),
+            e2e_s: f[12].parse().unwrap(),
+        });
+    }
+    out
+}
+
+/// Shapes: Llama 2 (Touvron et al. 2023, Table 1 and the released configs), OPT (Zhang et al. 2022, Table 1; FFN 4h,
+/// vocabulary 50,272; OPT-350M as DeepSpeed-Chat's critic and reward model).
+fn shape(name: &str) -> TransformerSpec {
+    let (layers, hidden, heads, kv, ffn, gated, vocab) = match name {
+        "llama2-7b" => (32, 4096, 32, None, 11008, true, 32000),
+        "llama2-13b" => (40, 5120, 40, None, 13824, true, 32000),
+        "llama2-70b" => (80, 8192, 64, Some(8), 28672, true, 32000),
+        "opt-350m" => (24, 1024, 16, None, 4096, false, 50272),
+        "opt-1.3b" => (24, 2048, 32, None, 8192, false, 50272),
+        "opt-6.7b" => (32, 4096, 32, None, 16384, false, 50272),
+        "opt-13b" => (40, 5120, 40, None, 20480, false, 50272),
+        "opt-30b" => (48, 7168, 56, None, 28672, false, 50272),
+        "opt-66b" => (64, 9216, 72, None, 36864, false, 50272),
+        "opt-175b" => (96, 12288, 96, None, 49152, false, 50272),
+        _ => panic!("no shape for {name}"),
+    };
+    TransformerSpec {
+        name: name.into(),
+        layers,
+        hidden,
+        heads,
+        kv_heads: kv,
+        ffn_hidden: ffn,
+        gated_ffn: gated,
+        vocab,
+        seq_len: 2048,
+    }
+}
+
+/// The row as a workload, or why the tool cannot express it. Assumptions: prompts and responses at the published
+/// lengths (OpenRLHF's are maxima; the dataset's real lengths are not given); the A100-80GB preset for the A800 (same
+/// HBM and peak); one optimizer step per PPO epoch; colocated when the table gives no role split; OpenRLHF's ratio
+/// string in the order ref:reward:critic:actor:vllm with vLLM engines at TP 2 (7B) or 4 (70B), its sum scaled to the
+/// GPUs; the generation batch the largest of 256, 128, 64, ... that fits the GPU beside the weights (vLLM's and the
+/// Hybrid Engine's paged/pre-allocated KV) or 16 for HF `generate`; the rollout TP the smallest power of two at
+/// which the weights fit.
+fn workload(r: &Row) -> Result<RlhfIteration, String> {
+    let actor = shape(&r.model);
+    let small = if r.model.starts_with("opt") {
+        shape("opt-350m")
+    } else {
+        actor.clone()
+    };
+    let placement = match r.roles.as_str() {
+        "-" => Placement::Colocated,
+        "1:1:2:2:2" | "2:2:4:4:4" => {
+            let u = r.gpus / 8;
+            Placement::Disaggregated {
+                actor_gpus: 2 * u,
+                rollout_gpus: 2 * u,
+                reference_gpus: u,
+                critic_gpus: 2 * u,
+                reward_gpus: u,
+            }
+        }
+        other => {
+            return Err(format!(
+                "ratio {other}: generation on the actor's training GPUs beside disaggregated scoring roles"
+            ));
+        }
+    };
+    let hf = matches!(r.system.as_str(), "openrlhf" | "dschat_no_he");
+    let cluster = trainlab_datasets::gpus::cluster("a100-80gb", r.gpus.div_ceil(8) as u32, r.gpus.min(8) as u32)
+        .map_err(|e| e.to_string())?;
+    let base = RlhfIteration {
+        algorithm: Algorithm::Ppo,
+        actor: actor.clone(),
+        reference: Some(actor.clone()),
+        critic: Some(small.clone()),
+        reward: Some(small),
+        prompts: r.batch,
+        prompt_len: r.prompt_len,
+        response: ResponseLength::Fixed(r.response_len),
+        samples_per_prompt: 1,
+        ppo_epochs: 1,
+        placement,
+        generation_batch: 16,
+        rollout_tp: 1,
+        off_policy: false,
+        dtype: Dtype::Bf16,
+        cluster,
+    };
+    let min_tp = match (r.roles.as_str(), r.model.as_str()) {
+        ("1:1:2:2:2", _) => 2,
+        ("2:2:4:4:4", _) => 4,
+        _ => 1,
+    };
+    let mut first: Option<String> = None;
+    for tp in [1u64, 2, 4, 8].into_iter().filter(|t| *t >= min_tp) {
+        let batches: &[u64] = if hf { &[16] } else { &[256, 128, 64, 32, 16, 8] };
+        for &b in batches {
+            let mut w = base.clone();
+            w.rollout_tp = tp;
+            w.generation_batch = b;
+            match RlhfAnalytical::default().run(&w, &mut RunCtx::new(Seed(1))) {
+                Ok(_) => return Ok(w),
+                Err(e @ Error::Invalid { .. }) => {
+                    // Remember the first failure that is not the search over batch and TP itself.
+                    let t = e.to_string();
+                    if first.is_none() && !t.contains("generation_batch") && !t.contains("rollout_tp") {
+                        first = Some(t);
+                    }
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+    Err(format!("no layout fits: {}", first.unwrap_or_default()))
+}
+
+fn run(w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
+    RlhfAnalytical {
+        profile: None,
+        efficiency: eff,
+    }
+    .run(w, &mut RunCtx::new(Seed(1)))
+    .unwrap()
+}
+
+/// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
+fn split(o: &RlhfOutcome) -> (f64, f64) {
+    (o.prefill_s + o.decode_s + o.experience_s, o.training_s + o.sync_s)
+}
+
+fn gen_class(system: &str) -> &'static str {
+    match system {
+        "openrlhf_vllm" => "vllm",
+        "dschat_he" => "hybrid_engine",
+        _ => "hf",
+    }
+}
+
+fn train_class(system: &str) -> &'static str {
+    match system {
+        "dschat_he" => "deepspeed_chat_table1",
+        "dschat_no_he" => "deepspeed_chat_openrlhf_run",
+        _ => "openrlhf",
+    }
+}
+
+struct Fit {
+    generation: Vec<(&'static str, f64)>,
+    training: Vec<(&'static str, f64)>,
+}
+
+impl Fit {
+    fn of(&self, system: &str) -> PhaseEfficiency {
+        let g = gen_class(system);
+        let t = train_class(system);
+        PhaseEfficiency {
+            generation: self.generation.iter().find(|x| x.0 == g).unwrap().1,
+            training: self.training.iter().find(|x| x.0 == t).unwrap().1,
+        }
+    }
+}
+
+/// Solves `gen = G/eg + E/et`, `train = T/et + S` for one OpenRLHF-table row.
+fn fit_two(w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
+    let o = run(w, PhaseEfficiency::default());
+    let et = o.training_s / (train_s - o.sync_s);
+    let eg = (o.prefill_s + o.decode_s) / (gen_s - o.experience_s / et);
+    (eg, et)
+}
+
+const CALIBRATION: [(&str, &str, u64); 4] = [
+    ("dschat_no_he", "llama2-7b", 8),
+    ("openrlhf_vllm", "llama2-13b", 8),
+    ("dschat_he", "opt-13b", 8),
+    ("dschat_he", "opt-13b", 64),
+];
+
+fn is_calibration(r: &Row) -> bool {
+    CALIBRATION
+        .iter()
+        .any(|c| c.0 == r.system && c.1 == r.model && c.2 == r.gpus)
+}
+
+fn calibrate(rows: &[Row]) -> Fit {
+    let find = |i: usize| {
+        let c = CALIBRATION[i];
+        rows.iter()
+            .find(|r| r.system == c.0 && r.model == c.1 && r.gpus == c.2)
+            .unwrap()
+    };
+    let r = find(0);
+    let (hf, ds) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let r = find(1);
+    let (vllm, orl) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    // Table 1 gives e2e only: per iteration `p = G·x + (E + T)·y + S` with `x = 1/eg`, `y = 1/et`, solved from
+    // its two 13B rows (8 and 64 GPUs: different generation/training mixes).
+    let eq = |i: usize| {
+        let r = find(i);
+        let o = run(&workload(r).unwrap(), PhaseEfficiency::default());
+        (
+            o.prefill_s + o.decode_s,
+            o.experience_s + o.training_s,
+            r.e2e_s / DSCHAT_ITERATIONS - o.sync_s,
+        )
+    };
+    let ((a1, b1, c1), (a2, b2, c2)) = (eq(2), eq(3));
+    let det = a1 * b2 - a2 * b1;
+    let (x, y) = ((c1 * b2 - c2 * b1) / det, (a1 * c2 - a2 * c1) / det);
+    Fit {
+        generation: vec![("hf", hf), ("vllm", vllm), ("hybrid_engine", 1.0 / x)],
+        training: vec![
+            ("deepspeed_chat_openrlhf_run", ds),
+            ("openrlhf", orl),
+            ("deepspeed_chat_table1", 1.0 / y),
+        ],
+    }
+}
+
+/// Relative errors `(e2e, gen, train)` of a row, or why the tool cannot express it.
+type RowError = Result<(f64, f64, f64), String>;
+
+/// Per-row relative errors.
+fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
+    rows.iter()
+        .map(|r| {
+            let res = workload(r).map(|w| {
+                let o = run(&w, fit.of(&r.system));
+                let scale = if r.system == "dschat_he" {
+                    DSCHAT_ITERATIONS
+                } else {
+                    1.0
+                };
+                let e2e = o.iteration_time_s() * scale;
+                let (g, t) = split(&o);
+                (
+                    e2e / r.e2e_s - 1.0,
+                    r.gen_s.map_or(f64::NAN, |p| g / p - 1.0),
+                    r.train_s.map_or(f64::NAN, |p| t / p - 1.0),
+                )
+            });
+            (r.clone(), res)
+        })
+        .collect()
+}
+
+#[test]
+fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
+    let rows = rows();
+    assert_eq!(rows.len(), 19);
+    let fit = calibrate(&rows);
+    eprintln!(
+        "fitted efficiencies: generation {:?}, training {:?}",
+        fit.generation, fit.training
+    );
+    for (_, e) in fit.generation.iter().chain(&fit.training) {
+        // Positive and finite; the Hybrid Engine's comes out near 1.9 (faster than the datasheet roofline): Table 1's
+        // two 13B rows are both training-dominated, so its generation efficiency is poorly identified.
+        assert!(e.is_finite() && *e > 0.0, "a non-positive efficiency: {e}");
+    }
+    let errs = errors(&rows, &fit);
+    eprintln!("| line | system | model | GPUs | published e2e s | role | e2e error | gen error | train error |");
+    let (mut open, mut ds) = (Vec::new(), Vec::new());
+    for (r, res) in &errs {
+        let role = if is_calibration(r) { "calibration" } else { "held out" };
+        match res {
+            Ok((e, g, t)) => {
+                eprintln!(
+                    "| {} | {} | {} | {} | {} | {role} | {:+.1}% | {:+.1}% | {:+.1}% |",
+                    r.line,
+                    r.system,
+                    r.model,
+                    r.gpus,
+                    r.e2e_s,
+                    100.0 * e,
+                    100.0 * g,
+                    100.0 * t
+                );
+                if !is_calibration(r) {
+                    if r.system == "dschat_he" {
+                        ds.push(e.abs())
+                    } else {
+                        open.push(e.abs())
+                    }
+                } else {
+                    // The calibration rows are reproduced by construction (the fit solves them exactly).
+                    assert!(e.abs() < 1e-4, "calibration row {} off by {e}", r.line);
+                }
+            }
+            Err(why) => eprintln!(
+                "| {} | {} | {} | {} | {} | not expressed | {why} | | |",
+                r.line, r.system, r.model, r.gpus, r.e2e_s
+            ),
+        }
+    }
+    let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    eprintln!(
+        "held out: OpenRLHF table {} rows, max |e2e error| {:.1}%; DeepSpeed-Chat Table 1 {} rows, max {:.1}%",
+        open.len(),
+        100.0 * max(&open),
+        ds.len(),
+        100.0 * max(&ds)
+    );
+    assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
+    // The bounds that hold (README's table; the goals, 15% and 25%, do not): OpenRLHF's held-out rows miss
+    // by up to 82% (the 13B rows' slow-down over 7B and the 16-GPU vLLM split are not in the model); DeepSpeed-Chat
+    // Table 1's by up to 64% (OPT-1.3B on 64 GPUs: fixed per-step overheads), its median 22%.
+    assert!(max(&open) < 0.85, "OpenRLHF held-out max {}", max(&open));
+    assert!(max(&ds) < 0.65, "DeepSpeed-Chat held-out max {}", max(&ds));
+    let mut sorted = ds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
+    assert!(median < 0.25, "DeepSpeed-Chat held-out median {median}");
+}
+
+#[test]
+fn rlhf_dschat_generation_flop_share() {
+    // DeepSpeed-Chat's "generation ~20% of the total computation" (release blog) against the FLOP count of the
+    // model's phases: generation 2·N_a per prompt and response token; experience actor, reference, critic and reward
+    // forwards 2·N each; training actor and critic 6·N each; with the reference as the actor and critic = reward =
+    // OPT-350M: 2N_a / (12 N_a + 10 N_c).
+    let nc = shape("opt-350m").params();
+    for (m, lo, hi) in [("opt-1.3b", 0.12, 0.16), ("opt-175b", 0.16, 0.17)] {
+        let na = shape(m).params();
+        let share = 2.0 * na / (12.0 * na + 10.0 * nc);
+        eprintln!(
+            "{m}: generation FLOP share {share:.3} vs published ~0.20: {:+.0}%",
+            100.0 * (share / 0.2 - 1.0)
+        );
+        assert!(share > lo && share < hi, "{m}: {share}");
+    }
+}

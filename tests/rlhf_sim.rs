@@ -1,0 +1,141 @@
+//! The `simulated` backend of `rlhf_iteration` against the closed form: the same answer where they must agree (fixed
+//! lengths, on-policy, a trainer-bound pipeline), continuous batching filling the long tail's idle slots, off-policy
+//! pipelining hiding generation, determinism per seed, and the time of a 1,000-iteration run (printed, not bounded).
+use std::path::PathBuf;
+use std::time::Instant;
+use trainlab_core::workloads::rlhf::{ResponseLength, RlhfIteration, RlhfOutcome};
+use trainlab_core::{Backend, RunCtx, Seed};
+use trainlab_models::rlhf::RlhfAnalytical;
+use trainlab_sim::rlhf::RlhfDes;
+
+fn scenario(name: &str) -> RlhfIteration {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"));
+    trainlab_datasets::scenario::load_file(&path)
+        .and_then(|s| s.workload::<RlhfIteration>())
+        .expect("shipped scenario")
+}
+
+fn closed(w: &RlhfIteration) -> RlhfOutcome {
+    RlhfAnalytical::default().run(w, &mut RunCtx::new(Seed(1))).unwrap()
+}
+
+fn sim(w: &RlhfIteration, seed: u64) -> RlhfOutcome {
+    RlhfDes::default().run(w, &mut RunCtx::new(Seed(seed))).unwrap()
+}
+
+#[test]
+fn rlhf_sim_fixed_lengths_on_policy_is_the_closed_form() {
+    // Fixed lengths: every wave ends together, continuous batching changes nothing. Each decode step takes the
+    // larger of its memory and compute time, the closed form the larger of their sums over the wave, so the
+    // simulator can only be slower, by the steps on the other side of the roofline.
+    for name in ["rlhf-70b-colocated", "rlhf-70b-disaggregated"] {
+        let mut w = scenario(name);
+        w.response = ResponseLength::Fixed(600);
+        let (a, s) = (closed(&w), sim(&w, 3));
+        let (ta, ts) = (a.iteration_time_s(), s.iteration_time_s());
+        eprintln!("{name}: closed form {ta:.3} s, simulated {ts:.3} s");
+        assert!(ts >= ta * (1.0 - 1e-9) && ts < 1.1 * ta, "{name}: {ts} vs {ta}");
+        assert!((s.rollout_occupancy - 1.0).abs() < 1e-12);
+        assert_eq!(s.overlap_s, 0.0);
+        assert_eq!(
+            (s.experience_s, s.training_s, s.sync_s),
+            (a.experience_s, a.training_s, a.sync_s)
+        );
+    }
+}
+
+#[test]
+fn rlhf_sim_continuous_batching_fills_the_long_tail() {
+    // rlhf-70b-disaggregated: 4 engines of 256 sequences in waves of 128, lognormal lengths (mean 600, sigma 0.8).
+    let w = scenario("rlhf-70b-disaggregated");
+    let (a, s) = (closed(&w), sim(&w, 3));
+    let (ga, gs) = (a.prefill_s + a.decode_s, s.prefill_s + s.decode_s);
+    eprintln!(
+        "generation: static closed form {ga:.2} s (occupancy {:.3}), continuous simulated {gs:.2} s ({:.3})",
+        a.rollout_occupancy, s.rollout_occupancy
+    );
+    assert!(gs < 0.9 * ga, "{gs} vs {ga}");
+    assert!(s.rollout_occupancy > a.rollout_occupancy + 0.05);
+    // Static waves in the simulator sample what the closed form integrates.
+    let st = RlhfDes {
+        continuous: false,
+        ..RlhfDes::default()
+    }
+    .run(&w, &mut RunCtx::new(Seed(3)))
+    .unwrap();
+    let g = st.prefill_s + st.decode_s;
+    assert!((g / ga - 1.0).abs() < 0.05, "static simulated {g} vs closed form {ga}");
+}
+
+#[test]
+fn rlhf_sim_off_policy_hides_generation() {
+    let w = scenario("rlhf-70b-async");
+    assert!(w.off_policy);
+    let mut on = w.clone();
+    on.off_policy = false;
+    let (a, s, s_on) = (closed(&w), sim(&w, 3), sim(&on, 3));
+    let trainer = a.experience_s + a.training_s + a.sync_s;
+    eprintln!(
+        "async: closed form {:.2} s, simulated {:.2} s, on-policy simulated {:.2} s; trainer {trainer:.2} s",
+        a.iteration_time_s(),
+        s.iteration_time_s(),
+        s_on.iteration_time_s()
+    );
+    // Trainer-bound (generation is shorter than experience + training): the period is the trainer's chain.
+    assert!(s.prefill_s + s.decode_s < a.experience_s + a.training_s);
+    assert!((s.iteration_time_s() / trainer - 1.0).abs() < 1e-6);
+    assert!((a.iteration_time_s() / trainer - 1.0).abs() < 1e-9);
+    // On-policy the same split pays generation on top.
+    let gen_on = s_on.prefill_s + s_on.decode_s;
+    assert!((s_on.iteration_time_s() - trainer - gen_on).abs() < 1e-6 * trainer);
+    assert!(s.overlap_s > 0.9 * (s.prefill_s + s.decode_s));
+}
+
+#[test]
+fn rlhf_sim_is_seeded_and_reports_an_interval() {
+    let w = scenario("rlhf-70b-disaggregated");
+    let (a, b, c) = (sim(&w, 7), sim(&w, 7), sim(&w, 8));
+    assert_eq!(a, b);
+    assert_ne!(a.decode_s, c.decode_s);
+    let (lo, hi) = a.iteration_time_ci.expect("replications give an interval");
+    let t = a.iteration_time_s();
+    assert!(lo < t && t < hi && hi - lo < 0.05 * t, "{lo} {t} {hi}");
+}
+
+#[test]
+fn rlhf_sim_a_thousand_iterations_time() {
+    // 1,000 iterations of 1,024 prompts with long-tailed lengths (about a million sequence ends); printed, not bounded.
+    let w = scenario("rlhf-70b-colocated");
+    let des = RlhfDes {
+        iterations: 1000,
+        replications: 1,
+        ..RlhfDes::default()
+    };
+    let t0 = Instant::now();
+    let (_, reps) = des.replications(&w, &RunCtx::new(Seed(1))).unwrap();
+    let dt = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "1,000 iterations x 1,024 prompts: {dt:.2} s wall ({} events), period {:.2} s",
+        reps[0].events, reps[0].period_s
+    );
+    assert_eq!(reps.len(), 1);
+    assert!(reps[0].events >= 1000 * 1024 / 8);
+}
+
+#[test]
+fn rlhf_sim_a_huge_batch_is_cut_to_its_work_budget() {
+    // 600,000 prompts: the simulator runs 6 iterations of one replication instead of 16 x 8.
+    let mut w = scenario("rlhf-70b-colocated");
+    w.prompts = 600_000;
+    let t0 = Instant::now();
+    let (_, reps) = RlhfDes::default().replications(&w, &RunCtx::new(Seed(1))).unwrap();
+    eprintln!(
+        "600,000 prompts: {} replication(s), {:.2} s wall",
+        reps.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(reps.len(), 1);
+    assert!(reps[0].period_s.is_finite() && reps[0].period_s > 0.0);
+}
