@@ -906,17 +906,20 @@ impl Experiment {
 }
 
 /// The mask's cost on one DPO training step (same batch): the step (forward, backward, AdamW on a copy of the
-/// policy) with precomputed masks, the same step computing the segment masks of its responses first, and the mask
-/// computation alone.
+/// policy) with precomputed masks and the same step computing the segment masks of its responses first, timed in
+/// alternation (each sample times one of each back to back, so load changes hit both), and the mask computation
+/// alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MaskOverhead {
     /// Step without mask computation.
     pub step: crate::timing::Timing,
     /// Step with mask computation.
     pub step_with_mask: crate::timing::Timing,
+    /// Per sample, (step with mask) / (step without), back to back.
+    pub ratio: Summary,
     /// Mask computation alone.
     pub mask: crate::timing::Timing,
-    /// Matrix FLOPs of the step (the same with and without the mask).
+    /// Matrix FLOPs of the step (the same with and without the mask: masked tokens stay in the batch).
     pub flops: u64,
 }
 
@@ -924,10 +927,6 @@ impl MaskOverhead {
     /// Median mask time over median step time.
     pub fn mask_share(&self) -> f64 {
         self.mask.median_s() / self.step.median_s()
-    }
-    /// `(with − without) / without` of the step medians (noisy: two separate measurements).
-    pub fn step_overhead(&self) -> f64 {
-        self.step_with_mask.median_s() / self.step.median_s() - 1.0
     }
 }
 
@@ -946,25 +945,81 @@ pub fn mask_overhead(setup: &Setup, cfg: &TinyConfig, credit: Credit, opts: &Tim
         opt.step(&mut policy, g);
         black_box(&policy);
     };
-    let without = time_fn(opts, || {
+    for _ in 0..opts.warmup {
         step(&pre, &mut g);
-        Ok(())
-    })?;
-    let with = time_fn(opts, || {
+    }
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let ratio = crate::timing::time_samples(opts, || {
+        let t = Instant::now();
+        step(&pre, &mut g);
+        let a = t.elapsed().as_secs_f64();
+        let t = Instant::now();
         let m = masks(seqs.iter().copied(), credit);
         step(&m, &mut g);
-        Ok(())
+        let b = t.elapsed().as_secs_f64();
+        without.push(a);
+        with.push(b);
+        Ok(b / a.max(1e-12))
     })?;
     let alone = time_fn(opts, || {
         black_box(masks(seqs.iter().copied(), credit));
         Ok(())
     })?;
     Ok(MaskOverhead {
-        step: without,
-        step_with_mask: with,
+        step: crate::timing::Timing::from_samples(without),
+        step_with_mask: crate::timing::Timing::from_samples(with),
+        ratio: ratio.summary,
         mask: alone,
         flops: setup.sft.matmul_flops_per_step(tgt.len()),
     })
+}
+
+/// Wall-clock seconds per phase of single PPO iterations of `cfg` (the policy freshly initialised, no SFT: the cost
+/// does not depend on the weights), `warmup` untimed iterations then `iterations` timed ones: per phase, the timings
+/// (one sample per iteration). Checks `cancel` every iteration.
+pub fn measure_ppo_phases(
+    cfg: &TinyConfig,
+    warmup: usize,
+    iterations: usize,
+    seed: Seed,
+    cancel: &AtomicBool,
+) -> Result<[crate::timing::Timing; 3]> {
+    cfg.validate()?;
+    check::at_least("rlhf_tiny.iterations", iterations as u64, 1)?;
+    let task = Task::new(cfg, seed);
+    let reference = Model::new(cfg.shape(), seed.derive("rlhf.policy"));
+    let mut policy = reference.clone();
+    let mut opt = AdamW::new(policy.shape, cfg.lr, 0.0);
+    let mut g = Model::zeros(policy.shape);
+    let mut rng = seed.derive("rlhf.measure").rng();
+    let credit = credits(1)[2];
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..warmup + iterations {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Interrupted);
+        }
+        let mut ph = Phases::default();
+        ppo_step(&task, &reference, cfg, credit, &mut policy, &mut opt, &mut g, &mut rng, &mut ph);
+        if i >= warmup {
+            samples[0].push(ph.generation_s);
+            samples[1].push(ph.experience_s);
+            samples[2].push(ph.training_s);
+        }
+    }
+    Ok(samples.map(crate::timing::Timing::from_samples))
+}
+
+/// The phase model's size of `cfg`.
+pub fn tiny_size(cfg: &TinyConfig) -> trainlab_models::rlhf_tiny::TinySize {
+    trainlab_models::rlhf_tiny::TinySize {
+        batch: cfg.batch as f64,
+        response_len: cfg.response_len as f64,
+        context: cfg.context as f64,
+        embed: cfg.embed as f64,
+        hidden: cfg.hidden as f64,
+        vocab: cfg.vocab as f64,
+        ppo_epochs: cfg.ppo_epochs as f64,
+    }
 }
 
 #[cfg(test)]
