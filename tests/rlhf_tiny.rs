@@ -6,8 +6,8 @@ use trainlab_core::workloads::rlhf::Algorithm;
 use trainlab_executors::rlhf::{
     Setup, TinyConfig, credit_experiment, credits, mask_overhead, measure_ppo_phases, tiny_size,
 };
-use trainlab_models::rlhf_tiny::{self, TinySize};
 use trainlab_executors::timing::TimingOpts;
+use trainlab_models::rlhf_tiny::{self, TinySize};
 
 /// The README table: 5 seeds, DPO, PPO and rejection sampling, sample / token / segment credit.
 /// `cargo test --workspace --locked --test rlhf_tiny -- --ignored --nocapture credit_table`
@@ -99,9 +99,17 @@ fn segment_credit_beats_sample_credit_under_dpo() {
     let no = AtomicBool::new(false);
     let c = credits(1);
     let x = credit_experiment(&cfg, &[Algorithm::Dpo], &[c[0], c[2]], &seeds, 50, 50, &no).unwrap();
-    let (sample, segment) = (x.final_rule_prob(Algorithm::Dpo, c[0]), x.final_rule_prob(Algorithm::Dpo, c[2]));
+    let (sample, segment) = (
+        x.final_rule_prob(Algorithm::Dpo, c[0]),
+        x.final_rule_prob(Algorithm::Dpo, c[2]),
+    );
     for (i, (a, b)) in sample.iter().zip(&segment).enumerate() {
-        assert!(b - a > 0.01, "seed {}: segment {b:.3} vs sample {a:.3}\n{}", seeds[i], x.table());
+        assert!(
+            b - a > 0.01,
+            "seed {}: segment {b:.3} vs sample {a:.3}\n{}",
+            seeds[i],
+            x.table()
+        );
     }
     for r in &x.runs {
         assert!(r.curve[1].rule_prob > r.curve[0].rule_prob + 0.2, "{r:?}");
@@ -157,7 +165,11 @@ fn measure_phases() {
             };
             let t = measure_ppo_phases(&cfg, 3, 25, Seed(7), &AtomicBool::new(false)).unwrap();
             let s = tiny_size(&cfg);
-            let role = if hidden == 64 || hidden == 256 { "held_out" } else { "fit" };
+            let role = if hidden == 64 || hidden == 256 {
+                "held_out"
+            } else {
+                "fit"
+            };
             csv += &format!(
                 "{role},{},{},{},{},{},{},{},{:.6e},{:.6e},{:.6e},{:.3},{:.3},{:.3}\n",
                 s.batch,

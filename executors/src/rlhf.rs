@@ -203,7 +203,9 @@ impl Task {
 
     /// A uniform random prompt.
     pub fn prompt(&self, rng: &mut trainlab_core::seed::Rng) -> Vec<u32> {
-        (0..self.prompt_len).map(|_| rng.random_range(0..self.vocab as u32)).collect()
+        (0..self.prompt_len)
+            .map(|_| rng.random_range(0..self.vocab as u32))
+            .collect()
     }
 
     /// The truth of `response` after `prompt`.
@@ -366,7 +368,11 @@ impl PairData {
     /// Share of wrong tokens over all responses.
     pub fn wrong_share(&self) -> f64 {
         let w: usize = self.pairs.iter().map(|p| p.chosen.wrong() + p.rejected.wrong()).sum();
-        let n: usize = self.pairs.iter().map(|p| p.chosen.right.len() + p.rejected.right.len()).sum();
+        let n: usize = self
+            .pairs
+            .iter()
+            .map(|p| p.chosen.right.len() + p.rejected.right.len())
+            .sum();
         w as f64 / n.max(1) as f64
     }
 }
@@ -488,6 +494,7 @@ fn masks<'a>(seqs: impl IntoIterator<Item = (&'a Seq, bool)>, credit: Credit) ->
 
 /// `steps` RLHF steps of `alg` with `credit` from the setup's SFT policy, evaluating every `eval_every` steps.
 /// Checks `cancel` every step ([`Error::Interrupted`]).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     setup: &Setup,
     cfg: &TinyConfig,
@@ -536,8 +543,28 @@ pub fn run(
             return Err(Error::Interrupted);
         }
         let (k, n) = match alg {
-            Algorithm::Dpo => dpo_step(setup, cfg, credit, &ref_lp, &mut policy, &mut opt, &mut g, &mut rng, &mut phases),
-            Algorithm::Ppo => ppo_step(task, reference, cfg, credit, &mut policy, &mut opt, &mut g, &mut rng, &mut phases),
+            Algorithm::Dpo => dpo_step(
+                setup,
+                cfg,
+                credit,
+                &ref_lp,
+                &mut policy,
+                &mut opt,
+                &mut g,
+                &mut rng,
+                &mut phases,
+            ),
+            Algorithm::Ppo => ppo_step(
+                task,
+                reference,
+                cfg,
+                credit,
+                &mut policy,
+                &mut opt,
+                &mut g,
+                &mut rng,
+                &mut phases,
+            ),
             Algorithm::RejectionSampling => {
                 rs_step(task, cfg, credit, &mut policy, &mut opt, &mut g, &mut rng, &mut phases)
             }
@@ -572,10 +599,17 @@ fn dpo_step(
     phases: &mut Phases,
 ) -> (usize, usize) {
     let t0 = Instant::now();
-    let idx: Vec<usize> = (0..cfg.batch).map(|_| rng.random_range(0..setup.data.pairs.len())).collect();
+    let idx: Vec<usize> = (0..cfg.batch)
+        .map(|_| rng.random_range(0..setup.data.pairs.len()))
+        .collect();
     let seqs: Vec<(&Seq, bool)> = idx
         .iter()
-        .flat_map(|&i| [(&setup.data.pairs[i].chosen, true), (&setup.data.pairs[i].rejected, false)])
+        .flat_map(|&i| {
+            [
+                (&setup.data.pairs[i].chosen, true),
+                (&setup.data.pairs[i].rejected, false),
+            ]
+        })
         .collect();
     let mask = masks(seqs.iter().copied(), credit);
     let lp_ref: Vec<f64> = idx
@@ -600,9 +634,7 @@ fn dpo_weights<'a>(mask: &'a [bool], lp_ref: &'a [f64], t: usize, beta: f64) -> 
         let mut w = vec![0.0; lp.len()];
         for p in 0..pairs {
             let (a, b) = (2 * p * t, (2 * p + 1) * t);
-            let sum = |r: std::ops::Range<usize>| -> f64 {
-                r.filter(|&i| mask[i]).map(|i| lp[i] - lp_ref[i]).sum()
-            };
+            let sum = |r: std::ops::Range<usize>| -> f64 { r.filter(|&i| mask[i]).map(|i| lp[i] - lp_ref[i]).sum() };
             let delta = sum(a..b) - sum(b..b + t);
             // d(−log σ(βΔ))/dΔ = −β·σ(−βΔ)
             let d = -beta / (1.0 + (beta * delta).exp()) / pairs as f64;
@@ -693,7 +725,11 @@ fn ppo_step(
                     // min(ρA, clip(ρ)A) takes the clipped (constant) branch when the ratio is past the clip in the
                     // direction the advantage pushes.
                     let clipped = (a > 0.0 && rho > hi) || (a < 0.0 && rho < lo);
-                    if mask[j] && !clipped { -a * rho / kept.max(1) as f64 } else { 0.0 }
+                    if mask[j] && !clipped {
+                        -a * rho / kept.max(1) as f64
+                    } else {
+                        0.0
+                    }
                 })
                 .collect()
         };
@@ -745,7 +781,9 @@ fn rs_step(
     phases.experience_s += t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let w = |_: &[f64]| -> Vec<f64> {
-        mask.iter().map(|&m| if m { -1.0 / kept.max(1) as f64 } else { 0.0 }).collect()
+        mask.iter()
+            .map(|&m| if m { -1.0 / kept.max(1) as f64 } else { 0.0 })
+            .collect()
     };
     policy.weighted_logp(&ctx, &tgt, w, g);
     opt.step(policy, g);
@@ -859,7 +897,10 @@ impl Experiment {
                 creds.push(r.credit);
             }
         }
-        let steps: Vec<usize> = self.runs.first().map_or(vec![], |r| r.curve.iter().map(|p| p.step).collect());
+        let steps: Vec<usize> = self
+            .runs
+            .first()
+            .map_or(vec![], |r| r.curve.iter().map(|p| p.step).collect());
         let (c, csd) = mean_sd(&self.conflict_rate);
         let (e, esd) = mean_sd(&self.chosen_with_errors);
         let mut out = format!(
@@ -933,7 +974,10 @@ impl MaskOverhead {
 /// Measures [`MaskOverhead`] on a batch of `cfg.batch` pairs of `setup` with `credit`.
 pub fn mask_overhead(setup: &Setup, cfg: &TinyConfig, credit: Credit, opts: &TimingOpts) -> Result<MaskOverhead> {
     let pairs = &setup.data.pairs[..cfg.batch.min(setup.data.pairs.len())];
-    let seqs: Vec<(&Seq, bool)> = pairs.iter().flat_map(|p| [(&p.chosen, true), (&p.rejected, false)]).collect();
+    let seqs: Vec<(&Seq, bool)> = pairs
+        .iter()
+        .flat_map(|p| [(&p.chosen, true), (&p.rejected, false)])
+        .collect();
     let (ctx, tgt) = setup.task.examples(seqs.iter().map(|(s, _)| *s));
     let lp_ref = setup.sft.logp(&ctx, &tgt);
     let pre = masks(seqs.iter().copied(), credit);
@@ -999,7 +1043,17 @@ pub fn measure_ppo_phases(
             return Err(Error::Interrupted);
         }
         let mut ph = Phases::default();
-        ppo_step(&task, &reference, cfg, credit, &mut policy, &mut opt, &mut g, &mut rng, &mut ph);
+        ppo_step(
+            &task,
+            &reference,
+            cfg,
+            credit,
+            &mut policy,
+            &mut opt,
+            &mut g,
+            &mut rng,
+            &mut ph,
+        );
         if i >= warmup {
             samples[0].push(ph.generation_s);
             samples[1].push(ph.experience_s);
@@ -1105,7 +1159,16 @@ mod tests {
             assert!(a.kept > 0.0 && a.kept < 1.0, "{alg:?} κ {}", a.kept);
             assert!(a.phases.training_s > 0.0);
         }
-        let err = run(&setup, &cfg, Algorithm::Dpo, Credit::Sample, 3, 1, Seed(4), &AtomicBool::new(true));
+        let err = run(
+            &setup,
+            &cfg,
+            Algorithm::Dpo,
+            Credit::Sample,
+            3,
+            1,
+            Seed(4),
+            &AtomicBool::new(true),
+        );
         assert!(matches!(err, Err(Error::Interrupted)));
         let bad = TinyConfig {
             prompt_len: 1,

@@ -82,7 +82,11 @@ fn fit2(rows: &[(f64, f64, f64)]) -> (f64, f64) {
             return (a, b);
         }
     }
-    let sse = |a: f64, b: f64| -> f64 { rows.iter().map(|&(x1, x2, y)| ((a * x1 + b * x2) / y - 1.0).powi(2)).sum() };
+    let sse = |a: f64, b: f64| -> f64 {
+        rows.iter()
+            .map(|&(x1, x2, y)| ((a * x1 + b * x2) / y - 1.0).powi(2))
+            .sum()
+    };
     let a = if s11 > 0.0 { r1 / s11 } else { 0.0 };
     let b = if s22 > 0.0 { r2 / s22 } else { 0.0 };
     if sse(a, 0.0) <= sse(0.0, b) { (a, 0.0) } else { (0.0, b) }
@@ -98,7 +102,11 @@ pub fn fit(points: &[(TinySize, [f64; 3])]) -> Result<PhaseCost, Error> {
             "measure more sizes",
         ));
     }
-    if let Some((i, _)) = points.iter().enumerate().find(|(_, p)| p.1.iter().any(|t| !(*t > 0.0))) {
+    if let Some((i, _)) = points
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.1.iter().any(|t| t.is_nan() || *t <= 0.0))
+    {
         return Err(Error::invalid(
             format!("rlhf_tiny.fit[{i}]"),
             format!("{:?}", points[i].1),
