@@ -12,7 +12,7 @@ use trainlab_models::rlhf_tiny::{self, TinySize};
 /// The README table: 5 seeds, DPO, PPO and rejection sampling, sample / token / segment credit.
 /// `cargo test --workspace --locked --test rlhf_tiny -- --ignored --nocapture credit_table`
 #[test]
-#[ignore = "the README table: about a minute on a loaded 2-core machine"]
+#[ignore = "the README tables: about two minutes on a loaded 2-core machine"]
 fn credit_table() {
     let cfg = TinyConfig::default();
     let seeds = [1, 2, 3, 4, 5];
