@@ -11,4 +11,5 @@ pub mod gpu;
 pub mod lm;
 pub mod moe;
 pub mod recsys;
+pub mod rlhf;
 pub mod timing;

@@ -13,6 +13,10 @@
 //! `overlap·p_general + (1 − overlap)·p_own`, so `overlap` controls how much learning one source helps the other. A CPT run mixes the sources at domain share `r` with error-diffusion interleaving, so
 //! exactly `round(r·D)` of the first D tokens are domain tokens.
 //!
+//! The same trainer serves RLHF ([`crate::rlhf`]): [`Model::logp`] gives per-token log-probabilities of given targets
+//! and [`Model::weighted_logp`] the gradient of a per-token-weighted sum of them, the one primitive DPO, PPO and
+//! rejection sampling are written on.
+//!
 //! [`run_grid`] pretrains one base model per size on the general source, then continues each one at every ratio,
 //! evaluating general and domain validation loss at log-spaced token counts: one run yields many (D, loss) points.
 pub mod cuda;
@@ -183,10 +187,8 @@ impl Model {
     /// DDK uses it), or the plain mean CE when `kd` is `None`; its gradient into `grads` when given. `kd.soft` holds
     /// the teacher's temperature-τ probabilities of each example ([`Model::soft_targets`]).
     pub fn loss_kd(&self, ctx: &[u32], tgt: &[u32], kd: Option<Kd<'_>>, grads: Option<&mut Grads>) -> f64 {
-        let s = self.shape;
-        let (v, c, e, h) = (s.vocab, s.context, s.embed, s.hidden);
+        let v = self.shape.vocab;
         let b = tgt.len();
-        let ce = c * e;
         let (x, a, mut lg) = self.forward(ctx, b);
         let mut total = 0.0;
         let mut soft = vec![0.0; if kd.is_some() { v } else { 0 }];
@@ -230,8 +232,56 @@ impl Model {
         let Some(g) = grads else {
             return total / b as f64;
         };
+        self.backward(ctx, &x, &a, &lg, g);
+        total / b as f64
+    }
+
+    /// Log-probabilities `log p(tgt_i | ctx_i)` of each example (the sequence log-probability of a response is the
+    /// sum over its tokens).
+    pub fn logp(&self, ctx: &[u32], tgt: &[u32]) -> Vec<f64> {
+        let (_, _, lg) = self.forward(ctx, tgt.len());
+        log_softmax_at(&lg, tgt, self.shape.vocab)
+    }
+
+    /// One forward and one backward pass for a per-token-weighted sum of log-probabilities `J = Σ_i w_i·log p(tgt_i |
+    /// ctx_i)`: the log-probabilities are computed, `weights` turns them into the `w_i` (so a loss that depends on
+    /// them non-linearly, as DPO's `−log σ(β·Δ)` or PPO's clipped ratio, passes `w_i = ∂L/∂log p_i` and gets `∇L`),
+    /// and the gradient `∇J = Σ_i w_i·∇log p_i` is written into `grads`. Weights may be negative or zero (a masked
+    /// token contributes nothing but its context still enters the forward pass). Returns the log-probabilities.
+    /// Every RLHF algorithm of [`crate::rlhf`] trains through this one function.
+    pub fn weighted_logp(
+        &self,
+        ctx: &[u32],
+        tgt: &[u32],
+        weights: impl FnOnce(&[f64]) -> Vec<f64>,
+        grads: &mut Grads,
+    ) -> Vec<f64> {
+        let v = self.shape.vocab;
+        let (x, a, mut lg) = self.forward(ctx, tgt.len());
+        let lp = log_softmax_at(&lg, tgt, v);
+        let w = weights(&lp);
+        assert_eq!(w.len(), tgt.len(), "one weight per target token");
+        // d log p_t / d logits = onehot(t) − softmax; times w.
+        for ((row, &t), &wi) in lg.chunks_mut(v).zip(tgt).zip(&w) {
+            softmax_in_place(row, 1.0);
+            for z in row.iter_mut() {
+                *z *= -wi;
+            }
+            row[t as usize] += wi;
+        }
+        self.backward(ctx, &x, &a, &lg, grads);
+        lp
+    }
+
+    /// Backward pass from the gradient `dlg [B, V]` of some objective with respect to the logits, given the forward
+    /// pass's `x` and `a`: writes the parameter gradient into `g`.
+    fn backward(&self, ctx: &[u32], x: &[f64], a: &[f64], lg: &[f64], g: &mut Grads) {
+        let s = self.shape;
+        let (v, c, e, h) = (s.vocab, s.context, s.embed, s.hidden);
+        let ce = c * e;
+        let b = lg.len() / v;
         // dW2 = A^T dL ; db2 = sum dL
-        mm(h, v, b, tr(&a, h), rm(&lg, v), &mut g.w2);
+        mm(h, v, b, tr(a, h), rm(lg, v), &mut g.w2);
         g.b2.iter_mut().for_each(|x| *x = 0.0);
         for i in 0..b {
             for k in 0..v {
@@ -240,8 +290,8 @@ impl Model {
         }
         // dA = dL W2^T ; dZ = dA (1 - A^2)
         let mut dz = vec![0.0; b * h];
-        mm(b, h, v, rm(&lg, v), tr(&self.w2, v), &mut dz);
-        for (d, av) in dz.iter_mut().zip(&a) {
+        mm(b, h, v, rm(lg, v), tr(&self.w2, v), &mut dz);
+        for (d, av) in dz.iter_mut().zip(a) {
             *d *= 1.0 - av * av;
         }
         g.b1.iter_mut().for_each(|x| *x = 0.0);
@@ -251,7 +301,7 @@ impl Model {
             }
         }
         // dW1 = X^T dZ ; dX = dZ W1^T
-        mm(ce, h, b, tr(&x, ce), rm(&dz, h), &mut g.w1);
+        mm(ce, h, b, tr(x, ce), rm(&dz, h), &mut g.w1);
         let mut dx = vec![0.0; b * ce];
         mm(b, ce, h, rm(&dz, h), tr(&self.w1, h), &mut dx);
         g.emb.iter_mut().for_each(|x| *x = 0.0);
@@ -263,7 +313,6 @@ impl Model {
                 }
             }
         }
-        total / b as f64
     }
 }
 
@@ -276,6 +325,18 @@ pub struct Kd<'a> {
     pub gamma: f64,
     /// Temperature τ.
     pub tau: f64,
+}
+
+/// `log softmax(logits_i)[tgt_i]` of each row of `lg` (`[B, V]`).
+fn log_softmax_at(lg: &[f64], tgt: &[u32], v: usize) -> Vec<f64> {
+    lg.chunks(v)
+        .zip(tgt)
+        .map(|(row, &t)| {
+            let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lse = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+            row[t as usize] - lse
+        })
+        .collect()
 }
 
 /// `row` ← softmax(`row` / `tau`).
@@ -912,6 +973,58 @@ mod tests {
                     "tensor {ti} [{i}]: {gti} vs {fd}"
                 );
             }
+        }
+    }
+
+    /// `Σ w_i log p_i` with fixed weights (negative, zero, positive) and a DPO-like non-linear loss of the log-probs
+    /// (`−log σ(β·(Σ_chosen lp − Σ_rejected lp))`, weights `∂L/∂lp` computed inside the closure): the gradient that
+    /// [`Model::weighted_logp`] writes matches central finite differences of the objective recomputed from
+    /// [`Model::logp`].
+    #[test]
+    fn weighted_logp_gradient_matches_finite_differences() {
+        let (m, ctx, tgt) = tiny();
+        let fixed = [0.7, -1.3, 0.0, 2.0, -0.4, 1.1];
+        let beta = 0.8;
+        let sig = |u: f64| 1.0 / (1.0 + (-u).exp());
+        let dpo = |lp: &[f64]| {
+            let u = beta * (lp[..3].iter().sum::<f64>() - lp[3..].iter().sum::<f64>());
+            -sig(u).ln()
+        };
+        let dpo_w = |lp: &[f64]| -> Vec<f64> {
+            let u = beta * (lp[..3].iter().sum::<f64>() - lp[3..].iter().sum::<f64>());
+            let d = -(1.0 - sig(u)) * beta;
+            (0..lp.len()).map(|i| if i < 3 { d } else { -d }).collect()
+        };
+        type Objective<'a> = (&'a dyn Fn(&[f64]) -> f64, &'a dyn Fn(&[f64]) -> Vec<f64>);
+        let lin = |lp: &[f64]| lp.iter().zip(&fixed).map(|(l, w)| l * w).sum::<f64>();
+        let lin_w = |_: &[f64]| fixed.to_vec();
+        let cases: [Objective<'_>; 2] = [(&lin, &lin_w), (&dpo, &dpo_w)];
+        for (obj, wts) in cases {
+            let mut g = Model::zeros(m.shape);
+            let lp = m.weighted_logp(&ctx, &tgt, wts, &mut g);
+            assert_eq!(lp, m.logp(&ctx, &tgt));
+            assert!(lp.iter().all(|l| *l < 0.0));
+            let mut mm = m.clone();
+            let gs = [g.emb.clone(), g.w1.clone(), g.b1.clone(), g.w2.clone(), g.b2.clone()];
+            let mut nonzero = 0;
+            for (ti, gt) in gs.iter().enumerate() {
+                for (i, gti) in gt.iter().enumerate() {
+                    let h = 1e-6;
+                    let orig = mm.tensors_mut()[ti][i];
+                    mm.tensors_mut()[ti][i] = orig + h;
+                    let up = obj(&mm.logp(&ctx, &tgt));
+                    mm.tensors_mut()[ti][i] = orig - h;
+                    let dn = obj(&mm.logp(&ctx, &tgt));
+                    mm.tensors_mut()[ti][i] = orig;
+                    let fd = (up - dn) / (2.0 * h);
+                    assert!(
+                        (fd - gti).abs() < 1e-7 + 1e-5 * fd.abs(),
+                        "tensor {ti} [{i}]: {gti} vs {fd}"
+                    );
+                    nonzero += usize::from(gti.abs() > 1e-9);
+                }
+            }
+            assert!(nonzero > 20, "a gradient that is mostly zero tests little");
         }
     }
 

@@ -20,5 +20,6 @@ pub mod queueing;
 pub mod recsys;
 pub mod reliability;
 pub mod rlhf;
+pub mod rlhf_tiny;
 pub mod roofline;
 pub mod search;

@@ -1,0 +1,200 @@
+//! CPU phase model of the tiny PPO iteration of `trainlab_executors::rlhf` (the n-gram policy on this machine's
+//! CPU, not a transformer): per phase, `seconds = overhead_s · passes + s_per_flop · FLOPs`, two constants per phase
+//! fitted by least squares on measured sizes and checked on held-out sizes.
+//!
+//! Counts (matrix products only, as `Model::matmul_flops_per_step` counts them; one forward row costs
+//! `f = 2·(c·E·H + H·V)`), with B prompts, T response tokens and `e` PPO epochs:
+//! - generation: T forward passes over B rows (one per new token; the fixed window is recomputed, no KV cache):
+//!   `T·B·f` FLOPs, T passes;
+//! - experience making: old-policy and reference log-probs over the B·T response tokens: `2·B·T·f`, 2 passes;
+//! - training: `e` forward and backward passes over B·T tokens: `3·e·B·T·f`, `e` passes.
+use serde::{Deserialize, Serialize};
+use trainlab_core::{Error, HeldOut};
+
+/// The sizes of one tiny PPO iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TinySize {
+    /// Prompts per iteration B.
+    pub batch: f64,
+    /// Response tokens T.
+    pub response_len: f64,
+    /// Context window c.
+    pub context: f64,
+    /// Embedding width E.
+    pub embed: f64,
+    /// Hidden width H.
+    pub hidden: f64,
+    /// Vocabulary V.
+    pub vocab: f64,
+    /// PPO epochs e.
+    pub ppo_epochs: f64,
+}
+
+/// The three phases, in order.
+pub const PHASES: [&str; 3] = ["generation", "experience", "training"];
+
+/// Per phase (generation, experience, training): matrix FLOPs and passes.
+pub fn counts(s: &TinySize) -> [(f64, f64); 3] {
+    let f = 2.0 * (s.context * s.embed * s.hidden + s.hidden * s.vocab);
+    let rows = s.batch * s.response_len;
+    [
+        (s.response_len * s.batch * f, s.response_len),
+        (2.0 * rows * f, 2.0),
+        (3.0 * s.ppo_epochs * rows * f, s.ppo_epochs),
+    ]
+}
+
+/// Fitted constants per phase.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseCost {
+    /// Seconds per FLOP, per phase.
+    pub s_per_flop: [f64; 3],
+    /// Seconds per pass, per phase.
+    pub overhead_s: [f64; 3],
+}
+
+impl PhaseCost {
+    /// Predicted seconds per phase.
+    pub fn predict(&self, s: &TinySize) -> [f64; 3] {
+        let c = counts(s);
+        std::array::from_fn(|i| self.s_per_flop[i] * c[i].0 + self.overhead_s[i] * c[i].1)
+    }
+}
+
+/// Least-squares fit of `y = a·x1 + b·x2` with relative residuals (each row divided by `y`, so small and large sizes
+/// weigh alike). Falls back to the better one-term fit when the two-term solution has a negative constant or the
+/// columns are collinear.
+fn fit2(rows: &[(f64, f64, f64)]) -> (f64, f64) {
+    let (mut s11, mut s12, mut s22, mut r1, mut r2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for &(x1, x2, y) in rows {
+        let (u, v) = (x1 / y, x2 / y);
+        s11 += u * u;
+        s12 += u * v;
+        s22 += v * v;
+        r1 += u;
+        r2 += v;
+    }
+    let det = s11 * s22 - s12 * s12;
+    if det.abs() > 1e-12 * s11 * s22 {
+        let a = (r1 * s22 - r2 * s12) / det;
+        let b = (s11 * r2 - s12 * r1) / det;
+        if a >= 0.0 && b >= 0.0 {
+            return (a, b);
+        }
+    }
+    let sse = |a: f64, b: f64| -> f64 {
+        rows.iter()
+            .map(|&(x1, x2, y)| ((a * x1 + b * x2) / y - 1.0).powi(2))
+            .sum()
+    };
+    let a = if s11 > 0.0 { r1 / s11 } else { 0.0 };
+    let b = if s22 > 0.0 { r2 / s22 } else { 0.0 };
+    if sse(a, 0.0) <= sse(0.0, b) { (a, 0.0) } else { (0.0, b) }
+}
+
+/// Fits [`PhaseCost`] to measured `(size, seconds per phase)` points. Needs at least two points with positive times.
+pub fn fit(points: &[(TinySize, [f64; 3])]) -> Result<PhaseCost, Error> {
+    if points.len() < 2 {
+        return Err(Error::invalid(
+            "rlhf_tiny.fit",
+            points.len(),
+            "two constants per phase need at least two measured sizes",
+            "measure more sizes",
+        ));
+    }
+    if let Some((i, _)) = points
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.1.iter().any(|t| t.is_nan() || *t <= 0.0))
+    {
+        return Err(Error::invalid(
+            format!("rlhf_tiny.fit[{i}]"),
+            format!("{:?}", points[i].1),
+            "phase times must be positive",
+            "remeasure the point",
+        ));
+    }
+    let mut cost = PhaseCost {
+        s_per_flop: [0.0; 3],
+        overhead_s: [0.0; 3],
+    };
+    for ph in 0..3 {
+        let rows: Vec<(f64, f64, f64)> = points
+            .iter()
+            .map(|(s, t)| {
+                let c = counts(s)[ph];
+                (c.0, c.1, t[ph])
+            })
+            .collect();
+        let (a, b) = fit2(&rows);
+        cost.s_per_flop[ph] = a;
+        cost.overhead_s[ph] = b;
+    }
+    Ok(cost)
+}
+
+/// The fitted model against measured points it was not fitted on: one [`HeldOut`] per point and phase (metric
+/// `time.<phase>`, seconds; no uncalibrated model).
+pub fn held_out(cost: &PhaseCost, points: &[(String, TinySize, [f64; 3])]) -> Vec<HeldOut> {
+    let mut out = Vec::new();
+    for (case, s, t) in points {
+        let p = cost.predict(s);
+        for ph in 0..3 {
+            out.push(HeldOut {
+                case: case.clone(),
+                metric: format!("time.{}", PHASES[ph]),
+                measured: t[ph],
+                calibrated: p[ph],
+                uncalibrated: None,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(batch: f64, hidden: f64) -> TinySize {
+        TinySize {
+            batch,
+            response_len: 16.0,
+            context: 2.0,
+            embed: 16.0,
+            hidden,
+            vocab: 16.0,
+            ppo_epochs: 2.0,
+        }
+    }
+
+    #[test]
+    fn counts_by_hand() {
+        // f = 2·(2·16·64 + 64·16) = 6144; B·T = 32·16 = 512.
+        let c = counts(&size(32.0, 64.0));
+        assert_eq!(c[0], (16.0 * 32.0 * 6144.0, 16.0));
+        assert_eq!(c[1], (2.0 * 512.0 * 6144.0, 2.0));
+        assert_eq!(c[2], (3.0 * 2.0 * 512.0 * 6144.0, 2.0));
+    }
+
+    #[test]
+    fn fit_recovers_planted_constants_and_rejects_bad_input() {
+        let truth = PhaseCost {
+            s_per_flop: [2e-9, 1e-9, 1.5e-9],
+            overhead_s: [3e-5, 1e-4, 2e-4],
+        };
+        let pts: Vec<(TinySize, [f64; 3])> = [(16.0, 32.0), (64.0, 32.0), (16.0, 256.0), (64.0, 128.0)]
+            .iter()
+            .map(|&(b, h)| (size(b, h), truth.predict(&size(b, h))))
+            .collect();
+        let got = fit(&pts).unwrap();
+        for i in 0..3 {
+            assert!((got.s_per_flop[i] / truth.s_per_flop[i] - 1.0).abs() < 1e-9);
+            assert!((got.overhead_s[i] / truth.overhead_s[i] - 1.0).abs() < 1e-9);
+        }
+        assert!(fit(&pts[..1]).is_err());
+        let mut bad = pts.clone();
+        bad[2].1[1] = 0.0;
+        assert!(fit(&bad).unwrap_err().to_string().contains("rlhf_tiny.fit[2]"));
+    }
+}
