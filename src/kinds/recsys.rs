@@ -9,10 +9,11 @@
 //! own group, where the closed form answers with its CPU op model.
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, memory and copy
-//! bandwidths and GEMM rate are fitted by weighted least squares (non-negative, relative residuals) to the measured
-//! per-stage busy times of one-stream steps at 50, 200 and 1,000 fields (separate and packed, with and without a
-//! cache), the overlap factor to two interleaved steps; held out: 100 and 500 fields, another cache size, other
-//! micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
+//! bandwidths, GEMM rate and the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by
+//! weighted least squares (non-negative, relative residuals) to the measured per-stage busy times of one-stream
+//! steps at 50, 200 and 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches
+//! of 64), scaled by one factor to their step times (the op timers miss the work between ops), the overlap factor to
+//! three interleaved steps; held out: 100 and 500 fields, another cache size, other micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
