@@ -184,6 +184,23 @@ fn embedding_bag_matches_a_naive_loop() {
     assert_eq!(off, k0);
 }
 
+/// A step's time with dedicated cores (on-CPU seconds of the caller and the busiest stream worker) is positive and
+/// never more than its wall time (plus the clock reads), with one stream and with two; the stage sums are scaled to it.
+#[test]
+fn dedicated_step_time_is_on_cpu_time_within_the_wall_time() {
+    let _serial = serial();
+    for (m, s) in [(1, 1), (2, 2)] {
+        let w = small(false, m, s);
+        let mut st = CpuStep::new(&w, Seed(3), 2).unwrap();
+        let cancel = AtomicBool::new(false);
+        st.step(&cancel).unwrap();
+        let t = st.step(&cancel).unwrap();
+        assert!(t.dedicated_s > 0.0, "{t:?}");
+        assert!(t.dedicated_s <= 1.05 * t.total_s + 1e-4, "{t:?}");
+        assert!(t.busy_s.iter().sum::<f64>() <= (1.05 * t.total_s + 1e-4) * 2.0, "{t:?}");
+    }
+}
+
 #[test]
 fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
     let _serial = serial();
