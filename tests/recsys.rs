@@ -104,12 +104,14 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
 // ---- Issue 11 part 2: the measured CPU backend and its calibration. ----
 
 use std::sync::atomic::AtomicBool;
-use trainlab::kinds::recsys::{calibration_sets, cpu_step, fit};
+use trainlab::kinds::recsys::{calibration_sets, cpu_step, fit_with_cache};
 use trainlab_core::Seed;
 use trainlab_core::workloads::RecsysStep;
 use trainlab_core::workloads::recsys::{CachePolicy, FieldGroup, Pooling};
 use trainlab_executors::recsys::{CpuStep, Measured, field_ranks, measure, row_of};
-use trainlab_models::recsys::{RecsysCpuParams, cpu_counts, cpu_stage_time, cpu_times};
+use trainlab_models::recsys::{
+    RecsysCpuParams, cpu_counts, cpu_embedding_time, cpu_mlp_time, cpu_stage_time, cpu_times,
+};
 
 /// A small step on the CPU: three field groups (sum of 2 ids, mean of 3 ids, dim 8 with one id), a static cache.
 fn small(packing: bool, micro_batches: u64, streams: u64) -> RecsysStep {
@@ -180,6 +182,23 @@ fn embedding_bag_matches_a_naive_loop() {
         off += d;
     }
     assert_eq!(off, k0);
+}
+
+/// A step's time with dedicated cores (on-CPU seconds of the caller and the busiest stream worker) is positive and
+/// never more than its wall time (plus the clock reads), with one stream and with two; the stage sums are scaled to it.
+#[test]
+fn dedicated_step_time_is_on_cpu_time_within_the_wall_time() {
+    let _serial = serial();
+    for (m, s) in [(1, 1), (2, 2)] {
+        let w = small(false, m, s);
+        let mut st = CpuStep::new(&w, Seed(3), 2).unwrap();
+        let cancel = AtomicBool::new(false);
+        st.step(&cancel).unwrap();
+        let t = st.step(&cancel).unwrap();
+        assert!(t.dedicated_s > 0.0, "{t:?}");
+        assert!(t.dedicated_s <= 1.05 * t.total_s + 1e-4, "{t:?}");
+        assert!(t.busy_s.iter().sum::<f64>() <= (1.05 * t.total_s + 1e-4) * 2.0, "{t:?}");
+    }
 }
 
 #[test]
@@ -280,6 +299,8 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
         gemm_flops_per_s: 8e9,
         overlap: 0.6,
         threads: 2,
+        cache_bytes: 2.0 * 1024.0 * 1024.0,
+        cache_bytes_per_s: 20e9,
     };
     let (fit_set, _) = calibration_sets();
     let steps: Vec<(RecsysStep, Measured)> = fit_set
@@ -294,10 +315,8 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
             let t = cpu_times(&w, &counts, &truth);
             let busy = [
                 cpu_stage_time(&counts.copy, &truth, true),
-                cpu_stage_time(&counts.emb_fwd, &truth, false)
-                    + cpu_stage_time(&counts.emb_bwd, &truth, false)
-                    + cpu_stage_time(&counts.scatter, &truth, false),
-                cpu_stage_time(&counts.mlp, &truth, false) + cpu_stage_time(&counts.optim, &truth, false),
+                cpu_embedding_time(&w, &counts, &truth),
+                cpu_mlp_time(&w, &counts, &truth),
             ];
             let m = Measured {
                 step_s: t.step,
@@ -312,13 +331,14 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
             (w, m)
         })
         .collect();
-    let p = fit(&steps);
+    let p = fit_with_cache(&steps, truth.cache_bytes);
     let close = |a: f64, b: f64, what: &str| assert!(((a - b) / b).abs() < 1e-6, "{what}: {a} vs {b}");
     close(p.op_overhead_s, truth.op_overhead_s, "op overhead");
     close(p.row_s, truth.row_s, "per row");
     close(p.mem_bytes_per_s, truth.mem_bytes_per_s, "memory bandwidth");
     close(p.copy_bytes_per_s, truth.copy_bytes_per_s, "copy bandwidth");
     close(p.gemm_flops_per_s, truth.gemm_flops_per_s, "GEMM rate");
+    close(p.cache_bytes_per_s, truth.cache_bytes_per_s, "cache bandwidth");
     close(p.overlap, truth.overlap, "overlap");
 }
 

@@ -32,8 +32,10 @@
 //! `threads` or the timing.
 //!
 //! # What is reported
-//! `step_time` is the median of timed steps (after warm-up) through [`crate::timing`]; `stage.*` are the medians of
-//! the summed op times of each stage (busy time; with streams the stages overlap, so they can add up to more than the
+//! `step_time` is the median of timed steps (after warm-up) through [`crate::timing`], each step timed by the seconds
+//! it takes with dedicated cores ([`StepTimes::dedicated_s`]: on-CPU seconds of the calling thread and of the busiest
+//! stream worker, so other processes on a shared machine do not count); `stage.*` are the least, over the timed
+//! steps, of the summed op times of each stage (busy time; with streams the stages overlap, so they can add up to more than the
 //! step); `kernels` the ops that are not copies; `cache_hit_rate` the hits the gathers counted; `sm_busy` the busy
 //! share of the threads; `hbm_util` the ops' bytes over the step time and the `cpu` preset's memory bandwidth;
 //! `pcie_util` the share of the step the staging copies run; `stage.launch` is 0 (no separate launch on a CPU).
@@ -52,7 +54,7 @@ use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Summary, Work
 use trainlab_models::recsys::{CpuCounts, cpu_counts, field_chains};
 
 use crate::cpu::{MatRef, gemm};
-use crate::timing::{TimingOpts, black_box, fill_random_f32, time_samples};
+use crate::timing::{TimingOpts, black_box, fill_random_f32, thread_on_cpu_s, time_samples};
 
 /// Most bytes of embedding tables a measured step holds (the tables of the step asked are scaled down to this).
 pub const TABLE_BUDGET_BYTES: u64 = 256 << 20;
@@ -201,7 +203,12 @@ impl Busy {
 pub struct StepTimes {
     /// Wall-clock seconds of the step.
     pub total_s: f64,
-    /// Summed op seconds of the copy, embedding and MLP stages.
+    /// The step's seconds with dedicated cores: the calling thread's on-CPU seconds plus, with streams, the largest
+    /// on-CPU seconds of a pool worker ([`crate::timing::thread_on_cpu_s`]; the time other processes held the cores
+    /// does not count). The wall time where the thread clock is unavailable.
+    pub dedicated_s: f64,
+    /// Summed op seconds of the copy, embedding and MLP stages (wall-clock op times scaled by
+    /// `dedicated_s / total_s`).
     pub busy_s: [f64; 3],
     /// Ops run (copies included).
     pub ops: u64,
@@ -425,6 +432,13 @@ impl CpuStep {
         let copies = AtomicU64::new(0);
         let hits = AtomicU64::new(0);
         let t0 = Instant::now();
+        let workers_cpu = |pool: &Option<rayon::ThreadPool>| -> Option<Vec<f64>> {
+            match pool {
+                None => Some(Vec::new()),
+                Some(p) => p.broadcast(|_| thread_on_cpu_s()).into_iter().collect(),
+            }
+        };
+        let (caller0, workers0) = (thread_on_cpu_s(), workers_cpu(&self.pool));
         let m_total = self.mbs.len();
         let streams = self.streams;
         let k0 = self.k0;
@@ -510,9 +524,25 @@ impl CpuStep {
             ops.fetch_add(1, Ordering::Relaxed);
         }
         let total_s = t0.elapsed().as_secs_f64();
-        let ns = |i: usize| busy.0[i].load(Ordering::Relaxed) as f64 * 1e-9;
+        let (caller1, workers1) = (thread_on_cpu_s(), workers_cpu(&self.pool));
+        let dedicated_s = match (caller0, caller1, workers0, workers1) {
+            (Some(c0), Some(c1), Some(w0), Some(w1)) => {
+                (c1 - c0) + w0.iter().zip(&w1).map(|(a, b)| b - a).fold(0.0, f64::max)
+            }
+            _ => total_s,
+        };
+        // The ops are timed by the wall clock (a thread-clock read costs a system call, too much per op): the time
+        // other processes held the cores lands in whichever op was running, so the stage sums are scaled by the
+        // step's share of dedicated time (first order: preemption hits each stage in proportion to its time).
+        let scale = if total_s > 0.0 {
+            (dedicated_s / total_s).min(1.0)
+        } else {
+            1.0
+        };
+        let ns = |i: usize| busy.0[i].load(Ordering::Relaxed) as f64 * 1e-9 * scale;
         Ok(StepTimes {
             total_s,
+            dedicated_s,
             busy_s: [ns(COPY), ns(EMB), ns(MLP)],
             ops: ops.load(Ordering::Relaxed),
             copies: copies.load(Ordering::Relaxed),
@@ -836,12 +866,12 @@ impl Default for RecsysCpu {
     }
 }
 
-/// A measured step: median wall time and per-stage busy medians, with what ran.
+/// A measured step: median step time with dedicated cores and the least per-stage busy times, with what ran.
 #[derive(Debug, Clone)]
 pub struct Measured {
-    /// Median step seconds.
+    /// Median step seconds with dedicated cores ([`StepTimes::dedicated_s`]).
     pub step_s: f64,
-    /// Median busy seconds of copy, embedding and MLP ops.
+    /// Least (over the timed steps) busy seconds of copy, embedding and MLP ops.
     pub busy_s: [f64; 3],
     /// Relative spread of the step samples.
     pub rel_spread: f64,
@@ -884,12 +914,13 @@ pub fn measure(
         for (v, x) in busy.iter_mut().zip(last.busy_s) {
             v.push(x);
         }
-        Ok(last.total_s)
+        Ok(last.dedicated_s)
     })?;
-    let med = |v: &[f64]| Summary::of(v).median;
+    // Per stage the least busy step: a preemption lands in whichever op is running and only adds to its stage.
+    let least = |v: &[f64]| Summary::of(v).min;
     Ok(Measured {
         step_s: timing.median_s(),
-        busy_s: [med(&busy[0]), med(&busy[1]), med(&busy[2])],
+        busy_s: [least(&busy[0]), least(&busy[1]), least(&busy[2])],
         rel_spread: timing.rel_spread(),
         counts: st.counts,
         ops: last.ops,

@@ -170,6 +170,50 @@ where
     })
 }
 
+/// Seconds the calling thread has spent on a CPU so far (`CLOCK_THREAD_CPUTIME_ID`: its run time, which excludes
+/// the time it waited in the run queue while other processes ran), or `None` where the clock is unavailable.
+pub fn thread_on_cpu_s() -> Option<f64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+/// Like [`time_fn`], but a sample is the calling thread's **on-CPU** seconds per call ([`thread_on_cpu_s`]) instead
+/// of wall-clock seconds, for single-threaded work: on a shared machine whose other processes take turns on the
+/// cores, the time this thread waited in the run queue is not the work's cost. It equals the wall time on an idle
+/// machine; contention for caches and memory bandwidth still shows (it is real work). Falls back to wall time
+/// where the kernel does not expose the thread's run time. `f` must not hand its work to other threads.
+pub fn time_fn_on_cpu<F>(opts: &TimingOpts, mut f: F) -> Result<Timing, Error>
+where
+    F: FnMut() -> Result<(), Error>,
+{
+    if thread_on_cpu_s().is_none() {
+        return time_fn(opts, f);
+    }
+    opts.validate("timing")?;
+    let now = || thread_on_cpu_s().unwrap_or(0.0);
+    for _ in 0..opts.warmup {
+        stopped()?;
+        f()?;
+    }
+    let t0 = now();
+    f()?;
+    let one = (now() - t0).max(1e-9);
+    let inner = if one >= opts.target_sample_s {
+        1
+    } else {
+        ((opts.target_sample_s / one).ceil() as usize).clamp(1, 1_000_000)
+    };
+    time_samples(opts, || {
+        let t = now();
+        for _ in 0..inner {
+            f()?;
+        }
+        Ok((now() - t) / inner as f64)
+    })
+}
+
 /// Collects samples from `sample` (which returns seconds per call, measured however it likes, e.g. with CUDA
 /// events) until `opts.min_samples` and `opts.min_time_s` are both reached or `opts.max_samples` are taken.
 /// No warm-up is done here: the caller warms up. Non-finite or negative samples are a backend error.
@@ -321,5 +365,44 @@ mod tests {
         let mean = a.iter().map(|x| *x as f64).sum::<f64>() / a.len() as f64;
         assert!(mean.abs() < 0.1, "mean {mean}");
         assert_eq!(random_f64(Seed(1), 5), random_f64(Seed(1), 5));
+    }
+
+    #[test]
+    fn on_cpu_time_excludes_sleeping_and_counts_work() {
+        let opts = TimingOpts {
+            warmup: 0,
+            min_samples: 3,
+            max_samples: 3,
+            min_time_s: 0.0,
+            target_sample_s: 0.0,
+        };
+        if thread_on_cpu_s().is_none() {
+            return; // not Linux: time_fn_on_cpu is time_fn
+        }
+        let slept = time_fn_on_cpu(&opts, || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            Ok(())
+        })
+        .expect("timing");
+        assert!(
+            slept.median_s() < 0.01,
+            "a sleep is not on-CPU time: {}",
+            slept.median_s()
+        );
+        let mut x = 1.0f64;
+        let busy = time_fn_on_cpu(&opts, || {
+            let t = Instant::now();
+            while t.elapsed().as_secs_f64() < 0.02 {
+                x = black_box(x * 1.000_000_1);
+            }
+            Ok(())
+        })
+        .expect("timing");
+        // A busy loop of 20 ms wall: on-CPU time is at most that, and more than nothing even on a loaded machine.
+        assert!(
+            busy.median_s() > 1e-4 && busy.median_s() <= 0.021,
+            "{}",
+            busy.median_s()
+        );
     }
 }

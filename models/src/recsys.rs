@@ -502,6 +502,14 @@ pub struct RecsysCpuParams {
     pub overlap: f64,
     /// Worker threads the embedding streams run on.
     pub threads: u32,
+    /// Bytes of the cache a micro-batch's first MLP layer ([`mlp_working_set`]) must fit in for the MLP ops to run
+    /// from it (the calibrating machine's per-core L2, read from `/sys`); 0: never (older profiles).
+    #[serde(default)]
+    pub cache_bytes: f64,
+    /// Bandwidth of the activation-side ops (forward and backward embedding ops, MLP) of a micro-batch whose first
+    /// MLP layer fits in `cache_bytes`, bytes/s (0: `mem_bytes_per_s`).
+    #[serde(default)]
+    pub cache_bytes_per_s: f64,
 }
 
 impl RecsysCpuParams {
@@ -518,8 +526,24 @@ impl RecsysCpuParams {
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
             overlap: 1.0,
             threads: 1,
+            cache_bytes: 0.0,
+            cache_bytes_per_s: 0.0,
         }
     }
+
+    /// Whether the MLP of `w`'s largest micro-batch runs from cache: a cache bandwidth was fitted and the first
+    /// layer's operands (fp32 input `b x K0`, weights `K0 x n1`, output `b x n1`) fit in `cache_bytes`.
+    pub fn mlp_from_cache(&self, w: &RecsysStep) -> bool {
+        self.cache_bytes > 0.0 && self.cache_bytes_per_s > 0.0 && mlp_working_set(w) <= self.cache_bytes
+    }
+}
+
+/// Bytes of the first MLP layer's fp32 operands for `w`'s largest micro-batch: `4 (b K0 + K0 n1 + b n1)`.
+pub fn mlp_working_set(w: &RecsysStep) -> f64 {
+    let b = w.batch.div_ceil(w.micro_batches.max(1)) as f64;
+    let k0 = w.mlp_input() as f64;
+    let n1 = w.mlp.first().copied().unwrap_or(1) as f64;
+    4.0 * (b * k0 + k0 * n1 + b * n1)
 }
 
 /// Ops, bytes and FLOPs of one stage of a step on the CPU.
@@ -670,6 +694,33 @@ pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
     s.ops * p.op_overhead_s + s.rows * p.row_s + s.bytes / bw + s.flops / p.gemm_flops_per_s
 }
 
+/// Time of one CPU stage under `p` with its bytes at `bw`.
+fn stage_time_at(s: &CpuStage, p: &RecsysCpuParams, bw: f64) -> f64 {
+    s.ops * p.op_overhead_s + s.rows * p.row_s + s.bytes / bw + s.flops / p.gemm_flops_per_s
+}
+
+/// Bandwidth of the activation-side ops of `w` (forward and backward embedding ops, the MLP): `cache_bytes_per_s`
+/// when a micro-batch's activations fit in the cache ([`RecsysCpuParams::mlp_from_cache`]), else `mem_bytes_per_s`.
+pub fn activation_bytes_per_s(w: &RecsysStep, p: &RecsysCpuParams) -> f64 {
+    if p.mlp_from_cache(w) {
+        p.cache_bytes_per_s
+    } else {
+        p.mem_bytes_per_s
+    }
+}
+
+/// Time of the MLP ops of `w` (`c.mlp` at [`activation_bytes_per_s`], and the optimizer from memory) under `p`.
+pub fn cpu_mlp_time(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> f64 {
+    stage_time_at(&c.mlp, p, activation_bytes_per_s(w, p)) + cpu_stage_time(&c.optim, p, false)
+}
+
+/// Time of the embedding ops of `w` (forward and backward at [`activation_bytes_per_s`], the scatter into the
+/// tables from memory) under `p`.
+pub fn cpu_embedding_time(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> f64 {
+    let bw = activation_bytes_per_s(w, p);
+    stage_time_at(&c.emb_fwd, p, bw) + stage_time_at(&c.emb_bwd, p, bw) + cpu_stage_time(&c.scatter, p, false)
+}
+
 /// Predicted times of a CPU step: `(serial, ideal, step)` seconds, and the stage times (copy, embedding, MLP).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuTimes {
@@ -692,10 +743,12 @@ pub struct CpuTimes {
 /// The CPU op model's times of `w` with counts `c` under `p`.
 pub fn cpu_times(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> CpuTimes {
     let copy = cpu_stage_time(&c.copy, p, true);
-    let fwd = copy + cpu_stage_time(&c.emb_fwd, p, false);
-    let mlp = cpu_stage_time(&c.mlp, p, false);
-    let bwd = cpu_stage_time(&c.emb_bwd, p, false);
-    let tail = cpu_stage_time(&c.scatter, p, false) + cpu_stage_time(&c.optim, p, false);
+    let act = activation_bytes_per_s(w, p);
+    let fwd = copy + stage_time_at(&c.emb_fwd, p, act);
+    let optim = cpu_stage_time(&c.optim, p, false);
+    let mlp = stage_time_at(&c.mlp, p, act);
+    let bwd = stage_time_at(&c.emb_bwd, p, act);
+    let tail = cpu_stage_time(&c.scatter, p, false) + optim;
     let serial = fwd + mlp + bwd + tail;
     let workers = w.streams.min(u64::from(p.threads.max(1))) as f64;
     let m = w.micro_batches as f64;
@@ -713,8 +766,8 @@ pub fn cpu_times(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> CpuTimes
         ideal,
         step,
         copy,
-        embedding: cpu_stage_time(&c.emb_fwd, p, false) + bwd + cpu_stage_time(&c.scatter, p, false),
-        mlp: mlp + cpu_stage_time(&c.optim, p, false),
+        embedding: fwd - copy + bwd + cpu_stage_time(&c.scatter, p, false),
+        mlp: mlp + optim,
     }
 }
 

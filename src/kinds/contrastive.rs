@@ -10,10 +10,11 @@
 //! has cores), filed in its own group where the models answer it too.
 //!
 //! Calibration (`trainlab calibrate --workload contrastive_pretrain`, device `cpu`): real heads, encoder stand-ins,
-//! EMA passes and decode stages on this CPU, in interleaved passes (median per case); decode seconds per frame and
-//! the parallel efficiency of extra workers, seconds per encoder FLOP, the logits' fixed, per-FLOP and per-element
-//! costs (least squares) and the EMA bandwidth are fitted on some batch sizes, widths, queues and worker counts and
-//! predicted on the others. The closed form and the simulator read the profile for workloads on the `cpu` device.
+//! EMA passes and decode stages on this CPU, timed by their on-CPU seconds (the time other processes hold the cores
+//! does not count), in interleaved passes, the fastest pass per case; decode seconds per frame and the parallel
+//! efficiency of extra workers, seconds per encoder FLOP, the logits' fixed, per-FLOP and per-element costs (least
+//! squares) and the EMA bandwidth are fitted on some batch sizes, widths, queues and worker counts and predicted on
+//! the others. The closed form and the simulator read the profile for workloads on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use trainlab_core::workloads::contrastive::{ContrastivePretrain, Encoder, Negatives};
@@ -452,6 +453,14 @@ fn fit(cases: &[Case], measured: &[Vec<(&'static str, f64)>]) -> ContrastiveCost
     }
 }
 
+/// The machine's 1-minute load average (`/proc/loadavg`), or `unknown`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Calibration of the contrastive cost model against real runs on this CPU.
 pub struct ContrastiveCalibration;
 
@@ -478,12 +487,14 @@ impl Calibration for ContrastiveCalibration {
                     min_time_s: 0.2,
                     target_sample_s: 1e-3,
                 },
-                3,
+                5,
             )
         };
         let pool = exec::png_frames(16, seed.derive("frames"))?;
-        // Interleaved passes over all cases, the median of each metric over the passes: load from other processes
-        // on a shared machine then hits every case alike instead of a few.
+        // Interleaved passes over all cases, the fastest pass of each metric kept (each pass a median of samples of
+        // the work's on-CPU seconds, see `executors::contrastive`): what other processes on a shared machine still
+        // cause (evicted caches, shared memory bandwidth) only adds time, and interleaving spreads it over every case
+        // alike instead of a few. The spread over the passes is reported, to tell noise from model error.
         let mut runs: Vec<Vec<Vec<(&'static str, f64)>>> = vec![Vec::new(); cases.len()];
         for pass in 0..passes {
             for (i, case) in cases.iter().enumerate() {
@@ -500,18 +511,29 @@ impl Calibration for ContrastiveCalibration {
                 runs[i].push(measure_case(case, &opts, seed.index(i as u64), &pool)?);
             }
         }
+        let over_passes = |r: &[Vec<(&'static str, f64)>], name: &str| -> Vec<f64> {
+            r.iter()
+                .filter_map(|m| m.iter().find(|(n, _)| *n == name).map(|x| x.1))
+                .collect()
+        };
         let measured: Vec<Vec<(&'static str, f64)>> = runs
             .iter()
             .map(|r| {
                 r[0].iter()
-                    .map(|(name, _)| {
-                        let vals = r
-                            .iter()
-                            .filter_map(|m| m.iter().find(|(n, _)| n == name).map(|x| x.1))
-                            .collect();
-                        (*name, median(vals))
-                    })
+                    .map(|(name, _)| (*name, over_passes(r, name).into_iter().fold(f64::INFINITY, f64::min)))
                     .collect()
+            })
+            .collect();
+        // Spread of each case's metric over the passes: (slowest - fastest) / fastest.
+        let spreads: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| {
+                r[0].iter().filter_map(|(name, _)| {
+                    let v = over_passes(r, name);
+                    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = v.iter().copied().fold(0.0, f64::max);
+                    (lo > 0.0).then(|| (hi - lo) / lo)
+                })
             })
             .collect();
         let cost = fit(&cases, &measured);
@@ -576,6 +598,13 @@ impl Calibration for ContrastiveCalibration {
                 1e-9 * cost.ema_bytes_per_s
             ),
             format!(
+                "measurement spread over {passes} passes ((slowest - fastest) / fastest per case and metric): median \
+                 {:.1}%, worst {:.1}%; machine load (1-minute average) {}",
+                100.0 * median(spreads.clone()),
+                100.0 * spreads.iter().copied().fold(0.0f64, f64::max),
+                load_average()
+            ),
+            format!(
                 "held-out: median |error| {:.1}%, worst {:.1}% over {} metrics",
                 100.0 * median(errs.clone()),
                 100.0 * worst,
@@ -586,6 +615,7 @@ impl Calibration for ContrastiveCalibration {
             "device": device, "cost": cost,
             "held_out_median_abs_error": median(errs),
             "held_out_max_abs_error": worst,
+            "measurement_spread_median": median(spreads.clone()),
         });
         Ok(Calibrated {
             profile_kind: "contrastive_pretrain",

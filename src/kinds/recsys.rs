@@ -9,10 +9,11 @@
 //! own group, where the closed form answers with its CPU op model.
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, memory and copy
-//! bandwidths and GEMM rate are fitted by weighted least squares (non-negative, relative residuals) to the measured
-//! per-stage busy times of one-stream steps at 50, 200 and 1,000 fields (separate and packed, with and without a
-//! cache), the overlap factor to two interleaved steps; held out: 100 and 500 fields, another cache size, other
-//! micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
+//! bandwidths, GEMM rate and the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by
+//! weighted least squares (non-negative, relative residuals) to the measured per-stage busy times of one-stream
+//! steps at 50, 200 and 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches
+//! of 64), scaled by one factor to their step times (the op timers miss the work between ops), the overlap factor to
+//! three interleaved steps; held out: 100 and 500 fields, another cache size, other micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
@@ -121,7 +122,8 @@ pub fn cpu_step(fields: u64, packing: bool, cache: f64, micro_batches: u64, stre
     }
 }
 
-/// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two interleaved steps)
+/// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two one-stream steps of
+/// 4 micro-batches; three interleaved steps)
 /// and held-out set (100 and 500 fields, a 5% cache, 2 and 4 micro-batches on 2 streams).
 pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     let mut fit = Vec::new();
@@ -132,6 +134,9 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
             }
         }
     }
+    // One stream, 4 micro-batches of 64: the MLP of a micro-batch that fits in L2 (the cache bandwidth's cases).
+    fit.push(cpu_step(50, false, 0.01, 4, 1));
+    fit.push(cpu_step(1000, true, 0.01, 4, 1));
     fit.push(cpu_step(50, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, true, 0.01, 4, 2));
@@ -226,25 +231,68 @@ pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
 
 /// Fits the CPU op model to measured steps: per-op overhead, memory and copy bandwidths and GEMM rate from the
 /// per-stage busy times of the one-stream steps (each stage an equation, residuals relative to the measurement),
-/// then the overlap factor from the interleaved steps (relative least squares, clamped to [0, 1]).
+/// scaled by one factor to their step times, then the overlap factor from the interleaved steps (relative least squares, clamped to [0, 1]).
 pub fn fit(steps: &[(RecsysStep, Measured)]) -> RecsysCpuParams {
+    fit_with_cache(steps, l2_cache_bytes())
+}
+
+/// This machine's per-core L2 cache, bytes (`/sys/devices/system/cpu/cpu0/cache/index*/{level,size}`), or 0.
+pub fn l2_cache_bytes() -> f64 {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
+    (0..8)
+        .filter_map(|i| {
+            let idx = dir.join(format!("index{i}"));
+            (read(idx.join("level"))? == "2").then_some(())?;
+            let size = read(idx.join("size"))?;
+            let (num, mult) = match size.strip_suffix('K') {
+                Some(n) => (n, 1024.0),
+                None => match size.strip_suffix('M') {
+                    Some(n) => (n, 1024.0 * 1024.0),
+                    None => (size.as_str(), 1.0),
+                },
+            };
+            num.parse::<f64>().ok().map(|n| n * mult)
+        })
+        .next()
+        .unwrap_or(0.0)
+}
+
+/// [`fit`] with the cache size the MLP of a small micro-batch runs from (`cache_bytes`): the MLP bytes of a fit step
+/// whose first layer fits ([`trainlab_models::recsys::mlp_working_set`]) and those of its forward and backward
+/// embedding ops get their own bandwidth.
+pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> RecsysCpuParams {
     let (mut rows, mut rhs) = (Vec::new(), Vec::new());
-    for (_, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
+    for (w, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
+        let resident = cache_bytes > 0.0 && trainlab_models::recsys::mlp_working_set(w) <= cache_bytes;
         let c = &m.counts;
         let emb = [c.emb_fwd, c.emb_bwd, c.scatter];
         let sum = |f: fn(&CpuStage) -> f64, v: &[CpuStage]| v.iter().map(f).sum::<f64>();
         let mlp = [c.mlp, c.optim];
-        // Unknowns: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate.
+        // Unknowns: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 / cache
+        // bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from memory).
+        let (mlp_mem, mlp_cache) = if resident {
+            (c.optim.bytes, c.mlp.bytes)
+        } else {
+            (sum(|s| s.bytes, &mlp), 0.0)
+        };
+        // Likewise the forward and backward embedding ops' bytes (the scatter writes the tables: from memory).
+        let (emb_mem, emb_cache) = if resident {
+            (c.scatter.bytes, c.emb_fwd.bytes + c.emb_bwd.bytes)
+        } else {
+            (sum(|s| s.bytes, &emb), 0.0)
+        };
         let eqs = [
-            (m.busy_s[0], [c.copy.ops, c.copy.rows, 0.0, c.copy.bytes, 0.0]),
+            (m.busy_s[0], [c.copy.ops, c.copy.rows, 0.0, c.copy.bytes, 0.0, 0.0]),
             (
                 m.busy_s[1],
                 [
                     sum(|s| s.ops, &emb),
                     sum(|s| s.rows, &emb),
-                    sum(|s| s.bytes, &emb),
+                    emb_mem,
                     0.0,
                     0.0,
+                    emb_cache,
                 ],
             ),
             (
@@ -252,9 +300,10 @@ pub fn fit(steps: &[(RecsysStep, Measured)]) -> RecsysCpuParams {
                 [
                     sum(|s| s.ops, &mlp),
                     0.0,
-                    sum(|s| s.bytes, &mlp),
+                    mlp_mem,
                     0.0,
                     sum(|s| s.flops, &mlp),
+                    mlp_cache,
                 ],
             ),
         ];
@@ -266,6 +315,9 @@ pub fn fit(steps: &[(RecsysStep, Measured)]) -> RecsysCpuParams {
         }
     }
     let x = nnls(&rows, &rhs);
+    let any_resident = steps.iter().any(|(w, _)| {
+        w.streams == 1 && cache_bytes > 0.0 && trainlab_models::recsys::mlp_working_set(w) <= cache_bytes
+    });
     let inv = |v: f64| if v > 0.0 { 1.0 / v } else { 1e15 };
     let threads = steps.iter().map(|(_, m)| m.threads as u32).max().unwrap_or(1);
     let mut p = RecsysCpuParams {
@@ -276,7 +328,28 @@ pub fn fit(steps: &[(RecsysStep, Measured)]) -> RecsysCpuParams {
         gemm_flops_per_s: inv(x[4]),
         overlap: 1.0,
         threads,
+        cache_bytes,
+        // Without a fit step whose activations fit, there is nothing to fit the cache bandwidth to: 0, unused.
+        cache_bytes_per_s: if any_resident { inv(x[5]) } else { 0.0 },
     };
+    // The stage busy times fix the proportions of the costs; the one-stream step times fix their scale (the ops are
+    // timed one by one, so the work between them, and the share of the step other processes took, are not in the
+    // stage sums): one factor `k` on every cost, by relative least squares on the fit steps.
+    let (mut num, mut den) = (0.0, 0.0);
+    for (w, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
+        let t = cpu_times(w, &m.counts, &p).serial / m.step_s;
+        num += t;
+        den += t * t;
+    }
+    if num > 0.0 && den > 0.0 {
+        let k = num / den;
+        p.op_overhead_s *= k;
+        p.row_s *= k;
+        p.mem_bytes_per_s /= k;
+        p.copy_bytes_per_s /= k;
+        p.gemm_flops_per_s /= k;
+        p.cache_bytes_per_s /= k;
+    }
     let (mut num, mut den) = (0.0, 0.0);
     for (w, m) in steps.iter().filter(|(w, _)| w.streams >= 2) {
         let t = cpu_times(w, &m.counts, &p);
@@ -306,7 +379,7 @@ impl Calibration for RecsysCalibration {
         let (fit_set, held) = calibration_sets();
         // Interleaved passes over every case, the fastest pass of each kept (a neighbour's burst of load slows a
         // pass, never speeds it up).
-        let (warmup, repeats, passes) = if req.quick { (1, 3, 1) } else { (1, 5, 3) };
+        let (warmup, repeats, passes) = if req.quick { (1, 3, 1) } else { (1, 9, 5) };
         let total = fit_set.len() + held.len();
         let mut measured: Vec<Option<Measured>> = vec![None; total];
         for pass in 0..passes {
@@ -425,12 +498,14 @@ impl Calibration for RecsysCalibration {
             format!("device: {device}"),
             format!(
                 "fitted: op overhead {:.3} us, {:.1} ns per row, memory {:.2} GB/s, staging copy {:.2} GB/s, GEMM {:.2} GFLOP/s, \
-                 overlap {:.2}, {} threads",
+                 MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
                 params.row_s * 1e9,
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
+                params.cache_bytes / 1024.0,
+                params.cache_bytes_per_s * 1e-9,
                 params.overlap,
                 params.threads
             ),
