@@ -171,3 +171,51 @@ fn rlhf_bad_input_exits_2_with_the_field() {
         }
     }
 }
+
+/// Issue 13: the `cpu` backend answers a scaled workload in its own group, with the closed form and the simulator
+/// beside it; `calibrate --workload rlhf_iteration --quick` measures, fits and writes a profile that `analytical` then
+/// reads for that cpu workload. No timing bound (a loaded shared machine): the held-out rows exist, are positive and
+/// finite, and the profiled model answers.
+#[test]
+fn rlhf_cpu_backend_and_calibration_end_to_end() {
+    let exe = env!("CARGO_BIN_EXE_trainlab");
+    let scen = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rlhf-70b-colocated.toml");
+    let d = tmpdir("cal");
+    let out = Command::new(exe)
+        .args(["calibrate", "--workload", "rlhf_iteration", "--quick", "--json", "--out"])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let text = j.to_string();
+    assert!(text.contains("time.generation") && text.contains("time.training"), "{text}");
+    let prof = d.join("profile-rlhf_iteration-cpu.toml");
+    let p = std::fs::read_to_string(&prof).expect("profile written");
+    assert!(p.contains("kind = \"rlhf_iteration\"") && p.contains("s_per_flop"), "{p}");
+    let csv = std::fs::read_to_string(d.join("calibration-rlhf_iteration-cpu.csv")).expect("records");
+    // 6 sizes x 3 phases, measured and calibrated.
+    assert!(csv.lines().count() > 36, "{csv}");
+    let err = j["held_out_median_abs_error"].as_f64().expect("median error");
+    assert!(err.is_finite() && err >= 0.0, "{err}");
+
+    let out = Command::new(exe)
+        .args(["compare", "--quick", "--json", "--profile"])
+        .arg(&prof)
+        .arg(&scen)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let j: serde_json::Value = serde_json::from_str(&s).expect("json");
+    let groups = j["workloads"].as_array().unwrap_or_else(|| panic!("workloads in {s}"));
+    assert_eq!(groups.len(), 2, "the asked workload and the cpu-scaled one: {s}");
+    assert_eq!(groups[1]["reference"], "cpu", "{s}");
+    assert_eq!(groups[1]["scaled_by"], "cpu", "{s}");
+    let cpu_group = groups[1]["backends"].to_string();
+    for b in ["\"cpu\"", "\"analytical\"", "\"simulated\""] {
+        assert!(cpu_group.contains(b), "{b} answers the scaled workload: {cpu_group}");
+    }
+    assert!(!groups[0]["backends"].to_string().contains("\"measured\""), "no measured answer to a 70B job: {s}");
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -242,6 +242,38 @@ mod tests {
     }
 
     #[test]
+    fn counts_of_the_other_algorithms_by_hand() {
+        // f = 6144, B·T = 512 (as above); K = 4 samples.
+        let s = size(32.0, 64.0);
+        assert_eq!(counts_for(Algorithm::Ppo, &s, 1.0), counts(&s));
+        let d = counts_for(Algorithm::Dpo, &s, 1.0);
+        assert_eq!(d, [(0.0, 0.0), (2.0 * 512.0 * 6144.0, 1.0), (6.0 * 512.0 * 6144.0, 1.0)]);
+        let r = counts_for(Algorithm::RejectionSampling, &s, 4.0);
+        assert_eq!(r[0], (16.0 * 4.0 * 32.0 * 6144.0, 16.0));
+        assert_eq!(r[1], (0.0, 1.0));
+        assert_eq!(r[2], (3.0 * 512.0 * 6144.0, 1.0));
+        let p = CpuPhaseProfile {
+            device: "cpu".into(),
+            context: 2.0,
+            embed: 16.0,
+            cost: PhaseCost {
+                s_per_flop: [1e-9; 3],
+                overhead_s: [1e-5; 3],
+            },
+        };
+        assert!(p.validate("p").is_ok());
+        assert_eq!(p.predict(Algorithm::Dpo, &s, 1.0)[0], 0.0);
+        let bad = CpuPhaseProfile {
+            cost: PhaseCost {
+                s_per_flop: [-1.0, 0.0, 0.0],
+                overhead_s: [0.0; 3],
+            },
+            ..p
+        };
+        assert!(bad.validate("profile.params").unwrap_err().to_string().contains("profile.params.cost"));
+    }
+
+    #[test]
     fn fit_recovers_planted_constants_and_rejects_bad_input() {
         let truth = PhaseCost {
             s_per_flop: [2e-9, 1e-9, 1.5e-9],
