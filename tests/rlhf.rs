@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainlab_core::workloads::rlhf::{Algorithm, ResponseLength, RlhfIteration};
-use trainlab_core::{Backend, Metric, Outcome, RunCtx, Seed};
+use trainlab_core::{Backend, Metric, Outcome, RunCtx, Seed, Workload};
 use trainlab_models::rlhf::RlhfAnalytical;
 
 fn scenario(name: &str) -> RlhfIteration {
@@ -155,6 +155,31 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             "workload.off_policy",
         ),
         (&colo, "mean = 600.0", "mean = 0.0", "workload.response.lognormal.mean"),
+        // Histogram lengths: a negative weight, no mass at all, a zero length, mismatched bins.
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [1.0, -0.5] }",
+            "workload.response.histogram.weights[1]",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [0.0, 0.0] }",
+            "workload.response.histogram.weights",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [0, 900], weights = [1.0, 1.0] }",
+            "workload.response.histogram.lengths[0]",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [1.0] }",
+            "workload.response.histogram.weights",
+        ),
     ] {
         assert!(base.contains(from), "{from}");
         let p = d.join("bad.toml");
@@ -218,4 +243,54 @@ fn rlhf_cpu_backend_and_calibration_end_to_end() {
     }
     assert!(!groups[0]["backends"].to_string().contains("\"measured\""), "no measured answer to a 70B job: {s}");
     std::fs::remove_dir_all(&d).ok();
+}
+
+/// Issue 13: histogram response lengths. The closed form's moments and expected batch maximum by hand, a one-bin
+/// histogram is the fixed length, and a long-tailed histogram costs decode steps in the closed form and the
+/// simulator alike.
+#[test]
+fn rlhf_histogram_lengths_by_hand_and_in_both_models() {
+    use trainlab_models::rlhf::{expected_max, length_stats};
+    let h = ResponseLength::Histogram {
+        lengths: vec![100, 1000],
+        weights: vec![3.0, 1.0],
+    };
+    let st = length_stats(&h);
+    // E[R] = (3·100 + 1000)/4 = 325; E[R²] = (3·10⁴ + 10⁶)/4 = 257,500.
+    assert!((st.mean - 325.0).abs() < 1e-9 && (st.mean_sq - 257_500.0).abs() < 1e-6, "{st:?}");
+    // Batch of 2: P(max = 100) = 0.75² = 0.5625, E[max] = 100·0.5625 + 1000·0.4375 = 493.75.
+    assert!((expected_max(&h, 2) - 493.75).abs() < 1e-9);
+    assert!((expected_max(&h, 1) - 325.0).abs() < 1e-9);
+    assert_eq!(h.max(), 1000);
+
+    let mut w = scenario("rlhf-70b-colocated");
+    w.response = ResponseLength::Fixed(600);
+    let fixed = metrics(&w);
+    w.response = ResponseLength::Histogram {
+        lengths: vec![600],
+        weights: vec![2.5],
+    };
+    w.validate().unwrap();
+    assert_eq!(metrics(&w), fixed, "a one-bin histogram is the fixed length");
+    // Mean 600 with a tail: 90% at 500, 10% at 1,500.
+    w.response = ResponseLength::Histogram {
+        lengths: vec![500, 1500],
+        weights: vec![0.9, 0.1],
+    };
+    w.validate().unwrap();
+    let tail = metrics(&w);
+    assert!(value(&tail, "time.generation.decode") > value(&fixed, "time.generation.decode"));
+    let des = trainlab_sim::rlhf::RlhfDes {
+        iterations: 4,
+        replications: 2,
+        ..Default::default()
+    }
+    .run(&w, &mut RunCtx::new(Seed(3)))
+    .expect("simulator runs")
+    .metrics();
+    // Sampled lengths: the slots idle while the batch's 1,500-token stragglers finish.
+    let occ = value(&des, "rollout_occupancy");
+    assert!(occ > 0.2 && occ < 0.9, "occupancy {occ}");
+    let (a, b) = (value(&tail, "time.generation"), value(&des, "time.generation"));
+    assert!((b / a - 1.0).abs() < 0.25, "simulated {b} vs closed form {a}");
 }

@@ -82,6 +82,19 @@ fn erfc(x: f64) -> f64 {
 /// CDF of the response length at `x` tokens (before truncation).
 fn cdf(r: &ResponseLength, x: f64) -> f64 {
     match *r {
+        ResponseLength::Histogram {
+            ref lengths,
+            ref weights,
+        } => {
+            let total: f64 = weights.iter().sum();
+            lengths
+                .iter()
+                .zip(weights)
+                .filter(|(l, _)| **l as f64 <= x)
+                .map(|(_, w)| w)
+                .sum::<f64>()
+                / total
+        }
         ResponseLength::Fixed(n) => {
             if x >= n as f64 {
                 1.0
@@ -113,6 +126,24 @@ fn simpson(max: f64, f: impl Fn(f64) -> f64) -> f64 {
 /// `E[R]` and `E[R²]` of the truncated length.
 pub fn length_stats(r: &ResponseLength) -> LengthStats {
     match *r {
+        ResponseLength::Histogram {
+            ref lengths,
+            ref weights,
+        } => {
+            let total: f64 = weights.iter().sum();
+            let m = |k: i32| -> f64 {
+                lengths
+                    .iter()
+                    .zip(weights)
+                    .map(|(l, w)| w * (*l as f64).powi(k))
+                    .sum::<f64>()
+                    / total
+            };
+            LengthStats {
+                mean: m(1),
+                mean_sq: m(2),
+            }
+        }
         ResponseLength::Fixed(n) => LengthStats {
             mean: n as f64,
             mean_sq: (n * n) as f64,
@@ -130,6 +161,20 @@ pub fn length_stats(r: &ResponseLength) -> LengthStats {
 /// `E[max of batch lengths]`: the decode steps of a static batch.
 pub fn expected_max(r: &ResponseLength, batch: u64) -> f64 {
     match *r {
+        ResponseLength::Histogram { ref lengths, .. } => {
+            // E[max] = Σ_k l_k·(F(l_k)^b − F(l_{k−1})^b) over the distinct lengths in increasing order.
+            let mut ls = lengths.clone();
+            ls.sort_unstable();
+            ls.dedup();
+            let mut prev = 0.0;
+            let mut e = 0.0;
+            for l in ls {
+                let f = cdf(r, l as f64).powf(batch as f64);
+                e += l as f64 * (f - prev);
+                prev = f;
+            }
+            e
+        }
         ResponseLength::Fixed(n) => n as f64,
         ResponseLength::Lognormal { max, .. } => simpson(max as f64, |x| 1.0 - cdf(r, x).powf(batch as f64)),
     }
