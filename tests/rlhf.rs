@@ -48,6 +48,18 @@ fn rlhf_phases_add_up_and_memory_is_per_role() {
             let b = value(&m, &format!("memory_per_gpu.{role}"));
             assert!(b > 0.0 && b < 80e9, "{name}: {role} {b}");
         }
+        if name == "rlhf-70b-colocated" {
+            // The resident sum: every role's bytes plus the rollout's KV cache (its weights are the actor's).
+            let roles: f64 = ["actor", "critic", "reference", "reward"]
+                .iter()
+                .map(|r| value(&m, &format!("memory_per_gpu.{r}")))
+                .sum();
+            let sum = value(&m, "memory_per_gpu.colocated_sum");
+            let rollout = value(&m, "memory_per_gpu.rollout");
+            assert!(sum > roles && sum < roles + rollout, "{sum} vs roles {roles} + rollout {rollout}");
+        } else {
+            assert!(!m.iter().any(|x| x.name == "memory_per_gpu.colocated_sum"));
+        }
         let share = value(&m, "generation_share");
         assert!(share > 0.0 && share < 1.0, "{name}: {share}");
         assert!((value(&m, "gpu_hours_per_iteration") - t * 64.0 / 3600.0).abs() < 1e-9 * t);

@@ -528,6 +528,20 @@ impl RlhfAnalytical {
             _ => s,
         };
         memory.sort_by(|a, b| a.0.cmp(&b.0));
+        if colocated {
+            // Everything resident on one GPU when the roles share it: the trained roles' peaks, the frozen roles'
+            // weights and the rollout's KV cache (its weights are the actor's, resharded in place). An upper bound:
+            // it assumes the KV cache is kept during training (no offload or free between phases). Reported, not
+            // yet checked against the GPU's memory (see the README's Not-done bullet).
+            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            let resident = memory
+                .iter()
+                .filter(|(r, _)| r != "rollout")
+                .map(|(_, b)| *b)
+                .sum::<f64>()
+                + kv;
+            memory.push(("colocated_sum".to_string(), resident));
+        }
         // Off-policy: generation (and sync) of the next iteration runs while this one is scored and trained; in
         // steady state an iteration takes max(G + S, E + T + S), hiding min(G, E + T).
         let overlap_s = if w.off_policy {
