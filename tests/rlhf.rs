@@ -56,7 +56,10 @@ fn rlhf_phases_add_up_and_memory_is_per_role() {
                 .sum();
             let sum = value(&m, "memory_per_gpu.colocated_sum");
             let rollout = value(&m, "memory_per_gpu.rollout");
-            assert!(sum > roles && sum < roles + rollout, "{sum} vs roles {roles} + rollout {rollout}");
+            assert!(
+                sum > roles && sum < roles + rollout,
+                "{sum} vs roles {roles} + rollout {rollout}"
+            );
         } else {
             assert!(!m.iter().any(|x| x.name == "memory_per_gpu.colocated_sum"));
         }
@@ -219,17 +222,30 @@ fn rlhf_cpu_backend_and_calibration_end_to_end() {
     let scen = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rlhf-70b-colocated.toml");
     let d = tmpdir("cal");
     let out = Command::new(exe)
-        .args(["calibrate", "--workload", "rlhf_iteration", "--quick", "--json", "--out"])
+        .args([
+            "calibrate",
+            "--workload",
+            "rlhf_iteration",
+            "--quick",
+            "--json",
+            "--out",
+        ])
         .arg(&d)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let text = j.to_string();
-    assert!(text.contains("time.generation") && text.contains("time.training"), "{text}");
+    assert!(
+        text.contains("time.generation") && text.contains("time.training"),
+        "{text}"
+    );
     let prof = d.join("profile-rlhf_iteration-cpu.toml");
     let p = std::fs::read_to_string(&prof).expect("profile written");
-    assert!(p.contains("kind = \"rlhf_iteration\"") && p.contains("s_per_flop"), "{p}");
+    assert!(
+        p.contains("kind = \"rlhf_iteration\"") && p.contains("s_per_flop"),
+        "{p}"
+    );
     let csv = std::fs::read_to_string(d.join("calibration-rlhf_iteration-cpu.csv")).expect("records");
     // 6 sizes x 3 phases, measured and calibrated.
     assert!(csv.lines().count() > 36, "{csv}");
@@ -253,7 +269,10 @@ fn rlhf_cpu_backend_and_calibration_end_to_end() {
     for b in ["\"cpu\"", "\"analytical\"", "\"simulated\""] {
         assert!(cpu_group.contains(b), "{b} answers the scaled workload: {cpu_group}");
     }
-    assert!(!groups[0]["backends"].to_string().contains("\"measured\""), "no measured answer to a 70B job: {s}");
+    assert!(
+        !groups[0]["backends"].to_string().contains("\"measured\""),
+        "no measured answer to a 70B job: {s}"
+    );
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -269,7 +288,10 @@ fn rlhf_histogram_lengths_by_hand_and_in_both_models() {
     };
     let st = length_stats(&h);
     // E[R] = (3·100 + 1000)/4 = 325; E[R²] = (3·10⁴ + 10⁶)/4 = 257,500.
-    assert!((st.mean - 325.0).abs() < 1e-9 && (st.mean_sq - 257_500.0).abs() < 1e-6, "{st:?}");
+    assert!(
+        (st.mean - 325.0).abs() < 1e-9 && (st.mean_sq - 257_500.0).abs() < 1e-6,
+        "{st:?}"
+    );
     // Batch of 2: P(max = 100) = 0.75² = 0.5625, E[max] = 100·0.5625 + 1000·0.4375 = 493.75.
     assert!((expected_max(&h, 2) - 493.75).abs() < 1e-9);
     assert!((expected_max(&h, 1) - 325.0).abs() < 1e-9);

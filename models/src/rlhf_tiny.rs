@@ -247,7 +247,10 @@ mod tests {
         let s = size(32.0, 64.0);
         assert_eq!(counts_for(Algorithm::Ppo, &s, 1.0), counts(&s));
         let d = counts_for(Algorithm::Dpo, &s, 1.0);
-        assert_eq!(d, [(0.0, 0.0), (2.0 * 512.0 * 6144.0, 1.0), (6.0 * 512.0 * 6144.0, 1.0)]);
+        assert_eq!(
+            d,
+            [(0.0, 0.0), (2.0 * 512.0 * 6144.0, 1.0), (6.0 * 512.0 * 6144.0, 1.0)]
+        );
         let r = counts_for(Algorithm::RejectionSampling, &s, 4.0);
         assert_eq!(r[0], (16.0 * 4.0 * 32.0 * 6144.0, 16.0));
         assert_eq!(r[1], (0.0, 1.0));
@@ -270,7 +273,12 @@ mod tests {
             },
             ..p
         };
-        assert!(bad.validate("profile.params").unwrap_err().to_string().contains("profile.params.cost"));
+        assert!(
+            bad.validate("profile.params")
+                .unwrap_err()
+                .to_string()
+                .contains("profile.params.cost")
+        );
     }
 
     #[test]

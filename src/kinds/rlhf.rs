@@ -79,9 +79,7 @@ pub fn on_cpu(w: &RlhfIteration) -> Option<RlhfIteration> {
 }
 
 fn cpu_profile(o: &Opts) -> Result<Option<Profile<CpuPhaseProfile>>, Error> {
-    let p = o
-        .profiles
-        .get_one::<CpuPhaseProfile>("rlhf_iteration", |_| true)?;
+    let p = o.profiles.get_one::<CpuPhaseProfile>("rlhf_iteration", |_| true)?;
     if let Some(p) = &p {
         p.params.validate("profile.params")?;
     }
@@ -397,7 +395,12 @@ mod tests {
 
     #[test]
     fn the_cpu_run_answers_a_bounded_scaled_workload() {
-        for name in ["rlhf-70b-colocated", "rlhf-70b-disaggregated", "rlhf-70b-async", "rlhf-openrlhf-13b"] {
+        for name in [
+            "rlhf-70b-colocated",
+            "rlhf-70b-disaggregated",
+            "rlhf-70b-async",
+            "rlhf-openrlhf-13b",
+        ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml"));
             let w: RlhfIteration = trainlab_datasets::scenario::load_file(&path)
                 .and_then(|s| s.workload())
