@@ -60,6 +60,11 @@ fn rlhf_phases_add_up_and_memory_is_per_role() {
                 sum > roles && sum < roles + rollout,
                 "{sum} vs roles {roles} + rollout {rollout}"
             );
+            let have = scenario(name).cluster.gpu.memory_bytes as f64;
+            assert!(
+                sum <= have,
+                "colocated roles searched within the GPU's memory: {sum} > {have}"
+            );
         } else {
             assert!(!m.iter().any(|x| x.name == "memory_per_gpu.colocated_sum"));
         }
@@ -327,4 +332,31 @@ fn rlhf_histogram_lengths_by_hand_and_in_both_models() {
     assert!(occ > 0.2 && occ < 0.9, "occupancy {occ}");
     let (a, b) = (value(&tail, "time.generation"), value(&des, "time.generation"));
     assert!((b / a - 1.0).abs() < 0.25, "simulated {b} vs closed form {a}");
+}
+
+/// Issue 13: colocated, the trained roles get only what the frozen roles and the rollout's KV cache leave; the
+/// OpenRLHF 13B row as shipped (static batches of 24 at TP 1 on 8 A100-80GB) no longer fits, and both backends say
+/// which field to change.
+#[test]
+fn rlhf_colocated_memory_that_does_not_fit_exits_2_naming_the_placement() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rlhf-openrlhf-13b.toml");
+    for backend in ["analytical", "simulated"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+            .args(["run", "--backend", backend])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{backend}: {err}");
+        assert!(
+            err.contains("workload.placement") && err.contains("colocated roles leave"),
+            "{err}"
+        );
+    }
+    // A smaller rollout batch frees KV cache for training: colocated then fits, within the GPU's memory.
+    let mut w = scenario("rlhf-openrlhf-13b");
+    w.generation_batch = 8;
+    let m = metrics(&w);
+    let sum = value(&m, "memory_per_gpu.colocated_sum");
+    assert!(sum <= w.cluster.gpu.memory_bytes as f64, "{sum}");
 }

@@ -383,6 +383,7 @@ fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
 
 /// Training time of `m` on `seqs` packed sequences of `seq_len` tokens, one optimizer step, on `gpus` GPUs, through
 /// the dense step model: `(step time, memory per GPU)`.
+#[allow(clippy::too_many_arguments)]
 fn train(
     w: &RlhfIteration,
     role: &str,
@@ -391,21 +392,35 @@ fn train(
     seq_len: u64,
     gpus: u64,
     profile: Option<&DeviceProfile>,
+    budget: Option<f64>,
 ) -> Result<(f64, f64), Error> {
     let mut model = m.clone();
     model.seq_len = seq_len;
-    let d = DenseTraining::new(
-        model,
-        sub_cluster(&w.cluster, gpus),
-        seqs * seq_len,
-        (seqs * seq_len) as f64,
-        w.dtype,
-    );
-    let best = crate::search::search(&d, profile)
-        .map_err(|e| {
-            e.map_field(|f| format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)"))
-        })?
-        .best;
+    let mut cluster = sub_cluster(&w.cluster, gpus);
+    if let Some(b) = budget {
+        cluster.gpu.memory_bytes = b.max(0.0) as u64;
+    }
+    let d = DenseTraining::new(model, cluster, seqs * seq_len, (seqs * seq_len) as f64, w.dtype);
+    let best = match (crate::search::search(&d, profile), budget) {
+        (Ok(r), _) => r.best,
+        (Err(e), Some(b)) if e.is_user_error() => {
+            return Err(Error::invalid(
+                "workload.placement",
+                "colocated",
+                format!(
+                    "training the {role} ({seqs} sequences of {seq_len} tokens on {gpus} GPUs) fits in no layout \
+                     within the {:.1} GiB per GPU the other colocated roles leave it ({e})",
+                    b / GIB
+                ),
+                "use a disaggregated placement, more nodes, or a smaller generation_batch",
+            ));
+        }
+        (Err(e), _) => {
+            return Err(e.map_field(|f| {
+                format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)")
+            }));
+        }
+    };
     Ok((best.step_time_s, best.memory_per_gpu_bytes))
 }
 
@@ -490,11 +505,43 @@ impl RlhfAnalytical {
             Algorithm::Dpo => (2 * w.prompts, 1),
             Algorithm::RejectionSampling => (w.prompts, 1),
         };
-        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p)?;
+        // Colocated: the trained roles get what the frozen roles' weights and the rollout's KV cache leave of each
+        // GPU, split by parameter count (the rollout's weights are the actor's, resharded in place).
+        let (actor_budget, critic_budget) = if colocated {
+            let have = w.cluster.gpu.memory_bytes as f64;
+            let frozen: f64 = [&w.reference, &w.reward]
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| b * m.params() / gpus as f64)
+                .sum();
+            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            let left = have - frozen - kv;
+            if left <= 0.0 {
+                return Err(Error::invalid(
+                    "workload.generation_batch",
+                    w.generation_batch,
+                    format!(
+                        "colocated, the frozen roles' weights ({:.1} GiB) and the rollout's KV cache ({:.1} GiB) fill \
+                         the {:.0} GiB of a {} before the actor is trained",
+                        frozen / GIB,
+                        kv / GIB,
+                        have / GIB,
+                        w.cluster.gpu.name
+                    ),
+                    "lower generation_batch, add nodes, or use a disaggregated placement",
+                ));
+            }
+            let na = w.actor.params();
+            let nc = w.critic.as_ref().map_or(0.0, |c| c.params());
+            (Some(left * na / (na + nc)), Some(left * nc / (na + nc)))
+        } else {
+            (None, None)
+        };
+        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p, actor_budget)?;
         memory.push(("actor".to_string(), actor_mem));
         let mut training = vec![actor_step * epochs as f64 / eff.training];
         if let Some(c) = &w.critic {
-            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p)?;
+            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p, critic_budget)?;
             memory.push(("critic".to_string(), mem));
             training.push(step * epochs as f64 / eff.training);
         }
@@ -531,8 +578,8 @@ impl RlhfAnalytical {
         if colocated {
             // Everything resident on one GPU when the roles share it: the trained roles' peaks, the frozen roles'
             // weights and the rollout's KV cache (its weights are the actor's, resharded in place). An upper bound:
-            // it assumes the KV cache is kept during training (no offload or free between phases). Reported, not
-            // yet checked against the GPU's memory (see the README's Not-done bullet).
+            // it assumes the KV cache is kept during training (no offload or free between phases). The trained roles
+            // were searched within what the others leave, so the sum fits by construction.
             let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
             let resident = memory
                 .iter()
