@@ -194,6 +194,17 @@ pub static KIND: KindDef<RlhfIteration> = KindDef {
             Placement::Disaggregated { .. } if w.off_policy => "disaggregated, off-policy".to_string(),
             Placement::Disaggregated { .. } => "disaggregated".to_string(),
         };
+        if w.cluster.gpu.name == "cpu" {
+            return format!(
+                "{} on this CPU, the n-gram policy standing in for the transformer (hidden {}, vocab {}, {} prompts, \
+                 {} response tokens)",
+                w.algorithm.as_str(),
+                w.actor.hidden,
+                w.actor.vocab,
+                w.prompts,
+                w.response.max()
+            );
+        }
         format!("{} on {} GPUs, {p}", w.algorithm.as_str(), w.cluster.gpus())
     },
     profiled: |o, w| {
