@@ -100,6 +100,7 @@ const KINDS_CAL: &[&str] = &[
     "contrastive_pretrain",
     "distillation",
     "recsys_step",
+    "rlhf_iteration",
 ];
 
 const FIT: &str = "fit dcpt @CSV --starts=1";

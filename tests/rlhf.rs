@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainlab_core::workloads::rlhf::{Algorithm, ResponseLength, RlhfIteration};
-use trainlab_core::{Backend, Metric, Outcome, RunCtx, Seed};
+use trainlab_core::{Backend, Metric, Outcome, RunCtx, Seed, Workload};
 use trainlab_models::rlhf::RlhfAnalytical;
 
 fn scenario(name: &str) -> RlhfIteration {
@@ -47,6 +47,26 @@ fn rlhf_phases_add_up_and_memory_is_per_role() {
         for role in ["actor", "critic", "reference", "reward", "rollout"] {
             let b = value(&m, &format!("memory_per_gpu.{role}"));
             assert!(b > 0.0 && b < 80e9, "{name}: {role} {b}");
+        }
+        if name == "rlhf-70b-colocated" {
+            // The resident sum: every role's bytes plus the rollout's KV cache (its weights are the actor's).
+            let roles: f64 = ["actor", "critic", "reference", "reward"]
+                .iter()
+                .map(|r| value(&m, &format!("memory_per_gpu.{r}")))
+                .sum();
+            let sum = value(&m, "memory_per_gpu.colocated_sum");
+            let rollout = value(&m, "memory_per_gpu.rollout");
+            assert!(
+                sum > roles && sum < roles + rollout,
+                "{sum} vs roles {roles} + rollout {rollout}"
+            );
+            let have = scenario(name).cluster.gpu.memory_bytes as f64;
+            assert!(
+                sum <= have,
+                "colocated roles searched within the GPU's memory: {sum} > {have}"
+            );
+        } else {
+            assert!(!m.iter().any(|x| x.name == "memory_per_gpu.colocated_sum"));
         }
         let share = value(&m, "generation_share");
         assert!(share > 0.0 && share < 1.0, "{name}: {share}");
@@ -155,6 +175,31 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             "workload.off_policy",
         ),
         (&colo, "mean = 600.0", "mean = 0.0", "workload.response.lognormal.mean"),
+        // Histogram lengths: a negative weight, no mass at all, a zero length, mismatched bins.
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [1.0, -0.5] }",
+            "workload.response.histogram.weights[1]",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [0.0, 0.0] }",
+            "workload.response.histogram.weights",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [0, 900], weights = [1.0, 1.0] }",
+            "workload.response.histogram.lengths[0]",
+        ),
+        (
+            &colo,
+            "lognormal = { mean = 600.0, sigma = 0.8, max = 2048 }",
+            "histogram = { lengths = [100, 900], weights = [1.0] }",
+            "workload.response.histogram.weights",
+        ),
     ] {
         assert!(base.contains(from), "{from}");
         let p = d.join("bad.toml");
@@ -170,4 +215,151 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             assert!(err.contains(field), "{backend} {field}: {err}");
         }
     }
+}
+
+/// Issue 13: the `cpu` backend answers a scaled workload in its own group, with the closed form and the simulator
+/// beside it; `calibrate --workload rlhf_iteration --quick` measures, fits and writes a profile that `analytical` then
+/// reads for that cpu workload. No timing bound (a loaded shared machine): the held-out rows exist, are positive and
+/// finite, and the profiled model answers.
+#[test]
+fn rlhf_cpu_backend_and_calibration_end_to_end() {
+    let exe = env!("CARGO_BIN_EXE_trainlab");
+    let scen = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rlhf-70b-colocated.toml");
+    let d = tmpdir("cal");
+    let out = Command::new(exe)
+        .args([
+            "calibrate",
+            "--workload",
+            "rlhf_iteration",
+            "--quick",
+            "--json",
+            "--out",
+        ])
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let text = j.to_string();
+    assert!(
+        text.contains("time.generation") && text.contains("time.training"),
+        "{text}"
+    );
+    let prof = d.join("profile-rlhf_iteration-cpu.toml");
+    let p = std::fs::read_to_string(&prof).expect("profile written");
+    assert!(
+        p.contains("kind = \"rlhf_iteration\"") && p.contains("s_per_flop"),
+        "{p}"
+    );
+    let csv = std::fs::read_to_string(d.join("calibration-rlhf_iteration-cpu.csv")).expect("records");
+    // 6 sizes x 3 phases, measured and calibrated.
+    assert!(csv.lines().count() > 36, "{csv}");
+    let err = j["held_out_median_abs_error"].as_f64().expect("median error");
+    assert!(err.is_finite() && err >= 0.0, "{err}");
+
+    let out = Command::new(exe)
+        .args(["compare", "--quick", "--json", "--profile"])
+        .arg(&prof)
+        .arg(&scen)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let j: serde_json::Value = serde_json::from_str(&s).expect("json");
+    let groups = j["workloads"].as_array().unwrap_or_else(|| panic!("workloads in {s}"));
+    assert_eq!(groups.len(), 2, "the asked workload and the cpu-scaled one: {s}");
+    assert_eq!(groups[1]["reference"], "cpu", "{s}");
+    assert_eq!(groups[1]["scaled_by"], "cpu", "{s}");
+    let cpu_group = groups[1]["backends"].to_string();
+    for b in ["\"cpu\"", "\"analytical\"", "\"simulated\""] {
+        assert!(cpu_group.contains(b), "{b} answers the scaled workload: {cpu_group}");
+    }
+    assert!(
+        !groups[0]["backends"].to_string().contains("\"measured\""),
+        "no measured answer to a 70B job: {s}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// Issue 13: histogram response lengths. The closed form's moments and expected batch maximum by hand, a one-bin
+/// histogram is the fixed length, and a long-tailed histogram costs decode steps in the closed form and the
+/// simulator alike.
+#[test]
+fn rlhf_histogram_lengths_by_hand_and_in_both_models() {
+    use trainlab_models::rlhf::{expected_max, length_stats};
+    let h = ResponseLength::Histogram {
+        lengths: vec![100, 1000],
+        weights: vec![3.0, 1.0],
+    };
+    let st = length_stats(&h);
+    // E[R] = (3·100 + 1000)/4 = 325; E[R²] = (3·10⁴ + 10⁶)/4 = 257,500.
+    assert!(
+        (st.mean - 325.0).abs() < 1e-9 && (st.mean_sq - 257_500.0).abs() < 1e-6,
+        "{st:?}"
+    );
+    // Batch of 2: P(max = 100) = 0.75² = 0.5625, E[max] = 100·0.5625 + 1000·0.4375 = 493.75.
+    assert!((expected_max(&h, 2) - 493.75).abs() < 1e-9);
+    assert!((expected_max(&h, 1) - 325.0).abs() < 1e-9);
+    assert_eq!(h.max(), 1000);
+
+    let mut w = scenario("rlhf-70b-colocated");
+    w.response = ResponseLength::Fixed(600);
+    let fixed = metrics(&w);
+    w.response = ResponseLength::Histogram {
+        lengths: vec![600],
+        weights: vec![2.5],
+    };
+    w.validate().unwrap();
+    assert_eq!(metrics(&w), fixed, "a one-bin histogram is the fixed length");
+    // Mean 600 with a tail: 90% at 500, 10% at 1,500.
+    w.response = ResponseLength::Histogram {
+        lengths: vec![500, 1500],
+        weights: vec![0.9, 0.1],
+    };
+    w.validate().unwrap();
+    let tail = metrics(&w);
+    assert!(value(&tail, "time.generation.decode") > value(&fixed, "time.generation.decode"));
+    let des = trainlab_sim::rlhf::RlhfDes {
+        iterations: 4,
+        replications: 2,
+        ..Default::default()
+    }
+    .run(&w, &mut RunCtx::new(Seed(3)))
+    .expect("simulator runs")
+    .metrics();
+    // Sampled lengths: the slots idle while the batch's 1,500-token stragglers finish.
+    let occ = value(&des, "rollout_occupancy");
+    assert!(occ > 0.2 && occ < 0.9, "occupancy {occ}");
+    let (a, b) = (value(&tail, "time.generation"), value(&des, "time.generation"));
+    assert!((b / a - 1.0).abs() < 0.25, "simulated {b} vs closed form {a}");
+}
+
+/// Issue 13: colocated, the trained roles get only what the frozen roles and the rollout's KV cache leave; the
+/// OpenRLHF 13B row with static batches of 24 at TP 1 on 8 A100-80GB (the KV cache alone fits) no longer fits, and both
+/// backends say which field to change; the shipped batch of 12 fits within the GPU's memory.
+#[test]
+fn rlhf_colocated_memory_that_does_not_fit_exits_2_naming_the_placement() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/rlhf-openrlhf-13b.toml");
+    let text = std::fs::read_to_string(&src).unwrap();
+    assert!(text.contains("generation_batch = 12"));
+    let d = tmpdir("colocated");
+    let p = d.join("b24.toml");
+    std::fs::write(&p, text.replace("generation_batch = 12", "generation_batch = 24")).unwrap();
+    for backend in ["analytical", "simulated"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+            .args(["run", "--backend", backend])
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{backend}: {err}");
+        assert!(
+            err.contains("workload.placement") && err.contains("colocated roles leave"),
+            "{err}"
+        );
+    }
+    let w = scenario("rlhf-openrlhf-13b");
+    let m = metrics(&w);
+    let sum = value(&m, "memory_per_gpu.colocated_sum");
+    assert!(sum <= w.cluster.gpu.memory_bytes as f64, "{sum}");
 }

@@ -44,8 +44,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use trainlab_core::error::check;
-use trainlab_core::workloads::rlhf::{Algorithm, Credit, credit_mask};
-use trainlab_core::{Error, Result, Seed, Summary};
+use trainlab_core::workloads::rlhf::{Algorithm, Credit, RlhfIteration, RlhfOutcome, credit_mask};
+use trainlab_core::{Backend, Error, Fidelity, Result, RunCtx, Seed, Summary};
 
 /// The task, the policy and the training hyper-parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1028,6 +1028,21 @@ pub fn measure_ppo_phases(
     seed: Seed,
     cancel: &AtomicBool,
 ) -> Result<[crate::timing::Timing; 3]> {
+    measure_phases(cfg, Algorithm::Ppo, warmup, iterations, seed, cancel)
+}
+
+/// [`measure_ppo_phases`] for any algorithm, with segment credit. DPO: each iteration computes the reference
+/// log-probs of its `cfg.batch` pairs (experience making; the pair data has `cfg.batch` pairs) and trains one step
+/// on a batch drawn from them; it generates nothing (generation 0). Rejection sampling: `samples_per_prompt`
+/// responses per prompt, scored exactly (no reward-model pass), one supervised step on the best.
+pub fn measure_phases(
+    cfg: &TinyConfig,
+    alg: Algorithm,
+    warmup: usize,
+    iterations: usize,
+    seed: Seed,
+    cancel: &AtomicBool,
+) -> Result<[crate::timing::Timing; 3]> {
     cfg.validate()?;
     check::at_least("rlhf_tiny.iterations", iterations as u64, 1)?;
     let task = Task::new(cfg, seed);
@@ -1037,23 +1052,67 @@ pub fn measure_ppo_phases(
     let mut g = Model::zeros(policy.shape);
     let mut rng = seed.derive("rlhf.measure").rng();
     let credit = credits(1)[2];
+    // DPO's pair data: one batch of pairs, the SFT policy replaced by the fresh reference.
+    let setup = (alg == Algorithm::Dpo).then(|| {
+        let dcfg = TinyConfig {
+            pairs: cfg.batch,
+            ..cfg.clone()
+        };
+        Setup {
+            data: PairData::new(&task, &dcfg, seed),
+            task: task.clone(),
+            sft: reference.clone(),
+        }
+    });
     let mut samples = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..warmup + iterations {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Interrupted);
         }
         let mut ph = Phases::default();
-        ppo_step(
-            &task,
-            &reference,
-            cfg,
-            credit,
-            &mut policy,
-            &mut opt,
-            &mut g,
-            &mut rng,
-            &mut ph,
-        );
+        match (alg, &setup) {
+            (Algorithm::Dpo, Some(setup)) => {
+                let t0 = Instant::now();
+                let ref_lp: Vec<(Vec<f64>, Vec<f64>)> = setup
+                    .data
+                    .pairs
+                    .iter()
+                    .map(|p| {
+                        let (c, t) = task.examples([&p.chosen]);
+                        let (c2, t2) = task.examples([&p.rejected]);
+                        (reference.logp(&c, &t), reference.logp(&c2, &t2))
+                    })
+                    .collect();
+                ph.experience_s += t0.elapsed().as_secs_f64();
+                dpo_step(
+                    setup,
+                    cfg,
+                    credit,
+                    &ref_lp,
+                    &mut policy,
+                    &mut opt,
+                    &mut g,
+                    &mut rng,
+                    &mut ph,
+                );
+            }
+            (Algorithm::RejectionSampling, _) => {
+                rs_step(&task, cfg, credit, &mut policy, &mut opt, &mut g, &mut rng, &mut ph);
+            }
+            _ => {
+                ppo_step(
+                    &task,
+                    &reference,
+                    cfg,
+                    credit,
+                    &mut policy,
+                    &mut opt,
+                    &mut g,
+                    &mut rng,
+                    &mut ph,
+                );
+            }
+        }
         if i >= warmup {
             samples[0].push(ph.generation_s);
             samples[1].push(ph.experience_s);
@@ -1061,6 +1120,99 @@ pub fn measure_ppo_phases(
         }
     }
     Ok(samples.map(crate::timing::Timing::from_samples))
+}
+
+/// Context window of the n-gram policy standing in for the transformer in [`RlhfCpu`].
+pub const CPU_CONTEXT: usize = 2;
+/// Embedding width of the n-gram policy in [`RlhfCpu`].
+pub const CPU_EMBED: usize = 16;
+
+/// The tiny trainer's configuration for an `rlhf_iteration` workload the CPU run answers (already scaled: see
+/// `trainlab::kinds::rlhf::on_cpu`): the actor's `hidden` and `vocab` become the n-gram policy's widths (context
+/// [`CPU_CONTEXT`], embedding [`CPU_EMBED`]; layers, heads and the FFN are not modelled), `prompts` the batch,
+/// the longest response the (fixed) response length.
+pub fn tiny_config_of(w: &RlhfIteration) -> Result<TinyConfig> {
+    check::at_most("workload.actor.hidden", w.actor.hidden, 1 << 14, "a tiny CPU run")?;
+    check::at_most("workload.actor.vocab", w.actor.vocab, 4096, "a tiny CPU run")?;
+    check::at_most("workload.prompts", w.prompts, 4096, "a tiny CPU run")?;
+    check::at_most("workload.response", w.response.max(), 4096, "a tiny CPU run")?;
+    let cfg = TinyConfig {
+        vocab: w.actor.vocab.max(2) as usize,
+        context: CPU_CONTEXT,
+        embed: CPU_EMBED,
+        hidden: w.actor.hidden as usize,
+        prompt_len: (w.prompt_len as usize).max(CPU_CONTEXT),
+        response_len: w.response.max() as usize,
+        batch: w.prompts as usize,
+        pairs: w.prompts as usize,
+        ppo_epochs: w.ppo_epochs as usize,
+        samples_per_prompt: w.samples_per_prompt as usize,
+        sft_steps: 0,
+        ..TinyConfig::default()
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The measured backend `cpu` of `rlhf_iteration`: real iterations of the tiny trainer of this module on this CPU,
+/// the n-gram policy standing in for the transformer (no attention, no KV cache, f64, one thread per matrix
+/// product). Generation (autoregressive sampling) is reported as decode; there is no separate prefill (the fixed
+/// window is recomputed every token) and no weight sync (one process holds every role): both are 0. No critic is
+/// trained (PPO uses a group baseline) and the reward is exact, so the critic and reward passes the closed form
+/// counts do not exist here. Memory per role is not reported (the n-gram's bytes are not the transformer's).
+#[derive(Debug, Clone)]
+pub struct RlhfCpu {
+    /// Untimed iterations first.
+    pub warmup: usize,
+    /// Timed iterations (the median per phase is reported).
+    pub iterations: usize,
+}
+
+impl Default for RlhfCpu {
+    fn default() -> Self {
+        RlhfCpu {
+            warmup: 1,
+            iterations: 3,
+        }
+    }
+}
+
+impl Backend<RlhfIteration> for RlhfCpu {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+    fn fidelity(&self) -> Fidelity {
+        Fidelity::Measured
+    }
+    fn run(&mut self, w: &RlhfIteration, ctx: &mut RunCtx) -> Result<RlhfOutcome> {
+        let cfg = tiny_config_of(w)?;
+        let t = measure_phases(
+            &cfg,
+            w.algorithm,
+            self.warmup,
+            self.iterations.max(1),
+            ctx.seed.derive("rlhf.cpu"),
+            &ctx.cancel,
+        )?;
+        let seqs = if w.algorithm.generates() {
+            w.prompts * w.samples_per_prompt
+        } else {
+            2 * w.prompts
+        };
+        Ok(RlhfOutcome {
+            prefill_s: 0.0,
+            decode_s: t[0].median_s(),
+            experience_s: t[1].median_s(),
+            training_s: t[2].median_s(),
+            sync_s: 0.0,
+            tokens: (seqs * (cfg.prompt_len + cfg.response_len) as u64) as f64,
+            gpus: 1,
+            memory_per_gpu: Vec::new(),
+            overlap_s: 0.0,
+            rollout_occupancy: if w.algorithm.generates() { 1.0 } else { 0.0 },
+            iteration_time_ci: None,
+        })
+    }
 }
 
 /// The phase model's size of `cfg`.

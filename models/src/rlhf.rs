@@ -82,6 +82,19 @@ fn erfc(x: f64) -> f64 {
 /// CDF of the response length at `x` tokens (before truncation).
 fn cdf(r: &ResponseLength, x: f64) -> f64 {
     match *r {
+        ResponseLength::Histogram {
+            ref lengths,
+            ref weights,
+        } => {
+            let total: f64 = weights.iter().sum();
+            lengths
+                .iter()
+                .zip(weights)
+                .filter(|(l, _)| **l as f64 <= x)
+                .map(|(_, w)| w)
+                .sum::<f64>()
+                / total
+        }
         ResponseLength::Fixed(n) => {
             if x >= n as f64 {
                 1.0
@@ -113,6 +126,24 @@ fn simpson(max: f64, f: impl Fn(f64) -> f64) -> f64 {
 /// `E[R]` and `E[R²]` of the truncated length.
 pub fn length_stats(r: &ResponseLength) -> LengthStats {
     match *r {
+        ResponseLength::Histogram {
+            ref lengths,
+            ref weights,
+        } => {
+            let total: f64 = weights.iter().sum();
+            let m = |k: i32| -> f64 {
+                lengths
+                    .iter()
+                    .zip(weights)
+                    .map(|(l, w)| w * (*l as f64).powi(k))
+                    .sum::<f64>()
+                    / total
+            };
+            LengthStats {
+                mean: m(1),
+                mean_sq: m(2),
+            }
+        }
         ResponseLength::Fixed(n) => LengthStats {
             mean: n as f64,
             mean_sq: (n * n) as f64,
@@ -130,6 +161,20 @@ pub fn length_stats(r: &ResponseLength) -> LengthStats {
 /// `E[max of batch lengths]`: the decode steps of a static batch.
 pub fn expected_max(r: &ResponseLength, batch: u64) -> f64 {
     match *r {
+        ResponseLength::Histogram { ref lengths, .. } => {
+            // E[max] = Σ_k l_k·(F(l_k)^b − F(l_{k−1})^b) over the distinct lengths in increasing order.
+            let mut ls = lengths.clone();
+            ls.sort_unstable();
+            ls.dedup();
+            let mut prev = 0.0;
+            let mut e = 0.0;
+            for l in ls {
+                let f = cdf(r, l as f64).powf(batch as f64);
+                e += l as f64 * (f - prev);
+                prev = f;
+            }
+            e
+        }
         ResponseLength::Fixed(n) => n as f64,
         ResponseLength::Lognormal { max, .. } => simpson(max as f64, |x| 1.0 - cdf(r, x).powf(batch as f64)),
     }
@@ -338,6 +383,7 @@ fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
 
 /// Training time of `m` on `seqs` packed sequences of `seq_len` tokens, one optimizer step, on `gpus` GPUs, through
 /// the dense step model: `(step time, memory per GPU)`.
+#[allow(clippy::too_many_arguments)]
 fn train(
     w: &RlhfIteration,
     role: &str,
@@ -346,21 +392,35 @@ fn train(
     seq_len: u64,
     gpus: u64,
     profile: Option<&DeviceProfile>,
+    budget: Option<f64>,
 ) -> Result<(f64, f64), Error> {
     let mut model = m.clone();
     model.seq_len = seq_len;
-    let d = DenseTraining::new(
-        model,
-        sub_cluster(&w.cluster, gpus),
-        seqs * seq_len,
-        (seqs * seq_len) as f64,
-        w.dtype,
-    );
-    let best = crate::search::search(&d, profile)
-        .map_err(|e| {
-            e.map_field(|f| format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)"))
-        })?
-        .best;
+    let mut cluster = sub_cluster(&w.cluster, gpus);
+    if let Some(b) = budget {
+        cluster.gpu.memory_bytes = b.max(0.0) as u64;
+    }
+    let d = DenseTraining::new(model, cluster, seqs * seq_len, (seqs * seq_len) as f64, w.dtype);
+    let best = match (crate::search::search(&d, profile), budget) {
+        (Ok(r), _) => r.best,
+        (Err(e), Some(b)) if e.is_user_error() => {
+            return Err(Error::invalid(
+                "workload.placement",
+                "colocated",
+                format!(
+                    "training the {role} ({seqs} sequences of {seq_len} tokens on {gpus} GPUs) fits in no layout \
+                     within the {:.1} GiB per GPU the other colocated roles leave it ({e})",
+                    b / GIB
+                ),
+                "use a disaggregated placement, more nodes, or a smaller generation_batch",
+            ));
+        }
+        (Err(e), _) => {
+            return Err(e.map_field(|f| {
+                format!("{f} (training the {role}: {seqs} sequences of {seq_len} tokens on {gpus} GPUs)")
+            }));
+        }
+    };
     Ok((best.step_time_s, best.memory_per_gpu_bytes))
 }
 
@@ -445,11 +505,43 @@ impl RlhfAnalytical {
             Algorithm::Dpo => (2 * w.prompts, 1),
             Algorithm::RejectionSampling => (w.prompts, 1),
         };
-        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p)?;
+        // Colocated: the trained roles get what the frozen roles' weights and the rollout's KV cache leave of each
+        // GPU, split by parameter count (the rollout's weights are the actor's, resharded in place).
+        let (actor_budget, critic_budget) = if colocated {
+            let have = w.cluster.gpu.memory_bytes as f64;
+            let frozen: f64 = [&w.reference, &w.reward]
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| b * m.params() / gpus as f64)
+                .sum();
+            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            let left = have - frozen - kv;
+            if left <= 0.0 {
+                return Err(Error::invalid(
+                    "workload.generation_batch",
+                    w.generation_batch,
+                    format!(
+                        "colocated, the frozen roles' weights ({:.1} GiB) and the rollout's KV cache ({:.1} GiB) fill \
+                         the {:.0} GiB of a {} before the actor is trained",
+                        frozen / GIB,
+                        kv / GIB,
+                        have / GIB,
+                        w.cluster.gpu.name
+                    ),
+                    "lower generation_batch, add nodes, or use a disaggregated placement",
+                ));
+            }
+            let na = w.actor.params();
+            let nc = w.critic.as_ref().map_or(0.0, |c| c.params());
+            (Some(left * na / (na + nc)), Some(left * nc / (na + nc)))
+        } else {
+            (None, None)
+        };
+        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p, actor_budget)?;
         memory.push(("actor".to_string(), actor_mem));
         let mut training = vec![actor_step * epochs as f64 / eff.training];
         if let Some(c) = &w.critic {
-            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p)?;
+            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p, critic_budget)?;
             memory.push(("critic".to_string(), mem));
             training.push(step * epochs as f64 / eff.training);
         }
@@ -483,6 +575,20 @@ impl RlhfAnalytical {
             _ => s,
         };
         memory.sort_by(|a, b| a.0.cmp(&b.0));
+        if colocated {
+            // Everything resident on one GPU when the roles share it: the trained roles' peaks, the frozen roles'
+            // weights and the rollout's KV cache (its weights are the actor's, resharded in place). An upper bound:
+            // it assumes the KV cache is kept during training (no offload or free between phases). The trained roles
+            // were searched within what the others leave, so the sum fits by construction.
+            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            let resident = memory
+                .iter()
+                .filter(|(r, _)| r != "rollout")
+                .map(|(_, b)| *b)
+                .sum::<f64>()
+                + kv;
+            memory.push(("colocated_sum".to_string(), resident));
+        }
         // Off-policy: generation (and sync) of the next iteration runs while this one is scored and trained; in
         // steady state an iteration takes max(G + S, E + T + S), hiding min(G, E + T).
         let overlap_s = if w.off_policy {

@@ -8,7 +8,14 @@
 //!   `T·B·f` FLOPs, T passes;
 //! - experience making: old-policy and reference log-probs over the B·T response tokens: `2·B·T·f`, 2 passes;
 //! - training: `e` forward and backward passes over B·T tokens: `3·e·B·T·f`, `e` passes.
+//!
+//! DPO and rejection sampling reuse the PPO-fitted constants with their own counts ([`counts_for`]): DPO has no
+//! generation, one reference pass over the chosen and rejected responses (2·B·T rows) and one training pass over them;
+//! rejection sampling generates K responses per prompt (T passes over K·B rows), scores them without a forward pass
+//! (the reward is exact: only the per-pass overhead) and trains one pass on the best B responses. The calibration
+//! measures PPO only, so these two are predictions the profile was not fitted to.
 use serde::{Deserialize, Serialize};
+use trainlab_core::workloads::rlhf::Algorithm;
 use trainlab_core::{Error, HeldOut};
 
 /// The sizes of one tiny PPO iteration.
@@ -42,6 +49,63 @@ pub fn counts(s: &TinySize) -> [(f64, f64); 3] {
         (2.0 * rows * f, 2.0),
         (3.0 * s.ppo_epochs * rows * f, s.ppo_epochs),
     ]
+}
+
+/// Per phase, matrix FLOPs and passes of one iteration of `alg` (`samples`: responses per prompt, rejection
+/// sampling's K; PPO is [`counts`]).
+pub fn counts_for(alg: Algorithm, s: &TinySize, samples: f64) -> [(f64, f64); 3] {
+    let f = 2.0 * (s.context * s.embed * s.hidden + s.hidden * s.vocab);
+    let rows = s.batch * s.response_len;
+    match alg {
+        Algorithm::Ppo => counts(s),
+        Algorithm::Dpo => [(0.0, 0.0), (2.0 * rows * f, 1.0), (3.0 * 2.0 * rows * f, 1.0)],
+        Algorithm::RejectionSampling => [
+            (s.response_len * samples * s.batch * f, s.response_len),
+            (0.0, 1.0),
+            (3.0 * rows * f, 1.0),
+        ],
+    }
+}
+
+/// The `rlhf_iteration` calibration profile (device `cpu`): the phase constants fitted on this CPU and the n-gram
+/// policy's fixed context and embedding width the sizes were measured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CpuPhaseProfile {
+    /// The device measured (`cpu`).
+    pub device: String,
+    /// Context window c of the measured policy.
+    pub context: f64,
+    /// Embedding width E of the measured policy.
+    pub embed: f64,
+    /// The fitted constants.
+    pub cost: PhaseCost,
+}
+
+impl CpuPhaseProfile {
+    /// Checks the constants (field paths under `path`).
+    pub fn validate(&self, path: &str) -> Result<(), Error> {
+        let bad = self
+            .cost
+            .s_per_flop
+            .iter()
+            .chain(&self.cost.overhead_s)
+            .any(|x| !x.is_finite() || *x < 0.0);
+        if bad || !(self.context > 0.0 && self.embed > 0.0) {
+            return Err(Error::invalid(
+                format!("{path}.cost"),
+                format!("{:?}", self.cost),
+                "phase constants must be finite and non-negative, context and embed positive",
+                "rerun `trainlab calibrate --workload rlhf_iteration`",
+            ));
+        }
+        Ok(())
+    }
+    /// Predicted seconds per phase (generation, experience, training) of one iteration of `alg`.
+    pub fn predict(&self, alg: Algorithm, s: &TinySize, samples: f64) -> [f64; 3] {
+        let c = counts_for(alg, s, samples);
+        std::array::from_fn(|i| self.cost.s_per_flop[i] * c[i].0 + self.cost.overhead_s[i] * c[i].1)
+    }
 }
 
 /// Fitted constants per phase.
@@ -175,6 +239,46 @@ mod tests {
         assert_eq!(c[0], (16.0 * 32.0 * 6144.0, 16.0));
         assert_eq!(c[1], (2.0 * 512.0 * 6144.0, 2.0));
         assert_eq!(c[2], (3.0 * 2.0 * 512.0 * 6144.0, 2.0));
+    }
+
+    #[test]
+    fn counts_of_the_other_algorithms_by_hand() {
+        // f = 6144, B·T = 512 (as above); K = 4 samples.
+        let s = size(32.0, 64.0);
+        assert_eq!(counts_for(Algorithm::Ppo, &s, 1.0), counts(&s));
+        let d = counts_for(Algorithm::Dpo, &s, 1.0);
+        assert_eq!(
+            d,
+            [(0.0, 0.0), (2.0 * 512.0 * 6144.0, 1.0), (6.0 * 512.0 * 6144.0, 1.0)]
+        );
+        let r = counts_for(Algorithm::RejectionSampling, &s, 4.0);
+        assert_eq!(r[0], (16.0 * 4.0 * 32.0 * 6144.0, 16.0));
+        assert_eq!(r[1], (0.0, 1.0));
+        assert_eq!(r[2], (3.0 * 512.0 * 6144.0, 1.0));
+        let p = CpuPhaseProfile {
+            device: "cpu".into(),
+            context: 2.0,
+            embed: 16.0,
+            cost: PhaseCost {
+                s_per_flop: [1e-9; 3],
+                overhead_s: [1e-5; 3],
+            },
+        };
+        assert!(p.validate("p").is_ok());
+        assert_eq!(p.predict(Algorithm::Dpo, &s, 1.0)[0], 0.0);
+        let bad = CpuPhaseProfile {
+            cost: PhaseCost {
+                s_per_flop: [-1.0, 0.0, 0.0],
+                overhead_s: [0.0; 3],
+            },
+            ..p
+        };
+        assert!(
+            bad.validate("profile.params")
+                .unwrap_err()
+                .to_string()
+                .contains("profile.params.cost")
+        );
     }
 
     #[test]

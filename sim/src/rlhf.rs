@@ -37,6 +37,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::engine::Engine;
+use rand::RngExt;
 use rand_distr::{Distribution, LogNormal};
 use trainlab_core::seed::Rng;
 use trainlab_core::stats::Summary;
@@ -138,8 +139,25 @@ fn segment(ro: &Rollout, n: u64, c: f64, k: u64) -> f64 {
 
 /// Samples one response length.
 fn sample_len(r: &ResponseLength, dist: Option<&LogNormal<f64>>, rng: &mut Rng) -> u64 {
-    match (*r, dist) {
-        (ResponseLength::Lognormal { max, .. }, Some(d)) => (d.sample(rng).round() as u64).clamp(1, max),
+    match (r, dist) {
+        (&ResponseLength::Lognormal { max, .. }, Some(d)) => (d.sample(rng).round() as u64).clamp(1, max),
+        (ResponseLength::Histogram { lengths, weights }, _) => {
+            let total: f64 = weights.iter().sum();
+            let mut u = rng.random::<f64>() * total;
+            for (l, w) in lengths.iter().zip(weights) {
+                if u < *w {
+                    return *l;
+                }
+                u -= w;
+            }
+            // Rounding left u just past the last bin with mass.
+            lengths
+                .iter()
+                .zip(weights)
+                .rev()
+                .find(|(_, w)| **w > 0.0)
+                .map_or(r.max(), |(l, _)| *l)
+        }
         _ => r.max(),
     }
 }
@@ -163,7 +181,7 @@ pub fn simulate(
             LogNormal::new(mean.ln() - sigma * sigma / 2.0, sigma)
                 .map_err(|e| Error::invalid("workload.response.lognormal", sigma, e.to_string(), "check sigma"))?,
         ),
-        ResponseLength::Fixed(_) => None,
+        ResponseLength::Fixed(_) | ResponseLength::Histogram { .. } => None,
     };
     let mut rng = seed.derive("rlhf-lengths").rng();
     let (exp_s, train_s, sync_s) = (cf.experience_s, cf.training_s, cf.sync_s);

@@ -43,7 +43,7 @@ impl Algorithm {
 }
 
 /// Response lengths in tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ResponseLength {
     /// Every response has this many tokens.
@@ -58,14 +58,23 @@ pub enum ResponseLength {
         /// Generation limit (max new tokens).
         max: u64,
     },
+    /// An empirical distribution: `lengths[i]` tokens with probability `weights[i] / Σ weights` (e.g. the length
+    /// histogram of a logged rollout batch). Weights need not sum to 1.
+    Histogram {
+        /// Bin lengths, tokens.
+        lengths: Vec<u64>,
+        /// Bin weights (non-negative, not all zero).
+        weights: Vec<f64>,
+    },
 }
 
 impl ResponseLength {
     /// The longest response.
     pub fn max(&self) -> u64 {
-        match *self {
-            ResponseLength::Fixed(r) => r,
-            ResponseLength::Lognormal { max, .. } => max,
+        match self {
+            ResponseLength::Fixed(r) => *r,
+            ResponseLength::Lognormal { max, .. } => *max,
+            ResponseLength::Histogram { lengths, .. } => lengths.iter().copied().max().unwrap_or(0),
         }
     }
 }
@@ -276,12 +285,38 @@ impl Workload for RlhfIteration {
             MAX_TOKENS,
             "beyond any context window",
         )?;
-        match self.response {
-            ResponseLength::Fixed(r) => {
+        match &self.response {
+            ResponseLength::Histogram { lengths, weights } => {
+                let p = "workload.response.histogram";
+                if lengths.is_empty() || lengths.len() != weights.len() {
+                    return Err(Error::invalid(
+                        format!("{p}.weights"),
+                        format!("{} weights for {} lengths", weights.len(), lengths.len()),
+                        "a histogram needs one weight per length and at least one bin",
+                        "give lengths and weights of the same, non-zero, length",
+                    ));
+                }
+                for (i, &l) in lengths.iter().enumerate() {
+                    check::at_least(&format!("{p}.lengths[{i}]"), l, 1)?;
+                    check::at_most(&format!("{p}.lengths[{i}]"), l, MAX_TOKENS, "beyond any context window")?;
+                }
+                for (i, &x) in weights.iter().enumerate() {
+                    check::non_negative_at_most(&format!("{p}.weights[{i}]"), x, f64::MAX, "not a finite weight")?;
+                }
+                if weights.iter().sum::<f64>() <= 0.0 {
+                    return Err(Error::invalid(
+                        format!("{p}.weights"),
+                        format!("{weights:?}"),
+                        "all weights are zero: no length has any mass",
+                        "give at least one bin a positive weight",
+                    ));
+                }
+            }
+            &ResponseLength::Fixed(r) => {
                 check::at_least("workload.response.fixed", r, 1)?;
                 check::at_most("workload.response.fixed", r, MAX_TOKENS, "beyond any context window")?;
             }
-            ResponseLength::Lognormal { mean, sigma, max } => {
+            &ResponseLength::Lognormal { mean, sigma, max } => {
                 check::positive_at_most(
                     "workload.response.lognormal.mean",
                     mean,
