@@ -45,8 +45,13 @@ pub struct ContrastiveCost {
     pub decode_s_per_frame: f64,
     /// Speed-up of `t` decode workers is `1 + eff · (t − 1)`.
     pub decode_parallel_efficiency: f64,
-    /// Seconds per encoder FLOP (forward and backward of the query encoders, forward of the key encoders).
+    /// Seconds per encoder FLOP (forward and backward of the query encoders, forward of the key encoders) at a large
+    /// embedding width.
     pub encoder_s_per_flop: f64,
+    /// The encoders' GEMMs run at `d / (d + half_dim)` of that rate at embedding width `d` (the GEMM law the dense
+    /// model uses: narrow products reuse less of each loaded operand). 0 in profiles written before it was fitted.
+    #[serde(default)]
+    pub encoder_half_dim: f64,
     /// Fixed seconds per contrastive head (per queue, or once in-batch).
     pub logit_overhead_s: f64,
     /// Seconds per logit-GEMM FLOP.
@@ -98,6 +103,7 @@ impl ContrastiveCost {
             1.5,
         )?;
         check::positive(&format!("{path}.encoder_s_per_flop"), self.encoder_s_per_flop)?;
+        check::non_negative(&format!("{path}.encoder_half_dim"), self.encoder_half_dim)?;
         check::non_negative(&format!("{path}.logit_overhead_s"), self.logit_overhead_s)?;
         check::non_negative(&format!("{path}.logit_s_per_flop"), self.logit_s_per_flop)?;
         check::non_negative(
@@ -176,7 +182,7 @@ pub fn step_cost_with(w: &ContrastivePretrain, cost: Option<&ContrastiveCost>) -
     let (encoders_s, logits_s) = match cost {
         None => (encoder_flops / rate, logit_flops / rate),
         Some(c) => (
-            encoder_flops * c.encoder_s_per_flop,
+            encoder_flops * c.encoder_s_per_flop * (1.0 + c.encoder_half_dim / w.embed_dim.max(1) as f64),
             heads * c.logit_overhead_s
                 + logit_flops * c.logit_s_per_flop
                 + logit_elements(w)
