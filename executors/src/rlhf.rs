@@ -1194,24 +1194,11 @@ impl Backend<RlhfIteration> for RlhfCpu {
             ctx.seed.derive("rlhf.cpu"),
             &ctx.cancel,
         )?;
-        let seqs = if w.algorithm.generates() {
-            w.prompts * w.samples_per_prompt
-        } else {
-            2 * w.prompts
-        };
-        Ok(RlhfOutcome {
-            prefill_s: 0.0,
-            decode_s: t[0].median_s(),
-            experience_s: t[1].median_s(),
-            training_s: t[2].median_s(),
-            sync_s: 0.0,
-            tokens: (seqs * (cfg.prompt_len + cfg.response_len) as u64) as f64,
-            gpus: 1,
-            memory_per_gpu: Vec::new(),
-            overlap_s: 0.0,
-            rollout_occupancy: if w.algorithm.generates() { 1.0 } else { 0.0 },
-            iteration_time_ci: None,
-        })
+        Ok(trainlab_models::rlhf_tiny::outcome(
+            w,
+            [t[0].median_s(), t[1].median_s(), t[2].median_s()],
+            (cfg.prompt_len + cfg.response_len) as u64,
+        ))
     }
 }
 

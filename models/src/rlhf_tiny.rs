@@ -15,7 +15,7 @@
 //! (the reward is exact: only the per-pass overhead) and trains one pass on the best B responses. The calibration
 //! measures PPO only, so these two are predictions the profile was not fitted to.
 use serde::{Deserialize, Serialize};
-use trainlab_core::workloads::rlhf::Algorithm;
+use trainlab_core::workloads::rlhf::{Algorithm, RlhfIteration, RlhfOutcome};
 use trainlab_core::{Error, HeldOut};
 
 /// The sizes of one tiny PPO iteration.
@@ -105,6 +105,30 @@ impl CpuPhaseProfile {
     pub fn predict(&self, alg: Algorithm, s: &TinySize, samples: f64) -> [f64; 3] {
         let c = counts_for(alg, s, samples);
         std::array::from_fn(|i| self.cost.s_per_flop[i] * c[i].0 + self.cost.overhead_s[i] * c[i].1)
+    }
+}
+
+/// The answer for one tiny iteration of `w` with phase times `t` (generation, experience, training) and `seq_tokens`
+/// tokens per sequence, measured or predicted: one CPU, no prefill or weight sync (the tiny trainer has neither), no
+/// memory metrics (an n-gram model's bytes are not a transformer's).
+pub fn outcome(w: &RlhfIteration, t: [f64; 3], seq_tokens: u64) -> RlhfOutcome {
+    let seqs = if w.algorithm.generates() {
+        w.prompts * w.samples_per_prompt
+    } else {
+        2 * w.prompts
+    };
+    RlhfOutcome {
+        prefill_s: 0.0,
+        decode_s: t[0],
+        experience_s: t[1],
+        training_s: t[2],
+        sync_s: 0.0,
+        tokens: (seqs * seq_tokens) as f64,
+        gpus: 1,
+        memory_per_gpu: Vec::new(),
+        overlap_s: 0.0,
+        rollout_occupancy: if w.algorithm.generates() { 1.0 } else { 0.0 },
+        iteration_time_ci: None,
     }
 }
 

@@ -118,24 +118,11 @@ impl Backend<RlhfIteration> for Analytical {
         match &self.cpu {
             Some(p) if w.cluster.gpu.name == p.device => {
                 let t = p.predict(w.algorithm, &tiny_size_of(w, p), w.samples_per_prompt as f64);
-                let seqs = if w.algorithm.generates() {
-                    w.prompts * w.samples_per_prompt
-                } else {
-                    2 * w.prompts
-                };
-                Ok(RlhfOutcome {
-                    prefill_s: 0.0,
-                    decode_s: t[0],
-                    experience_s: t[1],
-                    training_s: t[2],
-                    sync_s: 0.0,
-                    tokens: (seqs * (w.prompt_len + w.response.max())) as f64,
-                    gpus: 1,
-                    memory_per_gpu: Vec::new(),
-                    overlap_s: 0.0,
-                    rollout_occupancy: if w.algorithm.generates() { 1.0 } else { 0.0 },
-                    iteration_time_ci: None,
-                })
+                Ok(trainlab_models::rlhf_tiny::outcome(
+                    w,
+                    t,
+                    w.prompt_len + w.response.max(),
+                ))
             }
             _ => self.gpu.run(w, ctx),
         }
