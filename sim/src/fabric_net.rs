@@ -43,13 +43,28 @@ pub struct FlowNetworks {
 
 impl NetworkFactory for FlowNetworks {
     fn network(&self, cluster: &ClusterSpec, seed: Seed) -> Result<Box<dyn Network>, Error> {
-        Ok(Box::new(FlowNetwork {
+        let net = FlowNetwork {
             cluster: cluster.clone(),
             ab: AlphaBetaNetwork::of(cluster),
             spec: *self,
             seed: seed.derive("flow-network"),
             cache: Mutex::new(HashMap::new()),
-        }))
+        };
+        // The fabric of the whole cluster must be one the simulator takes: every group's is a part of it, so a
+        // collective never has to fall back to alpha-beta unannounced.
+        if cluster.nodes > 1 {
+            net.fabric_for(FabricOp::AllReduce, 1, cluster.nodes as u64)
+                .validate()
+                .map_err(|e| {
+                    Error::invalid(
+                        "--network",
+                        self.routing.as_str(),
+                        format!("the fat tree built for this cluster is not one the flow simulator takes: {e}"),
+                        "use --network alpha-beta for this cluster",
+                    )
+                })?;
+        }
+        Ok(Box::new(net))
     }
 }
 
@@ -164,8 +179,8 @@ impl Network for FlowNetwork {
             per_node: 1,
         };
         let (inter_ab, _) = self.ab.collective_time(op, CollectiveAlgo::Ring, bytes / g, across);
-        // The trait has no error path: a fabric that cannot be built for this group (beyond the simulator's size
-        // limits) falls back to alpha-beta for that collective.
+        // The trait has no error path; the factory has checked the whole cluster's fabric, of which every group's is
+        // a part, so this falls back to alpha-beta only on an internal failure.
         match self.inter_time(fop, bytes / g, nodes) {
             Ok(flow) => (total - inter_ab + flow, CollectiveAlgo::Ring),
             Err(_) => (total, CollectiveAlgo::Ring),
