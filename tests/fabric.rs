@@ -85,6 +85,12 @@ fn step_time(args: &[&str]) -> f64 {
     let o = bin().args(args).args(["--json"]).output().unwrap();
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The answer says which network timed it.
+    let net = args
+        .iter()
+        .position(|a| *a == "--network")
+        .map_or("alpha-beta", |i| args[i + 1]);
+    assert_eq!(v["network"], net, "{args:?}");
     v["metrics"]
         .as_array()
         .unwrap()

@@ -91,7 +91,7 @@ pub fn run_one(
     let req = Request {
         only: Some(&only),
         follow_scaled: false,
-        label: &sc.name,
+        label: &network.label(&sc.name),
     };
     let groups = kind.answer(&sc, &opts, &req, &mut c);
     bar.finish_and_clear();
@@ -126,16 +126,21 @@ pub fn run_one(
     };
     let group = &groups[gi];
     let answer = &group.answers[0];
-    let records = group.records(&sc.name, kind.name(), s.0, &[]);
+    let records = group.records(&network.label(&sc.name), kind.name(), s.0, &[]);
     if json {
         let v = serde_json::json!({
-            "scenario": sc.name, "kind": kind.name(), "seed": s.0, "backend": answer.backend,
+            "scenario": sc.name, "kind": kind.name(), "seed": s.0, "network": network.as_str(), "backend": answer.backend,
             "fidelity": answer.fidelity, "profile": answer.profile, "answered": group.workload,
             "scaled_by": group.scaled_by, "metrics": metrics,
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        println!("{} ({}) on {}", answer.backend, answer.fidelity.as_str(), sc.name);
+        println!(
+            "{} ({}) on {}",
+            answer.backend,
+            answer.fidelity.as_str(),
+            network.label(&sc.name)
+        );
         if group.scaled_by.is_some() {
             println!(
                 "note: this backend answers another workload than the one asked: {}",
@@ -230,18 +235,18 @@ pub fn compare(
     let req = Request {
         only: None,
         follow_scaled: true,
-        label: &sc.name,
+        label: &network.label(&sc.name),
     };
     let groups = kind.answer(&sc, &opts, &req, &mut c);
     bar.finish_and_clear();
     let mut groups = groups?;
     let all: Vec<Record> = groups
         .iter()
-        .flat_map(|g| g.records(&sc.name, kind.name(), s.0, &[]))
+        .flat_map(|g| g.records(&network.label(&sc.name), kind.name(), s.0, &[]))
         .collect();
     if json {
         let v = serde_json::json!({
-            "scenario": sc.name, "kind": kind.name(), "seed": s.0, "profile": note,
+            "scenario": sc.name, "kind": kind.name(), "seed": s.0, "network": network.as_str(), "profile": note,
             "workloads": groups.iter().map(|g| serde_json::json!({
                 "label": g.label, "scaled_by": g.scaled_by, "reference": g.reference, "workload": g.workload,
                 "backends": g.answers.iter().map(|a| serde_json::json!({

@@ -118,6 +118,15 @@ impl NetworkChoice {
         }))
     }
 
+    /// The label of an answer under this network: the scenario's name, with the network named when it is not
+    /// alpha-beta (so tables, records and JSON say which network timed the collectives).
+    pub fn label(self, name: &str) -> String {
+        match self {
+            NetworkChoice::AlphaBeta => name.to_string(),
+            _ => format!("{name} (network {})", self.as_str()),
+        }
+    }
+
     /// An input error when `kind` does not use the network model chosen.
     pub fn check_for(self, kind: &str) -> Result<(), Error> {
         if self == NetworkChoice::AlphaBeta || Self::KINDS.contains(&kind) {
