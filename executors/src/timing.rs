@@ -144,55 +144,21 @@ fn stopped() -> Result<(), Error> {
 /// sample so a sample lasts at least `opts.target_sample_s`, at most 1,000,000), then sampled until
 /// `opts.min_samples` and `opts.min_time_s` are both reached or `opts.max_samples` samples are taken.
 /// Each sample is (elapsed / inner) seconds. An error from `f` stops the run and is returned.
-pub fn time_fn<F>(opts: &TimingOpts, mut f: F) -> Result<Timing, Error>
+pub fn time_fn<F>(opts: &TimingOpts, f: F) -> Result<Timing, Error>
 where
     F: FnMut() -> Result<(), Error>,
 {
-    opts.validate("timing")?;
-    for _ in 0..opts.warmup {
-        stopped()?;
-        f()?;
-    }
-    let t0 = Instant::now();
-    f()?;
-    let one = t0.elapsed().as_secs_f64().max(1e-9);
-    let inner = if one >= opts.target_sample_s {
-        1
-    } else {
-        ((opts.target_sample_s / one).ceil() as usize).clamp(1, 1_000_000)
-    };
-    time_samples(opts, || {
-        let t = Instant::now();
-        for _ in 0..inner {
-            f()?;
-        }
-        Ok(t.elapsed().as_secs_f64() / inner as f64)
-    })
+    let origin = Instant::now();
+    time_fn_by(opts, f, || origin.elapsed().as_secs_f64())
 }
 
-/// Seconds the calling thread has spent on a CPU so far (`CLOCK_THREAD_CPUTIME_ID`: its run time, which excludes
-/// the time it waited in the run queue while other processes ran), or `None` where the clock is unavailable.
-pub fn thread_on_cpu_s() -> Option<f64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
-}
-
-/// Like [`time_fn`], but a sample is the calling thread's **on-CPU** seconds per call ([`thread_on_cpu_s`]) instead
-/// of wall-clock seconds, for single-threaded work: on a shared machine whose other processes take turns on the
-/// cores, the time this thread waited in the run queue is not the work's cost. It equals the wall time on an idle
-/// machine; contention for caches and memory bandwidth still shows (it is real work). Falls back to wall time
-/// where the kernel does not expose the thread's run time. `f` must not hand its work to other threads.
-pub fn time_fn_on_cpu<F>(opts: &TimingOpts, mut f: F) -> Result<Timing, Error>
+/// [`time_fn`] on the clock `now` (seconds): warm-up, batching of short calls to `target_sample_s`, sampling.
+fn time_fn_by<F, C>(opts: &TimingOpts, mut f: F, now: C) -> Result<Timing, Error>
 where
     F: FnMut() -> Result<(), Error>,
+    C: Fn() -> f64,
 {
-    if thread_on_cpu_s().is_none() {
-        return time_fn(opts, f);
-    }
     opts.validate("timing")?;
-    let now = || thread_on_cpu_s().unwrap_or(0.0);
     for _ in 0..opts.warmup {
         stopped()?;
         f()?;
@@ -212,6 +178,30 @@ where
         }
         Ok((now() - t) / inner as f64)
     })
+}
+
+/// Seconds the calling thread has spent on a CPU so far (`CLOCK_THREAD_CPUTIME_ID`: its run time, which excludes
+/// the time it waited in the run queue while other processes ran), or `None` where the clock is unavailable.
+pub fn thread_on_cpu_s() -> Option<f64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then_some(ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9)
+}
+
+/// Like [`time_fn`], but a sample is the calling thread's **on-CPU** seconds per call ([`thread_on_cpu_s`]) instead
+/// of wall-clock seconds, for single-threaded work: on a shared machine whose other processes take turns on the
+/// cores, the time this thread waited in the run queue is not the work's cost. It equals the wall time on an idle
+/// machine; contention for caches and memory bandwidth still shows (it is real work). Falls back to wall time
+/// where the kernel does not expose the thread's run time. `f` must not hand its work to other threads.
+pub fn time_fn_on_cpu<F>(opts: &TimingOpts, f: F) -> Result<Timing, Error>
+where
+    F: FnMut() -> Result<(), Error>,
+{
+    if thread_on_cpu_s().is_none() {
+        return time_fn(opts, f);
+    }
+    time_fn_by(opts, f, || thread_on_cpu_s().unwrap_or(0.0))
 }
 
 /// Collects samples from `sample` (which returns seconds per call, measured however it likes, e.g. with CUDA
