@@ -58,6 +58,8 @@ pub struct DenseRun {
     pub gpus: u64,
     /// Tensor-parallel degree.
     pub tp: u64,
+    /// Context-parallel degree (1 = none).
+    pub cp: u64,
     /// Pipeline stages.
     pub pp: u64,
     /// Data-parallel replicas.
@@ -133,7 +135,7 @@ fn field<T: std::str::FromStr>(cols: &[&str], i: usize, name: &str, line: usize)
     })
 }
 
-/// Parses rows in the format of `dense_throughput.csv` (comment lines start with `#`; 24 columns; no quoting).
+/// Parses rows in the format of `dense_throughput.csv` (comment lines start with `#`; 25 columns; no quoting).
 pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
     let mut out = Vec::new();
     for (idx, line) in text.lines().enumerate() {
@@ -143,16 +145,16 @@ pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
             continue;
         }
         let c: Vec<&str> = t.split(',').collect();
-        if c.len() != 24 {
+        if c.len() != 25 {
             return Err(Error::invalid(
                 format!("published/dense_throughput.csv:{ln}"),
                 c.len(),
-                "expected 24 comma-separated columns",
+                "expected 25 comma-separated columns",
                 "fix the embedded CSV",
             ));
         }
         let kv: u64 = field(&c, 6, "kv_heads", ln)?;
-        let recompute = match c[18].trim() {
+        let recompute = match c[19].trim() {
             "full" => Some(Recompute::Full),
             "selective" => Some(Recompute::Selective),
             "none" => Some(Recompute::None),
@@ -166,7 +168,7 @@ pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
                 ));
             }
         };
-        let metric = match c[19].trim() {
+        let metric = match c[20].trim() {
             "tflops_per_gpu" => PublishedMetric::TflopsPerGpu,
             "mfu" => PublishedMetric::Mfu,
             other => {
@@ -178,7 +180,7 @@ pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
                 ));
             }
         };
-        let flops_convention = match c[21].trim() {
+        let flops_convention = match c[22].trim() {
             "megatron_full_recompute" => FlopsConvention::MegatronFullRecompute,
             "model" => FlopsConvention::Model,
             other => {
@@ -206,16 +208,17 @@ pub fn parse_dense_runs(text: &str) -> Result<Vec<DenseRun>, Error> {
             gpus_per_node: field(&c, 12, "gpus_per_node", ln)?,
             gpus: field(&c, 13, "gpus", ln)?,
             tp: field(&c, 14, "tp", ln)?,
-            pp: field(&c, 15, "pp", ln)?,
-            dp: field(&c, 16, "dp", ln)?,
-            global_batch_seqs: field(&c, 17, "global_batch_seqs", ln)?,
+            cp: field(&c, 15, "cp", ln)?,
+            pp: field(&c, 16, "pp", ln)?,
+            dp: field(&c, 17, "dp", ln)?,
+            global_batch_seqs: field(&c, 18, "global_batch_seqs", ln)?,
             recompute,
             metric,
-            value: field(&c, 20, "value", ln)?,
+            value: field(&c, 21, "value", ln)?,
             flops_convention,
-            verified: c[22].trim() == "V",
-            mark: c[22].trim().to_string(),
-            note: c[23].trim().to_string(),
+            verified: c[23].trim() == "V",
+            mark: c[23].trim().to_string(),
+            note: c[24].trim().to_string(),
         });
     }
     Ok(out)
@@ -233,9 +236,9 @@ mod tests {
     #[test]
     fn embedded_rows_are_consistent() {
         let rows = dense_runs().unwrap();
-        assert_eq!(rows.len(), 16);
+        assert_eq!(rows.len(), 21);
         for r in &rows {
-            assert_eq!(r.tp * r.pp * r.dp, r.gpus, "{}", r.model);
+            assert_eq!(r.tp * r.cp * r.pp * r.dp, r.gpus, "{}", r.model);
             assert_eq!(r.gpus % r.gpus_per_node as u64, 0);
             assert_eq!(r.global_batch_seqs % r.dp, 0, "{}", r.model);
             assert!(crate::gpus::preset(&r.gpu).is_some(), "{}", r.gpu);
@@ -246,6 +249,11 @@ mod tests {
         let t = rows.iter().find(|r| r.model == "gpt-1008b").unwrap();
         assert!((t.value * 3072.0 / 1000.0 - 502.0).abs() < 2.0);
         assert!((t.value / 312.0 - 0.52).abs() < 0.01);
+        // MT-NLG: 126 TFLOP/s per GPU under the Megatron convention is the quoted 60.1 s per iteration of 1,920
+        // sequences of 2,048 tokens on 2,240 GPUs
+        let mt = rows.iter().find(|r| r.model == "mt-nlg-530b" && r.gpus == 2240).unwrap();
+        let from_iteration = 1920.0 * 2048.0 / (60.1 * 2240.0);
+        assert!((mt.tokens_per_s_per_gpu(312e12) / from_iteration - 1.0).abs() < 0.01);
         // Megatron's FLOP formula: the 1.7B model at 137 TFLOP/s is 12.4k tokens/s per GPU... check magnitude
         let small = &rows[0];
         let tps = small.tokens_per_s_per_gpu(312e12);

@@ -13,7 +13,8 @@
 //! efficiency), plus memory-bound element-wise work: `2 x` the stored activation bytes of Korthikanti eq. 1-2 (each
 //! written once and read once): `34 sbh / t` with sequence parallelism, `(10 + 24/t) sbh` without (norms and dropout
 //! replicated over the TP ranks); attention is fused unless `attention_scores_materialized` (then the `5as/h sbh` of
-//! scores, softmax and mask are streamed too). Backward is twice the forward. Recomputation adds one more forward
+//! scores, softmax and mask are streamed too). A fused kernel is causal: it computes only the score tiles on or below
+//! the diagonal ([`causal_block_fraction`], about half at long sequences), materialised scores are a full GEMM. Backward is twice the forward. Recomputation adds one more forward
 //! (`Full`) or the attention core only (`Selective`). The first stage also runs the embedding (a memory-bound
 //! gather, and its TP all-reduce), the last the LM head (logits GEMM and fp32 cross-entropy, and the TP all-reduce of
 //! its input gradient).
@@ -454,6 +455,17 @@ pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u6
     peak
 }
 
+/// Query/key tile edge of a fused attention kernel (FlashAttention-2's forward tiles are 64 or 128 wide; 128 assumed).
+const ATTENTION_TILE: f64 = 128.0;
+
+/// Fraction of the `s x s` score tiles a fused causal attention kernel computes: with `n = ceil(s / tile)` tiles a
+/// side, the `n (n + 1) / 2` on or below the diagonal (tiles wholly above it are skipped). With context parallelism
+/// the load-balanced ring (each rank holds a chunk from each end of the sequence) gives every rank the same share.
+pub fn causal_block_fraction(seq_len: f64) -> f64 {
+    let n = (seq_len / ATTENTION_TILE).ceil().max(1.0);
+    (n + 1.0) / (2.0 * n)
+}
+
 /// Whether a modelled peak fits the GPU with [`MEMORY_HEADROOM`] kept free.
 pub fn fits_memory(w: &DenseTraining, bytes: f64) -> bool {
     bytes <= (1.0 - MEMORY_HEADROOM) * w.cluster.gpu.memory_bytes as f64
@@ -487,8 +499,15 @@ pub fn step_costs(
     let law = GemmLaw::of(p, dtype);
     let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| law.matmul_time(mm, nn, kk, batch, eb);
     let qkv = gemm(t, (h + 2.0 * kv * hd) / tpf, h, 1.0);
-    let scores = gemm(s_loc, s, hd, b * a / tpf);
-    let av = gemm(s_loc, hd, s, b * a / tpf);
+    // A fused causal kernel skips the key blocks wholly above the diagonal; materialised scores are a full GEMM
+    // masked afterwards.
+    let causal = if w.attention_scores_materialized {
+        1.0
+    } else {
+        causal_block_fraction(s)
+    };
+    let scores = causal * gemm(s_loc, s, hd, b * a / tpf);
+    let av = causal * gemm(s_loc, hd, s, b * a / tpf);
     let proj = gemm(t, h, h / tpf, 1.0);
     let up = gemm(t, f * if m.gated_ffn { 2.0 } else { 1.0 } / tpf, h, 1.0);
     let down = gemm(t, h, f / tpf, 1.0);
@@ -839,6 +858,7 @@ impl Backend<DenseTraining> for DenseAnalytical {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
     use crate::collectives::tests::cluster;
     use crate::roofline::DATASHEET_GEMM_EFFICIENCY as DATASHEET_BOUND;
     use trainlab_core::Dtype;
@@ -863,6 +883,32 @@ pub(crate) mod tests {
 
     pub(crate) fn cfg(tp: u64, pp: u64, dp: u64, mb: u64, r: Recompute) -> ParallelConfig {
         ParallelConfig::new(tp, pp, dp, mb, r)
+    }
+
+    #[test]
+    fn causal_attention_computes_the_tiles_on_and_below_the_diagonal() {
+        assert_eq!(causal_block_fraction(128.0), 1.0);
+        assert_eq!(causal_block_fraction(256.0), 0.75);
+        assert_eq!(causal_block_fraction(2048.0), 17.0 / 32.0);
+        assert!((causal_block_fraction(131_072.0) - 0.5).abs() < 1e-3);
+        // the fused kernel's attention core is that fraction of the materialised one (same GEMMs, full square)
+        let m = TransformerSpec {
+            seq_len: 32_768,
+            ..llama70b()
+        };
+        let c = cfg(8, 1, 1, 1, Recompute::Full);
+        let fused = DenseTraining::new(m, cluster(1), 32_768, 1e9, Dtype::Bf16);
+        let mat = DenseTraining {
+            attention_scores_materialized: true,
+            ..fused.clone()
+        };
+        let core = |w: &DenseTraining| {
+            let mb = check_config(w, &c).unwrap();
+            let p = datasheet_profile(&w.cluster.gpu);
+            step_costs(w, &c, &p, mb, &AlphaBetaNetwork::of(&w.cluster)).layer.core
+        };
+        let ratio = core(&fused) / core(&mat);
+        assert!((ratio - causal_block_fraction(32_768.0)).abs() < 1e-12, "{ratio}");
     }
 
     #[test]
@@ -922,8 +968,10 @@ pub(crate) mod tests {
         let b = evaluate(&w, &c, &p, mb);
         let m = &w.model;
         let tokens_mb = m.seq_len as f64;
-        // slowest stage: 20 layers + head, over tp = 8
-        let layer_flops = 3.0 * (2.0 * m.layer_params() + 4.0 * m.seq_len as f64 * m.hidden as f64) * tokens_mb / 8.0;
+        // slowest stage: 20 layers + head, over tp = 8; the fused causal kernel computes the score tiles on or below
+        // the diagonal
+        let attn = 4.0 * m.seq_len as f64 * m.hidden as f64 * causal_block_fraction(m.seq_len as f64);
+        let layer_flops = 3.0 * (2.0 * m.layer_params() + attn) * tokens_mb / 8.0;
         let head = 3.0 * 2.0 * (m.vocab * m.hidden) as f64 * tokens_mb / 8.0;
         let expect = (20.0 * layer_flops + head) / p.rate(Dtype::Bf16);
         let got = b.forward_mb_s + b.backward_mb_s;
