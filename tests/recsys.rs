@@ -108,7 +108,7 @@ use trainlab::kinds::recsys::{calibration_sets, cpu_step, fit_with_cache};
 use trainlab_core::Seed;
 use trainlab_core::workloads::RecsysStep;
 use trainlab_core::workloads::recsys::{CachePolicy, FieldGroup, Pooling};
-use trainlab_executors::recsys::{CpuStep, Measured, field_ranks, measure, row_of};
+use trainlab_executors::recsys::{CpuStep, Measured, cache_warmup_draws, field_ranks, measure, row_of};
 use trainlab_models::recsys::{
     RecsysCpuParams, cpu_counts, cpu_embedding_time, cpu_mlp_time, cpu_stage_time, cpu_times,
 };
@@ -204,6 +204,20 @@ fn dedicated_step_time_is_on_cpu_time_within_the_wall_time() {
 #[test]
 fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
     let _serial = serial();
+    for policy in [CachePolicy::StaticTopk, CachePolicy::Lru, CachePolicy::Lfu] {
+        steps_agree_across_packing_and_streams(policy);
+    }
+}
+
+/// With `policy`, packed, interleaved and separate steps give bit-identical MLP inputs and tables after two steps
+/// (with LRU/LFU rows move in and out of the device table, written back when evicted), the same hits, and run the
+/// ops the CPU op model counts.
+fn steps_agree_across_packing_and_streams(policy: CachePolicy) {
+    let small = |packing, m, s| {
+        let mut w = small(packing, m, s);
+        w.cache.policy = policy;
+        w
+    };
     let seed = Seed(9);
     let run = |w: &RecsysStep| {
         let mut st = CpuStep::new(w, seed, 2).unwrap();
@@ -219,10 +233,13 @@ fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
     assert!(t.copies > 0 && t.hits > 0 && t.hits < t.lookups, "{t:?}");
     for (packing, m, s) in [(true, 2, 1), (false, 2, 2), (true, 2, 3)] {
         let (x2, tables2, t2, counts2) = run(&small(packing, m, s));
-        assert_eq!(x2, x, "packing {packing}, {m} micro-batches, {s} streams: MLP input");
+        assert_eq!(
+            x2, x,
+            "{policy:?}, packing {packing}, {m} micro-batches, {s} streams: MLP input"
+        );
         assert_eq!(
             tables2, tables,
-            "packing {packing}, {m} micro-batches, {s} streams: tables after two steps"
+            "{policy:?}, packing {packing}, {m} micro-batches, {s} streams: tables after two steps"
         );
         assert_eq!((t2.hits, t2.lookups), (t.hits, t.lookups));
         assert_eq!(t2.ops as f64, counts2.kernels() + counts2.copy.ops);
@@ -256,6 +273,43 @@ fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
     // And both near the Zipf closed form (1,536 draws: a loose statistical bound).
     let closed = trainlab_models::recsys::static_topk_hit(1000, k, 1.0);
     assert!((sim - closed).abs() < 0.05, "{sim} vs closed form {closed}");
+}
+
+#[test]
+fn lru_and_lfu_measured_hits_equal_the_cache_simulator_on_the_same_ids() {
+    let _serial = serial();
+    for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
+        let mut w = cpu_step(4, false, 0.05, 2, 1);
+        w.cache.policy = policy;
+        w.fields[0].rows = 1000;
+        w.fields[0].ids_per_sample = 3;
+        w.batch = 128;
+        let seed = Seed(3);
+        let mut st = CpuStep::new(&w, seed, 1).unwrap();
+        let t = st.step(&AtomicBool::new(false)).unwrap();
+        let k = w.cached_rows(1000);
+        // each field's id stream: the warm-up draws, then one step's, then the next step's; the simulator on the
+        // same stream, the warm-up not counted
+        let n = 128 * 3;
+        let warm = cache_warmup_draws(k, n);
+        let (mut sim1, mut sim2) = (0u64, 0u64);
+        for f in 0..4 {
+            let ids = field_ranks(seed, f, 1000, 1.0, warm + 2 * n).unwrap();
+            let rate = trainlab_sim::recsys::hit_rate_of(&ids[..warm + n], k, policy, warm);
+            sim1 += (rate * n as f64).round() as u64;
+            let rate = trainlab_sim::recsys::hit_rate_of(&ids, k, policy, warm + n);
+            sim2 += (rate * n as f64).round() as u64;
+        }
+        assert_eq!(t.lookups, 4 * n as u64);
+        assert_eq!(t.hits, sim1, "{policy:?}: measured vs simulated hits, first step");
+        let rate = t.hits as f64 / t.lookups as f64;
+        assert!(rate > 0.1 && rate < 0.9, "{policy:?}: {rate}");
+        // the counts the model reads are the misses of that step
+        assert_eq!(st.counts.hits as u64, t.hits);
+        // the second step looks up fresh ids (a replacing cache would hold a replayed step's ids)
+        let t2 = st.step(&AtomicBool::new(false)).unwrap();
+        assert_eq!(t2.hits, sim2, "{policy:?}: measured vs simulated hits, second step");
+    }
 }
 
 /// 1,000 tiny fields (8 samples, dim 4): per-op costs dominate, so one packed op per step stage beats 1,000 separate

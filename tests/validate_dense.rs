@@ -121,9 +121,8 @@ fn dense_model_matches_published_runs() {
         // runs on 2021-2023 software stacks the model does not describe (no input for missing overlap or fusion):
         // MegaScale's Megatron-LM baseline (the same model, GPUs and layout as MegaScale's own rows), MT-NLG
         // (DeepSpeed + Megatron, 2021) and BLOOM (Megatron-DeepSpeed, 2022)
-        let older_stack = r.note.contains("Megatron-LM baseline")
-            || r.model.starts_with("mt-nlg")
-            || r.model.starts_with("bloom");
+        let older_stack =
+            r.note.contains("Megatron-LM baseline") || r.model.starts_with("mt-nlg") || r.model.starts_with("bloom");
         errors.push((r.model.clone(), r.gpus, err, r.verified, r.mark == "S", older_stack));
     }
     type Row = (String, u64, f64, bool, bool, bool);

@@ -251,7 +251,10 @@ mod tests {
         assert!((t.value / 312.0 - 0.52).abs() < 0.01);
         // MT-NLG: 126 TFLOP/s per GPU under the Megatron convention is the quoted 60.1 s per iteration of 1,920
         // sequences of 2,048 tokens on 2,240 GPUs
-        let mt = rows.iter().find(|r| r.model == "mt-nlg-530b" && r.gpus == 2240).unwrap();
+        let mt = rows
+            .iter()
+            .find(|r| r.model == "mt-nlg-530b" && r.gpus == 2240)
+            .unwrap();
         let from_iteration = 1920.0 * 2048.0 / (60.1 * 2240.0);
         assert!((mt.tokens_per_s_per_gpu(312e12) / from_iteration - 1.0).abs() < 0.01);
         // Megatron's FLOP formula: the 1.7B model at 137 TFLOP/s is 12.4k tokens/s per GPU... check magnitude

@@ -9,7 +9,8 @@
 //! tables concatenated) the executor runs the ops of [`trainlab_models::recsys::cpu_counts`], one at a time, each
 //! timed:
 //! - `copy` (only when some lookup misses the cache): the missed rows are copied from the host table into a staging
-//!   buffer, the stand-in for the PCIe transfer;
+//!   buffer, the stand-in for the PCIe transfer (with `lru` / `lfu` also the caches' decisions and the admitted
+//!   rows' copy into the device table);
 //! - `gather`: every lookup's row, from the "device" table of cached rows (a hit, counted) or from the staging buffer,
 //!   into a `L x d` buffer; `pool`: the sum (or mean) of each sample's rows per field (embedding-bag = gather + pooled
 //!   sum);
@@ -20,8 +21,12 @@
 //! - at the end of the step, per chain and micro-batch, `scatter`: the sparse SGD row update (scatter-add of the
 //!   gradient rows into the cached or host rows), and per MLP layer the SGD update.
 //!
-//! The cache is `static_topk`: the `round(fraction rows)` most popular rows of each table live in a separate
-//! "device" table (LRU and LFU are not implemented here: such a step is [`Error::Unsupported`]).
+//! The cache holds `round(fraction rows)` rows of each table in a separate "device" table. `static_topk`: the most
+//! popular rows, fixed. `lru` / `lfu`: each field's cache is a [`RowCache`] (the state machine the cache simulator
+//! runs) deciding every lookup in order; a miss's row is copied host -> staging and, admitted, staging -> device
+//! after the gather, the evicted row written back to the host table if an update touched it since it was admitted
+//! (write-back). The caches are warmed at construction with one step's lookups, so every step starts from the state
+//! a step leaves (LRU: the same state each time the same ids are replayed).
 //!
 //! # Streams and micro-batches
 //! With one stream every op runs in program order on the calling thread. With `S >= 2` streams the step is a
@@ -44,6 +49,7 @@
 //! [`MLP_FLOP_BUDGET`],
 //! is not what this backend runs: [`scaled_to_budget`] gives the step it runs instead (the kind files that answer
 //! under its own workload).
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -51,6 +57,7 @@ use rand_distr::{Distribution, Zipf};
 use rayon::prelude::*;
 use trainlab_core::workloads::recsys::{CachePolicy, Pooling, RecsysOutcome, RecsysStep};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Summary, Workload};
+use trainlab_models::cache::{Access, RankHash, RankMap, RowCache};
 use trainlab_models::recsys::{CpuCounts, cpu_counts, field_chains};
 
 use crate::cpu::{MatRef, gemm};
@@ -104,6 +111,33 @@ pub fn field_ranks(seed: Seed, field: u64, rows: u64, s: f64, n: usize) -> Resul
     Ok((0..n).map(|_| zipf.sample(&mut rng) as u64).collect())
 }
 
+/// Draws of a field's id stream ([`field_ranks`]) that warm a replacing (`lru` / `lfu`) cache of `k` rows before the
+/// first step, for a step of `lookups` lookups of that field: `max(8 k, lookups)`.
+pub fn cache_warmup_draws(k: u64, lookups: usize) -> usize {
+    (8 * k as usize).max(lookups)
+}
+
+/// A field's id stream, continued step after step (replacing caches see fresh ids every step).
+#[derive(Debug)]
+struct IdStream {
+    zipf: Zipf<f64>,
+    rng: trainlab_core::seed::Rng,
+}
+
+impl IdStream {
+    fn new(seed: Seed, field: u64, rows: u64, s: f64) -> Result<IdStream, Error> {
+        let zipf = Zipf::new(rows as f64, s)
+            .map_err(|e| Error::Backend(format!("Zipf({rows}, {s}) for field {field}: {e}")))?;
+        Ok(IdStream {
+            zipf,
+            rng: seed.derive("recsys.ids").index(field).rng(),
+        })
+    }
+    fn draw(&mut self, n: usize) -> Vec<u64> {
+        (0..n).map(|_| self.zipf.sample(&mut self.rng) as u64).collect()
+    }
+}
+
 /// The row of a table of `rows` rows that holds the id of 0-based popularity rank `rank` (`rank a mod rows`, `a`
 /// coprime with `rows`: a permutation that scatters the hot rows, as hashed ids do).
 pub fn row_of(rank: u64, rows: u64) -> u64 {
@@ -137,14 +171,37 @@ struct ChainField {
     x_off: usize,
 }
 
-/// A chain: its table (host), its cached rows (device) and its fields.
-#[derive(Debug, Clone)]
+/// A chain: its fields and its rows.
+#[derive(Debug)]
 struct Chain {
     dim: usize,
     fields: Vec<ChainField>,
+    /// `lru` / `lfu`: rows move in and out of the device table as the caches decide.
+    dynamic: bool,
+    /// Written by the forward ops of one micro-batch at a time (dynamic caches) and by the end-of-step updates;
+    /// never contended (a chain's forward ops run on one stream, in micro-batch order).
+    data: Mutex<ChainData>,
+}
+
+/// The rows of a chain: its table (host), its cached rows (device), one cache per field.
+#[derive(Debug)]
+struct ChainData {
     host: Vec<f32>,
     dev: Vec<f32>,
+    /// The replacement state of each field's cache (slots `dev_base..dev_base + k` of the device table).
+    caches: Vec<RowCache>,
+    /// Per device row: updated since it was admitted (written back to the host table when evicted).
+    dirty: Vec<bool>,
 }
+
+impl Chain {
+    fn data(&self) -> std::sync::MutexGuard<'_, ChainData> {
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A row a gather reads with a dynamic cache: a device row, or with this bit a staging row.
+const STAGED: u32 = 1 << 31;
 
 /// Buffers of one chain in one micro-batch.
 #[derive(Debug, Clone, Default)]
@@ -152,6 +209,11 @@ struct ChainBuf {
     /// 0-based rank of each lookup, in (field, sample, id) order.
     ranks: Vec<u32>,
     misses: usize,
+    /// Dynamic caches: per lookup the row the gather reads (see [`STAGED`]), the rows admitted in this
+    /// micro-batch (device row, staging row) and the hits.
+    src: Vec<u32>,
+    installs: Vec<(u32, u32)>,
+    hits: u64,
     staging: Vec<f32>,
     gathered: Vec<f32>,
     pooled: Vec<f32>,
@@ -230,8 +292,31 @@ pub struct CpuStep {
     k0: usize,
     pool: Option<rayon::ThreadPool>,
     threads: usize,
-    /// What the executor runs, as the CPU op model counts it (with the real misses).
+    /// Replacing caches: each field's id stream (the next step's ids are drawn from it), and steps run.
+    id_streams: Vec<IdStream>,
+    steps: usize,
+    /// What the executor runs, as the CPU op model counts it (with the real misses of the first step).
     pub counts: CpuCounts,
+}
+
+/// Fills every micro-batch's lookup ranks (0-based) from each global field's 1-based `ranks` of the step (samples
+/// in order, micro-batches contiguous), and the misses of a static cache.
+fn fill_ranks(chains: &[Chain], mbs: &mut [MicroBatch], ranks: &[Vec<u64>]) {
+    let mut start = 0usize;
+    for mb in mbs.iter_mut() {
+        for (c, buf) in chains.iter().zip(&mut mb.chains) {
+            buf.ranks.clear();
+            buf.misses = 0;
+            for cf in &c.fields {
+                for &x in &ranks[cf.global][start * cf.ids..(start + mb.b) * cf.ids] {
+                    let x = (x - 1) as u32;
+                    buf.misses += usize::from(u64::from(x) >= cf.k);
+                    buf.ranks.push(x);
+                }
+            }
+        }
+        start += mb.b;
+    }
 }
 
 impl CpuStep {
@@ -243,12 +328,6 @@ impl CpuStep {
             return Err(Error::Unsupported(format!(
                 "the cpu executor runs steps on the `cpu` device preset (asked: {})",
                 w.cluster.gpu.name
-            )));
-        }
-        if w.cache.fraction > 0.0 && w.cache.policy != CachePolicy::StaticTopk {
-            return Err(Error::Unsupported(format!(
-                "the cpu executor implements the static top-k cache only (asked: {})",
-                w.cache.policy.as_str()
             )));
         }
         let s = scaled_to_budget(w);
@@ -276,14 +355,32 @@ impl CpuStep {
         }
         let k0 = off;
         let batch = w.batch as usize;
-        let ranks: Vec<Vec<u64>> = global
-            .par_iter()
-            .enumerate()
-            .map(|(i, &(g, _))| {
+        // A replacing cache keeps what recent steps looked up, so its steps draw fresh ids (each field's stream
+        // continued: warm-up draws, then one step's worth per step); a static cache replays one step's ids.
+        let replacing = w.cache.policy != CachePolicy::StaticTopk && w.cache.fraction > 0.0;
+        let mut id_streams: Vec<IdStream> = Vec::new();
+        let mut warm: Vec<Vec<u64>> = Vec::new();
+        let ranks: Vec<Vec<u64>> = if replacing {
+            let mut out = Vec::with_capacity(global.len());
+            for (i, &(g, _)) in global.iter().enumerate() {
                 let f = &w.fields[g];
-                field_ranks(seed, i as u64, f.rows, f.zipf_s, batch * f.ids_per_sample as usize)
-            })
-            .collect::<Result<_, _>>()?;
+                let n = batch * f.ids_per_sample as usize;
+                let mut st = IdStream::new(seed, i as u64, f.rows, f.zipf_s)?;
+                warm.push(st.draw(cache_warmup_draws(w.cached_rows(f.rows), n)));
+                out.push(st.draw(n));
+                id_streams.push(st);
+            }
+            out
+        } else {
+            global
+                .par_iter()
+                .enumerate()
+                .map(|(i, &(g, _))| {
+                    let f = &w.fields[g];
+                    field_ranks(seed, i as u64, f.rows, f.zipf_s, batch * f.ids_per_sample as usize)
+                })
+                .collect::<Result<_, _>>()?
+        };
         // Chains in the order of the CPU op model, each with its member fields' global indices.
         let mut next_of_group: Vec<usize> = Vec::new();
         let mut first = 0usize;
@@ -325,43 +422,41 @@ impl CpuStep {
                     &mut host[cf.base * d..(cf.base + cf.rows as usize) * d],
                 );
             }
+            let dynamic = w.cache.policy != CachePolicy::StaticTopk && dev_base > 0;
+            let mut caches: Vec<RowCache> = fields.iter().map(|cf| RowCache::new(w.cache.policy, cf.k)).collect();
+            if dynamic {
+                // Warm the caches with the draws before the first step's ([`cache_warmup_draws`]).
+                for (cf, cache) in fields.iter().zip(&mut caches) {
+                    for &x in &warm[cf.global] {
+                        cache.access(x - 1);
+                    }
+                }
+            }
             let mut dev = vec![0.0f32; dev_base * d];
-            for cf in &fields {
-                for r in 0..cf.k {
+            for (cf, cache) in fields.iter().zip(&caches) {
+                for (r, slot) in cache.cached() {
                     let row = cf.base + ((r * cf.mult) % cf.rows) as usize;
-                    let at = (cf.dev_base + r as usize) * d;
+                    let at = (cf.dev_base + slot as usize) * d;
                     dev[at..at + d].copy_from_slice(&host[row * d..(row + 1) * d]);
                 }
             }
             chains.push(Chain {
                 dim: d,
                 fields,
-                host,
-                dev,
+                dynamic,
+                data: Mutex::new(ChainData {
+                    host,
+                    dev,
+                    caches,
+                    dirty: vec![false; dev_base],
+                }),
             });
         }
         let m_total = w.micro_batches as usize;
         let mut mbs = Vec::with_capacity(m_total);
-        let mut start = 0usize;
         for m in 0..m_total {
             let b = batch / m_total + usize::from(m < batch % m_total);
-            let bufs = chains
-                .iter()
-                .map(|c| {
-                    let mut buf = ChainBuf::default();
-                    for cf in &c.fields {
-                        for i in start..start + b {
-                            let r = &ranks[cf.global][i * cf.ids..(i + 1) * cf.ids];
-                            for &x in r {
-                                let x = (x - 1) as u32;
-                                buf.misses += usize::from(u64::from(x) >= cf.k);
-                                buf.ranks.push(x);
-                            }
-                        }
-                    }
-                    buf
-                })
-                .collect();
+            let bufs = chains.iter().map(|_| ChainBuf::default()).collect();
             let target = crate::timing::random_f32(seed.derive("recsys.target").index(m as u64), b)
                 .into_iter()
                 .map(|v| 0.5 + 0.5 * v)
@@ -372,7 +467,25 @@ impl CpuStep {
                 dx: Vec::new(),
                 target,
             });
-            start += b;
+        }
+        fill_ranks(&chains, &mut mbs, &ranks);
+        // Replacing caches: the misses of the first step (from the warmed state), replayed on a copy of the caches.
+        for (ci, c) in chains.iter().enumerate() {
+            if !c.dynamic {
+                continue;
+            }
+            let mut caches = c.data().caches.clone();
+            let mut start = 0usize;
+            for mb in &mut mbs {
+                let mut misses = 0usize;
+                for (cf, cache) in c.fields.iter().zip(&mut caches) {
+                    for &x in &ranks[cf.global][start * cf.ids..(start + mb.b) * cf.ids] {
+                        misses += usize::from(!cache.access(x - 1).is_hit());
+                    }
+                }
+                mb.chains[ci].misses = misses;
+                start += mb.b;
+            }
         }
         let mut widths = vec![k0];
         widths.extend(w.mlp.iter().map(|&x| x as usize));
@@ -416,6 +529,8 @@ impl CpuStep {
             k0,
             pool,
             threads,
+            id_streams,
+            steps: 0,
             counts,
         })
     }
@@ -425,8 +540,26 @@ impl CpuStep {
         self.threads
     }
 
-    /// Runs one training step (forward, backward, updates), polling `cancel` between micro-batches.
+    /// Runs one training step (forward, backward, updates), polling `cancel` between micro-batches. With a
+    /// replacing cache every step after the first draws fresh ids first (not timed).
     pub fn step(&mut self, cancel: &AtomicBool) -> Result<StepTimes, Error> {
+        if self.steps > 0 && !self.id_streams.is_empty() {
+            let batch: usize = self.mbs.iter().map(|m| m.b).sum();
+            let mut per_field = vec![0usize; self.id_streams.len()];
+            for c in &self.chains {
+                for cf in &c.fields {
+                    per_field[cf.global] = batch * cf.ids;
+                }
+            }
+            let ranks: Vec<Vec<u64>> = self
+                .id_streams
+                .iter_mut()
+                .zip(&per_field)
+                .map(|(st, &n)| st.draw(n))
+                .collect();
+            fill_ranks(&self.chains, &mut self.mbs, &ranks);
+        }
+        self.steps += 1;
         let busy = Busy::default();
         let ops = AtomicU64::new(0);
         let copies = AtomicU64::new(0);
@@ -562,11 +695,13 @@ impl CpuStep {
             for cf in &c.fields {
                 if cf.global == field {
                     let d = c.dim;
-                    let mut out = c.host[cf.base * d..(cf.base + cf.rows as usize) * d].to_vec();
-                    for r in 0..cf.k {
+                    let data = c.data();
+                    let j = c.fields.iter().position(|f| f.global == field)?;
+                    let mut out = data.host[cf.base * d..(cf.base + cf.rows as usize) * d].to_vec();
+                    for (r, slot) in data.caches[j].cached() {
                         let row = ((r * cf.mult) % cf.rows) as usize;
-                        let at = (cf.dev_base + r as usize) * d;
-                        out[row * d..(row + 1) * d].copy_from_slice(&c.dev[at..at + d]);
+                        let at = (cf.dev_base + slot as usize) * d;
+                        out[row * d..(row + 1) * d].copy_from_slice(&data.dev[at..at + d]);
                     }
                     return Some(out);
                 }
@@ -587,13 +722,28 @@ struct OpCtx<'a> {
 fn fwd_chains(chains: &[Chain], bufs: &mut [ChainBuf], ctx: &OpCtx<'_>) {
     for (c, buf) in chains.iter().zip(bufs.iter_mut()) {
         let d = c.dim;
-        if buf.misses > 0 {
-            ctx.busy.time(COPY, || copy_misses(c, buf));
-            ctx.ops.fetch_add(1, Ordering::Relaxed);
-            ctx.copies.fetch_add(1, Ordering::Relaxed);
+        let mut data = c.data();
+        if c.dynamic {
+            // the miss path: the caches' decisions, missed rows host -> staging (evicted dirty rows written back),
+            // after the gather the admitted rows staging -> device; one copy op when something missed
+            let misses = ctx.busy.time(COPY, || cache_lookups(c, &mut data, buf));
+            if misses > 0 {
+                ctx.ops.fetch_add(1, Ordering::Relaxed);
+                ctx.copies.fetch_add(1, Ordering::Relaxed);
+            }
+            ctx.busy.time(EMB, || gather_cached(c, &data, buf));
+            ctx.hits.fetch_add(buf.hits, Ordering::Relaxed);
+            ctx.busy.time(COPY, || admit(c, &mut data, buf));
+        } else {
+            if buf.misses > 0 {
+                ctx.busy.time(COPY, || copy_misses(c, &data, buf));
+                ctx.ops.fetch_add(1, Ordering::Relaxed);
+                ctx.copies.fetch_add(1, Ordering::Relaxed);
+            }
+            let hits = ctx.busy.time(EMB, || gather(c, &data, buf));
+            ctx.hits.fetch_add(hits, Ordering::Relaxed);
         }
-        let hits = ctx.busy.time(EMB, || gather(c, buf));
-        ctx.hits.fetch_add(hits, Ordering::Relaxed);
+        drop(data);
         ctx.busy.time(EMB, || pool(c, buf));
         ctx.ops.fetch_add(2, Ordering::Relaxed);
         black_box(&buf.pooled[..d.min(buf.pooled.len())]);
@@ -619,7 +769,7 @@ fn bags(c: &Chain, buf_len: usize, mut f: impl FnMut(usize, usize, usize, usize)
 }
 
 /// The missed rows, host table -> staging buffer (the PCIe stand-in).
-fn copy_misses(c: &Chain, buf: &mut ChainBuf) {
+fn copy_misses(c: &Chain, data: &ChainData, buf: &mut ChainBuf) {
     let d = c.dim;
     let ChainBuf { ranks, staging, .. } = buf;
     staging.clear();
@@ -629,14 +779,14 @@ fn copy_misses(c: &Chain, buf: &mut ChainBuf) {
             let r = u64::from(r);
             if r >= cf.k {
                 let row = cf.base + ((r * cf.mult) % cf.rows) as usize;
-                staging.extend_from_slice(&c.host[row * d..(row + 1) * d]);
+                staging.extend_from_slice(&data.host[row * d..(row + 1) * d]);
             }
         }
     });
 }
 
 /// Every lookup's row (device table on a hit, staging buffer on a miss) into `gathered`; returns the hits.
-fn gather(c: &Chain, buf: &mut ChainBuf) -> u64 {
+fn gather(c: &Chain, data: &ChainData, buf: &mut ChainBuf) -> u64 {
     let d = c.dim;
     let ChainBuf {
         ranks,
@@ -654,7 +804,7 @@ fn gather(c: &Chain, buf: &mut ChainBuf) -> u64 {
             if r < cf.k {
                 hits += 1;
                 let at = (cf.dev_base + r as usize) * d;
-                gathered.extend_from_slice(&c.dev[at..at + d]);
+                gathered.extend_from_slice(&data.dev[at..at + d]);
             } else {
                 gathered.extend_from_slice(&staging[next..next + d]);
                 next += d;
@@ -662,6 +812,96 @@ fn gather(c: &Chain, buf: &mut ChainBuf) -> u64 {
         }
     });
     hits
+}
+
+/// A dynamically cached chain's lookups through its caches, in order (the decisions of
+/// [`trainlab_models::cache::RowCache`]): a hit reads its device row (or the staging row of a row admitted earlier
+/// in this micro-batch, not yet on the device), a miss copies its host row into the staging buffer and, admitted,
+/// takes a slot whose evicted row is written back to the host table if it was updated. Device rows are written only
+/// by [`admit`], after the gather, so every hit reads what its row held when it was looked up. Returns the misses.
+fn cache_lookups(c: &Chain, data: &mut ChainData, buf: &mut ChainBuf) -> usize {
+    let d = c.dim;
+    let ChainData {
+        host,
+        dev,
+        caches,
+        dirty,
+    } = data;
+    let ChainBuf {
+        ranks,
+        src,
+        installs,
+        hits,
+        staging,
+        ..
+    } = buf;
+    src.clear();
+    staging.clear();
+    installs.clear();
+    *hits = 0;
+    // device row -> staging row of the rows admitted in this micro-batch
+    let mut pending: RankMap<u32> = RankMap::with_hasher(RankHash);
+    let mut misses = 0usize;
+    bags(c, ranks.len(), |_, j, l, n| {
+        let cf = &c.fields[j];
+        for &r in &ranks[l..l + n] {
+            let r = u64::from(r);
+            match caches[j].access(r) {
+                Access::Hit { slot } => {
+                    *hits += 1;
+                    let row = (cf.dev_base + slot as usize) as u64;
+                    src.push(pending.get(&row).map_or(row as u32, |&i| STAGED | i));
+                }
+                Access::Miss { slot, evicted } => {
+                    misses += 1;
+                    let i = (staging.len() / d) as u32;
+                    let h = cf.base + ((r * cf.mult) % cf.rows) as usize;
+                    staging.extend_from_slice(&host[h * d..(h + 1) * d]);
+                    src.push(STAGED | i);
+                    if let Some(slot) = slot {
+                        let row = cf.dev_base + slot as usize;
+                        if let Some(old) = evicted
+                            && pending.remove(&(row as u64)).is_none()
+                            && dirty[row]
+                        {
+                            let o = cf.base + ((old * cf.mult) % cf.rows) as usize;
+                            host[o * d..(o + 1) * d].copy_from_slice(&dev[row * d..(row + 1) * d]);
+                        }
+                        dirty[row] = false;
+                        pending.insert(row as u64, i);
+                    }
+                }
+            }
+        }
+    });
+    installs.extend(pending.into_iter().map(|(row, i)| (row as u32, i)));
+    misses
+}
+
+/// Every lookup's row as [`cache_lookups`] placed it (device row, or staging row) into `gathered`.
+fn gather_cached(c: &Chain, data: &ChainData, buf: &mut ChainBuf) {
+    let d = c.dim;
+    let ChainBuf {
+        src, staging, gathered, ..
+    } = buf;
+    gathered.clear();
+    for &at in src.iter() {
+        let row = (at & !STAGED) as usize;
+        if at & STAGED != 0 {
+            gathered.extend_from_slice(&staging[row * d..(row + 1) * d]);
+        } else {
+            gathered.extend_from_slice(&data.dev[row * d..(row + 1) * d]);
+        }
+    }
+}
+
+/// The rows admitted in this micro-batch, staging -> device table.
+fn admit(c: &Chain, data: &mut ChainData, buf: &ChainBuf) {
+    let d = c.dim;
+    for &(row, i) in &buf.installs {
+        let (row, i) = (row as usize, i as usize);
+        data.dev[row * d..(row + 1) * d].copy_from_slice(&buf.staging[i * d..(i + 1) * d]);
+    }
 }
 
 /// Sum (or mean) of each bag's gathered rows: `pooled[(field in chain, sample)]`.
@@ -707,17 +947,30 @@ fn pool_grad(c: &Chain, buf: &mut ChainBuf, dx: &[f32], k0: usize) {
 /// SGD row update of every lookup: `row -= lr grad`, on the device row for a cached rank, else the host row.
 fn scatter(c: &mut Chain, buf: &ChainBuf) {
     let d = c.dim;
-    let Chain { fields, host, dev, .. } = c;
+    let dynamic = c.dynamic;
+    let Chain { fields, data, .. } = c;
+    let ChainData {
+        host,
+        dev,
+        caches,
+        dirty,
+    } = data.get_mut().unwrap_or_else(|e| e.into_inner());
     let per_sample: usize = fields.iter().map(|cf| cf.ids).sum();
     let b = buf.ranks.len() / per_sample.max(1);
     let mut l = 0usize;
-    for cf in fields.iter() {
+    for (j, cf) in fields.iter().enumerate() {
         for _ in 0..b * cf.ids {
             {
                 let r = u64::from(buf.ranks[l]);
-                let dst = if r < cf.k {
-                    let at = (cf.dev_base + r as usize) * d;
-                    &mut dev[at..at + d]
+                let slot = if dynamic {
+                    caches[j].slot(r)
+                } else {
+                    (r < cf.k).then_some(r as u32)
+                };
+                let dst = if let Some(slot) = slot {
+                    let row = cf.dev_base + slot as usize;
+                    dirty[row] = true;
+                    &mut dev[row * d..(row + 1) * d]
                 } else {
                     let row = cf.base + ((r * cf.mult) % cf.rows) as usize;
                     &mut host[row * d..(row + 1) * d]

@@ -2,6 +2,7 @@
 //! search, calibration fits, and fitted laws with their fitting engine. argmin stays behind this crate's API.
 #![warn(missing_docs)]
 
+pub mod cache;
 pub mod calibrate;
 pub mod collectives;
 pub mod contrastive;

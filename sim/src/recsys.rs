@@ -25,15 +25,16 @@
 //! # Cache simulator ([`simulate_hit_rate`])
 //! A seeded stream of Zipf(`s`) ranks over a table's rows (`rand_distr::Zipf`, rejection-inversion), played through a
 //! cache of `k` rows: `static_topk` (rows of rank `<= k`), `lru` (evict the least recently used) or `lfu` (evict the
-//! least frequently used of the cached rows, ties to the least recent). The first quarter of the stream warms the
-//! cache and is not counted.
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+//! least frequently used of the cached rows, ties to the least recent): the state machine of
+//! [`trainlab_models::cache::RowCache`], which the measured CPU step runs too. The first quarter of the stream warms
+//! the cache and is not counted.
+use std::collections::VecDeque;
 
 use rand_distr::{Distribution, Zipf};
 use trainlab_core::seed::Rng;
 use trainlab_core::workloads::recsys::{CachePolicy, RecsysOutcome, RecsysStep};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, SimTime, Workload};
+use trainlab_models::cache::RowCache;
 use trainlab_models::recsys::{Plan, Stage, plan};
 
 use crate::engine::{Engine, EventId};
@@ -44,36 +45,6 @@ const TICKS: f64 = 1e12;
 fn ticks(s: f64) -> u64 {
     (s * TICKS).round() as u64
 }
-
-/// A multiplicative (Fibonacci) hash of a row id: ids are ranks, so no adversary; much faster than SipHash.
-#[derive(Clone, Copy, Default)]
-struct IdHash;
-
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (x ^ (x >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-type IdMap<V> = HashMap<u64, V, IdHash>;
 
 /// Hit rate of a cache of `k` of `rows` rows under `policy`, over `ids` Zipf(`s`) draws (the first quarter warms
 /// the cache).
@@ -102,66 +73,13 @@ pub fn hit_rate_of(ranks: &[u64], k: u64, policy: CachePolicy, warm: usize) -> f
 fn play(ids: u64, k: u64, policy: CachePolicy, warm: u64, mut draw: impl FnMut() -> u64) -> f64 {
     let mut hits = 0u64;
     let mut counted = 0u64;
-    let mut note = |i: u64, hit: bool| {
+    // the one replacement state machine, shared with the measured CPU step (0-based ranks)
+    let mut cache = RowCache::new(policy, k);
+    for i in 0..ids {
+        let hit = cache.access(draw().saturating_sub(1)).is_hit();
         if i >= warm {
             counted += 1;
             hits += u64::from(hit);
-        }
-    };
-    match policy {
-        CachePolicy::StaticTopk => {
-            for i in 0..ids {
-                let r = draw();
-                note(i, r <= k);
-            }
-        }
-        CachePolicy::Lru => {
-            // Last access time per cached row, and every access in time order; entries superseded by a later
-            // access of the same row are skipped when the oldest is evicted (amortised O(1) per access).
-            let mut last: IdMap<u64> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
-            let mut order: VecDeque<(u64, u64)> = VecDeque::new();
-            for i in 0..ids {
-                let r = draw();
-                if last.insert(r, i).is_some() {
-                    note(i, true);
-                } else {
-                    note(i, false);
-                    if last.len() as u64 > k {
-                        while let Some((t, old)) = order.pop_front() {
-                            if last.get(&old) == Some(&t) {
-                                last.remove(&old);
-                                break;
-                            }
-                        }
-                    }
-                }
-                order.push_back((i, r));
-            }
-        }
-        CachePolicy::Lfu => {
-            let mut entry: IdMap<(u64, u64)> = IdMap::with_capacity_and_hasher(k as usize + 1, IdHash);
-            let mut order: BTreeSet<(u64, u64, u64)> = BTreeSet::new();
-            for i in 0..ids {
-                let r = draw();
-                let count = match entry.get(&r) {
-                    Some(&(c, t)) => {
-                        order.remove(&(c, t, r));
-                        note(i, true);
-                        c + 1
-                    }
-                    None => {
-                        note(i, false);
-                        if entry.len() as u64 >= k
-                            && let Some((_, _, old)) = order.pop_first()
-                        {
-                            entry.remove(&old);
-                        }
-                        1
-                    }
-                };
-                entry.insert(r, (count, i));
-                order.insert((count, i, r));
-            }
         }
     }
     if counted == 0 {
