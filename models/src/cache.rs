@@ -163,7 +163,7 @@ impl RowCache {
                     e.last = now;
                     Access::Hit { slot: e.slot }
                 } else {
-                    let (slot, evicted) = if self.entries.len() as u64 >= self.k {
+                    let victim = if self.entries.len() as u64 >= self.k {
                         let mut victim = None;
                         while let Some((t, old)) = self.recency.pop_front() {
                             if self.entries.get(&old).is_some_and(|e| e.last == t) {
@@ -171,23 +171,11 @@ impl RowCache {
                                 break;
                             }
                         }
-                        let (slot, old) = victim.expect("a full cache has a least recent row");
-                        (slot, Some(old))
+                        Some(victim.expect("a full cache has a least recent row"))
                     } else {
-                        (self.entries.len() as u32, None)
+                        None
                     };
-                    self.entries.insert(
-                        rank,
-                        Entry {
-                            slot,
-                            count: 1,
-                            last: now,
-                        },
-                    );
-                    Access::Miss {
-                        slot: Some(slot),
-                        evicted,
-                    }
+                    self.admit(rank, now, victim)
                 };
                 self.recency.push_back((now, rank));
                 out
@@ -200,28 +188,32 @@ impl RowCache {
                     self.frequency.insert((e.count, now, rank));
                     Access::Hit { slot: e.slot }
                 } else {
-                    let (slot, evicted) = if self.entries.len() as u64 >= self.k {
+                    let victim = (self.entries.len() as u64 >= self.k).then(|| {
                         let (_, _, old) = self.frequency.pop_first().expect("a full cache has a least used row");
                         let e = self.entries.remove(&old).expect("ordered rows are cached");
-                        (e.slot, Some(old))
-                    } else {
-                        (self.entries.len() as u32, None)
-                    };
-                    self.entries.insert(
-                        rank,
-                        Entry {
-                            slot,
-                            count: 1,
-                            last: now,
-                        },
-                    );
+                        (e.slot, old)
+                    });
                     self.frequency.insert((1, now, rank));
-                    Access::Miss {
-                        slot: Some(slot),
-                        evicted,
-                    }
+                    self.admit(rank, now, victim)
                 }
             }
+        }
+    }
+
+    /// Admits `rank` (count 1, last access `now`) into the victim's slot, or the next free one.
+    fn admit(&mut self, rank: u64, now: u64, victim: Option<(u32, u64)>) -> Access {
+        let slot = victim.map_or(self.entries.len() as u32, |(slot, _)| slot);
+        self.entries.insert(
+            rank,
+            Entry {
+                slot,
+                count: 1,
+                last: now,
+            },
+        );
+        Access::Miss {
+            slot: Some(slot),
+            evicted: victim.map(|(_, old)| old),
         }
     }
 }
