@@ -31,7 +31,7 @@ fn pipeline(c: &mut Criterion) {
                 let s = study::load(&sc, &opts).expect("study loads");
                 assert_eq!(s.cases.len(), cases);
                 let cancel = Arc::new(AtomicBool::new(false));
-                let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+                let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|_| {});
                 let m = &s.manifest;
                 let mut recs: Vec<_> = res.iter().flat_map(|r| r.records(&m.study, &m.kind, m.seed)).collect();
                 study::canonical_sort(&mut recs);

@@ -94,7 +94,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Finish an interrupted run in DIR (its output folder): run only the cases it did not finish and write the
-    /// complete outputs there. The study and --profile must be those of that run.
+    /// complete outputs there. The study and --profile must be those of that run. A whole run saves its finished
+    /// cases every 30 s (`TRAINLAB_CHECKPOINT_SECS`; 0 turns it off), so even a killed run can be resumed.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["shard", "out"])]
     pub resume: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of tables.

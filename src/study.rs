@@ -741,12 +741,13 @@ impl CaseResult {
 }
 
 /// Runs `cases` (in parallel; results in input order). Cases not started when `cancel` is set are left out.
+/// `on_done` sees each finished case as it finishes (in completion order), before the whole run returns.
 pub fn run_cases(
     study: &Study,
     cases: &[Case],
     opts: &Opts,
     cancel: &Arc<AtomicBool>,
-    on_done: &(dyn Fn() + Sync),
+    on_done: &(dyn Fn(&CaseResult) + Sync),
 ) -> Vec<CaseResult> {
     let only = study.backends.clone();
     let out: Vec<Option<CaseResult>> = cases
@@ -775,13 +776,14 @@ pub fn run_cases(
             if cut {
                 return None;
             }
-            on_done();
-            Some(CaseResult {
+            let r = CaseResult {
                 index: case.index,
                 label: case.label.clone(),
                 params: case.params.clone(),
                 groups,
-            })
+            };
+            on_done(&r);
+            Some(r)
         })
         .collect();
     out.into_iter().flatten().collect()

@@ -182,6 +182,78 @@ fn plan_keeps_finished_cases_on_ctrl_c_and_resumes_to_the_one_process_answer() {
     assert!(text(&o.stderr).contains("different content"), "{}", text(&o.stderr));
 }
 
+/// A run killed without warning (SIGKILL: no handler runs) keeps the cases of its last checkpoint, and `--resume`
+/// ends with the bytes of the one-process run.
+#[test]
+fn plan_killed_without_warning_resumes_from_its_last_checkpoint() {
+    let dir = tmpdir("plan-kill");
+    let study = slow_study(&dir);
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--out"])
+        .arg(&full)
+        .env("TRAINLAB_CHECKPOINT_SECS", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let p = part.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--out", &p])
+        .env("TRAINLAB_CHECKPOINT_SECS", "0.2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // kill it once a checkpoint names a few cases, before the end
+    let started = Instant::now();
+    let done = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = std::fs::read_to_string(part.join("run.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
+        if n >= 3 || started.elapsed() > Duration::from_secs(60) {
+            break n;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        (3..24).contains(&done),
+        "checkpointed {done} of 24 cases before the kill"
+    );
+    assert!(
+        !part.join("report.html").exists(),
+        "the run was not killed before its end"
+    );
+    // A kill between a checkpoint's records and its run.json: run.json names one case fewer than the records hold.
+    let side = part.join("run.json");
+    let mut run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    let (named, records) = (run["done"].as_array().unwrap().len(), run["records"].as_u64().unwrap());
+    run["done"].as_array_mut().unwrap().pop();
+    run["records"] = serde_json::json!(records - records / named as u64);
+    std::fs::write(&side, serde_json::to_string(&run).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--json", "--resume", &p])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rerun = v["cases"].as_array().unwrap().len();
+    assert_eq!(
+        rerun,
+        24 - (named - 1),
+        "resume runs exactly the cases run.json does not name"
+    );
+    for f in ["records.csv", "records.parquet"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "{f} of the resumed run differs from the one-process run"
+        );
+    }
+}
+
 #[test]
 fn c4_run_stops_its_workers_on_ctrl_c() {
     // 4 worker processes, 300 steps of 60 ms with a kill, a hang and a slow rank: about 40 s; interrupted after 4 s.

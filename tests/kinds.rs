@@ -86,7 +86,7 @@ fn a_study_over_moe_layer_puts_parameters_in_columns() {
     assert_eq!(s.cases.len(), 4);
     assert_eq!(s.backends, ["closed_form", "monte_carlo"]);
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|_| {});
     let recs: Vec<_> = res.iter().flat_map(|r| r.records("t", "moe_layer", 3)).collect();
     let drop_at = |cf: f64| {
         recs.iter()
@@ -114,7 +114,7 @@ fn a_study_over_training_job_runs_and_bad_paths_name_the_field() {
     let s = study::load(&sc, &opts).unwrap();
     assert_eq!(s.kind.name(), "training_job");
     let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|_| {});
     assert!(
         res.iter().all(|r| r.failure().is_none()),
         "{:?}",
@@ -122,7 +122,7 @@ fn a_study_over_training_job_runs_and_bad_paths_name_the_field() {
     );
     let bad = parse(&study_text("c4-production", "gpuz = [1]"), "t.toml").unwrap();
     let s = study::load(&bad, &opts).unwrap();
-    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|| {});
+    let res = study::run_cases(&s, &s.cases, &opts, &cancel, &|_| {});
     let why = res[0].failure().unwrap();
     assert!(why.contains("gpuz"), "{why}");
     let bad = parse(&study_text("c4-production", "gpus = 5"), "t.toml").unwrap();

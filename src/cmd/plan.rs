@@ -31,7 +31,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     // A resumed run: what the earlier run of the same study finished (checked by fingerprint) is kept, only the
     // rest runs.
     let (out, prior) = match &a.resume {
-        Some(dir) => (dir.clone(), Some(resume_state(dir, &fingerprint, &names)?)),
+        Some(dir) => (dir.clone(), Some(resume_state(dir, &fingerprint, &names, &study)?)),
         None => (a.out.clone(), None),
     };
     let already: std::collections::HashSet<usize> = prior
@@ -56,7 +56,32 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         std::sync::atomic::AtomicBool::new(false),
     );
     let total = mine.len();
-    let on_done = || {
+    // A whole run (not a shard) also saves what has finished every `checkpoint_every`: the records and `run.json`
+    // that `--resume` reads, so that even a run killed without warning (SIGKILL, a lost node) keeps its cases.
+    let checkpoint_every = checkpoint_interval()?;
+    let checkpoint = std::sync::Mutex::new(Checkpoint {
+        last: std::time::Instant::now(),
+        finished: Vec::new(),
+    });
+    let m = &study.manifest;
+    let on_done = |r: &study::CaseResult| {
+        if shard.is_none()
+            && let Some(every) = checkpoint_every
+        {
+            let mut c = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
+            c.finished.push((
+                r.index,
+                r.records(&m.study, &m.kind, m.seed),
+                r.failure().map(|f| (r.label.clone(), f)),
+            ));
+            if c.last.elapsed() >= every {
+                let saved = c.save(&out, &study, prior.as_ref(), &fingerprint, &names);
+                if let Err(e) = saved {
+                    bar.suspend(|| eprintln!("warning: could not save a checkpoint in {}: {e}", out.display()));
+                }
+                c.last = std::time::Instant::now();
+            }
+        }
         bar.inc(1);
         let n = finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let spent = started.elapsed().as_secs_f64();
@@ -75,7 +100,6 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let results = study::run_cases(&study, &mine, &opts, cancel, &on_done);
     bar.finish_and_clear();
     let interrupted = results.len() < mine.len();
-    let m = &study.manifest;
     let mut records: Vec<Record> = results
         .iter()
         .flat_map(|r| r.records(&m.study, &m.kind, m.seed))
@@ -214,9 +238,82 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     Ok(())
 }
 
+/// How often a whole `plan` run saves its finished cases: `TRAINLAB_CHECKPOINT_SECS` (seconds; 0 turns it off),
+/// 30 s by default.
+fn checkpoint_interval() -> Result<Option<std::time::Duration>> {
+    let secs = match std::env::var("TRAINLAB_CHECKPOINT_SECS") {
+        Err(_) => 30.0,
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(x) if (0.0..=1e6).contains(&x) => x,
+            _ => {
+                return Err(Error::invalid(
+                    "TRAINLAB_CHECKPOINT_SECS",
+                    v,
+                    "not a number of seconds between 0 and 1e6",
+                    "set it to e.g. 30 (0 turns checkpoints off) or unset it",
+                )
+                .into());
+            }
+        },
+    };
+    Ok((secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs)))
+}
+
+/// The cases a whole run has finished since it started, saved now and then.
+struct Checkpoint {
+    last: std::time::Instant,
+    finished: Vec<Finished>,
+}
+
+/// A finished case: its index, its records and its failure (label, reason).
+type Finished = (usize, Vec<Record>, Option<(String, String)>);
+
+impl Checkpoint {
+    /// Writes the records of the earlier run (when resuming) and of the cases finished so far, then `run.json`
+    /// naming those cases (each file atomically; a kill between the two leaves records of cases `run.json` does not
+    /// name, which `--resume` drops).
+    fn save(
+        &self,
+        out: &Path,
+        study: &study::Study,
+        prior: Option<&(study::RunInfo, Vec<Record>)>,
+        fingerprint: &str,
+        profiles: &[String],
+    ) -> Result<()> {
+        let mut records: Vec<Record> = prior.map(|p| p.1.clone()).unwrap_or_default();
+        let mut failures: Vec<(String, String)> = prior.map(|p| p.0.failures.clone()).unwrap_or_default();
+        let mut done: Vec<usize> = prior.map(|p| p.0.done.clone()).unwrap_or_default();
+        for (index, recs, failure) in &self.finished {
+            records.extend(recs.iter().cloned());
+            failures.extend(failure.clone());
+            done.push(*index);
+        }
+        done.sort_unstable();
+        canonical_sort(&mut records);
+        failures.sort();
+        trainlab_reports::write_records(&records, out, "records")?;
+        let info = study::RunInfo {
+            manifest: study.manifest.clone(),
+            fingerprint: fingerprint.to_string(),
+            done,
+            asked: study.cases.len(),
+            records: records.len(),
+            profiles: profiles.to_vec(),
+            failures,
+        };
+        study::write_run_info(&info, out)?;
+        Ok(())
+    }
+}
+
 /// What an earlier run in `dir` finished: its description (which must be of the same study, with the same
 /// profiles and trainlab) and its records.
-fn resume_state(dir: &Path, fingerprint: &str, profiles: &[String]) -> Result<(study::RunInfo, Vec<Record>)> {
+fn resume_state(
+    dir: &Path,
+    fingerprint: &str,
+    profiles: &[String],
+    study: &study::Study,
+) -> Result<(study::RunInfo, Vec<Record>)> {
     let side = dir.join(study::RUN_INFO);
     if !side.exists() {
         bail!(UsageError(format!(
@@ -242,11 +339,21 @@ fn resume_state(dir: &Path, fingerprint: &str, profiles: &[String]) -> Result<(s
         )));
     }
     let pq = dir.join("records.parquet");
-    let records = if info.records == 0 && !pq.exists() {
+    let mut records = if info.records == 0 && !pq.exists() {
         Vec::new()
     } else {
         trainlab_reports::read_records_parquet(&pq).with_context(|| format!("reading {}", pq.display()))?
     };
+    // A run killed between writing a checkpoint's records and its run.json leaves records of cases run.json does
+    // not name: those cases run again.
+    if records.len() > info.records {
+        let named: std::collections::HashSet<&str> = info
+            .done
+            .iter()
+            .filter_map(|&i| study.cases.get(i).map(|c| c.label.as_str()))
+            .collect();
+        records.retain(|r| named.contains(r.case.as_str()));
+    }
     if records.len() != info.records {
         bail!(UsageError(format!(
             "--resume {}: records.parquet has {} records but {} says {} (a file replaced since); use a new --out",
