@@ -163,3 +163,33 @@ fn bad_testbed_input_exits_2_with_the_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's accuracy claim for the committed calibration, checked in CI from the committed file alone: every
+/// case's fluid time recomputed from its paths by the flow model, the parameters refitted from its fit cases, and
+/// every held-out busbw (other topologies: 2:1 oversubscribed, 4 leaves; ECMP and planned) within 10% of the
+/// measured one.
+#[test]
+fn the_committed_testbed_calibration_predicts_its_held_out_rings_within_10_percent() {
+    use trainlab::kinds::fabric::{held_out_rows, unit_fluid};
+    use trainlab_models::fabric_cal::{self, TestbedParams};
+    let text = include_str!("../datasets/calibration/fabric-testbed/profile-fabric-cpu.toml");
+    let p: trainlab_core::Profile<TestbedParams> = toml::from_str(text).expect("the committed profile");
+    let params = &p.params;
+    for c in &params.cases {
+        let u = unit_fluid(c);
+        assert!((u - c.unit_fluid_s).abs() <= 1e-9 * u, "{}: fluid {u} vs {}", c.label, c.unit_fluid_s);
+    }
+    let (cap, lat, o) = fabric_cal::fit(&params.cases).expect("refit");
+    assert!((cap * 8e-9 / params.capacity_gbps - 1.0).abs() < 1e-6, "capacity {cap}");
+    assert!((lat * 1e6 - params.hop_latency_us).abs() < 1e-3 && (o * 1e6 - params.flow_overhead_us).abs() < 1e-3);
+    let rows = held_out_rows(params);
+    assert_eq!(rows.len(), p.held_out.len());
+    let held: Vec<_> = params.cases.iter().filter(|c| c.held_out).collect();
+    assert!(held.iter().any(|c| c.routing == "ecmp") && held.iter().any(|c| c.routing == "planned"));
+    assert!(held.iter().any(|c| c.paths.len() == 8), "an 8-host topology is held out");
+    for (r, stored) in rows.iter().zip(&p.held_out) {
+        assert!((r.calibrated - stored.calibrated).abs() <= 1e-9 * r.calibrated, "{}", r.case);
+        let e = r.calibrated_error();
+        assert!(e.abs() < 0.10, "{}: busbw measured {} predicted {} ({:+.1}%)", r.case, r.measured, r.calibrated, 100.0 * e);
+    }
+}

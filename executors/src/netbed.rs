@@ -2,8 +2,8 @@
 //! ring collective over TCP between its hosts (the measured backend of the `fabric` kind, issue 10).
 //!
 //! **The network.** Every host, leaf and spine is a network namespace named `tlb<pid>-<run>-<node>` (the pid and a
-//! per-process run counter keep parallel runs apart). Every link is a veth pair whose two ends egress through a
-//! token bucket (`tc qdisc ... tbf rate R`): the link rate, each direction. Leaves and spines forward
+//! per-process run counter keep parallel runs apart). Every link is a veth pair (MTU [`MTU`]) whose two ends egress
+//! through a token bucket (`tc qdisc ... tbf rate R`): the link rate, each direction. Leaves and spines forward
 //! (`net.ipv4.ip_forward=1`) and hash multipath routes on the 5-tuple (set in each namespace, see Routing). Addresses come only from the benchmarking range 198.18.0.0/15: host `i` of leaf `L` is
 //! `198.18.L.(4i+2)/30` (its leaf `.4i+1`), parallel link `j` between leaf `L` and spine `s` is
 //! `198.19.L.(4(s k + j))/30` (leaf `+1`, spine `+2`).
@@ -59,6 +59,8 @@ pub const MIN_MBIT: f64 = 1.0;
 pub const MAX_MBIT: f64 = 1000.0;
 /// Largest buffer per rank, bytes.
 pub const MAX_BYTES: u64 = 64 << 20;
+/// MTU of every veth (jumbo frames, as RoCE fabrics run; fewer packets for the CPU to forward).
+pub const MTU: u32 = 9000;
 /// TCP port every host listens on.
 const PORT: u16 = 5000;
 
@@ -384,7 +386,7 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
     for x in 0..h {
         let l = x / t.hosts_per_leaf;
         links += &format!(
-            "link add up0 netns {} type veth peer name h{x} netns {}\n",
+            "link add up0 mtu {MTU} netns {} type veth peer name h{x} mtu {MTU} netns {}\n",
             bed.ns(&host_ns(x)),
             bed.ns(&leaf_ns(l))
         );
@@ -394,7 +396,7 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
             for j in 0..t.k {
                 if t.alive(l, s, j) {
                     links += &format!(
-                        "link add s{s}p{j} netns {} type veth peer name l{l}p{j} netns {}\n",
+                        "link add s{s}p{j} mtu {MTU} netns {} type veth peer name l{l}p{j} mtu {MTU} netns {}\n",
                         bed.ns(&leaf_ns(l)),
                         bed.ns(&spine_ns(s))
                     );
@@ -404,9 +406,12 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
     }
     run_cmd(&["ip", "-batch", "-"], Some(&links))?;
     let rate = format!("{}kbit", (t.rate_mbit * 1000.0).round() as u64);
-    // Token bucket: a burst of a few frames, a queue of ~20 ms at the link rate (at least 64 KB).
-    let limit = ((t.rate_mbit * 1e6 / 8.0 * 0.02) as u64).max(64 * 1024);
-    let tbf = |dev: &str| format!("qdisc add dev {dev} root tbf rate {rate} burst 16kb limit {limit}\n");
+    // Token bucket: a burst of a few jumbo frames (a bigger one lets the first bytes of every step through at line
+    // speed, which a flow model does not know; a smaller one cuts offload packets into more frames, CPU the loaded
+    // machine does not have), a deep queue (~100 ms at the link rate, at least 1 MiB) so that flows starting together
+    // in a step rarely lose packets to the queue and wait for a retransmission timeout.
+    let limit = ((t.rate_mbit * 1e6 / 8.0 * 0.1) as u64).max(1 << 20);
+    let tbf = |dev: &str| format!("qdisc add dev {dev} root tbf rate {rate} burst 32kb limit {limit}\n");
     // Hosts.
     for x in 0..h {
         let name = bed.ns(&host_ns(x));

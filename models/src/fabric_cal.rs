@@ -115,68 +115,86 @@ pub fn predict_nominal(c: &TestbedCase, link_gbps: f64) -> f64 {
     predict(c, link_gbps * 1e9 / 8.0, 0.0, 0.0)
 }
 
-/// Least-squares fit on relative errors of the fit cases: `(capacity bytes/s, hop latency s, flow overhead s)`.
-/// `None` when the cases do not pin the three parameters (a singular system) or the capacity comes out non-positive.
+/// Least-squares fit on relative errors of the fit cases: `(capacity bytes/s, hop latency s, flow overhead s)`, the
+/// latency and the overhead kept non-negative (a negative one is fixed at 0 and the others refitted: every subset is
+/// tried and the feasible one with the least squared error kept). `None` when the cases do not pin the parameters
+/// (a singular system) or no subset gives a positive capacity.
 pub fn fit(cases: &[TestbedCase]) -> Option<(f64, f64, f64)> {
-    // y / y = 1 = [steps hops, steps flows, unit_fluid] . [lat, o, 1/cap] / y
-    let rows: Vec<([f64; 3], f64)> = cases
+    // 1 = [steps hops, steps flows, unit_fluid] . [lat, o, 1/cap] / measured
+    let rows: Vec<[f64; 3]> = cases
         .iter()
         .filter(|c| !c.held_out && c.measured_s > 0.0)
         .map(|c| {
             let w = 1.0 / c.measured_s;
-            (
-                [
-                    c.steps as f64 * c.max_hops as f64 * w,
-                    c.steps as f64 * c.flows_per_host as f64 * w,
-                    c.unit_fluid_s * w,
-                ],
-                1.0,
-            )
+            [
+                c.steps as f64 * c.max_hops as f64 * w,
+                c.steps as f64 * c.flows_per_host as f64 * w,
+                c.unit_fluid_s * w,
+            ]
         })
         .collect();
-    // Scale columns so the normal equations are well conditioned.
-    let mut scale = [0.0f64; 3];
-    for (x, _) in &rows {
-        for k in 0..3 {
-            scale[k] = scale[k].max(x[k].abs());
+    let mut best: Option<(f64, [f64; 3])> = None;
+    for free in [[true, true, true], [false, true, true], [true, false, true], [false, false, true]] {
+        let Some(b) = solve_subset(&rows, free) else { continue };
+        if b[0] < 0.0 || b[1] < 0.0 || b[2] <= 0.0 {
+            continue;
+        }
+        let sse: f64 = rows
+            .iter()
+            .map(|x| (x[0] * b[0] + x[1] * b[1] + x[2] * b[2] - 1.0).powi(2))
+            .sum();
+        if best.is_none_or(|(e, _)| sse < e) {
+            best = Some((sse, b));
         }
     }
+    best.map(|(_, b)| (1.0 / b[2], b[0], b[1]))
+}
+
+/// Least squares of `x . b = 1` over the columns marked `free` (the others 0); `None` if singular.
+fn solve_subset(rows: &[[f64; 3]], free: [bool; 3]) -> Option<[f64; 3]> {
+    let cols: Vec<usize> = (0..3).filter(|&k| free[k]).collect();
+    let n = cols.len();
+    if rows.len() < n {
+        return None;
+    }
+    // Scale columns so the normal equations are well conditioned.
+    let scale: Vec<f64> = cols
+        .iter()
+        .map(|&k| rows.iter().map(|x| x[k].abs()).fold(0.0, f64::max))
+        .collect();
     if scale.contains(&0.0) {
         return None;
     }
-    let mut a = [[0.0f64; 4]; 3];
-    for (x, y) in &rows {
-        let xs = [x[0] / scale[0], x[1] / scale[1], x[2] / scale[2]];
-        for i in 0..3 {
-            for j in 0..3 {
+    let mut a = vec![vec![0.0f64; n + 1]; n];
+    for x in rows {
+        let xs: Vec<f64> = cols.iter().zip(&scale).map(|(&k, s)| x[k] / s).collect();
+        for i in 0..n {
+            for j in 0..n {
                 a[i][j] += xs[i] * xs[j];
             }
-            a[i][3] += xs[i] * y;
+            a[i][n] += xs[i];
         }
     }
-    let b = solve3(a)?;
-    let (lat, o, inv_cap) = (b[0] / scale[0], b[1] / scale[1], b[2] / scale[2]);
-    (inv_cap > 0.0).then(|| (1.0 / inv_cap, lat, o))
-}
-
-/// Gaussian elimination with partial pivoting on an augmented 3x4 system.
-fn solve3(mut a: [[f64; 4]; 3]) -> Option<[f64; 3]> {
-    for col in 0..3 {
-        let p = (col..3).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
-        if a[p][col].abs() < 1e-12 {
+    for col in 0..n {
+        let p = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))?;
+        if a[p][col].abs() < 1e-12 * rows.len() as f64 {
             return None;
         }
         a.swap(col, p);
-        for r in 0..3 {
+        for r in 0..n {
             if r != col {
                 let f = a[r][col] / a[col][col];
-                for k in col..4 {
+                for k in col..=n {
                     a[r][k] -= f * a[col][k];
                 }
             }
         }
     }
-    Some([a[0][3] / a[0][0], a[1][3] / a[1][1], a[2][3] / a[2][2]])
+    let mut b = [0.0; 3];
+    for (i, &k) in cols.iter().enumerate() {
+        b[k] = a[i][n] / a[i][i] / scale[i];
+    }
+    Some(b)
 }
 
 #[cfg(test)]
@@ -218,7 +236,15 @@ mod tests {
         }
         let (c2, l2, o2) = fit(&cs).expect("fit");
         assert!((c2 / cap - 1.0).abs() < 1e-9 && (l2 - lat).abs() < 1e-12 && (o2 - o).abs() < 1e-12);
-        // Too few distinct cases: no fit.
-        assert!(fit(&cs[..1]).is_none());
+        // Too few cases for all three: the subset that fits them exactly (latency and overhead at 0 if need be).
+        let (c1, _, _) = fit(&cs[..1]).expect("capacity alone");
+        assert!(c1 > 0.0);
+        // A negative latency is not kept.
+        let mut neg = cs.clone();
+        for c in neg.iter_mut() {
+            c.measured_s = predict(c, cap, -20e-6, o);
+        }
+        let (_, l3, _) = fit(&neg).expect("fit");
+        assert_eq!(l3, 0.0);
     }
 }

@@ -447,10 +447,10 @@ fn cal_cases(quick: bool) -> Vec<CalCase> {
     vec![
         c("2 hosts, one leaf, 1 MiB", a(vec![0, 1], mib, 1, Planned), false),
         c("2 hosts, one leaf, 4 MiB", a(vec![0, 1], 4 * mib, 1, Planned), false),
+        c("2 hosts, two leaves, 1 MiB", a(vec![0, 2], mib, 1, Planned), false),
         c("2 hosts, two leaves, 4 MiB", a(vec![0, 2], 4 * mib, 1, Planned), false),
-        c("2 hosts, two leaves, 256 KiB", a(vec![0, 2], mib / 4, 1, Planned), false),
         c("2 hosts, two leaves, 4 MiB, 4 channels", a(vec![0, 2], 4 * mib, 4, Planned), false),
-        c("4 hosts, 2x2 tree, 64 KiB", a(vec![0, 1, 2, 3], mib / 16, 1, Planned), false),
+        c("4 hosts, 2x2 tree, 2 MiB", a(vec![0, 1, 2, 3], 2 * mib, 1, Planned), false),
         c("4 hosts, 2x2 tree, 4 MiB, 2 channels", a(vec![0, 1, 2, 3], 4 * mib, 2, Planned), false),
         // Held out: rings that cross leaves twice per leaf, ECMP and planned, other topologies.
         c("4 hosts, 2x2 tree, ring across, 8 MiB, planned", a(vec![0, 2, 1, 3], 8 * mib, 1, Planned), true),
@@ -550,26 +550,40 @@ impl Calibration for FabricCalibration {
         netbed::available().map_err(|why| Error::Unsupported(format!("the fabric calibration needs the testbed: {why}")))?;
         let cases = cal_cases(req.quick);
         let study = "calibrate-fabric-testbed";
-        let mut measured = Vec::new();
+        // Interleaved passes over all cases, the fastest of each kept: other processes on a shared machine only
+        // add time (the same seed gives the same paths in every pass).
+        let passes = if req.quick { 1 } else { 2 };
+        let mut measured: Vec<Option<TestbedCase>> = vec![None; cases.len()];
         let mut records = Vec::new();
-        for (i, c) in cases.iter().enumerate() {
-            (req.progress)(format!("testbed: {} ({} of {})", c.label, i + 1, cases.len()));
-            let r = run_testbed(&c.w, req.seed.index(i as u64), req.cancel)?;
-            let tc = testbed_case(c.label, c.held_out, &c.w, &r)?;
-            let set = if c.held_out { "held-out" } else { "fit" };
-            let label = format!("{} [{set}]", c.label);
-            let recs: Vec<Record> = r
-                .outcome
-                .metrics()
-                .iter()
-                .map(|m| {
-                    Record::from_metric(study, Fabric::KIND, &label, "testbed", Fidelity::Measured, req.seed.0, m)
-                })
-                .collect();
-            (req.keep)(recs.clone());
-            records.extend(recs);
-            measured.push(tc);
+        for pass in 0..passes {
+            for (i, c) in cases.iter().enumerate() {
+                (req.progress)(format!(
+                    "testbed pass {} of {passes}: {} ({} of {})",
+                    pass + 1,
+                    c.label,
+                    i + 1,
+                    cases.len()
+                ));
+                let r = run_testbed(&c.w, req.seed.index(i as u64), req.cancel)?;
+                let tc = testbed_case(c.label, c.held_out, &c.w, &r)?;
+                let set = if c.held_out { "held-out" } else { "fit" };
+                let label = format!("{} [{set}] pass {}", c.label, pass + 1);
+                let recs: Vec<Record> = r
+                    .outcome
+                    .metrics()
+                    .iter()
+                    .map(|m| {
+                        Record::from_metric(study, Fabric::KIND, &label, "testbed", Fidelity::Measured, req.seed.0, m)
+                    })
+                    .collect();
+                (req.keep)(recs.clone());
+                records.extend(recs);
+                if measured[i].as_ref().is_none_or(|m| tc.measured_s < m.measured_s) {
+                    measured[i] = Some(tc);
+                }
+            }
         }
+        let measured: Vec<TestbedCase> = measured.into_iter().flatten().collect();
         let (cap, lat, o) = fabric_cal::fit(&measured).ok_or_else(|| {
             Error::Backend("the fabric calibration: the fit cases do not determine the parameters".into())
         })?;
