@@ -32,7 +32,10 @@ fn testbed_or_skip() -> bool {
 
 fn ours() -> Vec<String> {
     let prefix = format!("{}{}-", netbed::PREFIX, std::process::id());
-    netbed::namespaces().into_iter().filter(|n| n.starts_with(&prefix)).collect()
+    netbed::namespaces()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect()
 }
 
 #[test]
@@ -50,7 +53,10 @@ fn ecmp_collisions_cost_time_planned_paths_do_not_and_link_bytes_add_up() {
     let tp = p.outcome.jobs[0].time_s;
     // Nominal ideal at 100 Mbit/s: 6 steps x 1 MiB / 12.5 MB/s = 0.50 s; TCP payload is ~95% of the line rate.
     let ideal = p.outcome.jobs[0].ideal_time_s;
-    assert!(tp > 0.9 * ideal && tp < 3.0 * ideal, "planned {tp} s vs ideal {ideal} s");
+    assert!(
+        tp > 0.9 * ideal && tp < 3.0 * ideal,
+        "planned {tp} s vs ideal {ideal} s"
+    );
     check_link_bytes(&p, bytes);
     // ECMP: Linux's hash decides; try source-port draws until two flows share an uplink (1/4 of draws do not).
     let mut collided = false;
@@ -59,7 +65,10 @@ fn ecmp_collisions_cost_time_planned_paths_do_not_and_link_bytes_add_up() {
         let e = run_testbed(&w, Seed(100 + s), &cancel).expect("ecmp run");
         check_link_bytes(&e, bytes);
         let te = e.outcome.jobs[0].time_s;
-        eprintln!("ecmp draw {s}: {te:.3} s, {} flows on the hottest uplink; planned {tp:.3} s", e.outcome.max_uplink_flows);
+        eprintln!(
+            "ecmp draw {s}: {te:.3} s, {} flows on the hottest uplink; planned {tp:.3} s",
+            e.outcome.max_uplink_flows
+        );
         if e.outcome.max_uplink_flows >= 2.0 {
             // Two flows on one uplink: that hop runs at half rate, and the ring at its slowest hop.
             assert!(te > 1.4 * tp, "collision: ecmp {te} s vs planned {tp} s");
@@ -86,7 +95,10 @@ fn check_link_bytes(r: &trainlab::kinds::fabric::TestbedRun, bytes: u64) {
             payload[l as usize] += per_flow;
         }
     }
-    assert!((per_flow - 1.5 * bytes as f64).abs() < 1e3, "a ring of 4 sends 2(n-1)/n of the buffer per rank");
+    assert!(
+        (per_flow - 1.5 * bytes as f64).abs() < 1e3,
+        "a ring of 4 sends 2(n-1)/n of the buffer per rank"
+    );
     for (l, (&tx, &want)) in r.bed.tx_bytes.iter().zip(&payload).enumerate() {
         let tx = tx as f64;
         assert!(
@@ -109,22 +121,44 @@ fn an_interrupted_run_leaves_no_namespace_and_stale_ones_are_removed() {
         c2.store(true, Ordering::Relaxed);
     });
     // About 5 s of ring on 8 hosts: interrupted mid-run.
-    let w = testbed_workload(4, 2, 2, 2.0, vec![0, 4, 1, 5, 2, 6, 3, 7], 16 << 20, 1, Routing::Planned);
+    let w = testbed_workload(
+        4,
+        2,
+        2,
+        2.0,
+        vec![0, 4, 1, 5, 2, 6, 3, 7],
+        16 << 20,
+        1,
+        Routing::Planned,
+    );
     let t = std::time::Instant::now();
     let r = run_testbed(&w, Seed(3), &cancel);
     stopper.join().unwrap();
     assert!(matches!(r, Err(Error::Interrupted)), "{:?}", r.map(|r| r.outcome));
-    assert!(t.elapsed().as_secs_f64() < 10.0, "stopped {:.1} s after start", t.elapsed().as_secs_f64());
+    assert!(
+        t.elapsed().as_secs_f64() < 10.0,
+        "stopped {:.1} s after start",
+        t.elapsed().as_secs_f64()
+    );
     assert!(ours().is_empty(), "namespaces left: {:?}", ours());
     // A namespace of a run whose process is gone (a second Ctrl-C) is removed at the next start.
     let mut child = Command::new("true").spawn().unwrap();
     let dead = child.id();
     child.wait().unwrap();
     let stale = format!("{}{dead}-0-h0", netbed::PREFIX);
-    assert!(Command::new("ip").args(["netns", "add", &stale]).status().unwrap().success());
+    assert!(
+        Command::new("ip")
+            .args(["netns", "add", &stale])
+            .status()
+            .unwrap()
+            .success()
+    );
     assert!(netbed::namespaces().contains(&stale));
     assert!(netbed::cleanup_stale() >= 1);
-    assert!(!netbed::namespaces().contains(&stale), "stale namespace {stale} is still there");
+    assert!(
+        !netbed::namespaces().contains(&stale),
+        "stale namespace {stale} is still there"
+    );
 }
 
 #[test]
@@ -158,7 +192,11 @@ fn bad_testbed_input_exits_2_with_the_field() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {err}");
         // Without root the backend is skipped, which is also exit 2, naming --backend.
-        let want = if netbed::available().is_ok() { field } else { "--backend" };
+        let want = if netbed::available().is_ok() {
+            field
+        } else {
+            "--backend"
+        };
         assert!(err.contains(want), "{name}: {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -177,7 +215,12 @@ fn the_committed_testbed_calibration_predicts_its_held_out_rings_within_10_perce
     let params = &p.params;
     for c in &params.cases {
         let u = unit_fluid(c);
-        assert!((u - c.unit_fluid_s).abs() <= 1e-9 * u, "{}: fluid {u} vs {}", c.label, c.unit_fluid_s);
+        assert!(
+            (u - c.unit_fluid_s).abs() <= 1e-9 * u,
+            "{}: fluid {u} vs {}",
+            c.label,
+            c.unit_fluid_s
+        );
     }
     let (cap, lat, o) = fabric_cal::fit(&params.cases).expect("refit");
     assert!((cap * 8e-9 / params.capacity_gbps - 1.0).abs() < 1e-6, "capacity {cap}");
@@ -186,10 +229,24 @@ fn the_committed_testbed_calibration_predicts_its_held_out_rings_within_10_perce
     assert_eq!(rows.len(), p.held_out.len());
     let held: Vec<_> = params.cases.iter().filter(|c| c.held_out).collect();
     assert!(held.iter().any(|c| c.routing == "ecmp") && held.iter().any(|c| c.routing == "planned"));
-    assert!(held.iter().any(|c| c.paths.len() == 8), "an 8-host topology is held out");
+    assert!(
+        held.iter().any(|c| c.paths.len() == 8),
+        "an 8-host topology is held out"
+    );
     for (r, stored) in rows.iter().zip(&p.held_out) {
-        assert!((r.calibrated - stored.calibrated).abs() <= 1e-9 * r.calibrated, "{}", r.case);
+        assert!(
+            (r.calibrated - stored.calibrated).abs() <= 1e-9 * r.calibrated,
+            "{}",
+            r.case
+        );
         let e = r.calibrated_error();
-        assert!(e.abs() < 0.10, "{}: busbw measured {} predicted {} ({:+.1}%)", r.case, r.measured, r.calibrated, 100.0 * e);
+        assert!(
+            e.abs() < 0.10,
+            "{}: busbw measured {} predicted {} ({:+.1}%)",
+            r.case,
+            r.measured,
+            r.calibrated,
+            100.0 * e
+        );
     }
 }

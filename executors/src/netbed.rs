@@ -437,7 +437,10 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
         for s in 0..ns_ {
             for j in 0..t.k {
                 if t.alive(l, s, j) {
-                    cmds += &format!("addr add {}/30 dev s{s}p{j}\nlink set s{s}p{j} up\n", ls_ip(t, l, s, j, false));
+                    cmds += &format!(
+                        "addr add {}/30 dev s{s}p{j}\nlink set s{s}p{j} up\n",
+                        ls_ip(t, l, s, j, false)
+                    );
                     tc += &tbf(&format!("s{s}p{j}"));
                     // The table of a pinned path through this uplink.
                     cmds += &format!(
@@ -473,7 +476,10 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
             let mut hops = Vec::new();
             for j in 0..t.k {
                 if t.alive(l, s, j) {
-                    cmds += &format!("addr add {}/30 dev l{l}p{j}\nlink set l{l}p{j} up\n", ls_ip(t, l, s, j, true));
+                    cmds += &format!(
+                        "addr add {}/30 dev l{l}p{j}\nlink set l{l}p{j} up\n",
+                        ls_ip(t, l, s, j, true)
+                    );
                     tc += &tbf(&format!("l{l}p{j}"));
                     hops.push(format!("nexthop via {} dev l{l}p{j}", ls_ip(t, l, s, j, false)));
                     cmds += &format!(
@@ -519,7 +525,10 @@ fn build(bed: &mut Bed, t: &Topo, rings: &[Ring]) -> Result<(), Error> {
         let n = r.hosts.len();
         for (f, pin) in r.pins.iter().enumerate() {
             let Some((s, ju, jd)) = *pin else { continue };
-            let (a, b) = (r.hosts[f / r.channels as usize], r.hosts[(f / r.channels as usize + 1) % n]);
+            let (a, b) = (
+                r.hosts[f / r.channels as usize],
+                r.hosts[(f / r.channels as usize + 1) % n],
+            );
             let (la, lb) = (a / t.hosts_per_leaf, b / t.hosts_per_leaf);
             if la == lb {
                 continue;
@@ -651,7 +660,9 @@ fn read_path(bed: &Bed, t: &Topo, a: u32, b: u32, sport: u16) -> Result<Vec<u32>
         let (l2, jd) =
             parse(&down, 'l').ok_or_else(|| Error::Backend(format!("testbed: spine {s} routes to {down}")))?;
         if l2 != lb {
-            return Err(Error::Backend(format!("testbed: spine {s} sends host {b}'s traffic to leaf {l2}")));
+            return Err(Error::Backend(format!(
+                "testbed: spine {s} sends host {b}'s traffic to leaf {l2}"
+            )));
         }
         p.push(2 * t.ls(la, s, ju));
         p.push(2 * t.ls(lb, s, jd) + 1);
@@ -661,10 +672,7 @@ fn read_path(bed: &Bed, t: &Topo, a: u32, b: u32, sport: u16) -> Result<Vec<u32>
 }
 
 /// Runs `f` on a thread that entered network namespace `ns`.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, Error> {
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> Result<T, Error> {
     let path = format!("/var/run/netns/{ns}");
     let ns_name = ns.to_string();
     std::thread::spawn(move || -> Result<T, Error> {
@@ -672,7 +680,10 @@ fn in_netns<T: Send + 'static>(
         use std::os::fd::AsRawFd;
         // SAFETY: a valid namespace fd; setns changes only this thread's network namespace.
         if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(Error::io(format!("entering {ns_name}"), std::io::Error::last_os_error()));
+            return Err(Error::io(
+                format!("entering {ns_name}"),
+                std::io::Error::last_os_error(),
+            ));
         }
         f().map_err(|e| Error::io(format!("testbed socket in {ns_name}"), e))
     })
@@ -749,7 +760,12 @@ fn write_all(s: &mut TcpStream, mut buf: &[u8], stop: &Stop<'_>) -> Result<(), E
         match s.write(buf) {
             Ok(0) => return Err(Error::Backend("testbed: connection closed".into())),
             Ok(n) => buf = &buf[n..],
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 stop.check()?
             }
             Err(e) => return Err(Error::io("testbed: sending", e)),
@@ -764,7 +780,12 @@ fn read_exact(s: &mut TcpStream, buf: &mut [u8], stop: &Stop<'_>) -> Result<(), 
         match s.read(&mut buf[at..]) {
             Ok(0) => return Err(Error::Backend("testbed: connection closed".into())),
             Ok(n) => at += n,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
                 stop.check()?
             }
             Err(e) => return Err(Error::io("testbed: receiving", e)),
@@ -931,7 +952,9 @@ pub fn run(t: &Topo, rings: &[Ring], cancel: &AtomicBool, limit: Duration) -> Re
             ));
         }
         if r.hosts.iter().any(|&h| h >= t.hosts()) {
-            return Err(Error::Backend(format!("testbed: ring {ji} names a host that does not exist")));
+            return Err(Error::Backend(format!(
+                "testbed: ring {ji} names a host that does not exist"
+            )));
         }
     }
     cleanup_stale();
@@ -978,7 +1001,8 @@ pub fn run(t: &Topo, rings: &[Ring], cancel: &AtomicBool, limit: Duration) -> Re
                 for st in [&s, &acc] {
                     st.set_nodelay(true).map_err(|e| Error::io("testbed: socket", e))?;
                     st.set_read_timeout(tick).map_err(|e| Error::io("testbed: socket", e))?;
-                    st.set_write_timeout(tick).map_err(|e| Error::io("testbed: socket", e))?;
+                    st.set_write_timeout(tick)
+                        .map_err(|e| Error::io("testbed: socket", e))?;
                 }
                 inn[(i + 1) % n][ch.min(q - 1)] = Some(acc);
                 chans.push(s);

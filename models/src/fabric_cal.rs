@@ -134,7 +134,12 @@ pub fn fit(cases: &[TestbedCase]) -> Option<(f64, f64, f64)> {
         })
         .collect();
     let mut best: Option<(f64, [f64; 3])> = None;
-    for free in [[true, true, true], [false, true, true], [true, false, true], [false, false, true]] {
+    for free in [
+        [true, true, true],
+        [false, true, true],
+        [true, false, true],
+        [false, false, true],
+    ] {
         let Some(b) = solve_subset(&rows, free) else { continue };
         if b[0] < 0.0 || b[1] < 0.0 || b[2] <= 0.0 {
             continue;
@@ -181,11 +186,12 @@ fn solve_subset(rows: &[[f64; 3]], free: [bool; 3]) -> Option<[f64; 3]> {
             return None;
         }
         a.swap(col, p);
-        for r in 0..n {
+        let pivot = a[col].clone();
+        for (r, row) in a.iter_mut().enumerate() {
             if r != col {
-                let f = a[r][col] / a[col][col];
-                for k in col..=n {
-                    a[r][k] -= f * a[col][k];
+                let f = row[col] / pivot[col];
+                for (x, p) in row.iter_mut().zip(&pivot).skip(col) {
+                    *x -= f * p;
                 }
             }
         }

@@ -130,8 +130,8 @@ mod tests {
     use super::*;
     use crate::fabric::{flow_case, simulate};
     use trainlab_core::Seed;
-    use trainlab_core::workloads::fabric::{FabricJob, FabricOp, Placement, Routing, Topology};
     use trainlab_core::workloads::Fabric;
+    use trainlab_core::workloads::fabric::{FabricJob, FabricOp, Placement, Routing, Topology};
 
     fn fabric(routing: Routing, jobs: Vec<(u32, u32, u32)>) -> Fabric {
         Fabric {

@@ -20,11 +20,13 @@ use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, 
 use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
+use trainlab_core::workloads::Fabric;
 use trainlab_core::workloads::fabric::{
     FabricJob, FabricOp, FabricOutcome, JobOutcome, LinkRef, Placement, Routing, Topology,
 };
-use trainlab_core::workloads::Fabric;
-use trainlab_core::{Backend, Error, Fidelity, HeldOut, Metric, Outcome, Profile, Record, RunCtx, Seed, Unit, Workload};
+use trainlab_core::{
+    Backend, Error, Fidelity, HeldOut, Metric, Outcome, Profile, Record, RunCtx, Seed, Unit, Workload,
+};
 use trainlab_executors::netbed::{self, BedRun, Ring, RingOp, Topo};
 use trainlab_models::fabric::ideal_time;
 use trainlab_models::fabric_cal::{self, TestbedCase, TestbedParams};
@@ -72,10 +74,9 @@ pub static KIND: KindDef<Fabric> = KindDef {
     backends,
     describe: |w| format!("{} job(s), {}", w.jobs.len(), w.routing.as_str()),
     profiled: |o, w| match profile(o) {
-        Ok(Some(p)) if p.params.applies_to(w.topology.link_gbps) => vec![
-            ("analytical", "fabric".into()),
-            ("flow_sim", "fabric".into()),
-        ],
+        Ok(Some(p)) if p.params.applies_to(w.topology.link_gbps) => {
+            vec![("analytical", "fabric".into()), ("flow_sim", "fabric".into())]
+        }
         _ => vec![],
     },
     calibration: Some(&FabricCalibration),
@@ -449,13 +450,37 @@ fn cal_cases(quick: bool) -> Vec<CalCase> {
         c("2 hosts, one leaf, 4 MiB", a(vec![0, 1], 4 * mib, 1, Planned), false),
         c("2 hosts, two leaves, 1 MiB", a(vec![0, 2], mib, 1, Planned), false),
         c("2 hosts, two leaves, 4 MiB", a(vec![0, 2], 4 * mib, 1, Planned), false),
-        c("2 hosts, two leaves, 4 MiB, 4 channels", a(vec![0, 2], 4 * mib, 4, Planned), false),
-        c("4 hosts, 2x2 tree, 2 MiB", a(vec![0, 1, 2, 3], 2 * mib, 1, Planned), false),
-        c("4 hosts, 2x2 tree, 4 MiB, 2 channels", a(vec![0, 1, 2, 3], 4 * mib, 2, Planned), false),
+        c(
+            "2 hosts, two leaves, 4 MiB, 4 channels",
+            a(vec![0, 2], 4 * mib, 4, Planned),
+            false,
+        ),
+        c(
+            "4 hosts, 2x2 tree, 2 MiB",
+            a(vec![0, 1, 2, 3], 2 * mib, 1, Planned),
+            false,
+        ),
+        c(
+            "4 hosts, 2x2 tree, 4 MiB, 2 channels",
+            a(vec![0, 1, 2, 3], 4 * mib, 2, Planned),
+            false,
+        ),
         // Held out: rings that cross leaves twice per leaf, ECMP and planned, other topologies.
-        c("4 hosts, 2x2 tree, ring across, 8 MiB, planned", a(vec![0, 2, 1, 3], 8 * mib, 1, Planned), true),
-        c("4 hosts, 2x2 tree, ring across, 8 MiB, ecmp", a(vec![0, 2, 1, 3], 8 * mib, 1, Ecmp), true),
-        c("4 hosts, 2x2 tree, ring across, 8 MiB, 2 ch, ecmp", a(vec![0, 2, 1, 3], 8 * mib, 2, Ecmp), true),
+        c(
+            "4 hosts, 2x2 tree, ring across, 8 MiB, planned",
+            a(vec![0, 2, 1, 3], 8 * mib, 1, Planned),
+            true,
+        ),
+        c(
+            "4 hosts, 2x2 tree, ring across, 8 MiB, ecmp",
+            a(vec![0, 2, 1, 3], 8 * mib, 1, Ecmp),
+            true,
+        ),
+        c(
+            "4 hosts, 2x2 tree, ring across, 8 MiB, 2 ch, ecmp",
+            a(vec![0, 2, 1, 3], 8 * mib, 2, Ecmp),
+            true,
+        ),
         c(
             "8 hosts, 2 leaves 2:1, ring across, 8 MiB, planned",
             testbed_workload(4, 2, 2, 2.0, vec![0, 4, 1, 5, 2, 6, 3, 7], 8 * mib, 1, Planned),
@@ -547,7 +572,8 @@ impl Calibration for FabricCalibration {
         &[Device::Cpu]
     }
     fn run(&self, req: &CalRequest<'_>) -> Result<Calibrated, Error> {
-        netbed::available().map_err(|why| Error::Unsupported(format!("the fabric calibration needs the testbed: {why}")))?;
+        netbed::available()
+            .map_err(|why| Error::Unsupported(format!("the fabric calibration needs the testbed: {why}")))?;
         let cases = cal_cases(req.quick);
         let study = "calibrate-fabric-testbed";
         // Interleaved passes over all cases, the fastest of each kept: other processes on a shared machine only
@@ -573,7 +599,15 @@ impl Calibration for FabricCalibration {
                     .metrics()
                     .iter()
                     .map(|m| {
-                        Record::from_metric(study, Fabric::KIND, &label, "testbed", Fidelity::Measured, req.seed.0, m)
+                        Record::from_metric(
+                            study,
+                            Fabric::KIND,
+                            &label,
+                            "testbed",
+                            Fidelity::Measured,
+                            req.seed.0,
+                            m,
+                        )
                     })
                     .collect();
                 (req.keep)(recs.clone());
@@ -691,7 +725,7 @@ mod tests {
         testbed_refusal(&fast).unwrap();
         let x = on_testbed(&fast).expect("scaled");
         assert_eq!(x.topology.link_gbps, TESTBED_GBPS);
-        assert_eq!(x.jobs[0].bytes, 1 << 20);
+        assert_eq!(x.jobs[0].bytes, 1_073_741); // 1 GiB x 0.1/100
         assert_eq!(on_testbed(&x), None);
     }
 
