@@ -250,3 +250,40 @@ fn the_committed_testbed_calibration_predicts_its_held_out_rings_within_10_perce
         );
     }
 }
+
+/// A run that fails (here: past its time bound) also deletes every namespace it made.
+#[test]
+fn a_failed_run_leaves_no_namespace() {
+    if !testbed_or_skip() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let t = netbed::Topo {
+        hosts_per_leaf: 2,
+        leaves: 1,
+        spines: 1,
+        k: 2,
+        rate_mbit: 10.0,
+        dead: vec![],
+        hash_seed: 1,
+    };
+    // 32 MiB at 10 Mbit/s takes ~50 s: the 0.5 s bound stops it.
+    let ring = netbed::Ring {
+        hosts: vec![0, 1],
+        channels: 1,
+        bytes: 32 << 20,
+        op: netbed::RingOp::AllReduce,
+        sports: vec![30_001, 30_002],
+        pins: vec![None, None],
+    };
+    let cancel = AtomicBool::new(false);
+    let r = netbed::run(&t, &[ring], &cancel, std::time::Duration::from_millis(500));
+    match r {
+        Err(Error::Backend(m)) => assert!(m.contains("time bound"), "{m}"),
+        other => panic!(
+            "expected the time bound to stop the run: {:?}",
+            other.map(|r| r.times_s)
+        ),
+    }
+    assert!(ours().is_empty(), "namespaces left: {:?}", ours());
+}

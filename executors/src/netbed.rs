@@ -738,6 +738,8 @@ struct Stop<'a> {
     cancel: &'a AtomicBool,
     abort: &'a AtomicBool,
     deadline: Instant,
+    /// Set when a transfer hit the deadline (the cause; the other ranks then fail as its echoes).
+    timed_out: AtomicBool,
 }
 
 impl Stop<'_> {
@@ -749,6 +751,7 @@ impl Stop<'_> {
             return Err(Error::Backend("testbed: another rank failed".into()));
         }
         if Instant::now() > self.deadline {
+            self.timed_out.store(true, Ordering::Relaxed);
             return Err(Error::Backend("testbed: the run exceeded its time bound".into()));
         }
         Ok(())
@@ -1019,6 +1022,7 @@ pub fn run(t: &Topo, rings: &[Ring], cancel: &AtomicBool, limit: Duration) -> Re
         cancel,
         abort: &abort,
         deadline: Instant::now() + limit,
+        timed_out: AtomicBool::new(false),
     };
     let ranks: usize = rings.iter().map(|r| r.hosts.len()).sum();
     let start = Arc::new(Barrier::new(ranks));
@@ -1051,13 +1055,39 @@ pub fn run(t: &Topo, rings: &[Ring], cancel: &AtomicBool, limit: Duration) -> Re
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Interrupted);
     }
+    // Report the cause, not its echoes: once one rank fails, the others see closed connections or the abort flag.
+    let echo = |e: &Error| match e {
+        Error::Interrupted => 0,
+        Error::Backend(m) if m.contains("time bound") => 1,
+        Error::Backend(m) if m.contains("another rank") || m.contains("connection closed") || m.contains("stopped") => {
+            3
+        }
+        _ => 2,
+    };
     let mut times_s = Vec::new();
+    let mut failure: Option<Error> = None;
     for rs in results {
         let mut worst: f64 = 0.0;
         for r in rs {
-            worst = worst.max(r?);
+            match r {
+                Ok(t) => worst = worst.max(t),
+                Err(e) => {
+                    if failure.as_ref().is_none_or(|f| echo(&e) < echo(f)) {
+                        failure = Some(e);
+                    }
+                }
+            }
         }
         times_s.push(worst);
+    }
+    if let Some(e) = failure {
+        if stop.timed_out.load(Ordering::Relaxed) {
+            return Err(Error::Backend(format!(
+                "testbed: the run exceeded its time bound ({:.1} s)",
+                limit.as_secs_f64()
+            )));
+        }
+        return Err(e);
     }
     let after = link_counters(&bed, t)?;
     let tx_bytes = after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect();
