@@ -288,3 +288,58 @@ fn a_failed_run_leaves_no_namespace() {
     }
     assert!(ours().is_empty(), "namespaces left: {:?}", ours());
 }
+
+/// Ctrl-C on the command line: `trainlab run --backend testbed` stops, exits 130 and deletes its namespaces.
+#[test]
+fn ctrl_c_on_the_cli_stops_the_testbed_and_removes_its_namespaces() {
+    if !testbed_or_skip() {
+        return;
+    }
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("trainlab-testbed-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("long.toml");
+    // About 10 s of ring on 8 hosts at 2:1.
+    std::fs::write(
+        &p,
+        "name = \"long\"\nkind = \"fabric\"\nseed = 1\n\n[workload]\nrouting = \"planned\"\n\n\
+         [workload.topology]\nhosts_per_leaf = 4\nleaves = 2\nspines = 2\noversubscription = 2.0\nlink_gbps = 0.1\n\
+         gpus_per_host = 1\nnics_per_host = 1\n\n[[workload.jobs]]\nname = \"a\"\n\
+         placement = { hosts = [0, 4, 1, 5, 2, 6, 3, 7] }\ncollective = \"all_reduce\"\nbytes = 33554432\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["run"])
+        .arg(&p)
+        .args(["--backend", "testbed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let theirs = || {
+        let prefix = format!("{}{pid}-", netbed::PREFIX);
+        netbed::namespaces()
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .count()
+    };
+    // Wait until its fabric exists, then interrupt it.
+    let t = std::time::Instant::now();
+    while theirs() < 12 && t.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(theirs() >= 12, "the run never built its 12 namespaces");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(theirs(), 0, "namespaces left by the interrupted run");
+    let _ = std::fs::remove_dir_all(&dir);
+}
