@@ -308,7 +308,7 @@ fn ctrl_c_on_the_cli_stops_the_testbed_and_removes_its_namespaces() {
          placement = { hosts = [0, 4, 1, 5, 2, 6, 3, 7] }\ncollective = \"all_reduce\"\nbytes = 33554432\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+    let child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
         .args(["run"])
         .arg(&p)
         .args(["--backend", "testbed"])
