@@ -10,6 +10,7 @@ pub mod faultrun;
 pub mod gpu;
 pub mod lm;
 pub mod moe;
+pub mod netbed;
 pub mod recsys;
 pub mod rlhf;
 pub mod timing;

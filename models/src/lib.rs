@@ -10,6 +10,7 @@ pub mod cpt;
 pub mod dense;
 pub mod distill;
 pub mod fabric;
+pub mod fabric_cal;
 pub mod faultline;
 pub mod fit;
 pub mod gaplaw;

@@ -8,6 +8,7 @@ pub mod distill;
 pub mod engine;
 pub mod fabric;
 pub mod fabric_net;
+pub mod fabric_replay;
 pub mod failures;
 pub mod moe;
 pub mod queueing;
