@@ -26,7 +26,7 @@
 //! E)` (Switch Eq. 3). [`closed_form_load`]: expert `i`'s load is `Binomial(N, q_i)` with `q_i = min(1, k_g p_i)`
 //! (`k_g` choices per routing group, `p_i` the Zipf(`router_skew`) popularity within a group of `E / groups`
 //! experts: exact for top-1, k-top-1 and a uniform router, an approximation for top-k under skew), capped at `C`
-//! (moments from [`capped_moments`]); a rank holds `E / ep` experts drawn at random (the popularity is over a random
+//! (moments from [`crate::moe::capped_moments`], summed over the non-negligible window: [`capped_moments_fast`]); a rank holds `E / ep` experts drawn at random (the popularity is over a random
 //! permutation), so its processed rows have mean `n_r mu` and variance `n_r sigma_w^2 + n_r sigma_b^2 (E - n_r) / (E
 //! - 1)`, and the slowest of `ep` ranks is taken at Blom's expected maximum of normals (as the `moe_layer` closed
 //! form, to which this reduces for a uniform router). The operation-level simulator uses instead the mean over
@@ -41,7 +41,7 @@
 use trainlab_core::workloads::{CollectiveAlgo, CollectiveOp, DenseTraining, MoeSpec, ParallelConfig};
 
 use crate::hardware::{GemmLaw, Network, Placement, memory_time};
-use crate::moe::{capped_moments, expected_max_std_normal};
+use crate::moe::{CappedMoments, expected_max_std_normal, ln_binom_pmf};
 
 /// Share of Korthikanti's `34 sbh` per-layer activation bytes that belong to the FFN (`19 sbh`: its input `2`, the
 /// `4h` up output `8`, the activation's output `8`, the dropout mask `1`; Korthikanti et al. 2022 sec. 4.1).
@@ -81,6 +81,59 @@ pub fn capacity(moe: &MoeSpec, n: u64) -> u64 {
     (c - 1e-9).ceil().max(0.0) as u64
 }
 
+/// [`crate::moe::capped_moments`] summed only where the pmf is not negligible: from `12` standard deviations (plus
+/// 40) below the mean to `min(c, 12 sd + 40 above)`, the pmf by its ratio recurrence from one log-gamma
+/// evaluation, so the cost is `O(sd)` instead of `O(c)` (a capacity of millions of slots in a dropless layer).
+/// Beyond the window the mass is below `1e-30`; it agrees with the full sum to about 1e-12 (unit test).
+pub fn capped_moments_fast(n: u64, p: f64, c: u64) -> CappedMoments {
+    let mean = n as f64 * p;
+    if p <= 0.0 || n == 0 {
+        return CappedMoments {
+            mean_capped: 0.0,
+            var_capped: 0.0,
+            excess: 0.0,
+        };
+    }
+    let c = c.min(n);
+    let sd = (mean * (1.0 - p)).max(0.0).sqrt();
+    let lo = (mean - 12.0 * sd - 40.0).max(0.0).floor() as u64;
+    let hi = ((mean + 12.0 * sd + 40.0).ceil() as u64).min(n);
+    if p >= 1.0 || lo > c {
+        // every load is at or above the capacity
+        let cf = c as f64;
+        return CappedMoments {
+            mean_capped: cf,
+            var_capped: 0.0,
+            excess: (mean - cf).max(0.0),
+        };
+    }
+    let ratio = p / (1.0 - p);
+    let end = c.min(hi);
+    let mut q = ln_binom_pmf(n, p, lo).exp();
+    let (mut s1, mut s2, mut mass) = (0.0, 0.0, 0.0);
+    let mut x = lo;
+    loop {
+        let v = x as f64;
+        s1 += v * q;
+        s2 += v * v * q;
+        mass += q;
+        if x >= end {
+            break;
+        }
+        q *= (n - x) as f64 / (x + 1) as f64 * ratio;
+        x += 1;
+    }
+    let tail = if c >= hi { 0.0 } else { (1.0 - mass).max(0.0) };
+    let cf = c as f64;
+    let mean_capped = if c >= hi { s1 / mass.max(f64::MIN_POSITIVE) } else { s1 + cf * tail };
+    let m2 = if c >= hi { s2 / mass.max(f64::MIN_POSITIVE) } else { s2 + cf * cf * tail };
+    CappedMoments {
+        mean_capped,
+        var_capped: (m2 - mean_capped * mean_capped).max(0.0),
+        excess: (mean - mean_capped).max(0.0),
+    }
+}
+
 /// The closed-form load (see the module docs) of `n` tokens over `ep` ranks.
 pub fn closed_form_load(moe: &MoeSpec, n: u64, ep: u64) -> MoeLoad {
     let e = moe.experts;
@@ -92,7 +145,7 @@ pub fn closed_form_load(moe: &MoeSpec, n: u64, ep: u64) -> MoeLoad {
     let s = moe.router_skew;
     let (mut mean_capped, mut var_within, mut excess) = (Vec::new(), 0.0, 0.0);
     if s == 0.0 {
-        let m = capped_moments(n, per_group as f64 / g as f64, c);
+        let m = capped_moments_fast(n, per_group as f64 / g as f64, c);
         mean_capped.push(m.mean_capped);
         var_within = m.var_capped;
         excess = m.excess * g as f64;
@@ -100,7 +153,7 @@ pub fn closed_form_load(moe: &MoeSpec, n: u64, ep: u64) -> MoeLoad {
         let z: f64 = (1..=g).map(|i| (i as f64).powf(-s)).sum();
         for i in 1..=g {
             let q = (per_group as f64 * (i as f64).powf(-s) / z).min(1.0);
-            let m = capped_moments(n, q, c);
+            let m = capped_moments_fast(n, q, c);
             mean_capped.push(m.mean_capped);
             var_within += m.var_capped / g as f64;
             excess += m.excess;
@@ -242,4 +295,76 @@ pub fn moe_costs(
         },
         load,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::moe::capped_moments;
+
+    #[test]
+    fn fast_capped_moments_equal_the_full_sum() {
+        for &(n, p, c) in &[
+            (4096u64, 1.0 / 32.0, 160u64),
+            (4096, 1.0 / 32.0, 10),
+            (65536, 1.0 / 128.0, 640),
+            (32768, 0.25, 16384),
+            (32768, 0.25, 8000),
+            (1000, 0.9, 950),
+            (100, 0.5, 0),
+        ] {
+            let a = capped_moments(n, p, c);
+            let b = capped_moments_fast(n, p, c);
+            for (x, y) in [
+                (a.mean_capped, b.mean_capped),
+                (a.var_capped, b.var_capped),
+                (a.excess, b.excess),
+            ] {
+                // both sums carry rounding (the variance a difference of two large moments): 1e-6 relative to the
+                // mean load
+                assert!((x - y).abs() <= 1e-6 * (n as f64 * p).max(1.0), "{n} {p} {c}: {a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// A uniform router: the rank load is `moe_layer`'s closed form (`uniform_load`) of the same layer.
+    #[test]
+    fn uniform_load_is_the_moe_layer_closed_form() {
+        let moe = MoeSpec {
+            experts: 32,
+            every: 1,
+            top_k: 2,
+            routing: trainlab_core::workloads::MoeRouting::TopK,
+            capacity_factor: 1.25,
+            pad_to_capacity: false,
+            router_skew: 0.0,
+        };
+        let l = closed_form_load(&moe, 4096, 8);
+        let layer = trainlab_core::workloads::MoeLayer {
+            tokens: 4096,
+            d_model: 512,
+            d_ff: 2048,
+            experts: 32,
+            routing: trainlab_core::workloads::Routing::TopK(2),
+            capacity_factor: 1.25,
+            balance_loss: None,
+            ep_ranks: 8,
+            dtype: trainlab_core::Dtype::Bf16,
+            cluster: crate::collectives::tests::cluster(1),
+            router: trainlab_core::workloads::RouterModel::Uniform,
+            pad_to_capacity: false,
+        };
+        let u = crate::moe::uniform_load(&layer);
+        assert_eq!(l.capacity, u.capacity);
+        assert!((l.rank_rows / u.expected_max_rank_processed - 1.0).abs() < 1e-9);
+        assert!((l.drop_fraction - u.drop_fraction).abs() < 1e-9);
+        // a skewed router drops more and its slowest rank is further above the mean (the capacity caps the popular
+        // experts, so the processed rows themselves can fall)
+        let skewed = closed_form_load(&MoeSpec { router_skew: 1.0, ..moe }, 4096, 8);
+        assert!(
+            skewed.drop_fraction > l.drop_fraction
+                && skewed.rank_rows / skewed.mean_rank_rows > l.rank_rows / l.mean_rank_rows,
+            "{skewed:?} vs {l:?}"
+        );
+    }
 }

@@ -225,8 +225,8 @@ pub fn row_of(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile) -> Sea
     row_with(w, cfg, p, None)
 }
 
-/// [`row_of`] with an MoE model's load given (`None`: computed from the closed form).
-fn row_with(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile, load: Option<MoeLoad>) -> SearchRow {
+/// [`row_of`] with an MoE model's load given (`None`: computed from the closed form), e.g. from a [`LoadCache`].
+pub fn row_with(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile, load: Option<MoeLoad>) -> SearchRow {
     // check_config passed during enumeration
     let mb = check_config(w, cfg).unwrap_or(1);
     let net = AlphaBetaNetwork::of(&w.cluster);

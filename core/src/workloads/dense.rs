@@ -400,10 +400,15 @@ impl ParallelConfig {
     /// the field under `workload.parallel` (the checks of [`DenseTraining::validate`] and of every searched layout).
     /// Returns the micro-batches per replica per step.
     pub fn check(&self, model: &TransformerSpec, gpus: u64, sequences: u64) -> Result<u64, Error> {
-        for (name, v) in [("tp", self.tp), ("cp", self.cp), ("pp", self.pp), ("dp", self.dp)] {
-            let field = format!("workload.parallel.{name}");
-            check::at_least(&field, v, 1)?;
-            check::at_most(&field, v, gpus, "the cluster has no more GPUs")?;
+        // static field names: this runs for every layout the search tries, so it allocates nothing
+        for (field, v) in [
+            ("workload.parallel.tp", self.tp),
+            ("workload.parallel.cp", self.cp),
+            ("workload.parallel.pp", self.pp),
+            ("workload.parallel.dp", self.dp),
+        ] {
+            check::at_least(field, v, 1)?;
+            check::at_most(field, v, gpus, "the cluster has no more GPUs")?;
         }
         check::at_least("workload.parallel.micro_batch", self.micro_batch, 1)?;
         check::at_most(
