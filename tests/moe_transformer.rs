@@ -9,7 +9,7 @@
 //! capacity-sized buffers; bad input exits 2 naming the field.
 mod common;
 use common::*;
-use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
+use trainlab_core::workloads::{DenseOutcome, DenseTraining, MoeLoadSource, ParallelConfig, Recompute};
 use trainlab_core::{Backend, RunCtx, Seed};
 use trainlab_models::dense::DenseAnalytical;
 use trainlab_sim::dense::DenseOpSim;
@@ -78,8 +78,8 @@ fn one_stage_without_overlap_op_sim_is_the_closed_form() {
             a.step_time_s
         );
         assert!(rel(s.exposed_comm_s, a.exposed_comm_s) < 1e-9);
-        assert_eq!(a.moe.as_ref().unwrap().load_source, "closed_form");
-        assert_eq!(s.moe.as_ref().unwrap().load_source, "monte_carlo");
+        assert_eq!(a.moe.unwrap().load_source, MoeLoadSource::ClosedForm);
+        assert_eq!(s.moe.unwrap().load_source, MoeLoadSource::MonteCarlo);
         w.moe.as_mut().unwrap().pad_to_capacity = false;
         let (a, s) = both(&w);
         let d = rel(s.step_time_s, a.step_time_s);
@@ -132,7 +132,7 @@ fn search_finds_expert_parallelism_for_mixtral_on_64_gpus() {
 
 /// Switch-Base-like on 32 GPUs at the capacity factors of Switch's Table 1: with capacity-padded experts (the
 /// paper's TPUs) step time rises and throughput falls strictly with the capacity factor; with dynamic shapes it
-/// never falls (more tokens kept), and drops fall. Prints the numbers quoted in the README.
+/// never falls (more tokens kept; flat once nothing is dropped), and drops fall. Prints the numbers quoted in the README.
 #[test]
 fn throughput_falls_as_the_capacity_factor_rises() {
     let mut w = scenario("switch-base-moe");
@@ -142,7 +142,7 @@ fn throughput_falls_as_the_capacity_factor_rises() {
             w.moe.as_mut().unwrap().pad_to_capacity = pad;
             w.moe.as_mut().unwrap().capacity_factor = cf;
             let (a, s) = both(&w);
-            let (ma, ms) = (a.moe.clone().unwrap(), s.moe.clone().unwrap());
+            let (ma, ms) = (a.moe.unwrap(), s.moe.unwrap());
             println!(
                 "pad {pad} cf {cf}: analytical {:.4} s {:.3e} tok/s drop {:.2e}; op_sim {:.4} s {:.3e} tok/s drop {:.2e}",
                 a.step_time_s, a.tokens_per_s, ma.drop_fraction, s.step_time_s, s.tokens_per_s, ms.drop_fraction
@@ -152,9 +152,10 @@ fn throughput_falls_as_the_capacity_factor_rises() {
                 if pad {
                     assert!(a.step_time_s > p.step_time_s && a.tokens_per_s < p.tokens_per_s);
                 } else {
-                    assert!(a.step_time_s >= p.step_time_s);
+                    // flat (to rounding) once nothing is dropped
+                    assert!(a.step_time_s >= p.step_time_s * (1.0 - 1e-9));
                 }
-                assert!(ma.drop_fraction <= pm.drop_fraction);
+                assert!(ma.drop_fraction <= pm.drop_fraction + 1e-12);
             }
             prev = Some(a);
         }
@@ -252,5 +253,47 @@ fn bad_moe_input_exits_2_with_the_field_path() {
         assert_eq!(o.status.code(), Some(2), "case {i}: {e}");
         assert!(e.contains(needle), "case {i}: expected `{needle}` in: {e}");
         assert!(!e.contains("panicked"), "{e}");
+    }
+}
+
+/// A skewed router (Zipf `s`, as `moe_layer`'s): the closed form's drops and slowest rank against the Monte Carlo
+/// routing draws of the simulator. Exact per-expert marginals for top-1 (Switch-like) and top-2 (Mixtral-like, the
+/// inclusion probability of sampling without replacement); the closed form takes the loads as independent and the
+/// slowest rank at a normal approximation. Prints the pairs; the bounds are loose.
+#[test]
+fn skewed_router_closed_form_against_monte_carlo() {
+    for (name, cfg, s) in [
+        (
+            "switch-base-moe",
+            ParallelConfig {
+                ep: 32,
+                ..ParallelConfig::new(1, 1, 32, 8, Recompute::None)
+            },
+            0.5,
+        ),
+        (
+            "mixtral-8x7b",
+            ParallelConfig {
+                ep: 8,
+                ..ParallelConfig::new(8, 1, 8, 1, Recompute::Selective)
+            },
+            0.5,
+        ),
+    ] {
+        let mut w = scenario(name);
+        w.parallel = Some(cfg);
+        let m = w.moe.as_mut().unwrap();
+        m.router_skew = s;
+        m.capacity_factor = 1.25;
+        let (a, b) = both(&w);
+        let (ma, mb) = (a.moe.unwrap(), b.moe.unwrap());
+        println!(
+            "{name} zipf {s} cf 1.25: drop {:.4} (closed form) vs {:.4} (Monte Carlo); slowest rank / mean {:.4} vs {:.4}; \
+             step {:.4} vs {:.4} s",
+            ma.drop_fraction, mb.drop_fraction, ma.rank_imbalance, mb.rank_imbalance, a.step_time_s, b.step_time_s
+        );
+        assert!(ma.drop_fraction > 0.01 && mb.drop_fraction > 0.01);
+        assert!(rel(ma.drop_fraction, mb.drop_fraction) < 0.25, "{ma:?} vs {mb:?}");
+        assert!(rel(ma.rank_imbalance, mb.rank_imbalance) < 0.10, "{ma:?} vs {mb:?}");
     }
 }

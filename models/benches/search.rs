@@ -161,7 +161,9 @@ fn cpu_rate(label: &str, w: &DenseTraining, p: &trainlab_core::DeviceProfile, re
         let mut acc = 0.0;
         for _ in 0..reps {
             for cfg in &cands {
-                acc += search::row_with(black_box(w), cfg, p, loads.get(w, cfg)).outcome.step_time_s;
+                acc += search::row_with(black_box(w), cfg, p, loads.get(w, cfg))
+                    .outcome
+                    .step_time_s;
             }
         }
         black_box(acc);
@@ -171,7 +173,11 @@ fn cpu_rate(label: &str, w: &DenseTraining, p: &trainlab_core::DeviceProfile, re
     }
     rates.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (cpu, wall) = rates[2];
-    eprintln!("{label}: {:.2} M configurations per CPU-second (median of 5; wall {:.2} M/s)", cpu / 1e6, wall / 1e6);
+    eprintln!(
+        "{label}: {:.2} M configurations per CPU-second (median of 5; wall {:.2} M/s)",
+        cpu / 1e6,
+        wall / 1e6
+    );
 }
 
 fn cpu_time(_: &mut Criterion) {

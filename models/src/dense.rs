@@ -57,8 +57,8 @@
 //!
 //! **MFU** = model FLOPs (without recomputation) / (step time x GPUs x dense peak of the dtype).
 use trainlab_core::workloads::{
-    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, MoeStepInfo, ParallelConfig, PipelineSchedule,
-    Recompute, StageLayers, StepSplit, TransformerSpec,
+    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, MoeLoadSource, MoeStepInfo, ParallelConfig,
+    PipelineSchedule, Recompute, StageLayers, StepSplit, TransformerSpec,
 };
 
 use crate::dense_moe::{FFN_ACTIVATION_SHARE, MoeCosts, MoeLoad, moe_costs};
@@ -759,7 +759,6 @@ pub(crate) fn evaluate_with(
 pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> StepBreakdown {
     let cfg = &c.config;
     let micro_batches = c.micro_batches;
-    let c = *c;
     let st = c.stages;
     let pp = cfg.pp;
     // the stage classes: first, last, the middle ones with the most and the fewest layers
@@ -843,11 +842,10 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
             a2a_s: moe.a2a,
             a2a_per_step_s: mf * slow.ep,
             load_source: if moe.load.monte_carlo {
-                "monte_carlo"
+                MoeLoadSource::MonteCarlo
             } else {
-                "closed_form"
-            }
-            .into(),
+                MoeLoadSource::ClosedForm
+            },
         }),
     }
 }
@@ -874,7 +872,7 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         ettr_ci: ettr.iter().map(|&(p, _, (l, h))| (p, l, h)).collect(),
         split: Some(split_of(b)),
         memory_fraction: b.memory_per_gpu_bytes / w.cluster.gpu.memory_bytes as f64,
-        moe: b.moe.clone(),
+        moe: b.moe,
     }
 }
 

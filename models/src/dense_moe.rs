@@ -23,9 +23,11 @@
 //! chunked with `tp_comm_overlap` (the combine sits between the expert GEMM and it).
 //!
 //! **The slowest rank's load.** The group routes `N = t ep` tokens per micro-batch; capacity `C = ceil(gamma k N /
-//! E)` (Switch Eq. 3). [`closed_form_load`]: expert `i`'s load is `Binomial(N, q_i)` with `q_i = min(1, k_g p_i)`
+//! E)` (Switch Eq. 3). [`closed_form_load`]: expert `i`'s load is `Binomial(N, q_i)` with `q_i` the chance a token picks it
 //! (`k_g` choices per routing group, `p_i` the Zipf(`router_skew`) popularity within a group of `E / groups`
-//! experts: exact for top-1, k-top-1 and a uniform router, an approximation for top-k under skew), capped at `C`
+//! experts; with two choices the exact inclusion probability of sampling without replacement `p_i (1 + sum_{j !=
+//! i} p_j / (1 - p_j))` instead of `2 p_i`; exact marginals for one or two choices and for a uniform router, an
+//! approximation for more choices under skew; loads taken as independent), capped at `C`
 //! (moments from [`crate::moe::capped_moments`], summed over the non-negligible window: [`capped_moments_fast`]); a rank holds `E / ep` experts drawn at random (the popularity is over a random
 //! permutation), so its processed rows have mean `n_r mu` and variance `n_r sigma_w^2 + n_r sigma_b^2 (E - n_r) / (E
 //! - 1)`, and the slowest of `ep` ranks is taken at Blom's expected maximum of normals (as the `moe_layer` closed
@@ -107,8 +109,16 @@ pub fn capped_moments_fast(n: u64, p: f64, c: u64) -> CappedMoments {
             excess: (mean - cf).max(0.0),
         };
     }
+    if c >= hi {
+        // the capacity is beyond every non-negligible load: nothing is capped
+        return CappedMoments {
+            mean_capped: mean,
+            var_capped: mean * (1.0 - p),
+            excess: 0.0,
+        };
+    }
     let ratio = p / (1.0 - p);
-    let end = c.min(hi);
+    let end = c;
     let mut q = ln_binom_pmf(n, p, lo).exp();
     let (mut s1, mut s2, mut mass) = (0.0, 0.0, 0.0);
     let mut x = lo;
@@ -123,10 +133,10 @@ pub fn capped_moments_fast(n: u64, p: f64, c: u64) -> CappedMoments {
         q *= (n - x) as f64 / (x + 1) as f64 * ratio;
         x += 1;
     }
-    let tail = if c >= hi { 0.0 } else { (1.0 - mass).max(0.0) };
+    let tail = (1.0 - mass).max(0.0);
     let cf = c as f64;
-    let mean_capped = if c >= hi { s1 / mass.max(f64::MIN_POSITIVE) } else { s1 + cf * tail };
-    let m2 = if c >= hi { s2 / mass.max(f64::MIN_POSITIVE) } else { s2 + cf * cf * tail };
+    let mean_capped = s1 + cf * tail;
+    let m2 = s2 + cf * cf * tail;
     CappedMoments {
         mean_capped,
         var_capped: (m2 - mean_capped * mean_capped).max(0.0),
@@ -151,8 +161,22 @@ pub fn closed_form_load(moe: &MoeSpec, n: u64, ep: u64) -> MoeLoad {
         excess = m.excess * g as f64;
     } else {
         let z: f64 = (1..=g).map(|i| (i as f64).powf(-s)).sum();
+        // two choices by successive sampling without replacement: P(i chosen) = p_i (1 + sum_{j != i} p_j / (1 -
+        // p_j)) exactly; more choices: min(1, k p_i), an approximation
+        let sj: f64 = (1..=g)
+            .map(|i| {
+                let p = (i as f64).powf(-s) / z;
+                p / (1.0 - p).max(f64::MIN_POSITIVE)
+            })
+            .sum();
         for i in 1..=g {
-            let q = (per_group as f64 * (i as f64).powf(-s) / z).min(1.0);
+            let p = (i as f64).powf(-s) / z;
+            let q = match per_group {
+                1 => p,
+                2 => p * (1.0 + sj - p / (1.0 - p).max(f64::MIN_POSITIVE)),
+                k => k as f64 * p,
+            }
+            .min(1.0);
             let m = capped_moments_fast(n, q, c);
             mean_capped.push(m.mean_capped);
             var_within += m.var_capped / g as f64;
@@ -322,7 +346,10 @@ mod tests {
             ] {
                 // both sums carry rounding (the variance a difference of two large moments): 1e-6 relative to the
                 // mean load
-                assert!((x - y).abs() <= 1e-6 * (n as f64 * p).max(1.0), "{n} {p} {c}: {a:?} vs {b:?}");
+                assert!(
+                    (x - y).abs() <= 1e-6 * (n as f64 * p).max(1.0),
+                    "{n} {p} {c}: {a:?} vs {b:?}"
+                );
             }
         }
     }
@@ -360,7 +387,14 @@ mod tests {
         assert!((l.drop_fraction - u.drop_fraction).abs() < 1e-9);
         // a skewed router drops more and its slowest rank is further above the mean (the capacity caps the popular
         // experts, so the processed rows themselves can fall)
-        let skewed = closed_form_load(&MoeSpec { router_skew: 1.0, ..moe }, 4096, 8);
+        let skewed = closed_form_load(
+            &MoeSpec {
+                router_skew: 1.0,
+                ..moe
+            },
+            4096,
+            8,
+        );
         assert!(
             skewed.drop_fraction > l.drop_fraction
                 && skewed.rank_rows / skewed.mean_rank_rows > l.rank_rows / l.mean_rank_rows,

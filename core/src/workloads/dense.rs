@@ -972,7 +972,7 @@ pub struct DenseOutcome {
 }
 
 /// What the MoE layers of a step do: per MoE layer and micro-batch of one expert-parallel group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MoeStepInfo {
     /// Expert capacity in slots (`ceil(gamma k N / E)`, `N` the group's tokens of one micro-batch).
     pub capacity: u64,
@@ -986,9 +986,18 @@ pub struct MoeStepInfo {
     pub a2a_s: f64,
     /// All-to-all time per step on the slowest stage (forward and backward, every micro-batch), seconds.
     pub a2a_per_step_s: f64,
-    /// Where the slowest rank's load comes from: `closed_form` (expected maximum) or `monte_carlo` (mean over
-    /// routing draws).
-    pub load_source: String,
+    /// Where the slowest rank's load comes from.
+    pub load_source: MoeLoadSource,
+}
+
+/// Where an MoE step's slowest-rank load comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeLoadSource {
+    /// The closed form's expected maximum over ranks.
+    ClosedForm,
+    /// The mean over Monte Carlo routing draws of the MoE simulator.
+    MonteCarlo,
 }
 
 /// A partition of one step's time into its causes, each a share of the step (they sum to 1): the compute of every
