@@ -764,15 +764,15 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
     // the stage classes: first, last, the middle ones with the most and the fewest layers
     let mut classes: [(StageTime, f64); 4] = [(StageTime::default(), 0.0); 4];
     if pp == 1 {
-        classes[0] = (stage_time(&c, net, st.first, true, true), 1.0);
+        classes[0] = (stage_time(c, net, st.first, true, true), 1.0);
     } else {
-        classes[0] = (stage_time(&c, net, st.first, true, false), 1.0);
-        classes[1] = (stage_time(&c, net, st.last, false, true), 1.0);
+        classes[0] = (stage_time(c, net, st.first, true, false), 1.0);
+        classes[1] = (stage_time(c, net, st.last, false, true), 1.0);
         if pp > 2 {
-            classes[2] = (stage_time(&c, net, st.mid_max, false, false), st.n_mid_max as f64);
+            classes[2] = (stage_time(c, net, st.mid_max, false, false), st.n_mid_max as f64);
             let rest = (pp - 2 - st.n_mid_max) as f64;
             if rest > 0.0 {
-                classes[3] = (stage_time(&c, net, st.mid_min, false, false), rest);
+                classes[3] = (stage_time(c, net, st.mid_min, false, false), rest);
             }
         }
     }
