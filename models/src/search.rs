@@ -28,8 +28,9 @@ use crate::roofline::datasheet_profile;
 /// The layout space of [`candidates`] in words, for reports.
 pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing the heads) with and without \
     sequence parallelism, cp up to 16, pp up to the layers with interleaving and even or trimmed end stages, dp the \
-    rest; micro-batches of 1, 2, 4, 8; no, selective or full recomputation; ZeRO-1, or ZeRO-2/3 where memory needs \
-    it; the fastest layout that fits in memory wins";
+    rest; for MoE models every expert-parallel size dividing dp and the experts; micro-batches of 1, 2, 4, 8; no, \
+    selective or full recomputation; ZeRO-1, or ZeRO-2/3 where memory needs it; the fastest layout that fits in memory \
+    wins";
 
 /// Micro-batch sizes tried.
 pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
