@@ -58,9 +58,11 @@
 //!
 //! **MFU** = model FLOPs (without recomputation) / (step time x GPUs x dense peak of the dtype).
 use trainlab_core::workloads::{
-    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, ParallelConfig, PipelineSchedule, Recompute,
-    StageLayers, StepSplit, TransformerSpec,
+    CollectiveAlgo, CollectiveOp, DenseOutcome, DenseTraining, MoeLoadSource, MoeStepInfo, ParallelConfig,
+    PipelineSchedule, Recompute, StageLayers, StepSplit, TransformerSpec,
 };
+
+use crate::dense_moe::{FFN_ACTIVATION_SHARE, MoeCosts, MoeLoad, moe_costs};
 use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Workload};
 
 use crate::hardware::{AlphaBetaNetwork, GemmLaw, Network, Placement, memory_time};
@@ -192,12 +194,46 @@ pub struct StepCosts {
     pub overlap: bool,
     /// Split each TP collective and the GEMM before it into pipelined chunks (`tp_comm_overlap`).
     pub tp_overlap: bool,
+    /// The MoE layers' costs (`None` for a dense model).
+    pub moe: Option<MoeCosts>,
 }
 
 impl StepCosts {
     /// Parameters on one GPU of a stage with `layers` layers (plus the embedding on the first, the head on the last).
     pub fn stage_params(&self, layers: u64, first: bool, last: bool) -> f64 {
-        layers as f64 * self.layer_params + self.emb_params * (f64::from(u8::from(first)) + f64::from(u8::from(last)))
+        let emb = self.emb_params * (f64::from(u8::from(first)) + f64::from(u8::from(last)));
+        match &self.moe {
+            None => layers as f64 * self.layer_params + emb,
+            Some(moe) => {
+                let nm = moe.layers_in(layers);
+                (layers - nm) as f64 * self.layer_params + nm as f64 * (moe.layer_params + moe.expert_params) + emb
+            }
+        }
+    }
+    /// Expert parameters on one GPU of a stage with `layers` layers (part of [`StepCosts::stage_params`]).
+    pub fn stage_expert_params(&self, layers: u64) -> f64 {
+        self.moe
+            .as_ref()
+            .map_or(0.0, |moe| moe.layers_in(layers) as f64 * moe.expert_params)
+    }
+    /// Reduction of `bytes` of expert gradients over the ranks holding the same experts, as [`StepCosts::dp_sync`]
+    /// (0 for a dense model or one such rank).
+    pub fn expert_dp_sync(&self, net: &dyn Network, bytes: f64) -> f64 {
+        let Some(moe) = &self.moe else {
+            return 0.0;
+        };
+        if moe.expert_dp_group.ranks <= 1 || bytes <= 0.0 {
+            return 0.0;
+        }
+        let g = moe.expert_dp_group;
+        let c = |op| net.collective_time(op, CollectiveAlgo::Ring, bytes, g).0;
+        match self.config.zero_stage {
+            0 => {
+                net.collective_time(CollectiveOp::AllReduce, CollectiveAlgo::Auto, bytes, g)
+                    .0
+            }
+            _ => c(CollectiveOp::ReduceScatter) + c(CollectiveOp::AllGather),
+        }
     }
     /// Gradient synchronisation of `bytes` of gradients over the DP group at the end of the step: all-reduce
     /// (ZeRO-0), reduce-scatter + all-gather (ZeRO-1/2), reduce-scatter (ZeRO-3, parameters are gathered per pass).
@@ -223,10 +259,12 @@ impl StepCosts {
         net.collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, bytes, self.dp_group)
             .0
     }
-    /// Optimizer step of a stage with `params` parameters on one GPU.
-    pub fn optimizer(&self, params: f64) -> f64 {
+    /// Optimizer step of a stage with `params` parameters on one GPU, `expert` of them expert parameters (sharded
+    /// by ZeRO over the expert-data-parallel ranks instead of the data-parallel ones).
+    pub fn optimizer(&self, params: f64, expert: f64) -> f64 {
         let local = if self.config.zero_stage >= 1 {
-            params / self.dp_group.ranks.max(1) as f64
+            let edp = self.moe.as_ref().map_or(1, |m| m.expert_dp_group.ranks).max(1) as f64;
+            (params - expert) / self.dp_group.ranks.max(1) as f64 + expert / edp
         } else {
             params
         };
@@ -264,26 +302,51 @@ struct StageTime {
     pp: f64,
     cp: f64,
     zero3: f64,
+    /// MoE dispatch and combine all-to-alls (never hidden).
+    ep: f64,
     params: f64,
+    expert_params: f64,
 }
 
 impl StageTime {
     fn total(&self) -> f64 {
-        self.fwd + self.bwd + self.tp + self.pp + self.cp + self.zero3
+        self.fwd + self.bwd + self.tp + self.pp + self.cp + self.zero3 + self.ep
     }
 }
 
 fn stage_time(c: &StepCosts, net: &dyn Network, layers: u64, first: bool, last: bool) -> StageTime {
     let l = &c.layer;
     let r = c.config.recompute;
-    let n = layers as f64;
+    let nm = c.moe.as_ref().map_or(0, |moe| moe.layers_in(layers));
+    let n = (layers - nm) as f64;
     let (e, h) = (f64::from(u8::from(first)), f64::from(u8::from(last)));
-    let fwd = n * l.fwd() + e * c.emb_fwd + h * c.head_fwd;
-    let bwd = n * l.bwd(r) + 2.0 * (e * c.emb_fwd + h * c.head_fwd);
+    let mut fwd = n * l.fwd() + e * c.emb_fwd + h * c.head_fwd;
+    let mut bwd = n * l.bwd(r) + 2.0 * (e * c.emb_fwd + h * c.head_fwd);
     // the embedding's all-reduce follows its gather, the head's input gradient follows the head's backward
-    let tp = n * l.tp_layer(r, c.tp_overlap)
+    let mut tp = n * l.tp_layer(r, c.tp_overlap)
         + e * l.tp_after(c.emb_fwd, c.tp_overlap)
         + h * l.tp_after(2.0 * c.head_fwd, c.tp_overlap);
+    let mut ep = 0.0;
+    if let Some(moe) = &c.moe {
+        let k = nm as f64;
+        let f = moe.fwd(l.qkv + l.core + l.proj);
+        let replay = r == Recompute::Full;
+        fwd += k * f;
+        bwd += k
+            * (2.0 * f
+                + match r {
+                    Recompute::None => 0.0,
+                    Recompute::Selective => l.core,
+                    Recompute::Full => f,
+                });
+        // TP: after the output projection (chunked where it pays) and after the combine (whole), backward after
+        // the router's input gradient (whole) and the QKV input gradient (chunked where it pays)
+        let tpf = l.tp_after(l.proj, c.tp_overlap) + l.tp_coll;
+        let tpb = l.tp_coll + l.tp_after(2.0 * l.qkv, c.tp_overlap);
+        tp += k * (tpf + tpb + if replay { tpf } else { 0.0 });
+        ep = k * moe.a2a * if replay { 6.0 } else { 4.0 };
+    }
+
     let pp = if c.config.pp > 1 {
         2.0 * c.config.virtual_stages as f64 * c.p2p
     } else {
@@ -301,9 +364,11 @@ fn stage_time(c: &StepCosts, net: &dyn Network, layers: u64, first: bool, last: 
         bwd,
         tp,
         pp,
-        cp: n * c.cp_exposed_layer(),
+        cp: layers as f64 * c.cp_exposed_layer(),
         zero3,
+        ep,
         params,
+        expert_params: c.stage_expert_params(layers),
     }
 }
 
@@ -340,6 +405,8 @@ pub struct StepBreakdown {
     pub model_flops_per_step: f64,
     /// Model FLOPs utilisation.
     pub mfu: f64,
+    /// MoE layers: load, drops and all-to-all time (`None` for a dense model).
+    pub moe: Option<MoeStepInfo>,
 }
 
 /// Global batch in sequences, checked.
@@ -360,7 +427,9 @@ pub fn global_sequences(w: &DenseTraining) -> Result<u64, Error> {
 /// per replica per step.
 pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Error> {
     let seqs = global_sequences(w)?;
-    cfg.check(&w.model, w.cluster.gpus(), seqs)
+    let mb = cfg.check(&w.model, w.cluster.gpus(), seqs)?;
+    w.check_moe_layout(cfg)?;
+    Ok(mb)
 }
 
 /// Activation bytes per layer per micro-batch for a recompute policy (Korthikanti et al. 2022 eq. 1-2, Table 2),
@@ -413,8 +482,18 @@ fn in_flight_layers(cfg: &ParallelConfig, stage: u64, layers: u64, m: u64) -> f6
     }
 }
 
-/// Peak memory per GPU in bytes for a layout (the largest over the first, a middle and the last stage).
+/// Peak memory per GPU in bytes for a layout (the largest over the first, a middle and the last stage); for an MoE
+/// model with the closed-form load.
 pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64) -> f64 {
+    let moe = w
+        .moe
+        .as_ref()
+        .map(|moe| crate::dense_moe::closed_form_load(moe, crate::dense_moe::group_tokens(w, cfg), cfg.ep.max(1)));
+    memory_with(w, cfg, micro_batches, moe)
+}
+
+/// [`memory_per_gpu`] with the MoE load given.
+fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load: Option<MoeLoad>) -> f64 {
     let m = &w.model;
     let Some(st) = StageLayers::of(m.layers, cfg.pp, cfg.trim_end_stages) else {
         return f64::INFINITY;
@@ -431,6 +510,28 @@ pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u6
         _ => 16.0 * p / d + 4.0 * lp,
     };
     let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized);
+    // MoE: per MoE layer the non-expert parameters (dense over dp cp), the experts over ep (state over dp cp / ep),
+    // and the FFN's activations scaled by the rows the rank processes
+    let moe = w.moe.as_ref().zip(load).map(|(moe, load)| {
+        let h = m.hidden as f64;
+        let hd = h / m.heads as f64;
+        let attn = (2.0 * h * h + 2.0 * h * hd * m.kv() as f64 + 2.0 * h + h * moe.experts as f64) / tp;
+        let ffn = if m.gated_ffn { 3.0 } else { 2.0 } * h * m.ffn_hidden as f64 / tp;
+        let experts = (moe.experts / cfg.ep.max(1)) as f64 * ffn;
+        let t = ((m.seq_len / cfg.cp.max(1)) * cfg.micro_batch) as f64;
+        let rows = if moe.pad_to_capacity {
+            (load.capacity * (moe.experts / cfg.ep.max(1))) as f64
+        } else {
+            load.rank_rows
+        };
+        let act = if cfg.recompute == Recompute::Full {
+            per_layer
+        } else {
+            per_layer * (1.0 + FFN_ACTIVATION_SHARE * (rows / t - 1.0))
+        };
+        (moe.every, attn, experts, act)
+    });
+    let edp = (d / cfg.ep.max(1) as f64).max(1.0);
     let working = if cfg.recompute == Recompute::Full {
         activation_bytes_per_layer(m, cfg, Recompute::Selective, w.attention_scores_materialized)
     } else {
@@ -439,11 +540,27 @@ pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u6
     let logits = 4.0 * ((m.seq_len / cfg.cp.max(1)) * cfg.micro_batch) as f64 * m.vocab as f64 / tp;
     let pp = cfg.pp;
     let stage_mem = |stage: u64, layers: u64, first: bool, last: bool| {
-        let p = layers as f64 * lp + emb * (f64::from(u8::from(first)) + f64::from(u8::from(last)));
-        state(p)
-            + in_flight_layers(cfg, stage, layers, micro_batches) * per_layer
-            + working
-            + if last { logits } else { 0.0 }
+        let emb_p = emb * (f64::from(u8::from(first)) + f64::from(u8::from(last)));
+        let flight = in_flight_layers(cfg, stage, layers, micro_batches);
+        let (weights, acts) = match moe {
+            None => (state(layers as f64 * lp + emb_p), flight * per_layer),
+            Some((every, attn, experts, act)) => {
+                let nm = layers.div_ceil(every.max(1));
+                let nd = (layers - nm) as f64;
+                let nmf = nm as f64;
+                let dense = state(nd * lp + nmf * attn + emb_p);
+                // the experts' state sharded over the expert-data-parallel ranks (ZeRO-3 is refused with MoE)
+                let ex = nmf * experts;
+                let ex_state = match cfg.zero_stage {
+                    0 => 16.0 * ex,
+                    1 => 4.0 * ex + 12.0 * ex / edp,
+                    _ => 2.0 * ex + 14.0 * ex / edp,
+                };
+                let l = layers.max(1) as f64;
+                (dense + ex_state, flight * (nd * per_layer + nmf * act) / l)
+            }
+        };
+        weights + acts + working + if last { logits } else { 0.0 }
     };
     if pp == 1 {
         return stage_mem(0, st.first, true, true);
@@ -471,13 +588,27 @@ pub fn fits_memory(w: &DenseTraining, bytes: f64) -> bool {
     bytes <= (1.0 - MEMORY_HEADROOM) * w.cluster.gpu.memory_bytes as f64
 }
 
-/// The per-operation costs of a checked layout with `micro_batches` micro-batches, communication timed by `net`.
+/// The per-operation costs of a checked layout with `micro_batches` micro-batches, communication timed by `net`
+/// (an MoE model's load from the closed form).
 pub fn step_costs(
     w: &DenseTraining,
     cfg: &ParallelConfig,
     p: &DeviceProfile,
     micro_batches: u64,
     net: &dyn Network,
+) -> StepCosts {
+    step_costs_with(w, cfg, p, micro_batches, net, None)
+}
+
+/// [`step_costs`] with an MoE model's slowest-rank load given (e.g. from Monte Carlo routing draws); `None` takes
+/// the closed form's.
+pub fn step_costs_with(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    p: &DeviceProfile,
+    micro_batches: u64,
+    net: &dyn Network,
+    load: Option<MoeLoad>,
 ) -> StepCosts {
     let m = &w.model;
     let c = &w.cluster;
@@ -594,11 +725,22 @@ pub fn step_costs(
         launch: p.launch_overhead_s,
         overlap: w.overlap_comm,
         tp_overlap: w.tp_comm_overlap,
+        moe: moe_costs(
+            w,
+            cfg,
+            &law,
+            p.mem_bw_bytes_per_s,
+            p.launch_overhead_s,
+            elementwise / 2.0 + half_launches,
+            net,
+            load,
+        ),
     }
 }
 
 /// The full breakdown for a checked layout (no validation of the workload itself), communication on the cluster's
 /// alpha-beta network.
+#[cfg(test)]
 pub(crate) fn evaluate(
     w: &DenseTraining,
     cfg: &ParallelConfig,
@@ -616,21 +758,40 @@ pub(crate) fn evaluate_on(
     micro_batches: u64,
     net: &dyn Network,
 ) -> StepBreakdown {
-    let c = step_costs(w, cfg, p, micro_batches, net);
+    evaluate_with(w, cfg, p, micro_batches, net, None)
+}
+
+/// [`evaluate_on`] with an MoE model's load given (`None`: the closed form's).
+pub(crate) fn evaluate_with(
+    w: &DenseTraining,
+    cfg: &ParallelConfig,
+    p: &DeviceProfile,
+    micro_batches: u64,
+    net: &dyn Network,
+    load: Option<MoeLoad>,
+) -> StepBreakdown {
+    let c = step_costs_with(w, cfg, p, micro_batches, net, load);
+    breakdown_of(w, &c, net)
+}
+
+/// The closed-form step of checked per-operation costs.
+pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> StepBreakdown {
+    let cfg = &c.config;
+    let micro_batches = c.micro_batches;
     let st = c.stages;
     let pp = cfg.pp;
     // the stage classes: first, last, the middle ones with the most and the fewest layers
     let mut classes: [(StageTime, f64); 4] = [(StageTime::default(), 0.0); 4];
     if pp == 1 {
-        classes[0] = (stage_time(&c, net, st.first, true, true), 1.0);
+        classes[0] = (stage_time(c, net, st.first, true, true), 1.0);
     } else {
-        classes[0] = (stage_time(&c, net, st.first, true, false), 1.0);
-        classes[1] = (stage_time(&c, net, st.last, false, true), 1.0);
+        classes[0] = (stage_time(c, net, st.first, true, false), 1.0);
+        classes[1] = (stage_time(c, net, st.last, false, true), 1.0);
         if pp > 2 {
-            classes[2] = (stage_time(&c, net, st.mid_max, false, false), st.n_mid_max as f64);
+            classes[2] = (stage_time(c, net, st.mid_max, false, false), st.n_mid_max as f64);
             let rest = (pp - 2 - st.n_mid_max) as f64;
             if rest > 0.0 {
-                classes[3] = (stage_time(&c, net, st.mid_min, false, false), rest);
+                classes[3] = (stage_time(c, net, st.mid_min, false, false), rest);
             }
         }
     }
@@ -659,14 +820,17 @@ pub(crate) fn evaluate_on(
             big = *t;
         }
     }
-    let dp_comm = c.dp_sync(net, big.params * c.elem_bytes);
-    let dp_exposed = c.exposed(dp_comm, big.bwd);
-    let optimizer = c.optimizer(big.params);
+    let dense_dp = c.dp_sync(net, (big.params - big.expert_params) * c.elem_bytes);
+    // expert gradients are reduced over their own group after the backward, not hidden (as in the simulator)
+    let expert_dp = c.expert_dp_sync(net, big.expert_params * c.elem_bytes);
+    let dp_comm = dense_dp + expert_dp;
+    let dp_exposed = c.exposed(dense_dp, big.bwd) + expert_dp;
+    let optimizer = c.optimizer(big.params, big.expert_params);
 
     let step = pipeline + dp_exposed + optimizer;
     let m = &w.model;
     let tokens = (micro_batches * cfg.micro_batch * cfg.dp) as f64 * m.seq_len as f64;
-    let model_flops = m.train_flops_per_token() * tokens;
+    let model_flops = w.train_flops_per_token() * tokens;
     let peak = w.cluster.gpu.peak(w.dtype).max(1.0);
     let mfu = model_flops / (step * w.cluster.gpus() as f64 * peak);
     StepBreakdown {
@@ -676,15 +840,32 @@ pub(crate) fn evaluate_on(
         backward_mb_s: slow.bwd,
         tp_comm_mb_s: slow.tp,
         pp_comm_mb_s: slow.pp,
-        other_comm_mb_s: slow.cp + slow.zero3,
+        other_comm_mb_s: slow.cp + slow.zero3 + slow.ep,
         dp_comm_s: dp_comm,
         dp_exposed_s: dp_exposed,
         optimizer_s: optimizer,
         step_time_s: step,
         bubble_fraction: bubble,
-        memory_per_gpu_bytes: memory_per_gpu(w, cfg, micro_batches),
+        memory_per_gpu_bytes: memory_with(w, cfg, micro_batches, c.moe.map(|m| m.load)),
         model_flops_per_step: model_flops,
         mfu,
+        moe: c.moe.map(|moe| MoeStepInfo {
+            capacity: moe.load.capacity,
+            drop_fraction: moe.load.drop_fraction,
+            rank_imbalance: if moe.load.mean_rank_rows > 0.0 {
+                moe.load.rank_rows / moe.load.mean_rank_rows
+            } else {
+                1.0
+            },
+            expert_fwd_s: moe.experts,
+            a2a_s: moe.a2a,
+            a2a_per_step_s: mf * slow.ep,
+            load_source: if moe.load.monte_carlo {
+                MoeLoadSource::MonteCarlo
+            } else {
+                MoeLoadSource::ClosedForm
+            },
+        }),
     }
 }
 
@@ -710,6 +891,7 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         ettr_ci: ettr.iter().map(|&(p, _, (l, h))| (p, l, h)).collect(),
         split: Some(split_of(b)),
         memory_fraction: b.memory_per_gpu_bytes / w.cluster.gpu.memory_bytes as f64,
+        moe: b.moe,
     }
 }
 

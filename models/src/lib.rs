@@ -8,6 +8,7 @@ pub mod collectives;
 pub mod contrastive;
 pub mod cpt;
 pub mod dense;
+pub mod dense_moe;
 pub mod distill;
 pub mod fabric;
 pub mod fabric_cal;

@@ -10,7 +10,8 @@
 //!   ranks uses the normal approximation with Blom's expected maximum `Phi^-1((R - 0.375) / (R + 0.25))`.
 //! * **Step cost** ([`MoeCostModel`]): expert and router GEMMs on the GEMM law of [`crate::hardware`] (rate
 //!   `rate * m / (m + m_half)` with `m` = rows of the GEMM: the expert's tokens, or the rank's tokens for the
-//!   router), two all-to-alls (dispatch, combine) in the forward and two in the backward through the
+//!   router), two all-to-alls (dispatch, combine) in the forward and two in the backward (each carrying the
+//!   busiest rank's rows, or capacity-sized buffers of `C E / ranks` rows with `pad_to_capacity`) through the
 //!   [`crate::hardware::Network`] capability (alpha-beta by default: inter-node latency once the expert-parallel
 //!   group spans nodes), each rank waiting for the slowest. [`MoeCostModel::from_profile`] takes its parameters
 //!   from a `DeviceProfile`, so a calibrated profile applies to MoE as to dense training.
@@ -203,7 +204,13 @@ impl MoeCostModel {
         }
         let r = ranks as f64;
         let send = total / r;
-        let busiest = max_recv.max(send);
+        // capacity-padded buffers: every rank sends and receives `C` rows per expert of its `E / ranks`, whatever
+        // the load
+        let busiest = if layer.pad_to_capacity {
+            cap * per_rank as f64
+        } else {
+            max_recv.max(send)
+        };
         let a2a = self.a2a_time_on(net, busiest * d * self.elem_bytes, ranks, busiest, d);
         let tokens_per_rank = layer.tokens as f64 / r;
         let router = self.router_time(

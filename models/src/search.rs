@@ -6,9 +6,11 @@
 //! `dp = gpus / (tp cp pp)` an integer; with `pp > 1` interleaving with `v` in [`VIRTUAL_STAGES`] where valid;
 //! micro-batch sizes 1, 2, 4, 8 with `dp * micro_batch` dividing the global batch; recompute none, selective, full;
 //! with `pp > 1` end stages even or trimmed by one layer each ([`TRIM_END_STAGES`], Llama 3's split, for the LM
-//! head's cost). The optimizer sharding is chosen per layout, not enumerated ([`row_of`]): ZeRO-1; ZeRO-2 when
+//! head's cost); for an MoE model ([`DenseTraining::moe`]) every expert-parallel size `ep` dividing both `dp` and the
+//! experts ([`ep_options`]), the closed-form load of each distinct (tokens per group, `ep`) computed once per search
+//! ([`crate::dense_moe::closed_form_load`]). The optimizer sharding is chosen per layout, not enumerated ([`row_of`]): ZeRO-1; ZeRO-2 when
 //! ZeRO-1 does not fit (in this model ZeRO-2 has ZeRO-1's time with less memory, so it is only needed then);
-//! ZeRO-3 when neither fits (its parameter gathers share no bandwidth with other collectives in this model, which
+//! ZeRO-3 when neither fits (never for MoE models, where it is not modelled; its parameter gathers share no bandwidth with other collectives in this model, which
 //! flatters it, so it is not chosen for speed; a workload with `zero_stage = 3` is still priced as such). Layouts
 //! whose modelled memory exceeds the GPU (with [`crate::dense::MEMORY_HEADROOM`] free) under every stage tried are
 //! kept in the rows but cannot win. The winner is the fitting layout with the smallest step time; ties go to the
@@ -18,14 +20,17 @@ use rayon::prelude::*;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, Recompute};
 use trainlab_core::{DeviceProfile, Error, Workload};
 
-use crate::dense::{check_config, evaluate, fits_memory, outcome_of};
+use crate::dense::{check_config, evaluate_with, fits_memory, outcome_of};
+use crate::dense_moe::{MoeLoad, closed_form_load, group_tokens};
+use crate::hardware::AlphaBetaNetwork;
 use crate::roofline::datasheet_profile;
 
 /// The layout space of [`candidates`] in words, for reports.
 pub const SEARCH_SPACE: &str = "every tp (a power of two up to a node, dividing the heads) with and without \
     sequence parallelism, cp up to 16, pp up to the layers with interleaving and even or trimmed end stages, dp the \
-    rest; micro-batches of 1, 2, 4, 8; no, selective or full recomputation; ZeRO-1, or ZeRO-2/3 where memory needs \
-    it; the fastest layout that fits in memory wins";
+    rest; for MoE models every expert-parallel size dividing dp and the experts; micro-batches of 1, 2, 4, 8; no, \
+    selective or full recomputation; ZeRO-1, or ZeRO-2/3 where memory needs it; the fastest layout that fits in memory \
+    wins";
 
 /// Micro-batch sizes tried.
 pub const MICRO_BATCHES: [u64; 4] = [1, 2, 4, 8];
@@ -59,6 +64,17 @@ pub struct SearchResult {
     pub rows: Vec<SearchRow>,
 }
 
+/// Expert-parallel sizes tried for `dp` data-parallel ranks: every divisor of `dp` that divides the experts (just 1
+/// for a dense model).
+pub fn ep_options(w: &DenseTraining, dp: u64) -> Vec<u64> {
+    match &w.moe {
+        None => vec![1],
+        Some(moe) => (1..=dp.min(moe.experts))
+            .filter(|&e| dp.is_multiple_of(e) && moe.experts.is_multiple_of(e))
+            .collect(),
+    }
+}
+
 /// All candidate layouts for the workload, in enumeration order (valid by [`check_config`], memory not checked).
 pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
     let m = &w.model;
@@ -82,6 +98,7 @@ pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
                             continue;
                         }
                         let dp = gpus / (tp * cp * pp);
+                        let eps = ep_options(w, dp);
                         for &v in &VIRTUAL_STAGES {
                             if v > 1 && pp == 1 {
                                 break;
@@ -90,17 +107,20 @@ pub fn candidates(w: &DenseTraining) -> Vec<ParallelConfig> {
                                 if trim > 0 && pp == 1 {
                                     break;
                                 }
-                                for &micro_batch in &MICRO_BATCHES {
-                                    for &recompute in &RECOMPUTES {
-                                        let cfg = ParallelConfig {
-                                            cp,
-                                            virtual_stages: v,
-                                            sequence_parallel: *sp,
-                                            trim_end_stages: trim,
-                                            ..ParallelConfig::new(tp, pp, dp, micro_batch, recompute)
-                                        };
-                                        if cfg.check(m, gpus, seqs).is_ok() {
-                                            out.push(cfg);
+                                for &ep in &eps {
+                                    for &micro_batch in &MICRO_BATCHES {
+                                        for &recompute in &RECOMPUTES {
+                                            let cfg = ParallelConfig {
+                                                cp,
+                                                virtual_stages: v,
+                                                sequence_parallel: *sp,
+                                                trim_end_stages: trim,
+                                                ep,
+                                                ..ParallelConfig::new(tp, pp, dp, micro_batch, recompute)
+                                            };
+                                            if cfg.check(m, gpus, seqs).is_ok() {
+                                                out.push(cfg);
+                                            }
                                         }
                                     }
                                 }
@@ -127,7 +147,11 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
         }
     };
     let cands = candidates(w);
-    let rows: Vec<SearchRow> = cands.par_iter().map(|cfg| row_of(w, cfg, p)).collect();
+    let loads = LoadCache::of(w, &cands);
+    let rows: Vec<SearchRow> = cands
+        .par_iter()
+        .map(|cfg| row_with(w, cfg, p, loads.get(w, cfg)))
+        .collect();
     let mut best: Option<&SearchRow> = None;
     for r in rows.iter().filter(|r| r.fits) {
         // strict `<` keeps the earliest layout among equal step times
@@ -165,15 +189,51 @@ pub fn search(w: &DenseTraining, profile: Option<&DeviceProfile>) -> Result<Sear
     }
 }
 
+/// The closed-form MoE loads of a search's candidates, one per distinct (tokens per expert-parallel group, `ep`),
+/// computed once (in parallel) instead of per layout.
+#[derive(Debug, Default)]
+pub struct LoadCache {
+    keys: Vec<(u64, u64)>,
+    loads: Vec<MoeLoad>,
+}
+
+impl LoadCache {
+    /// The loads of every candidate of `cands` (empty for a dense model).
+    pub fn of(w: &DenseTraining, cands: &[ParallelConfig]) -> LoadCache {
+        let Some(moe) = &w.moe else {
+            return LoadCache::default();
+        };
+        let mut keys: Vec<(u64, u64)> = cands.iter().map(|c| (group_tokens(w, c), c.ep.max(1))).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let loads = keys.par_iter().map(|&(n, ep)| closed_form_load(moe, n, ep)).collect();
+        LoadCache { keys, loads }
+    }
+    /// The load of one candidate (`None`: not cached, or a dense model).
+    pub fn get(&self, w: &DenseTraining, cfg: &ParallelConfig) -> Option<MoeLoad> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let key = (group_tokens(w, cfg), cfg.ep.max(1));
+        self.keys.binary_search(&key).ok().map(|i| self.loads[i])
+    }
+}
+
 /// The row of one candidate layout with its optimizer sharding chosen: ZeRO-1; ZeRO-2 if that does not fit;
-/// ZeRO-3 if neither fits. The fitting one with the smallest step wins (the lower stage on a tie); when none fits,
-/// the one needing the least memory.
+/// ZeRO-3 if neither fits (not for MoE models). The fitting one with the smallest step wins (the lower stage on a
+/// tie); when none fits, the one needing the least memory.
 pub fn row_of(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile) -> SearchRow {
+    row_with(w, cfg, p, None)
+}
+
+/// [`row_of`] with an MoE model's load given (`None`: computed from the closed form), e.g. from a [`LoadCache`].
+pub fn row_with(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile, load: Option<MoeLoad>) -> SearchRow {
     // check_config passed during enumeration
     let mb = check_config(w, cfg).unwrap_or(1);
+    let net = AlphaBetaNetwork::of(&w.cluster);
     let eval = |zero_stage: u8| {
         let c = ParallelConfig { zero_stage, ..*cfg };
-        let b = evaluate(w, &c, p, mb);
+        let b = evaluate_with(w, &c, p, mb, &net, load);
         let row = SearchRow {
             fits: fits_memory(w, b.memory_per_gpu_bytes),
             outcome: outcome_of(w, &b),
@@ -191,7 +251,7 @@ pub fn row_of(w: &DenseTraining, cfg: &ParallelConfig, p: &DeviceProfile) -> Sea
     // model (no contention), which flatters it, so it is not picked for speed (`zero_stage = 3` in a workload
     // still prices it).
     let _ = dp_exposed;
-    if !row.fits {
+    if !row.fits && w.moe.is_none() {
         let (z3, _) = eval(3);
         let better = match (z3.fits, row.fits) {
             (true, true) => z3.outcome.step_time_s < row.outcome.step_time_s,
@@ -214,6 +274,7 @@ fn gpu_fraction() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dense::evaluate;
     use crate::dense::tests::workload;
     use crate::roofline::datasheet_profile;
 

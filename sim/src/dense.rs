@@ -28,8 +28,10 @@ use std::collections::HashMap;
 
 use crate::engine::Engine;
 use trainlab_core::workloads::{DenseOutcome, DenseTraining, ParallelConfig, PipelineSchedule, Recompute};
-use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Seed, SimTime};
-use trainlab_models::dense::{StepCosts, TP_OVERLAP_CHUNKS, check_config, outcome_of, step_breakdown_on, step_costs};
+use trainlab_core::workloads::{MoeLayer, MoeRouting, RouterModel, Routing};
+use trainlab_core::{Backend, DeviceProfile, Error, Fidelity, RunCtx, Seed, SimTime, Workload};
+use trainlab_models::dense::{StepCosts, TP_OVERLAP_CHUNKS, breakdown_of, check_config, outcome_of, step_costs_with};
+use trainlab_models::dense_moe::{MoeLoad, group_tokens};
 use trainlab_models::hardware::{AlphaBetaNetwork, Network};
 use trainlab_models::roofline::datasheet_profile;
 use trainlab_models::search::search;
@@ -43,7 +45,10 @@ const CP: usize = 2;
 const DP: usize = 3;
 const SEND_F: usize = 4;
 const SEND_B: usize = 5;
-const STREAMS: usize = 6;
+const EP: usize = 6;
+const STREAMS: usize = 7;
+/// Routing draws of the MoE simulator per simulated step (the slowest rank's load is their mean).
+pub const MOE_DRAWS: u64 = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -212,26 +217,58 @@ impl Builder<'_> {
         }
     }
 
-    /// Forward of `k` layers; returns its last op.
-    fn layers_fwd(&mut self, s: usize, k: f64, first_dep: u32) -> u32 {
+    /// The whole TP collective `k` times after `after` (none without TP).
+    fn tp_whole(&mut self, s: usize, k: f64, after: u32) -> u32 {
+        let l = self.c.layer;
+        if l.tp_coll == 0.0 {
+            return after;
+        }
+        self.g.op(k * l.tp_coll, s, TP, &[after])
+    }
+
+    /// Forward of `k` layers, `nm` of them MoE layers; returns its last op.
+    fn layers_fwd(&mut self, s: usize, k: f64, nm: f64, first_dep: u32) -> u32 {
         let l = self.c.layer;
         let a = self.g.op(k * l.qkv, s, COMPUTE, &[first_dep]);
         let c = self.core(s, k, l.core, 1.0, a);
-        let t1 = self.gemm_then_tp(s, k * l.proj, k, &[c]);
-        let up = self.g.op(k * l.up, s, COMPUTE, &[t1]);
-        self.gemm_then_tp(s, k * l.down, k, &[up])
+        let mut last = self.gemm_then_tp(s, k * l.proj, k, &[c]);
+        let nd = k - nm;
+        if nd > 0.0 {
+            let up = self.g.op(nd * l.up, s, COMPUTE, &[last]);
+            last = self.gemm_then_tp(s, nd * l.down, nd, &[up]);
+        }
+        if let (Some(moe), true) = (self.c.moe, nm > 0.0) {
+            let r = self.g.op(nm * moe.router, s, COMPUTE, &[last]);
+            let d = self.g.op(nm * moe.a2a, s, EP, &[r]);
+            let e = self.g.op(nm * moe.experts, s, COMPUTE, &[d]);
+            let c = self.g.op(nm * moe.a2a, s, EP, &[e]);
+            last = self.tp_whole(s, nm, c);
+        }
+        last
     }
 
-    /// Backward of `k` layers (with recomputation); returns (last op, op after which the gradients are ready).
-    fn layers_bwd(&mut self, s: usize, k: f64, first_dep: u32) -> (u32, u32) {
+    /// Backward of `k` layers, `nm` of them MoE layers (with recomputation); returns (last op, op after which the
+    /// gradients are ready).
+    fn layers_bwd(&mut self, s: usize, k: f64, nm: f64, first_dep: u32) -> (u32, u32) {
         let l = self.c.layer;
         let r = self.c.config.recompute;
         let mut dep = first_dep;
         if r == Recompute::Full {
-            dep = self.layers_fwd(s, k, dep);
+            dep = self.layers_fwd(s, k, nm, dep);
         }
-        let down = self.g.op(2.0 * k * l.down, s, COMPUTE, &[dep]);
-        let t1 = self.gemm_then_tp(s, 2.0 * k * l.up, k, &[down]);
+        if let (Some(moe), true) = (self.c.moe, nm > 0.0) {
+            let c = self.g.op(nm * moe.a2a, s, EP, &[dep]);
+            let e = self.g.op(2.0 * nm * moe.experts, s, COMPUTE, &[c]);
+            let d = self.g.op(nm * moe.a2a, s, EP, &[e]);
+            let r = self.g.op(2.0 * nm * moe.router, s, COMPUTE, &[d]);
+            dep = self.tp_whole(s, nm, r);
+        }
+        let nd = k - nm;
+        let mut t1 = dep;
+        if nd > 0.0 {
+            let down = self.g.op(2.0 * nd * l.down, s, COMPUTE, &[dep]);
+            t1 = self.gemm_then_tp(s, 2.0 * nd * l.up, nd, &[down]);
+        }
         let proj = self.g.op(2.0 * k * l.proj, s, COMPUTE, &[t1]);
         let sel = if r == Recompute::Selective { l.core } else { 0.0 };
         let core = self.core(s, k, 2.0 * l.core + sel, 2.0, proj);
@@ -284,11 +321,21 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
         group,
     };
     let per_stage = c.stages.per_stage(p);
+    let every = c.moe.map_or(0, |m| m.every.max(1));
+    // MoE layers among the stage-local layers [a, a + k): those at multiples of `every`
+    let moe_in = |a: u64, k: u64| -> u64 {
+        if every == 0 {
+            0
+        } else {
+            (a + k).div_ceil(every) - a.div_ceil(every)
+        }
+    };
     let mut sends: HashMap<Pass, u32> = HashMap::new();
     let mut wants: Vec<(Pass, u32)> = Vec::new();
     let l = c.layer;
     for (s, &sl) in per_stage.iter().enumerate() {
         let chunk_layers = |ch: u64| sl / v + u64::from(ch < sl % v);
+        let chunk_first = |ch: u64| ch * (sl / v) + ch.min(sl % v);
         let ord = order(&cfg, s as u64, m);
         // the last backward of each chunk (its gradients are final then)
         let mut last_bwd: Vec<usize> = vec![usize::MAX; v as usize];
@@ -363,12 +410,15 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
             }
             let collect = !fwd && c.overlap && last_bwd[ch as usize] == i;
             let mut last = entry;
-            let groups: Vec<u64> = {
+            // (layers, MoE layers) of each simulated group of the chunk
+            let groups: Vec<(u64, u64)> = {
                 let mut v = Vec::new();
                 let mut left = nl;
+                let mut at = chunk_first(ch);
                 while left > 0 {
                     let k = left.min(b.group);
-                    v.push(k);
+                    v.push((k, moe_in(at, k)));
+                    at += k;
                     left -= k;
                 }
                 v
@@ -377,8 +427,8 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
                 if first_stage_chunk {
                     last = b.gemm_then_tp(s, c.emb_fwd, 1.0, &[last]);
                 }
-                for &k in &groups {
-                    last = b.layers_fwd(s, k as f64, last);
+                for &(k, nm) in &groups {
+                    last = b.layers_fwd(s, k as f64, nm as f64, last);
                 }
                 if last_stage_chunk {
                     last = b.g.op(c.head_fwd, s, COMPUTE, &[last]);
@@ -390,11 +440,13 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
                         bucket += c.emb_params * c.elem_bytes;
                     }
                 }
-                for &k in groups.iter().rev() {
-                    let (end, grads) = b.layers_bwd(s, k as f64, last);
+                for &(k, nm) in groups.iter().rev() {
+                    let (end, grads) = b.layers_bwd(s, k as f64, nm as f64, last);
                     last = end;
                     if collect {
-                        bucket += k as f64 * l.grad_bytes;
+                        // dense gradients only: the experts' are reduced over their own group after the step
+                        bucket += (k - nm) as f64 * l.grad_bytes
+                            + c.moe.map_or(0.0, |moe| nm as f64 * moe.layer_params * c.elem_bytes);
                         if bucket >= b.bucket_bytes {
                             b.dp_bucket(s, bucket, grads);
                             bucket = 0.0;
@@ -428,15 +480,20 @@ pub fn simulate(w: &DenseTraining, c: &StepCosts, net: &dyn Network, est_step_s:
         }
         let tail = b.g.op(0.0, s, COMPUTE, &[prev_pass_last, prev_send]);
         let stage_params = c.stage_params(sl, s == 0, s == p as usize - 1);
+        let expert_params = c.stage_expert_params(sl);
         if c.overlap {
             if bucket > 0.0 {
                 b.dp_bucket(s, bucket, tail);
             }
         } else {
-            b.dp_bucket(s, stage_params * c.elem_bytes, tail);
+            b.dp_bucket(s, (stage_params - expert_params) * c.elem_bytes, tail);
+        }
+        if expert_params > 0.0 {
+            let t = c.expert_dp_sync(net, expert_params * c.elem_bytes);
+            b.g.op(t, s, DP, &[tail]);
         }
         let dp_tail = b.g.tail(s, DP);
-        b.g.op(c.optimizer(stage_params), s, COMPUTE, &[dp_tail]);
+        b.g.op(c.optimizer(stage_params, expert_params), s, COMPUTE, &[dp_tail]);
     }
     let mut g = b.g;
     for (pk, consumer) in wants {
@@ -560,7 +617,7 @@ impl DenseOpSim {
             Some(f) => f.network(&w.cluster, seed)?,
             None => Box::new(AlphaBetaNetwork::of(&w.cluster)),
         };
-        let b = step_breakdown_on(w, cfg, self.profile.as_ref(), &*net)?;
+        w.validate()?;
         let mb = check_config(w, cfg)?;
         let owned;
         let p = match &self.profile {
@@ -570,9 +627,66 @@ impl DenseOpSim {
                 &owned
             }
         };
-        let costs = step_costs(w, cfg, p, mb, &*net);
+        let load = monte_carlo_load(w, cfg, seed)?;
+        let costs = step_costs_with(w, cfg, p, mb, &*net, load);
+        let b = breakdown_of(w, &costs, &*net);
         Ok((simulate(w, &costs, &*net, b.step_time_s)?, b))
     }
+}
+
+/// The slowest expert-parallel rank's load of an MoE model from [`MOE_DRAWS`] routing draws of the MoE simulator
+/// (`crate::moe::draw_loads` on the `moe_layer` of one expert-parallel group's micro-batch): the mean over draws of
+/// the busiest rank's processed slots and of the dropped fraction. `None` for a dense model.
+pub fn monte_carlo_load(w: &DenseTraining, cfg: &ParallelConfig, seed: Seed) -> Result<Option<MoeLoad>, Error> {
+    let Some(moe) = &w.moe else {
+        return Ok(None);
+    };
+    let ep = cfg.ep.max(1);
+    let layer = MoeLayer {
+        tokens: group_tokens(w, cfg),
+        d_model: w.model.hidden,
+        d_ff: w.model.ffn_hidden,
+        experts: moe.experts,
+        routing: match moe.routing {
+            MoeRouting::TopK => Routing::TopK(moe.top_k),
+            MoeRouting::KTop1 => Routing::Prototypes(moe.top_k),
+        },
+        capacity_factor: moe.capacity_factor,
+        balance_loss: None,
+        ep_ranks: ep,
+        dtype: w.dtype,
+        cluster: w.cluster.clone(),
+        router: if moe.router_skew > 0.0 {
+            RouterModel::Zipf { s: moe.router_skew }
+        } else {
+            RouterModel::Uniform
+        },
+        pad_to_capacity: moe.pad_to_capacity,
+    };
+    let cap = layer.capacity();
+    let per_rank = (moe.experts / ep) as usize;
+    let mut rng = seed.derive("dense-moe-routing").rng();
+    let (mut max_sum, mut processed_sum, mut dropped_sum) = (0.0, 0.0, 0.0);
+    for _ in 0..MOE_DRAWS {
+        let loads = crate::moe::draw_loads(&layer, None, &mut rng);
+        let mut max_rank = 0u64;
+        for chunk in loads.chunks(per_rank.max(1)) {
+            let rows: u64 = chunk.iter().map(|&x| x.min(cap)).sum();
+            max_rank = max_rank.max(rows);
+        }
+        let processed: u64 = loads.iter().map(|&x| x.min(cap)).sum();
+        max_sum += max_rank as f64;
+        processed_sum += processed as f64;
+        dropped_sum += loads.iter().map(|&x| x.saturating_sub(cap)).sum::<u64>() as f64;
+    }
+    let draws = MOE_DRAWS as f64;
+    Ok(Some(MoeLoad {
+        capacity: cap,
+        rank_rows: max_sum / draws,
+        mean_rank_rows: processed_sum / draws / ep as f64,
+        drop_fraction: dropped_sum / draws / layer.slots() as f64,
+        monte_carlo: true,
+    }))
 }
 
 impl Backend<DenseTraining> for DenseOpSim {

@@ -127,6 +127,122 @@ impl TransformerSpec {
     }
 }
 
+/// How the tokens of an MoE layer choose their experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeRouting {
+    /// Top-k over all experts (GShard, Switch with k = 1, Mixtral with k = 2).
+    TopK,
+    /// M6-T expert prototyping: `top_k` groups of `experts / top_k` experts, top-1 in each ("k top-1").
+    #[serde(rename = "k_top_1")]
+    KTop1,
+}
+
+/// The mixture-of-experts part of a transformer: every `every`-th layer's FFN is replaced by `experts` FFNs of the
+/// model's FFN shape (`ffn_hidden`, `gated_ffn`) behind a router. Every field is required: each one changes the
+/// model (no silent variant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MoeSpec {
+    /// Experts per MoE layer.
+    pub experts: u64,
+    /// An MoE FFN every `every` layers (1: every layer, as in Mixtral; 2: every other one, as in Switch). A stage of
+    /// `n` layers holds `ceil(n / every)` MoE layers (stage-local layers 0, every, 2 every, ...).
+    pub every: u64,
+    /// Experts per token (`k`).
+    pub top_k: u64,
+    /// `top_k` over all experts, or `k_top_1` prototypes.
+    pub routing: MoeRouting,
+    /// Capacity factor `gamma`: an expert takes at most `ceil(gamma k N / E)` of the `N` tokens of its
+    /// expert-parallel group's micro-batch (Switch Eq. 3); the rest are dropped (they pass on the residual).
+    pub capacity_factor: f64,
+    /// Run every expert on `capacity` rows and send capacity-sized all-to-all buffers (static shapes, as GShard and
+    /// Switch on TPUs), instead of the actual loads.
+    pub pad_to_capacity: bool,
+    /// Router skew: Zipf exponent `s` of the expert popularity (`p_i ∝ 1/i^s` over a random permutation of the
+    /// experts, the meaning of `router = { zipf = { s } }` in `moe_layer`); 0 is a perfectly balanced router.
+    pub router_skew: f64,
+}
+
+/// Largest capacity factor (as `moe_layer`).
+const MAX_MOE_CAPACITY_FACTOR: f64 = 1e4;
+/// Most experts per MoE layer (as `moe_layer`).
+const MAX_MOE_EXPERTS: u64 = 1 << 20;
+
+impl MoeSpec {
+    /// Routing groups: 1 for top-k, `top_k` for prototypes.
+    pub fn groups(&self) -> u64 {
+        match self.routing {
+            MoeRouting::TopK => 1,
+            MoeRouting::KTop1 => self.top_k,
+        }
+    }
+    /// MoE layers among `layers` consecutive layers of one stage (`ceil(layers / every)`).
+    pub fn layers_in(&self, layers: u64) -> u64 {
+        layers.div_ceil(self.every.max(1))
+    }
+    /// Checks the section, field paths under `path` (e.g. `workload.moe`), for a model of `layers` layers.
+    pub fn check(&self, path: &str, layers: u64) -> Result<(), Error> {
+        check::at_least(&format!("{path}.experts"), self.experts, 1)?;
+        check::at_most(
+            &format!("{path}.experts"),
+            self.experts,
+            MAX_MOE_EXPERTS,
+            "the most experts published in one layer (He 2024, a million experts)",
+        )?;
+        check::at_least(&format!("{path}.every"), self.every, 1)?;
+        check::at_most(
+            &format!("{path}.every"),
+            self.every,
+            layers,
+            "the model has no more layers",
+        )?;
+        check::at_least(&format!("{path}.top_k"), self.top_k, 1)?;
+        if self.top_k > self.experts {
+            return Err(Error::invalid(
+                format!("{path}.top_k"),
+                self.top_k,
+                format!("more experts per token than the {} experts", self.experts),
+                "choose top_k <= experts",
+            ));
+        }
+        if self.routing == MoeRouting::KTop1 && !self.experts.is_multiple_of(self.top_k) {
+            return Err(Error::invalid(
+                format!("{path}.top_k"),
+                self.top_k,
+                format!(
+                    "{} experts cannot be split into {} equal prototype groups",
+                    self.experts, self.top_k
+                ),
+                "choose top_k dividing experts, or routing = \"top_k\"",
+            ));
+        }
+        if !(self.capacity_factor.is_finite() && self.capacity_factor > 0.0) {
+            return Err(Error::invalid(
+                format!("{path}.capacity_factor"),
+                self.capacity_factor,
+                "must be a finite number > 0 (0 would drop every token)",
+                "use e.g. 1.0, 1.25 or 2.0",
+            ));
+        }
+        check::positive_at_most(
+            &format!("{path}.capacity_factor"),
+            self.capacity_factor,
+            MAX_MOE_CAPACITY_FACTOR,
+            "above the number of experts nothing changes",
+        )?;
+        if !(self.router_skew.is_finite() && self.router_skew >= 0.0 && self.router_skew <= 100.0) {
+            return Err(Error::invalid(
+                format!("{path}.router_skew"),
+                self.router_skew,
+                "must be a Zipf exponent in [0, 100]",
+                "use 0 for a balanced router, e.g. 0.5 or 1 for a skewed one",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Activation recomputation policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, Hash)]
 #[serde(rename_all = "snake_case")]
@@ -214,6 +330,11 @@ pub struct ParallelConfig {
     /// The pipeline schedule.
     #[serde(default)]
     pub schedule: PipelineSchedule,
+    /// Expert-parallel size (MoE models only): the experts of every MoE layer are split over `ep` of the
+    /// data-parallel ranks (the EP group is carved out of the DP group, as in Megatron-Core and DeepSpeed-MoE), which
+    /// exchange tokens by all-to-all. Must divide `dp` and the number of experts. 1 = every rank holds every expert.
+    #[serde(default = "one")]
+    pub ep: u64,
 }
 
 fn one() -> u64 {
@@ -238,6 +359,7 @@ impl ParallelConfig {
             zero_stage: 1,
             trim_end_stages: 0,
             schedule: PipelineSchedule::OneFOneB,
+            ep: 1,
         }
     }
 
@@ -268,6 +390,9 @@ impl ParallelConfig {
         if self.schedule == PipelineSchedule::Gpipe {
             s += "-gpipe";
         }
+        if self.ep != 1 {
+            s += &format!("-ep{}", self.ep);
+        }
         s
     }
 
@@ -275,10 +400,15 @@ impl ParallelConfig {
     /// the field under `workload.parallel` (the checks of [`DenseTraining::validate`] and of every searched layout).
     /// Returns the micro-batches per replica per step.
     pub fn check(&self, model: &TransformerSpec, gpus: u64, sequences: u64) -> Result<u64, Error> {
-        for (name, v) in [("tp", self.tp), ("cp", self.cp), ("pp", self.pp), ("dp", self.dp)] {
-            let field = format!("workload.parallel.{name}");
-            check::at_least(&field, v, 1)?;
-            check::at_most(&field, v, gpus, "the cluster has no more GPUs")?;
+        // static field names: this runs for every layout the search tries, so it allocates nothing
+        for (field, v) in [
+            ("workload.parallel.tp", self.tp),
+            ("workload.parallel.cp", self.cp),
+            ("workload.parallel.pp", self.pp),
+            ("workload.parallel.dp", self.dp),
+        ] {
+            check::at_least(field, v, 1)?;
+            check::at_most(field, v, gpus, "the cluster has no more GPUs")?;
         }
         check::at_least("workload.parallel.micro_batch", self.micro_batch, 1)?;
         check::at_most(
@@ -390,6 +520,18 @@ impl ParallelConfig {
                     self.dp * self.micro_batch
                 ),
                 "choose dp and micro_batch so that their product divides the global batch",
+            ));
+        }
+        check::at_least("workload.parallel.ep", self.ep, 1)?;
+        if !self.dp.is_multiple_of(self.ep) {
+            return Err(Error::invalid(
+                "workload.parallel.ep",
+                self.ep,
+                format!(
+                    "does not divide dp = {} (the expert-parallel group is carved out of the data-parallel ranks)",
+                    self.dp
+                ),
+                "choose ep dividing dp",
             ));
         }
         let micro_batches = sequences / (self.dp * self.micro_batch);
@@ -510,6 +652,9 @@ pub struct DenseTraining {
     /// Compute data type.
     #[serde(default = "bf16")]
     pub dtype: Dtype,
+    /// Mixture-of-experts FFN layers; `None` is a dense model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeSpec>,
     /// A fixed layout; `None` searches for the fastest that fits.
     #[serde(default)]
     pub parallel: Option<ParallelConfig>,
@@ -554,6 +699,7 @@ impl DenseTraining {
             global_batch_tokens,
             train_tokens,
             dtype,
+            moe: None,
             parallel: None,
             overlap_comm: true,
             tp_comm_overlap: false,
@@ -561,6 +707,76 @@ impl DenseTraining {
             dp_bucket_bytes: DEFAULT_BUCKET_BYTES,
             downtime: None,
         }
+    }
+}
+
+impl DenseTraining {
+    /// Checks the expert-parallel part of a layout against the MoE section: `ep > 1` needs one, `ep` must divide the
+    /// experts, and ZeRO-3 is not modelled with MoE.
+    pub fn check_moe_layout(&self, p: &ParallelConfig) -> Result<(), Error> {
+        match &self.moe {
+            None if p.ep > 1 => Err(Error::invalid(
+                "workload.parallel.ep",
+                p.ep,
+                "expert parallelism needs MoE layers, and the model has no `moe` section",
+                "use ep = 1, or add [workload.moe]",
+            )),
+            None => Ok(()),
+            Some(moe) => {
+                if !moe.experts.is_multiple_of(p.ep) {
+                    return Err(Error::invalid(
+                        "workload.parallel.ep",
+                        p.ep,
+                        format!("does not divide experts = {}", moe.experts),
+                        "choose ep dividing the number of experts (and dp)",
+                    ));
+                }
+                if p.zero_stage == 3 {
+                    return Err(Error::invalid(
+                        "workload.parallel.zero_stage",
+                        p.zero_stage,
+                        "ZeRO-3 parameter gathers are not modelled for MoE models",
+                        "use zero_stage 0, 1 or 2",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Parameters of one MoE layer's experts (all of them), and the router's.
+    pub fn expert_params(&self) -> (f64, f64) {
+        let m = &self.model;
+        let Some(moe) = &self.moe else {
+            return (0.0, 0.0);
+        };
+        let ffn = if m.gated_ffn { 3.0 } else { 2.0 } * (m.hidden * m.ffn_hidden) as f64;
+        (moe.experts as f64 * ffn, (m.hidden * moe.experts) as f64)
+    }
+
+    /// Total parameters, every expert counted.
+    pub fn params(&self) -> f64 {
+        let m = &self.model;
+        let Some(moe) = &self.moe else {
+            return m.params();
+        };
+        let (experts, router) = self.expert_params();
+        let ffn = if m.gated_ffn { 3.0 } else { 2.0 } * (m.hidden * m.ffn_hidden) as f64;
+        m.params() + moe.layers_in(m.layers) as f64 * (experts + router - ffn)
+    }
+
+    /// Training FLOPs per token: the dense model's ([`TransformerSpec::train_flops_per_token`]) with each MoE layer's
+    /// FFN counted `top_k` times (the experts a token visits) plus the router GEMM; dropped tokens are not credited
+    /// less (the convention of counting the FLOPs the model asks for).
+    pub fn train_flops_per_token(&self) -> f64 {
+        let m = &self.model;
+        let dense = m.train_flops_per_token();
+        let Some(moe) = &self.moe else {
+            return dense;
+        };
+        let ffn = if m.gated_ffn { 3.0 } else { 2.0 } * (m.hidden * m.ffn_hidden) as f64;
+        let extra = (moe.top_k as f64 - 1.0) * ffn + (m.hidden * moe.experts) as f64;
+        dense + 3.0 * 2.0 * moe.layers_in(m.layers) as f64 * extra
     }
 }
 
@@ -685,8 +901,12 @@ impl Workload for DenseTraining {
             1e15,
             "a bucket larger than any model's gradients",
         )?;
+        if let Some(moe) = &self.moe {
+            moe.check("workload.moe", m.layers)?;
+        }
         if let Some(p) = &self.parallel {
             p.check(m, gpus, sequences)?;
+            self.check_moe_layout(p)?;
         }
         if let Some(d) = &self.downtime {
             d.validate_at("workload.downtime", gpus, u64::from(self.cluster.gpus_per_node))?;
@@ -746,6 +966,38 @@ pub struct DenseOutcome {
     /// Peak memory per GPU over the GPU's memory.
     #[serde(default)]
     pub memory_fraction: f64,
+    /// For an MoE model: routing load, drops and all-to-all time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe: Option<MoeStepInfo>,
+}
+
+/// What the MoE layers of a step do: per MoE layer and micro-batch of one expert-parallel group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MoeStepInfo {
+    /// Expert capacity in slots (`ceil(gamma k N / E)`, `N` the group's tokens of one micro-batch).
+    pub capacity: u64,
+    /// Dropped fraction of the routed slots.
+    pub drop_fraction: f64,
+    /// Processed slots of the busiest expert-parallel rank over the mean rank's.
+    pub rank_imbalance: f64,
+    /// Expert compute of the slowest rank, forward, one MoE layer and micro-batch, seconds.
+    pub expert_fwd_s: f64,
+    /// One dispatch (or combine) all-to-all, one MoE layer and micro-batch, seconds.
+    pub a2a_s: f64,
+    /// All-to-all time per step on the slowest stage (forward and backward, every micro-batch), seconds.
+    pub a2a_per_step_s: f64,
+    /// Where the slowest rank's load comes from.
+    pub load_source: MoeLoadSource,
+}
+
+/// Where an MoE step's slowest-rank load comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoeLoadSource {
+    /// The closed form's expected maximum over ranks.
+    ClosedForm,
+    /// The mean over Monte Carlo routing draws of the MoE simulator.
+    MonteCarlo,
 }
 
 /// A partition of one step's time into its causes, each a share of the step (they sum to 1): the compute of every
@@ -815,6 +1067,19 @@ impl Outcome for DenseOutcome {
         }
         if self.memory_fraction > 0.0 {
             out.push(Metric::new("memory_fraction", Unit::Ratio, self.memory_fraction));
+        }
+        if let Some(moe) = &self.moe {
+            out.push(Metric::new("ep", Unit::Choice, self.config.ep as f64));
+            out.push(Metric::new("moe.capacity", Unit::Count, moe.capacity as f64));
+            out.push(Metric::new("moe.drop_fraction", Unit::Ratio, moe.drop_fraction));
+            out.push(Metric::new(
+                "moe.rank_imbalance",
+                Unit::Dimensionless,
+                moe.rank_imbalance,
+            ));
+            out.push(Metric::new("moe.expert_fwd_time", Unit::Seconds, moe.expert_fwd_s));
+            out.push(Metric::new("moe.a2a_time", Unit::Seconds, moe.a2a_s));
+            out.push(Metric::new("moe.a2a_per_step", Unit::Seconds, moe.a2a_per_step_s));
         }
         // Days and GPU-hours including expected downtime: the failure-free figures over the ETTR, with the 95%
         // interval of the ETTR where the backend gives one.

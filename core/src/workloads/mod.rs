@@ -17,8 +17,8 @@ pub mod training_job;
 pub use collective::{Collective, CollectiveAlgo, CollectiveOp, CollectiveOutcome};
 pub use cpt::{CptOutcome, CptRun, CptSetup};
 pub use dense::{
-    DenseOutcome, DenseTraining, Downtime, ParallelConfig, PipelineSchedule, Recompute, StageLayers, StepSplit,
-    TransformerSpec,
+    DenseOutcome, DenseTraining, Downtime, MoeLoadSource, MoeRouting, MoeSpec, MoeStepInfo, ParallelConfig,
+    PipelineSchedule, Recompute, StageLayers, StepSplit, TransformerSpec,
 };
 pub use distill::{DistillOutcome, Distillation};
 pub use fabric::{Fabric, FabricJob, FabricOp, FabricOutcome, JobOutcome};
