@@ -141,7 +141,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
-    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training and moe_layer).
     #[arg(long, value_enum, default_value = "alpha-beta")]
     pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.
@@ -164,7 +164,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub quick: bool,
     /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
-    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training and moe_layer).
     #[arg(long, value_enum, default_value = "alpha-beta")]
     pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.

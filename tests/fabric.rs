@@ -182,13 +182,27 @@ fn c4p_end_to_end_gain_of_planned_paths() {
             )
         };
         let (ab, planned, ecmp) = (run("alpha-beta"), run("flow-planned"), run("flow-ecmp"));
-        assert!((planned / ab - 1.0).abs() < 0.01, "{backend}: planned {planned} vs alpha-beta {ab}");
+        assert!(
+            (planned / ab - 1.0).abs() < 0.01,
+            "{backend}: planned {planned} vs alpha-beta {ab}"
+        );
         let gain = ecmp / planned - 1.0;
-        assert!(gain > 0.12 && gain < 0.19, "{backend}: planned paths {:.1}% faster", 100.0 * gain);
+        assert!(
+            gain > 0.12 && gain < 0.19,
+            "{backend}: planned paths {:.1}% faster",
+            100.0 * gain
+        );
     }
     // The inter-node data-parallel share of the planned step: "moderate" (10-25%).
     let share = metric(
-        &["run", "c4p-e2e-22b", "--backend", "analytical", "--network", "flow-planned"],
+        &[
+            "run",
+            "c4p-e2e-22b",
+            "--backend",
+            "analytical",
+            "--network",
+            "flow-planned",
+        ],
         "step_share.dp_comm",
     );
     assert!(share > 0.10 && share < 0.25, "{share}");
@@ -214,13 +228,19 @@ fn c4p_failed_and_degraded_links_end_to_end() {
     let (a, _) = study("c4p-e2e-link-failure", "adaptive");
     assert!(e > p * 1.05, "failure: ECMP step {e} vs planned {p}");
     assert!((a / p - 1.0).abs() < 1e-6, "failure: adaptive {a} vs planned {p}");
-    assert!((p_cf / p - 1.0).abs() < 1e-6 && (e_cf / e - 1.0).abs() < 0.05, "closed forms {p_cf} {e_cf}");
+    assert!(
+        (p_cf / p - 1.0).abs() < 1e-6 && (e_cf / e - 1.0).abs() < 0.05,
+        "closed forms {p_cf} {e_cf}"
+    );
     // A port at half rate from 5 ms in: the planner re-plans at that moment (6 + 2 connections), ECMP keeps its
     // hash; both backends agree.
     let (e, e_cf) = study("c4p-degraded-port", "ecmp");
     let (p, p_cf) = study("c4p-degraded-port", "planned");
     assert!(e > p * 1.04, "degraded: ECMP step {e} vs planned {p}");
-    assert!((p_cf / p - 1.0).abs() < 0.01 && (e_cf / e - 1.0).abs() < 0.05, "closed forms {p_cf} {e_cf}");
+    assert!(
+        (p_cf / p - 1.0).abs() < 0.01 && (e_cf / e - 1.0).abs() < 0.05,
+        "closed forms {p_cf} {e_cf}"
+    );
 }
 
 #[test]
@@ -233,7 +253,10 @@ fn network_flow_times_moe_all_to_alls_and_refuses_training_job() {
             )
         };
         let (ab, planned, ecmp) = (run("alpha-beta"), run("flow-planned"), run("flow-ecmp"));
-        assert!((planned / ab - 1.0).abs() < 0.01, "{backend}: planned {planned} vs alpha-beta {ab}");
+        assert!(
+            (planned / ab - 1.0).abs() < 0.01,
+            "{backend}: planned {planned} vs alpha-beta {ab}"
+        );
         assert!(ecmp > planned * 1.02, "{backend}: ECMP {ecmp} vs planned {planned}");
     }
     let o = bin()

@@ -398,7 +398,10 @@ pub fn p_scaled_max_at_most(f: u64, rates: &[f64], s: f64) -> f64 {
     if u == 0 {
         return if f == 0 { 1.0 } else { 0.0 };
     }
-    let caps: Vec<u64> = rates.iter().map(|&r| ((s * r) + 1e-9).floor().max(0.0) as u64).collect();
+    let caps: Vec<u64> = rates
+        .iter()
+        .map(|&r| ((s * r) + 1e-9).floor().max(0.0) as u64)
+        .collect();
     if caps.iter().map(|&c| c.min(f)).sum::<u64>() < f {
         return 0.0;
     }
@@ -412,7 +415,9 @@ pub fn p_scaled_max_at_most(f: u64, rates: &[f64], s: f64) -> f64 {
                 continue;
             }
             let cdf: f64 = (0..=c)
-                .map(|k| (lf[f as usize] - lf[k as usize] - lf[(f - k) as usize] + k as f64 * lp + (f - k) as f64 * lq).exp())
+                .map(|k| {
+                    (lf[f as usize] - lf[k as usize] - lf[(f - k) as usize] + k as f64 * lp + (f - k) as f64 * lq).exp()
+                })
                 .sum();
             prod *= cdf.min(1.0);
         }
@@ -598,11 +603,7 @@ pub fn fabric_closed_form(w: &Fabric) -> Result<FabricOutcome, Error> {
         let totals: Vec<f64> = per_state.iter().map(|s| s.0[j]).collect();
         let time = phased_time(&starts, &totals);
         // Transfer share of the time, from the state the job finishes in (all states when they agree).
-        let last = per_state
-            .iter()
-            .zip(&starts)
-            .rposition(|(_, &s)| s < time)
-            .unwrap_or(0);
+        let last = per_state.iter().zip(&starts).rposition(|(_, &s)| s < time).unwrap_or(0);
         busy.push(time * per_state[last].1[j] / per_state[last].0[j]);
         let ideal = ideal_time(w, &shape, j);
         let ranks = job.ranks(&shape);

@@ -309,7 +309,11 @@ impl Net {
     }
     /// Rate of directed link `l` as a fraction of `link_gbps`.
     pub fn frac(&self, l: u32) -> f64 {
-        if self.rate.is_empty() { 1.0 } else { self.rate[(l / 2) as usize] }
+        if self.rate.is_empty() {
+            1.0
+        } else {
+            self.rate[(l / 2) as usize]
+        }
     }
     /// Directed links.
     pub fn links(&self) -> usize {
@@ -1007,7 +1011,11 @@ pub fn simulate(w: &Fabric, seed: Seed) -> Result<Replication, Error> {
             .fold(0u64, |a, b| a.saturating_add(b));
         if work > MAX_MULTI_JOB_WORK {
             return Err(Error::invalid(
-                if w.jobs.len() == 1 { "workload.degraded_links" } else { "workload.jobs" },
+                if w.jobs.len() == 1 {
+                    "workload.degraded_links"
+                } else {
+                    "workload.jobs"
+                },
                 format!("{} jobs", w.jobs.len()),
                 format!("several jobs are simulated step by step: steps x flows = {work} exceeds {MAX_MULTI_JOB_WORK}"),
                 "simulate fewer or smaller jobs at once (a single job of any size is simulated one step pattern at \
@@ -1193,16 +1201,7 @@ pub fn simulate(w: &Fabric, seed: Seed) -> Result<Replication, Error> {
             jobs[j].skipped = false;
             jobs[j].version = version;
             if adaptive {
-                jobs[j].routes = adaptive_routes(
-                    w,
-                    &net,
-                    &mut router,
-                    j,
-                    p,
-                    jobs[j].step,
-                    qpn_seed,
-                    order_seed,
-                )?;
+                jobs[j].routes = adaptive_routes(w, &net, &mut router, j, p, jobs[j].step, qpn_seed, order_seed)?;
                 jobs[j].pattern = Some(p);
             } else if jobs[j].pattern != Some(p) {
                 jobs[j].routes = reroute(

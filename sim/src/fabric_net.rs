@@ -25,7 +25,9 @@
 use crate::fabric::simulate;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use trainlab_core::workloads::fabric::{FabricJob, FabricOp, MAX_ALL_TO_ALL_HOSTS, Placement as Hosts, Routing, Topology};
+use trainlab_core::workloads::fabric::{
+    FabricJob, FabricOp, MAX_ALL_TO_ALL_HOSTS, Placement as Hosts, Routing, Topology,
+};
 use trainlab_core::workloads::{CollectiveAlgo, CollectiveOp, Fabric};
 use trainlab_core::{ClusterSpec, Error, Seed, Workload};
 use trainlab_models::collectives::Placement;
@@ -319,7 +321,8 @@ mod tests {
             let (want, _) = ab.collective_time(CollectiveOp::AllToAll, CollectiveAlgo::Ring, 1e8, g);
             let (planned, _) =
                 net(nodes, Routing::Planned).collective_time(CollectiveOp::AllToAll, CollectiveAlgo::Ring, 1e8, g);
-            let (ecmp, _) = net(nodes, Routing::Ecmp).collective_time(CollectiveOp::AllToAll, CollectiveAlgo::Ring, 1e8, g);
+            let (ecmp, _) =
+                net(nodes, Routing::Ecmp).collective_time(CollectiveOp::AllToAll, CollectiveAlgo::Ring, 1e8, g);
             assert!(
                 (planned - want).abs() / want < 0.01,
                 "{nodes} nodes: planned {planned} vs alpha-beta {want}"

@@ -340,7 +340,12 @@ impl MoeSim {
     }
 
     /// [`Self::replicate`] with the all-to-alls timed by `net` (`None`: the cost model's alpha-beta network).
-    pub fn replicate_on(&self, layer: &MoeLayer, seed: Seed, net: Option<&dyn Network>) -> Result<Vec<RepResult>, Error> {
+    pub fn replicate_on(
+        &self,
+        layer: &MoeLayer,
+        seed: Seed,
+        net: Option<&dyn Network>,
+    ) -> Result<Vec<RepResult>, Error> {
         layer.validate()?;
         let trace = match &layer.router {
             RouterModel::Trace { path } => Some(load_trace(path, layer)?),

@@ -106,7 +106,10 @@ fn adaptive_equals_planned_for_equal_ring_flows() {
             }
             // The closed form takes adaptive as planned: exact here.
             let cf = fabric_closed_form(&a).unwrap().jobs[0].time_s;
-            assert!((cf / planned - 1.0).abs() < 1e-6, "tree {i}: closed form {cf} vs {planned}");
+            assert!(
+                (cf / planned - 1.0).abs() < 1e-6,
+                "tree {i}: closed form {cf} vs {planned}"
+            );
         }
     }
 }
@@ -184,7 +187,10 @@ fn a_half_rate_port_is_rebalanced_by_the_planner_not_by_ecmp() {
     degrade(&mut p, "host10", "leaf2", 0, 0.5, 0.0);
     let sim = simulate(&p, Seed(1)).unwrap().times_s[0];
     let cf = fabric_closed_form(&p).unwrap().jobs[0].time_s;
-    assert!((sim / cf - 1.0).abs() < 1e-6, "planned: simulated {sim} vs closed form {cf}");
+    assert!(
+        (sim / cf - 1.0).abs() < 1e-6,
+        "planned: simulated {sim} vs closed form {cf}"
+    );
     // Without hop latency the transfer alone grows 1.5x.
     let healthy = c4_like(Routing::Planned);
     assert!(sim > ideal);

@@ -14,7 +14,7 @@ fn backends(opts: &Opts) -> Result<super::Backends<Fabric>, Error> {
 
 /// The `fabric` kind.
 pub static KIND: KindDef<Fabric> = KindDef {
-    about: "collectives of jobs on a 2- or 3-tier fat tree: ECMP vs planned paths, link failures (C4P)",
+    about: "collectives of jobs on a 2- or 3-tier fat tree: ECMP, planned or adaptive paths, failed and degraded links (C4P)",
     reads: &[],
     reference: &["flow_sim", "analytical"],
     headline: &["time", "busbw", "slowdown", "max_uplink_flows"],

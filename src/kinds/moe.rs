@@ -43,7 +43,8 @@ struct WithCost<B> {
     on: OnNetwork<B>,
 }
 
-type OnNetwork<B> = fn(&B, &MoeLayer, &mut RunCtx, &dyn trainlab_models::hardware::Network) -> Result<MoeOutcome, Error>;
+type OnNetwork<B> =
+    fn(&B, &MoeLayer, &mut RunCtx, &dyn trainlab_models::hardware::Network) -> Result<MoeOutcome, Error>;
 
 /// The closed form with its all-to-alls on `net`.
 fn closed_form_on(

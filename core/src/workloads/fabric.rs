@@ -1023,7 +1023,11 @@ impl Outcome for FabricOutcome {
                     j.time_s / j.ideal_time_s,
                 ));
                 if j.compute_s > 0.0 {
-                    v.push(Metric::new(format!("{p}.step_time"), Unit::Seconds, j.compute_s + j.time_s));
+                    v.push(Metric::new(
+                        format!("{p}.step_time"),
+                        Unit::Seconds,
+                        j.compute_s + j.time_s,
+                    ));
                 }
             }
         }
@@ -1175,7 +1179,11 @@ mod tests {
         for bad in [0.0, -0.5, 1.5, f64::NAN] {
             let mut f = small();
             f.degraded_links.push(d("host0", "leaf0", bad));
-            assert!(err(&f).contains("workload.degraded_links[0].fraction"), "{bad}: {}", err(&f));
+            assert!(
+                err(&f).contains("workload.degraded_links[0].fraction"),
+                "{bad}: {}",
+                err(&f)
+            );
         }
         let mut f = small();
         f.degraded_links.push(d("host0", "leaf3", 0.5));
