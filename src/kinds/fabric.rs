@@ -17,7 +17,7 @@ pub static KIND: KindDef<Fabric> = KindDef {
     about: "collectives of jobs on a 2- or 3-tier fat tree: ECMP, planned or adaptive paths, failed and degraded links (C4P)",
     reads: &[],
     reference: &["flow_sim", "analytical"],
-    headline: &["time", "busbw", "slowdown", "max_uplink_flows"],
+    headline: &["time", "busbw", "slowdown", "max_uplink_flows", "step_time"],
     backends,
     describe: |w| format!("{} job(s), {}", w.jobs.len(), w.routing.as_str()),
     profiled: no_profile,
