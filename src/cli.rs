@@ -107,6 +107,10 @@ pub struct PlanArgs {
     /// With `--emit`: the number of shards (array tasks), 1 to the study's case count (default: cases, at most 16).
     #[arg(long, value_name = "N", requires = "emit")]
     pub shards: Option<usize>,
+    /// The network model that times communication in every case: `alpha-beta`, or the flow-level fabric simulator
+    /// with `flow-ecmp` or `flow-planned` paths (dense_training and moe_layer studies; not with --emit).
+    #[arg(long, value_enum, default_value = "alpha-beta")]
+    pub network: trainlab::kinds::NetworkChoice,
 }
 
 /// What `plan --emit` writes.

@@ -266,3 +266,50 @@ fn network_flow_times_moe_all_to_alls_and_refuses_training_job() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--network"), "{}", stderr(&o));
 }
+
+#[test]
+fn plan_network_flag_reaches_study_cases_and_is_refused_where_unused() {
+    // A moe_layer study: every case's all-to-alls on the flow simulator (ECMP slower than alpha-beta), and the
+    // report's assumptions name the network.
+    let dispatch = |net: &str| -> (Vec<f64>, String) {
+        let out = common::tmpdir(&format!("plan-net-{net}"));
+        let o = bin()
+            .args(["plan", "moe-capacity-study", "--network", net, "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{net}: {}", stderr(&o));
+        // The case label is quoted and holds commas: take the value after the metric and its unit.
+        let csv = std::fs::read_to_string(out.join("records.csv")).unwrap();
+        let v = csv
+            .lines()
+            .filter_map(|l| l.split_once(",dispatch_time,seconds,"))
+            .map(|(_, rest)| rest.split(',').next().unwrap().parse::<f64>().unwrap())
+            .collect();
+        (v, std::fs::read_to_string(out.join("study.json")).unwrap())
+    };
+    let (ab, ab_json) = dispatch("alpha-beta");
+    let (ecmp, ecmp_json) = dispatch("flow-ecmp");
+    assert_eq!(ab.len(), ecmp.len());
+    assert!(!ab.is_empty());
+    for (a, e) in ab.iter().zip(&ecmp) {
+        assert!(e > &(a * 1.02), "ECMP dispatch {e} vs alpha-beta {a}");
+    }
+    assert!(ecmp_json.contains("flow-ecmp") && !ab_json.contains("flow-ecmp"));
+    for args in [
+        vec!["plan", "c4p-routing", "--network", "flow-ecmp"],
+        vec![
+            "plan",
+            "moe-capacity-study",
+            "--network",
+            "flow-ecmp",
+            "--emit",
+            "slurm",
+        ],
+    ] {
+        let out = common::tmpdir("plan-net-refused");
+        let o = bin().args(&args).arg("--out").arg(&out).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("--network"), "{}", stderr(&o));
+    }
+}
