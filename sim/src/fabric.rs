@@ -12,7 +12,17 @@
 //! candidates. Under `planned`
 //! (C4P-style) each connection, in order, takes the path whose most loaded link has the fewest flows already placed
 //! (ties to the lowest index), the NIC ports chosen the same way, so bonded ports are balanced; a failed link is
-//! simply absent, so the planner re-plans and ECMP re-hashes over the survivors.
+//! simply absent, so the planner re-plans and ECMP re-hashes over the survivors. Under `adaptive` each step's
+//! connections are routed when the step starts, in a random order (flowlets do not start in connection order), each
+//! switch and bonded NIC taking its locally least-loaded next hop (flows on the link now + 1, over its rate; ties from
+//! a hashed start), without the planner's look-ahead; a step's links are released when it ends.
+//!
+//! **Degraded links.** Every link has a rate (a fraction of `link_gbps`); the planner and adaptive routing weigh a
+//! link by `(flows + 1) / rate`. A degradation at `at_s > 0` is an [`Engine`] event: the rate changes, the planner
+//! re-plans every job's current pattern (running flows move to their new paths), ECMP keeps its hash, adaptive routing
+//! sees it from its next choices. A single job with such an event runs step by step, but a step that repeats one
+//! already simulated on the unchanged fabric, with no event due before it would end, is not simulated again (exact:
+//! it starts from the same state).
 //!
 //! **Rates.** [`max_min_rates`] is progressive filling: raise every unfrozen flow's rate together until a link
 //! saturates, freeze that link's flows, repeat. It runs with a heap of links keyed by their fair share
