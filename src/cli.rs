@@ -108,6 +108,10 @@ pub struct PlanArgs {
     /// With `--emit`: the number of shards (array tasks), 1 to the study's case count (default: cases, at most 16).
     #[arg(long, value_name = "N", requires = "emit")]
     pub shards: Option<usize>,
+    /// The network model that times communication in every case: `alpha-beta`, or the flow-level fabric simulator
+    /// with `flow-ecmp` or `flow-planned` paths (dense_training and moe_layer studies; not with --emit).
+    #[arg(long, value_enum, default_value = "alpha-beta")]
+    pub network: trainlab::kinds::NetworkChoice,
 }
 
 /// What `plan --emit` writes.
@@ -142,7 +146,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
-    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training and moe_layer).
     #[arg(long, value_enum, default_value = "alpha-beta")]
     pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.
@@ -165,7 +169,7 @@ pub struct CompareArgs {
     #[arg(long)]
     pub quick: bool,
     /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
-    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training only).
+    /// (hash collisions, the mean of 8 draws; 2 with --quick) or `flow-planned` paths (dense_training and moe_layer).
     #[arg(long, value_enum, default_value = "alpha-beta")]
     pub network: trainlab::kinds::NetworkChoice,
     /// Print JSON.

@@ -593,6 +593,15 @@ fn study_assumptions(
         ),
         ("device efficiencies".into(), efficiencies(opts)),
     ];
+    if opts.network != crate::kinds::NetworkChoice::AlphaBeta {
+        v.push((
+            "network".into(),
+            format!(
+                "{}: collectives timed on the flow-level fabric simulator (sim/src/fabric_net.rs)",
+                opts.network.as_str()
+            ),
+        ));
+    }
     if spec.replicas > 1 {
         v.push(("replicas".into(), format!("{} runs per case", spec.replicas)));
     }
@@ -658,7 +667,17 @@ fn plan_assumptions(spec: &PlanSpec, downtime: Option<&Downtime>, opts: &Opts) -
              reduction overlapped with the backward pass, tensor-parallel collectives not overlapped"
                 .into(),
         ),
-        ("network congestion".into(), "none: an ideal non-blocking fabric".into()),
+        (
+            "network congestion".into(),
+            match opts.network {
+                crate::kinds::NetworkChoice::AlphaBeta => "none: an ideal non-blocking fabric".into(),
+                n => format!(
+                    "{}: the chosen layout's inter-node collectives re-timed on the flow-level fabric simulator \
+                     (sim/src/fabric_net.rs)",
+                    n.as_str()
+                ),
+            },
+        ),
         ("failures".into(), failures),
     ]
 }

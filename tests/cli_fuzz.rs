@@ -122,6 +122,12 @@ const FLAGS: &[Flag] = &[
     f("plan --emit=slurm --out=@OUT", "--shards", Kind::U(1, 10), true),
     f("plan --out=@OUT", "--json", Kind::Bool, true),
     f("plan --out=@OUT", "--seed", ANY_U64, true),
+    f(
+        "plan --out=@OUT",
+        "--network",
+        Kind::Word(&["alpha-beta", "flow-ecmp", "flow-planned"]),
+        false,
+    ),
     // merge
     f("merge @V", "<DIR>", Kind::InDir, true),
     f(

@@ -18,6 +18,16 @@
 //!   `rails x P x B`).
 //! - **Planned** (C4P-style): every group balanced on its surviving links, `L = max_g ceil(f_g / u_g)`; equal to the
 //!   ideal when paths are disjoint and the channels divide evenly over the ports.
+//! - **Adaptive** (per-flowlet, local least-loaded): taken as planned, every group balanced by its own switch. This
+//!   is exact where each group's flows are decided by one switch, as in rings (a leaf's flows go to one next leaf);
+//!   where flows into a leaf come from several leaves (all-to-all), local balance does not balance the down links
+//!   and the closed form is optimistic (the simulator has the real choice).
+//! - **Degraded links** (`degraded_links`): a link at fraction `c` of the rate. A group's time is `max_l x_l / c_l`;
+//!   planned and adaptive routing place the flows one by one where `(x + 1) / c` is least ([`balanced_load`]);
+//!   under ECMP `P(max_l X_l / c_l <= s)` is the same dynamic programme with a cap `floor(s c_l)` per bin
+//!   ([`p_scaled_max_at_most`]), and the expectation sums `P(max > s)` over the values the maximum can take
+//!   ([`expected_max_mixed`]). A link that degrades at `at_s > 0` splits the run into states; the collective's
+//!   progress is taken as linear in time within a state ([`phased_time`]).
 //! - **ECMP**: each group's maximum load `M_g` is the maximum of `f_g` balls thrown uniformly into `u_g` bins, and
 //!   `E[L] = E[max_g M_g] = sum_m (1 - prod_g P(M_g <= m))`, **taking the groups as independent** (the
 //!   approximation: a flow's choices at successive tiers are correlated only through the links they share).
@@ -321,52 +331,283 @@ impl MaxLoad {
     }
 }
 
-/// The closed form's answer (see the [module docs](self)).
-pub fn fabric_closed_form(w: &Fabric) -> Result<FabricOutcome, Error> {
-    let shape = w.shape()?;
-    let fails = Failures::of(&shape, &w.failed()?);
-    let mut ml = MaxLoad::default();
-    let mut jobs = Vec::with_capacity(w.jobs.len());
-    let mut max_uplink = 0.0f64;
+/// The rates (fractions of `link_gbps`) of the degraded links of each hash group, from the degraded links in force.
+#[derive(Debug, Clone, Default)]
+pub struct Rates {
+    by: HashMap<GroupKey, Vec<f64>>,
+}
+
+impl Rates {
+    /// The degraded links `(link, fraction, at_s)` in force at time `t` (those with `at_s <= t`), by group.
+    pub fn at(shape: &Shape, degraded: &[(LinkRef, f64, f64)], t: f64) -> Rates {
+        let mut r = Rates::default();
+        for &(l, frac, at) in degraded {
+            if at > t {
+                continue;
+            }
+            let keys = match l {
+                LinkRef::HostPort { host, nic, .. } => [GroupKey::SendNic(host, nic), GroupKey::RecvNic(host, nic)],
+                LinkRef::LeafSpine { leaf, .. } => [GroupKey::LeafUp(leaf), GroupKey::LeafDown(leaf)],
+                LinkRef::AggCore { agg, .. } => {
+                    let pod = agg / shape.spines_per_pod;
+                    [GroupKey::PodUp(pod), GroupKey::PodDown(pod)]
+                }
+            };
+            for k in keys {
+                r.by.entry(k).or_default().push(frac);
+            }
+        }
+        r
+    }
+    /// The rates of a group of `u` surviving links: 1 for a healthy link, the fraction for a degraded one. `None`
+    /// when every link of the group is healthy.
+    fn of(&self, key: GroupKey, u: u64) -> Option<Vec<f64>> {
+        let d = self.by.get(&key)?;
+        let mut v = vec![1.0; (u as usize).saturating_sub(d.len())];
+        v.extend(d.iter().copied().take(u as usize));
+        Some(v)
+    }
+}
+
+/// Planned (and adaptive) load of `f` equal flows on links of rates `rates`: flows placed one by one on the link
+/// whose time after adding is least (`(x + 1) / rate`, first of equals), which minimises `max x / rate`. Returns
+/// `(max x / rate, max x)`.
+pub fn balanced_load(f: u64, rates: &[f64]) -> (f64, u64) {
+    if rates.is_empty() {
+        return (f64::INFINITY, f);
+    }
+    let mut x = vec![0u64; rates.len()];
+    for _ in 0..f {
+        let mut best = 0;
+        for i in 1..rates.len() {
+            if (x[i] + 1) as f64 / rates[i] < (x[best] + 1) as f64 / rates[best] {
+                best = i;
+            }
+        }
+        x[best] += 1;
+    }
+    let load = x.iter().zip(rates).map(|(&n, &r)| n as f64 / r).fold(0.0, f64::max);
+    (load, x.iter().copied().max().unwrap_or(0))
+}
+
+/// `P(max_l X_l / rate_l <= s)` for `f` balls thrown uniformly into bins of rates `rates`: every bin `l` holds at
+/// most `floor(s rate_l)`. Exact (the dynamic programme over bins with per-bin caps) when `u f^2 <= 2^24`, else the
+/// independent-bins approximation.
+pub fn p_scaled_max_at_most(f: u64, rates: &[f64], s: f64) -> f64 {
+    let u = rates.len() as u64;
+    if u == 0 {
+        return if f == 0 { 1.0 } else { 0.0 };
+    }
+    let caps: Vec<u64> = rates
+        .iter()
+        .map(|&r| ((s * r) + 1e-9).floor().max(0.0) as u64)
+        .collect();
+    if caps.iter().map(|&c| c.min(f)).sum::<u64>() < f {
+        return 0.0;
+    }
+    let lf = ln_factorials(f);
+    let p1 = 1.0 / u as f64;
+    if u.saturating_mul(f).saturating_mul(f) > 1 << 24 {
+        let (lp, lq) = (p1.ln(), (1.0 - p1).ln());
+        let mut prod = 1.0;
+        for &c in &caps {
+            if c >= f {
+                continue;
+            }
+            let cdf: f64 = (0..=c)
+                .map(|k| {
+                    (lf[f as usize] - lf[k as usize] - lf[(f - k) as usize] + k as f64 * lp + (f - k) as f64 * lq).exp()
+                })
+                .sum();
+            prod *= cdf.min(1.0);
+        }
+        return prod;
+    }
+    let mut q: Vec<f64> = (0..=f).map(|b| if b <= caps[0] { 1.0 } else { 0.0 }).collect();
+    let mut next = vec![0.0; f as usize + 1];
+    for j in 2..=u {
+        let cap = caps[j as usize - 1];
+        let p = 1.0 / j as f64;
+        let (lp, lq) = (p.ln(), (1.0 - p).ln());
+        for b in 0..=f {
+            let mut acc = 0.0;
+            for k in 0..=b.min(cap) {
+                let rest = b - k;
+                if q[rest as usize] == 0.0 {
+                    continue;
+                }
+                let ln_pmf = lf[b as usize] - lf[k as usize] - lf[rest as usize] + k as f64 * lp + rest as f64 * lq;
+                acc += ln_pmf.exp() * q[rest as usize];
+            }
+            next[b as usize] = acc.min(1.0);
+        }
+        std::mem::swap(&mut q, &mut next);
+    }
+    q[f as usize]
+}
+
+/// `E[max_g T_g]` over independent groups: healthy ones given as `(f, u) -> how many` (`T` = max flows on a link),
+/// degraded ones as `(f, rates)` (`T` = max flows / rate). Sums `P(max > s)` over the sorted values `T` can take.
+pub fn expected_max_mixed(ml: &mut MaxLoad, healthy: &BTreeMap<(u64, u64), u64>, degraded: &[(u64, Vec<f64>)]) -> f64 {
+    if degraded.is_empty() {
+        return ml.expected_max(healthy);
+    }
+    let mut pts: Vec<f64> = Vec::new();
+    let top_h = healthy.keys().map(|&(f, _)| f).max().unwrap_or(0);
+    pts.extend((0..=top_h).map(|m| m as f64));
+    for (f, rates) in degraded {
+        let mut rs: Vec<f64> = rates.clone();
+        rs.sort_by(f64::total_cmp);
+        rs.dedup();
+        for r in rs {
+            pts.extend((0..=*f).map(|x| x as f64 / r));
+        }
+    }
+    pts.sort_by(f64::total_cmp);
+    pts.dedup_by(|a, b| (*a - *b).abs() <= 1e-12 * b.abs().max(1.0));
+    let mut e = 0.0;
+    for w in pts.windows(2) {
+        let (s, next) = (w[0], w[1]);
+        let mut ln_p = 0.0;
+        for (&(f, u), &count) in healthy.iter() {
+            let p = ml.cdf(f, u, (s + 1e-9).floor() as u64);
+            if p <= 0.0 {
+                ln_p = f64::NEG_INFINITY;
+                break;
+            }
+            ln_p += count as f64 * p.ln();
+        }
+        if ln_p.is_finite() {
+            for (f, rates) in degraded {
+                let p = p_scaled_max_at_most(*f, rates, s);
+                if p <= 0.0 {
+                    ln_p = f64::NEG_INFINITY;
+                    break;
+                }
+                ln_p += p.ln();
+            }
+        }
+        let p_all = ln_p.exp();
+        if p_all >= 1.0 - 1e-15 {
+            break;
+        }
+        e += (next - s) * (1.0 - p_all);
+    }
+    e
+}
+
+/// Per job: the collective's time and its transfer time (no latencies) with the links of `rates`, and the most
+/// flows on an uplink (mean under ECMP).
+fn job_times(
+    w: &Fabric,
+    shape: &Shape,
+    fails: &Failures,
+    rates: &Rates,
+    ml: &mut MaxLoad,
+) -> (Vec<f64>, Vec<f64>, f64) {
+    let mut times = Vec::with_capacity(w.jobs.len());
     let mut busy = Vec::with_capacity(w.jobs.len());
+    let mut max_uplink = 0.0f64;
     for (j, job) in w.jobs.iter().enumerate() {
-        let b = job.flow_bytes(&shape);
-        let reps = job.repeats(&shape) as f64;
+        let b = job.flow_bytes(shape);
+        let reps = job.repeats(shape) as f64;
         let (mut time, mut transfer) = (0.0, 0.0);
         for p in 0..job.patterns() {
-            let gs = groups(w, &shape, &fails, &concurrent(w, j, p));
-            let mine = gs.values().filter(|g| g.jobs & (1 << j) != 0);
+            let gs = groups(w, shape, fails, &concurrent(w, j, p));
             let (load, uplink) = match w.routing {
-                Routing::Planned => {
-                    let c = |g: &Group| g.f.div_ceil(g.u.max(1)) as f64;
+                Routing::Planned | Routing::Adaptive => {
+                    let c = |k: GroupKey, g: &Group| match rates.of(k, g.u) {
+                        None => {
+                            let n = g.f.div_ceil(g.u.max(1));
+                            (n as f64, n as f64)
+                        }
+                        Some(r) => {
+                            let (l, n) = balanced_load(g.f, &r);
+                            (l, n as f64)
+                        }
+                    };
                     let uplink = gs
                         .iter()
                         .filter(|(k, _)| k.is_uplink())
-                        .map(|(_, g)| c(g))
+                        .map(|(k, g)| c(*k, g).1)
                         .fold(0.0, f64::max);
-                    (mine.map(c).fold(0.0, f64::max), uplink)
+                    let load = gs
+                        .iter()
+                        .filter(|(_, g)| g.jobs & (1 << j) != 0)
+                        .map(|(k, g)| c(*k, g).0)
+                        .fold(0.0, f64::max);
+                    (load, uplink)
                 }
                 Routing::Ecmp => {
                     let mut by: BTreeMap<(u64, u64), u64> = BTreeMap::new();
-                    for g in mine {
-                        *by.entry((g.f, g.u.max(1))).or_default() += 1;
+                    let mut slow: Vec<(u64, Vec<f64>)> = Vec::new();
+                    for (k, g) in gs.iter().filter(|(_, g)| g.jobs & (1 << j) != 0) {
+                        match rates.of(*k, g.u) {
+                            None => *by.entry((g.f, g.u.max(1))).or_default() += 1,
+                            Some(r) => slow.push((g.f, r)),
+                        }
                     }
                     let mut up: BTreeMap<(u64, u64), u64> = BTreeMap::new();
                     for (_, g) in gs.iter().filter(|(k, _)| k.is_uplink()) {
                         *up.entry((g.f, g.u.max(1))).or_default() += 1;
                     }
-                    (ml.expected_max(&by), ml.expected_max(&up))
+                    (expected_max_mixed(ml, &by, &slow), ml.expected_max(&up))
                 }
             };
             max_uplink = max_uplink.max(uplink);
             let t = b * load / shape.link_bytes_per_s;
             transfer += reps * t;
-            time += reps * (step_latency(w, &shape, j, p) + t);
+            time += reps * (step_latency(w, shape, j, p) + t);
         }
+        times.push(time);
+        busy.push(transfer);
+    }
+    (times, busy, max_uplink)
+}
+
+/// The completion time of a collective that takes `totals[k]` in state `k` (state `k` in force from `starts[k]`,
+/// `starts[0] = 0`), its progress taken as linear in time within a state.
+pub fn phased_time(starts: &[f64], totals: &[f64]) -> f64 {
+    let mut done = 0.0;
+    for k in 0..totals.len() {
+        let end = starts.get(k + 1).copied().unwrap_or(f64::INFINITY);
+        let left = (1.0 - done) * totals[k];
+        if starts[k] + left <= end {
+            return starts[k] + left;
+        }
+        done += (end - starts[k]) / totals[k];
+    }
+    f64::INFINITY
+}
+
+/// The closed form's answer (see the [module docs](self)).
+pub fn fabric_closed_form(w: &Fabric) -> Result<FabricOutcome, Error> {
+    let shape = w.shape()?;
+    let fails = Failures::of(&shape, &w.failed()?);
+    let degraded = w.degraded()?;
+    let mut ml = MaxLoad::default();
+    // States: the fabric from 0, then after each distinct degradation time.
+    let mut starts: Vec<f64> = vec![0.0];
+    let mut ats: Vec<f64> = degraded.iter().map(|d| d.2).filter(|&t| t > 0.0).collect();
+    ats.sort_by(f64::total_cmp);
+    ats.dedup();
+    starts.extend(ats);
+    let mut per_state = Vec::with_capacity(starts.len());
+    for &t in &starts {
+        per_state.push(job_times(w, &shape, &fails, &Rates::at(&shape, &degraded, t), &mut ml));
+    }
+    let max_uplink = per_state.iter().map(|s| s.2).fold(0.0, f64::max);
+    let mut jobs = Vec::with_capacity(w.jobs.len());
+    let mut busy = Vec::with_capacity(w.jobs.len());
+    for (j, job) in w.jobs.iter().enumerate() {
+        let totals: Vec<f64> = per_state.iter().map(|s| s.0[j]).collect();
+        let time = phased_time(&starts, &totals);
+        // Transfer share of the time, from the state the job finishes in (all states when they agree).
+        let last = per_state.iter().zip(&starts).rposition(|(_, &s)| s < time).unwrap_or(0);
+        busy.push(time * per_state[last].1[j] / per_state[last].0[j]);
         let ideal = ideal_time(w, &shape, j);
         let ranks = job.ranks(&shape);
         let algbw = job.bytes as f64 / time;
-        busy.push(transfer);
         jobs.push(JobOutcome {
             name: job.name.clone(),
             ranks,
@@ -375,6 +616,7 @@ pub fn fabric_closed_form(w: &Fabric) -> Result<FabricOutcome, Error> {
             ideal_time_s: ideal,
             algbw,
             busbw: algbw * job.collective.busbw_factor(ranks),
+            compute_s: job.compute_s,
         });
     }
     let makespan = jobs.iter().map(|j| j.time_s).fold(0.0, f64::max);
@@ -432,6 +674,50 @@ mod tests {
                 assert!((a - b).abs() < 1e-12, "f={f} u={u} m={m}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn scaled_max_load_matches_brute_force_and_the_plain_one() {
+        // With every rate 1 it is the plain distribution.
+        for (f, u) in [(4u64, 3usize), (6, 2)] {
+            for m in 0..=f {
+                let a = p_scaled_max_at_most(f, &vec![1.0; u], m as f64);
+                assert!((a - p_max_at_most_exact(f, u as u64, m)).abs() < 1e-12);
+            }
+        }
+        // Brute force over all assignments with one half-rate bin.
+        let rates = [1.0, 0.5, 1.0];
+        let f = 5u32;
+        for s in [1.0, 2.0, 2.5, 3.0, 4.0, 6.0] {
+            let total = 3u64.pow(f);
+            let mut ok = 0u64;
+            for mut x in 0..total {
+                let mut c = [0u32; 3];
+                for _ in 0..f {
+                    c[(x % 3) as usize] += 1;
+                    x /= 3;
+                }
+                ok += (0..3).all(|i| c[i] as f64 / rates[i] <= s + 1e-9) as u64;
+            }
+            let want = ok as f64 / total as f64;
+            let got = p_scaled_max_at_most(f as u64, &rates, s);
+            assert!((got - want).abs() < 1e-12, "s={s}: {got} vs {want}");
+        }
+        // The mixed expectation of one group equals the direct sum over its values.
+        let mut ml = MaxLoad::default();
+        let e = expected_max_mixed(&mut ml, &BTreeMap::new(), &[(2, vec![1.0, 0.5])]);
+        // 2 balls on a full and a half-rate bin: (2,0) -> 2, (1,1) -> 2 (twice), (0,2) -> 4: E = (2 + 4 + 4) / 4.
+        assert!((e - 2.5).abs() < 1e-12, "{e}");
+    }
+
+    #[test]
+    fn balanced_load_and_phases() {
+        assert_eq!(balanced_load(8, &[1.0, 1.0]), (4.0, 4));
+        // 8 connections on a full and a half-rate port: 5 + 3 gives max(5, 6) = 6; 6 + 2 gives max(6, 4) = 6.
+        assert_eq!(balanced_load(8, &[1.0, 0.5]).0, 6.0);
+        // Healthy 10 s, after t = 4 s the rest at 20 s per collective: 4 + 0.6 x 20 = 16.
+        assert!((phased_time(&[0.0, 4.0], &[10.0, 20.0]) - 16.0).abs() < 1e-12);
+        assert!((phased_time(&[0.0, 12.0], &[10.0, 20.0]) - 10.0).abs() < 1e-12);
     }
 
     #[test]

@@ -410,6 +410,11 @@ impl Backend<MoeLayer> for MoeAnalytical {
 
 /// The closed-form outcome for a uniform router under `cost`.
 pub fn analytical_outcome(layer: &MoeLayer, cost: &MoeCostModel) -> MoeOutcome {
+    analytical_outcome_on(layer, cost, &cost.network)
+}
+
+/// [`analytical_outcome`] with the all-to-alls timed by `net` (e.g. the flow-level fabric simulator).
+pub fn analytical_outcome_on(layer: &MoeLayer, cost: &MoeCostModel, net: &dyn Network) -> MoeOutcome {
     let u = uniform_load(layer);
     let e = layer.experts as usize;
     let per_rank = layer.experts_per_rank() as usize;
@@ -423,7 +428,7 @@ pub fn analytical_outcome(layer: &MoeLayer, cost: &MoeCostModel) -> MoeOutcome {
     for r in rows.iter_mut().take(per_rank) {
         *r *= boost;
     }
-    let b = cost.step(layer, &rows);
+    let b = cost.step_on(layer, &rows, net);
     let slots = layer.slots() as f64;
     let processed = slots * (1.0 - u.drop_fraction);
     let flops = 3.0 * layer.expert_fwd_flops(processed) / layer.ep_ranks as f64;

@@ -34,8 +34,10 @@ fn fabric(gpus: u32, routing: Routing) -> Fabric {
             collective: FabricOp::AllReduce,
             bytes: 1 << 30,
             channels: 4,
+            compute_s: 0.0,
         }],
         failed_links: vec![],
+        degraded_links: vec![],
     }
 }
 

@@ -163,9 +163,11 @@ mod tests {
                     collective: FabricOp::AllReduce,
                     bytes: 1 << 22,
                     channels: ch,
+                    compute_s: 0.0,
                 })
                 .collect(),
             failed_links: vec![],
+            degraded_links: vec![],
         }
     }
 

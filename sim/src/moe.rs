@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use trainlab_core::seed::Rng;
 use trainlab_core::workloads::moe::{Estimate, LoadSummary, MoeLayer, MoeOutcome, RouterModel};
 use trainlab_core::{Backend, Error, Fidelity, RunCtx, Seed, Summary, Workload};
+use trainlab_models::hardware::Network;
 use trainlab_models::moe::{MoeCostModel, StepBreakdown};
 
 /// A parsed routing trace: for each token, its `k` expert choices (flattened, `k` per token).
@@ -296,11 +297,16 @@ pub struct RepResult {
 
 /// Evaluates one step from its loads.
 pub fn evaluate(layer: &MoeLayer, cost: &MoeCostModel, loads: Vec<u64>) -> RepResult {
+    evaluate_on(layer, cost, loads, &cost.network)
+}
+
+/// [`evaluate`] with the all-to-alls timed by `net` (e.g. the flow-level fabric simulator).
+pub fn evaluate_on(layer: &MoeLayer, cost: &MoeCostModel, loads: Vec<u64>, net: &dyn Network) -> RepResult {
     let c = layer.capacity();
     let processed: Vec<u64> = loads.iter().map(|&x| x.min(c)).collect();
     let dropped = loads.iter().map(|&x| x.saturating_sub(c)).sum();
     let rows: Vec<f64> = processed.iter().map(|&x| x as f64).collect();
-    let step = cost.step(layer, &rows);
+    let step = cost.step_on(layer, &rows, net);
     RepResult {
         loads,
         processed,
@@ -330,6 +336,16 @@ impl Default for MoeSim {
 impl MoeSim {
     /// Runs all replications (parallel, in input order).
     pub fn replicate(&self, layer: &MoeLayer, seed: Seed) -> Result<Vec<RepResult>, Error> {
+        self.replicate_on(layer, seed, None)
+    }
+
+    /// [`Self::replicate`] with the all-to-alls timed by `net` (`None`: the cost model's alpha-beta network).
+    pub fn replicate_on(
+        &self,
+        layer: &MoeLayer,
+        seed: Seed,
+        net: Option<&dyn Network>,
+    ) -> Result<Vec<RepResult>, Error> {
         layer.validate()?;
         let trace = match &layer.router {
             RouterModel::Trace { path } => Some(load_trace(path, layer)?),
@@ -346,7 +362,7 @@ impl MoeSim {
             .map(|i| {
                 let mut rng = base.index(i).rng();
                 let loads = draw_loads(layer, trace.as_ref(), &mut rng);
-                evaluate(layer, &cost, loads)
+                evaluate_on(layer, &cost, loads, net.unwrap_or(&cost.network as &dyn Network))
             })
             .collect())
     }

@@ -132,6 +132,7 @@ fn job(name: &str, first: u32, count: u32, op: FabricOp, channels: u32) -> Fabri
         collective: op,
         bytes: 1 << 24,
         channels,
+        compute_s: 0.0,
     }
 }
 
@@ -141,6 +142,7 @@ fn fabric(topology: Topology, routing: Routing, jobs: Vec<FabricJob>) -> Fabric 
         routing,
         jobs,
         failed_links: vec![],
+        degraded_links: vec![],
     };
     f.validate().unwrap();
     f

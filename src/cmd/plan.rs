@@ -21,10 +21,11 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let opts = Opts {
         profiles: Profiles::load_opt(a.profile.as_deref())?,
         quick: false,
-        network: Default::default(),
+        network: a.network,
     };
     let study = study::load(&sc, &opts)?;
     opts.profiles.check_for(study.kind)?;
+    a.network.check_for(study.kind.name())?;
     let shard = a.shard.as_deref().map(study::parse_shard).transpose()?;
     let (names, profile_bytes) = profile_files(a.profile.as_deref())?;
     let fingerprint = study::fingerprint(&study, &profile_bytes);

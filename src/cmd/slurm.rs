@@ -21,6 +21,15 @@ pub const DEFAULT_SHARDS: usize = 16;
 
 /// `trainlab plan ... --emit slurm`.
 pub fn emit(a: &PlanArgs, seed_override: Option<u64>) -> Result<()> {
+    if a.network != trainlab::kinds::NetworkChoice::AlphaBeta {
+        return Err(Error::invalid(
+            "--network",
+            a.network.as_str(),
+            "the Slurm job's shards are not given a network model",
+            "drop --network with --emit, or run `trainlab plan STUDY --network ...` without --emit",
+        )
+        .into());
+    }
     let name = a.scenario.as_deref().unwrap_or("default-plan");
     let sc = trainlab_datasets::scenario::load(name)?;
     let opts = Opts {

@@ -67,10 +67,10 @@ fn backends(opts: &Opts) -> Result<super::Backends<Fabric>, Error> {
 
 /// The `fabric` kind.
 pub static KIND: KindDef<Fabric> = KindDef {
-    about: "collectives of jobs on a 2- or 3-tier fat tree: ECMP vs planned paths, link failures (C4P)",
+    about: "collectives of jobs on a 2- or 3-tier fat tree: ECMP, planned or adaptive paths, failed and degraded links (C4P)",
     reads: &["fabric"],
     reference: &["testbed", "flow_sim", "analytical"],
-    headline: &["time", "busbw", "slowdown", "max_uplink_flows"],
+    headline: &["time", "busbw", "slowdown", "max_uplink_flows", "step_time"],
     backends,
     describe: |w| format!("{} job(s), {}", w.jobs.len(), w.routing.as_str()),
     profiled: |o, w| match profile(o) {
@@ -138,6 +138,22 @@ pub fn testbed_refusal(w: &Fabric) -> Result<(), Error> {
             fix,
         ))
     };
+    if w.routing == Routing::Adaptive {
+        return Err(Error::invalid(
+            "workload.routing",
+            w.routing.as_str(),
+            "the namespace testbed routes by Linux's multipath hash (ecmp) or pinned paths (planned), not per flowlet",
+            "use routing = \"ecmp\" or \"planned\", or compare without --backend testbed",
+        ));
+    }
+    if !w.degraded_links.is_empty() {
+        return Err(Error::invalid(
+            "workload.degraded_links",
+            format!("{} link(s)", w.degraded_links.len()),
+            "the namespace testbed does not degrade a link mid-run",
+            "remove degraded_links, or compare without --backend testbed",
+        ));
+    }
     if t.pods.is_some() {
         return not(
             "pods",
@@ -305,7 +321,7 @@ pub fn run_testbed(w: &Fabric, seed: Seed, cancel: &AtomicBool) -> Result<Testbe
             }
         }
         let pins = match w.routing {
-            Routing::Ecmp => vec![None; nf],
+            Routing::Ecmp | Routing::Adaptive => vec![None; nf],
             Routing::Planned => case.jobs[ji].patterns[0]
                 .paths
                 .iter()
@@ -372,6 +388,7 @@ pub fn run_testbed(w: &Fabric, seed: Seed, cancel: &AtomicBool) -> Result<Testbe
                 ideal_time_s: ideal_time(w, &shape, j),
                 algbw,
                 busbw: algbw * job.collective.busbw_factor(ranks),
+                compute_s: job.compute_s,
             }
         })
         .collect();
@@ -427,8 +444,10 @@ pub fn testbed_workload(
             collective: FabricOp::AllReduce,
             bytes,
             channels,
+            compute_s: 0.0,
         }],
         failed_links: vec![],
+        degraded_links: vec![],
     }
 }
 
@@ -718,6 +737,21 @@ mod tests {
         slow.topology.link_gbps = 1e-6;
         let e = testbed_refusal(&slow).unwrap_err().to_string();
         assert!(e.contains("workload.topology.link_gbps"), "{e}");
+        // Routing per flowlet and degrading a link mid-run are the simulator's, not the testbed's.
+        let adaptive = testbed_workload(2, 2, 2, 1.0, vec![0, 2, 1, 3], 1 << 20, 1, Routing::Adaptive);
+        let e = testbed_refusal(&adaptive).unwrap_err().to_string();
+        assert!(e.contains("workload.routing"), "{e}");
+        let mut degraded = ok.clone();
+        degraded.degraded_links = vec![trainlab_core::workloads::fabric::DegradedLink {
+            a: "leaf0".into(),
+            b: "spine0".into(),
+            index: 0,
+            fraction: 0.5,
+            at_s: 0.0,
+        }];
+        degraded.validate().unwrap();
+        let e = testbed_refusal(&degraded).unwrap_err().to_string();
+        assert!(e.contains("workload.degraded_links"), "{e}");
         // A fast fabric is answered scaled to 0.1 Gb/s with the same ideal time (bounded).
         let mut fast = ok.clone();
         fast.topology.link_gbps = 100.0;

@@ -93,7 +93,7 @@ pub enum NetworkChoice {
 
 impl NetworkChoice {
     /// The kinds whose backends take a network model other than alpha-beta.
-    pub const KINDS: &'static [&'static str] = &["dense_training"];
+    pub const KINDS: &'static [&'static str] = &["dense_training", "moe_layer"];
 
     /// The name as written on the command line.
     pub fn as_str(self) -> &'static str {

@@ -37,6 +37,46 @@ struct WithCost<B> {
     profile: Option<MoeProfile>,
     device: Option<trainlab_core::DeviceProfile>,
     set: fn(&mut B, Option<MoeCostModel>),
+    /// The network that times the all-to-alls (`--network`); `None`: the cost model's alpha-beta network.
+    network: Option<std::sync::Arc<dyn trainlab_models::hardware::NetworkFactory>>,
+    /// Runs the backend with the all-to-alls on a given network.
+    on: OnNetwork<B>,
+}
+
+type OnNetwork<B> =
+    fn(&B, &MoeLayer, &mut RunCtx, &dyn trainlab_models::hardware::Network) -> Result<MoeOutcome, Error>;
+
+/// The closed form with its all-to-alls on `net`.
+fn closed_form_on(
+    b: &MoeAnalytical,
+    w: &MoeLayer,
+    _ctx: &mut RunCtx,
+    net: &dyn trainlab_models::hardware::Network,
+) -> Result<MoeOutcome, Error> {
+    w.validate()?;
+    if w.router != RouterModel::Uniform {
+        return Err(Error::Unsupported(format!(
+            "the closed form covers the uniform router only (got {})",
+            w.router.label()
+        )));
+    }
+    let cost = b
+        .cost
+        .clone()
+        .unwrap_or_else(|| MoeCostModel::from_cluster(&w.cluster, w.dtype));
+    Ok(trainlab_models::moe::analytical_outcome_on(w, &cost, net))
+}
+
+/// The Monte Carlo simulator with its all-to-alls on `net`.
+fn monte_carlo_on(
+    b: &MoeSim,
+    w: &MoeLayer,
+    ctx: &mut RunCtx,
+    net: &dyn trainlab_models::hardware::Network,
+) -> Result<MoeOutcome, Error> {
+    let reps = b.replicate_on(w, ctx.seed, Some(net))?;
+    ctx.report(reps.len() as u64, reps.len() as u64);
+    Ok(aggregate(w, &reps))
 }
 
 /// Whether a device profile (`cpu` or `cuda`) describes the device a layer runs on (the `cpu` preset or a GPU).
@@ -64,7 +104,13 @@ impl<B: Backend<MoeLayer>> Backend<MoeLayer> for WithCost<B> {
                     .map(|d| MoeCostModel::from_profile(d, &w.cluster, w.dtype))
             });
         (self.set)(&mut self.inner, cost);
-        self.inner.run(w, ctx)
+        match &self.network {
+            Some(f) => {
+                let net = f.network(&w.cluster, ctx.seed)?;
+                (self.on)(&self.inner, w, ctx, net.as_ref())
+            }
+            None => self.inner.run(w, ctx),
+        }
     }
 }
 
@@ -107,6 +153,8 @@ fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
             profile: profile.clone(),
             device: device.clone(),
             set: |b, c| b.cost = c,
+            network: o.network.factory(o.quick),
+            on: closed_form_on,
         }),
         Box::new(WithCost {
             inner: MoeSim {
@@ -116,6 +164,8 @@ fn backends(o: &Opts) -> Result<super::Backends<MoeLayer>, Error> {
             profile,
             device,
             set: |b, c| b.cost = c,
+            network: o.network.factory(o.quick),
+            on: monte_carlo_on,
         }),
         Box::new(Answering {
             inner: Box::new(trainlab_executors::moe::MoeCpu {

@@ -26,8 +26,16 @@
 //!
 //! # Routing
 //! `ecmp`: every switch (and the bonded NIC, for its port) hashes the flow's 5-tuple with its own seed; `planned`:
-//! C4P-style, each connection on the least-loaded path, bonded ports balanced. `failed_links` are removed before
-//! routing (both directions).
+//! C4P-style, each connection on the least-loaded path, bonded ports balanced; `adaptive`: per-flowlet adaptive
+//! routing, each switch (and the bonded NIC) sending a flowlet (one step of a connection) on its locally least-loaded
+//! next hop, re-decided at every step, without the planner's view of the rest of the path. `failed_links` are removed
+//! before routing (both directions).
+//!
+//! # Degraded links
+//! `degraded_links` run at a `fraction` of `link_gbps` (a half-rate port: 0.5) from `at_s` seconds into the run
+//! (0: from the start), both directions. ECMP does not see them (the hash is the same); the planner re-plans every
+//! running job at that moment, weighing each link by its rate, so it moves connections onto healthy paths; adaptive
+//! routing weighs its local choice by the rate from the next step on.
 use serde::{Deserialize, Serialize};
 
 use crate::error::check;
@@ -50,8 +58,11 @@ pub enum Routing {
     #[default]
     Ecmp,
     /// C4P-style: each connection on the least-loaded path (max load, then total load; ties to the lowest index),
-    /// bonded ports balanced, re-planned around failed links.
+    /// bonded ports balanced, re-planned around failed links and degraded links.
     Planned,
+    /// Per-flowlet adaptive routing: each switch and bonded NIC sends each flowlet (one step of a connection) on its
+    /// locally least-loaded next hop (flows per rate), ties by the flow's hash; re-decided at every step.
+    Adaptive,
 }
 
 impl Routing {
@@ -60,6 +71,7 @@ impl Routing {
         match self {
             Routing::Ecmp => "ecmp",
             Routing::Planned => "planned",
+            Routing::Adaptive => "adaptive",
         }
     }
 }
@@ -162,6 +174,11 @@ pub struct FabricJob {
     /// Flows (connections) per neighbour pair and rail.
     #[serde(default = "one_u32")]
     pub channels: u32,
+    /// Compute of one training step around the collective, not overlapped with it, seconds (0: the collective
+    /// alone). With it the answer also gives the step time `compute_s + time` and the collective's share of it:
+    /// the end-to-end effect of the fabric on a job whose step is this compute and this collective.
+    #[serde(default)]
+    pub compute_s: f64,
 }
 
 /// A failed link, named by its two ends (`host12`, `leaf3`, `spine5`, `core7`; leaves and spines numbered across
@@ -178,6 +195,24 @@ pub struct FailedLink {
     pub index: u32,
 }
 
+/// A link running below its rate from a time on (a half-rate port of a bonded NIC, a flapping optic): an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedLink {
+    /// One end (as in [`FailedLink`]).
+    pub a: String,
+    /// The other end.
+    pub b: String,
+    /// Which of the parallel links between them.
+    #[serde(default)]
+    pub index: u32,
+    /// The link's rate as a fraction of `link_gbps`, in (0, 1].
+    pub fraction: f64,
+    /// When the link degrades, seconds from the start of the run (0: from the start).
+    #[serde(default)]
+    pub at_s: f64,
+}
+
 /// The `fabric` workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -192,6 +227,9 @@ pub struct Fabric {
     /// Links down for the whole run.
     #[serde(default)]
     pub failed_links: Vec<FailedLink>,
+    /// Links that run below their rate from a time on.
+    #[serde(default)]
+    pub degraded_links: Vec<DegradedLink>,
 }
 
 /// A switch or host, by tier and global index.
@@ -588,6 +626,32 @@ impl Fabric {
             .map(|(i, l)| resolve_link(&shape, l, &format!("workload.failed_links[{i}]")))
             .collect()
     }
+
+    /// The degraded links, resolved: `(link, fraction, at_s)` (valid workload).
+    pub fn degraded(&self) -> Result<Vec<(LinkRef, f64, f64)>, Error> {
+        let shape = self.shape()?;
+        self.degraded_links
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let l = FailedLink {
+                    a: d.a.clone(),
+                    b: d.b.clone(),
+                    index: d.index,
+                };
+                Ok((
+                    resolve_link(&shape, &l, &format!("workload.degraded_links[{i}]"))?,
+                    d.fraction,
+                    d.at_s,
+                ))
+            })
+            .collect()
+    }
+
+    /// Whether some link degrades after the start (the simulator then runs step by step).
+    pub fn degrades_mid_run(&self) -> bool {
+        self.degraded_links.iter().any(|d| d.at_s > 0.0)
+    }
 }
 
 /// Parses `host12`, `leaf3`, `spine5`, `core7` and checks the switch exists.
@@ -772,6 +836,7 @@ impl Workload for Fabric {
             }
             check::at_least(&format!("{at}.bytes"), j.bytes, 1)?;
             check::at_most(&format!("{at}.bytes"), j.bytes, 1 << 50, "at most 1 PiB a rank")?;
+            check::non_negative_at_most(&format!("{at}.compute_s"), j.compute_s, 1e6, "at most 1e6 s a step")?;
             check::at_least(&format!("{at}.channels"), j.channels as u64, 1)?;
             check::at_most(
                 &format!("{at}.channels"),
@@ -831,6 +896,44 @@ impl Workload for Fabric {
                 ));
             }
         }
+        check::at_most(
+            "workload.degraded_links",
+            self.degraded_links.len() as u64,
+            4096,
+            "at most 4,096 degraded links",
+        )?;
+        for (i, d) in self.degraded_links.iter().enumerate() {
+            let at = format!("workload.degraded_links[{i}]");
+            if !(d.fraction > 0.0 && d.fraction <= 1.0) {
+                return Err(Error::invalid(
+                    format!("{at}.fraction"),
+                    d.fraction,
+                    "a degraded link runs at a fraction of its rate in (0, 1] (a half-rate port: 0.5)",
+                    "use a fraction above 0 and at most 1 (a link at 0 is a failed link: list it in failed_links)",
+                ));
+            }
+            check::non_negative_at_most(&format!("{at}.at_s"), d.at_s, 1e9, "at most 1e9 s into the run")?;
+        }
+        let degraded = self.degraded()?;
+        for (i, (l, _, _)) in degraded.iter().enumerate() {
+            let at = format!("workload.degraded_links[{i}]");
+            if degraded[..i].iter().any(|(o, _, _)| o == l) {
+                return Err(Error::invalid(
+                    format!("{at}.index"),
+                    format!("{} - {}", self.degraded_links[i].a, self.degraded_links[i].b),
+                    "this link is listed twice",
+                    "list every degraded link once",
+                ));
+            }
+            if failed.contains(l) {
+                return Err(Error::invalid(
+                    format!("{at}.index"),
+                    format!("{} - {}", self.degraded_links[i].a, self.degraded_links[i].b),
+                    "this link is also in failed_links",
+                    "a link is either failed or degraded",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -852,6 +955,8 @@ pub struct JobOutcome {
     pub algbw: f64,
     /// `algbw x` the nccl-tests factor, bytes/s.
     pub busbw: f64,
+    /// The job's compute per step around the collective (its `compute_s`), seconds.
+    pub compute_s: f64,
 }
 
 /// The answer for a [`Fabric`].
@@ -902,6 +1007,11 @@ impl Outcome for FabricOutcome {
             self.max_link_utilisation,
         ));
         v.push(Metric::new("max_uplink_flows", Unit::Count, self.max_uplink_flows));
+        if s.compute_s > 0.0 {
+            let step = s.compute_s + s.time_s;
+            v.push(Metric::new("step_time", Unit::Seconds, step));
+            v.push(Metric::new("comm_share", Unit::Ratio, s.time_s / step));
+        }
         if self.jobs.len() > 1 {
             for j in &self.jobs {
                 let p = format!("job.{}", j.name);
@@ -912,6 +1022,13 @@ impl Outcome for FabricOutcome {
                     Unit::Dimensionless,
                     j.time_s / j.ideal_time_s,
                 ));
+                if j.compute_s > 0.0 {
+                    v.push(Metric::new(
+                        format!("{p}.step_time"),
+                        Unit::Seconds,
+                        j.compute_s + j.time_s,
+                    ));
+                }
             }
         }
         v
@@ -950,8 +1067,10 @@ mod tests {
                 collective: FabricOp::AllReduce,
                 bytes: 1 << 20,
                 channels: 2,
+                compute_s: 0.0,
             }],
             failed_links: vec![],
+            degraded_links: vec![],
         }
     }
 
@@ -1043,6 +1162,40 @@ mod tests {
         f.jobs[0].placement.count = None;
         f.jobs[0].placement.hosts = Some(vec![0, 1, u32::MAX]);
         assert!(err(&f).contains("workload.jobs[0].placement.hosts[2]"));
+    }
+
+    #[test]
+    fn bad_degraded_links_are_named() {
+        let d = |a: &str, b: &str, fraction: f64| DegradedLink {
+            a: a.into(),
+            b: b.into(),
+            index: 0,
+            fraction,
+            at_s: 0.0,
+        };
+        let mut f = small();
+        f.degraded_links.push(d("host0", "leaf0", 0.5));
+        f.validate().unwrap();
+        for bad in [0.0, -0.5, 1.5, f64::NAN] {
+            let mut f = small();
+            f.degraded_links.push(d("host0", "leaf0", bad));
+            assert!(
+                err(&f).contains("workload.degraded_links[0].fraction"),
+                "{bad}: {}",
+                err(&f)
+            );
+        }
+        let mut f = small();
+        f.degraded_links.push(d("host0", "leaf3", 0.5));
+        assert!(err(&f).contains("workload.degraded_links[0].b"), "{}", err(&f));
+        let mut f = small();
+        f.degraded_links.push(d("leaf0", "spine0", 0.5));
+        f.degraded_links[0].at_s = -1.0;
+        assert!(err(&f).contains("workload.degraded_links[0].at_s"), "{}", err(&f));
+        let mut f = small();
+        f.degraded_links.push(d("leaf0", "spine0", 0.5));
+        f.degraded_links.push(d("spine0", "leaf0", 0.25));
+        assert!(err(&f).contains("workload.degraded_links[1].index"), "{}", err(&f));
     }
 
     #[test]
