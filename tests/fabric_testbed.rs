@@ -1,6 +1,7 @@
 //! The namespace testbed of the `fabric` kind (issue 10, measured backend): a real fat tree of network namespaces on
-//! this machine. Needs root and iproute2; without them each test says why it skips, and with
-//! `TRAINLAB_PEERS_REQUIRED` set (`.ci/run` as root) a skip is a failure.
+//! this machine. Needs root, iproute2 and a kernel that lets it build namespaces, veth pairs and tbf qdiscs; without
+//! them each test says why it skips, and with `TRAINLAB_TESTBED_REQUIRED` set (`.ci/run`, as root, where a probe
+//! namespace can be built) a skip is a failure.
 //!
 //! Bounds are generous: the machine is shared and loaded, so only coarse timing facts are asserted (a collision on
 //! an uplink costs clearly more than disjoint paths), never tight ones.
@@ -21,8 +22,8 @@ fn testbed_or_skip() -> bool {
         Ok(()) => true,
         Err(why) => {
             assert!(
-                std::env::var_os("TRAINLAB_PEERS_REQUIRED").is_none(),
-                "TRAINLAB_PEERS_REQUIRED is set but the testbed cannot run: {why}"
+                std::env::var_os("TRAINLAB_TESTBED_REQUIRED").is_none(),
+                "TRAINLAB_TESTBED_REQUIRED is set but the testbed cannot run: {why}"
             );
             eprintln!("skipped: {why}");
             false

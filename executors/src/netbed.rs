@@ -215,7 +215,36 @@ pub fn available() -> Result<(), String> {
             return Err(format!("`{tool}` (iproute2) is not installed"));
         }
     }
-    Ok(())
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE.get_or_init(probe).clone()
+}
+
+/// Whether this machine lets root build what a testbed needs (a container without `CAP_NET_ADMIN`, or a kernel
+/// without veth or the token-bucket qdisc, does not): one namespace with a shaped veth pair, deleted at once (named
+/// like a bed's, so [`cleanup_stale`] removes it if this process dies before).
+fn probe() -> Result<(), String> {
+    let ns = format!("{PREFIX}{}-probe", std::process::id());
+    run_cmd(&["ip", "netns", "add", &ns], None)
+        .map_err(|e| format!("creating a network namespace failed (no CAP_NET_ADMIN here?): {e}"))?;
+    let built = run_cmd(
+        &[
+            "ip", "-n", &ns, "link", "add", "tlp0", "type", "veth", "peer", "name", "tlp1",
+        ],
+        None,
+    )
+    .and_then(|_| {
+        run_cmd(
+            &[
+                "ip", "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "tlp0", "root", "tbf", "rate", "100mbit",
+                "burst", "32kb", "latency", "100ms",
+            ],
+            None,
+        )
+    });
+    let _ = run_cmd(&["ip", "netns", "del", &ns], None);
+    built
+        .map(|_| ())
+        .map_err(|e| format!("a veth pair shaped by tc tbf cannot be built here: {e}"))
 }
 
 fn run_cmd(args: &[&str], stdin: Option<&str>) -> Result<String, Error> {
