@@ -389,6 +389,9 @@ pub struct StepBreakdown {
     pub pp_comm_mb_s: f64,
     /// Exposed ring-attention and ZeRO-3 gather time per micro-batch on that stage, seconds.
     pub other_comm_mb_s: f64,
+    /// ZeRO-3: the part of the step's first gather that nothing hides (a pass's gather is prefetched during the
+    /// previous pass of its stage, and the step's first pass has none), seconds per step.
+    pub zero3_first_s: f64,
     /// Data-parallel gradient communication per step, seconds.
     pub dp_comm_s: f64,
     /// The part of it not hidden behind backward, seconds.
@@ -827,7 +830,15 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
     let dp_exposed = c.exposed(dense_dp, big.bwd) + expert_dp;
     let optimizer = c.optimizer(big.params, big.expert_params);
 
-    let step = pipeline + dp_exposed + optimizer;
+    // ZeRO-3: each pass's gather is hidden behind the stage's previous pass (a forward's behind a backward, a
+    // backward's behind a forward); the first stage's first pass of the step has no previous pass, so its gather
+    // (one chunk's parameters) is exposed whole instead of `exposed(g, bwd)` (the simulator's order)
+    let first = &classes[0].0;
+    let zero3_first = {
+        let g = c.zero3_gather(net, first.params / vf * c.elem_bytes);
+        if g > 0.0 { g - c.exposed(g, first.bwd / vf) } else { 0.0 }
+    };
+    let step = pipeline + zero3_first + dp_exposed + optimizer;
     let m = &w.model;
     let tokens = (micro_batches * cfg.micro_batch * cfg.dp) as f64 * m.seq_len as f64;
     let model_flops = w.train_flops_per_token() * tokens;
@@ -841,6 +852,7 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
         tp_comm_mb_s: slow.tp,
         pp_comm_mb_s: slow.pp,
         other_comm_mb_s: slow.cp + slow.zero3 + slow.ep,
+        zero3_first_s: zero3_first,
         dp_comm_s: dp_comm,
         dp_exposed_s: dp_exposed,
         optimizer_s: optimizer,
@@ -886,6 +898,7 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
         bubble_fraction: b.bubble_fraction,
         exposed_comm_s: b.micro_batches as f64 / (1.0 - b.bubble_fraction)
             * (b.tp_comm_mb_s + b.pp_comm_mb_s + b.other_comm_mb_s)
+            + b.zero3_first_s
             + b.dp_exposed_s,
         ettr: ettr.iter().map(|&(p, e, _)| (p, e)).collect(),
         ettr_ci: ettr.iter().map(|&(p, _, (l, h))| (p, l, h)).collect(),
@@ -896,18 +909,19 @@ pub fn outcome_of(w: &DenseTraining, b: &StepBreakdown) -> DenseOutcome {
 }
 
 /// The step's partition into causes (see [`StepSplit`]): the pipeline runs `m` micro-batch times of the slowest
-/// stage (compute, TP, PP, CP and ZeRO-3 communication) plus its bubble; then the exposed DP reduction and the
-/// optimizer. The seven shares sum to 1 by construction.
+/// stage (compute, TP, PP, CP and ZeRO-3 communication) plus its bubble; then the step's first ZeRO-3 gather (in
+/// the other-communication share), the exposed DP reduction and the optimizer. The seven shares sum to 1 by
+/// construction.
 fn split_of(b: &StepBreakdown) -> StepSplit {
     let step = b.step_time_s;
-    let pipeline = step - b.dp_exposed_s - b.optimizer_s;
+    let pipeline = step - b.zero3_first_s - b.dp_exposed_s - b.optimizer_s;
     let mf = b.micro_batches as f64;
     StepSplit {
         compute: mf * (b.forward_mb_s + b.backward_mb_s) / step,
         bubble: b.bubble_fraction * pipeline / step,
         tp_comm: mf * b.tp_comm_mb_s / step,
         pp_comm: mf * b.pp_comm_mb_s / step,
-        other_comm: mf * b.other_comm_mb_s / step,
+        other_comm: (mf * b.other_comm_mb_s + b.zero3_first_s) / step,
         dp_comm: b.dp_exposed_s / step,
         optimizer: b.optimizer_s / step,
     }
