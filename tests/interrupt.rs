@@ -121,6 +121,17 @@ fn slow_study(dir: &Path) -> String {
     p.display().to_string()
 }
 
+/// The records of a resumed run are byte for byte those of the one-process run.
+fn assert_same_records(full: &Path, part: &Path) {
+    for f in ["records.csv", "records.parquet"] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "{f} of the resumed run differs from the one-process run"
+        );
+    }
+}
+
 #[test]
 fn plan_keeps_finished_cases_on_ctrl_c_and_resumes_to_the_one_process_answer() {
     let dir = tmpdir("plan");
@@ -161,13 +172,7 @@ fn plan_keeps_finished_cases_on_ctrl_c_and_resumes_to_the_one_process_answer() {
         24 - done,
         "resume reran finished cases"
     );
-    for f in ["records.csv", "records.parquet"] {
-        assert_eq!(
-            std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(part.join(f)).unwrap(),
-            "{f} of the resumed run differs from the one-process run"
-        );
-    }
+    assert_same_records(&full, &part);
     assert!(
         !std::fs::read_to_string(part.join("report.html"))
             .unwrap()
@@ -245,13 +250,7 @@ fn plan_killed_without_warning_resumes_from_its_last_checkpoint() {
         24 - (named - 1),
         "resume runs exactly the cases run.json does not name"
     );
-    for f in ["records.csv", "records.parquet"] {
-        assert_eq!(
-            std::fs::read(full.join(f)).unwrap(),
-            std::fs::read(part.join(f)).unwrap(),
-            "{f} of the resumed run differs from the one-process run"
-        );
-    }
+    assert_same_records(&full, &part);
 }
 
 #[test]

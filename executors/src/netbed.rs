@@ -787,11 +787,12 @@ impl Stop<'_> {
     }
 }
 
-fn write_all(s: &mut TcpStream, mut buf: &[u8], stop: &Stop<'_>) -> Result<(), Error> {
-    while !buf.is_empty() {
-        match s.write(buf) {
+/// One read or write, retried while the socket times out (checking `stop` each time); the bytes moved.
+fn moved(stop: &Stop<'_>, what: &str, mut io: impl FnMut() -> std::io::Result<usize>) -> Result<usize, Error> {
+    loop {
+        match io() {
             Ok(0) => return Err(Error::Backend("testbed: connection closed".into())),
-            Ok(n) => buf = &buf[n..],
+            Ok(n) => return Ok(n),
             Err(e)
                 if matches!(
                     e.kind(),
@@ -800,8 +801,15 @@ fn write_all(s: &mut TcpStream, mut buf: &[u8], stop: &Stop<'_>) -> Result<(), E
             {
                 stop.check()?
             }
-            Err(e) => return Err(Error::io("testbed: sending", e)),
+            Err(e) => return Err(Error::io(format!("testbed: {what}"), e)),
         }
+    }
+}
+
+fn write_all(s: &mut TcpStream, mut buf: &[u8], stop: &Stop<'_>) -> Result<(), Error> {
+    while !buf.is_empty() {
+        let n = moved(stop, "sending", || s.write(buf))?;
+        buf = &buf[n..];
     }
     Ok(())
 }
@@ -809,19 +817,7 @@ fn write_all(s: &mut TcpStream, mut buf: &[u8], stop: &Stop<'_>) -> Result<(), E
 fn read_exact(s: &mut TcpStream, buf: &mut [u8], stop: &Stop<'_>) -> Result<(), Error> {
     let mut at = 0;
     while at < buf.len() {
-        match s.read(&mut buf[at..]) {
-            Ok(0) => return Err(Error::Backend("testbed: connection closed".into())),
-            Ok(n) => at += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                stop.check()?
-            }
-            Err(e) => return Err(Error::io("testbed: receiving", e)),
-        }
+        at += moved(stop, "receiving", || s.read(&mut buf[at..]))?;
     }
     Ok(())
 }

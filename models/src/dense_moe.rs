@@ -133,15 +133,7 @@ pub fn capped_moments_fast(n: u64, p: f64, c: u64) -> CappedMoments {
         q *= (n - x) as f64 / (x + 1) as f64 * ratio;
         x += 1;
     }
-    let tail = (1.0 - mass).max(0.0);
-    let cf = c as f64;
-    let mean_capped = s1 + cf * tail;
-    let m2 = s2 + cf * cf * tail;
-    CappedMoments {
-        mean_capped,
-        var_capped: (m2 - mean_capped * mean_capped).max(0.0),
-        excess: (mean - mean_capped).max(0.0),
-    }
+    CappedMoments::of_sums(mean, c, s1, s2, mass)
 }
 
 /// The closed-form load (see the module docs) of `n` tokens over `ep` ranks.

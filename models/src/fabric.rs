@@ -69,23 +69,30 @@ pub fn p_max_at_most_exact(f: u64, u: u64, m: u64) -> f64 {
         return 0.0;
     }
     let lf = ln_factorials(f);
-    // q[b]: P(every bin <= m | b balls go into the j bins processed so far, uniformly).
-    let mut q: Vec<f64> = (0..=f).map(|b| if b <= m { 1.0 } else { 0.0 }).collect();
+    all_bins_within(f, u, &lf, |_| m)
+}
+
+/// `P(bin j holds at most cap(j) balls for every j in 1..=u)` for `f` balls thrown uniformly into `u` bins, exact:
+/// a dynamic programme over bins, `q[b]` = the probability that `b` balls thrown into the bins processed so far
+/// respect their caps (`lf`: ln k! for k <= f).
+fn all_bins_within(f: u64, u: u64, lf: &[f64], cap: impl Fn(u64) -> u64) -> f64 {
+    let mut q: Vec<f64> = (0..=f).map(|b| if b <= cap(1) { 1.0 } else { 0.0 }).collect();
     let mut next = vec![0.0; f as usize + 1];
     for j in 2..=u {
+        let c = cap(j);
         let p = 1.0 / j as f64;
         let (lp, lq) = (p.ln(), (1.0 - p).ln());
         for b in 0..=f {
-            let mut s = 0.0;
-            for k in 0..=b.min(m) {
+            let mut acc = 0.0;
+            for k in 0..=b.min(c) {
                 let rest = b - k;
                 if q[rest as usize] == 0.0 {
                     continue;
                 }
                 let ln_pmf = lf[b as usize] - lf[k as usize] - lf[rest as usize] + k as f64 * lp + rest as f64 * lq;
-                s += ln_pmf.exp() * q[rest as usize];
+                acc += ln_pmf.exp() * q[rest as usize];
             }
-            next[b as usize] = s.min(1.0);
+            next[b as usize] = acc.min(1.0);
         }
         std::mem::swap(&mut q, &mut next);
     }
@@ -423,27 +430,7 @@ pub fn p_scaled_max_at_most(f: u64, rates: &[f64], s: f64) -> f64 {
         }
         return prod;
     }
-    let mut q: Vec<f64> = (0..=f).map(|b| if b <= caps[0] { 1.0 } else { 0.0 }).collect();
-    let mut next = vec![0.0; f as usize + 1];
-    for j in 2..=u {
-        let cap = caps[j as usize - 1];
-        let p = 1.0 / j as f64;
-        let (lp, lq) = (p.ln(), (1.0 - p).ln());
-        for b in 0..=f {
-            let mut acc = 0.0;
-            for k in 0..=b.min(cap) {
-                let rest = b - k;
-                if q[rest as usize] == 0.0 {
-                    continue;
-                }
-                let ln_pmf = lf[b as usize] - lf[k as usize] - lf[rest as usize] + k as f64 * lp + rest as f64 * lq;
-                acc += ln_pmf.exp() * q[rest as usize];
-            }
-            next[b as usize] = acc.min(1.0);
-        }
-        std::mem::swap(&mut q, &mut next);
-    }
-    q[f as usize]
+    all_bins_within(f, u, &lf, |j| caps[j as usize - 1])
 }
 
 /// `E[max_g T_g]` over independent groups: healthy ones given as `(f, u) -> how many` (`T` = max flows on a link),

@@ -298,14 +298,22 @@ pub fn capped_moments(n: u64, p: f64, c: u64) -> CappedMoments {
         s2 += v * v * q;
         mass += q;
     }
-    let tail = (1.0 - mass).max(0.0);
-    let cf = c as f64;
-    let mean_capped = s1 + cf * tail;
-    let m2 = s2 + cf * cf * tail;
-    CappedMoments {
-        mean_capped,
-        var_capped: (m2 - mean_capped * mean_capped).max(0.0),
-        excess: (mean - mean_capped).max(0.0),
+    CappedMoments::of_sums(mean, c, s1, s2, mass)
+}
+
+impl CappedMoments {
+    /// From the pmf sums up to the capacity `c`: `s1 = Σ x q(x)`, `s2 = Σ x² q(x)`, `mass = Σ q(x)` over `x <= c`
+    /// (the rest of the mass sits at `c`), and the uncapped mean.
+    pub fn of_sums(mean: f64, c: u64, s1: f64, s2: f64, mass: f64) -> CappedMoments {
+        let tail = (1.0 - mass).max(0.0);
+        let cf = c as f64;
+        let mean_capped = s1 + cf * tail;
+        let m2 = s2 + cf * cf * tail;
+        CappedMoments {
+            mean_capped,
+            var_capped: (m2 - mean_capped * mean_capped).max(0.0),
+            excess: (mean - mean_capped).max(0.0),
+        }
     }
 }
 

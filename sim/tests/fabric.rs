@@ -1,8 +1,10 @@
 //! The flow-level fabric simulator: max-min fairness properties and an independent solver, ECMP collision
 //! statistics against balls-into-bins, and agreement with the closed form where they must agree.
+mod common;
+use common::{c4_like, fabric, job};
 use trainlab_core::seed::Rng;
 use trainlab_core::workloads::fabric::{FailedLink, Placement, Routing, Topology};
-use trainlab_core::workloads::{Fabric, FabricJob, FabricOp};
+use trainlab_core::workloads::{FabricJob, FabricOp};
 use trainlab_core::{Seed, Workload};
 use trainlab_models::fabric::{expected_max_load, fabric_closed_form, ideal_time};
 use trainlab_sim::fabric::{Net, Router, connections, max_min_rates, route_all, simulate};
@@ -121,33 +123,6 @@ fn topo(hosts_per_leaf: u32, leaves: u32, spines: u32, ports: u32) -> Topology {
     }
 }
 
-fn job(name: &str, first: u32, count: u32, op: FabricOp, channels: u32) -> FabricJob {
-    FabricJob {
-        name: name.into(),
-        placement: Placement {
-            first: Some(first),
-            count: Some(count),
-            hosts: None,
-        },
-        collective: op,
-        bytes: 1 << 24,
-        channels,
-        compute_s: 0.0,
-    }
-}
-
-fn fabric(topology: Topology, routing: Routing, jobs: Vec<FabricJob>) -> Fabric {
-    let f = Fabric {
-        topology,
-        routing,
-        jobs,
-        failed_links: vec![],
-        degraded_links: vec![],
-    };
-    f.validate().unwrap();
-    f
-}
-
 /// Mean and standard error.
 fn mean_se(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
@@ -219,29 +194,9 @@ fn one_flow_runs_at_link_rate() {
     assert!((cf - want).abs() / want < 1e-12, "{cf} vs {want}");
 }
 
-fn c4_like(routing: Routing) -> Fabric {
-    let t = Topology {
-        hosts_per_leaf: 4,
-        leaves: 8,
-        spines: 8,
-        pods: Some(4),
-        cores: Some(64),
-        oversubscription: 1.0,
-        core_oversubscription: 1.0,
-        link_gbps: 200.0,
-        link_latency_us: 1.0,
-        gpus_per_host: 8,
-        nics_per_host: 8,
-        ports_per_nic: 2,
-    };
-    let mut j = job("j512", 0, 64, FabricOp::AllReduce, 8);
-    j.bytes = 1 << 30;
-    fabric(t, routing, vec![j])
-}
-
 #[test]
 fn planned_disjoint_paths_reach_the_ideal_in_both_backends() {
-    let mut f = c4_like(Routing::Planned);
+    let mut f = c4_like(4, Routing::Planned);
     let shape = f.shape().unwrap();
     let ideal = ideal_time(&f, &shape, 0);
     let sim = simulate(&f, Seed(3)).unwrap();
@@ -269,7 +224,7 @@ fn planned_disjoint_paths_reach_the_ideal_in_both_backends() {
 
 #[test]
 fn ecmp_never_uses_a_failed_link_and_c4_slowdown_agrees() {
-    let mut f = c4_like(Routing::Ecmp);
+    let mut f = c4_like(4, Routing::Ecmp);
     f.failed_links.push(FailedLink {
         a: "leaf7".into(),
         b: "spine0".into(),
@@ -295,7 +250,7 @@ fn ecmp_never_uses_a_failed_link_and_c4_slowdown_agrees() {
         assert!(routes.links.iter().all(|l| !dead.contains(l)), "seed {s}");
     }
     // Healthy C4-like fabric: the simulated slowdown over 16 draws is within 2% of the closed form's expectation.
-    let f = c4_like(Routing::Ecmp);
+    let f = c4_like(4, Routing::Ecmp);
     let shape = f.shape().unwrap();
     let ideal = ideal_time(&f, &shape, 0);
     let xs: Vec<f64> = (0..16)

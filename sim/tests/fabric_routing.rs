@@ -1,8 +1,10 @@
 //! Adaptive routing and degraded links on the flow-level fabric simulator and the closed form: adaptive routing
 //! equals the planner where flows are equal and decided by one switch each (rings), and is never worse than ECMP
 //! beyond noise; the planner re-balances around a degraded link (from the start or mid-run), ECMP does not.
-use trainlab_core::workloads::fabric::{DegradedLink, Placement, Routing, Topology};
-use trainlab_core::workloads::{Fabric, FabricJob, FabricOp};
+mod common;
+use common::{c4_like, fabric, job};
+use trainlab_core::workloads::fabric::{DegradedLink, Routing, Topology};
+use trainlab_core::workloads::{Fabric, FabricOp};
 use trainlab_core::{Seed, Workload};
 use trainlab_models::fabric::{fabric_closed_form, ideal_time};
 use trainlab_sim::fabric::simulate;
@@ -23,33 +25,6 @@ fn topo(hosts_per_leaf: u32, leaves: u32, spines: u32, ports: u32, pods: Option<
         nics_per_host: 2,
         ports_per_nic: ports,
     }
-}
-
-fn job(name: &str, first: u32, count: u32, op: FabricOp, channels: u32) -> FabricJob {
-    FabricJob {
-        name: name.into(),
-        placement: Placement {
-            first: Some(first),
-            count: Some(count),
-            hosts: None,
-        },
-        collective: op,
-        bytes: 1 << 24,
-        channels,
-        compute_s: 0.0,
-    }
-}
-
-fn fabric(topology: Topology, routing: Routing, jobs: Vec<FabricJob>) -> Fabric {
-    let f = Fabric {
-        topology,
-        routing,
-        jobs,
-        failed_links: vec![],
-        degraded_links: vec![],
-    };
-    f.validate().unwrap();
-    f
 }
 
 fn with(f: &Fabric, routing: Routing) -> Fabric {
@@ -155,33 +130,12 @@ fn adaptive_is_never_worse_than_ecmp_beyond_noise() {
     }
 }
 
-/// The C4-like case of `c4p-512` (8 NICs of 2 bonded ports, 8 channels) on a 2-pod slice.
-fn c4_like(routing: Routing) -> Fabric {
-    let t = Topology {
-        hosts_per_leaf: 4,
-        leaves: 8,
-        spines: 8,
-        pods: Some(2),
-        cores: Some(64),
-        oversubscription: 1.0,
-        core_oversubscription: 1.0,
-        link_gbps: 200.0,
-        link_latency_us: 1.0,
-        gpus_per_host: 8,
-        nics_per_host: 8,
-        ports_per_nic: 2,
-    };
-    let mut j = job("j512", 0, 64, FabricOp::AllReduce, 8);
-    j.bytes = 1 << 30;
-    fabric(t, routing, vec![j])
-}
-
 #[test]
 fn a_half_rate_port_is_rebalanced_by_the_planner_not_by_ecmp() {
     // Port 0 of host 10's NIC 0 at half rate from the start. The planner puts 6 of the NIC's 8 connections on the
     // healthy port and 2 on the slow one: max(6, 2 / 0.5) = 6 flow-times against 4 healthy, so the transfer takes
     // 1.5x; the closed form says the same.
-    let mut p = c4_like(Routing::Planned);
+    let mut p = c4_like(2, Routing::Planned);
     let shape = p.shape().unwrap();
     let ideal = ideal_time(&p, &shape, 0);
     degrade(&mut p, "host10", "leaf2", 0, 0.5, 0.0);
@@ -192,7 +146,7 @@ fn a_half_rate_port_is_rebalanced_by_the_planner_not_by_ecmp() {
         "planned: simulated {sim} vs closed form {cf}"
     );
     // Without hop latency the transfer alone grows 1.5x.
-    let healthy = c4_like(Routing::Planned);
+    let healthy = c4_like(2, Routing::Planned);
     assert!(sim > ideal);
     let transfer_healthy = {
         let mut h = healthy.clone();
@@ -210,7 +164,7 @@ fn a_half_rate_port_is_rebalanced_by_the_planner_not_by_ecmp() {
     );
     // ECMP hashes as before: the slow port gets what the hash gives it. Its mean over draws is worse than the
     // planner's, and the closed form's expectation agrees with the simulated mean within 3%.
-    let mut e = c4_like(Routing::Ecmp);
+    let mut e = c4_like(2, Routing::Ecmp);
     degrade(&mut e, "host10", "leaf2", 0, 0.5, 0.0);
     let xs: Vec<f64> = (0..40).map(|s| simulate(&e, Seed(s)).unwrap().times_s[0]).collect();
     let (m, se) = mean_se(&xs);
@@ -221,7 +175,7 @@ fn a_half_rate_port_is_rebalanced_by_the_planner_not_by_ecmp() {
         "ECMP closed form {cf_e} vs simulated {m} +- {se}"
     );
     // Adaptive routing weighs its local choice by the rate too: as the planner here.
-    let mut a = c4_like(Routing::Adaptive);
+    let mut a = c4_like(2, Routing::Adaptive);
     degrade(&mut a, "host10", "leaf2", 0, 0.5, 0.0);
     let ad = simulate(&a, Seed(2)).unwrap().times_s[0];
     assert!((ad / sim - 1.0).abs() < 1e-6, "adaptive {ad} vs planned {sim}");
@@ -232,18 +186,18 @@ fn a_link_degrading_mid_run_is_an_event() {
     // The same half-rate port from a time in the middle of the all-reduce: the simulator runs step by step and the
     // planner re-plans at that moment; the answer lies between the healthy and the degraded-from-the-start runs,
     // and the closed form's phased time (progress linear in time) agrees within 1%.
-    let healthy = simulate(&c4_like(Routing::Planned), Seed(1)).unwrap().times_s[0];
-    let mut from0 = c4_like(Routing::Planned);
+    let healthy = simulate(&c4_like(2, Routing::Planned), Seed(1)).unwrap().times_s[0];
+    let mut from0 = c4_like(2, Routing::Planned);
     degrade(&mut from0, "host10", "leaf2", 0, 0.5, 0.0);
     let slow = simulate(&from0, Seed(1)).unwrap().times_s[0];
-    let mut mid = c4_like(Routing::Planned);
+    let mut mid = c4_like(2, Routing::Planned);
     degrade(&mut mid, "host10", "leaf2", 0, 0.5, healthy / 2.0);
     let t = simulate(&mid, Seed(1)).unwrap().times_s[0];
     assert!(t > healthy * 1.01 && t < slow * 0.99, "{healthy} < {t} < {slow}");
     let cf = fabric_closed_form(&mid).unwrap().jobs[0].time_s;
     assert!((cf / t - 1.0).abs() < 0.01, "closed form {cf} vs simulated {t}");
     // A degradation after the collective has finished changes nothing.
-    let mut late = c4_like(Routing::Planned);
+    let mut late = c4_like(2, Routing::Planned);
     degrade(&mut late, "host10", "leaf2", 0, 0.5, healthy * 2.0);
     let t = simulate(&late, Seed(1)).unwrap().times_s[0];
     assert!((t / healthy - 1.0).abs() < 1e-9, "{t} vs {healthy}");
