@@ -105,10 +105,7 @@ pub fn scaled_to_budget(w: &RecsysStep) -> RecsysStep {
 /// of a table of `rows` rows: stream `seed.derive("recsys.ids").index(field)`, one `rand_distr::Zipf` draw each (the
 /// draws of `trainlab_sim::recsys::simulate_hit_rate`).
 pub fn field_ranks(seed: Seed, field: u64, rows: u64, s: f64, n: usize) -> Result<Vec<u64>, Error> {
-    let zipf =
-        Zipf::new(rows as f64, s).map_err(|e| Error::Backend(format!("Zipf({rows}, {s}) for field {field}: {e}")))?;
-    let mut rng = seed.derive("recsys.ids").index(field).rng();
-    Ok((0..n).map(|_| zipf.sample(&mut rng) as u64).collect())
+    Ok(IdStream::new(seed, field, rows, s)?.draw(n))
 }
 
 /// Draws of a field's id stream ([`field_ranks`]) that warm a replacing (`lru` / `lfu`) cache of `k` rows before the
@@ -117,7 +114,8 @@ pub fn cache_warmup_draws(k: u64, lookups: usize) -> usize {
     (8 * k as usize).max(lookups)
 }
 
-/// A field's id stream, continued step after step (replacing caches see fresh ids every step).
+/// A field's id stream ([`field_ranks`] are its first draws), continued step after step (replacing caches see fresh
+/// ids every step).
 #[derive(Debug)]
 struct IdStream {
     zipf: Zipf<f64>,

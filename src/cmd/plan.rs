@@ -101,10 +101,16 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let results = study::run_cases(&study, &mine, &opts, cancel, &on_done);
     bar.finish_and_clear();
     let interrupted = results.len() < mine.len();
-    let mut records: Vec<Record> = results
-        .iter()
-        .flat_map(|r| r.records(&m.study, &m.kind, m.seed))
-        .collect();
+    // With checkpoints the finished cases' records are built already (in completion order; sorted below).
+    let checkpointed = checkpoint.into_inner().unwrap_or_else(|e| e.into_inner()).finished;
+    let mut records: Vec<Record> = if checkpointed.len() == results.len() {
+        checkpointed.into_iter().flat_map(|(_, recs, _)| recs).collect()
+    } else {
+        results
+            .iter()
+            .flat_map(|r| r.records(&m.study, &m.kind, m.seed))
+            .collect()
+    };
     let mut failures: Vec<(String, String)> = results
         .iter()
         .filter_map(|r| r.failure().map(|f| (r.label.clone(), f)))
