@@ -11,7 +11,8 @@
 //!
 //! Calibration (`trainlab calibrate --workload contrastive_pretrain`, device `cpu`): real heads, encoder stand-ins,
 //! EMA passes and decode stages on this CPU, timed by their on-CPU seconds (the time other processes hold the cores
-//! does not count), in interleaved passes, the fastest pass per case; decode seconds per frame and the parallel
+//! does not count), in interleaved passes (5, and up to 10 for a case until its two fastest agree within 3%), the
+//! fastest pass per case; decode seconds per frame and the parallel
 //! efficiency of extra workers, seconds per encoder FLOP, the logits' fixed, per-FLOP and per-element costs (least
 //! squares) and the EMA bandwidth are fitted on some batch sizes, widths, queues and worker counts and predicted on
 //! the others. The closed form and the simulator read the profile for workloads on the `cpu` device.
@@ -512,8 +513,8 @@ impl Calibration for ContrastiveCalibration {
         debug_assert_eq!(req.device, Device::Cpu);
         let seed = req.seed;
         let cases = cases(req.quick);
-        let (opts, passes) = if req.quick {
-            (TimingOpts::quick(), 1)
+        let (opts, passes, max_passes) = if req.quick {
+            (TimingOpts::quick(), 1, 1)
         } else {
             (
                 TimingOpts {
@@ -524,21 +525,41 @@ impl Calibration for ContrastiveCalibration {
                     target_sample_s: 1e-3,
                 },
                 5,
+                10,
             )
         };
         let pool = exec::png_frames(16, seed.derive("frames"))?;
         // Interleaved passes over all cases, the fastest pass of each metric kept (each pass a median of samples of
         // the work's on-CPU seconds, see `executors::contrastive`): what other processes on a shared machine still
         // cause (evicted caches, shared memory bandwidth) only adds time, and interleaving spreads it over every case
-        // alike instead of a few. The spread over the passes is reported, to tell noise from model error.
+        // alike instead of a few. After `passes` passes, a case whose two fastest passes still differ by more than
+        // `CONVERGED` is measured again (up to `max_passes`): on a loaded machine five passes left the fastest of a
+        // memory-bound head 10% away from where more passes put it. The spread over the passes is reported, to tell
+        // noise from model error.
+        const CONVERGED: f64 = 0.03;
+        let converged = |r: &[Vec<(&'static str, f64)>]| {
+            r.first().is_some_and(|m0| {
+                m0.iter().all(|(name, _)| {
+                    let mut v: Vec<f64> = r
+                        .iter()
+                        .filter_map(|m| m.iter().find(|(n, _)| n == name).map(|x| x.1))
+                        .collect();
+                    v.sort_by(f64::total_cmp);
+                    v.len() >= 2 && v[1] <= v[0] * (1.0 + CONVERGED)
+                })
+            })
+        };
         let mut runs: Vec<Vec<Vec<(&'static str, f64)>>> = vec![Vec::new(); cases.len()];
-        for pass in 0..passes {
+        for pass in 0..max_passes {
             for (i, case) in cases.iter().enumerate() {
+                if pass >= passes && converged(&runs[i]) {
+                    continue;
+                }
                 if req.cancel.load(std::sync::atomic::Ordering::Relaxed) {
                     return Err(Error::Interrupted);
                 }
                 (req.progress)(format!(
-                    "pass {} of {passes}: {} ({} of {})",
+                    "pass {} of {passes} (up to {max_passes} until the fastest two agree within 3%): {} ({} of {})",
                     pass + 1,
                     case.label(),
                     i + 1,
@@ -547,6 +568,7 @@ impl Calibration for ContrastiveCalibration {
                 runs[i].push(measure_case(case, &opts, seed.index(i as u64), &pool)?);
             }
         }
+        let unconverged = runs.iter().filter(|r| !converged(r)).count();
         let over_passes = |r: &[Vec<(&'static str, f64)>], name: &str| -> Vec<f64> {
             r.iter()
                 .filter_map(|m| m.iter().find(|(n, _)| *n == name).map(|x| x.1))
@@ -635,10 +657,12 @@ impl Calibration for ContrastiveCalibration {
                 1e-9 * cost.ema_bytes_per_s
             ),
             format!(
-                "measurement spread over {passes} passes ((slowest - fastest) / fastest per case and metric): median \
-                 {:.1}%, worst {:.1}%; machine load (1-minute average) {}",
+                "measurement spread over {passes}-{max_passes} passes ((slowest - fastest) / fastest per case and \
+                 metric): median {:.1}%, worst {:.1}%; {unconverged} of {} cases without two passes within 3% after \
+                 {max_passes}; machine load (1-minute average) {}",
                 100.0 * median(spreads.clone()),
                 100.0 * spreads.iter().copied().fold(0.0f64, f64::max),
+                cases.len(),
                 load_average()
             ),
             format!(
@@ -653,6 +677,7 @@ impl Calibration for ContrastiveCalibration {
             "held_out_median_abs_error": median(errs),
             "held_out_max_abs_error": worst,
             "measurement_spread_median": median(spreads.clone()),
+            "cases_unconverged": unconverged,
         });
         Ok(Calibrated {
             profile_kind: "contrastive_pretrain",
