@@ -312,6 +312,13 @@ fn cases(quick: bool) -> Vec<Case> {
         v.push(c(Stage::Decode, cpu_workload(96 / s, 128, None, 2, workers), true));
         v.push(c(Stage::Decode, cpu_workload(64 / s, 128, None, 4, workers), true));
     }
+    // Held-out worker counts beyond the fitted ones (3 and 4 workers, also on a 2-core machine: each worker's share
+    // is timed by its own on-CPU seconds, i.e. as if it had a core of its own; with more workers than cores they
+    // take turns, so they contend for caches and memory less than on dedicated cores).
+    if workers > 1 {
+        v.push(c(Stage::Decode, cpu_workload(128 / s, 128, None, 2, 3), true));
+        v.push(c(Stage::Decode, cpu_workload(96 / s, 128, None, 2, 4), true));
+    }
     v
 }
 
