@@ -10,13 +10,20 @@
 //! - Hybrid Engine generation: DeepSpeed-Chat Table 1's OPT-13B on 8 A100-80GB (e2e), with DeepSpeed-Chat's training
 //!   efficiency from above.
 //!
+//! Besides the efficiencies, each system's colocated generation reads the actor's weights its own way
+//! (`WeightSource`): HF `generate` on the ZeRO-3 training module gathers every layer at every decode step (and frees
+//! its KV cache on return); the Hybrid Engine gathers the whole actor once per generation call and scores with the
+//! ZeRO-3 actor and reference (one gather each per call), trained under ZeRO-3 where the layout search has a ZeRO-3
+//! row; vLLM holds its own copy. Table 1's rows follow DeepSpeed-Chat's shipped OPT scripts (per-device generation
+//! batch 16 at inference TP 2 on one node, 4 at TP 8 on 64 GPUs).
+//!
 //! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
 //! the scoring forward passes), its "training" time the PPO updates and the weight broadcast. Run with
 //! `--nocapture` for the per-row table that README quotes.
 use trainlab_core::workloads::dense::TransformerSpec;
 use trainlab_core::workloads::rlhf::{Algorithm, Placement, ResponseLength, RlhfIteration, RlhfOutcome};
 use trainlab_core::{Backend, Dtype, Error, RunCtx, Seed};
-use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical};
+use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical, WeightSource};
 
 const CSV: &str = include_str!("../datasets/data/published/rlhf_iteration.csv");
 /// DeepSpeed-Chat Table 1: one epoch of 135,317,504 tokens in iterations of 1,024 pairs of 256 + 256 tokens.
@@ -155,14 +162,43 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         ("2:2:4:4:4", _) => 4,
         _ => 1,
     };
+    // HF `generate` has no tensor parallelism: TP 1. The Hybrid Engine tunes its inference TP and batch ("the
+    // largest batch size possible", TP when the model does not fit one GPU: the DeepSpeed-Chat blog): the fastest
+    // fitting (TP, batch) at efficiency 1. vLLM: the smallest TP that fits, the largest batch at it.
+    let he = r.system == "dschat_he";
+    if he {
+        // DeepSpeed-Chat's shipped OPT scripts (DeepSpeedExamples, step3 `training_scripts/opt/single_node/run_13b.sh`
+        // and `multi_node/run_66b.sh`): one node per-device generation batch 16 at inference TP 2, multi-node 4 at
+        // TP 8; the Hybrid Engine gathers the inputs of a TP group, so an engine decodes per-device batch x TP.
+        let (tp, per_device) = if r.gpus <= 8 { (2, 16) } else { (8, 4) };
+        let mut w = base.clone();
+        w.rollout_tp = tp;
+        w.generation_batch = per_device * tp;
+        // Where that does not fit (OPT-30B on one node: its script is a LoRA variant), the fastest fitting (TP,
+        // batch) below ("the largest batch size possible", TP when the model does not fit: the DeepSpeed-Chat blog).
+        if model(&r.system, PhaseEfficiency::default())
+            .run(&w, &mut RunCtx::new(Seed(1)))
+            .is_ok()
+        {
+            return Ok(w);
+        }
+    }
+    let tps: &[u64] = if hf { &[1] } else { &[1, 2, 4, 8] };
+    let mut best: Option<(f64, RlhfIteration)> = None;
     let mut first: Option<String> = None;
-    for tp in [1u64, 2, 4, 8].into_iter().filter(|t| *t >= min_tp) {
+    for &tp in tps.iter().filter(|t| **t >= min_tp) {
         let batches: &[u64] = if hf { &[16] } else { &[256, 128, 64, 32, 16, 8] };
         for &b in batches {
             let mut w = base.clone();
             w.rollout_tp = tp;
             w.generation_batch = b;
-            match RlhfAnalytical::default().run(&w, &mut RunCtx::new(Seed(1))) {
+            match model(&r.system, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
+                Ok(o) if he => {
+                    let t = o.iteration_time_s();
+                    if best.as_ref().is_none_or(|(bt, _)| t < *bt) {
+                        best = Some((t, w));
+                    }
+                }
                 Ok(_) => return Ok(w),
                 Err(e @ Error::Invalid { .. }) => {
                     // Remember the first failure that is not the search over batch and TP itself.
@@ -175,16 +211,30 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
             }
         }
     }
+    if let Some((_, w)) = best {
+        return Ok(w);
+    }
     Err(format!("no layout fits: {}", first.unwrap_or_default()))
 }
 
-fn run(w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
+/// Where each system's colocated generation reads the actor's weights ([`WeightSource`]): HF `generate` on the
+/// ZeRO-3 training module gathers every layer at every step; the Hybrid Engine (pinned parameters, the default)
+/// gathers the whole actor once per generation call; vLLM engines hold their own copy, resharded once.
+fn model(system: &str, eff: PhaseEfficiency) -> RlhfAnalytical {
     RlhfAnalytical {
         profile: None,
         efficiency: eff,
+        engine: match system {
+            "openrlhf" | "dschat_no_he" => WeightSource::GatherPerStep,
+            "dschat_he" => WeightSource::GatherPerCall,
+            _ => WeightSource::Resharded,
+        },
+        zero3: system == "dschat_he",
     }
-    .run(w, &mut RunCtx::new(Seed(1)))
-    .unwrap()
+}
+
+fn run(system: &str, w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
+    model(system, eff).run(w, &mut RunCtx::new(Seed(1))).unwrap()
 }
 
 /// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
@@ -225,8 +275,8 @@ impl Fit {
 }
 
 /// Solves `gen = G/eg + E/et`, `train = T/et + S` for one OpenRLHF-table row.
-fn fit_two(w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
-    let o = run(w, PhaseEfficiency::default());
+fn fit_two(system: &str, w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
+    let o = run(system, w, PhaseEfficiency::default());
     let et = o.training_s / (train_s - o.sync_s);
     let eg = (o.prefill_s + o.decode_s) / (gen_s - o.experience_s / et);
     (eg, et)
@@ -253,14 +303,14 @@ fn calibrate(rows: &[Row]) -> Fit {
             .unwrap()
     };
     let r = find(0);
-    let (hf, ds) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let (hf, ds) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
     let r = find(1);
-    let (vllm, orl) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let (vllm, orl) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
     // Table 1 gives e2e only: per iteration `p = G·x + (E + T)·y + S` with `x = 1/eg`, `y = 1/et`, solved from
     // its two 13B rows (8 and 64 GPUs: different generation/training mixes).
     let eq = |i: usize| {
         let r = find(i);
-        let o = run(&workload(r).unwrap(), PhaseEfficiency::default());
+        let o = run(&r.system, &workload(r).unwrap(), PhaseEfficiency::default());
         (
             o.prefill_s + o.decode_s,
             o.experience_s + o.training_s,
@@ -288,7 +338,7 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
     rows.iter()
         .map(|r| {
             let res = workload(r).map(|w| {
-                let o = run(&w, fit.of(&r.system));
+                let o = run(&r.system, &w, fit.of(&r.system));
                 let scale = if r.system == "dschat_he" {
                     DSCHAT_ITERATIONS
                 } else {
@@ -365,15 +415,22 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
         100.0 * max(&ds)
     );
     assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
-    // The bounds that hold (README's table; the issue's goals, 15% and 25%, do not): OpenRLHF's held-out rows miss
-    // by up to 82% (the 13B rows' slow-down over 7B and the 16-GPU vLLM split are not in the model); DeepSpeed-Chat
-    // Table 1's by up to 64% (OPT-1.3B on 64 GPUs: fixed per-step overheads), its median 22%.
-    assert!(max(&open) < 0.85, "OpenRLHF held-out max {}", max(&open));
-    assert!(max(&ds) < 0.65, "DeepSpeed-Chat held-out max {}", max(&ds));
+    // The bounds that hold (README's table; the issue's goals, 15% and 25%, are not met everywhere): OpenRLHF's
+    // held-out rows miss by up to 44% (the 13B HF-generate rows: their 7B -> 13B slow-down is not in the model);
+    // DeepSpeed-Chat Table 1's by up to 52% (OPT-1.3B on 64 GPUs: per-step fixed overheads the model lacks), 7 of
+    // its 8 held-out rows within 25%, median 17%.
+    assert!(max(&open) < 0.45, "OpenRLHF held-out max {}", max(&open));
+    assert!(max(&ds) < 0.55, "DeepSpeed-Chat held-out max {}", max(&ds));
+    let within = ds.iter().filter(|e| **e < 0.25).count();
+    assert!(
+        within >= 7,
+        "DeepSpeed-Chat held-out rows within 25%: {within} of {}",
+        ds.len()
+    );
     let mut sorted = ds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
-    assert!(median < 0.25, "DeepSpeed-Chat held-out median {median}");
+    assert!(median < 0.20, "DeepSpeed-Chat held-out median {median}");
 }
 
 #[test]

@@ -386,6 +386,7 @@ impl RlhfDes {
         let model = RlhfAnalytical {
             profile: self.profile.clone(),
             efficiency: self.efficiency,
+            ..Default::default()
         };
         let (ro, cf) = model.model(w)?;
         let Some(ro) = ro else {
