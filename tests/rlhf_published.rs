@@ -7,14 +7,15 @@
 //! (DeepSpeed-Chat, OpenRLHF). They are **calibrated** on a named subset and every other row is a prediction:
 //! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train);
 //! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train);
-//! - Hybrid Engine generation: DeepSpeed-Chat Table 1's OPT-13B on 8 A100-80GB (e2e), with DeepSpeed-Chat's training
-//!   efficiency from above.
+//! - Hybrid Engine generation and Table 1's training: its two OPT-13B rows (8 and 64 A100-80GB, e2e only: two
+//!   equations, two unknowns).
 //!
 //! Besides the efficiencies, each system's colocated generation reads the actor's weights its own way
 //! (`WeightSource`): HF `generate` on the ZeRO-3 training module gathers every layer at every decode step (and frees
 //! its KV cache on return); the Hybrid Engine gathers the whole actor once per generation call and scores with the
 //! ZeRO-3 actor and reference (one gather each per call), trained under ZeRO-3 where the layout search has a ZeRO-3
-//! row; vLLM holds its own copy. Table 1's rows follow DeepSpeed-Chat's shipped OPT scripts (per-device generation
+//! row; vLLM holds its own copy. The two eager engines (HF, Hybrid Engine) also pay a kernel-launch floor per decode
+//! step (12 launches per layer at the profile's 5 us); vLLM replays CUDA graphs. Table 1's rows follow DeepSpeed-Chat's shipped OPT scripts (per-device generation
 //! batch 16 at inference TP 2 on one node, 4 at TP 8 on 64 GPUs).
 //!
 //! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
@@ -416,11 +417,11 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     );
     assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
     // The bounds that hold (README's table; the goals, 15% and 25%, are not met everywhere): OpenRLHF's
-    // held-out rows miss by up to 44% (the 13B HF-generate rows: their 7B -> 13B slow-down is not in the model);
-    // DeepSpeed-Chat Table 1's by up to 52% (OPT-1.3B on 64 GPUs: per-step fixed overheads the model lacks), 7 of
-    // its 8 held-out rows within 25%, median 17%.
+    // held-out rows miss by up to 44% (the 13B HF-generate rows: their 3.7x generation slow-down over 7B is not in the
+    // model); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
+    // median 17%.
     assert!(max(&open) < 0.45, "OpenRLHF held-out max {}", max(&open));
-    assert!(max(&ds) < 0.55, "DeepSpeed-Chat held-out max {}", max(&ds));
+    assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
         within >= 7,
@@ -449,4 +450,35 @@ fn rlhf_dschat_generation_flop_share() {
         );
         assert!(share > lo && share < hi, "{m}: {share}");
     }
+}
+
+#[test]
+fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
+    let rows = rows();
+    let find = |m: &str| {
+        rows.iter()
+            .find(|r| r.system == "dschat_he" && r.model == m && r.gpus == 64)
+            .unwrap()
+    };
+    let plain = |w: &RlhfIteration| RlhfAnalytical::default().run(w, &mut RunCtx::new(Seed(1))).unwrap();
+    // OPT-1.3B on 64 GPUs: 8 engines of TP 8, 1,024 sequences in waves of 32 -> 4 waves of 256 steps, each at least
+    // 24 layers x 12 launches x 5 us; a CUDA-graph engine (the default) decodes faster than that floor.
+    let w = workload(find("opt-1.3b")).unwrap();
+    let floor = 4.0 * 256.0 * 24.0 * 12.0 * 5e-6;
+    let he = run("dschat_he", &w, PhaseEfficiency::default());
+    let cg = plain(&w);
+    eprintln!(
+        "OPT-1.3B on 64: decode {:.3} s (eager) vs {:.3} s (CUDA graphs), floor {floor:.3} s",
+        he.decode_s, cg.decode_s
+    );
+    assert!(he.decode_s >= floor * (1.0 - 1e-9) && cg.decode_s < floor);
+    // OPT-66B on 64 GPUs trains under ZeRO-3: the Hybrid Engine gathers the whole actor once per generation call,
+    // more than resharding it once.
+    let w = workload(find("opt-66b")).unwrap();
+    let (he, rs) = (run("dschat_he", &w, PhaseEfficiency::default()), plain(&w));
+    eprintln!(
+        "OPT-66B on 64: sync {:.2} s (gather per call) vs {:.2} s (resharded once)",
+        he.sync_s, rs.sync_s
+    );
+    assert!(he.sync_s > 2.0 * rs.sync_s, "{} vs {}", he.sync_s, rs.sync_s);
 }

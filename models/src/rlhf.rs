@@ -281,7 +281,16 @@ pub struct Rollout {
     /// Parameter gathers of one forward (prefill or decode step), seconds: [`WeightSource::GatherPerStep`] on a
     /// ZeRO-3 actor, else 0.
     pub step_gather_s: f64,
+    /// Kernel-launch floor of one decode step, seconds: an eager engine (no CUDA graphs: the Hybrid Engine and HF
+    /// `generate`, [`WeightSource::GatherPerCall`] and [`WeightSource::GatherPerStep`]) launches
+    /// [`DECODE_KERNELS_PER_LAYER`] kernels per layer at the profile's launch overhead, and a step takes no less; 0
+    /// for an engine that replays CUDA graphs.
+    pub launch_floor_s: f64,
 }
+
+/// Kernels an eager decode step launches per layer (the dense step model's forward count: 6-7 GEMMs, 2 norms,
+/// activation, residual adds, rotary/softmax).
+pub const DECODE_KERNELS_PER_LAYER: f64 = 12.0;
 
 impl Rollout {
     /// The rollout engines of `w` on `rollout_gpus` GPUs; an input error when the weights and the KV cache of a
@@ -350,6 +359,7 @@ impl Rollout {
             tp,
             efficiency,
             step_gather_s: 0.0,
+            launch_floor_s: 0.0,
         })
     }
 
@@ -381,6 +391,11 @@ impl Rollout {
         ) / self.efficiency
     }
 
+    /// The launch floor of one decode step ([`Rollout::launch_floor_s`]) over the generation efficiency.
+    pub fn step_floor_s(&self) -> f64 {
+        self.launch_floor_s / self.efficiency
+    }
+
     /// Compute time of decoding `tokens` tokens at a live batch of `live` sequences.
     pub fn decode_compute_s(&self, tokens: f64, live: f64) -> f64 {
         self.law.compute_time(self.flops_per_token * tokens, live) / self.efficiency
@@ -405,7 +420,7 @@ fn generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64, f64, f64) {
     // A roofline over the wave: memory of every step against the compute of every token.
     let mem = ro.decode_memory_s(steps, bf * (p * st.mean + st.mean_sq / 2.0));
     let compute = ro.decode_compute_s(bf * st.mean, live);
-    let decode = mem.max(compute) + steps * ro.decode_comm_s(live);
+    let decode = mem.max(compute).max(steps * ro.step_floor_s()) + steps * ro.decode_comm_s(live);
     let waves = ro.waves as f64;
     (prefill * waves, decode * waves, ro.memory, st.mean / steps)
 }
@@ -639,6 +654,11 @@ impl RlhfAnalytical {
             net.collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, bytes, dp_group)
                 .0
         };
+        if let Some(ro) = rollout.as_mut()
+            && self.engine != WeightSource::Resharded
+        {
+            ro.launch_floor_s = w.actor.layers as f64 * DECODE_KERNELS_PER_LAYER * profile.launch_overhead_s;
+        }
         if let Some(ro) = rollout.as_mut()
             && sharded
             && self.engine == WeightSource::GatherPerStep
