@@ -32,8 +32,13 @@
 //!    model alone, not the colocated roles beside it); DPO trains the actor on `2·prompts` sequences; rejection
 //!    sampling on `prompts` (the best response per prompt). Colocated: actor then critic; disaggregated: in parallel.
 //! 4. **Weight sync**: colocated (hybrid engine), each GPU gathers its rollout shard `b·N/tp` less the training shard
-//!    it holds `b·N/W` over the intra-node link; disaggregated, every rollout GPU receives `b·N/tp` and the actor GPUs
-//!    send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one NIC per GPU), plus its latency.
+//!    it holds `b·N/W` over the tier the cluster spans (NVLink within a node, the inter-node link beyond); or, with
+//!    another [`WeightSource`] on a ZeRO-3 actor, the whole actor per generation call (DeepSpeed's Hybrid Engine, plus
+//!    one gather each of the actor and the reference per call to score) or every layer at every decode step (HF
+//!    `generate`, charged with the decode and its KV cache freed before training); those two eager engines also
+//!    pay a kernel-launch floor per decode step ([`Rollout::step_floor_s`]); disaggregated, every rollout GPU
+//!    receives `b·N/tp` and the actor GPUs send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one
+//!    NIC per GPU), plus its latency.
 //!
 //! Phases run in series (on-policy); `iteration_time` is their sum (off-policy, disaggregated: `max(G + S, E + T + S)`,
 //! the hidden `min(G, E + T)` reported as `time.overlap`), `generation_share` the generation part of it,
