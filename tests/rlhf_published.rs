@@ -110,8 +110,9 @@ fn shape(name: &str) -> TransformerSpec {
 /// HBM and peak); one optimizer step per PPO epoch; colocated when the table gives no role split; OpenRLHF's ratio
 /// string in the order ref:reward:critic:actor:vllm with vLLM engines at TP 2 (7B) or 4 (70B), its sum scaled to the
 /// GPUs; the generation batch the largest of 256, 128, 64, ... that fits the GPU beside the weights (vLLM's and the
-/// Hybrid Engine's paged/pre-allocated KV) or 16 for HF `generate`; the rollout TP the smallest power of two at
-/// which the weights fit.
+/// Hybrid Engine's paged/pre-allocated KV) or, for HF `generate`, the largest of 16, 8, 4, ... whose KV cache fits
+/// beside the training states resident during generation (TP 1: HF `generate` has none); the rollout TP (vLLM) the
+/// smallest power of two at which the weights fit.
 fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let actor = shape(&r.model);
     let small = if r.model.starts_with("opt") {
@@ -188,7 +189,11 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let mut best: Option<(f64, RlhfIteration)> = None;
     let mut first: Option<String> = None;
     for &tp in tps.iter().filter(|t| **t >= min_tp) {
-        let batches: &[u64] = if hf { &[16] } else { &[256, 128, 64, 32, 16, 8] };
+        let batches: &[u64] = if hf {
+            &[16, 8, 4, 2, 1]
+        } else {
+            &[256, 128, 64, 32, 16, 8]
+        };
         for &b in batches {
             let mut w = base.clone();
             w.rollout_tp = tp;
@@ -340,6 +345,10 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
         .map(|r| {
             let res = workload(r).map(|w| {
                 let o = run(&r.system, &w, fit.of(&r.system));
+                eprintln!(
+                    "line {}: rollout TP {}, generation batch {}",
+                    r.line, w.rollout_tp, w.generation_batch
+                );
                 let scale = if r.system == "dschat_he" {
                     DSCHAT_ITERATIONS
                 } else {
@@ -417,10 +426,10 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     );
     assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
     // The bounds that hold (README's table; the goals, 15% and 25%, are not met everywhere): OpenRLHF's
-    // held-out rows miss by up to 44% (the 13B HF-generate rows: their 3.7x generation slow-down over 7B is not in the
-    // model); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
+    // held-out rows miss by up to 28% (the 13B HF-generate rows, under-predicted even with their halved generation
+    // batch); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
     // median 17%.
-    assert!(max(&open) < 0.45, "OpenRLHF held-out max {}", max(&open));
+    assert!(max(&open) < 0.30, "OpenRLHF held-out max {}", max(&open));
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
@@ -481,4 +490,14 @@ fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
         he.sync_s, rs.sync_s
     );
     assert!(he.sync_s > 2.0 * rs.sync_s, "{} vs {}", he.sync_s, rs.sync_s);
+    // HF `generate` keeps the training states resident: 16 sequences of 2,048 tokens fit beside Llama2-7B's on 8 GPUs,
+    // not beside Llama2-13B's (KV 1.6 GiB per sequence), which halves its batch.
+    let hf = |m: &str| {
+        let r = rows
+            .iter()
+            .find(|r| r.system == "openrlhf" && r.model == m && r.gpus == 8)
+            .unwrap();
+        workload(r).unwrap().generation_batch
+    };
+    assert_eq!((hf("llama2-7b"), hf("llama2-13b")), (16, 8));
 }

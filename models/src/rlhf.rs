@@ -35,7 +35,8 @@
 //!    it holds `b·N/W` over the tier the cluster spans (NVLink within a node, the inter-node link beyond); or, with
 //!    another [`WeightSource`] on a ZeRO-3 actor, the whole actor per generation call (DeepSpeed's Hybrid Engine, plus
 //!    one gather each of the actor and the reference per call to score) or every layer at every decode step (HF
-//!    `generate`, charged with the decode and its KV cache freed before training); those two eager engines also
+//!    `generate`, charged with the decode; its KV cache is freed before training but must fit beside the training
+//!    states resident during generation, an input error on `generation_batch` otherwise); those two eager engines also
 //!    pay a kernel-launch floor per decode step ([`Rollout::step_floor_s`]); disaggregated, every rollout GPU
 //!    receives `b·N/tp` and the actor GPUs send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one
 //!    NIC per GPU), plus its latency.
@@ -430,6 +431,21 @@ fn generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64, f64, f64) {
     (prefill * waves, decode * waves, ro.memory, st.mean / steps)
 }
 
+/// Model-state bytes per GPU of `m` trained in layout `cfg` (mixed-precision Adam as the step model counts them: 2-byte
+/// parameters and gradients, 12 bytes of fp32 master weights and moments; ZeRO-1 shards the 12, ZeRO-2 also the
+/// gradients, ZeRO-3 all 16 over the data-parallel ranks; tensor and pipeline parallelism split them all), without
+/// activations.
+fn model_state_bytes(m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
+    let p = m.params() / (cfg.tp * cfg.pp) as f64;
+    let d = (cfg.dp * cfg.cp) as f64;
+    match cfg.zero_stage {
+        0 => 16.0 * p,
+        1 => 4.0 * p + 12.0 * p / d,
+        2 => 2.0 * p + 14.0 * p / d,
+        _ => 16.0 * p / d,
+    }
+}
+
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
 fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
     law.compute_time(2.0 * m.params() * tokens / gpus as f64, m.hidden as f64)
@@ -621,8 +637,9 @@ impl RlhfAnalytical {
         )?;
         memory.push(("actor".to_string(), actor_mem));
         let mut training = vec![actor_step * epochs as f64 / eff.training];
+        let mut critic_state = 0.0;
         if let Some(c) = &w.critic {
-            let (step, mem, _) = train(
+            let (step, mem, cfg) = train(
                 w,
                 "critic",
                 c,
@@ -634,6 +651,7 @@ impl RlhfAnalytical {
                 self.zero3,
             )?;
             memory.push(("critic".to_string(), mem));
+            critic_state = model_state_bytes(c, &cfg);
             training.push(step * epochs as f64 / eff.training);
         }
         let training_s = if colocated {
@@ -659,6 +677,39 @@ impl RlhfAnalytical {
             net.collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, bytes, dp_group)
                 .0
         };
+        // HF `generate` runs inside the training process: the actor's and critic's model states (parameters,
+        // gradients, optimizer state, as their layouts shard them) and the frozen roles' weights stay resident while
+        // its KV cache (and the gathered layer) is allocated.
+        if let Some(ro) = rollout.as_ref()
+            && colocated
+            && self.engine == WeightSource::GatherPerStep
+        {
+            let frozen: f64 = [&w.reference, &w.reward]
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| b * m.params() / gpus as f64)
+                .sum();
+            let resident = model_state_bytes(&w.actor, &actor_cfg) + critic_state + frozen;
+            let kv = ro.memory - ro.weight_bytes;
+            let layer = b * w.actor.params() / w.actor.layers as f64;
+            let have = w.cluster.gpu.memory_bytes as f64 * (1.0 - crate::dense::MEMORY_HEADROOM);
+            if resident + kv + layer > have {
+                return Err(Error::invalid(
+                    "workload.generation_batch",
+                    w.generation_batch,
+                    format!(
+                        "HF generate's KV cache ({:.1} GiB for {} sequences) does not fit beside the training states \
+                         resident on each GPU ({:.1} GiB) within the {:.0} GiB usable of a {}",
+                        kv / GIB,
+                        ro.slots,
+                        resident / GIB,
+                        have / GIB,
+                        w.cluster.gpu.name
+                    ),
+                    "lower generation_batch",
+                ));
+            }
+        }
         if let Some(ro) = rollout.as_mut()
             && self.engine != WeightSource::Resharded
         {
