@@ -7,8 +7,16 @@
 //! (DeepSpeed-Chat, OpenRLHF). They are **calibrated** on a named subset and every other row is a prediction:
 //! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train);
 //! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train);
-//! - Hybrid Engine generation: DeepSpeed-Chat Table 1's OPT-13B on 8 A100-80GB (e2e), with DeepSpeed-Chat's training
-//!   efficiency from above.
+//! - Hybrid Engine generation and Table 1's training: its two OPT-13B rows (8 and 64 A100-80GB, e2e only: two
+//!   equations, two unknowns).
+//!
+//! Besides the efficiencies, each system's colocated generation reads the actor's weights its own way
+//! (`WeightSource`): HF `generate` on the ZeRO-3 training module gathers every layer at every decode step (and frees
+//! its KV cache on return); the Hybrid Engine gathers the whole actor once per generation call and scores with the
+//! ZeRO-3 actor and reference (one gather each per call), trained under ZeRO-3 where the layout search has a ZeRO-3
+//! row; vLLM holds its own copy. The two eager engines (HF, Hybrid Engine) also pay a kernel-launch floor per decode
+//! step (12 launches per layer at the profile's 5 us); vLLM replays CUDA graphs. Table 1's rows follow DeepSpeed-Chat's shipped OPT scripts (per-device generation
+//! batch 16 at inference TP 2 on one node, 4 at TP 8 on 64 GPUs).
 //!
 //! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
 //! the scoring forward passes), its "training" time the PPO updates and the weight broadcast. Run with
@@ -16,7 +24,7 @@
 use trainlab_core::workloads::dense::TransformerSpec;
 use trainlab_core::workloads::rlhf::{Algorithm, Placement, ResponseLength, RlhfIteration, RlhfOutcome};
 use trainlab_core::{Backend, Dtype, Error, RunCtx, Seed};
-use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical};
+use trainlab_models::rlhf::{PhaseEfficiency, RlhfAnalytical, WeightSource};
 
 const CSV: &str = include_str!("../datasets/data/published/rlhf_iteration.csv");
 /// DeepSpeed-Chat Table 1: one epoch of 135,317,504 tokens in iterations of 1,024 pairs of 256 + 256 tokens.
@@ -102,8 +110,9 @@ fn shape(name: &str) -> TransformerSpec {
 /// HBM and peak); one optimizer step per PPO epoch; colocated when the table gives no role split; OpenRLHF's ratio
 /// string in the order ref:reward:critic:actor:vllm with vLLM engines at TP 2 (7B) or 4 (70B), its sum scaled to the
 /// GPUs; the generation batch the largest of 256, 128, 64, ... that fits the GPU beside the weights (vLLM's and the
-/// Hybrid Engine's paged/pre-allocated KV) or 16 for HF `generate`; the rollout TP the smallest power of two at
-/// which the weights fit.
+/// Hybrid Engine's paged/pre-allocated KV) or, for HF `generate`, the largest of 16, 8, 4, ... whose KV cache fits
+/// beside the training states resident during generation (TP 1: HF `generate` has none); the rollout TP (vLLM) the
+/// smallest power of two at which the weights fit.
 fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let actor = shape(&r.model);
     let small = if r.model.starts_with("opt") {
@@ -155,14 +164,47 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         ("2:2:4:4:4", _) => 4,
         _ => 1,
     };
+    // HF `generate` has no tensor parallelism: TP 1. The Hybrid Engine tunes its inference TP and batch ("the
+    // largest batch size possible", TP when the model does not fit one GPU: the DeepSpeed-Chat blog): the fastest
+    // fitting (TP, batch) at efficiency 1. vLLM: the smallest TP that fits, the largest batch at it.
+    let he = r.system == "dschat_he";
+    if he {
+        // DeepSpeed-Chat's shipped OPT scripts (DeepSpeedExamples, step3 `training_scripts/opt/single_node/run_13b.sh`
+        // and `multi_node/run_66b.sh`): one node per-device generation batch 16 at inference TP 2, multi-node 4 at
+        // TP 8; the Hybrid Engine gathers the inputs of a TP group, so an engine decodes per-device batch x TP.
+        let (tp, per_device) = if r.gpus <= 8 { (2, 16) } else { (8, 4) };
+        let mut w = base.clone();
+        w.rollout_tp = tp;
+        w.generation_batch = per_device * tp;
+        // Where that does not fit (OPT-30B on one node: its script is a LoRA variant), the fastest fitting (TP,
+        // batch) below ("the largest batch size possible", TP when the model does not fit: the DeepSpeed-Chat blog).
+        if model(&r.system, PhaseEfficiency::default())
+            .run(&w, &mut RunCtx::new(Seed(1)))
+            .is_ok()
+        {
+            return Ok(w);
+        }
+    }
+    let tps: &[u64] = if hf { &[1] } else { &[1, 2, 4, 8] };
+    let mut best: Option<(f64, RlhfIteration)> = None;
     let mut first: Option<String> = None;
-    for tp in [1u64, 2, 4, 8].into_iter().filter(|t| *t >= min_tp) {
-        let batches: &[u64] = if hf { &[16] } else { &[256, 128, 64, 32, 16, 8] };
+    for &tp in tps.iter().filter(|t| **t >= min_tp) {
+        let batches: &[u64] = if hf {
+            &[16, 8, 4, 2, 1]
+        } else {
+            &[256, 128, 64, 32, 16, 8]
+        };
         for &b in batches {
             let mut w = base.clone();
             w.rollout_tp = tp;
             w.generation_batch = b;
-            match RlhfAnalytical::default().run(&w, &mut RunCtx::new(Seed(1))) {
+            match model(&r.system, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
+                Ok(o) if he => {
+                    let t = o.iteration_time_s();
+                    if best.as_ref().is_none_or(|(bt, _)| t < *bt) {
+                        best = Some((t, w));
+                    }
+                }
                 Ok(_) => return Ok(w),
                 Err(e @ Error::Invalid { .. }) => {
                     // Remember the first failure that is not the search over batch and TP itself.
@@ -175,16 +217,30 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
             }
         }
     }
+    if let Some((_, w)) = best {
+        return Ok(w);
+    }
     Err(format!("no layout fits: {}", first.unwrap_or_default()))
 }
 
-fn run(w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
+/// Where each system's colocated generation reads the actor's weights ([`WeightSource`]): HF `generate` on the
+/// ZeRO-3 training module gathers every layer at every step; the Hybrid Engine (pinned parameters, the default)
+/// gathers the whole actor once per generation call; vLLM engines hold their own copy, resharded once.
+fn model(system: &str, eff: PhaseEfficiency) -> RlhfAnalytical {
     RlhfAnalytical {
         profile: None,
         efficiency: eff,
+        engine: match system {
+            "openrlhf" | "dschat_no_he" => WeightSource::GatherPerStep,
+            "dschat_he" => WeightSource::GatherPerCall,
+            _ => WeightSource::Resharded,
+        },
+        zero3: system == "dschat_he",
     }
-    .run(w, &mut RunCtx::new(Seed(1)))
-    .unwrap()
+}
+
+fn run(system: &str, w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
+    model(system, eff).run(w, &mut RunCtx::new(Seed(1))).unwrap()
 }
 
 /// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
@@ -225,8 +281,8 @@ impl Fit {
 }
 
 /// Solves `gen = G/eg + E/et`, `train = T/et + S` for one OpenRLHF-table row.
-fn fit_two(w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
-    let o = run(w, PhaseEfficiency::default());
+fn fit_two(system: &str, w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
+    let o = run(system, w, PhaseEfficiency::default());
     let et = o.training_s / (train_s - o.sync_s);
     let eg = (o.prefill_s + o.decode_s) / (gen_s - o.experience_s / et);
     (eg, et)
@@ -253,14 +309,14 @@ fn calibrate(rows: &[Row]) -> Fit {
             .unwrap()
     };
     let r = find(0);
-    let (hf, ds) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let (hf, ds) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
     let r = find(1);
-    let (vllm, orl) = fit_two(&workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let (vllm, orl) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
     // Table 1 gives e2e only: per iteration `p = G·x + (E + T)·y + S` with `x = 1/eg`, `y = 1/et`, solved from
     // its two 13B rows (8 and 64 GPUs: different generation/training mixes).
     let eq = |i: usize| {
         let r = find(i);
-        let o = run(&workload(r).unwrap(), PhaseEfficiency::default());
+        let o = run(&r.system, &workload(r).unwrap(), PhaseEfficiency::default());
         (
             o.prefill_s + o.decode_s,
             o.experience_s + o.training_s,
@@ -288,7 +344,11 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
     rows.iter()
         .map(|r| {
             let res = workload(r).map(|w| {
-                let o = run(&w, fit.of(&r.system));
+                let o = run(&r.system, &w, fit.of(&r.system));
+                eprintln!(
+                    "line {}: rollout TP {}, generation batch {}",
+                    r.line, w.rollout_tp, w.generation_batch
+                );
                 let scale = if r.system == "dschat_he" {
                     DSCHAT_ITERATIONS
                 } else {
@@ -365,15 +425,22 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
         100.0 * max(&ds)
     );
     assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
-    // The bounds that hold (README's table; the issue's goals, 15% and 25%, do not): OpenRLHF's held-out rows miss
-    // by up to 82% (the 13B rows' slow-down over 7B and the 16-GPU vLLM split are not in the model); DeepSpeed-Chat
-    // Table 1's by up to 64% (OPT-1.3B on 64 GPUs: fixed per-step overheads), its median 22%.
-    assert!(max(&open) < 0.85, "OpenRLHF held-out max {}", max(&open));
-    assert!(max(&ds) < 0.65, "DeepSpeed-Chat held-out max {}", max(&ds));
+    // The bounds that hold (README's table; the issue's goals, 15% and 25%, are not met everywhere): OpenRLHF's
+    // held-out rows miss by up to 28% (the 13B HF-generate rows, under-predicted even with their halved generation
+    // batch); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
+    // median 17%.
+    assert!(max(&open) < 0.30, "OpenRLHF held-out max {}", max(&open));
+    assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
+    let within = ds.iter().filter(|e| **e < 0.25).count();
+    assert!(
+        within >= 7,
+        "DeepSpeed-Chat held-out rows within 25%: {within} of {}",
+        ds.len()
+    );
     let mut sorted = ds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
-    assert!(median < 0.25, "DeepSpeed-Chat held-out median {median}");
+    assert!(median < 0.20, "DeepSpeed-Chat held-out median {median}");
 }
 
 #[test]
@@ -392,4 +459,45 @@ fn rlhf_dschat_generation_flop_share() {
         );
         assert!(share > lo && share < hi, "{m}: {share}");
     }
+}
+
+#[test]
+fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
+    let rows = rows();
+    let find = |m: &str| {
+        rows.iter()
+            .find(|r| r.system == "dschat_he" && r.model == m && r.gpus == 64)
+            .unwrap()
+    };
+    let plain = |w: &RlhfIteration| RlhfAnalytical::default().run(w, &mut RunCtx::new(Seed(1))).unwrap();
+    // OPT-1.3B on 64 GPUs: 8 engines of TP 8, 1,024 sequences in waves of 32 -> 4 waves of 256 steps, each at least
+    // 24 layers x 12 launches x 5 us; a CUDA-graph engine (the default) decodes faster than that floor.
+    let w = workload(find("opt-1.3b")).unwrap();
+    let floor = 4.0 * 256.0 * 24.0 * 12.0 * 5e-6;
+    let he = run("dschat_he", &w, PhaseEfficiency::default());
+    let cg = plain(&w);
+    eprintln!(
+        "OPT-1.3B on 64: decode {:.3} s (eager) vs {:.3} s (CUDA graphs), floor {floor:.3} s",
+        he.decode_s, cg.decode_s
+    );
+    assert!(he.decode_s >= floor * (1.0 - 1e-9) && cg.decode_s < floor);
+    // OPT-66B on 64 GPUs trains under ZeRO-3: the Hybrid Engine gathers the whole actor once per generation call,
+    // more than resharding it once.
+    let w = workload(find("opt-66b")).unwrap();
+    let (he, rs) = (run("dschat_he", &w, PhaseEfficiency::default()), plain(&w));
+    eprintln!(
+        "OPT-66B on 64: sync {:.2} s (gather per call) vs {:.2} s (resharded once)",
+        he.sync_s, rs.sync_s
+    );
+    assert!(he.sync_s > 2.0 * rs.sync_s, "{} vs {}", he.sync_s, rs.sync_s);
+    // HF `generate` keeps the training states resident: 16 sequences of 2,048 tokens fit beside Llama2-7B's on 8 GPUs,
+    // not beside Llama2-13B's (KV 1.6 GiB per sequence), which halves its batch.
+    let hf = |m: &str| {
+        let r = rows
+            .iter()
+            .find(|r| r.system == "openrlhf" && r.model == m && r.gpus == 8)
+            .unwrap();
+        workload(r).unwrap().generation_batch
+    };
+    assert_eq!((hf("llama2-7b"), hf("llama2-13b")), (16, 8));
 }

@@ -32,8 +32,14 @@
 //!    model alone, not the colocated roles beside it); DPO trains the actor on `2·prompts` sequences; rejection
 //!    sampling on `prompts` (the best response per prompt). Colocated: actor then critic; disaggregated: in parallel.
 //! 4. **Weight sync**: colocated (hybrid engine), each GPU gathers its rollout shard `b·N/tp` less the training shard
-//!    it holds `b·N/W` over the intra-node link; disaggregated, every rollout GPU receives `b·N/tp` and the actor GPUs
-//!    send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one NIC per GPU), plus its latency.
+//!    it holds `b·N/W` over the tier the cluster spans (NVLink within a node, the inter-node link beyond); or, with
+//!    another [`WeightSource`] on a ZeRO-3 actor, the whole actor per generation call (DeepSpeed's Hybrid Engine, plus
+//!    one gather each of the actor and the reference per call to score) or every layer at every decode step (HF
+//!    `generate`, charged with the decode; its KV cache is freed before training but must fit beside the training
+//!    states resident during generation, an input error on `generation_batch` otherwise); those two eager engines also
+//!    pay a kernel-launch floor per decode step ([`Rollout::step_floor_s`]); disaggregated, every rollout GPU
+//!    receives `b·N/tp` and the actor GPUs send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one
+//!    NIC per GPU), plus its latency.
 //!
 //! Phases run in series (on-policy); `iteration_time` is their sum (off-policy, disaggregated: `max(G + S, E + T + S)`,
 //! the hidden `min(G, E + T)` reported as `time.overlap`), `generation_share` the generation part of it,
@@ -43,7 +49,7 @@
 //! `P + max` tokens (more than the GPU holds is an input error naming `generation_batch`); `reference` and `reward`
 //! their weights spread over their GPUs. The roles' memory is not summed for a colocated placement (real hybrid
 //! engines offload or free parts between phases), and the training memory check sees one model at a time.
-use trainlab_core::workloads::dense::{DenseTraining, TransformerSpec};
+use trainlab_core::workloads::dense::{DenseTraining, ParallelConfig, TransformerSpec};
 use trainlab_core::workloads::rlhf::{
     Algorithm, Placement as RolePlacement, ResponseLength, RlhfIteration, RlhfOutcome,
 };
@@ -187,6 +193,34 @@ pub struct RlhfAnalytical {
     pub profile: Option<DeviceProfile>,
     /// Per-phase efficiencies (default 1: the hardware model as it stands).
     pub efficiency: PhaseEfficiency,
+    /// How a colocated rollout gets the actor's weights from the training layout (default: resharded once per
+    /// iteration).
+    pub engine: WeightSource,
+    /// Train the actor and critic under ZeRO-3 (the fastest fitting ZeRO-3 layout instead of the fastest layout), as a
+    /// training stack that pins the stage does (DeepSpeed-Chat's OPT scripts pass `--actor_zero_stage 3`).
+    pub zero3: bool,
+}
+
+/// Where a colocated rollout engine reads the actor's weights from. The gathers below happen only when the actor's
+/// training layout (the step model's searched best) partitions its parameters (ZeRO-3 over more than one
+/// data-parallel rank); otherwise every GPU already holds them and generation reads them in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightSource {
+    /// A hybrid engine reshards the actor into the rollout layout once per iteration: each GPU receives its rollout
+    /// shard `b·N/tp` less the training shard it holds, over the tier the cluster spans (NVLink within one node,
+    /// the inter-node link beyond).
+    #[default]
+    Resharded,
+    /// DeepSpeed's Hybrid Engine with pinned parameters (`hybrid_engine.pin_parameters`, DeepSpeed
+    /// `runtime/hybrid_engine.py`: `generate` wraps the whole generation call in one `GatheredParameters` of every
+    /// layer): each generation call (one static wave) all-gathers the whole actor, `b·N` bytes, over the
+    /// data-parallel group; charged as weight sync, once per wave.
+    GatherPerCall,
+    /// HuggingFace `generate` on the ZeRO-3-partitioned training module (DeepSpeed-Chat or OpenRLHF without an
+    /// inference engine): every forward, the prefill and each decode step, all-gathers every layer's parameters
+    /// (one collective per layer, `b·N/L` bytes, over the data-parallel group, latency included); charged per step
+    /// with the decode's communication. No resharding.
+    GatherPerStep,
 }
 
 /// A cluster of `g` GPUs of `c`'s kind (whole nodes beyond one node; validation checks that).
@@ -250,7 +284,19 @@ pub struct Rollout {
     bytes: f64,
     tp: u64,
     efficiency: f64,
+    /// Parameter gathers of one forward (prefill or decode step), seconds: [`WeightSource::GatherPerStep`] on a
+    /// ZeRO-3 actor, else 0.
+    pub step_gather_s: f64,
+    /// Kernel-launch floor of one decode step, seconds: an eager engine (no CUDA graphs: the Hybrid Engine and HF
+    /// `generate`, [`WeightSource::GatherPerCall`] and [`WeightSource::GatherPerStep`]) launches
+    /// [`DECODE_KERNELS_PER_LAYER`] kernels per layer at the profile's launch overhead, and a step takes no less; 0
+    /// for an engine that replays CUDA graphs.
+    pub launch_floor_s: f64,
 }
+
+/// Kernels an eager decode step launches per layer (the dense step model's forward count: 6-7 GEMMs, 2 norms,
+/// activation, residual adds, rotary/softmax).
+pub const DECODE_KERNELS_PER_LAYER: f64 = 12.0;
 
 impl Rollout {
     /// The rollout engines of `w` on `rollout_gpus` GPUs; an input error when the weights and the KV cache of a
@@ -318,6 +364,8 @@ impl Rollout {
             bytes: b,
             tp,
             efficiency,
+            step_gather_s: 0.0,
+            launch_floor_s: 0.0,
         })
     }
 
@@ -336,7 +384,8 @@ impl Rollout {
     pub fn prefill_s(&self, k: f64) -> f64 {
         let tokens = k * self.prompt_len;
         (self.law.time(self.flops_per_token * tokens, self.weight_bytes, tokens)
-            + 2.0 * self.layers * self.allreduce(tokens * self.hidden * self.bytes))
+            + 2.0 * self.layers * self.allreduce(tokens * self.hidden * self.bytes)
+            + self.step_gather_s)
             / self.efficiency
     }
 
@@ -348,14 +397,20 @@ impl Rollout {
         ) / self.efficiency
     }
 
+    /// The launch floor of one decode step ([`Rollout::launch_floor_s`]) over the generation efficiency.
+    pub fn step_floor_s(&self) -> f64 {
+        self.launch_floor_s / self.efficiency
+    }
+
     /// Compute time of decoding `tokens` tokens at a live batch of `live` sequences.
     pub fn decode_compute_s(&self, tokens: f64, live: f64) -> f64 {
         self.law.compute_time(self.flops_per_token * tokens, live) / self.efficiency
     }
 
-    /// Tensor-parallel communication of one decode step at a live batch of `live` sequences.
+    /// Communication of one decode step at a live batch of `live` sequences: tensor-parallel all-reduces and the
+    /// per-step parameter gathers ([`Rollout::step_gather_s`]).
     pub fn decode_comm_s(&self, live: f64) -> f64 {
-        2.0 * self.layers * self.allreduce(live * self.hidden * self.bytes) / self.efficiency
+        (2.0 * self.layers * self.allreduce(live * self.hidden * self.bytes) + self.step_gather_s) / self.efficiency
     }
 }
 
@@ -371,9 +426,24 @@ fn generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64, f64, f64) {
     // A roofline over the wave: memory of every step against the compute of every token.
     let mem = ro.decode_memory_s(steps, bf * (p * st.mean + st.mean_sq / 2.0));
     let compute = ro.decode_compute_s(bf * st.mean, live);
-    let decode = mem.max(compute) + steps * ro.decode_comm_s(live);
+    let decode = mem.max(compute).max(steps * ro.step_floor_s()) + steps * ro.decode_comm_s(live);
     let waves = ro.waves as f64;
     (prefill * waves, decode * waves, ro.memory, st.mean / steps)
+}
+
+/// Model-state bytes per GPU of `m` trained in layout `cfg` (mixed-precision Adam as the step model counts them: 2-byte
+/// parameters and gradients, 12 bytes of fp32 master weights and moments; ZeRO-1 shards the 12, ZeRO-2 also the
+/// gradients, ZeRO-3 all 16 over the data-parallel ranks; tensor and pipeline parallelism split them all), without
+/// activations.
+fn model_state_bytes(m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
+    let p = m.params() / (cfg.tp * cfg.pp) as f64;
+    let d = (cfg.dp * cfg.cp) as f64;
+    match cfg.zero_stage {
+        0 => 16.0 * p,
+        1 => 4.0 * p + 12.0 * p / d,
+        2 => 2.0 * p + 14.0 * p / d,
+        _ => 16.0 * p / d,
+    }
 }
 
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
@@ -393,7 +463,8 @@ fn train(
     gpus: u64,
     profile: Option<&DeviceProfile>,
     budget: Option<f64>,
-) -> Result<(f64, f64), Error> {
+    zero3: bool,
+) -> Result<(f64, f64, ParallelConfig), Error> {
     let mut model = m.clone();
     model.seq_len = seq_len;
     let mut cluster = sub_cluster(&w.cluster, gpus);
@@ -402,6 +473,16 @@ fn train(
     }
     let d = DenseTraining::new(model, cluster, seqs * seq_len, (seqs * seq_len) as f64, w.dtype);
     let best = match (crate::search::search(&d, profile), budget) {
+        // The search prices ZeRO-3 only where memory needs it (and then among its rows): the fastest fitting ZeRO-3
+        // row, else the search's best. (Re-pricing every layout at stage 3 was tried: on 64 GPUs its per-layer
+        // gathers make the 13B calibration rows training-bound beyond the published time; not used.)
+        (Ok(r), _) if zero3 => r
+            .rows
+            .into_iter()
+            .filter(|row| row.fits && row.outcome.config.zero_stage == 3)
+            .map(|row| row.outcome)
+            .min_by(|a, b| a.step_time_s.total_cmp(&b.step_time_s))
+            .unwrap_or(r.best),
         (Ok(r), _) => r.best,
         (Err(e), Some(b)) if e.is_user_error() => {
             return Err(Error::invalid(
@@ -421,7 +502,7 @@ fn train(
             }));
         }
     };
-    Ok((best.step_time_s, best.memory_per_gpu_bytes))
+    Ok((best.step_time_s, best.memory_per_gpu_bytes, best.config))
 }
 
 impl Backend<RlhfIteration> for RlhfAnalytical {
@@ -468,13 +549,13 @@ impl RlhfAnalytical {
         let eff = self.efficiency;
 
         // 1. Generation.
-        let (rollout, prefill_s, decode_s, occupancy) = if w.algorithm.generates() {
+        // (Its time is computed after training: per-step gathers depend on the actor's training layout.)
+        let mut rollout = if w.algorithm.generates() {
             let ro = Rollout::new(w, &law, &net, rollout_g, eff.generation)?;
-            let (p, d, mem, occ) = generation(w, &ro);
-            memory.push(("rollout".to_string(), mem));
-            (Some(ro), p, d, occ)
+            memory.push(("rollout".to_string(), ro.memory));
+            Some(ro)
         } else {
-            (None, 0.0, 0.0, 0.0)
+            None
         };
 
         // 2. Experience making: (model, sequences, GPUs).
@@ -492,7 +573,7 @@ impl RlhfAnalytical {
         let times = passes
             .iter()
             .map(|(m, n, g)| forward(m, n * seq, *g, &law) / eff.training);
-        let experience_s = if colocated {
+        let mut experience_s = if colocated {
             times.sum()
         } else {
             times.fold(0.0, f64::max)
@@ -514,7 +595,13 @@ impl RlhfAnalytical {
                 .filter_map(|m| m.as_ref())
                 .map(|m| b * m.params() / gpus as f64)
                 .sum();
-            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            // HF `generate` (`GatherPerStep`) allocates its KV cache inside the call and frees it on return: it is not
+            // resident while the actor and critic train.
+            let kv = if self.engine == WeightSource::GatherPerStep {
+                0.0
+            } else {
+                rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes)
+            };
             let left = have - frozen - kv;
             if left <= 0.0 {
                 return Err(Error::invalid(
@@ -537,12 +624,34 @@ impl RlhfAnalytical {
         } else {
             (None, None)
         };
-        let (actor_step, actor_mem) = train(w, "actor", &w.actor, train_seqs, seq_len, actor_g, p, actor_budget)?;
+        let (actor_step, actor_mem, actor_cfg) = train(
+            w,
+            "actor",
+            &w.actor,
+            train_seqs,
+            seq_len,
+            actor_g,
+            p,
+            actor_budget,
+            self.zero3,
+        )?;
         memory.push(("actor".to_string(), actor_mem));
         let mut training = vec![actor_step * epochs as f64 / eff.training];
+        let mut critic_state = 0.0;
         if let Some(c) = &w.critic {
-            let (step, mem) = train(w, "critic", c, train_seqs, seq_len, critic_g, p, critic_budget)?;
+            let (step, mem, cfg) = train(
+                w,
+                "critic",
+                c,
+                train_seqs,
+                seq_len,
+                critic_g,
+                p,
+                critic_budget,
+                self.zero3,
+            )?;
             memory.push(("critic".to_string(), mem));
+            critic_state = model_state_bytes(c, &cfg);
             training.push(step * epochs as f64 / eff.training);
         }
         let training_s = if colocated {
@@ -556,15 +665,98 @@ impl RlhfAnalytical {
             }
         }
 
+        // 1 (continued). Generation, now that the actor's training layout is known: a colocated engine on a ZeRO-3
+        // actor gathers its parameters over the actor's data-parallel group (`WeightSource`).
+        let gpn = w.cluster.gpus_per_node as u64;
+        let sharded = colocated && actor_cfg.zero_stage == 3 && actor_cfg.dp > 1;
+        let dp_group = Placement {
+            ranks: actor_cfg.dp,
+            per_node: (gpn / actor_cfg.tp.clamp(1, gpn)).clamp(1, actor_cfg.dp.max(1)),
+        };
+        let gather = |bytes: f64| {
+            net.collective_time(CollectiveOp::AllGather, CollectiveAlgo::Ring, bytes, dp_group)
+                .0
+        };
+        // HF `generate` runs inside the training process: the actor's and critic's model states (parameters,
+        // gradients, optimizer state, as their layouts shard them) and the frozen roles' weights stay resident while
+        // its KV cache (and the gathered layer) is allocated.
+        if let Some(ro) = rollout.as_ref()
+            && colocated
+            && self.engine == WeightSource::GatherPerStep
+        {
+            let frozen: f64 = [&w.reference, &w.reward]
+                .iter()
+                .filter_map(|m| m.as_ref())
+                .map(|m| b * m.params() / gpus as f64)
+                .sum();
+            let resident = model_state_bytes(&w.actor, &actor_cfg) + critic_state + frozen;
+            let kv = ro.memory - ro.weight_bytes;
+            let layer = b * w.actor.params() / w.actor.layers as f64;
+            let have = w.cluster.gpu.memory_bytes as f64 * (1.0 - crate::dense::MEMORY_HEADROOM);
+            if resident + kv + layer > have {
+                return Err(Error::invalid(
+                    "workload.generation_batch",
+                    w.generation_batch,
+                    format!(
+                        "HF generate's KV cache ({:.1} GiB for {} sequences) does not fit beside the training states \
+                         resident on each GPU ({:.1} GiB) within the {:.0} GiB usable of a {}",
+                        kv / GIB,
+                        ro.slots,
+                        resident / GIB,
+                        have / GIB,
+                        w.cluster.gpu.name
+                    ),
+                    "lower generation_batch",
+                ));
+            }
+        }
+        if let Some(ro) = rollout.as_mut()
+            && self.engine != WeightSource::Resharded
+        {
+            ro.launch_floor_s = w.actor.layers as f64 * DECODE_KERNELS_PER_LAYER * profile.launch_overhead_s;
+        }
+        if let Some(ro) = rollout.as_mut()
+            && sharded
+            && self.engine == WeightSource::GatherPerStep
+        {
+            let l = w.actor.layers as f64;
+            ro.step_gather_s = l * gather(b * w.actor.params() / l);
+        }
+        // An engine that generates from the ZeRO-3 training module in place (`GatherPerCall`, `GatherPerStep`) scores
+        // with it too: per generation call (wave) the actor's and the reference's forward passes each all-gather
+        // their parameters once (DeepSpeed-Chat partitions the reference like the actor under ZeRO-3).
+        if sharded && self.engine != WeightSource::Resharded {
+            let waves = rollout.as_ref().map_or(1, |r| r.waves) as f64;
+            let reference = w.reference.as_ref().map_or(0.0, |m| m.params());
+            experience_s += waves * (gather(b * w.actor.params()) + gather(b * reference)) / eff.training;
+        }
+        let (prefill_s, decode_s, occupancy) = match &rollout {
+            Some(ro) => {
+                let (p, d, _, occ) = generation(w, ro);
+                (p, d, occ)
+            }
+            None => (0.0, 0.0, 0.0),
+        };
+
         // 4. Weight sync.
         let shard = b * w.actor.params() / w.rollout_tp as f64;
         let sync_s = if !w.algorithm.generates() {
             0.0
         } else if colocated {
-            memory_time(
-                (shard - b * w.actor.params() / gpus as f64).max(0.0),
-                w.cluster.intra.bandwidth_bytes_per_s,
-            ) + w.cluster.intra.latency_s
+            match (self.engine, sharded) {
+                (WeightSource::GatherPerCall, true) => {
+                    let waves = rollout.as_ref().map_or(0, |r| r.waves) as f64;
+                    waves * gather(b * w.actor.params())
+                }
+                (WeightSource::GatherPerStep, _) => 0.0,
+                _ => {
+                    let link = if gpus > gpn { &w.cluster.inter } else { &w.cluster.intra };
+                    memory_time(
+                        (shard - b * w.actor.params() / gpus as f64).max(0.0),
+                        link.bandwidth_bytes_per_s,
+                    ) + link.latency_s
+                }
+            }
         } else {
             let sent = rollout_g as f64 * shard / actor_g as f64;
             memory_time(shard.max(sent), w.cluster.inter.bandwidth_bytes_per_s) + w.cluster.inter.latency_s
@@ -580,7 +772,11 @@ impl RlhfAnalytical {
             // weights and the rollout's KV cache (its weights are the actor's, resharded in place). An upper bound:
             // it assumes the KV cache is kept during training (no offload or free between phases). The trained roles
             // were searched within what the others leave, so the sum fits by construction.
-            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            let kv = if self.engine == WeightSource::GatherPerStep {
+                0.0
+            } else {
+                rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes)
+            };
             let resident = memory
                 .iter()
                 .filter(|(r, _)| r != "rollout")

@@ -125,7 +125,8 @@ fn segment(ro: &Rollout, n: u64, c: f64, k: u64) -> f64 {
     let (nf, kf) = (n as f64, k as f64);
     let a = ro.decode_memory_s(1.0, c);
     let slope = ro.decode_memory_s(0.0, nf);
-    let comp = ro.decode_compute_s(nf, nf);
+    // An eager engine's launch floor bounds a step from below like its compute (`Rollout::step_floor_s`, 0 otherwise).
+    let comp = ro.decode_compute_s(nf, nf).max(ro.step_floor_s());
     // Steps j < j* are compute-bound (a + slope·j < comp).
     let js = if a >= comp {
         0.0
@@ -386,6 +387,7 @@ impl RlhfDes {
         let model = RlhfAnalytical {
             profile: self.profile.clone(),
             efficiency: self.efficiency,
+            ..Default::default()
         };
         let (ro, cf) = model.model(w)?;
         let Some(ro) = ro else {
