@@ -8,12 +8,16 @@
 //! this CPU, op by op). The `cpu` backend answers a scaled step on the `cpu` device preset ([`on_cpu`]), filed in its
 //! own group, where the closed form answers with its CPU op model.
 //!
-//! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, memory and copy
-//! bandwidths, GEMM rate and the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by
-//! weighted least squares (non-negative, relative residuals) to the measured per-stage busy times of one-stream
-//! steps at 50, 200 and 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches
-//! of 64), scaled by one factor to their step times (the op timers miss the work between ops), the overlap factor to
-//! three interleaved steps; held out: 100 and 500 fields, another cache size, other micro-batch and stream counts. The profile (`recsys_step`) is read by `analytical` for steps on the `cpu` device.
+//! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, per-row costs (a
+//! row of the embedding ops and the `concat`, a lookup of a staging copy op), memory and copy bandwidths, GEMM rate and
+//! the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by weighted least squares
+//! (non-negative, relative residuals) to the step times and per-stage busy times of one-stream steps at 50, 200 and
+//! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64), scaled by one
+//! factor to their step times, the overlap factor to three interleaved steps. Each case's time is the median over 15
+//! passes of each pass's fastest on-CPU step. Held out, in two groups ([`held_out_group`]): 100 and 500 fields
+//! (separate and packed, no cache and a 1% cache, one stream: the held-out field counts) and three interleaved
+//! steps (other micro-batch and stream counts, a 5% cache). The profile (`recsys_step`) is read by `analytical` for
+//! steps on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
