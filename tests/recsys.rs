@@ -493,7 +493,7 @@ fn bad_cpu_input_exits_2_with_the_field_path() {
 /// gives the committed predictions of every held-out step (recomputed from the step its label names), and the
 /// issue's goal holds on the held-out field counts (100 and 500 fields, separate and packed, no cache and a 1%
 /// cache, one stream; the fit saw 50, 200 and 1,000): each within 10% of its measured step time (the committed run
-/// had 8.2% at worst; of six runs of this calibration on the loaded 2-core machine three had a case at 13-15%:
+/// had 8.2% at worst; of eight runs of this calibration on the loaded 2-core machine five had a case at 11-15%:
 /// README). The interleaved group (two streams on the shared 2-core machine) has its own, weaker bound: 50%.
 #[test]
 fn committed_profile_predicts_held_out_field_counts_within_10_percent() {

@@ -430,6 +430,7 @@ impl Calibration for RecsysCalibration {
         let (warmup, repeats, passes) = if req.quick { (1, 3, 1) } else { (1, 4, 15) };
         let total = fit_set.len() + held.len();
         let mut passes_of: Vec<Vec<Measured>> = vec![Vec::new(); total];
+        let mut pass_records = Vec::new();
         let all: Vec<&RecsysStep> = fit_set.iter().chain(&held).collect();
         for pass in 0..passes {
             // Each pass starts at another case (a slow drift of the machine's speed does not follow the case order).
@@ -452,14 +453,17 @@ impl Calibration for RecsysCalibration {
                     0,
                     req.cancel,
                 )?;
-                (req.keep)(vec![crate::calibration::measured_record(
+                // Each pass's fastest step, kept in the output too (the spread of a case over the passes).
+                let r = crate::calibration::measured_record(
                     "calibrate-recsys_step-cpu",
                     RecsysStep::KIND,
                     &format!("{} [pass {}]", label(w), pass + 1),
                     Device::Cpu,
                     req.seed,
                     &Metric::new("step_time", Unit::Seconds, m.step_min_s),
-                )]);
+                );
+                pass_records.push(r.clone());
+                (req.keep)(vec![r]);
                 passes_of[i].push(m);
             }
         }
@@ -481,7 +485,7 @@ impl Calibration for RecsysCalibration {
         let params = fit(&fitted);
         let seed = req.seed;
         let study = "calibrate-recsys_step-cpu";
-        let mut records = Vec::new();
+        let mut records = pass_records;
         let mut held_out = Vec::new();
         for (i, (w, m)) in fit_set.iter().chain(&held).zip(&measured).enumerate() {
             let is_fit = i < fit_set.len();
