@@ -1122,6 +1122,9 @@ impl Default for RecsysCpu {
 pub struct Measured {
     /// Median step seconds with dedicated cores ([`StepTimes::dedicated_s`]).
     pub step_s: f64,
+    /// Least step seconds with dedicated cores (the fastest timed step: what the step costs when no other process
+    /// slows it through the shared caches or the hypervisor; the calibration's statistic).
+    pub step_min_s: f64,
     /// Least (over the timed steps) busy seconds of copy, embedding and MLP ops.
     pub busy_s: [f64; 3],
     /// Relative spread of the step samples.
@@ -1171,6 +1174,7 @@ pub fn measure(
     let least = |v: &[f64]| Summary::of(v).min;
     Ok(Measured {
         step_s: timing.median_s(),
+        step_min_s: timing.summary.min,
         busy_s: [least(&busy[0]), least(&busy[1]), least(&busy[2])],
         rel_spread: timing.rel_spread(),
         counts: st.counts,

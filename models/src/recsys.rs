@@ -490,8 +490,13 @@ pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
 pub struct RecsysCpuParams {
     /// Fixed time of one op (dispatch, loop set-up, buffer bookkeeping), seconds.
     pub op_overhead_s: f64,
-    /// Time per embedding row touched (one random row access and its loop step, whatever its width), seconds.
+    /// Time per embedding row touched (one random row access and its loop step, whatever its width), and per pooled
+    /// vector the MLP's `concat` moves, seconds.
     pub row_s: f64,
+    /// Time per lookup of a staging copy op (each lookup checked against the cache, a missed row read from a random
+    /// place of the host table), seconds; `None` (older profiles): `row_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_row_s: Option<f64>,
     /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.
     pub mem_bytes_per_s: f64,
     /// Bandwidth of the staging copy of missed rows (the stand-in for PCIe), bytes/s.
@@ -521,6 +526,7 @@ impl RecsysCpuParams {
         RecsysCpuParams {
             op_overhead_s: (w.overheads.launch_us + w.overheads.kernel_us) * 1e-6,
             row_s: 0.0,
+            copy_row_s: None,
             mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
@@ -551,7 +557,8 @@ pub fn mlp_working_set(w: &RecsysStep) -> f64 {
 pub struct CpuStage {
     /// Ops.
     pub ops: f64,
-    /// Embedding rows touched (one per lookup and pass over it).
+    /// Embedding rows touched (one per lookup and pass over it; in the MLP stage, one per pooled vector `concat`
+    /// moves).
     pub rows: f64,
     /// Bytes read and written.
     pub bytes: f64,
@@ -571,11 +578,12 @@ impl CpuStage {
 /// What the measured `cpu` backend does in one step, stage by stage ([`cpu_counts`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct CpuCounts {
-    /// Staging copies of missed rows (one per chain and micro-batch that misses; `8` bytes per missed value).
+    /// Staging copies of missed rows (one per chain and micro-batch that misses; a row per lookup, each checked
+    /// against the cache; `8` bytes per missed value).
     pub copy: CpuStage,
     /// Forward embedding ops: `gather` (`8 L d`) and `pool` (`4 L d + 4 b n d`) per chain and micro-batch.
     pub emb_fwd: CpuStage,
-    /// MLP ops per micro-batch: `concat` (`8 b K0`), per layer GEMM (`2 b k n` FLOPs) and ReLU (`8 b n`), the loss
+    /// MLP ops per micro-batch: `concat` (`8 b K0`, one row per pooled vector: `b` per field), per layer GEMM (`2 b k n` FLOPs) and ReLU (`8 b n`), the loss
     /// gradient (`12 b n_last`), per layer ReLU gradient (`12 b n`), data- and weight-gradient GEMMs.
     pub mlp: CpuStage,
     /// Backward embedding ops: `pool_grad` (`4 b n d + 4 L d`) per chain and micro-batch.
@@ -660,14 +668,19 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
             c.lookups += l;
             c.hits += l - miss;
             if miss > 0.0 {
-                c.copy.add(1.0, miss, 8.0 * miss * d, 0.0);
+                // the op checks every lookup (hit or miss) and copies the missed rows
+                c.copy.add(1.0, l, 8.0 * miss * d, 0.0);
             }
             c.emb_fwd
                 .add(2.0, 2.0 * l, 8.0 * l * d + 4.0 * l * d + 4.0 * b * nf * d, 0.0);
             c.emb_bwd.add(1.0, l, 4.0 * b * nf * d + 4.0 * l * d, 0.0);
             c.scatter.add(1.0, l, 12.0 * l * d, 0.0);
         }
-        c.mlp.add(1.0, 0.0, 8.0 * b * k0, 0.0);
+        let pooled: f64 = chains
+            .iter()
+            .flat_map(|(_, members)| members.iter().map(|&(_, n)| b * n as f64))
+            .sum();
+        c.mlp.add(1.0, pooled, 8.0 * b * k0, 0.0);
         for l in 0..w.mlp.len() {
             let (k, n) = (widths[l], widths[l + 1]);
             c.mlp.add(1.0, 0.0, 4.0 * (b * k + k * n + b * n), 2.0 * b * k * n);
@@ -688,10 +701,15 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
     c
 }
 
-/// Time of one CPU stage under `p`: `ops o + rows r + bytes / bw + flops / rate`.
+/// Time of one CPU stage under `p`: `ops o + rows r + bytes / bw + flops / rate` (a copy's rows at
+/// [`RecsysCpuParams::copy_row_s`], its bytes at `copy_bytes_per_s`).
 pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
-    let bw = if copy { p.copy_bytes_per_s } else { p.mem_bytes_per_s };
-    s.ops * p.op_overhead_s + s.rows * p.row_s + s.bytes / bw + s.flops / p.gemm_flops_per_s
+    if copy {
+        let row = p.copy_row_s.unwrap_or(p.row_s);
+        s.ops * p.op_overhead_s + s.rows * row + s.bytes / p.copy_bytes_per_s + s.flops / p.gemm_flops_per_s
+    } else {
+        stage_time_at(s, p, p.mem_bytes_per_s)
+    }
 }
 
 /// Time of one CPU stage under `p` with its bytes at `bw`.
