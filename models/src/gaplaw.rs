@@ -6,18 +6,27 @@
 //! For domain `i` of `n`, with `D_j` examples seen from domain `j` whose pool holds `P_j` unique examples:
 //!
 //! ```text
-//! L_i = E_i + A_i · X_i^(−β),   X_i = 1 + D'_i + τ · Σ_{j≠i} D'_j
+//! L_i = E_i + A_i · X_i^(−β) + C · (m_i + ε)^(−γ),   X_i = 1 + D'_i + τ · Σ_{j≠i} D'_j
 //! D'_j = U_j + U_j · R* · (1 − exp(−R_j / R*)),   U_j = min(D_j, P_j),   R_j = (D_j − U_j) / U_j
+//! m_i = Σ_t e^(−(T − t)/H) · x_i(t) / H    (x_i(t) = 1 when example t is from domain i; T examples so far)
 //! ```
 //!
 //! `E_i` is the student's floor on domain `i`, `A_i` its reducible part, β the data exponent (shared), τ ∈ [0, 1] the
 //! transfer from the other domains (shared: the synthetic domains share one common law, `Distillation::overlap`), and
 //! `D'` the effective data of a domain whose pool is reused cyclically once exhausted (DDK §2.2): `R_j` repetitions of
 //! `U_j` unique examples are worth `U_j·R*·(1 − e^(−R_j/R*))` fresh ones, the repeated-data form of Muennighoff et
-//! al. 2023 (arXiv 2305.16264, Eq. 5). Parameters in optimiser coordinates: `[e_1..e_n, a_1..a_n, β, τ, r]` with
-//! `E = exp(e)`, `A = exp(a)`, `R* = exp(r)`.
+//! al. 2023 (arXiv 2305.16264, Eq. 5). The last term is forgetting under interference: `m_i` is domain `i`'s
+//! *recent* share of the training stream, exponentially weighted over the last `H` examples (it rises from 0 to the
+//! weight `w_i` of a static mixture as `w_i(1 − e^(−T/H))`, and decays towards 0 once the domain stops being drawn),
+//! and a student too small for every domain at once loses a domain it no longer sees, beyond what the counts give (a
+//! width-8 student trained almost only on one domain gets worse on the others, while a share of a few per cent keeps
+//! a domain). The term has the form of the mixture-ratio term `C/(r + ε)^γ` of the D-CPT law (Que et al. 2024, arXiv
+//! 2406.01375, law L3 as given by secondary notes) with the recent share for `r`; `C`, `γ`, `ε` and `H` are shared by
+//! the domains (`C = 0` is the law without it). `H` is not a gradient parameter: a row carries `m` for one `H`, which
+//! the calibration picks on a grid by the fit's own objective. Parameters in optimiser coordinates:
+//! `[e_1..e_n, a_1..a_n, β, τ, r, c, γ, h]` with `E = exp(e)`, `A = exp(a)`, `R* = exp(r)`, `C = exp(c)`, `ε = exp(h)`.
 //!
-//! A row of data is `[domain (1-based), D_1..D_n, P_1..P_n]`, the target the student's CE on that domain (nats).
+//! A row of data is `[domain (1-based), D_1..D_n, P_1..P_n, m_1..m_n]`, the target the student's CE on that domain (nats).
 use crate::fit::{InputDomain, InputSpec, Law, ParamSpec};
 use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::distill::{DistillOutcome, Distillation, Schedule, ddk_update};
@@ -44,12 +53,41 @@ pub struct GapLawParams {
     pub transfer: f64,
     /// Repetition constant `R*` of reused data.
     pub rstar: f64,
+    /// Interference `C` (nats): the weight of the share term (0: none).
+    #[serde(default)]
+    pub interference: f64,
+    /// Share exponent γ of the interference term.
+    #[serde(default)]
+    pub share_exp: f64,
+    /// Share offset ε of the interference term.
+    #[serde(default = "one")]
+    pub share_eps: f64,
+    /// Horizon `H` (examples) of the recent share.
+    #[serde(default = "one")]
+    pub horizon: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// Advances the recent shares `recent` (horizon `horizon` examples) by a stretch of training in which `chunk[j]`
+/// examples came from domain `j`, spread evenly over the stretch: `m ← m·e^(−E/H) + (c/E)(1 − e^(−E/H))`, `E = Σ c`.
+pub fn advance_recent(recent: &mut [f64], chunk: &[f64], horizon: f64) {
+    let e: f64 = chunk.iter().sum();
+    if e <= 0.0 {
+        return;
+    }
+    let keep = (-e / horizon).exp();
+    for (m, c) in recent.iter_mut().zip(chunk) {
+        *m = *m * keep + c / e * (1.0 - keep);
+    }
 }
 
 impl GapLaw {
     /// The law for `n` domains (2 or more).
     pub fn new(n: usize) -> Self {
-        let mut params = Vec::with_capacity(2 * n + 3);
+        let mut params = Vec::with_capacity(2 * n + 6);
         for i in 0..n {
             // Floors near the losses of small LMs on tiny vocabularies (e^0.7 ≈ 2, e^1.2 ≈ 3.3 nats).
             params.push(ParamSpec::new(&format!("e{}", i + 1), -5.0, 3.0, &[0.7, 1.0]));
@@ -60,11 +98,18 @@ impl GapLaw {
         params.push(ParamSpec::new("beta", 0.0, 3.0, &[0.2, 0.5, 1.0]));
         params.push(ParamSpec::new("tau", 0.0, 1.0, &[0.1, 0.5]));
         params.push(ParamSpec::new("r", -3.0, 6.0, &[0.0, 2.7]));
+        params.push(ParamSpec::new("c", -14.0, 2.0, &[-6.0, -3.0]));
+        params.push(ParamSpec::new("gamma", 0.0, 4.0, &[0.5, 1.5]));
+        params.push(ParamSpec::new("h", -7.0, 0.0, &[-4.0, -1.5]));
         let mut inputs = vec![InputSpec {
             name: "domain".into(),
             domain: InputDomain::Positive,
         }];
-        for (tag, dom) in [("D", InputDomain::NonNegative), ("P", InputDomain::Positive)] {
+        for (tag, dom) in [
+            ("D", InputDomain::NonNegative),
+            ("P", InputDomain::Positive),
+            ("M", InputDomain::NonNegative),
+        ] {
             for j in 0..n {
                 inputs.push(InputSpec {
                     name: format!("{tag}{}", j + 1),
@@ -89,6 +134,10 @@ impl GapLaw {
             beta: p[2 * n],
             transfer: p[2 * n + 1],
             rstar: p[2 * n + 2].exp(),
+            interference: p[2 * n + 3].exp(),
+            share_exp: p[2 * n + 4],
+            share_eps: p[2 * n + 5].exp(),
+            horizon: 1.0,
         }
     }
 
@@ -96,16 +145,24 @@ impl GapLaw {
     pub fn pack(q: &GapLawParams) -> Vec<f64> {
         let mut p: Vec<f64> = q.floor.iter().map(|x| x.ln()).collect();
         p.extend(q.scale.iter().map(|x| x.ln()));
-        p.extend([q.beta, q.transfer, q.rstar.ln()]);
+        p.extend([
+            q.beta,
+            q.transfer,
+            q.rstar.ln(),
+            q.interference.max(1e-300).ln(),
+            q.share_exp,
+            q.share_eps.ln(),
+        ]);
         p
     }
 
     /// A data row for domain `i` (0-based).
-    pub fn row(i: usize, seen: &[f64], pool: &[f64]) -> Vec<f64> {
-        let mut x = Vec::with_capacity(1 + 2 * seen.len());
+    pub fn row(i: usize, seen: &[f64], pool: &[f64], recent: &[f64]) -> Vec<f64> {
+        let mut x = Vec::with_capacity(1 + 3 * seen.len());
         x.push((i + 1) as f64);
         x.extend_from_slice(seen);
         x.extend_from_slice(pool);
+        x.extend_from_slice(recent);
         x
     }
 }
@@ -125,20 +182,31 @@ pub fn effective(d: f64, p: f64, rstar: f64) -> (f64, f64) {
 }
 
 impl GapLawParams {
-    /// Predicted student CE on every domain after `seen` examples from each (pools `pool`).
-    pub fn predict(&self, seen: &[f64], pool: &[f64]) -> Vec<f64> {
+    /// Predicted student CE on every domain after `seen` examples from each (pools `pool`), with recent shares
+    /// `recent` (see [`advance_recent`]).
+    pub fn predict(&self, seen: &[f64], pool: &[f64], recent: &[f64]) -> Vec<f64> {
         let eff: Vec<f64> = seen
             .iter()
             .zip(pool)
             .map(|(d, p)| effective(*d, *p, self.rstar).0)
             .collect();
         let total: f64 = eff.iter().sum();
+        let s = recent;
         (0..seen.len())
             .map(|i| {
                 let x = 1.0 + eff[i] + self.transfer * (total - eff[i]);
-                self.floor[i] + self.scale[i] * x.powf(-self.beta)
+                self.floor[i] + self.scale[i] * x.powf(-self.beta) + self.interference_at(s[i])
             })
             .collect()
+    }
+
+    /// The interference term at recent share `s`: `C·(s + ε)^(−γ)`.
+    pub fn interference_at(&self, s: f64) -> f64 {
+        if self.interference > 0.0 {
+            self.interference * (s + self.share_eps).powf(-self.share_exp)
+        } else {
+            0.0
+        }
     }
 
     /// Checks that the parameters can be used (finite, positive where they must be), naming `field`.
@@ -154,7 +222,11 @@ impl GapLawParams {
                 "calibrate on a workload with the same domains",
             ));
         }
-        let all = self.floor.iter().chain(&self.scale).chain([&self.rstar]);
+        let all = self
+            .floor
+            .iter()
+            .chain(&self.scale)
+            .chain([&self.rstar, &self.share_eps, &self.horizon]);
         if all.clone().any(|x| !(x.is_finite() && *x > 0.0)) {
             return Err(Error::invalid(
                 field,
@@ -163,11 +235,18 @@ impl GapLawParams {
                 "recalibrate: trainlab calibrate --workload distillation",
             ));
         }
-        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..=1.0).contains(&self.transfer)) {
+        let interference_ok = self.interference.is_finite()
+            && self.interference >= 0.0
+            && self.share_exp.is_finite()
+            && self.share_exp >= 0.0;
+        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..=1.0).contains(&self.transfer) && interference_ok) {
             return Err(Error::invalid(
-                format!("{field}.beta/transfer"),
-                format!("{} / {}", self.beta, self.transfer),
-                "need beta >= 0 and transfer in [0, 1]",
+                format!("{field}.beta/transfer/interference"),
+                format!(
+                    "{} / {} / {} / {}",
+                    self.beta, self.transfer, self.interference, self.share_exp
+                ),
+                "need beta >= 0, transfer in [0, 1], interference >= 0 and share_exp >= 0",
                 "recalibrate: trainlab calibrate --workload distillation",
             ));
         }
@@ -180,7 +259,8 @@ impl Law for GapLaw {
         "ddk_gap"
     }
     fn formula(&self) -> &str {
-        "L_i = E_i + A_i (1 + D'_i + tau sum_{j!=i} D'_j)^-beta, D' = U + U R* (1 - exp(-R/R*))"
+        "L_i = E_i + A_i (1 + D'_i + tau sum_{j!=i} D'_j)^-beta + C (m_i + eps)^-gamma, D' = U + U R* (1 - exp(-R/R*)), \
+         m_i = recent share of domain i (horizon H)"
     }
     fn params(&self) -> &[ParamSpec] {
         &self.params
@@ -211,7 +291,10 @@ impl Law for GapLaw {
         }
         xi += tau * others;
         let pow = xi.powf(-beta);
-        let l = e + a * pow;
+        let (c, gamma, eps) = (p[2 * n + 3].exp(), p[2 * n + 4], p[2 * n + 5].exp());
+        let s = x[1 + 2 * n + i];
+        let term = c * (s + eps).powf(-gamma);
+        let l = e + a * pow + term;
         g.fill(0.0);
         g[i] = e / l;
         g[n + i] = a * pow / l;
@@ -220,6 +303,9 @@ impl Law for GapLaw {
         let dl_dx = -beta * a * pow / xi;
         g[2 * n + 1] = dl_dx * others / l;
         g[2 * n + 2] = dl_dx * dx_dr / l;
+        g[2 * n + 3] = term / l;
+        g[2 * n + 4] = -term * (s + eps).ln() / l;
+        g[2 * n + 5] = -gamma * term * eps / (s + eps) / l;
         l.ln()
     }
     fn natural(&self, p: &[f64]) -> Vec<(String, f64)> {
@@ -233,6 +319,9 @@ impl Law for GapLaw {
             ("beta".to_string(), q.beta),
             ("tau".to_string(), q.transfer),
             ("R*".to_string(), q.rstar),
+            ("C".to_string(), q.interference),
+            ("gamma".to_string(), q.share_exp),
+            ("eps".to_string(), q.share_eps),
         ]);
         out
     }
@@ -291,6 +380,8 @@ impl DistillProfile {
 pub struct Followed {
     /// Examples seen from each domain.
     pub seen: Vec<f64>,
+    /// Recent shares (the law's horizon).
+    pub recent: Vec<f64>,
     /// The final weights.
     pub weights: Vec<f64>,
 }
@@ -311,7 +402,15 @@ pub fn follow(
 ) -> Followed {
     let n = w.domains.len();
     let mut seen = vec![0.0; n];
+    let mut recent = vec![0.0; n];
     let mut weights = w.initial_weights();
+    // One stretch: its examples drawn, the recent shares advanced by what it added.
+    let mut stretch = |weights: &[f64], examples: u64, seen: &mut Vec<f64>, recent: &mut Vec<f64>| {
+        let before = seen.clone();
+        draw(weights, examples, seen);
+        let chunk: Vec<f64> = seen.iter().zip(&before).map(|(a, b)| a - b).collect();
+        advance_recent(recent, &chunk, law.horizon);
+    };
     let steps = w.student_tokens.div_ceil(w.batch);
     // Examples in the first `s` steps (the last step may be short).
     let examples_to = |s: u64| (s * w.batch).min(w.student_tokens);
@@ -320,17 +419,17 @@ pub fn follow(
             let mut at = 0u64;
             while at < steps {
                 let next = (at + k).min(steps);
-                draw(&weights, examples_to(next) - examples_to(at), &mut seen);
+                stretch(&weights, examples_to(next) - examples_to(at), &mut seen, &mut recent);
                 if next.is_multiple_of(k) {
-                    let l = law.predict(&seen, pools);
+                    let l = law.predict(&seen, pools, &recent);
                     weights = ddk_update(&weights, &l, teacher_ce, alpha);
                 }
                 at = next;
             }
         }
-        _ => draw(&weights, w.student_tokens, &mut seen),
+        _ => stretch(&weights, w.student_tokens, &mut seen, &mut recent),
     }
-    Followed { seen, weights }
+    Followed { seen, recent, weights }
 }
 
 /// Most DDK updates a law-driven run follows (each evaluates the law on every domain).
@@ -406,7 +505,7 @@ impl Backend<Distillation> for GapLawBackend {
         p.check_for(w)?;
         check_updates(w)?;
         let f = follow(w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
-        Ok(outcome(w, p, p.law.predict(&f.seen, &p.pools()), f.weights))
+        Ok(outcome(w, p, p.law.predict(&f.seen, &p.pools(), &f.recent), f.weights))
     }
 }
 
@@ -422,6 +521,10 @@ mod tests {
             beta: 0.35,
             transfer: 0.3,
             rstar: 4.0,
+            interference: 0.02,
+            share_exp: 1.0,
+            share_eps: 0.05,
+            horizon: 1.0,
         }
     }
 
@@ -430,7 +533,12 @@ mod tests {
         let law = GapLaw::new(3);
         let p = GapLaw::pack(&truth());
         // Domain 2 with its pool reused (D > P) so every parameter, R* included, has a gradient.
-        let x = GapLaw::row(1, &[5000.0, 9000.0, 300.0], &[20000.0, 2000.0, 20000.0]);
+        let x = GapLaw::row(
+            1,
+            &[5000.0, 9000.0, 300.0],
+            &[20000.0, 2000.0, 20000.0],
+            &[0.3, 0.2, 0.1],
+        );
         let mut g = vec![0.0; p.len()];
         law.log_grad(&p, &x, &mut g);
         for j in 0..p.len() {
@@ -463,13 +571,15 @@ mod tests {
         let pool = [20000.0, 2000.0, 20000.0];
         let mut x = Vec::new();
         let mut y = Vec::new();
-        // Three schedules' trajectories (uniform and two skewed), 8 checkpoints each.
-        for w in [[1.0 / 3.0; 3], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3]] {
+        // Four schedules' trajectories (uniform and three skewed, one dropping a domain), 8 checkpoints each; the
+        // recent shares with a horizon of 6,000 examples.
+        for w in [[1.0 / 3.0; 3], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3], [0.0, 0.2, 0.8]] {
             for k in 1..=8 {
                 let seen: Vec<f64> = w.iter().map(|f| f * 3000.0 * k as f64).collect();
-                let l = t.predict(&seen, &pool);
+                let recent: Vec<f64> = w.iter().map(|f| f * (1.0 - (-0.5 * k as f64).exp())).collect();
+                let l = t.predict(&seen, &pool, &recent);
                 for (i, li) in l.iter().enumerate() {
-                    x.push(GapLaw::row(i, &seen, &pool));
+                    x.push(GapLaw::row(i, &seen, &pool, &recent));
                     y.push(*li);
                 }
             }
@@ -485,5 +595,22 @@ mod tests {
         assert!(r.gof.r2 > 0.999_99, "{:?}", r.gof);
         assert!((q.beta - t.beta).abs() < 0.02, "{q:?}");
         assert!((q.transfer - t.transfer).abs() < 0.02, "{q:?}");
+    }
+
+    #[test]
+    fn recent_shares_follow_the_stream() {
+        // A static mixture: m = w(1 − e^(−T/H)) whatever the chunking; a domain no longer drawn decays as e^(−T/H).
+        let mut m = vec![0.0; 2];
+        for _ in 0..10 {
+            advance_recent(&mut m, &[75.0, 25.0], 1000.0);
+        }
+        let rise = 1.0 - (-1.0f64).exp();
+        assert!(
+            (m[0] - 0.75 * rise).abs() < 1e-12 && (m[1] - 0.25 * rise).abs() < 1e-12,
+            "{m:?}"
+        );
+        advance_recent(&mut m, &[0.0, 2000.0], 1000.0);
+        assert!((m[0] - 0.75 * rise * (-2.0f64).exp()).abs() < 1e-12, "{m:?}");
+        assert!(m[1] > 0.8, "{m:?}");
     }
 }

@@ -48,7 +48,7 @@ pub fn replicate(w: &Distillation, p: &DistillProfile, seed: Seed) -> Followed {
 
 /// Mean and worst gap of a followed run.
 fn gaps(p: &DistillProfile, f: &Followed) -> (f64, f64, Vec<f64>) {
-    let l = p.law.predict(&f.seen, &p.pools());
+    let l = p.law.predict(&f.seen, &p.pools(), &f.recent);
     let g: Vec<f64> = l.iter().zip(&p.teacher_ce).map(|(a, b)| a - b).collect();
     let mean = g.iter().sum::<f64>() / g.len() as f64;
     let worst = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -200,6 +200,48 @@ pub fn search(
     Ok(out)
 }
 
+/// The ranking check of schedules: a pair of schedules is *resolvable* when their measured mean gaps (means over
+/// seeds) differ by more than `z` standard errors of the difference (`sqrt(sd_a²/n_a + sd_b²/n_b)`, sample standard
+/// deviations over seeds, unpaired); it is *ordered* when the predicted mean gaps put the two the same way round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RankCheck {
+    /// Pairs of schedules.
+    pub pairs: usize,
+    /// Pairs whose measured difference exceeds `z` standard errors.
+    pub resolvable: usize,
+    /// Resolvable pairs the prediction orders as measured.
+    pub ordered: usize,
+}
+
+/// [`RankCheck`] of `predicted` mean gaps against `measured` per-seed mean gaps (one list per schedule, two or more
+/// seeds each), threshold `z` standard errors.
+pub fn rank_check(predicted: &[f64], measured: &[Vec<f64>], z: f64) -> RankCheck {
+    let stat = |v: &[f64]| {
+        let n = v.len() as f64;
+        let m = v.iter().sum::<f64>() / n;
+        let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0).max(1.0);
+        (m, var / n)
+    };
+    let mut c = RankCheck {
+        pairs: 0,
+        resolvable: 0,
+        ordered: 0,
+    };
+    for a in 0..measured.len() {
+        for b in a + 1..measured.len() {
+            c.pairs += 1;
+            let ((ma, va), (mb, vb)) = (stat(&measured[a]), stat(&measured[b]));
+            if (ma - mb).abs() > z * (va + vb).sqrt() {
+                c.resolvable += 1;
+                if (predicted[a] - predicted[b]) * (ma - mb) > 0.0 {
+                    c.ordered += 1;
+                }
+            }
+        }
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,9 +281,25 @@ mod tests {
                 beta: 0.4,
                 transfer: 0.2,
                 rstar: 3.0,
+                interference: 0.0,
+                share_exp: 0.0,
+                share_eps: 1.0,
+                horizon: 1.0,
             },
             bootstrap: vec![],
         }
+    }
+
+    #[test]
+    fn rank_check_counts_only_resolvable_pairs() {
+        // a and b differ by far more than their spread; c overlaps b.
+        let m = vec![vec![1.0, 1.1, 0.9], vec![2.0, 2.1, 1.9], vec![2.05, 1.8, 2.3]];
+        let c = rank_check(&[0.5, 3.0, 1.0], &m, 2.0);
+        assert_eq!((c.pairs, c.resolvable), (3, 2));
+        // a < b and a < c measured; predicted a < b and a < c: both ordered (b vs c is not resolvable).
+        assert_eq!(c.ordered, 2);
+        let wrong = rank_check(&[3.5, 3.0, 1.0], &m, 2.0);
+        assert_eq!(wrong.ordered, 0);
     }
 
     #[test]
@@ -263,7 +321,7 @@ mod tests {
             w.schedule = s;
             let mc = monte_carlo(&w, &p, 200, Seed(3), &cancel).unwrap();
             let f = follow(&w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
-            let cf = p.law.predict(&f.seen, &p.pools());
+            let cf = p.law.predict(&f.seen, &p.pools(), &f.recent);
             for (a, b) in mc.student_ce.iter().zip(&cf) {
                 assert!((a - b).abs() < 1e-3, "{:?} vs {cf:?}", mc.student_ce);
             }
