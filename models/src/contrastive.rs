@@ -52,6 +52,12 @@ pub struct ContrastiveCost {
     /// model uses: narrow products reuse less of each loaded operand). 0 in profiles written before it was fitted.
     #[serde(default)]
     pub encoder_half_dim: f64,
+    /// Seconds per squared local batch added to the encoders: the stand-ins' inputs (`b × 512` fp32 per modality,
+    /// re-read by the forward and both backward products) outgrow the caches as `b` grows, so a sample's input costs
+    /// more at a larger batch (measured: the fixed per-sample part of the time is 13x larger at `b` = 4,096 than at
+    /// 2,048). A first-order term fitted on fit cases at batches 1,024 to 4,096; 0 in profiles written before it.
+    #[serde(default)]
+    pub encoder_s_per_batch_sq: f64,
     /// Fixed seconds per contrastive head (per queue, or once in-batch).
     pub logit_overhead_s: f64,
     /// Seconds per logit-GEMM FLOP.
@@ -104,6 +110,7 @@ impl ContrastiveCost {
         )?;
         check::positive(&format!("{path}.encoder_s_per_flop"), self.encoder_s_per_flop)?;
         check::non_negative(&format!("{path}.encoder_half_dim"), self.encoder_half_dim)?;
+        check::non_negative(&format!("{path}.encoder_s_per_batch_sq"), self.encoder_s_per_batch_sq)?;
         check::non_negative(&format!("{path}.logit_overhead_s"), self.logit_overhead_s)?;
         check::non_negative(&format!("{path}.logit_s_per_flop"), self.logit_s_per_flop)?;
         check::non_negative(
@@ -182,7 +189,8 @@ pub fn step_cost_with(w: &ContrastivePretrain, cost: Option<&ContrastiveCost>) -
     let (encoders_s, logits_s) = match cost {
         None => (encoder_flops / rate, logit_flops / rate),
         Some(c) => (
-            encoder_flops * c.encoder_s_per_flop * (1.0 + c.encoder_half_dim / w.embed_dim.max(1) as f64),
+            encoder_flops * c.encoder_s_per_flop * (1.0 + c.encoder_half_dim / w.embed_dim.max(1) as f64)
+                + c.encoder_s_per_batch_sq * b * b,
             heads * c.logit_overhead_s
                 + logit_flops * c.logit_s_per_flop
                 + logit_elements(w)

@@ -13,7 +13,7 @@
 //! EMA passes and decode stages on this CPU, timed by their on-CPU seconds (the time other processes hold the cores
 //! does not count), in interleaved passes (5, and up to 10 for a case until its two fastest agree within 3%), the
 //! fastest pass per case; decode seconds per frame and the parallel
-//! efficiency of extra workers, seconds per encoder FLOP, the logits' fixed, per-FLOP and per-element costs (least
+//! efficiency of extra workers, seconds per encoder FLOP (GEMM law in the width) plus a batch-squared input term, the logits' fixed, per-FLOP and per-element costs (least
 //! squares) and the EMA bandwidth are fitted on some batch sizes, widths, queues and worker counts and predicted on
 //! the others. The closed form and the simulator read the profile for workloads on the `cpu` device.
 use super::{Answering, KindDef, Opts};
@@ -456,18 +456,21 @@ fn fit(cases: &[Case], measured: &[Vec<(&'static str, f64)>]) -> ContrastiveCost
         .collect();
     let beta = nonneg_least_squares(&xw, &vec![1.0; y.len()]);
     let enc: Vec<_> = fit().filter(|(c, _)| c.stage == Stage::Encoders).collect();
-    // Seconds per FLOP = a·(1 + h/d): least squares of y/a on [1, 1/d] with relative weights (a and a·h kept
-    // non-negative), so the rate's dependence on the embedding width d comes from the fit cases' widths.
+    // Encoders: t = a·F + a·h·F/d + g·b² (seconds per FLOP a·(1 + h/d): the GEMM law's rate d/(d + h), plus the
+    // batch-squared input term), least squares with relative weights, every coefficient kept non-negative; the
+    // rate's dependence on the width d and on the batch b comes from the fit cases' widths and batches.
     let (ex, ey): (Vec<Vec<f64>>, Vec<f64>) = enc
         .iter()
         .map(|(c, m)| {
-            let per_flop = get(m, "time.encoders") / encoder_flops(&c.w);
-            (vec![1.0 / per_flop, 1.0 / (c.w.embed_dim as f64 * per_flop)], 1.0)
+            let (f, t) = (encoder_flops(&c.w), get(m, "time.encoders"));
+            let b = c.w.per_gpu_batch();
+            (vec![f / t, f / (c.w.embed_dim as f64 * t), b * b / t], 1.0)
         })
         .unzip();
     let ab = nonneg_least_squares(&ex, &ey);
     let encoder_s_per_flop = ab[0];
     let encoder_half_dim = if ab[0] > 0.0 { ab[1] / ab[0] } else { 0.0 };
+    let encoder_s_per_batch_sq = ab[2];
     let ema_bytes_per_s = median(
         enc.iter()
             .map(|(c, m)| 12.0 * (c.w.video_encoder.params + c.w.text_encoder.params) / get(m, "time.momentum"))
@@ -496,6 +499,7 @@ fn fit(cases: &[Case], measured: &[Vec<(&'static str, f64)>]) -> ContrastiveCost
         },
         encoder_s_per_flop,
         encoder_half_dim,
+        encoder_s_per_batch_sq,
         logit_overhead_s: beta[0],
         logit_s_per_flop: beta[1],
         logit_s_per_element_in_batch: beta[2],
@@ -654,12 +658,13 @@ impl Calibration for ContrastiveCalibration {
             format!("device: {device}"),
             format!(
                 "fitted: decode {:.3} ms/frame on one core (PNG 224x224 standing in for video), parallel efficiency \
-                 {:.2}; encoders {:.1} GFLOP/s at large width, half rate at width {:.0}; logits {:.2e} s + {:.1} GFLOP/s + {:.2} ns/element in-batch, {:.2} ns/element queue; EMA {:.1} \
+                 {:.2}; encoders {:.1} GFLOP/s at large width, half rate at width {:.0}, + {:.2e} s per squared batch; logits {:.2e} s + {:.1} GFLOP/s + {:.2} ns/element in-batch, {:.2} ns/element queue; EMA {:.1} \
                  GB/s",
                 1e3 * cost.decode_s_per_frame,
                 cost.decode_parallel_efficiency,
                 1e-9 / cost.encoder_s_per_flop,
                 cost.encoder_half_dim,
+                cost.encoder_s_per_batch_sq,
                 cost.logit_overhead_s,
                 if cost.logit_s_per_flop > 0.0 {
                     1e-9 / cost.logit_s_per_flop
