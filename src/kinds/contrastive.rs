@@ -714,9 +714,9 @@ mod tests {
     use super::*;
 
     /// The README's accuracy claim for the committed calibration, checked in CI: its parameters, put through today's
-    /// model, reproduce the profile's held-out predictions, with a held-out median error under 5% and a worst under
-    /// 35% (the committed run: 1.9% and 28.9%; the goal, every held-out row within 10%, is not met reliably:
-    /// repeated runs on this machine gave a worst of 8.4% to 30.8%).
+    /// model, reproduce the profile's held-out predictions, with a held-out median error under 5% and every held-out
+    /// row within 10% (the goal; the committed run: 1.4% and 9.8%, the other run of the same code 0.9% and
+    /// 8.8%; earlier fit grids and models gave worst rows of 8.0% to 30.8%, see the README).
     #[test]
     fn the_committed_calibration_reproduces_its_held_out_table_and_errors() {
         let text = include_str!("../../datasets/calibration/contrastive-cpu/profile-contrastive_pretrain-cpu.toml");
@@ -745,7 +745,7 @@ mod tests {
         );
         errors.sort_by(f64::total_cmp);
         let (median, worst) = (errors[errors.len() / 2], errors[errors.len() - 1]);
-        assert!(median < 0.05 && worst < 0.35, "held-out median {median}, worst {worst}");
+        assert!(median < 0.05 && worst < 0.10, "held-out median {median}, worst {worst}");
     }
 
     #[test]
