@@ -16,7 +16,7 @@
 use super::{KindDef, Opts};
 use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use std::sync::atomic::Ordering;
-use trainlab_core::workloads::distill::{Distillation, Schedule};
+use trainlab_core::workloads::distill::{Distillation, Phase, Schedule};
 use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Seed, Unit, Workload};
 use trainlab_executors::distill::{TracePoint, distill_traced};
 use trainlab_models::fit::{self, Dataset, FitConfig, Law};
@@ -46,6 +46,26 @@ fn describe_schedule(s: &Schedule) -> String {
         Schedule::Static(w) => format!(
             "static [{}]",
             w.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ")
+        ),
+        Schedule::Phased(p) => format!(
+            "phased {}",
+            p.iter()
+                .enumerate()
+                .map(|(i, ph)| format!(
+                    "[{}] {}",
+                    ph.weights
+                        .iter()
+                        .map(|x| format!("{x:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if i + 1 < p.len() {
+                        format!("for {} steps", ph.steps)
+                    } else {
+                        "to the end".to_string()
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(" then ")
         ),
         Schedule::Ddk { k, alpha } => format!("ddk k={k} alpha={alpha}"),
     }
@@ -121,15 +141,31 @@ impl CalPlan {
             w[at] = 1.0 - 0.03 * (n - 1) as f64;
             Schedule::Static(w)
         };
+        // Phased: uniform for the first third of the run, then 95% on one domain (1% on each other) to the end: fit
+        // data in which domains are learned and then starved for a long stretch, the regime the forgetting term
+        // models. The domain is chosen by position among those the unsmoothed DDK runs do not collapse onto (they
+        // collapse onto the first, `code`), so the fit is not handed the held-out trajectory.
+        let phased = |at: usize, steps: u64| {
+            let mut w = vec![0.01; n];
+            w[at] = 1.0 - 0.01 * (n - 1) as f64;
+            Schedule::Phased(vec![
+                Phase {
+                    steps: steps / 3,
+                    weights: vec![1.0 / n as f64; n],
+                },
+                Phase { steps: 1, weights: w },
+            ])
+        };
         base.schedule = Schedule::Uniform;
         Ok(if quick {
             base.teacher_tokens = 150_000;
             base.student_tokens = 40_000;
+            let steps = base.student_steps();
             CalPlan {
                 base,
                 setup_seed,
                 seeds: vec![1],
-                fit: vec![Schedule::Uniform, Schedule::Static(prop), skew(0)],
+                fit: vec![Schedule::Uniform, Schedule::Static(prop), skew(0), phased(n - 1, steps)],
                 held: vec![default.clone(), Schedule::Ddk { k: 25, alpha: 1.0 }],
                 default,
                 trace_every: 50,
@@ -140,6 +176,7 @@ impl CalPlan {
                 search: (vec![10, 25, 100], vec![0.0, 0.5, 1.0], 5),
             }
         } else {
+            let steps = base.student_steps();
             CalPlan {
                 base,
                 setup_seed,
@@ -154,6 +191,7 @@ impl CalPlan {
                             .skip(1),
                     )
                     .chain([skew(0), skew(n - 1)])
+                    .chain([phased(1, steps), phased(n - 1, steps)])
                     .collect(),
                 held: vec![
                     Schedule::Ddk { k: 5, alpha: 0.5 },
