@@ -16,7 +16,7 @@
 use super::{KindDef, Opts};
 use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use std::sync::atomic::Ordering;
-use trainlab_core::workloads::distill::{Distillation, Phase, Schedule};
+use trainlab_core::workloads::distill::{Distillation, Schedule};
 use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Seed, Unit, Workload};
 use trainlab_executors::distill::{TracePoint, distill_traced};
 use trainlab_models::fit::{self, Dataset, FitConfig, Law};
@@ -141,31 +141,21 @@ impl CalPlan {
             w[at] = 1.0 - 0.03 * (n - 1) as f64;
             Schedule::Static(w)
         };
-        // Phased: uniform for the first third of the run, then 95% on one domain (1% on each other) to the end: fit
-        // data in which domains are learned and then starved for a long stretch, the regime the forgetting term
-        // models. The domain is chosen by position among those the unsmoothed DDK runs do not collapse onto (they
-        // collapse onto the first, `code`), so the fit is not handed the held-out trajectory.
-        let phased = |at: usize, steps: u64| {
-            let mut w = vec![0.01; n];
-            w[at] = 1.0 - 0.01 * (n - 1) as f64;
-            Schedule::Phased(vec![
-                Phase {
-                    steps: steps / 3,
-                    weights: vec![1.0 / n as f64; n],
-                },
-                Phase { steps: 1, weights: w },
-            ])
-        };
+        // Not in the fit set: phased schedules (uniform for the first third, then one domain, `web` or `chat`, at 95%
+        // with 1% on each other, or at 99% with 0.2%; 70 runs each time) were tried so that domains learned and then
+        // starved are in the fit data. The starved domains' losses rose over uniform by up to 0.09 nats when `web`
+        // took the run, at most 0.04 when `chat` did, but the refit law predicted the held-out DDK runs worse (R^2
+        // 0.334 / 0.350 with alpha = 1 and 0.735 / 0.734 without, against 0.336 and 0.866 for the shipped fit set),
+        // so the shipped calibration keeps the plan below (see the README).
         base.schedule = Schedule::Uniform;
         Ok(if quick {
             base.teacher_tokens = 150_000;
             base.student_tokens = 40_000;
-            let steps = base.student_steps();
             CalPlan {
                 base,
                 setup_seed,
                 seeds: vec![1],
-                fit: vec![Schedule::Uniform, Schedule::Static(prop), skew(0), phased(n - 1, steps)],
+                fit: vec![Schedule::Uniform, Schedule::Static(prop), skew(0)],
                 held: vec![default.clone(), Schedule::Ddk { k: 25, alpha: 1.0 }],
                 default,
                 trace_every: 50,
@@ -176,7 +166,6 @@ impl CalPlan {
                 search: (vec![10, 25, 100], vec![0.0, 0.5, 1.0], 5),
             }
         } else {
-            let steps = base.student_steps();
             CalPlan {
                 base,
                 setup_seed,
@@ -191,7 +180,6 @@ impl CalPlan {
                             .skip(1),
                     )
                     .chain([skew(0), skew(n - 1)])
-                    .chain([phased(1, steps), phased(n - 1, steps)])
                     .collect(),
                 held: vec![
                     Schedule::Ddk { k: 5, alpha: 0.5 },
