@@ -1,5 +1,5 @@
 //! The `distillation` kind (DDK): a teacher distilled into a student over several domains under a domain-sampling
-//! schedule (uniform, static weights, or DDK's perplexity-guided sampling).
+//! schedule (uniform, static weights, static weights per phase (`phased`), or DDK's perplexity-guided sampling).
 //!
 //! Backends: the closed-form compute cost (`cost_model`); the gap law fitted to real runs, followed along the
 //! schedule's expected counts (`gap_law`); the DDK control loop run on that law with Monte Carlo over domain sampling
