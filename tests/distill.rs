@@ -270,6 +270,21 @@ fn a_profile_of_another_setup_is_refused_and_bad_schedules_exit_2() {
             "schedule.static",
         ),
         (
+            "{ ddk = { k = 25, alpha = 0.5 } }",
+            "{ phased = [] }",
+            "schedule.phased",
+        ),
+        (
+            "{ ddk = { k = 25, alpha = 0.5 } }",
+            "{ phased = [{ steps = 0, weights = [0.5, 0.5, 0, 0, 0, 0] }, { steps = 1, weights = [0, 0, 0, 0, 0, 1] }] }",
+            "schedule.phased[0].steps",
+        ),
+        (
+            "{ ddk = { k = 25, alpha = 0.5 } }",
+            "{ phased = [{ steps = 9, weights = [0.5, 0.5, 0, 0, 0, 0] }, { steps = 1, weights = [0, 0, 0, 0, 0.5, 1] }] }",
+            "schedule.phased[1].weights",
+        ),
+        (
             "tokens = 3000, zipf = 1.0",
             "tokens = 0, zipf = 1.0",
             "domains[3].tokens",
@@ -287,6 +302,26 @@ fn a_profile_of_another_setup_is_refused_and_bad_schedules_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{to}: {err}");
         assert!(err.contains(field), "{to}: {err}");
     }
+    // A valid phased schedule parses and runs; the cost model reports the last phase's weights.
+    let f = dir.join("phased.toml");
+    let good =
+        "{ phased = [{ steps = 500, weights = [0.5, 0.5, 0, 0, 0, 0] }, { steps = 1, weights = [0, 0, 0, 0, 0, 1] }] }";
+    std::fs::write(&f, base.replacen("{ ddk = { k = 25, alpha = 0.5 } }", good, 1)).unwrap();
+    let o = bin()
+        .args(["run", f.to_str().unwrap(), "--backend", "cost_model", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let weight = |d: &str| {
+        v["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == format!("weight.{d}"))
+            .and_then(|m| m["value"].as_f64())
+    };
+    assert_eq!((weight("chat"), weight("code")), (Some(1.0), Some(0.0)));
     let _ = Distillation::KIND;
 }
 

@@ -246,6 +246,7 @@ pub fn distill_traced(
     let seen = std::cell::RefCell::new(vec![0.0f64; n]);
     let mut trace = Vec::new();
     let total_steps = w.student_tokens.div_ceil(w.batch);
+    let stretches = w.stretches().unwrap_or_default();
     let (student_flops, soft_flops) = train(
         &mut student,
         &l,
@@ -259,6 +260,10 @@ pub fn distill_traced(
             }
         },
         &mut |step, m| {
+            // A phased schedule's next phase starts after its first step's worth of steps.
+            if let Some((_, next)) = stretches.iter().find(|(from, _)| *from == step) {
+                **weights_cell.borrow_mut() = next.clone();
+            }
             if let Schedule::Ddk { k, alpha } = w.schedule
                 && step % k == 0
             {
@@ -423,6 +428,34 @@ mod tests {
         // Same seed, same bytes.
         let again = distill(&run(Schedule::Ddk { k: 25, alpha: 0.5 }), Seed(3), &cancel).unwrap();
         assert_eq!(again.student_ce.unwrap(), s);
+    }
+
+    #[test]
+    fn phased_schedule_switches_weights_at_the_phase_boundary() {
+        use trainlab_core::workloads::distill::Phase;
+        let cancel = AtomicBool::new(false);
+        let mut w = run(Schedule::Phased(vec![
+            Phase {
+                steps: 40,
+                weights: vec![1.0 / 3.0; 3],
+            },
+            Phase {
+                steps: 1,
+                weights: vec![0.0, 0.0, 1.0],
+            },
+        ]));
+        w.student_tokens = 6_400; // 100 steps
+        w.teacher_tokens = 6_400;
+        let (o, trace) = distill_traced(&w, Seed(2), Seed(2), &cancel, Some(10)).unwrap();
+        assert_eq!(o.weights, Some(vec![0.0, 0.0, 1.0]));
+        let at = |s: u64| trace.iter().find(|p| p.step == s).unwrap();
+        // Up to step 40 every domain is drawn; after it only the last, so the first two counts stop growing.
+        assert_eq!(at(30).weights, vec![1.0 / 3.0; 3]);
+        assert_eq!(at(40).weights, vec![0.0, 0.0, 1.0]);
+        let (s40, s100) = (&at(40).seen, &at(100).seen);
+        assert!(s40.iter().all(|x| *x > 500.0), "{s40:?}");
+        assert_eq!((s40[0], s40[1]), (s100[0], s100[1]));
+        assert_eq!(s100[2] - s40[2], 60.0 * 64.0);
     }
 
     #[test]

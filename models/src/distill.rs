@@ -60,10 +60,7 @@ impl Backend<Distillation> for DistillCost {
             domains: w.domains.iter().map(|d| d.name.clone()).collect(),
             student_ce: None,
             teacher_ce: None,
-            weights: match &w.schedule {
-                Schedule::Ddk { .. } => None,
-                _ => Some(w.initial_weights()),
-            },
+            weights: w.final_weights(),
             flops: flops(w),
             gap_ci: None,
             at_scale: w.at_scale.as_ref().map(|a| a.cost()),

@@ -392,7 +392,8 @@ pub type Draw<'a> = dyn FnMut(&[f64], u64, &mut [f64]) + 'a;
 /// Follows `w`'s schedule on the law, `draw(weights, examples, seen)` adding each chunk's examples to `seen`: the
 /// expected counts for the closed form ([`expected_chunk`]), a multinomial draw for the simulator. Under `ddk` the
 /// weights are updated every `k` steps from the law's losses at that point (Eq. 1–2, the same arithmetic as the
-/// real run); chunks are the stretches between updates (the weights are constant inside one).
+/// real run); chunks are the stretches between updates (the weights are constant inside one). Under `phased` the
+/// chunks are the phases.
 pub fn follow(
     w: &Distillation,
     law: &GapLawParams,
@@ -427,7 +428,15 @@ pub fn follow(
                 at = next;
             }
         }
-        _ => stretch(&weights, w.student_tokens, &mut seen, &mut recent),
+        _ => {
+            // Open loop: the schedule's stretches (one for uniform and static weights), each at its own weights.
+            let st = w.stretches().unwrap_or_default();
+            for (j, (from, wts)) in st.iter().enumerate() {
+                let to = st.get(j + 1).map_or(steps, |(s, _)| *s).min(steps);
+                stretch(wts, examples_to(to) - examples_to(*from), &mut seen, &mut recent);
+                weights.clone_from(wts);
+            }
+        }
     }
     Followed { seen, recent, weights }
 }

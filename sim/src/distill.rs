@@ -245,8 +245,8 @@ pub fn rank_check(predicted: &[f64], measured: &[Vec<f64>], z: f64) -> RankCheck
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trainlab_core::workloads::distill::DomainSpec;
-    use trainlab_models::gaplaw::{GapLawParams, expected_chunk};
+    use trainlab_core::workloads::distill::{DomainSpec, Phase};
+    use trainlab_models::gaplaw::{GapLawParams, advance_recent, expected_chunk};
 
     fn profile() -> DistillProfile {
         let d = |name: &str, tokens: u64, zipf: f64| DomainSpec {
@@ -312,11 +312,64 @@ mod tests {
     }
 
     #[test]
+    fn phased_schedule_follows_its_phases() {
+        // 30,000 examples in batches of 64 (469 steps, the last short): 100 uniform steps (6,400 examples), then
+        // 23,600 at (0.8, 0.1, 0.1). The closed form's counts and recent shares are those two chunks.
+        let mut p = profile();
+        p.law.horizon = 10_000.0;
+        let mut w = p.setup.clone();
+        let last = vec![0.8, 0.1, 0.1];
+        w.schedule = Schedule::Phased(vec![
+            Phase {
+                steps: 100,
+                weights: vec![1.0 / 3.0; 3],
+            },
+            Phase {
+                steps: 5,
+                weights: last.clone(),
+            },
+        ]);
+        let f = follow(&w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
+        let first = [6400.0 / 3.0; 3];
+        let second: Vec<f64> = last.iter().map(|x| x * 23_600.0).collect();
+        for i in 0..3 {
+            assert!((f.seen[i] - (first[i] + second[i])).abs() < 1e-6, "{:?}", f.seen);
+        }
+        let mut m = vec![0.0; 3];
+        advance_recent(&mut m, &first, 10_000.0);
+        advance_recent(&mut m, &second, 10_000.0);
+        for i in 0..3 {
+            assert!((f.recent[i] - m[i]).abs() < 1e-12, "{:?} vs {m:?}", f.recent);
+        }
+        assert_eq!(f.weights, last);
+        // Starving b and c after the uniform phase: their recent shares fall below what uniform weights leave.
+        let mut u = w.clone();
+        u.schedule = Schedule::Uniform;
+        let fu = follow(&u, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
+        assert!(
+            f.recent[1] < fu.recent[1] && f.recent[0] > fu.recent[0],
+            "{:?} {:?}",
+            f.recent,
+            fu.recent
+        );
+    }
+
+    #[test]
     fn static_schedules_average_to_the_closed_form() {
         // Uniform and static: the mean over replications converges to the law at the expected counts.
         let p = profile();
         let cancel = AtomicBool::new(false);
-        for s in [Schedule::Uniform, Schedule::Static(vec![0.5, 0.3, 0.2])] {
+        let phased = Schedule::Phased(vec![
+            Phase {
+                steps: 100,
+                weights: vec![1.0 / 3.0; 3],
+            },
+            Phase {
+                steps: 1,
+                weights: vec![0.8, 0.1, 0.1],
+            },
+        ]);
+        for s in [Schedule::Uniform, Schedule::Static(vec![0.5, 0.3, 0.2]), phased] {
             let mut w = p.setup.clone();
             w.schedule = s;
             let mc = monte_carlo(&w, &p, 200, Seed(3), &cancel).unwrap();

@@ -1,5 +1,5 @@
 //! The `distillation` kind (DDK): a teacher distilled into a student over several domains under a domain-sampling
-//! schedule (uniform, static weights, or DDK's perplexity-guided sampling).
+//! schedule (uniform, static weights, static weights per phase (`phased`), or DDK's perplexity-guided sampling).
 //!
 //! Backends: the closed-form compute cost (`cost_model`); the gap law fitted to real runs, followed along the
 //! schedule's expected counts (`gap_law`); the DDK control loop run on that law with Monte Carlo over domain sampling
@@ -46,6 +46,26 @@ fn describe_schedule(s: &Schedule) -> String {
         Schedule::Static(w) => format!(
             "static [{}]",
             w.iter().map(|x| format!("{x:.3}")).collect::<Vec<_>>().join(", ")
+        ),
+        Schedule::Phased(p) => format!(
+            "phased {}",
+            p.iter()
+                .enumerate()
+                .map(|(i, ph)| format!(
+                    "[{}] {}",
+                    ph.weights
+                        .iter()
+                        .map(|x| format!("{x:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if i + 1 < p.len() {
+                        format!("for {} steps", ph.steps)
+                    } else {
+                        "to the end".to_string()
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(" then ")
         ),
         Schedule::Ddk { k, alpha } => format!("ddk k={k} alpha={alpha}"),
     }
@@ -121,6 +141,12 @@ impl CalPlan {
             w[at] = 1.0 - 0.03 * (n - 1) as f64;
             Schedule::Static(w)
         };
+        // Not in the fit set: phased schedules (uniform for the first third, then one domain, `web` or `chat`, at 95%
+        // with 1% on each other, or at 99% with 0.2%; 70 runs each time) were tried so that domains learned and then
+        // starved are in the fit data. The starved domains' losses rose over uniform by up to 0.09 nats when `web`
+        // took the run, at most 0.04 when `chat` did, but the refit law predicted the held-out DDK runs worse (R^2
+        // 0.334 / 0.350 with alpha = 1 and 0.735 / 0.734 without, against 0.336 and 0.866 for the shipped fit set),
+        // so the shipped calibration keeps the plan below (see the README).
         base.schedule = Schedule::Uniform;
         Ok(if quick {
             base.teacher_tokens = 150_000;

@@ -8,6 +8,8 @@
 //! (teacher ‖ student at temperature τ; DDK: γ = 0.2, τ = 1) with domains sampled by the schedule:
 //! - `uniform`: every domain 1/N;
 //! - `static`: fixed weights;
+//! - `phased`: fixed weights per phase of a given number of steps, the last phase to the end (an open-loop schedule
+//!   whose weights change over time, e.g. a domain learned and then starved);
 //! - `ddk`: every `k` steps the per-domain validation perplexities of both models give the discrepancy factor
 //!   (Eq. 1, [`ddk_factor`]), smoothed with the previous weights (Eq. 2, [`ddk_update`]).
 //!
@@ -37,6 +39,8 @@ pub enum Schedule {
     Uniform,
     /// Fixed probabilities, one per domain, summing to 1.
     Static(Vec<f64>),
+    /// Fixed probabilities per phase, the phases in order; the last phase runs to the end of the run.
+    Phased(Vec<Phase>),
     /// DDK: re-weight every `k` student steps from the per-domain perplexity ratio, smoothed by `alpha`.
     Ddk {
         /// Student steps between updates (the distillation interval).
@@ -44,6 +48,16 @@ pub enum Schedule {
         /// Smoothing coefficient α of Eq. 2 (DDK: 0.5); every domain keeps at least (1 − α)/N.
         alpha: f64,
     },
+}
+
+/// One phase of a [`Schedule::Phased`] schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Phase {
+    /// Student steps the phase lasts (the last phase lasts to the end of the run whatever this says).
+    pub steps: u64,
+    /// Sampling probabilities during the phase, one per domain, summing to 1.
+    pub weights: Vec<f64>,
 }
 
 /// A distillation run.
@@ -242,9 +256,68 @@ impl Distillation {
         let n = self.domains.len();
         match &self.schedule {
             Schedule::Static(w) => w.clone(),
-            Schedule::Uniform | Schedule::Ddk { .. } => vec![1.0 / n as f64; n],
+            Schedule::Phased(p) if !p.is_empty() => p[0].weights.clone(),
+            Schedule::Uniform | Schedule::Phased(_) | Schedule::Ddk { .. } => vec![1.0 / n as f64; n],
         }
     }
+
+    /// Student steps of the run (the last one may be short).
+    pub fn student_steps(&self) -> u64 {
+        self.student_tokens.div_ceil(self.batch)
+    }
+
+    /// An open-loop schedule as stretches `(first step, weights)`: the weights in force from that many steps done
+    /// until the next stretch's first step (the last to the end of the run); stretches starting at or after the run's
+    /// last step are dropped. `None` for DDK, whose weights depend on the run.
+    pub fn stretches(&self) -> Option<Vec<(u64, Vec<f64>)>> {
+        match &self.schedule {
+            Schedule::Ddk { .. } => None,
+            Schedule::Phased(p) => {
+                let steps = self.student_steps();
+                let mut out = Vec::with_capacity(p.len());
+                let mut at = 0u64;
+                for ph in p {
+                    if at >= steps && !out.is_empty() {
+                        break;
+                    }
+                    out.push((at, ph.weights.clone()));
+                    at = at.saturating_add(ph.steps);
+                }
+                Some(out)
+            }
+            _ => Some(vec![(0, self.initial_weights())]),
+        }
+    }
+
+    /// The weights in force at the end of an open-loop schedule (`None` for DDK).
+    pub fn final_weights(&self) -> Option<Vec<f64>> {
+        self.stretches().and_then(|s| s.last().map(|(_, w)| w.clone()))
+    }
+}
+
+/// Checks that `w` holds `n` probabilities summing to 1, naming `field`.
+fn check_weights(field: &str, w: &[f64], n: usize) -> Result<(), Error> {
+    if w.len() != n {
+        return Err(Error::invalid(
+            field,
+            format!("{} weights", w.len()),
+            format!("one weight per domain ({n})"),
+            format!("give {n} weights summing to 1"),
+        ));
+    }
+    for (i, x) in w.iter().enumerate() {
+        check::in_range(&format!("{field}[{i}]"), *x, 0.0, 1.0)?;
+    }
+    let s: f64 = w.iter().sum();
+    if (s - 1.0).abs() > 1e-6 {
+        return Err(Error::invalid(
+            field,
+            format!("{w:?}"),
+            format!("the weights sum to {s}, not 1"),
+            "give sampling probabilities that sum to 1",
+        ));
+    }
+    Ok(())
 }
 
 impl Workload for Distillation {
@@ -268,26 +341,21 @@ impl Workload for Distillation {
         }
         match &self.schedule {
             Schedule::Uniform => {}
-            Schedule::Static(w) => {
-                if w.len() != n {
+            Schedule::Static(w) => check_weights("workload.schedule.static", w, n)?,
+            Schedule::Phased(p) => {
+                if p.is_empty() {
                     return Err(Error::invalid(
-                        "workload.schedule.static",
-                        format!("{} weights", w.len()),
-                        format!("one weight per domain ({n})"),
-                        format!("give {n} weights summing to 1"),
+                        "workload.schedule.phased",
+                        "no phases",
+                        "at least one phase",
+                        "give [[workload.schedule.phased]] tables with steps and weights",
                     ));
                 }
-                for (i, x) in w.iter().enumerate() {
-                    check::in_range(&format!("workload.schedule.static[{i}]"), *x, 0.0, 1.0)?;
-                }
-                let s: f64 = w.iter().sum();
-                if (s - 1.0).abs() > 1e-6 {
-                    return Err(Error::invalid(
-                        "workload.schedule.static",
-                        format!("{w:?}"),
-                        format!("the weights sum to {s}, not 1"),
-                        "give sampling probabilities that sum to 1",
-                    ));
+                for (i, ph) in p.iter().enumerate() {
+                    let f = |x: &str| format!("workload.schedule.phased[{i}].{x}");
+                    check::at_least(&f("steps"), ph.steps, 1)?;
+                    check::at_most(&f("steps"), ph.steps, MAX_TOKENS, "longer than any run")?;
+                    check_weights(&f("weights"), &ph.weights, n)?;
                 }
             }
             Schedule::Ddk { k, alpha } => {
@@ -544,6 +612,32 @@ mod tests {
     }
 
     #[test]
+    fn phased_stretches() {
+        // 10_000 tokens in batches of 64: 157 steps. Phases of 50 and 200 steps, then a third never reached.
+        let mut w = run();
+        let (a, b, c) = (vec![0.2, 0.4, 0.4], vec![0.9, 0.05, 0.05], vec![0.0, 0.0, 1.0]);
+        w.schedule = Schedule::Phased(vec![
+            Phase {
+                steps: 50,
+                weights: a.clone(),
+            },
+            Phase {
+                steps: 200,
+                weights: b.clone(),
+            },
+            Phase { steps: 5, weights: c },
+        ]);
+        assert_eq!(w.student_steps(), 157);
+        assert_eq!(w.stretches(), Some(vec![(0, a.clone()), (50, b.clone())]));
+        assert_eq!(w.initial_weights(), a);
+        assert_eq!(w.final_weights(), Some(b));
+        w.schedule = Schedule::Static(vec![0.5, 0.25, 0.25]);
+        assert_eq!(w.stretches(), Some(vec![(0, vec![0.5, 0.25, 0.25])]));
+        w.schedule = Schedule::Ddk { k: 5, alpha: 0.5 };
+        assert_eq!(w.stretches(), None);
+    }
+
+    #[test]
     fn validation_names_the_field() {
         assert!(run().validate().is_ok());
         let e = |w: Distillation| w.validate().unwrap_err().to_string();
@@ -553,6 +647,19 @@ mod tests {
         let mut w = run();
         w.schedule = Schedule::Ddk { k: 0, alpha: 0.5 };
         assert!(e(w).contains("workload.schedule.ddk.k"));
+        let ph = |steps: u64, weights: Vec<f64>| Phase { steps, weights };
+        let mut w = run();
+        w.schedule = Schedule::Phased(vec![]);
+        assert!(e(w).contains("workload.schedule.phased"));
+        let mut w = run();
+        w.schedule = Schedule::Phased(vec![ph(10, vec![0.2, 0.4, 0.4]), ph(0, vec![0.2, 0.4, 0.4])]);
+        assert!(e(w).contains("workload.schedule.phased[1].steps"));
+        let mut w = run();
+        w.schedule = Schedule::Phased(vec![ph(10, vec![0.2, 0.4, 0.4]), ph(5, vec![0.9, 0.05, 0.1])]);
+        assert!(e(w).contains("workload.schedule.phased[1].weights"));
+        let mut w = run();
+        w.schedule = Schedule::Phased(vec![ph(10, vec![0.2, 0.4, 0.4]), ph(5, vec![0.9, 0.05, 0.05])]);
+        assert!(w.validate().is_ok());
         let mut w = run();
         w.schedule = Schedule::Ddk { k: 5, alpha: 1.5 };
         assert!(e(w).contains("workload.schedule.ddk.alpha"));
