@@ -248,7 +248,7 @@ fn cases(quick: bool) -> Vec<Case> {
             cpu_workload(1024 / s, 64, Some((4096 / s, 1)), 1, 1),
             false,
         ),
-        // Two larger fit heads (9.4M and 26M logit elements, far outside the 4 MiB L2), so the held-out sizes below
+        // Two larger fit heads (9.4M and 26M logit elements, 38 and 105 MB in fp32: far beyond the 2 MiB L2 per core), so the held-out sizes below
         // are inside the fitted range: fitted only on matrices up to 5M elements, the 17.8M-element held-out queue
         // head was predicted -15% in one run, +7% in another (the per-element cost is a memory cost there).
         c(Stage::Head, cpu_workload(3072 / s, 96, None, 1, 1), false),
@@ -551,8 +551,8 @@ impl Calibration for ContrastiveCalibration {
         // the work's on-CPU seconds, see `executors::contrastive`): what other processes on a shared machine still
         // cause (evicted caches, shared memory bandwidth) only adds time, and interleaving spreads it over every case
         // alike instead of a few. After `passes` passes, a case whose two fastest passes still differ by more than
-        // `CONVERGED` is measured again (up to `max_passes`): on a loaded machine five passes left the fastest of a
-        // memory-bound head 10% away from where more passes put it. The spread over the passes is reported, to tell
+        // `CONVERGED` is measured again (up to `max_passes`): on a loaded machine the fastest of five passes of one
+        // memory-bound head moved by 20% between runs (predicted -15% in one, +7% in another). The spread over the passes is reported, to tell
         // noise from model error.
         const CONVERGED: f64 = 0.03;
         let converged = |r: &[Vec<(&'static str, f64)>]| {
