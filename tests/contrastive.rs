@@ -4,30 +4,12 @@
 mod common;
 use common::*;
 
-fn metric(stdout: &[u8], name: &str) -> f64 {
-    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
-    v["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m["value"].as_f64())
-        .unwrap_or_else(|| panic!("{name} in {v}"))
-}
-
-/// The tests of this binary run one at a time: the quick calibration times real CPU runs, and another test's work on
-/// the same two cores would be timed with them.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[test]
 fn clip_vit_l14_budget_is_within_a_quarter_of_the_published_days() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let o = run(bin().args(["run", "clip-vit-l14", "--backend", "analytical", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
-    let days = metric(&o.stdout, "days");
+    let days = json_metric(&o.stdout, "days");
     // Published: 12 days on 256 V100s (with the scenario's assumed utilisation of 0.2; see its comment).
     println!(
         "CLIP ViT-L/14: {days:.2} days (published 12), error {:+.1}%",
@@ -35,15 +17,15 @@ fn clip_vit_l14_budget_is_within_a_quarter_of_the_published_days() {
     );
     assert!((days - 12.0).abs() / 12.0 < 0.25, "{days}");
     // B x B fp32 logits at B = 32,768: 4.29 GB.
-    assert_eq!(metric(&o.stdout, "memory.logits"), 32_768.0 * 32_768.0 * 4.0);
+    assert_eq!(json_metric(&o.stdout, "memory.logits"), 32_768.0 * 32_768.0 * 4.0);
 }
 
 #[test]
 fn clip_rn50x64_budget_is_within_a_quarter_of_the_published_days() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let o = run(bin().args(["run", "clip-rn50x64", "--backend", "analytical", "--json"]));
     assert!(o.status.success(), "{}", stderr(&o));
-    let days = metric(&o.stdout, "days");
+    let days = json_metric(&o.stdout, "days");
     // Published: 18 days on 592 V100s (CLIP §2.5), with the ViT-L/14 scenario's utilisation, not re-tuned.
     println!(
         "CLIP RN50x64: {days:.2} days (published 18), error {:+.1}%",
@@ -54,7 +36,7 @@ fn clip_rn50x64_budget_is_within_a_quarter_of_the_published_days() {
 
 #[test]
 fn clip4clip_style_video_is_loader_bound_and_says_how_many_cores_fix_it() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let get = |backend: &str, extra: &[&str]| {
         let o = run(bin()
             .args(["run", "clip4clip-8gpu", "--backend", backend, "--json"])
@@ -64,21 +46,21 @@ fn clip4clip_style_video_is_loader_bound_and_says_how_many_cores_fix_it() {
     };
     let cf = get("analytical", &[]);
     let des = get("pipeline_des", &[]);
-    let needed = metric(&cf, "cores_per_gpu_needed");
+    let needed = json_metric(&cf, "cores_per_gpu_needed");
     println!(
         "CLIP4Clip-style: closed form step {:.3} s, loader-bound {}, cores needed {needed:.2}; simulated step {:.3} s, \
          GPU idle {:.1}%",
-        metric(&cf, "step_time"),
-        metric(&cf, "loader_bound"),
-        metric(&des, "step_time"),
-        100.0 * metric(&des, "gpu_idle_fraction")
+        json_metric(&cf, "step_time"),
+        json_metric(&cf, "loader_bound"),
+        json_metric(&des, "step_time"),
+        100.0 * json_metric(&des, "gpu_idle_fraction")
     );
     // 4 cores per GPU are too few: both the closed form and the simulator say the step waits for the loader.
-    assert_eq!(metric(&cf, "loader_bound"), 1.0);
-    assert_eq!(metric(&des, "loader_bound"), 1.0);
+    assert_eq!(json_metric(&cf, "loader_bound"), 1.0);
+    assert_eq!(json_metric(&des, "loader_bound"), 1.0);
     assert!(needed > 4.0 && needed < 64.0, "{needed}");
     // Slow clips make the simulated step slower than the closed form's mean.
-    assert!(metric(&des, "step_time") >= metric(&cf, "step_time") * (1.0 - 1e-3));
+    assert!(json_metric(&des, "step_time") >= json_metric(&cf, "step_time") * (1.0 - 1e-3));
     // With the cores the closed form asks for, it is no longer loader-bound there.
     let base =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/clip4clip-8gpu.toml"))
@@ -90,12 +72,12 @@ fn clip4clip_style_video_is_loader_bound_and_says_how_many_cores_fix_it() {
     let p = scenario_file("clip4clip-more-cores", &more);
     let o = run(bin().args(["run", "--backend", "analytical", "--json"]).arg(&p));
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(metric(&o.stdout, "loader_bound"), 0.0);
+    assert_eq!(json_metric(&o.stdout, "loader_bound"), 0.0);
 }
 
 #[test]
 fn bad_contrastive_input_exits_2_with_the_field() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let base =
         std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/victor-h100.toml"))
             .unwrap();
@@ -126,7 +108,7 @@ fn bad_contrastive_input_exits_2_with_the_field() {
 
 #[test]
 fn the_calibrated_profile_is_read_for_cpu_workloads_and_beats_the_guess_on_another_run() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let d = tmpdir("contrastive-cal");
     let o = run(bin()
         .args([
@@ -150,7 +132,7 @@ fn the_calibrated_profile_is_read_for_cpu_workloads_and_beats_the_guess_on_anoth
         }
         let o = run(&mut c);
         assert!(o.status.success(), "{}", stderr(&o));
-        metric(&o.stdout, "time.logits")
+        json_metric(&o.stdout, "time.logits")
     };
     assert_eq!(step("victor-h100", false), step("victor-h100", true));
     // On a run that was not a calibration case, the calibrated head time is closer to the measured one than the

@@ -159,14 +159,7 @@ fn network_flow_times_dense_training_and_is_refused_where_unused() {
 fn metric(args: &[&str], name: &str) -> f64 {
     let o = bin().args(args).args(["--json"]).output().unwrap();
     assert!(o.status.success(), "{args:?}: {}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .and_then(|m| m["value"].as_f64())
-        .unwrap_or_else(|| panic!("{args:?}: no {name}"))
+    json_metric(&o.stdout, name)
 }
 
 #[test]

@@ -8,14 +8,6 @@ use trainlab::study;
 use trainlab_core::{Fidelity, RunCtx, Seed};
 use trainlab_datasets::scenario::{EMBEDDED, parse};
 
-/// The tests that time real runs (a quick calibration, then a measured answer compared with it) or run heavy real
-/// work (the CPT runs) take this lock, so they do not time each other: run side by side on two cores, one measured the other's load (the MoE layer's quick
-/// calibration came out 2x slow against its own later measurement in a loaded `.ci/run`).
-fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
 fn table_is_consistent() {
     let mut seen = std::collections::HashSet::new();

@@ -4,20 +4,13 @@ mod common;
 use common::*;
 use std::path::PathBuf;
 
-/// The tests of this binary run one at a time: the quick calibration times real CPU steps, and another test's work
-/// on the same two cores would be timed with them.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn base() -> String {
     std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/picasso-wdl.toml")).unwrap()
 }
 
 #[test]
 fn bad_recsys_input_exits_2_with_the_field_path() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let b = base();
     // The scenario without its field groups (everything from the first [[workload.fields]] on).
     let no_fields = {
@@ -87,7 +80,7 @@ fn bad_recsys_input_exits_2_with_the_field_path() {
 
 #[test]
 fn picasso_scenario_compares_and_the_ablation_study_runs() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let o = bin().args(["compare", "picasso-wdl", "--json"]).output().unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout);
@@ -147,7 +140,7 @@ fn field_shapes(w: &RecsysStep) -> Vec<(u64, u64, u64, f64, bool)> {
 
 #[test]
 fn embedding_bag_matches_a_naive_loop() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let w = small(false, 1, 1);
     let seed = Seed(5);
     let mut st = CpuStep::new(&w, seed, 1).unwrap();
@@ -188,7 +181,7 @@ fn embedding_bag_matches_a_naive_loop() {
 /// never more than its wall time (plus the clock reads), with one stream and with two; the stage sums are scaled to it.
 #[test]
 fn dedicated_step_time_is_on_cpu_time_within_the_wall_time() {
-    let _serial = serial();
+    let _serial = timing_lock();
     for (m, s) in [(1, 1), (2, 2)] {
         let w = small(false, m, s);
         let mut st = CpuStep::new(&w, Seed(3), 2).unwrap();
@@ -203,7 +196,7 @@ fn dedicated_step_time_is_on_cpu_time_within_the_wall_time() {
 
 #[test]
 fn packed_and_interleaved_steps_compute_what_separate_ops_do() {
-    let _serial = serial();
+    let _serial = timing_lock();
     for policy in [CachePolicy::StaticTopk, CachePolicy::Lru, CachePolicy::Lfu] {
         steps_agree_across_packing_and_streams(policy);
     }
@@ -251,7 +244,7 @@ fn steps_agree_across_packing_and_streams(policy: CachePolicy) {
 
 #[test]
 fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let mut w = cpu_step(4, false, 0.05, 1, 1);
     w.fields[0].rows = 1000;
     w.fields[0].ids_per_sample = 3;
@@ -277,7 +270,7 @@ fn measured_hit_rate_equals_the_cache_simulator_on_the_same_ids() {
 
 #[test]
 fn lru_and_lfu_measured_hits_equal_the_cache_simulator_on_the_same_ids() {
-    let _serial = serial();
+    let _serial = timing_lock();
     for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
         let mut w = cpu_step(4, false, 0.05, 2, 1);
         w.cache.policy = policy;
@@ -320,7 +313,7 @@ fn lru_and_lfu_measured_hits_equal_the_cache_simulator_on_the_same_ids() {
 #[test]
 #[ignore = "a timing figure: run on a quiet machine with --ignored"]
 fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let tiny = |packing| {
         let mut w = cpu_step(1000, packing, 0.0, 1, 1);
         w.fields[0].rows = 100;
@@ -344,7 +337,7 @@ fn packing_1000_tiny_fields_is_faster_than_separate_ops() {
 
 #[test]
 fn the_fit_recovers_known_parameters_from_exact_stage_times() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let truth = RecsysCpuParams {
         op_overhead_s: 1.5e-6,
         row_s: 12e-9,
@@ -405,7 +398,7 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
 /// shared 2-core machine (the committed full run: README). The profile is then read by `compare`.
 #[test]
 fn quick_calibration_predicts_held_out_steps_and_its_profile_is_read() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let dir = std::env::temp_dir().join(format!("trainlab-recsys-cal-{}", std::process::id()));
     let o = bin()
         .args(["calibrate", "--workload", "recsys_step", "--quick", "--json", "--out"])
@@ -450,7 +443,7 @@ fn quick_calibration_predicts_held_out_steps_and_its_profile_is_read() {
 
 #[test]
 fn bad_cpu_input_exits_2_with_the_field_path() {
-    let _serial = serial();
+    let _serial = timing_lock();
     let b =
         std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios/picasso-cpu-fields.toml"))
             .unwrap();

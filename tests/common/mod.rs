@@ -32,3 +32,22 @@ pub fn scenario_file(tag: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Serialises the tests of one binary that time real runs or run heavy real work: on a 2-core machine, another test's
+/// work running beside a timed one would be timed with it. Hold the guard for the whole test.
+pub fn timing_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The value of metric `name` in a `run --json` answer on `stdout`.
+pub fn json_metric(stdout: &[u8], name: &str) -> f64 {
+    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    v["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["value"].as_f64())
+        .unwrap_or_else(|| panic!("no {name} in {v}"))
+}
