@@ -495,6 +495,18 @@ pub fn memory_per_gpu(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u6
     memory_with(w, cfg, micro_batches, moe)
 }
 
+/// Model-state bytes of `params` parameters under mixed-precision Adam (2-byte parameters and gradients, 12 bytes of
+/// fp32 master weights and moments) with ZeRO stage `zero_stage` over `shards` data-parallel ranks: ZeRO-1 shards
+/// the 12, ZeRO-2 also the gradients, ZeRO-3 all 16 (without the gathered layers a ZeRO-3 pass holds).
+pub fn zero_state_bytes(params: f64, zero_stage: u8, shards: f64) -> f64 {
+    match zero_stage {
+        0 => 16.0 * params,
+        1 => 4.0 * params + 12.0 * params / shards,
+        2 => 2.0 * params + 14.0 * params / shards,
+        _ => 16.0 * params / shards,
+    }
+}
+
 /// [`memory_per_gpu`] with the MoE load given.
 fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load: Option<MoeLoad>) -> f64 {
     let m = &w.model;
@@ -505,12 +517,10 @@ fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load
     let emb = (m.vocab * m.hidden) as f64 / tp;
     let lp = m.layer_params() / tp;
     let d = (cfg.dp * cfg.cp) as f64;
-    let state = |p: f64| match cfg.zero_stage {
-        0 => 16.0 * p,
-        1 => 4.0 * p + 12.0 * p / d,
-        2 => 2.0 * p + 14.0 * p / d,
-        // two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
-        _ => 16.0 * p / d + 4.0 * lp,
+    let state = |p: f64| {
+        zero_state_bytes(p, cfg.zero_stage, d)
+            // ZeRO-3: two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
+            + if cfg.zero_stage >= 3 { 4.0 * lp } else { 0.0 }
     };
     let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized);
     // MoE: per MoE layer the non-expert parameters (dense over dp cp), the experts over ep (state over dp cp / ep),
@@ -554,11 +564,7 @@ fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load
                 let dense = state(nd * lp + nmf * attn + emb_p);
                 // the experts' state sharded over the expert-data-parallel ranks (ZeRO-3 is refused with MoE)
                 let ex = nmf * experts;
-                let ex_state = match cfg.zero_stage {
-                    0 => 16.0 * ex,
-                    1 => 4.0 * ex + 12.0 * ex / edp,
-                    _ => 2.0 * ex + 14.0 * ex / edp,
-                };
+                let ex_state = zero_state_bytes(ex, cfg.zero_stage.min(2), edp);
                 let l = layers.max(1) as f64;
                 (dense + ex_state, flight * (nd * per_layer + nmf * act) / l)
             }

@@ -431,19 +431,14 @@ fn generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64, f64, f64) {
     (prefill * waves, decode * waves, ro.memory, st.mean / steps)
 }
 
-/// Model-state bytes per GPU of `m` trained in layout `cfg` (mixed-precision Adam as the step model counts them: 2-byte
-/// parameters and gradients, 12 bytes of fp32 master weights and moments; ZeRO-1 shards the 12, ZeRO-2 also the
-/// gradients, ZeRO-3 all 16 over the data-parallel ranks; tensor and pipeline parallelism split them all), without
-/// activations.
+/// Model-state bytes per GPU of `m` trained in layout `cfg` (the step model's [`crate::dense::zero_state_bytes`],
+/// tensor and pipeline parallelism splitting them all), without activations.
 fn model_state_bytes(m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
-    let p = m.params() / (cfg.tp * cfg.pp) as f64;
-    let d = (cfg.dp * cfg.cp) as f64;
-    match cfg.zero_stage {
-        0 => 16.0 * p,
-        1 => 4.0 * p + 12.0 * p / d,
-        2 => 2.0 * p + 14.0 * p / d,
-        _ => 16.0 * p / d,
-    }
+    crate::dense::zero_state_bytes(
+        m.params() / (cfg.tp * cfg.pp) as f64,
+        cfg.zero_stage,
+        (cfg.dp * cfg.cp) as f64,
+    )
 }
 
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
