@@ -5,7 +5,9 @@
 //! hardware model does not see, so each gets a per-phase efficiency (`PhaseEfficiency`): a generation efficiency per
 //! generation engine (HF `generate`, vLLM, DeepSpeed's Hybrid Engine) and a training efficiency per training stack
 //! (DeepSpeed-Chat, OpenRLHF). They are **calibrated** on a named subset and every other row is a prediction:
-//! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train);
+//! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train),
+//!   HF generation at efficiency 1 with a fitted host time per layer of every eager forward
+//!   (`RlhfAnalytical::host_s_per_layer`: HF `generate`'s Python loop and ZeRO-3 hooks), no longer an efficiency;
 //! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train);
 //! - Hybrid Engine generation and Table 1's training: its two OPT-13B rows (8 and 64 A100-80GB, e2e only: two
 //!   equations, two unknowns).
@@ -17,6 +19,12 @@
 //! row; vLLM holds its own copy. The two eager engines (HF, Hybrid Engine) also pay a kernel-launch floor per decode
 //! step (12 launches per layer at the profile's 5 us); vLLM replays CUDA graphs. Table 1's rows follow DeepSpeed-Chat's shipped OPT scripts (per-device generation
 //! batch 16 at inference TP 2 on one node, 4 at TP 8 on 64 GPUs).
+//!
+//! DeepSpeed-Chat's own run in OpenRLHF's table follows the script OpenRLHF ran it with
+//! (`benchmark/deepspeed-chat/llama_7b.sh`, `llama_13b.sh`): generation batch 8 (7B) and 2 (13B) per GPU, actor
+//! ZeRO-2 and critic ZeRO-3, optimizer offloaded (`--offload`). Every system steps its optimizer once per train batch
+//! (`train_batch`). OpenRLHF's own rows still carry a transcription error (see the CSV's header): their GPU counts
+//! and placements are not yet corrected.
 //!
 //! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
 //! the scoring forward passes), its "training" time the PPO updates and the weight broadcast. Run with
@@ -167,6 +175,13 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     // HF `generate` has no tensor parallelism: TP 1. The Hybrid Engine tunes its inference TP and batch ("the
     // largest batch size possible", TP when the model does not fit one GPU: the DeepSpeed-Chat blog): the fastest
     // fitting (TP, batch) at efficiency 1. vLLM: the smallest TP that fits, the largest batch at it.
+    if r.system == "dschat_no_he" {
+        // The script OpenRLHF's benchmark ran DeepSpeed-Chat with (`benchmark/deepspeed-chat/llama_7b.sh`,
+        // `llama_13b.sh`): `--per_device_generation_batch_size` 8 (7B) and 2 (13B), HF `generate` on each GPU.
+        let mut w = base.clone();
+        w.generation_batch = if r.model == "llama2-13b" { 2 } else { 8 };
+        return Ok(w);
+    }
     let he = r.system == "dschat_he";
     if he {
         // DeepSpeed-Chat's shipped OPT scripts (DeepSpeedExamples, step3 `training_scripts/opt/single_node/run_13b.sh`
@@ -178,7 +193,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         w.generation_batch = per_device * tp;
         // Where that does not fit (OPT-30B on one node: its script is a LoRA variant), the fastest fitting (TP,
         // batch) below ("the largest batch size possible", TP when the model does not fit: the DeepSpeed-Chat blog).
-        if model(&r.system, PhaseEfficiency::default())
+        if model(&r.system, r.gpus, PhaseEfficiency::default())
             .run(&w, &mut RunCtx::new(Seed(1)))
             .is_ok()
         {
@@ -198,7 +213,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
             let mut w = base.clone();
             w.rollout_tp = tp;
             w.generation_batch = b;
-            match model(&r.system, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
+            match model(&r.system, r.gpus, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
                 Ok(o) if he => {
                     let t = o.iteration_time_s();
                     if best.as_ref().is_none_or(|(bt, _)| t < *bt) {
@@ -226,8 +241,26 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
 /// Where each system's colocated generation reads the actor's weights ([`WeightSource`]): HF `generate` on the
 /// ZeRO-3 training module gathers every layer at every step; the Hybrid Engine (pinned parameters, the default)
 /// gathers the whole actor once per generation call; vLLM engines hold their own copy, resharded once.
-fn model(system: &str, eff: PhaseEfficiency) -> RlhfAnalytical {
+fn model(system: &str, gpus: u64, eff: PhaseEfficiency) -> RlhfAnalytical {
+    model_host(system, gpus, eff, 0.0)
+}
+
+/// Sequences per optimizer step (`RlhfAnalytical::train_batch`): OpenRLHF's benchmark "train_batch_size: 128" (its
+/// DeepSpeed-Chat run too: `llama_7b.sh` 8 per device x 8 GPUs x 2 accumulation steps, `llama_13b.sh` 2 x 8 x 8);
+/// DeepSpeed-Chat's OPT scripts step once per `per_device_training_batch_size` x GPUs with no accumulation: 16 x 8
+/// on one node (`single_node/run_13b.sh`), 4 x 64 on 64 GPUs (`multi_node/run_66b.sh`).
+fn train_batch(system: &str, gpus: u64) -> u64 {
+    match system {
+        "dschat_he" if gpus > 8 => 4 * gpus,
+        "dschat_he" => 16 * gpus,
+        _ => 128,
+    }
+}
+
+/// [`model`] with the eager engines' host seconds per layer per forward (`RlhfAnalytical::host_s_per_layer`).
+fn model_host(system: &str, gpus: u64, eff: PhaseEfficiency, host: f64) -> RlhfAnalytical {
     RlhfAnalytical {
+        host_s_per_layer: host,
         profile: None,
         efficiency: eff,
         engine: match system {
@@ -235,12 +268,29 @@ fn model(system: &str, eff: PhaseEfficiency) -> RlhfAnalytical {
             "dschat_he" => WeightSource::GatherPerCall,
             _ => WeightSource::Resharded,
         },
-        zero3: system == "dschat_he",
+        actor_zero_stage: match system {
+            "dschat_he" => Some(3),
+            "dschat_no_he" => Some(2),
+            _ => None,
+        },
+        critic_zero_stage: match system {
+            "dschat_he" => Some(3),
+            "dschat_no_he" => Some(3),
+            _ => None,
+        },
+        offload_optimizer: system == "dschat_no_he",
+        train_batch: Some(train_batch(system, gpus)),
     }
 }
 
 fn run(system: &str, w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
-    model(system, eff).run(w, &mut RunCtx::new(Seed(1))).unwrap()
+    run_host(system, w, eff, 0.0)
+}
+
+fn run_host(system: &str, w: &RlhfIteration, eff: PhaseEfficiency, host: f64) -> RlhfOutcome {
+    model_host(system, w.cluster.gpus(), eff, host)
+        .run(w, &mut RunCtx::new(Seed(1)))
+        .unwrap()
 }
 
 /// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
@@ -267,9 +317,16 @@ fn train_class(system: &str) -> &'static str {
 struct Fit {
     generation: Vec<(&'static str, f64)>,
     training: Vec<(&'static str, f64)>,
+    /// Host seconds per layer per eager forward, per generation engine.
+    host: Vec<(&'static str, f64)>,
 }
 
 impl Fit {
+    fn host(&self, system: &str) -> f64 {
+        let g = gen_class(system);
+        self.host.iter().find(|x| x.0 == g).unwrap().1
+    }
+
     fn of(&self, system: &str) -> PhaseEfficiency {
         let g = gen_class(system);
         let t = train_class(system);
@@ -278,6 +335,19 @@ impl Fit {
             training: self.training.iter().find(|x| x.0 == t).unwrap().1,
         }
     }
+}
+
+/// Solves `gen = G + F·L·h + E/et`, `train = T/et + S` for one OpenRLHF-table row at generation efficiency 1: the
+/// training efficiency `et` and the host seconds `h` per layer of each of the `F` eager forwards (prefills and decode
+/// steps) of the `L`-layer actor. `F·L` is read off the model as the change of the generation time per unit of `h`.
+fn fit_host(system: &str, w: &RlhfIteration, gen_s: f64, train_s: f64) -> (f64, f64) {
+    let o = run(system, w, PhaseEfficiency::default());
+    let et = o.training_s / (train_s - o.sync_s);
+    let g0 = o.prefill_s + o.decode_s;
+    let o1 = run_host(system, w, PhaseEfficiency::default(), 1e-3);
+    let per_unit = (o1.prefill_s + o1.decode_s - g0) / 1e-3;
+    let h = (gen_s - o.experience_s / et - g0) / per_unit;
+    (h, et)
 }
 
 /// Solves `gen = G/eg + E/et`, `train = T/et + S` for one OpenRLHF-table row.
@@ -309,25 +379,33 @@ fn calibrate(rows: &[Row]) -> Fit {
             .unwrap()
     };
     let r = find(0);
-    let (hf, ds) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    let (hf_host, ds) = fit_host(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
+    // The Hybrid Engine's generation runs DeepSpeed-Inference's fused kernels on gathered parameters, without the
+    // ZeRO-3 hooks: HF's per-layer host time is not its own. (Charging it the HF constant was tried: its two 13B rows
+    // then solve to a negative generation efficiency, -0.26.) Its host time stays in its generation efficiency.
+    let he_host = 0.0;
     let r = find(1);
     let (vllm, orl) = fit_two(&r.system, &workload(r).unwrap(), r.gen_s.unwrap(), r.train_s.unwrap());
     // Table 1 gives e2e only: per iteration `p = G·x + (E + T)·y + S` with `x = 1/eg`, `y = 1/et`, solved from
     // its two 13B rows (8 and 64 GPUs: different generation/training mixes).
     let eq = |i: usize| {
         let r = find(i);
-        let o = run(&r.system, &workload(r).unwrap(), PhaseEfficiency::default());
+        let w = workload(r).unwrap();
+        let o = run(&r.system, &w, PhaseEfficiency::default());
+        let oh = run_host(&r.system, &w, PhaseEfficiency::default(), he_host);
+        let host = oh.prefill_s + oh.decode_s - o.prefill_s - o.decode_s;
         (
             o.prefill_s + o.decode_s,
             o.experience_s + o.training_s,
-            r.e2e_s / DSCHAT_ITERATIONS - o.sync_s,
+            r.e2e_s / DSCHAT_ITERATIONS - o.sync_s - host,
         )
     };
     let ((a1, b1, c1), (a2, b2, c2)) = (eq(2), eq(3));
     let det = a1 * b2 - a2 * b1;
     let (x, y) = ((c1 * b2 - c2 * b1) / det, (a1 * c2 - a2 * c1) / det);
     Fit {
-        generation: vec![("hf", hf), ("vllm", vllm), ("hybrid_engine", 1.0 / x)],
+        generation: vec![("hf", 1.0), ("vllm", vllm), ("hybrid_engine", 1.0 / x)],
+        host: vec![("hf", hf_host), ("vllm", 0.0), ("hybrid_engine", he_host)],
         training: vec![
             ("deepspeed_chat_openrlhf_run", ds),
             ("openrlhf", orl),
@@ -344,7 +422,7 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
     rows.iter()
         .map(|r| {
             let res = workload(r).map(|w| {
-                let o = run(&r.system, &w, fit.of(&r.system));
+                let o = run_host(&r.system, &w, fit.of(&r.system), fit.host(&r.system));
                 eprintln!(
                     "line {}: rollout TP {}, generation batch {}",
                     r.line, w.rollout_tp, w.generation_batch
@@ -373,8 +451,8 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     assert_eq!(rows.len(), 19);
     let fit = calibrate(&rows);
     eprintln!(
-        "fitted efficiencies: generation {:?}, training {:?}",
-        fit.generation, fit.training
+        "fitted efficiencies: generation {:?}, training {:?}; host s per layer per forward {:?}",
+        fit.generation, fit.training, fit.host
     );
     for (_, e) in fit.generation.iter().chain(&fit.training) {
         // Positive and finite; the Hybrid Engine's comes out near 1.9 (faster than the datasheet roofline): Table 1's
@@ -429,7 +507,7 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     // held-out rows miss by up to 28% (the 13B HF-generate rows, under-predicted even with their halved generation
     // batch); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
     // median 17%.
-    assert!(max(&open) < 0.30, "OpenRLHF held-out max {}", max(&open));
+    assert!(max(&open) < 0.26, "OpenRLHF held-out max {}", max(&open));
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
@@ -500,4 +578,49 @@ fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
         workload(r).unwrap().generation_batch
     };
     assert_eq!((hf("llama2-7b"), hf("llama2-13b")), (16, 8));
+
+    // DeepSpeed-Chat's own run (OpenRLHF's script): Llama2-13B at generation batch 2 on 8 GPUs, 128 sequences per GPU
+    // in 64 waves of 1,024 decode steps and a prefill each; host time per layer adds 40 x h to each forward.
+    let r = rows
+        .iter()
+        .find(|r| r.system == "dschat_no_he" && r.model == "llama2-13b")
+        .unwrap();
+    let w = workload(r).unwrap();
+    assert_eq!(w.generation_batch, 2);
+    let g = |o: &RlhfOutcome| o.prefill_s + o.decode_s;
+    let (o0, o1) = (
+        run_host(&r.system, &w, PhaseEfficiency::default(), 0.0),
+        run_host(&r.system, &w, PhaseEfficiency::default(), 1e-4),
+    );
+    let want = 64.0 * 1025.0 * 40.0 * 1e-4;
+    assert!(
+        ((g(&o1) - g(&o0)) / want - 1.0).abs() < 1e-9,
+        "{} vs {want}",
+        g(&o1) - g(&o0)
+    );
+    // Its actor is pinned at ZeRO-2 with the optimizer offloaded (`--offload`): the actor's reported memory excludes
+    // the 12 bytes per parameter of optimizer state, so without the offload it is larger (where a layout still fits).
+    let mut m = model(&r.system, r.gpus, PhaseEfficiency::default());
+    m.offload_optimizer = false;
+    let no_offload = m.run(&w, &mut RunCtx::new(Seed(1)));
+    eprintln!(
+        "13B DeepSpeed-Chat without offload: {:?}",
+        no_offload.as_ref().map(|o| o.iteration_time_s())
+    );
+    let mem = |o: &RlhfOutcome| o.memory_per_gpu.iter().find(|m| m.0 == "actor").unwrap().1;
+    if let Ok(o) = &no_offload {
+        assert!(mem(o) > mem(&o0), "{} vs {}", mem(o), mem(&o0));
+    }
+    // One optimizer step per train batch: 8 steps of 128 on 64 GPUs cost more than one step over all 1,024.
+    let r = find("opt-1.3b");
+    let w = workload(r).unwrap();
+    let mut one = model(&r.system, r.gpus, PhaseEfficiency::default());
+    one.train_batch = None;
+    let one = one.run(&w, &mut RunCtx::new(Seed(1))).unwrap();
+    let many = run(&r.system, &w, PhaseEfficiency::default());
+    eprintln!(
+        "OPT-1.3B on 64: training {:.3} s in 4 steps vs {:.3} s in one",
+        many.training_s, one.training_s
+    );
+    assert!(many.training_s > one.training_s);
 }
