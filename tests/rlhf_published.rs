@@ -8,7 +8,10 @@
 //! - HF generation and DeepSpeed-Chat training: the OpenRLHF table's DeepSpeed-Chat Llama2-7B row (gen and train),
 //!   HF generation at efficiency 1 with a fitted host time per layer of every eager forward
 //!   (`RlhfAnalytical::host_s_per_layer`: HF `generate`'s Python loop and ZeRO-3 hooks), no longer an efficiency;
-//! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train);
+//! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train; disaggregated
+//!   1:1:2:2:2 on 8 GPUs). Its generation efficiency comes out at 1.06: slightly faster than the datasheet HBM roofline
+//!   at its batch, so the model over-prices something there (the experience passes are charged the training
+//!   efficiency, for one); not an efficiency to read physically;
 //! - Hybrid Engine generation and Table 1's training: its two OPT-13B rows (8 and 64 A100-80GB, e2e only: two
 //!   equations, two unknowns).
 //!
@@ -23,8 +26,9 @@
 //! DeepSpeed-Chat's own run in OpenRLHF's table follows the script OpenRLHF ran it with
 //! (`benchmark/deepspeed-chat/llama_7b.sh`, `llama_13b.sh`): generation batch 8 (7B) and 2 (13B) per GPU, actor
 //! ZeRO-2 and critic ZeRO-3, optimizer offloaded (`--offload`). Every system steps its optimizer once per train batch
-//! (`train_batch`). OpenRLHF's own rows still carry a transcription error (see the CSV's header): their GPU counts
-//! and placements are not yet corrected.
+//! (`train_batch`). OpenRLHF's rows are read with the table's generation micro-batch (its HF rows' per-GPU batch; for
+//! its vLLM rows the prompts each actor rank sends an engine per call) and its Ray rows on the ratio's sum of GPUs
+//! (the CSV's header: an earlier transcription had misread both).
 //!
 //! Published phases are matched as OpenRLHF reports them: its "generation" time is `make_experience` (generation and
 //! the scoring forward passes), its "training" time the PPO updates and the weight broadcast. Run with
@@ -48,6 +52,8 @@ struct Row {
     prompt_len: u64,
     response_len: u64,
     batch: u64,
+    /// OpenRLHF's generation `micro_batch_size` (the per-GPU generation batch of its HF `generate` rows).
+    gen_micro_batch: Option<u64>,
     gen_s: Option<f64>,
     train_s: Option<f64>,
     e2e_s: f64,
@@ -65,7 +71,7 @@ fn rows() -> Vec<Row> {
             continue;
         }
         let f: Vec<&str> = l.split(',').collect();
-        assert_eq!(f.len(), 15, "line {}: {l}", i + 1);
+        assert_eq!(f.len(), 16, "line {}: {l}", i + 1);
         let num = |s: &str| (!s.is_empty()).then(|| s.parse::<f64>().unwrap());
         out.push(Row {
             line: i + 1,
@@ -76,9 +82,10 @@ fn rows() -> Vec<Row> {
             prompt_len: f[7].parse().unwrap(),
             response_len: f[8].parse().unwrap(),
             batch: f[9].parse().unwrap(),
-            gen_s: num(f[10]),
-            train_s: num(f[11]),
-            e2e_s: f[12].parse().unwrap(),
+            gen_micro_batch: num(f[10]).map(|b| b as u64),
+            gen_s: num(f[11]),
+            train_s: num(f[12]),
+            e2e_s: f[13].parse().unwrap(),
         });
     }
     out
@@ -115,12 +122,11 @@ fn shape(name: &str) -> TransformerSpec {
 
 /// The row as a workload, or why the tool cannot express it. Assumptions: prompts and responses at the published
 /// lengths (OpenRLHF's are maxima; the dataset's real lengths are not given); the A100-80GB preset for the A800 (same
-/// HBM and peak); one optimizer step per PPO epoch; colocated when the table gives no role split; OpenRLHF's ratio
-/// string in the order ref:reward:critic:actor:vllm with vLLM engines at TP 2 (7B) or 4 (70B), its sum scaled to the
-/// GPUs; the generation batch the largest of 256, 128, 64, ... that fits the GPU beside the weights (vLLM's and the
-/// Hybrid Engine's paged/pre-allocated KV) or, for HF `generate`, the largest of 16, 8, 4, ... whose KV cache fits
-/// beside the training states resident during generation (TP 1: HF `generate` has none); the rollout TP (vLLM) the
-/// smallest power of two at which the weights fit.
+/// HBM and peak); one optimizer step per train batch (`train_batch`); colocated when the table gives no role split;
+/// OpenRLHF's ratio string in the order ref:reward:critic:actor:vllm, its sum the GPUs, vLLM engines at TP 2 or more
+/// (7B, 13B) or 4 or more (70B), the smallest that fits; HF `generate` (TP 1) at the table's generation micro-batch
+/// per GPU, which must fit beside the training states resident during generation; vLLM at micro-batch x actor ranks
+/// per engine; the Hybrid Engine at its OPT scripts' settings, else the fastest fitting (TP, batch) of 256, 128, ...
 fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let actor = shape(&r.model);
     let small = if r.model.starts_with("opt") {
@@ -175,12 +181,45 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     // HF `generate` has no tensor parallelism: TP 1. The Hybrid Engine tunes its inference TP and batch ("the
     // largest batch size possible", TP when the model does not fit one GPU: the DeepSpeed-Chat blog): the fastest
     // fitting (TP, batch) at efficiency 1. vLLM: the smallest TP that fits, the largest batch at it.
-    if r.system == "dschat_no_he" {
-        // The script OpenRLHF's benchmark ran DeepSpeed-Chat with (`benchmark/deepspeed-chat/llama_7b.sh`,
-        // `llama_13b.sh`): `--per_device_generation_batch_size` 8 (7B) and 2 (13B), HF `generate` on each GPU.
+    if hf {
+        // HF `generate` on each GPU at the table's generation micro-batch (the same as `--per_device_generation_batch_size`
+        // in the script OpenRLHF's benchmark ran DeepSpeed-Chat with, `benchmark/deepspeed-chat/llama_7b.sh` 8,
+        // `llama_13b.sh` 2); an input error if its KV cache does not fit beside the resident training states.
         let mut w = base.clone();
-        w.generation_batch = if r.model == "llama2-13b" { 2 } else { 8 };
-        return Ok(w);
+        w.generation_batch = r.gen_micro_batch.expect("OpenRLHF rows give it");
+        return model(&r.system, r.gpus, PhaseEfficiency::default())
+            .run(&w, &mut RunCtx::new(Seed(1)))
+            .map(|_| w)
+            .map_err(|e| e.to_string());
+    }
+    if r.system == "openrlhf_vllm" {
+        // OpenRLHF's Ray+vLLM experience maker (`RemoteExperienceMaker.make_experience`, `_generate_vllm`): each actor
+        // rank sends its micro-batch of prompts to the vLLM engine `rank % engines` and waits for it, then scores it;
+        // an engine so holds micro-batch x (actor ranks / engines) sequences at once. Rollout TP: the smallest at or
+        // above the ratio's floor that fits.
+        let mb = r.gen_micro_batch.expect("OpenRLHF rows give it");
+        let Placement::Disaggregated {
+            actor_gpus,
+            rollout_gpus,
+            ..
+        } = base.placement
+        else {
+            return Err("vLLM rows are disaggregated".into());
+        };
+        let mut last = String::new();
+        for tp in [1u64, 2, 4, 8]
+            .into_iter()
+            .filter(|t| *t >= min_tp && *t <= rollout_gpus)
+        {
+            let mut w = base.clone();
+            w.rollout_tp = tp;
+            w.generation_batch = (mb * actor_gpus * tp / rollout_gpus).max(1);
+            match model(&r.system, r.gpus, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
+                Ok(_) => return Ok(w),
+                Err(e) => last = e.to_string(),
+            }
+        }
+        return Err(format!("no layout fits: {last}"));
     }
     let he = r.system == "dschat_he";
     if he {
@@ -278,7 +317,9 @@ fn model_host(system: &str, gpus: u64, eff: PhaseEfficiency, host: f64) -> RlhfA
             "dschat_no_he" => Some(3),
             _ => None,
         },
-        offload_optimizer: system == "dschat_no_he",
+        // DeepSpeed-Chat's run: `--offload`. OpenRLHF's vLLM rows: `--adam_offload` assumed (the table does not say;
+        // without it the 13B actor's training states do not fit its 2 GPUs).
+        offload_optimizer: matches!(system, "dschat_no_he" | "openrlhf_vllm"),
         train_batch: Some(train_batch(system, gpus)),
     }
 }
@@ -504,10 +545,12 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     );
     assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
     // The bounds that hold (README's table; the issue's goals, 15% and 25%, are not met everywhere): OpenRLHF's
-    // held-out rows miss by up to 28% (the 13B HF-generate rows, under-predicted even with their halved generation
-    // batch); DeepSpeed-Chat Table 1's by up to 33% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%,
-    // median 17%.
-    assert!(max(&open) < 0.26, "OpenRLHF held-out max {}", max(&open));
+    // held-out rows miss by up to 36% (the 70B vLLM row, under-predicted; expressible since the optimizer offload);
+    // DeepSpeed-Chat Table 1's by up to 34% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%, median 14%.
+    assert!(max(&open) < 0.37, "OpenRLHF held-out max {}", max(&open));
+    // Two of its four held-out rows within the issue's 15% (the two HF rows: OpenRLHF 7B +10.5%, DeepSpeed-Chat 13B
+    // -2.9%); its vLLM rows miss (7B +31.9%, 70B -35.6%).
+    assert!(open.iter().filter(|e| **e < 0.15).count() >= 2, "{open:?}");
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
@@ -568,16 +611,20 @@ fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
         he.sync_s, rs.sync_s
     );
     assert!(he.sync_s > 2.0 * rs.sync_s, "{} vs {}", he.sync_s, rs.sync_s);
-    // HF `generate` keeps the training states resident: 16 sequences of 2,048 tokens fit beside Llama2-7B's on 8 GPUs,
-    // not beside Llama2-13B's (KV 1.6 GiB per sequence), which halves its batch.
-    let hf = |m: &str| {
-        let r = rows
-            .iter()
-            .find(|r| r.system == "openrlhf" && r.model == m && r.gpus == 8)
-            .unwrap();
-        workload(r).unwrap().generation_batch
-    };
-    assert_eq!((hf("llama2-7b"), hf("llama2-13b")), (16, 8));
+    // HF `generate` keeps the training states resident: DeepSpeed-Chat's Llama2-13B run (ZeRO-2 actor, ZeRO-3 critic,
+    // optimizer offloaded: about 42 GiB per GPU) leaves room for its published 2 sequences of 2,048 tokens (KV 1.6 GiB
+    // each), not for 32.
+    let r = rows
+        .iter()
+        .find(|r| r.system == "dschat_no_he" && r.model == "llama2-13b")
+        .unwrap();
+    let mut w = workload(r).unwrap();
+    w.generation_batch = 32;
+    let e = model(&r.system, r.gpus, PhaseEfficiency::default())
+        .run(&w, &mut RunCtx::new(Seed(1)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("generation_batch") && e.contains("resident"), "{e}");
 
     // DeepSpeed-Chat's own run (OpenRLHF's script): Llama2-13B at generation batch 2 on 8 GPUs, 128 sequences per GPU
     // in 64 waves of 1,024 decode steps and a prefill each; host time per layer adds 40 x h to each forward.
