@@ -1060,7 +1060,7 @@ mod decode_tests {
         ro.host_step_s = 1e-3;
         assert_eq!(ro.decode_comm_s(8.0), 1e-3);
         let (p0, _) = {
-            let mut r0 = ro.clone();
+            let mut r0 = ro;
             r0.host_step_s = 0.0;
             RlhfAnalytical::closed_form_generation(&w, &r0)
         };
