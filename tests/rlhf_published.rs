@@ -548,8 +548,8 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     // held-out rows miss by up to 36% (the 70B vLLM row, under-predicted; expressible since the optimizer offload);
     // DeepSpeed-Chat Table 1's by up to 34% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%, median 14%.
     assert!(max(&open) < 0.37, "OpenRLHF held-out max {}", max(&open));
-    // Two of its four held-out rows within the 15% (the two HF rows: OpenRLHF 7B +10.5%, DeepSpeed-Chat 13B
-    // -2.9%); its vLLM rows miss (7B +31.9%, 70B -35.6%).
+    // Two of its four held-out rows within the 15% (the two HF rows: OpenRLHF 7B +10.2%, DeepSpeed-Chat 13B
+    // -3.2%); its vLLM rows miss (7B +31.9%, 70B -35.6%).
     assert!(open.iter().filter(|e| **e < 0.15).count() >= 2, "{open:?}");
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
@@ -655,9 +655,27 @@ fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
         no_offload.as_ref().map(|o| o.iteration_time_s())
     );
     let mem = |o: &RlhfOutcome| o.memory_per_gpu.iter().find(|m| m.0 == "actor").unwrap().1;
-    if let Ok(o) = &no_offload {
-        assert!(mem(o) > mem(&o0), "{} vs {}", mem(o), mem(&o0));
-    }
+    let no_offload = no_offload.unwrap();
+    assert!(mem(&no_offload) > mem(&o0), "{} vs {}", mem(&no_offload), mem(&o0));
+    // The pinned ZeRO-2 actor, its optimizer offloaded, holds its parameters: no per-step gathers. Left to the layout
+    // search without the offload (Llama2-7B: ZeRO-3, where memory needs it), HF `generate` gathers every layer at
+    // every step, a floor above the step's HBM time.
+    let r7 = rows
+        .iter()
+        .find(|r| r.system == "dschat_no_he" && r.model == "llama2-7b")
+        .unwrap();
+    let w7 = workload(r7).unwrap();
+    let pinned2 = run(&r7.system, &w7, PhaseEfficiency::default());
+    let mut m = model(&r7.system, r7.gpus, PhaseEfficiency::default());
+    m.actor_zero_stage = None;
+    m.critic_zero_stage = None;
+    m.offload_optimizer = false;
+    let searched = m.run(&w7, &mut RunCtx::new(Seed(1))).unwrap();
+    eprintln!(
+        "7B DeepSpeed-Chat decode: {:.0} s with the actor at ZeRO-2 (offloaded), {:.0} s as searched",
+        pinned2.decode_s, searched.decode_s
+    );
+    assert!(searched.decode_s > 1.5 * pinned2.decode_s);
     // One optimizer step per train batch: 8 steps of 128 on 64 GPUs cost more than one step over all 1,024.
     let r = find("opt-1.3b");
     let w = workload(r).unwrap();

@@ -198,10 +198,14 @@ pub struct RlhfAnalytical {
     /// How a colocated rollout gets the actor's weights from the training layout (default: resharded once per
     /// iteration).
     pub engine: WeightSource,
-    /// The ZeRO stage the actor is trained at (the fastest fitting layout at that stage instead of the fastest
-    /// layout; the fastest layout when none at that stage fits), as a training stack that pins it does
-    /// (DeepSpeed-Chat's scripts pass `--actor_zero_stage`: 3 in its OPT-13B/66B scripts, 2 in the script OpenRLHF's
-    /// benchmark ran it with, `benchmark/deepspeed-chat/llama_7b.sh`). `None`: the layout search's best.
+    /// The ZeRO stage the actor is trained at (the fastest fitting searched layout at that stage instead of the fastest
+    /// layout), as a training stack that pins it does (DeepSpeed-Chat's scripts pass `--actor_zero_stage`: 3 in its
+    /// OPT-13B/66B scripts, 2 in the script OpenRLHF's benchmark ran it with, `benchmark/deepspeed-chat/llama_7b.sh`).
+    /// `None`: the layout search's best. The layout search prices ZeRO-3 only where memory needs it (and,
+    /// with [`RlhfAnalytical::offload_optimizer`], searches a GPU enlarged to leave room for the offloaded state), so a
+    /// ZeRO-3 pin where it priced none falls back to the fastest fitting layout; a pin to ZeRO-1 or 2 re-prices every
+    /// searched layout at that stage (re-pricing every layout at the pinned stage was tried for ZeRO-3: it made DeepSpeed-Chat's 13B calibration rows on 64 GPUs training-bound beyond their
+    /// published time, `tests/rlhf_published.rs`).
     pub actor_zero_stage: Option<u8>,
     /// The critic's, likewise (`--critic_zero_stage`).
     pub critic_zero_stage: Option<u8>,
@@ -539,7 +543,26 @@ fn train(
         // A pinned stage (the search prices ZeRO-3 only where memory needs it): the fastest fitting row at that stage,
         // else the fastest fitting row. (Re-pricing every layout at stage 3 was tried: on 64 GPUs its per-layer
         // gathers make the 13B calibration rows training-bound beyond the published time; not used.)
-        (Ok(r), _) if stage.is_some() || offload => {
+        (Ok(mut r), _) if stage.is_some() || offload => {
+            // A pin below ZeRO-3 re-prices every searched layout at that stage (the search itself moves a layout to
+            // ZeRO-2 wherever ZeRO-1 does not fit); ZeRO-3 is kept where the search priced it (see `actor_zero_stage`).
+            if let Some(s @ 1..=2) = stage {
+                let owned;
+                let p = match profile {
+                    Some(p) => p,
+                    None => {
+                        owned = datasheet_profile(&d.cluster.gpu);
+                        &owned
+                    }
+                };
+                for row in r.rows.iter_mut() {
+                    let cfg = ParallelConfig {
+                        zero_stage: s,
+                        ..row.outcome.config
+                    };
+                    *row = crate::search::row_of(&d, &cfg, p);
+                }
+            }
             let fits = |o: &trainlab_core::workloads::dense::DenseOutcome| {
                 o.memory_per_gpu_bytes - opt_bytes(&o.config) <= usable
             };
