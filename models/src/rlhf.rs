@@ -35,9 +35,11 @@
 //!    it holds `b·N/W` over the tier the cluster spans (NVLink within a node, the inter-node link beyond); or, with
 //!    another [`WeightSource`] on a ZeRO-3 actor, the whole actor per generation call (DeepSpeed's Hybrid Engine, plus
 //!    one gather each of the actor and the reference per call to score) or every layer at every decode step (HF
-//!    `generate`, charged with the decode; its KV cache is freed before training but must fit beside the training
-//!    states resident during generation, an input error on `generation_batch` otherwise); those two eager engines also
-//!    pay a kernel-launch floor per decode step ([`Rollout::step_floor_s`]); disaggregated, every rollout GPU
+//!    `generate`, a floor under each decode step since ZeRO-3 prefetches them while the step runs; its KV cache is freed
+//!    before training but must fit beside the training states resident during generation, an input error on
+//!    `generation_batch` otherwise); those two eager engines also pay a kernel-launch floor per decode step
+//!    ([`Rollout::step_floor_s`]) and, where set, a host time per layer of every forward
+//!    ([`RlhfAnalytical::host_s_per_layer`]); disaggregated, every rollout GPU
 //!    receives `b·N/tp` and the actor GPUs send `rollout GPUs·b·N/(tp·actor GPUs)` each, over the inter-node tier (one
 //!    NIC per GPU), plus its latency.
 //!
@@ -196,9 +198,40 @@ pub struct RlhfAnalytical {
     /// How a colocated rollout gets the actor's weights from the training layout (default: resharded once per
     /// iteration).
     pub engine: WeightSource,
-    /// Train the actor and critic under ZeRO-3 (the fastest fitting ZeRO-3 layout instead of the fastest layout), as a
-    /// training stack that pins the stage does (DeepSpeed-Chat's OPT scripts pass `--actor_zero_stage 3`).
-    pub zero3: bool,
+    /// The ZeRO stage the actor is trained at (the fastest fitting searched layout at that stage instead of the fastest
+    /// layout), as a training stack that pins it does (DeepSpeed-Chat's scripts pass `--actor_zero_stage`: 3 in its
+    /// OPT-13B/66B scripts, 2 in the script OpenRLHF's benchmark ran it with, `benchmark/deepspeed-chat/llama_7b.sh`).
+    /// `None`: the layout search's best. The layout search prices ZeRO-3 only where memory needs it (and,
+    /// with [`RlhfAnalytical::offload_optimizer`], searches a GPU enlarged to leave room for the offloaded state), so a
+    /// ZeRO-3 pin where it priced none falls back to the fastest fitting layout; a pin to ZeRO-1 or 2 re-prices every
+    /// searched layout at that stage (re-pricing every layout at the pinned stage was tried for ZeRO-3: it made DeepSpeed-Chat's 13B calibration rows on 64 GPUs training-bound beyond their
+    /// published time, `tests/rlhf_published.rs`).
+    pub actor_zero_stage: Option<u8>,
+    /// The critic's, likewise (`--critic_zero_stage`).
+    pub critic_zero_stage: Option<u8>,
+    /// The actor's and critic's optimizer states (fp32 master weights and Adam moments, 12 bytes per parameter over
+    /// the ZeRO shards) live in host memory (DeepSpeed `offload_optimizer`; DeepSpeed-Chat's `--offload`, OpenRLHF's
+    /// `--adam_offload`): they leave the GPU's memory (the layout needs only its parameters, gradients and
+    /// activations to fit, and the resident training states beside HF `generate` shrink by them). The CPU Adam step
+    /// and the PCIe traffic are not priced: that time is left to the training efficiency.
+    pub offload_optimizer: bool,
+    /// Host seconds per layer of one eager forward (a prefill or a decode step) of an engine that runs the model's
+    /// Python modules ([`WeightSource::GatherPerCall`], [`WeightSource::GatherPerStep`]; 0 for the default
+    /// resharding engine, which replays CUDA graphs): [`Rollout::host_step_s`] is this times the actor's layers. It
+    /// stands for what the device model does not see in HuggingFace `generate`'s eager loop: per module the Python
+    /// dispatch of its operators and, on a ZeRO-3 module, DeepSpeed's pre- and post-forward hooks (fetch, release);
+    /// per step the logits processing, sampling, the `input_ids` concatenation and the stopping check that
+    /// synchronises host and device (transformers `generation/utils.py`, `_sample`). Default 0; not a datasheet
+    /// constant: `tests/rlhf_published.rs` fits it on a calibration row.
+    pub host_s_per_layer: f64,
+    /// Sequences per optimizer step of the actor and critic (`None`: one step over all the iteration's training
+    /// sequences). A training stack that splits the rollout batch into train batches steps the optimizer once per
+    /// train batch, and each step pays the gradient synchronisation and the optimizer update again: OpenRLHF's
+    /// benchmark ran "rollout batch 1024, train batch 128" (`benchmark/README.md`); DeepSpeed-Chat's step-3 trainer
+    /// calls the engines' `step()` once per `per_device_training_batch_size` × GPUs sequences with
+    /// `--gradient_accumulation_steps 1` (DeepSpeedExamples step 3 `main.py` and its OPT scripts). The iteration trains
+    /// `⌈S/train_batch⌉` steps of `min(train_batch, S)` sequences, each through the dense step model.
+    pub train_batch: Option<u64>,
 }
 
 /// Where a colocated rollout engine reads the actor's weights from. The gathers below happen only when the actor's
@@ -218,8 +251,8 @@ pub enum WeightSource {
     GatherPerCall,
     /// HuggingFace `generate` on the ZeRO-3-partitioned training module (DeepSpeed-Chat or OpenRLHF without an
     /// inference engine): every forward, the prefill and each decode step, all-gathers every layer's parameters
-    /// (one collective per layer, `b·N/L` bytes, over the data-parallel group, latency included); charged per step
-    /// with the decode's communication. No resharding.
+    /// (one collective per layer, `b·N/L` bytes, over the data-parallel group, latency included); a floor under each
+    /// decode step (prefetched while it runs, [`Rollout::step_floor_s`]), added to the prefill. No resharding.
     GatherPerStep,
 }
 
@@ -292,6 +325,11 @@ pub struct Rollout {
     /// [`DECODE_KERNELS_PER_LAYER`] kernels per layer at the profile's launch overhead, and a step takes no less; 0
     /// for an engine that replays CUDA graphs.
     pub launch_floor_s: f64,
+    /// Host time of one forward (the prefill of a wave, or one decode step), seconds, added to it: it does not
+    /// overlap the device work because the eager loop synchronises every step ([`RlhfAnalytical::host_s_per_layer`]
+    /// times the layers; 0 for a CUDA-graph engine). Not divided by the generation efficiency (host, not device,
+    /// time).
+    pub host_step_s: f64,
 }
 
 /// Kernels an eager decode step launches per layer (the dense step model's forward count: 6-7 GEMMs, 2 norms,
@@ -366,6 +404,7 @@ impl Rollout {
             efficiency,
             step_gather_s: 0.0,
             launch_floor_s: 0.0,
+            host_step_s: 0.0,
         })
     }
 
@@ -387,6 +426,7 @@ impl Rollout {
             + 2.0 * self.layers * self.allreduce(tokens * self.hidden * self.bytes)
             + self.step_gather_s)
             / self.efficiency
+            + self.host_step_s
     }
 
     /// Memory time of decode steps reading the weights `steps` times and `kv_tokens` cached tokens.
@@ -397,9 +437,13 @@ impl Rollout {
         ) / self.efficiency
     }
 
-    /// The launch floor of one decode step ([`Rollout::launch_floor_s`]) over the generation efficiency.
+    /// The floor of one decode step over the generation efficiency: its kernel launches ([`Rollout::launch_floor_s`])
+    /// or its per-step parameter gathers ([`Rollout::step_gather_s`]), whichever is longer. The gathers overlap the
+    /// step's own HBM traffic and compute rather than adding to them: ZeRO-3 prefetches the parameters of the next
+    /// modules on a separate stream while the current one runs (DeepSpeed configuration `stage3_prefetch_bucket_size`,
+    /// "the size of the fixed buffer for prefetching parameters"; DeepSpeed `runtime/zero/partitioned_param_coordinator.py`).
     pub fn step_floor_s(&self) -> f64 {
-        self.launch_floor_s / self.efficiency
+        self.launch_floor_s.max(self.step_gather_s) / self.efficiency
     }
 
     /// Compute time of decoding `tokens` tokens at a live batch of `live` sequences.
@@ -407,10 +451,11 @@ impl Rollout {
         self.law.compute_time(self.flops_per_token * tokens, live) / self.efficiency
     }
 
-    /// Communication of one decode step at a live batch of `live` sequences: tensor-parallel all-reduces and the
-    /// per-step parameter gathers ([`Rollout::step_gather_s`]).
+    /// The additive part of one decode step at a live batch of `live` sequences: its tensor-parallel all-reduces
+    /// (over the generation efficiency) and its host time ([`Rollout::host_step_s`]). The per-step parameter gathers
+    /// are a floor ([`Rollout::step_floor_s`]), not added here.
     pub fn decode_comm_s(&self, live: f64) -> f64 {
-        (2.0 * self.layers * self.allreduce(live * self.hidden * self.bytes) + self.step_gather_s) / self.efficiency
+        2.0 * self.layers * self.allreduce(live * self.hidden * self.bytes) / self.efficiency + self.host_step_s
     }
 }
 
@@ -441,13 +486,26 @@ fn model_state_bytes(m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
     )
 }
 
+/// Optimizer-state bytes per GPU of `m` trained in layout `cfg`: fp32 master weights and two Adam moments, 12 bytes
+/// per parameter, sharded from ZeRO stage 1 on (the part of [`crate::dense::zero_state_bytes`] an optimizer offload
+/// moves to the host).
+fn optimizer_state_bytes(m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
+    let p = m.params() / (cfg.tp * cfg.pp) as f64;
+    if cfg.zero_stage == 0 {
+        12.0 * p
+    } else {
+        12.0 * p / (cfg.dp * cfg.cp) as f64
+    }
+}
+
 /// Forward time of `m` over `tokens` tokens on `gpus` GPUs.
 fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
     law.compute_time(2.0 * m.params() * tokens / gpus as f64, m.hidden as f64)
 }
 
-/// Training time of `m` on `seqs` packed sequences of `seq_len` tokens, one optimizer step, on `gpus` GPUs, through
-/// the dense step model: `(step time, memory per GPU)`.
+/// Training time of `m` on `seqs` packed sequences of `seq_len` tokens on `gpus` GPUs, through the dense step model,
+/// one optimizer step per `train_batch` sequences ([`RlhfAnalytical::train_batch`]; one step when `None`):
+/// `(time of all the steps, memory per GPU, layout)`.
 #[allow(clippy::too_many_arguments)]
 fn train(
     w: &RlhfIteration,
@@ -458,26 +516,81 @@ fn train(
     gpus: u64,
     profile: Option<&DeviceProfile>,
     budget: Option<f64>,
-    zero3: bool,
+    stage: Option<u8>,
+    offload: bool,
+    train_batch: Option<u64>,
 ) -> Result<(f64, f64, ParallelConfig), Error> {
+    // One optimizer step per train batch: `steps` steps of `seqs` sequences each.
+    let (seqs, steps) = match train_batch {
+        Some(tb) if tb > 0 && tb < seqs => (tb, seqs.div_ceil(tb)),
+        _ => (seqs, 1),
+    };
     let mut model = m.clone();
     model.seq_len = seq_len;
     let mut cluster = sub_cluster(&w.cluster, gpus);
-    if let Some(b) = budget {
-        cluster.gpu.memory_bytes = b.max(0.0) as u64;
-    }
+    let have = budget.unwrap_or(cluster.gpu.memory_bytes as f64).max(0.0);
+    // Offloaded, a layout needs its memory less its optimizer state to fit: the search runs on a GPU that large
+    // enough and the rows are filtered below.
+    let opt_bytes = |c: &ParallelConfig| if offload { optimizer_state_bytes(m, c) } else { 0.0 };
+    cluster.gpu.memory_bytes = if offload {
+        cluster.gpu.memory_bytes.max(4 * have as u64)
+    } else {
+        have as u64
+    };
     let d = DenseTraining::new(model, cluster, seqs * seq_len, (seqs * seq_len) as f64, w.dtype);
+    let usable = (1.0 - crate::dense::MEMORY_HEADROOM) * have;
     let best = match (crate::search::search(&d, profile), budget) {
-        // The search prices ZeRO-3 only where memory needs it (and then among its rows): the fastest fitting ZeRO-3
-        // row, else the search's best. (Re-pricing every layout at stage 3 was tried: on 64 GPUs its per-layer
+        // A pinned stage (the search prices ZeRO-3 only where memory needs it): the fastest fitting row at that stage,
+        // else the fastest fitting row. (Re-pricing every layout at stage 3 was tried: on 64 GPUs its per-layer
         // gathers make the 13B calibration rows training-bound beyond the published time; not used.)
-        (Ok(r), _) if zero3 => r
-            .rows
-            .into_iter()
-            .filter(|row| row.fits && row.outcome.config.zero_stage == 3)
-            .map(|row| row.outcome)
-            .min_by(|a, b| a.step_time_s.total_cmp(&b.step_time_s))
-            .unwrap_or(r.best),
+        (Ok(mut r), _) if stage.is_some() || offload => {
+            // A pin below ZeRO-3 re-prices every searched layout at that stage (the search itself moves a layout to
+            // ZeRO-2 wherever ZeRO-1 does not fit); ZeRO-3 is kept where the search priced it (see `actor_zero_stage`).
+            if let Some(s @ 1..=2) = stage {
+                let owned;
+                let p = match profile {
+                    Some(p) => p,
+                    None => {
+                        owned = datasheet_profile(&d.cluster.gpu);
+                        &owned
+                    }
+                };
+                for row in r.rows.iter_mut() {
+                    let cfg = ParallelConfig {
+                        zero_stage: s,
+                        ..row.outcome.config
+                    };
+                    *row = crate::search::row_of(&d, &cfg, p);
+                }
+            }
+            let fits = |o: &trainlab_core::workloads::dense::DenseOutcome| {
+                o.memory_per_gpu_bytes - opt_bytes(&o.config) <= usable
+            };
+            let pick = |st: Option<u8>| {
+                r.rows
+                    .iter()
+                    .filter(|row| row.fits || offload)
+                    .map(|row| &row.outcome)
+                    .filter(|o| fits(o) && st.is_none_or(|s| o.config.zero_stage == s))
+                    .min_by(|a, b| a.step_time_s.total_cmp(&b.step_time_s))
+                    .cloned()
+            };
+            match pick(stage).or_else(|| pick(None)) {
+                Some(o) => o,
+                None => {
+                    return Err(Error::invalid(
+                        "workload.placement",
+                        "colocated",
+                        format!(
+                            "training the {role} ({seqs} sequences of {seq_len} tokens on {gpus} GPUs) fits in no \
+                             layout within {:.1} GiB per GPU with its optimizer state offloaded",
+                            have / GIB
+                        ),
+                        "use a disaggregated placement, more nodes, or a smaller generation_batch",
+                    ));
+                }
+            }
+        }
         (Ok(r), _) => r.best,
         (Err(e), Some(b)) if e.is_user_error() => {
             return Err(Error::invalid(
@@ -497,7 +610,11 @@ fn train(
             }));
         }
     };
-    Ok((best.step_time_s, best.memory_per_gpu_bytes, best.config))
+    Ok((
+        best.step_time_s * steps as f64,
+        best.memory_per_gpu_bytes - opt_bytes(&best.config),
+        best.config,
+    ))
 }
 
 impl Backend<RlhfIteration> for RlhfAnalytical {
@@ -513,6 +630,17 @@ impl Backend<RlhfIteration> for RlhfAnalytical {
 }
 
 impl RlhfAnalytical {
+    /// Model-state bytes per GPU of `m` in layout `cfg` that stay on the GPU: less the optimizer state when it is
+    /// offloaded ([`RlhfAnalytical::offload_optimizer`]).
+    fn resident_state_bytes(&self, m: &TransformerSpec, cfg: &ParallelConfig) -> f64 {
+        model_state_bytes(m, cfg)
+            - if self.offload_optimizer {
+                optimizer_state_bytes(m, cfg)
+            } else {
+                0.0
+            }
+    }
+
     /// The closed form's generation `(prefill, decode)` seconds of `w` on the engines `ro`.
     pub fn closed_form_generation(w: &RlhfIteration, ro: &Rollout) -> (f64, f64) {
         let (p, d, _, _) = generation(w, ro);
@@ -628,7 +756,9 @@ impl RlhfAnalytical {
             actor_g,
             p,
             actor_budget,
-            self.zero3,
+            self.actor_zero_stage,
+            self.offload_optimizer,
+            self.train_batch,
         )?;
         memory.push(("actor".to_string(), actor_mem));
         let mut training = vec![actor_step * epochs as f64 / eff.training];
@@ -643,10 +773,12 @@ impl RlhfAnalytical {
                 critic_g,
                 p,
                 critic_budget,
-                self.zero3,
+                self.critic_zero_stage,
+                self.offload_optimizer,
+                self.train_batch,
             )?;
             memory.push(("critic".to_string(), mem));
-            critic_state = model_state_bytes(c, &cfg);
+            critic_state = self.resident_state_bytes(c, &cfg);
             training.push(step * epochs as f64 / eff.training);
         }
         let training_s = if colocated {
@@ -684,7 +816,7 @@ impl RlhfAnalytical {
                 .filter_map(|m| m.as_ref())
                 .map(|m| b * m.params() / gpus as f64)
                 .sum();
-            let resident = model_state_bytes(&w.actor, &actor_cfg) + critic_state + frozen;
+            let resident = self.resident_state_bytes(&w.actor, &actor_cfg) + critic_state + frozen;
             let kv = ro.memory - ro.weight_bytes;
             let layer = b * w.actor.params() / w.actor.layers as f64;
             let have = w.cluster.gpu.memory_bytes as f64 * (1.0 - crate::dense::MEMORY_HEADROOM);
@@ -709,6 +841,7 @@ impl RlhfAnalytical {
             && self.engine != WeightSource::Resharded
         {
             ro.launch_floor_s = w.actor.layers as f64 * DECODE_KERNELS_PER_LAYER * profile.launch_overhead_s;
+            ro.host_step_s = w.actor.layers as f64 * self.host_s_per_layer;
         }
         if let Some(ro) = rollout.as_mut()
             && sharded
@@ -921,6 +1054,42 @@ mod decode_tests {
         let d16 = decode(16, 1e18, 1e9);
         let want = 4.0 * (100.0 * 2.0 * n + 16.0 * 6_000.0 * 512.0) / 1e9;
         assert!((d16 / want - 1.0).abs() < 1e-9 && d16 < d, "{d} -> {d16} (want {want})");
+    }
+
+    #[test]
+    fn gathers_are_a_floor_and_host_time_adds() {
+        let w = iteration(8);
+        let law = GemmLaw {
+            rate_flops_per_s: 1e18,
+            half_dim: 0.0,
+            mem_bw_bytes_per_s: 1e9,
+        };
+        let mut ro = Rollout::new(&w, &law, &AlphaBetaNetwork::of(&w.cluster), 1, 0.5).unwrap();
+        let (_, d0) = RlhfAnalytical::closed_form_generation(&w, &ro);
+        // ZeRO-3's per-step gathers overlap the step (prefetch): the floor is the longer of gathers and launches, over
+        // the efficiency, and a gather shorter than the memory-bound step costs nothing.
+        ro.step_gather_s = 2e-6;
+        ro.launch_floor_s = 1e-6;
+        assert_eq!(ro.step_floor_s(), 4e-6);
+        assert_eq!(ro.decode_comm_s(8.0), 0.0);
+        let (_, d1) = RlhfAnalytical::closed_form_generation(&w, &ro);
+        assert_eq!(d1, d0);
+        // A gather longer than the step sets it: 8 waves of 100 steps at 1 s / 0.5.
+        ro.step_gather_s = 1.0;
+        let (_, d2) = RlhfAnalytical::closed_form_generation(&w, &ro);
+        assert!((d2 - 8.0 * 100.0 * 2.0).abs() < 1e-9, "{d2}");
+        // Host time adds to every forward (100 decode steps and one prefill per wave), not divided by the efficiency.
+        ro.step_gather_s = 0.0;
+        ro.host_step_s = 1e-3;
+        assert_eq!(ro.decode_comm_s(8.0), 1e-3);
+        let (p0, _) = {
+            let mut r0 = ro;
+            r0.host_step_s = 0.0;
+            RlhfAnalytical::closed_form_generation(&w, &r0)
+        };
+        let (p3, d3) = RlhfAnalytical::closed_form_generation(&w, &ro);
+        assert!((d3 - d0 - 8.0 * 100.0 * 1e-3).abs() < 1e-9, "{d3} {d0}");
+        assert!((p3 - p0 - 8.0 * 1e-3).abs() < 1e-12, "{p3} {p0}");
     }
 
     #[test]
