@@ -38,9 +38,14 @@ use trainlab_models::dense;
 const BOUND: f64 = 0.25;
 
 fn predict(r: &DenseRun) -> (DenseOutcome, DenseTraining) {
+    predict_with(r, |_| {})
+}
+
+/// The fastest fitting prediction for `r` with the workload's options set by `options` after the defaults.
+fn predict_with(r: &DenseRun, options: impl Fn(&mut DenseTraining)) -> (DenseOutcome, DenseTraining) {
     let nodes = (r.gpus / r.gpus_per_node as u64) as u32;
     let cluster = gpus::cluster(&r.gpu, nodes, r.gpus_per_node).expect("preset");
-    let w = DenseTraining {
+    let mut w = DenseTraining {
         // Megatron-LM in 2021 materialised attention scores (no FlashAttention)
         attention_scores_materialized: r.source.starts_with("Narayanan"),
         ..DenseTraining::new(
@@ -51,6 +56,7 @@ fn predict(r: &DenseRun) -> (DenseOutcome, DenseTraining) {
             Dtype::Bf16,
         )
     };
+    options(&mut w);
     let policies: Vec<Recompute> = match r.recompute {
         Some(p) => vec![p],
         None => vec![Recompute::None, Recompute::Selective, Recompute::Full],
@@ -175,6 +181,69 @@ fn dense_model_matches_published_runs() {
             "{m} on {g} GPUs: throughput error {:+.1}% exceeds {}%",
             100.0 * e,
             100.0 * BOUND
+        );
+    }
+}
+
+/// MegaScale (Jiang et al., NSDI'24) Table 3 ablates its optimisations on the 175B model, 256 GPUs, batch 256 (as
+/// transcribed in a public reading note of the paper, found with the search tool on 2026-12-02): MFU 47.7% (Megatron-LM
+/// baseline) -> +PTB 52.3 -> +SWA 53.3 -> +TP overlap 55.5 -> +PP overlap 58.0 -> +DP overlap 59.5 -> +efficient
+/// operators 61.2 -> +misc 62.3 -> +LAMB (3x batch) 65.3. The model has switches for two of these steps
+/// (`tp_comm_overlap`, `overlap_comm` for the DP reduction): their MFU gains on the same run (TP8 PP8 DP4, the fastest
+/// fitting micro-batch, interleaving and recompute) are compared with the published steps. The published gains are
+/// measured after PTB (which fuses the block's TP collectives) and SWA, which the model does not have, so only the
+/// size is checked: each model gain within a factor of 2 of the published one. Also prints MegaScale's own rows
+/// (Table 2) with its documented TP overlap on, which the headline leaves off (README).
+#[test]
+fn megascale_overlap_ablation_and_tp_overlap_rows() {
+    let rows = dense_runs().expect("embedded CSV parses");
+    let base = rows
+        .iter()
+        .find(|r| r.model == "gpt3-175b" && r.gpus == 256 && !r.note.contains("baseline"))
+        .expect("MegaScale 256-GPU row");
+    let at_batch_256 = DenseRun {
+        global_batch_seqs: 256,
+        ..base.clone()
+    };
+    let mfu = |dp: bool, tp: bool| {
+        predict_with(&at_batch_256, |w| {
+            w.overlap_comm = dp;
+            w.tp_comm_overlap = tp;
+        })
+        .0
+        .mfu
+    };
+    let none = mfu(false, false);
+    let tp = mfu(false, true);
+    let both = mfu(true, true);
+    let (tp_gain, dp_gain) = (100.0 * (tp - none), 100.0 * (both - tp));
+    println!(
+        "MegaScale Table 3 (256 GPUs, batch 256): model MFU {:.1}% without overlap, +TP overlap {tp_gain:+.1} points \
+         (published +2.2), +DP overlap {dp_gain:+.1} points (published +1.5)",
+        100.0 * none
+    );
+    for (model, published) in [(tp_gain, 2.2), (dp_gain, 1.5)] {
+        assert!(
+            model > published / 2.0 && model < 2.0 * published,
+            "{model} vs {published}"
+        );
+    }
+    println!("| GPUs | batch | published MFU | predicted MFU (TP overlap on) | error |");
+    println!("|---|---|---|---|---|");
+    for r in rows
+        .iter()
+        .filter(|r| r.source.contains("MegaScale") && !r.note.contains("baseline"))
+    {
+        let (o, w) = predict_with(r, |w| w.tp_comm_overlap = true);
+        let peak = w.cluster.gpu.peak(Dtype::Bf16);
+        let err = o.tokens_per_s / r.gpus as f64 / r.tokens_per_s_per_gpu(peak) - 1.0;
+        println!(
+            "| {} | {} | {:.1}% | {:.1}% | {:+.1}% |",
+            r.gpus,
+            r.global_batch_seqs,
+            100.0 * r.value,
+            100.0 * o.mfu,
+            100.0 * err
         );
     }
 }
