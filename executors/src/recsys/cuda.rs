@@ -525,6 +525,9 @@ pub fn bag_launch(nf: usize, b: usize, d: usize) -> LaunchConfig {
     grid(nf * b * d)
 }
 
+/// One op of a step: enqueue the closure's work on the stream (host-timed), then, with one stream, wait for it.
+type OpFn<'a> = dyn FnMut(&CudaStream, &mut dyn FnMut() -> Result<(), Error>) -> Result<(), Error> + 'a;
+
 /// The compiled recommender kernels.
 struct Kernels {
     bag_fwd: CudaFunction,
@@ -833,12 +836,7 @@ impl GpuStep {
         let k0 = plan.k0 as i32;
         let m_total = plan.mbs.len();
         let mut mlp_done: Vec<usize> = Vec::with_capacity(m_total);
-        let bwd = |m: usize,
-                   b: &mut Bufs,
-                   ev: &mut Marks,
-                   op: &mut dyn FnMut(&CudaStream, &mut dyn FnMut() -> Result<(), Error>) -> Result<(), Error>,
-                   kernels: &mut u64|
-         -> Result<(), Error> {
+        let bwd = |m: usize, b: &mut Bufs, ev: &mut Marks, op: &mut OpFn<'_>, kernels: &mut u64| -> Result<(), Error> {
             let e0 = ev.mark(&emb)?;
             let bsz = plan.mbs[m];
             for (c, lp) in plan.chains.iter().zip(&plan.lookups[m]) {
@@ -1134,7 +1132,7 @@ fn mlp_step(
     plan: &DevicePlan,
     b: &mut Bufs,
     m: usize,
-    op: &mut dyn FnMut(&CudaStream, &mut dyn FnMut() -> Result<(), Error>) -> Result<(), Error>,
+    op: &mut OpFn<'_>,
     kernels: &mut u64,
 ) -> Result<(), Error> {
     let bsz = plan.mbs[m];
@@ -1421,7 +1419,7 @@ mod tests {
             },
             gpus_per_node: 1,
             nodes: 1,
-            intra: link.clone(),
+            intra: link,
             inter: link,
         }
     }
@@ -1454,8 +1452,8 @@ mod tests {
                 let n = ot.ids[j] as usize;
                 let s = &lp.src[b * ot.ids_before[j] as usize + i * n..];
                 let mut acc = row(s[0])[col];
-                for q in 1..n {
-                    acc += row(s[q])[col];
+                for &sq in &s[1..n] {
+                    acc += row(sq)[col];
                 }
                 if ot.mean[j] != 0 {
                     acc *= 1.0f32 / n as f32;
