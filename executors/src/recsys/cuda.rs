@@ -718,7 +718,10 @@ impl GpuStep {
         // SAFETY: the staging buffer is written by the host before any copy reads it; the gradient buffer is only
         // read after a device-to-host copy wrote it.
         let stage_h = unsafe { ctx.alloc_pinned::<f32>(plan.staged_floats.max(1)) }.map_err(drv("pinned alloc"))?;
-        let mgrad_h = unsafe { ctx.alloc_pinned::<f32>(plan.staged_floats.max(1)) }.map_err(drv("pinned alloc"))?;
+        // Staging is only written by the host (write-combined pinned memory); the gradients come back to be read by
+        // the host, so they get plain (cached) pinned memory: reads of write-combined memory are uncached.
+        let mgrad_h =
+            unsafe { ctx.alloc_pinned_with_flags::<f32>(plan.staged_floats.max(1), 0) }.map_err(drv("pinned alloc"))?;
         let ot = plan.offset_table();
         let k0 = plan.k0;
         let (mut x, mut dx, mut target) = (Vec::new(), Vec::new(), Vec::new());
