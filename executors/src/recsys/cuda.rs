@@ -91,8 +91,9 @@ __device__ __forceinline__ const float* tl_rs_row(const float* cache, const floa
    src[src0 + b ids_before[f0 + j] + i n ...]. The sum of the rows (the mean with mean[.]) goes to the MLP input
    x[i, xoff[.] + c]: the concat is fused. Rows are added in lookup order, as on the CPU. */
 extern "C" __global__ void tl_rs_bag_fwd(const float* cache, long long cache0, const float* staging,
-                                         long long stage0, const unsigned* src, long long src0, const int* ids_before, const int* ids, const int* xoff,
-                                         const int* mean, int f0, float* x, int nf, int b, int d, int k0) {
+                                         long long stage0, const unsigned* src, long long src0,
+                                         const int* ids_before, const int* ids, const int* xoff, const int* mean,
+                                         int f0, float* x, int nf, int b, int d, int k0) {
     long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
     if (t >= (long long)nf * b * d) return;
     int c = (int)(t % d);
@@ -862,7 +863,8 @@ impl GpuStep {
                         .arg(&d)
                         .arg(&k0);
                     // SAFETY: nf b d threads; field entries f0..f0+nf of the offset table exist; each writes the
-                    // ids rows of its bag inside grads[grad0..grad0 + L d] and reads dx (b x k0) at its field's columns.
+                    // ids rows of its bag inside grads[grad0..grad0 + L d] and reads dx (b x k0) at its field's
+                    // columns.
                     unsafe { lb.launch(bag_launch(c.fields.len(), bsz, c.dim)) }
                         .map(|_| ())
                         .map_err(drv("launch bag backward"))
@@ -1778,9 +1780,9 @@ mod tests {
     }
 
     /// On a GPU: after one step the pooled MLP input of the last micro-batch equals the cpu executor's bit for bit and
-    /// the table updates agree within [`UPDATE_REL_BOUND`] of the largest update, separate and packed, one and two streams, with and without
-    /// a cache; the backend reports a positive step time. Without one: prints the reason and checks that nothing is
-    /// attempted.
+    /// the table updates agree within [`UPDATE_REL_BOUND`] of the largest update, separate and packed, one and two
+    /// streams, with and without a cache; the backend reports a positive step time. Without one: prints the reason and
+    /// checks that nothing is attempted.
     #[test]
     fn gpu_step_matches_cpu_or_skips() {
         if let Some(why) = gpu_unavailable_reason() {
