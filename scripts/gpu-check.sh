@@ -14,7 +14,9 @@
 #    tests check copy/triad/GEMM results against the CPU and print measured rates; among them
 #    moe::cuda::tests::gpu_forward_backward_matches_cpu_or_skips checks the MoE layer's GPU output and every
 #    gradient against the CPU layer and prints per-phase and per-expert times, copied to moe-cuda.txt;
-#    moe::cuda::tests::moe_kernels_compile_with_nvrtc_when_present compiles the MoE kernels),
+#    moe::cuda::tests::moe_kernels_compile_with_nvrtc_when_present compiles the MoE kernels;
+#    recsys::cuda::tests::gpu_step_matches_cpu_or_skips checks the recommender step against the CPU executor),
+#    the recsys_step section (`trainlab run` of picasso-wdl on the cuda backend with PICASSO's switches -> recsys-cuda.csv),
 #    `trainlab calibrate --backend cuda`, and PyTorch matmul/copy ceilings on the same card. Results (txt/CSV/JSON)
 #    land in OUTDIR; commit them under datasets/calibration/<date>-<device>/ with the SETUP.txt written here.
 set -uo pipefail
@@ -85,6 +87,50 @@ if [[ -x "$BIN_DIR/trainlab_executors-tests" ]]; then
         >"$OUT/moe-cuda.txt" || echo "no MoE CUDA lines in the test output" >"$OUT/moe-cuda.txt"
 else
     echo "missing $BIN_DIR/trainlab_executors-tests (run '$0 --stage' on the build machine)" | tee "$OUT/executors-tests.txt"
+fi
+
+step "recsys_step on the GPU (issue 11): CUDA step vs the CPU executor, then PICASSO's switches one at a time"
+# recsys::cuda::tests::gpu_step_matches_cpu_or_skips (in executors-tests.txt above) checks the pooled MLP inputs
+# against the CPU executor bit for bit and the updated tables within fp32 rounding; its "recsys cuda" lines are
+# copied to recsys-cuda.txt. Then `trainlab run picasso-wdl --backend cuda` on the baseline and with packing,
+# interleaving (4 micro-batches, 2 streams) and a 5% static top-k cache turned on one at a time and all together
+# (the step the cuda backend answers is scaled to its budgets: 2 GiB of host tables, 1 GiB of gathered rows);
+# one CSV row each in recsys-cuda.csv.
+grep -E '^recsys cuda|gpu_step_matches_cpu_or_skips|recsys_kernels_compile' "$OUT/executors-tests.txt" \
+    >"$OUT/recsys-cuda.txt" 2>/dev/null || echo "no recsys CUDA lines in the test output" >"$OUT/recsys-cuda.txt"
+if [[ -x "$BIN_DIR/trainlab" ]]; then
+    base=scenarios/picasso-wdl.toml
+    echo "variant,exit,step_time_s,samples_per_s,kernels,sm_busy,hbm_util,pcie_util,cache_hit_rate,stage_embedding_s,stage_mlp_s,stage_copy_s,stage_launch_s" \
+        >"$OUT/recsys-cuda.csv"
+    for v in baseline packing interleaving cache all; do
+        f="$OUT/recsys-$v.toml"
+        case $v in
+            baseline) sed 's/^name = .*/name = "picasso-wdl-cuda-baseline"/' "$base" >"$f" ;;
+            packing) sed -e 's/^packing = false/packing = true/' -e 's/^name = .*/name = "picasso-wdl-cuda-packing"/' "$base" >"$f" ;;
+            interleaving) sed -e 's/^micro_batches = 1/micro_batches = 4/' -e 's/^streams = 1/streams = 2/' \
+                -e 's/^name = .*/name = "picasso-wdl-cuda-interleaving"/' "$base" >"$f" ;;
+            cache) sed -e 's/fraction = 0.0/fraction = 0.05/' -e 's/^name = .*/name = "picasso-wdl-cuda-cache"/' "$base" >"$f" ;;
+            all) sed -e 's/^packing = false/packing = true/' -e 's/^micro_batches = 1/micro_batches = 4/' \
+                -e 's/^streams = 1/streams = 2/' -e 's/fraction = 0.0/fraction = 0.05/' \
+                -e 's/^name = .*/name = "picasso-wdl-cuda-all"/' "$base" >"$f" ;;
+        esac
+        timeout 300 "$BIN_DIR/trainlab" run "$f" --backend cuda --json >"$OUT/recsys-$v.json" 2>"$OUT/recsys-$v.err"
+        rc=$?
+        python3 - "$OUT/recsys-$v.json" "$v" "$rc" >>"$OUT/recsys-cuda.csv" <<'PY' || echo "$v,$rc" >>"$OUT/recsys-cuda.csv"
+import json, sys
+path, variant, rc = sys.argv[1:4]
+names = ["step_time", "samples_per_s", "kernels", "sm_busy", "hbm_util", "pcie_util", "cache_hit_rate",
+         "stage.embedding", "stage.mlp", "stage.copy", "stage.launch"]
+try:
+    m = {x["name"]: x["value"] for x in json.load(open(path))["metrics"]}
+except Exception:
+    m = {}
+print(",".join([variant, rc] + [str(m.get(n, "")) for n in names]))
+PY
+    done
+    cat "$OUT/recsys-cuda.csv"
+else
+    echo "missing $BIN_DIR/trainlab" | tee "$OUT/recsys-cuda.csv"
 fi
 
 step "trainlab calibrate --backend cuda"
@@ -159,7 +205,8 @@ host:      $(hostname)
 command:   $0 $OUT
 revision:  $(cat "$BIN_DIR/REVISION" 2>/dev/null || echo unknown)
 libraries: LD_LIBRARY_PATH=$LD_LIBRARY_PATH
-files:     ldconfig.txt nvidia-smi.txt gpu.csv executors-tests.txt moe-cuda.txt calibrate.txt (+ calibrate outputs)
+files:     ldconfig.txt nvidia-smi.txt gpu.csv executors-tests.txt moe-cuda.txt recsys-cuda.txt recsys-cuda.csv
+           recsys-*.json calibrate.txt (+ calibrate outputs)
            torch.txt torch_ceilings.csv torch_ceilings.json
 EOF
 echo

@@ -94,6 +94,26 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
     assert!(dir.join("records.parquet").exists());
 }
 
+/// The `cuda` backend is in the kind table; without a GPU `run --backend cuda` exits 2 with the reason (no panic),
+/// with one it answers (the scaled step).
+#[test]
+fn cuda_backend_runs_or_says_why_not() {
+    let _serial = timing_lock();
+    let o = bin()
+        .args(["run", "picasso-wdl", "--backend", "cuda"])
+        .output()
+        .unwrap();
+    let e = stderr(&o);
+    assert!(!e.contains("panicked"), "{e}");
+    match trainlab_executors::gpu::gpu_unavailable_reason() {
+        Some(why) => {
+            assert_eq!(o.status.code(), Some(2), "{e}");
+            assert!(e.contains("skipped") && e.contains(&why), "{e}");
+        }
+        None => assert!(o.status.success(), "{e}"),
+    }
+}
+
 // ---- Issue 11 part 2: the measured CPU backend and its calibration. ----
 
 use std::sync::atomic::AtomicBool;

@@ -138,6 +138,11 @@ impl GpuRuntime {
         })
     }
 
+    /// The context (for further streams and pinned host memory).
+    pub(crate) fn ctx(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The stream every buffer and launch of this runtime uses.
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

@@ -61,6 +61,8 @@ use trainlab_models::cache::{Access, RankHash, RankMap, RowCache};
 use trainlab_models::recsys::{CpuCounts, cpu_counts, field_chains};
 
 use crate::cpu::{MatRef, gemm};
+
+pub mod cuda;
 use crate::timing::{TimingOpts, black_box, fill_random_f32, thread_on_cpu_s, time_samples};
 
 /// Most bytes of embedding tables a measured step holds (the tables of the step asked are scaled down to this).

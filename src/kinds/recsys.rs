@@ -4,8 +4,10 @@
 //! Backends: the closed form (`analytical`: launch x ops, roofline per kernel, PCIe misses, Zipf/Che cache curves,
 //! the interleaving pipeline bound; on the `cpu` device the CPU op model of `trainlab_models::recsys`), the
 //! kernel-level simulator (`kernel_des`: host launch queue, streams, occupancy-limited SM and HBM sharing, copy engine,
-//! simulated caches; GPU only) and the measured `cpu` backend (`trainlab_executors::recsys`: the step really run on
-//! this CPU, op by op). The `cpu` backend answers a scaled step on the `cpu` device preset ([`on_cpu`]), filed in its
+//! simulated caches; GPU only), the measured `cpu` backend (`trainlab_executors::recsys`: the step really run on
+//! this CPU, op by op) and the measured `cuda` backend (`trainlab_executors::recsys::cuda`: the same step as NVRTC
+//! kernels and cuBLAS GEMMs on a GPU, static top-k cache only; compiled in every build, not yet run on a GPU; skipped
+//! with its reason without one; it answers a scaled step, [`on_gpu`], on the workload's GPU preset). The `cpu` backend answers a scaled step on the `cpu` device preset ([`on_cpu`]), filed in its
 //! own group, where the closed form answers with its CPU op model.
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, per-row costs (a
@@ -67,14 +69,36 @@ fn backends(o: &Opts) -> Result<super::Backends<RecsysStep>, Error> {
             }),
             map: on_cpu,
         }),
+        Box::new(Answering {
+            inner: Box::new(trainlab_executors::recsys::cuda::RecsysCuda {
+                warmup: if o.quick {
+                    1
+                } else {
+                    trainlab_executors::recsys::cuda::WARMUP
+                },
+                repeats: if o.quick {
+                    3
+                } else {
+                    trainlab_executors::recsys::cuda::REPEATS
+                },
+            }),
+            map: on_gpu,
+        }),
     ])
+}
+
+/// The step the `cuda` backend really runs for `w`: tables and batch within the GPU executor's budgets, fp32 MLP
+/// (`trainlab_executors::recsys::cuda::scaled_to_device`; `None`: `w` itself).
+pub fn on_gpu(w: &RecsysStep) -> Option<RecsysStep> {
+    let x = trainlab_executors::recsys::cuda::scaled_to_device(w);
+    (x != *w).then_some(x)
 }
 
 /// The `recsys_step` kind.
 pub static KIND: KindDef<RecsysStep> = KindDef {
     about: "one recommender (WDL) training step on one GPU: packing, interleaving, caching (PICASSO); real CPU steps",
     reads: &["recsys_step"],
-    reference: &["cpu", "kernel_des", "analytical"],
+    reference: &["cpu", "kernel_des", "analytical", "cuda"],
     headline: &["samples_per_s", "step_time", "kernels", "sm_busy", "cache_hit_rate"],
     backends,
     describe: |w| {
