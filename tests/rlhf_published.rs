@@ -130,8 +130,8 @@ fn shape(name: &str) -> TransformerSpec {
 /// OpenRLHF's ratio string in the order ref:reward:critic:actor:vllm (the early 70B script's 2:2:4:4:4 names its roles
 /// in that order), its sum the GPUs, vLLM engines at the smallest TP that fits, each decoding one actor rank's
 /// generation micro-batch per call; HF `generate` (TP 1) at the table's generation micro-batch
-/// per GPU, which must fit beside the training states resident during generation; vLLM at micro-batch x actor ranks
-/// per engine; the Hybrid Engine at its OPT scripts' settings, else the fastest fitting (TP, batch) of 256, 128, ...
+/// per GPU, which must fit beside the training states resident during generation (on the actor's 2 GPUs for the Ray
+/// rows without vLLM, 1:1:4:2 read as ref 1, reward 1, critic 4, actor 2, `rollout_gpus = 0`); the Hybrid Engine at its OPT scripts' settings, else the fastest fitting (TP, batch) of 256, 128, ...
 fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let actor = shape(&r.model);
     let small = if r.model.starts_with("opt") {
@@ -151,11 +151,16 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
                 reward_gpus: u,
             }
         }
-        other => {
-            return Err(format!(
-                "ratio {other}: generation on the actor's training GPUs beside disaggregated scoring roles"
-            ));
-        }
+        // OpenRLHF's Ray placement without vLLM: ref:reward:critic:actor 1:1:4:2 on 8 GPUs, HF `generate` on the
+        // actor's 2 training GPUs (`rollout_gpus = 0`), the other roles on their own.
+        "1:1:4:2" => Placement::Disaggregated {
+            actor_gpus: 2,
+            rollout_gpus: 0,
+            reference_gpus: 1,
+            critic_gpus: 4,
+            reward_gpus: 1,
+        },
+        other => return Err(format!("ratio {other}: not a placement of the table")),
     };
     let hf = matches!(r.system.as_str(), "openrlhf" | "dschat_no_he");
     let cluster = trainlab_datasets::gpus::cluster("a100-80gb", r.gpus.div_ceil(8) as u32, r.gpus.min(8) as u32)
@@ -187,7 +192,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         // `llama_13b.sh` 2); an input error if its KV cache does not fit beside the resident training states.
         let mut w = base.clone();
         w.generation_batch = r.gen_micro_batch.expect("OpenRLHF rows give it");
-        return model(&r.system, r.gpus, PhaseEfficiency::default())
+        return model_for(&r.system, &w, PhaseEfficiency::default(), 0.0)
             .run(&w, &mut RunCtx::new(Seed(1)))
             .map(|_| w)
             .map_err(|e| e.to_string());
@@ -327,9 +332,18 @@ fn run(system: &str, w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
 }
 
 fn run_host(system: &str, w: &RlhfIteration, eff: PhaseEfficiency, host: f64) -> RlhfOutcome {
-    model_host(system, w.cluster.gpus(), eff, host)
+    model_for(system, w, eff, host)
         .run(w, &mut RunCtx::new(Seed(1)))
         .unwrap()
+}
+
+/// [`model_host`] for the workload `w`: OpenRLHF's Ray rows (disaggregated) offload the optimizer (`--adam_offload`,
+/// assumed as for its vLLM rows: in OpenRLHF's early Ray scripts, e.g. `train_ppo_llama_ray_70b.sh`; without it the
+/// 13B actor's training states do not fit the 2 GPUs of the 1:1:4:2 ratio).
+fn model_for(system: &str, w: &RlhfIteration, eff: PhaseEfficiency, host: f64) -> RlhfAnalytical {
+    let mut m = model_host(system, w.cluster.gpus(), eff, host);
+    m.offload_optimizer |= system.starts_with("openrlhf") && !matches!(w.placement, Placement::Colocated);
+    m
 }
 
 /// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
@@ -541,15 +555,17 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
         ds.len(),
         100.0 * max(&ds)
     );
-    assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
+    // Every OpenRLHF row but the calibration one is expressed since generation on the actor's GPUs (its two Ray rows
+    // without vLLM, 1:1:4:2).
+    assert!(open.len() >= 6 && ds.len() >= 6, "{} {}", open.len(), ds.len());
     // The bounds that hold (README's table; the goals, 15% and 25%, are not met everywhere): OpenRLHF's
     // held-out rows miss by up to 26% (the 7B vLLM row, over-predicted; tightened from 37% when the vLLM engines'
     // calls were serialised, which moved 7B +31.9% -> +26.0% and 70B -35.6% -> -16.6%);
     // DeepSpeed-Chat Table 1's by up to 34% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%, median 14%.
     assert!(max(&open) < 0.27, "OpenRLHF held-out max {}", max(&open));
-    // Two of its four held-out rows within the 15% (the two HF rows: OpenRLHF 7B +10.2%, DeepSpeed-Chat 13B
-    // -3.2%); its vLLM rows miss (7B +26.0%, 70B -16.6%).
-    assert!(open.iter().filter(|e| **e < 0.15).count() >= 2, "{open:?}");
+    // Four of its six held-out rows within the 15% (the HF rows: OpenRLHF 7B +10.2%, DeepSpeed-Chat 13B -3.2%,
+    // OpenRLHF Ray 7B -7.1% and 13B +9.9%); its vLLM rows miss (7B +26.0%, 70B -16.6%).
+    assert!(open.iter().filter(|e| **e < 0.15).count() >= 4, "{open:?}");
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
