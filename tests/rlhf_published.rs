@@ -477,8 +477,16 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
             let res = workload(r).map(|w| {
                 let o = run_host(&r.system, &w, fit.of(&r.system), fit.host(&r.system));
                 eprintln!(
-                    "line {}: rollout TP {}, generation batch {}",
-                    r.line, w.rollout_tp, w.generation_batch
+                    "line {}: rollout TP {}, generation batch {}; prefill {:.0} s, decode {:.0} s, experience {:.0} s, \
+                     training {:.0} s, sync {:.1} s",
+                    r.line,
+                    w.rollout_tp,
+                    w.generation_batch,
+                    o.prefill_s,
+                    o.decode_s,
+                    o.experience_s,
+                    o.training_s,
+                    o.sync_s
                 );
                 let scale = if r.system == "dschat_he" {
                     DSCHAT_ITERATIONS
