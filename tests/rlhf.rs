@@ -131,6 +131,7 @@ fn rlhf_bad_input_exits_2_with_the_field() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let colo = std::fs::read_to_string(root.join("rlhf-70b-colocated.toml")).unwrap();
     let dis = std::fs::read_to_string(root.join("rlhf-70b-disaggregated.toml")).unwrap();
+    let asy = std::fs::read_to_string(root.join("rlhf-70b-async.toml")).unwrap();
     let d = tmpdir("bad");
     let reward_layers = "[workload.reward]\nname = \"llama2-7b\"\nlayers = 32";
     for (base, from, to, field) in [
@@ -175,6 +176,14 @@ fn rlhf_bad_input_exits_2_with_the_field() {
             "workload.off_policy",
         ),
         (&colo, "mean = 600.0", "mean = 0.0", "workload.response.lognormal.mean"),
+        // Generation on the actor's GPUs (`rollout_gpus = 0`): no off-policy overlap, and whole engines of rollout_tp.
+        (&asy, "rollout_gpus = 40", "rollout_gpus = 0", "workload.off_policy"),
+        (
+            &dis,
+            "actor_gpus = 16, rollout_gpus = 32",
+            "actor_gpus = 4, rollout_gpus = 0",
+            "workload.placement.disaggregated.actor_gpus",
+        ),
         // Histogram lengths: a negative weight, no mass at all, a zero length, mismatched bins.
         (
             &colo,
@@ -362,4 +371,55 @@ fn rlhf_colocated_memory_that_does_not_fit_exits_2_naming_the_placement() {
     let m = metrics(&w);
     let sum = value(&m, "memory_per_gpu.colocated_sum");
     assert!(sum <= w.cluster.gpu.memory_bytes as f64, "{sum}");
+}
+
+#[test]
+fn rlhf_generation_on_the_actors_gpus() {
+    // Disaggregated with `rollout_gpus = 0` (OpenRLHF's Ray placement without vLLM): the actor's 16 GPUs are the
+    // rollout engines (2 at TP 8), so generation costs what 16 rollout GPUs of their own cost, while the reference,
+    // critic and reward model keep their own GPUs and the phases run in series.
+    let mut own = scenario("rlhf-70b-disaggregated");
+    own.off_policy = false;
+    // Small enough that the KV cache fits beside the actor's training states on its GPUs.
+    own.generation_batch = 16;
+    let trainlab_core::workloads::rlhf::Placement::Disaggregated {
+        reference_gpus,
+        critic_gpus,
+        reward_gpus,
+        ..
+    } = own.placement
+    else {
+        panic!("disaggregated scenario")
+    };
+    own.placement = trainlab_core::workloads::rlhf::Placement::Disaggregated {
+        actor_gpus: 16,
+        rollout_gpus: 16,
+        reference_gpus,
+        critic_gpus,
+        reward_gpus,
+    };
+    let mut on_actor = own.clone();
+    on_actor.placement = trainlab_core::workloads::rlhf::Placement::Disaggregated {
+        actor_gpus: 16,
+        rollout_gpus: 0,
+        reference_gpus,
+        critic_gpus,
+        reward_gpus,
+    };
+    assert!(on_actor.rollout_on_actor() && !own.rollout_on_actor());
+    let run = |w: &RlhfIteration| RlhfAnalytical::default().run(w, &mut RunCtx::new(Seed(1))).unwrap();
+    let (a, b) = (run(&own), run(&on_actor));
+    let generation = |o: &trainlab_core::workloads::rlhf::RlhfOutcome| o.prefill_s + o.decode_s;
+    eprintln!(
+        "generation {:.2} s (own GPUs) vs {:.2} s (actor's GPUs); sync {:.3} vs {:.3} s",
+        generation(&a),
+        generation(&b),
+        a.sync_s,
+        b.sync_s
+    );
+    assert!((generation(&a) / generation(&b) - 1.0).abs() < 1e-9);
+    assert_eq!((a.experience_s, b.overlap_s), (b.experience_s, 0.0));
+    // The actor already holds its weights: resharding within its own 16 GPUs, not a send to other GPUs.
+    assert!(b.sync_s < a.sync_s, "{} vs {}", b.sync_s, a.sync_s);
+    assert_eq!(b.gpus, own.cluster.gpus());
 }

@@ -9,9 +9,13 @@
 //!   HF generation at efficiency 1 with a fitted host time per layer of every eager forward
 //!   (`RlhfAnalytical::host_s_per_layer`: HF `generate`'s Python loop and ZeRO-3 hooks), no longer an efficiency;
 //! - vLLM generation and OpenRLHF training: its OpenRLHF Ray+vLLM Llama2-13B row (gen and train; disaggregated
-//!   1:1:2:2:2 on 8 GPUs). Its generation efficiency comes out at 1.06: slightly faster than the datasheet HBM roofline
-//!   at its batch, so the model over-prices something there (the experience passes are charged the training
-//!   efficiency, for one); not an efficiency to read physically;
+//!   1:1:2:2:2 on 8 GPUs). Its generation efficiency comes out at 1.55 (1.06 before the engines' calls were
+//!   serialised): the model prices that row 55% slower than published at the datasheet HBM roofline, so it
+//!   over-prices something there; not an efficiency to read physically. The likeliest part: every sequence is priced
+//!   at the published maxima (1,024-token prompt, 1,024-token response), and Llama2-13B (no GQA) reads a KV cache of
+//!   0.8 MB per token; the dataset's real lengths are not published (shorter lognormal lengths on every OpenRLHF row
+//!   were tried: they bring it to 1.0-1.1 but push the two training efficiencies to 0.07-0.29 and the DeepSpeed-Chat
+//!   13B row to -23%; not kept);
 //! - Hybrid Engine generation and Table 1's training: its two OPT-13B rows (8 and 64 A100-80GB, e2e only: two
 //!   equations, two unknowns).
 //!
@@ -123,10 +127,11 @@ fn shape(name: &str) -> TransformerSpec {
 /// The row as a workload, or why the tool cannot express it. Assumptions: prompts and responses at the published
 /// lengths (OpenRLHF's are maxima; the dataset's real lengths are not given); the A100-80GB preset for the A800 (same
 /// HBM and peak); one optimizer step per train batch (`train_batch`); colocated when the table gives no role split;
-/// OpenRLHF's ratio string in the order ref:reward:critic:actor:vllm, its sum the GPUs, vLLM engines at TP 2 or more
-/// (7B, 13B) or 4 or more (70B), the smallest that fits; HF `generate` (TP 1) at the table's generation micro-batch
-/// per GPU, which must fit beside the training states resident during generation; vLLM at micro-batch x actor ranks
-/// per engine; the Hybrid Engine at its OPT scripts' settings, else the fastest fitting (TP, batch) of 256, 128, ...
+/// OpenRLHF's ratio string in the order ref:reward:critic:actor:vllm (the early 70B script's 2:2:4:4:4 names its roles
+/// in that order), its sum the GPUs, vLLM engines at the smallest TP that fits, each decoding one actor rank's
+/// generation micro-batch per call; HF `generate` (TP 1) at the table's generation micro-batch
+/// per GPU, which must fit beside the training states resident during generation (on the actor's 2 GPUs for the Ray
+/// rows without vLLM, 1:1:4:2 read as ref 1, reward 1, critic 4, actor 2, `rollout_gpus = 0`); the Hybrid Engine at its OPT scripts' settings, else the fastest fitting (TP, batch) of 256, 128, ...
 fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let actor = shape(&r.model);
     let small = if r.model.starts_with("opt") {
@@ -146,11 +151,16 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
                 reward_gpus: u,
             }
         }
-        other => {
-            return Err(format!(
-                "ratio {other}: generation on the actor's training GPUs beside disaggregated scoring roles"
-            ));
-        }
+        // OpenRLHF's Ray placement without vLLM: ref:reward:critic:actor 1:1:4:2 on 8 GPUs, HF `generate` on the
+        // actor's 2 training GPUs (`rollout_gpus = 0`), the other roles on their own.
+        "1:1:4:2" => Placement::Disaggregated {
+            actor_gpus: 2,
+            rollout_gpus: 0,
+            reference_gpus: 1,
+            critic_gpus: 4,
+            reward_gpus: 1,
+        },
+        other => return Err(format!("ratio {other}: not a placement of the table")),
     };
     let hf = matches!(r.system.as_str(), "openrlhf" | "dschat_no_he");
     let cluster = trainlab_datasets::gpus::cluster("a100-80gb", r.gpus.div_ceil(8) as u32, r.gpus.min(8) as u32)
@@ -173,11 +183,6 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         dtype: Dtype::Bf16,
         cluster,
     };
-    let min_tp = match (r.roles.as_str(), r.model.as_str()) {
-        ("1:1:2:2:2", _) => 2,
-        ("2:2:4:4:4", _) => 4,
-        _ => 1,
-    };
     // HF `generate` has no tensor parallelism: TP 1. The Hybrid Engine tunes its inference TP and batch ("the
     // largest batch size possible", TP when the model does not fit one GPU: the DeepSpeed-Chat blog): the fastest
     // fitting (TP, batch) at efficiency 1. vLLM: the smallest TP that fits, the largest batch at it.
@@ -187,33 +192,31 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         // `llama_13b.sh` 2); an input error if its KV cache does not fit beside the resident training states.
         let mut w = base.clone();
         w.generation_batch = r.gen_micro_batch.expect("OpenRLHF rows give it");
-        return model(&r.system, r.gpus, PhaseEfficiency::default())
+        return model_for(&r.system, &w, PhaseEfficiency::default(), 0.0)
             .run(&w, &mut RunCtx::new(Seed(1)))
             .map(|_| w)
             .map_err(|e| e.to_string());
     }
     if r.system == "openrlhf_vllm" {
-        // OpenRLHF's Ray+vLLM experience maker (`RemoteExperienceMaker.make_experience`, `_generate_vllm`): each actor
-        // rank sends its micro-batch of prompts to the vLLM engine `rank % engines` and waits for it, then scores it;
-        // an engine so holds micro-batch x (actor ranks / engines) sequences at once. Rollout TP: the smallest at or
-        // above the ratio's floor that fits.
+        // OpenRLHF's Ray+vLLM experience maker of the benchmark's time (`RemoteExperienceMaker._generate_vllm`): each
+        // actor rank sends its micro-batch of prompts to the vLLM engine `rank % engines` and waits. An engine is a
+        // plain (synchronous) Ray actor (`@ray.remote class LLMRayActor`, `openrlhf/trainer/ray/vllm_engine.py` of
+        // the vLLM 0.2.7-0.3 era), whose `generate` runs vLLM's offline `LLM.generate` to completion; Ray runs a
+        // synchronous actor's calls one at a time (its default concurrency group has concurrency 1 for non-async
+        // actors: Ray docs, "Limiting Concurrency Per-Method with Concurrency Groups"). So an engine decodes one
+        // rank's micro-batch per call and the ranks' calls queue: the engine batch is the micro-batch, not
+        // micro-batch x ranks per engine (`vllm_engine_calls_are_serialised` asserts it). Rollout TP: the smallest
+        // that fits (the early `examples/scripts/train_ppo_llama_ray_70b.sh`, ratio 2:2:4:4:4 with `--adam_offload`,
+        // runs 2 engines at TP 2: the smallest that holds Llama2-70B's 138 GB on 80 GB GPUs).
         let mb = r.gen_micro_batch.expect("OpenRLHF rows give it");
-        let Placement::Disaggregated {
-            actor_gpus,
-            rollout_gpus,
-            ..
-        } = base.placement
-        else {
+        let Placement::Disaggregated { rollout_gpus, .. } = base.placement else {
             return Err("vLLM rows are disaggregated".into());
         };
         let mut last = String::new();
-        for tp in [1u64, 2, 4, 8]
-            .into_iter()
-            .filter(|t| *t >= min_tp && *t <= rollout_gpus)
-        {
+        for tp in [1u64, 2, 4, 8].into_iter().filter(|t| *t <= rollout_gpus) {
             let mut w = base.clone();
             w.rollout_tp = tp;
-            w.generation_batch = (mb * actor_gpus * tp / rollout_gpus).max(1);
+            w.generation_batch = mb;
             match model(&r.system, r.gpus, PhaseEfficiency::default()).run(&w, &mut RunCtx::new(Seed(1))) {
                 Ok(_) => return Ok(w),
                 Err(e) => last = e.to_string(),
@@ -242,7 +245,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let tps: &[u64] = if hf { &[1] } else { &[1, 2, 4, 8] };
     let mut best: Option<(f64, RlhfIteration)> = None;
     let mut first: Option<String> = None;
-    for &tp in tps.iter().filter(|t| **t >= min_tp) {
+    for &tp in tps {
         let batches: &[u64] = if hf {
             &[16, 8, 4, 2, 1]
         } else {
@@ -329,9 +332,18 @@ fn run(system: &str, w: &RlhfIteration, eff: PhaseEfficiency) -> RlhfOutcome {
 }
 
 fn run_host(system: &str, w: &RlhfIteration, eff: PhaseEfficiency, host: f64) -> RlhfOutcome {
-    model_host(system, w.cluster.gpus(), eff, host)
+    model_for(system, w, eff, host)
         .run(w, &mut RunCtx::new(Seed(1)))
         .unwrap()
+}
+
+/// [`model_host`] for the workload `w`: OpenRLHF's Ray rows (disaggregated) offload the optimizer (`--adam_offload`,
+/// assumed as for its vLLM rows: in OpenRLHF's early Ray scripts, e.g. `train_ppo_llama_ray_70b.sh`; without it the
+/// 13B actor's training states do not fit the 2 GPUs of the 1:1:4:2 ratio).
+fn model_for(system: &str, w: &RlhfIteration, eff: PhaseEfficiency, host: f64) -> RlhfAnalytical {
+    let mut m = model_host(system, w.cluster.gpus(), eff, host);
+    m.offload_optimizer |= system.starts_with("openrlhf") && !matches!(w.placement, Placement::Colocated);
+    m
 }
 
 /// `(published gen, train)` phases as OpenRLHF splits them, from an outcome.
@@ -465,8 +477,16 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
             let res = workload(r).map(|w| {
                 let o = run_host(&r.system, &w, fit.of(&r.system), fit.host(&r.system));
                 eprintln!(
-                    "line {}: rollout TP {}, generation batch {}",
-                    r.line, w.rollout_tp, w.generation_batch
+                    "line {}: rollout TP {}, generation batch {}; prefill {:.0} s, decode {:.0} s, experience {:.0} s, \
+                     training {:.0} s, sync {:.1} s",
+                    r.line,
+                    w.rollout_tp,
+                    w.generation_batch,
+                    o.prefill_s,
+                    o.decode_s,
+                    o.experience_s,
+                    o.training_s,
+                    o.sync_s
                 );
                 let scale = if r.system == "dschat_he" {
                     DSCHAT_ITERATIONS
@@ -543,14 +563,17 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
         ds.len(),
         100.0 * max(&ds)
     );
-    assert!(open.len() >= 3 && ds.len() >= 6, "{} {}", open.len(), ds.len());
+    // Every OpenRLHF row but the calibration one is expressed since generation on the actor's GPUs (its two Ray rows
+    // without vLLM, 1:1:4:2).
+    assert!(open.len() >= 6 && ds.len() >= 6, "{} {}", open.len(), ds.len());
     // The bounds that hold (README's table; the issue's goals, 15% and 25%, are not met everywhere): OpenRLHF's
-    // held-out rows miss by up to 36% (the 70B vLLM row, under-predicted; expressible since the optimizer offload);
+    // held-out rows miss by up to 26% (the 7B vLLM row, over-predicted; tightened from 37% when the vLLM engines'
+    // calls were serialised, which moved 7B +31.9% -> +26.0% and 70B -35.6% -> -16.6%);
     // DeepSpeed-Chat Table 1's by up to 34% (OPT-1.3B on 64 GPUs), 7 of its 8 held-out rows within 25%, median 14%.
-    assert!(max(&open) < 0.37, "OpenRLHF held-out max {}", max(&open));
-    // Two of its four held-out rows within the issue's 15% (the two HF rows: OpenRLHF 7B +10.2%, DeepSpeed-Chat 13B
-    // -3.2%); its vLLM rows miss (7B +31.9%, 70B -35.6%).
-    assert!(open.iter().filter(|e| **e < 0.15).count() >= 2, "{open:?}");
+    assert!(max(&open) < 0.27, "OpenRLHF held-out max {}", max(&open));
+    // Four of its six held-out rows within the issue's 15% (the HF rows: OpenRLHF 7B +10.2%, DeepSpeed-Chat 13B -3.2%,
+    // OpenRLHF Ray 7B -7.1% and 13B +9.9%); its vLLM rows miss (7B +26.0%, 70B -16.6%).
+    assert!(open.iter().filter(|e| **e < 0.15).count() >= 4, "{open:?}");
     assert!(max(&ds) < 0.35, "DeepSpeed-Chat held-out max {}", max(&ds));
     let within = ds.iter().filter(|e| **e < 0.25).count();
     assert!(
@@ -688,4 +711,33 @@ fn eager_engines_pay_the_launch_floor_and_the_per_call_gather() {
         many.training_s, one.training_s
     );
     assert!(many.training_s > one.training_s);
+}
+
+#[test]
+fn vllm_engine_calls_are_serialised() {
+    // OpenRLHF's vLLM engines of the benchmark's time are synchronous Ray actors: one `generate` call (one actor
+    // rank's micro-batch) at a time. Every vLLM row decodes at the table's micro-batch, not micro-batch x ranks.
+    let rows = rows();
+    for r in rows.iter().filter(|r| r.system == "openrlhf_vllm") {
+        let w = workload(r).unwrap();
+        assert_eq!(Some(w.generation_batch), r.gen_micro_batch, "line {}", r.line);
+    }
+    // Llama2-70B (2:2:4:4:4 on 16 GPUs): 2 engines at TP 2 (the smallest that holds its weights), micro-batch 4. Had
+    // the engine merged the 2 actor ranks it serves into one batch of 8, it would read its weights half as often:
+    // memory-bound, the decode time nearly halves (KV is small beside 69 GB of weights per GPU under GQA).
+    let r = rows
+        .iter()
+        .find(|r| r.system == "openrlhf_vllm" && r.model == "llama2-70b")
+        .unwrap();
+    let w = workload(r).unwrap();
+    assert_eq!((w.rollout_tp, w.generation_batch), (2, 4));
+    let serial = run(&r.system, &w, PhaseEfficiency::default());
+    let mut merged = w.clone();
+    merged.generation_batch = 8;
+    let merged = run(&r.system, &merged, PhaseEfficiency::default());
+    eprintln!(
+        "70B vLLM decode: {:.0} s serialised (batch 4) vs {:.0} s merged (batch 8)",
+        serial.decode_s, merged.decode_s
+    );
+    assert!(serial.decode_s > 1.8 * merged.decode_s);
 }

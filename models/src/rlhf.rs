@@ -503,6 +503,15 @@ fn forward(m: &TransformerSpec, tokens: f64, gpus: u64, law: &GemmLaw) -> f64 {
     law.compute_time(2.0 * m.params() * tokens / gpus as f64, m.hidden as f64)
 }
 
+/// How a placement error names the placement: colocated, or generation on the actor's GPUs.
+fn placement_label(w: &RlhfIteration) -> &'static str {
+    if w.rollout_on_actor() {
+        "disaggregated, rollout_gpus = 0"
+    } else {
+        "colocated"
+    }
+}
+
 /// Training time of `m` on `seqs` packed sequences of `seq_len` tokens on `gpus` GPUs, through the dense step model,
 /// one optimizer step per `train_batch` sequences ([`RlhfAnalytical::train_batch`]; one step when `None`):
 /// `(time of all the steps, memory per GPU, layout)`.
@@ -580,7 +589,7 @@ fn train(
                 None => {
                     return Err(Error::invalid(
                         "workload.placement",
-                        "colocated",
+                        placement_label(w),
                         format!(
                             "training the {role} ({seqs} sequences of {seq_len} tokens on {gpus} GPUs) fits in no \
                              layout within {:.1} GiB per GPU with its optimizer state offloaded",
@@ -595,11 +604,16 @@ fn train(
         (Err(e), Some(b)) if e.is_user_error() => {
             return Err(Error::invalid(
                 "workload.placement",
-                "colocated",
+                placement_label(w),
                 format!(
                     "training the {role} ({seqs} sequences of {seq_len} tokens on {gpus} GPUs) fits in no layout \
-                     within the {:.1} GiB per GPU the other colocated roles leave it ({e})",
-                    b / GIB
+                     within the {:.1} GiB per GPU the {} leave it ({e})",
+                    b / GIB,
+                    if w.rollout_on_actor() {
+                        "rollout's KV cache on the actor's GPUs"
+                    } else {
+                        "other colocated roles"
+                    }
                 ),
                 "use a disaggregated placement, more nodes, or a smaller generation_batch",
             ));
@@ -662,6 +676,10 @@ impl RlhfAnalytical {
         let net = AlphaBetaNetwork::of(&w.cluster);
         let [actor_g, rollout_g, ref_g, critic_g, reward_g] = w.role_gpus();
         let colocated = matches!(w.placement, RolePlacement::Colocated);
+        // Disaggregated with `rollout_gpus = 0`: the actor's training GPUs generate (from the training module, as a
+        // colocated engine does), the other roles run on their own GPUs.
+        let on_actor = w.rollout_on_actor();
+        let rollout_g = if on_actor { actor_g } else { rollout_g };
         let gpus = w.cluster.gpus();
         let st = length_stats(&w.response);
         let seq = w.prompt_len as f64 + st.mean;
@@ -744,6 +762,10 @@ impl RlhfAnalytical {
             let na = w.actor.params();
             let nc = w.critic.as_ref().map_or(0.0, |c| c.params());
             (Some(left * na / (na + nc)), Some(left * nc / (na + nc)))
+        } else if on_actor && self.engine != WeightSource::GatherPerStep {
+            // The actor's GPUs keep the rollout's KV cache beside its training states.
+            let kv = rollout.as_ref().map_or(0.0, |ro| ro.memory - ro.weight_bytes);
+            (Some(w.cluster.gpu.memory_bytes as f64 - kv), None)
         } else {
             (None, None)
         };
@@ -795,7 +817,7 @@ impl RlhfAnalytical {
         // 1 (continued). Generation, now that the actor's training layout is known: a colocated engine on a ZeRO-3
         // actor gathers its parameters over the actor's data-parallel group (`WeightSource`).
         let gpn = w.cluster.gpus_per_node as u64;
-        let sharded = colocated && actor_cfg.zero_stage == 3 && actor_cfg.dp > 1;
+        let sharded = (colocated || on_actor) && actor_cfg.zero_stage == 3 && actor_cfg.dp > 1;
         let dp_group = Placement {
             ranks: actor_cfg.dp,
             per_node: (gpn / actor_cfg.tp.clamp(1, gpn)).clamp(1, actor_cfg.dp.max(1)),
@@ -808,15 +830,21 @@ impl RlhfAnalytical {
         // gradients, optimizer state, as their layouts shard them) and the frozen roles' weights stay resident while
         // its KV cache (and the gathered layer) is allocated.
         if let Some(ro) = rollout.as_ref()
-            && colocated
+            && (colocated || on_actor)
             && self.engine == WeightSource::GatherPerStep
         {
-            let frozen: f64 = [&w.reference, &w.reward]
-                .iter()
-                .filter_map(|m| m.as_ref())
-                .map(|m| b * m.params() / gpus as f64)
-                .sum();
-            let resident = self.resident_state_bytes(&w.actor, &actor_cfg) + critic_state + frozen;
+            // Colocated, every role's states share the GPU; on the actor's own GPUs, only the actor's.
+            let frozen: f64 = if colocated {
+                [&w.reference, &w.reward]
+                    .iter()
+                    .filter_map(|m| m.as_ref())
+                    .map(|m| b * m.params() / gpus as f64)
+                    .sum::<f64>()
+                    + critic_state
+            } else {
+                0.0
+            };
+            let resident = self.resident_state_bytes(&w.actor, &actor_cfg) + frozen;
             let kv = ro.memory - ro.weight_bytes;
             let layer = b * w.actor.params() / w.actor.layers as f64;
             let have = w.cluster.gpu.memory_bytes as f64 * (1.0 - crate::dense::MEMORY_HEADROOM);
@@ -855,7 +883,12 @@ impl RlhfAnalytical {
         // their parameters once (DeepSpeed-Chat partitions the reference like the actor under ZeRO-3).
         if sharded && self.engine != WeightSource::Resharded {
             let waves = rollout.as_ref().map_or(1, |r| r.waves) as f64;
-            let reference = w.reference.as_ref().map_or(0.0, |m| m.params());
+            // The reference shares the actor's ZeRO-3 group only when colocated.
+            let reference = if colocated {
+                w.reference.as_ref().map_or(0.0, |m| m.params())
+            } else {
+                0.0
+            };
             experience_s += waves * (gather(b * w.actor.params()) + gather(b * reference)) / eff.training;
         }
         let (prefill_s, decode_s, occupancy) = match &rollout {
@@ -870,7 +903,7 @@ impl RlhfAnalytical {
         let shard = b * w.actor.params() / w.rollout_tp as f64;
         let sync_s = if !w.algorithm.generates() {
             0.0
-        } else if colocated {
+        } else if colocated || on_actor {
             match (self.engine, sharded) {
                 (WeightSource::GatherPerCall, true) => {
                     let waves = rollout.as_ref().map_or(0, |r| r.waves) as f64;
@@ -878,9 +911,10 @@ impl RlhfAnalytical {
                 }
                 (WeightSource::GatherPerStep, _) => 0.0,
                 _ => {
-                    let link = if gpus > gpn { &w.cluster.inter } else { &w.cluster.intra };
+                    let span = if colocated { gpus } else { actor_g };
+                    let link = if span > gpn { &w.cluster.inter } else { &w.cluster.intra };
                     memory_time(
-                        (shard - b * w.actor.params() / gpus as f64).max(0.0),
+                        (shard - b * w.actor.params() / span as f64).max(0.0),
                         link.bandwidth_bytes_per_s,
                     ) + link.latency_s
                 }

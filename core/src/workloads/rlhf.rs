@@ -91,7 +91,10 @@ pub enum Placement {
     Disaggregated {
         /// GPUs training the actor.
         actor_gpus: u64,
-        /// GPUs of the rollout (generation) engines.
+        /// GPUs of the rollout (generation) engines. 0 with an algorithm that generates: generation runs on the
+        /// actor's training GPUs, from the training module (OpenRLHF's Ray placement without vLLM, its benchmark ratio
+        /// 1:1:4:2: HF `generate` on the actor's GPUs, the other roles on their own), in series with training (no
+        /// off-policy overlap); the engines are then the actor's GPUs over `rollout_tp`.
         #[serde(default)]
         rollout_gpus: u64,
         /// GPUs of the reference model.
@@ -211,7 +214,14 @@ impl RlhfIteration {
         }
     }
 
-    /// GPUs per role: `(actor, rollout, reference, critic, reward)`; colocated roles all get the whole cluster.
+    /// Whether generation runs on the actor's training GPUs in a disaggregated placement (`rollout_gpus = 0` with an
+    /// algorithm that generates).
+    pub fn rollout_on_actor(&self) -> bool {
+        matches!(self.placement, Placement::Disaggregated { rollout_gpus: 0, .. }) && self.algorithm.generates()
+    }
+
+    /// GPUs per role: `(actor, rollout, reference, critic, reward)`; colocated roles all get the whole cluster (a
+    /// rollout on the actor's GPUs, [`RlhfIteration::rollout_on_actor`], reads 0 here).
     pub fn role_gpus(&self) -> [u64; 5] {
         match self.placement {
             Placement::Colocated => [self.cluster.gpus(); 5],
@@ -420,7 +430,8 @@ impl Workload for RlhfIteration {
             used.push(("critic_gpus", critic, self.critic.is_some()));
             used.push(("reward_gpus", reward, self.reward.is_some()));
             for (name, g, needed) in &used {
-                if *needed && *g == 0 {
+                // `rollout_gpus = 0` while generating: generation on the actor's GPUs (checked below).
+                if *needed && *g == 0 && *name != "rollout_gpus" {
                     return Err(Error::invalid(
                         p(name),
                         0,
@@ -442,6 +453,27 @@ impl Workload for RlhfIteration {
                         *g,
                         format!("spans nodes but is not a whole number of {gpn}-GPU nodes"),
                         format!("use at most {gpn} or a multiple of {gpn}"),
+                    ));
+                }
+            }
+            if self.rollout_on_actor() {
+                if self.off_policy {
+                    return Err(Error::invalid(
+                        "workload.off_policy",
+                        true,
+                        "with rollout_gpus = 0 the actor's GPUs generate and train, so generation cannot overlap training",
+                        "give the rollout its own GPUs (rollout_gpus) or set off_policy = false",
+                    ));
+                }
+                if !actor.is_multiple_of(self.rollout_tp) {
+                    return Err(Error::invalid(
+                        p("actor_gpus"),
+                        actor,
+                        format!(
+                            "generates on the actor's GPUs (rollout_gpus = 0) but is not a multiple of rollout_tp = {}",
+                            self.rollout_tp
+                        ),
+                        "give the actor a multiple of rollout_tp GPUs, or the rollout its own GPUs",
                     ));
                 }
             }
