@@ -6,27 +6,27 @@
 //! For domain `i` of `n`, with `D_j` examples seen from domain `j` whose pool holds `P_j` unique examples:
 //!
 //! ```text
-//! L_i = E_i + A_i · X_i^(−β) + Σ_{j≠i} π_j · S_ij,   X_i = 1 + D'_i + τ · Σ_{j≠i} D'_j
+//! L_i = E_i + A_i · X_i^(−β) + C · (m_i + ε)^(−γ),   X_i = 1 + D'_i + τ · Σ_{j≠i} D'_j
 //! D'_j = U_j + U_j · R* · (1 − exp(−R_j / R*)),   U_j = min(D_j, P_j),   R_j = (D_j − U_j) / U_j
-//! S_ij = Σ_{examples t from domain j} exp(−n_i(t) / ν)   (n_i(t): examples from domain i drawn after t)
+//! m_i = Σ_t e^(−(T − t)/H) · x_i(t) / H    (x_i(t) = 1 when example t is from domain i; T examples so far)
 //! ```
 //!
 //! `E_i` is the student's floor on domain `i`, `A_i` its reducible part, β the data exponent (shared), τ ∈ [0, 1] the
 //! transfer from the other domains (shared: the synthetic domains share one common law, `Distillation::overlap`), and
 //! `D'` the effective data of a domain whose pool is reused cyclically once exhausted (DDK §2.2): `R_j` repetitions of
 //! `U_j` unique examples are worth `U_j·R*·(1 − e^(−R_j/R*))` fresh ones, the repeated-data form of Muennighoff et
-//! al. 2023 (arXiv 2305.16264, Eq. 5). The last term is displacement: a student too small for every domain at once
-//! loses ground on domain `i` with every example of another domain `j` (by `π_j` nats per example, a per-domain
-//! *pressure*: which domain takes the capacity matters), and each example of `i` itself refreshes the domain,
-//! discounting the displacement accumulated before it by `e^(−1/ν)`. Under a static mixture `S_ij` settles at
-//! `ν·w_j/w_i` (a few per cent of share keep a domain); a domain no longer drawn accumulates every other domain's
-//! examples and its loss rises steadily, the "learned, then starved" regime of unsmoothed DDK. `π_j ≥ 0` are
-//! shared by the domains they displace; `ν` (examples) is not a gradient parameter: a row carries `S` for one `ν`,
-//! which the calibration picks on a grid by the fit's own objective. Parameters in optimiser coordinates:
-//! `[e_1..e_n, a_1..a_n, β, τ, r, q_1..q_n]` with `E = exp(e)`, `A = exp(a)`, `R* = exp(r)`, `π = exp(q)`.
+//! al. 2023 (arXiv 2305.16264, Eq. 5). The last term is forgetting under interference: `m_i` is domain `i`'s
+//! *recent* share of the training stream, exponentially weighted over the last `H` examples (it rises from 0 to the
+//! weight `w_i` of a static mixture as `w_i(1 − e^(−T/H))`, and decays towards 0 once the domain stops being drawn),
+//! and a student too small for every domain at once loses a domain it no longer sees, beyond what the counts give (a
+//! width-8 student trained almost only on one domain gets worse on the others, while a share of a few per cent keeps
+//! a domain). The term has the form of the mixture-ratio term `C/(r + ε)^γ` of the D-CPT law (Que et al. 2024, arXiv
+//! 2406.01375, law L3 as given by secondary notes) with the recent share for `r`; `C`, `γ`, `ε` and `H` are shared by
+//! the domains (`C = 0` is the law without it). `H` is not a gradient parameter: a row carries `m` for one `H`, which
+//! the calibration picks on a grid by the fit's own objective. Parameters in optimiser coordinates:
+//! `[e_1..e_n, a_1..a_n, β, τ, r, c, γ, h]` with `E = exp(e)`, `A = exp(a)`, `R* = exp(r)`, `C = exp(c)`, `ε = exp(h)`.
 //!
-//! A row of data is `[domain (1-based), D_1..D_n, P_1..P_n, S_11..S_1n, .., S_n1..S_nn]` (row-major, examples), the
-//! target the student's CE on that domain (nats).
+//! A row of data is `[domain (1-based), D_1..D_n, P_1..P_n, m_1..m_n]`, the target the student's CE on that domain (nats).
 use crate::fit::{InputDomain, InputSpec, Law, ParamSpec};
 use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::distill::{DistillOutcome, Distillation, Schedule, ddk_update};
@@ -53,37 +53,34 @@ pub struct GapLawParams {
     pub transfer: f64,
     /// Repetition constant `R*` of reused data.
     pub rstar: f64,
-    /// Displacement pressure `π_j` of each domain (nats per example of `j` on every other domain; empty: none).
+    /// Interference `C` (nats): the weight of the share term (0: none).
     #[serde(default)]
-    pub pressure: Vec<f64>,
-    /// Refresh scale `ν` (examples of a domain that discount its accumulated displacement by `e`).
+    pub interference: f64,
+    /// Share exponent γ of the interference term.
+    #[serde(default)]
+    pub share_exp: f64,
+    /// Share offset ε of the interference term.
     #[serde(default = "one")]
-    pub refresh: f64,
+    pub share_eps: f64,
+    /// Horizon `H` (examples) of the recent share.
+    #[serde(default = "one")]
+    pub horizon: f64,
 }
 
 fn one() -> f64 {
     1.0
 }
 
-/// Advances the displacement state `acc` (`n×n`, row-major: `acc[i·n + j]` = `S_ij`, refresh scale `nu`) by a
-/// stretch of training in which `chunk[j]` examples came from domain `j`, spread evenly over the stretch:
-/// `S_ij ← S_ij·e^(−c_i/ν) + c_j·(ν/c_i)(1 − e^(−c_i/ν))` (each of `j`'s examples discounted by the examples of `i`
-/// drawn after it in the stretch), or `S_ij ← S_ij + c_j` when the stretch has no example of `i`.
-pub fn advance_displacement(acc: &mut [f64], chunk: &[f64], nu: f64) {
-    let n = chunk.len();
-    for (i, row) in acc.chunks_mut(n).enumerate() {
-        let ci = chunk[i];
-        if ci > 0.0 {
-            let keep = (-ci / nu).exp();
-            let spread = nu / ci * (1.0 - keep);
-            for (s, c) in row.iter_mut().zip(chunk) {
-                *s = *s * keep + c * spread;
-            }
-        } else {
-            for (s, c) in row.iter_mut().zip(chunk) {
-                *s += c;
-            }
-        }
+/// Advances the recent shares `recent` (horizon `horizon` examples) by a stretch of training in which `chunk[j]`
+/// examples came from domain `j`, spread evenly over the stretch: `m ← m·e^(−E/H) + (c/E)(1 − e^(−E/H))`, `E = Σ c`.
+pub fn advance_recent(recent: &mut [f64], chunk: &[f64], horizon: f64) {
+    let e: f64 = chunk.iter().sum();
+    if e <= 0.0 {
+        return;
+    }
+    let keep = (-e / horizon).exp();
+    for (m, c) in recent.iter_mut().zip(chunk) {
+        *m = *m * keep + c / e * (1.0 - keep);
     }
 }
 
@@ -101,27 +98,22 @@ impl GapLaw {
         params.push(ParamSpec::new("beta", 0.0, 3.0, &[0.2, 0.5, 1.0]));
         params.push(ParamSpec::new("tau", 0.0, 1.0, &[0.1, 0.5]));
         params.push(ParamSpec::new("r", -3.0, 6.0, &[0.0, 2.7]));
-        for j in 0..n {
-            // Pressure per example: e^-14 ≈ 1e-6 nats (0.07 nats over 70k examples).
-            params.push(ParamSpec::new(&format!("q{}", j + 1), -30.0, -3.0, &[-16.0, -13.0]));
-        }
+        params.push(ParamSpec::new("c", -14.0, 2.0, &[-6.0, -3.0]));
+        params.push(ParamSpec::new("gamma", 0.0, 4.0, &[0.5, 1.5]));
+        params.push(ParamSpec::new("h", -7.0, 0.0, &[-4.0, -1.5]));
         let mut inputs = vec![InputSpec {
             name: "domain".into(),
             domain: InputDomain::Positive,
         }];
-        for (tag, dom) in [("D", InputDomain::NonNegative), ("P", InputDomain::Positive)] {
+        for (tag, dom) in [
+            ("D", InputDomain::NonNegative),
+            ("P", InputDomain::Positive),
+            ("M", InputDomain::NonNegative),
+        ] {
             for j in 0..n {
                 inputs.push(InputSpec {
                     name: format!("{tag}{}", j + 1),
                     domain: dom,
-                });
-            }
-        }
-        for i in 0..n {
-            for j in 0..n {
-                inputs.push(InputSpec {
-                    name: format!("S{}_{}", i + 1, j + 1),
-                    domain: InputDomain::NonNegative,
                 });
             }
         }
@@ -142,8 +134,10 @@ impl GapLaw {
             beta: p[2 * n],
             transfer: p[2 * n + 1],
             rstar: p[2 * n + 2].exp(),
-            pressure: p[2 * n + 3..3 * n + 3].iter().map(|x| x.exp()).collect(),
-            refresh: 1.0,
+            interference: p[2 * n + 3].exp(),
+            share_exp: p[2 * n + 4],
+            share_eps: p[2 * n + 5].exp(),
+            horizon: 1.0,
         }
     }
 
@@ -151,19 +145,24 @@ impl GapLaw {
     pub fn pack(q: &GapLawParams) -> Vec<f64> {
         let mut p: Vec<f64> = q.floor.iter().map(|x| x.ln()).collect();
         p.extend(q.scale.iter().map(|x| x.ln()));
-        p.extend([q.beta, q.transfer, q.rstar.ln()]);
-        let n = q.floor.len();
-        p.extend((0..n).map(|j| q.pressure.get(j).copied().unwrap_or(0.0).max(1e-300).ln()));
+        p.extend([
+            q.beta,
+            q.transfer,
+            q.rstar.ln(),
+            q.interference.max(1e-300).ln(),
+            q.share_exp,
+            q.share_eps.ln(),
+        ]);
         p
     }
 
     /// A data row for domain `i` (0-based).
-    pub fn row(i: usize, seen: &[f64], pool: &[f64], acc: &[f64]) -> Vec<f64> {
-        let mut x = Vec::with_capacity(1 + 2 * seen.len() + acc.len());
+    pub fn row(i: usize, seen: &[f64], pool: &[f64], recent: &[f64]) -> Vec<f64> {
+        let mut x = Vec::with_capacity(1 + 3 * seen.len());
         x.push((i + 1) as f64);
         x.extend_from_slice(seen);
         x.extend_from_slice(pool);
-        x.extend_from_slice(acc);
+        x.extend_from_slice(recent);
         x
     }
 }
@@ -183,33 +182,31 @@ pub fn effective(d: f64, p: f64, rstar: f64) -> (f64, f64) {
 }
 
 impl GapLawParams {
-    /// Predicted student CE on every domain after `seen` examples from each (pools `pool`), with the displacement
-    /// state `acc` (`n×n`, see [`advance_displacement`]).
-    pub fn predict(&self, seen: &[f64], pool: &[f64], acc: &[f64]) -> Vec<f64> {
-        let n = seen.len();
+    /// Predicted student CE on every domain after `seen` examples from each (pools `pool`), with recent shares
+    /// `recent` (see [`advance_recent`]).
+    pub fn predict(&self, seen: &[f64], pool: &[f64], recent: &[f64]) -> Vec<f64> {
         let eff: Vec<f64> = seen
             .iter()
             .zip(pool)
             .map(|(d, p)| effective(*d, *p, self.rstar).0)
             .collect();
         let total: f64 = eff.iter().sum();
-        (0..n)
+        let s = recent;
+        (0..seen.len())
             .map(|i| {
                 let x = 1.0 + eff[i] + self.transfer * (total - eff[i]);
-                self.floor[i] + self.scale[i] * x.powf(-self.beta) + self.displacement(i, &acc[i * n..(i + 1) * n])
+                self.floor[i] + self.scale[i] * x.powf(-self.beta) + self.interference_at(s[i])
             })
             .collect()
     }
 
-    /// The displacement term of domain `i` with its row `s` of the state: `Σ_{j≠i} π_j·S_ij`.
-    pub fn displacement(&self, i: usize, s: &[f64]) -> f64 {
-        self.pressure
-            .iter()
-            .zip(s)
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, (p, v))| p * v)
-            .sum()
+    /// The interference term at recent share `s`: `C·(s + ε)^(−γ)`.
+    pub fn interference_at(&self, s: f64) -> f64 {
+        if self.interference > 0.0 {
+            self.interference * (s + self.share_eps).powf(-self.share_exp)
+        } else {
+            0.0
+        }
     }
 
     /// Checks that the parameters can be used (finite, positive where they must be), naming `field`.
@@ -225,7 +222,11 @@ impl GapLawParams {
                 "calibrate on a workload with the same domains",
             ));
         }
-        let all = self.floor.iter().chain(&self.scale).chain([&self.rstar, &self.refresh]);
+        let all = self
+            .floor
+            .iter()
+            .chain(&self.scale)
+            .chain([&self.rstar, &self.share_eps, &self.horizon]);
         if all.clone().any(|x| !(x.is_finite() && *x > 0.0)) {
             return Err(Error::invalid(
                 field,
@@ -234,13 +235,18 @@ impl GapLawParams {
                 "recalibrate: trainlab calibrate --workload distillation",
             ));
         }
-        let pressure_ok = (self.pressure.is_empty() || self.pressure.len() == n)
-            && self.pressure.iter().all(|x| x.is_finite() && *x >= 0.0);
-        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..=1.0).contains(&self.transfer) && pressure_ok) {
+        let interference_ok = self.interference.is_finite()
+            && self.interference >= 0.0
+            && self.share_exp.is_finite()
+            && self.share_exp >= 0.0;
+        if !(self.beta.is_finite() && self.beta >= 0.0 && (0.0..=1.0).contains(&self.transfer) && interference_ok) {
             return Err(Error::invalid(
-                format!("{field}.beta/transfer/pressure"),
-                format!("{} / {} / {:?}", self.beta, self.transfer, self.pressure),
-                "need beta >= 0, transfer in [0, 1] and one pressure >= 0 per domain (or none)",
+                format!("{field}.beta/transfer/interference"),
+                format!(
+                    "{} / {} / {} / {}",
+                    self.beta, self.transfer, self.interference, self.share_exp
+                ),
+                "need beta >= 0, transfer in [0, 1], interference >= 0 and share_exp >= 0",
                 "recalibrate: trainlab calibrate --workload distillation",
             ));
         }
@@ -253,8 +259,8 @@ impl Law for GapLaw {
         "ddk_gap"
     }
     fn formula(&self) -> &str {
-        "L_i = E_i + A_i (1 + D'_i + tau sum_{j!=i} D'_j)^-beta + sum_{j!=i} pi_j S_ij, D' = U + U R* (1 - exp(-R/R*)), \
-         S_ij = examples of j discounted by exp(-(examples of i since)/nu)"
+        "L_i = E_i + A_i (1 + D'_i + tau sum_{j!=i} D'_j)^-beta + C (m_i + eps)^-gamma, D' = U + U R* (1 - exp(-R/R*)), \
+         m_i = recent share of domain i (horizon H)"
     }
     fn params(&self) -> &[ParamSpec] {
         &self.params
@@ -285,11 +291,9 @@ impl Law for GapLaw {
         }
         xi += tau * others;
         let pow = xi.powf(-beta);
-        let acc = &x[1 + 2 * n + i * n..1 + 2 * n + (i + 1) * n];
-        let mut term = 0.0;
-        for j in (0..n).filter(|&j| j != i) {
-            term += p[2 * n + 3 + j].exp() * acc[j];
-        }
+        let (c, gamma, eps) = (p[2 * n + 3].exp(), p[2 * n + 4], p[2 * n + 5].exp());
+        let s = x[1 + 2 * n + i];
+        let term = c * (s + eps).powf(-gamma);
         let l = e + a * pow + term;
         g.fill(0.0);
         g[i] = e / l;
@@ -299,9 +303,9 @@ impl Law for GapLaw {
         let dl_dx = -beta * a * pow / xi;
         g[2 * n + 1] = dl_dx * others / l;
         g[2 * n + 2] = dl_dx * dx_dr / l;
-        for j in (0..n).filter(|&j| j != i) {
-            g[2 * n + 3 + j] = p[2 * n + 3 + j].exp() * acc[j] / l;
-        }
+        g[2 * n + 3] = term / l;
+        g[2 * n + 4] = -term * (s + eps).ln() / l;
+        g[2 * n + 5] = -gamma * term * eps / (s + eps) / l;
         l.ln()
     }
     fn natural(&self, p: &[f64]) -> Vec<(String, f64)> {
@@ -315,10 +319,10 @@ impl Law for GapLaw {
             ("beta".to_string(), q.beta),
             ("tau".to_string(), q.transfer),
             ("R*".to_string(), q.rstar),
+            ("C".to_string(), q.interference),
+            ("gamma".to_string(), q.share_exp),
+            ("eps".to_string(), q.share_eps),
         ]);
-        for (j, v) in q.pressure.iter().enumerate() {
-            out.push((format!("pi{}", j + 1), *v));
-        }
         out
     }
 }
@@ -376,7 +380,7 @@ impl DistillProfile {
 pub struct Followed {
     /// Examples seen from each domain.
     pub seen: Vec<f64>,
-    /// The displacement state (`n×n`, see [`advance_displacement`]; the law's refresh scale).
+    /// Recent shares (the law's horizon).
     pub recent: Vec<f64>,
     /// The final weights.
     pub weights: Vec<f64>,
@@ -399,14 +403,14 @@ pub fn follow(
 ) -> Followed {
     let n = w.domains.len();
     let mut seen = vec![0.0; n];
-    let mut recent = vec![0.0; n * n];
+    let mut recent = vec![0.0; n];
     let mut weights = w.initial_weights();
-    // One stretch: its examples drawn, the displacement state advanced by what it added.
+    // One stretch: its examples drawn, the recent shares advanced by what it added.
     let mut stretch = |weights: &[f64], examples: u64, seen: &mut Vec<f64>, recent: &mut Vec<f64>| {
         let before = seen.clone();
         draw(weights, examples, seen);
         let chunk: Vec<f64> = seen.iter().zip(&before).map(|(a, b)| a - b).collect();
-        advance_displacement(recent, &chunk, law.refresh);
+        advance_recent(recent, &chunk, law.horizon);
     };
     let steps = w.student_tokens.div_ceil(w.batch);
     // Examples in the first `s` steps (the last step may be short).
@@ -526,8 +530,10 @@ mod tests {
             beta: 0.35,
             transfer: 0.3,
             rstar: 4.0,
-            pressure: vec![4e-5, 1e-5, 2e-5],
-            refresh: 300.0,
+            interference: 0.02,
+            share_exp: 1.0,
+            share_eps: 0.05,
+            horizon: 1.0,
         }
     }
 
@@ -540,7 +546,7 @@ mod tests {
             1,
             &[5000.0, 9000.0, 300.0],
             &[20000.0, 2000.0, 20000.0],
-            &[0.0, 10.0, 20.0, 3000.0, 0.0, 900.0, 5.0, 7.0, 0.0],
+            &[0.3, 0.2, 0.1],
         );
         let mut g = vec![0.0; p.len()];
         law.log_grad(&p, &x, &mut g);
@@ -556,8 +562,6 @@ mod tests {
                 g[j]
             );
         }
-        // The row's own domain exerts no pressure on itself.
-        assert_eq!(g[2 * 3 + 3 + 1], 0.0);
     }
 
     #[test]
@@ -576,25 +580,15 @@ mod tests {
         let pool = [20000.0, 2000.0, 20000.0];
         let mut x = Vec::new();
         let mut y = Vec::new();
-        // Five schedules' trajectories (uniform, two skewed, and two that starve two domains after a uniform start),
-        // 8 checkpoints of 3,000 examples each; the displacement state with the truth's refresh scale.
-        let starve = |k: usize, late: [f64; 3]| if k <= 3 { [1.0 / 3.0; 3] } else { late };
-        let plans: [&dyn Fn(usize) -> [f64; 3]; 5] = [
-            &|_| [1.0 / 3.0; 3],
-            &|_| [0.6, 0.1, 0.3],
-            &|_| [0.05, 0.15, 0.8],
-            &|k| starve(k, [0.98, 0.01, 0.01]),
-            &|k| starve(k, [0.01, 0.98, 0.01]),
-        ];
-        for w in plans {
-            let (mut seen, mut acc) = (vec![0.0; 3], vec![0.0; 9]);
+        // Four schedules' trajectories (uniform and three skewed, one dropping a domain), 8 checkpoints each; the
+        // recent shares with a horizon of 6,000 examples.
+        for w in [[1.0 / 3.0; 3], [0.6, 0.1, 0.3], [0.2, 0.5, 0.3], [0.0, 0.2, 0.8]] {
             for k in 1..=8 {
-                let chunk: Vec<f64> = w(k).iter().map(|f| f * 3000.0).collect();
-                seen.iter_mut().zip(&chunk).for_each(|(s, c)| *s += c);
-                advance_displacement(&mut acc, &chunk, t.refresh);
-                let l = t.predict(&seen, &pool, &acc);
+                let seen: Vec<f64> = w.iter().map(|f| f * 3000.0 * k as f64).collect();
+                let recent: Vec<f64> = w.iter().map(|f| f * (1.0 - (-0.5 * k as f64).exp())).collect();
+                let l = t.predict(&seen, &pool, &recent);
                 for (i, li) in l.iter().enumerate() {
-                    x.push(GapLaw::row(i, &seen, &pool, &acc));
+                    x.push(GapLaw::row(i, &seen, &pool, &recent));
                     y.push(*li);
                 }
             }
@@ -607,33 +601,25 @@ mod tests {
         };
         let r = fit(&law, &data, &cfg).unwrap();
         let q = law.unpack(&r.params);
-        assert!(r.gof.r2 > 0.9999, "{:?} {q:?}", r.gof);
+        assert!(r.gof.r2 > 0.999_99, "{:?}", r.gof);
         assert!((q.beta - t.beta).abs() < 0.02, "{q:?}");
         assert!((q.transfer - t.transfer).abs() < 0.02, "{q:?}");
-        for (a, b) in q.pressure.iter().zip(&t.pressure) {
-            assert!((a - b).abs() < 0.1 * b, "{q:?}");
-        }
     }
 
     #[test]
-    fn displacement_settles_under_a_mixture_and_grows_when_starved() {
-        // A static mixture: S_ij → ν·w_j/w_i whatever the chunking (one stretch of 2E = two of E).
-        let (mut a, mut b) = (vec![0.0; 4], vec![0.0; 4]);
-        for _ in 0..100 {
-            advance_displacement(&mut a, &[750.0, 250.0], 100.0);
+    fn recent_shares_follow_the_stream() {
+        // A static mixture: m = w(1 − e^(−T/H)) whatever the chunking; a domain no longer drawn decays as e^(−T/H).
+        let mut m = vec![0.0; 2];
+        for _ in 0..10 {
+            advance_recent(&mut m, &[75.0, 25.0], 1000.0);
         }
-        advance_displacement(&mut b, &[75_000.0, 25_000.0], 100.0);
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-9 * (1.0 + y), "{a:?} vs {b:?}");
-        }
+        let rise = 1.0 - (-1.0f64).exp();
         assert!(
-            (a[1] - 100.0 * 0.25 / 0.75).abs() < 1e-9 && (a[2] - 100.0 * 0.75 / 0.25).abs() < 1e-9,
-            "{a:?}"
+            (m[0] - 0.75 * rise).abs() < 1e-12 && (m[1] - 0.25 * rise).abs() < 1e-12,
+            "{m:?}"
         );
-        // Domain 2 starved: every example of domain 1 adds one to S_21; S_12 decays by e^(−c/ν).
-        let s12 = a[1];
-        advance_displacement(&mut a, &[2000.0, 0.0], 100.0);
-        assert!((a[2] - (300.0 + 2000.0)).abs() < 1e-9, "{a:?}");
-        assert!((a[1] - s12 * (-20.0f64).exp()).abs() < 1e-12, "{a:?}");
+        advance_recent(&mut m, &[0.0, 2000.0], 1000.0);
+        assert!((m[0] - 0.75 * rise * (-2.0f64).exp()).abs() < 1e-12, "{m:?}");
+        assert!(m[1] > 0.8, "{m:?}");
     }
 }
