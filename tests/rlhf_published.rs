@@ -180,6 +180,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
         generation_batch: 16,
         rollout_tp: 1,
         off_policy: false,
+        colocated_engine: Default::default(),
         dtype: Dtype::Bf16,
         cluster,
     };
@@ -514,6 +515,12 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     eprintln!(
         "fitted efficiencies: generation {:?}, training {:?}; host s per layer per forward {:?}",
         fit.generation, fit.training, fit.host
+    );
+    // The product's default host time for `colocated_engine = "hf_generate"` is this fit (calibration).
+    let hf = fit.host("dschat_no_he");
+    assert!(
+        (hf / trainlab_models::rlhf::HF_GENERATE_HOST_S_PER_LAYER - 1.0).abs() < 0.05,
+        "refit host time {hf} s per layer: update HF_GENERATE_HOST_S_PER_LAYER"
     );
     for (_, e) in fit.generation.iter().chain(&fit.training) {
         // Positive and finite; the Hybrid Engine's comes out near 1.9 (faster than the datasheet roofline): Table 1's

@@ -53,7 +53,7 @@
 //! engines offload or free parts between phases), and the training memory check sees one model at a time.
 use trainlab_core::workloads::dense::{DenseTraining, ParallelConfig, TransformerSpec};
 use trainlab_core::workloads::rlhf::{
-    Algorithm, Placement as RolePlacement, ResponseLength, RlhfIteration, RlhfOutcome,
+    Algorithm, ColocatedEngine, Placement as RolePlacement, ResponseLength, RlhfIteration, RlhfOutcome,
 };
 use trainlab_core::workloads::{CollectiveAlgo, CollectiveOp};
 use trainlab_core::{Backend, ClusterSpec, DeviceProfile, Error, Fidelity, RunCtx, Workload};
@@ -233,6 +233,12 @@ pub struct RlhfAnalytical {
     /// `⌈S/train_batch⌉` steps of `min(train_batch, S)` sequences, each through the dense step model.
     pub train_batch: Option<u64>,
 }
+
+/// Host seconds per layer of one eager forward of HuggingFace `generate` on a ZeRO-3 module
+/// ([`RlhfAnalytical::host_s_per_layer`] for the workload's `colocated_engine = "hf_generate"`): **calibration**, the
+/// value `tests/rlhf_published.rs` fits on OpenRLHF's Llama2-7B HF row (2026-12-02: 0.44 ms, 14 ms per decode step of
+/// a 32-layer model); that test checks this constant against its fit.
+pub const HF_GENERATE_HOST_S_PER_LAYER: f64 = 0.44e-3;
 
 /// Where a colocated rollout engine reads the actor's weights from. The gathers below happen only when the actor's
 /// training layout (the step model's searched best) partitions its parameters (ZeRO-3 over more than one
@@ -662,7 +668,32 @@ impl RlhfAnalytical {
     }
 
     /// The closed form of `w`: the rollout engines' per-step costs (`None` without generation) and the outcome.
+    /// The workload's `colocated_engine` chooses the engine ([`WeightSource`] and host time) unless this model's
+    /// `engine` was set to another than the default.
     pub fn model(&self, w: &RlhfIteration) -> Result<(Option<Rollout>, RlhfOutcome), Error> {
+        let (engine, host) = match w.colocated_engine {
+            ColocatedEngine::Resharded => (WeightSource::Resharded, 0.0),
+            ColocatedEngine::HybridEngine => (WeightSource::GatherPerCall, 0.0),
+            ColocatedEngine::HfGenerate => (WeightSource::GatherPerStep, HF_GENERATE_HOST_S_PER_LAYER),
+        };
+        if self.engine == WeightSource::Resharded && engine != WeightSource::Resharded {
+            let host_s_per_layer = if self.host_s_per_layer > 0.0 {
+                self.host_s_per_layer
+            } else {
+                host
+            };
+            return RlhfAnalytical {
+                engine,
+                host_s_per_layer,
+                ..self.clone()
+            }
+            .model_of(w);
+        }
+        self.model_of(w)
+    }
+
+    /// [`RlhfAnalytical::model`] with this model's engine as it is.
+    fn model_of(&self, w: &RlhfIteration) -> Result<(Option<Rollout>, RlhfOutcome), Error> {
         w.validate()?;
         let owned;
         let profile = match &self.profile {
@@ -1045,6 +1076,7 @@ mod decode_tests {
             generation_batch: batch,
             rollout_tp: 1,
             off_policy: false,
+            colocated_engine: Default::default(),
             dtype: Dtype::Bf16,
             cluster: ClusterSpec {
                 gpu: GpuSpec {

@@ -486,6 +486,7 @@ mod tests {
             generation_batch: batch,
             rollout_tp: 1,
             off_policy: false,
+            colocated_engine: Default::default(),
             dtype: Dtype::Bf16,
             cluster: ClusterSpec {
                 gpu: GpuSpec {

@@ -109,6 +109,32 @@ pub enum Placement {
     },
 }
 
+/// How a rollout that shares GPUs with training generates (the `colocated_engine` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColocatedEngine {
+    /// A hybrid engine that reshards the trained actor into an inference layout once per iteration and decodes with
+    /// CUDA graphs (verl, OpenRLHF's colocated vLLM): no per-step host or launch cost.
+    #[default]
+    Resharded,
+    /// DeepSpeed-Chat's Hybrid Engine: the ZeRO-3 actor all-gathered once per generation call, eager kernels.
+    HybridEngine,
+    /// HuggingFace `generate` on the ZeRO-3 training module (DeepSpeed-Chat without its Hybrid Engine, OpenRLHF
+    /// without vLLM): every layer gathered at every decode step, eager kernels and a host loop per step.
+    HfGenerate,
+}
+
+impl ColocatedEngine {
+    /// The name in a scenario file.
+    pub fn name(self) -> &'static str {
+        match self {
+            ColocatedEngine::Resharded => "resharded",
+            ColocatedEngine::HybridEngine => "hybrid_engine",
+            ColocatedEngine::HfGenerate => "hf_generate",
+        }
+    }
+}
+
 /// One RLHF iteration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +177,10 @@ pub struct RlhfIteration {
     /// training).
     #[serde(default)]
     pub off_policy: bool,
+    /// How generation runs where it shares GPUs with training (colocated, or disaggregated with `rollout_gpus = 0`);
+    /// dedicated rollout GPUs always run an inference engine of their own (vLLM-like: CUDA graphs, its own weights).
+    #[serde(default)]
+    pub colocated_engine: ColocatedEngine,
     /// Weight, activation and KV-cache data type.
     #[serde(default = "bf16")]
     pub dtype: Dtype,
@@ -419,6 +449,17 @@ impl Workload for RlhfIteration {
                 true,
                 "colocated roles share every GPU, so generation cannot overlap training",
                 "use a disaggregated placement or set off_policy = false",
+            ));
+        }
+        if self.colocated_engine != ColocatedEngine::Resharded
+            && matches!(self.placement, Placement::Disaggregated { rollout_gpus, .. } if rollout_gpus > 0)
+        {
+            return Err(Error::invalid(
+                "workload.colocated_engine",
+                format!("\"{}\"", self.colocated_engine.name()),
+                "the rollout has GPUs of its own (rollout_gpus > 0), which run their own inference engine; the \
+                 colocated engine applies only where generation shares GPUs with training",
+                "remove colocated_engine, or use a colocated placement or rollout_gpus = 0",
             ));
         }
         if let Placement::Disaggregated { .. } = self.placement {
