@@ -349,6 +349,22 @@ pub(crate) fn check_sgemm_rm(m: usize, n: usize, k: usize, a: usize, b: usize, c
 pub(crate) mod tests {
     use super::*;
 
+    /// NVRTC needs no GPU: wherever `libnvrtc` can be loaded (e.g. from the `nvidia-cuda-nvrtc` wheel on
+    /// `LD_LIBRARY_PATH`), `source` must compile and define every kernel of `names` (the entry points the executor
+    /// loads); elsewhere prints the skip.
+    pub(crate) fn assert_kernels_compile_when_nvrtc_present(source: &str, names: &[&str]) {
+        // SAFETY: only tries to dlopen() the candidate library names.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            println!("skipped: no NVRTC library (libnvrtc.so.13) on the loader path");
+            return;
+        }
+        let ptx = cudarc::nvrtc::compile_ptx(source).unwrap_or_else(|e| panic!("NVRTC: {e}"));
+        let src = ptx.to_src();
+        for name in names {
+            assert!(src.contains(&format!(".entry {name}(")), "PTX lacks {name}");
+        }
+    }
+
     /// cuBLAS sgemm semantics (column-major, `C = alpha op(A) op(B) + beta C`, element `(i, j)` of a matrix with
     /// leading dimension `ld` at `i + j ld`), written from the cuBLAS documentation; panics on any read or write
     /// outside the given buffers.

@@ -650,16 +650,7 @@ mod tests {
     /// `LD_LIBRARY_PATH`), the kernel source must compile and define every entry point `Gpu::new` loads.
     #[test]
     fn moe_kernels_compile_with_nvrtc_when_present() {
-        // SAFETY: only tries to dlopen() the candidate library names.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            println!("skipped: no NVRTC library (libnvrtc.so.13) on the loader path");
-            return;
-        }
-        let ptx = cudarc::nvrtc::compile_ptx(MOE_KERNELS_CU).unwrap_or_else(|e| panic!("NVRTC: {e}"));
-        let src = ptx.to_src();
-        for name in MOE_KERNEL_NAMES {
-            assert!(src.contains(&format!(".entry {name}(")), "PTX lacks {name}");
-        }
+        crate::gpu::tests::assert_kernels_compile_when_nvrtc_present(MOE_KERNELS_CU, &MOE_KERNEL_NAMES);
     }
 
     #[test]

@@ -1767,16 +1767,7 @@ mod tests {
     /// point [`GpuStep::new`] loads.
     #[test]
     fn recsys_kernels_compile_with_nvrtc_when_present() {
-        // SAFETY: only tries to dlopen() the candidate library names.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            println!("skipped: no NVRTC library (libnvrtc.so.13) on the loader path");
-            return;
-        }
-        let ptx = cudarc::nvrtc::compile_ptx(RECSYS_KERNELS_CU).unwrap_or_else(|e| panic!("NVRTC: {e}"));
-        let src = ptx.to_src();
-        for name in RECSYS_KERNEL_NAMES {
-            assert!(src.contains(&format!(".entry {name}(")), "PTX lacks {name}");
-        }
+        crate::gpu::tests::assert_kernels_compile_when_nvrtc_present(RECSYS_KERNELS_CU, &RECSYS_KERNEL_NAMES);
     }
 
     /// On a GPU: after one step the pooled MLP input of the last micro-batch equals the cpu executor's bit for bit and
