@@ -32,7 +32,8 @@
 //! (`exposed = max(0, comm - core)`). PP: one activation send forward and one gradient send backward per
 //! micro-batch and model chunk, `b s h / (t cp)` elements, on the inter-node tier when neighbouring stages are
 //! `tp*cp*dp >= gpus_per_node` ranks apart (rank order tp, cp, dp, pp), exposed; interleaving multiplies them by `v`
-//! (Narayanan et al. sec. 2.2.2). DP over the `dp * cp` ranks that hold the same weights: all-reduce of the stage's
+//! (Narayanan et al. sec. 2.2.2); with `pp_comm_overlap` (sends that do not block the sender) only the fill's and
+//! drain's `p - 1` boundary crossings each way, `(p - 1) pp / v`, stay on the critical path. DP over the `dp * cp` ranks that hold the same weights: all-reduce of the stage's
 //! bf16 gradients (ZeRO-0), reduce-scatter + all-gather (ZeRO-1/2: the same bytes), reduce-scatter only plus one
 //! all-gather of the parameters before every forward and every backward (ZeRO-3 / FSDP: 1.5x the bytes per step
 //! with one micro-batch, Rajbhandari et al. SC'20 sec. 7.2.1), through the [`Network`] capability.
@@ -385,7 +386,8 @@ pub struct StepBreakdown {
     pub backward_mb_s: f64,
     /// Tensor-parallel communication per micro-batch on that stage, seconds.
     pub tp_comm_mb_s: f64,
-    /// Pipeline point-to-point time per micro-batch, seconds.
+    /// Pipeline point-to-point time per micro-batch on the critical path, seconds (with `pp_comm_overlap`: the fill's
+    /// and drain's sends spread over the micro-batches).
     pub pp_comm_mb_s: f64,
     /// Exposed ring-attention and ZeRO-3 gather time per micro-batch on that stage, seconds.
     pub other_comm_mb_s: f64,
@@ -804,18 +806,29 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
             }
         }
     }
+    // With `pp_comm_overlap` a stage does not wait for its sends: they leave the steady state, and only the fill
+    // and drain cross the `p - 1` stage boundaries once each way (one forward and one backward send of a model chunk
+    // per boundary, `pp / v` of a stage's per-micro-batch send time).
+    let overlap_pp = w.pp_comm_overlap && pp > 1;
+    let busy = |t: &StageTime| if overlap_pp { t.total() - t.pp } else { t.total() };
     let mut slow = classes[0].0;
     let mut sum = 0.0;
     for (t, n) in classes.iter().filter(|(_, n)| *n > 0.0) {
-        sum += n * t.total();
-        if t.total() > slow.total() {
+        sum += n * busy(t);
+        if busy(t) > busy(&slow) {
             slow = *t;
         }
     }
-    let t_max = slow.total();
     let mf = micro_batches as f64;
     let vf = cfg.virtual_stages.max(1) as f64;
-    let pipeline = mf * t_max + (sum - t_max) / vf;
+    // the sends charged per micro-batch on the critical path (all of them, or the fill's and drain's spread over m)
+    let pp_mb = if overlap_pp {
+        (pp - 1) as f64 * slow.pp / vf / mf
+    } else {
+        slow.pp
+    };
+    let t_max = busy(&slow) + if overlap_pp { pp_mb } else { 0.0 };
+    let pipeline = mf * t_max + (sum - busy(&slow)) / vf;
     let bubble = if pipeline > 0.0 {
         (pipeline - mf * t_max) / pipeline
     } else {
@@ -856,7 +869,7 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
         forward_mb_s: slow.fwd,
         backward_mb_s: slow.bwd,
         tp_comm_mb_s: slow.tp,
-        pp_comm_mb_s: slow.pp,
+        pp_comm_mb_s: pp_mb,
         other_comm_mb_s: slow.cp + slow.zero3 + slow.ep,
         zero3_first_s: zero3_first,
         dp_comm_s: dp_comm,

@@ -668,6 +668,12 @@ pub struct DenseTraining {
     /// chunked pipeline to each GEMM + collective pair where it is faster than the collective after the GEMM.
     #[serde(default)]
     pub tp_comm_overlap: bool,
+    /// Pipeline sends do not block the sending stage (MegaScale's PP overlap, NSDI'24 sec. 3.2: send and receive
+    /// decoupled and launched asynchronously): a stage goes on with its next pass while its activation or gradient
+    /// travels, and only the receiving pass waits for it. Off: a send blocks its stage until done (Megatron-LM's
+    /// combined send-receive).
+    #[serde(default)]
+    pub pp_comm_overlap: bool,
     /// Attention scores are materialised in memory (pre-FlashAttention kernels, e.g. Megatron-LM in 2021): the
     /// `5as/h sbh` bytes of scores, softmax and dropout mask are streamed like the other activations. Off: fused
     /// attention.
@@ -703,6 +709,7 @@ impl DenseTraining {
             parallel: None,
             overlap_comm: true,
             tp_comm_overlap: false,
+            pp_comm_overlap: false,
             attention_scores_materialized: false,
             dp_bucket_bytes: DEFAULT_BUCKET_BYTES,
             downtime: None,
