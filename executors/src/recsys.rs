@@ -153,22 +153,79 @@ fn coprime(rows: u64) -> u64 {
         % rows.max(1)
 }
 
-/// One field inside a chain.
-#[derive(Debug, Clone)]
-struct ChainField {
+/// One field inside a chain: the layout the `cpu` and `cuda` executors share ([`layout`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ChainField {
     /// Index of the field in the model (group order, then count).
-    global: usize,
-    rows: u64,
+    pub(crate) global: usize,
+    /// Group of the field in the workload.
+    pub(crate) group: usize,
+    pub(crate) rows: u64,
     /// Row offset of this field in the chain's host table.
-    base: usize,
+    pub(crate) base: usize,
     /// Cached rows (ranks `0..k`), and their offset in the chain's device table.
-    k: u64,
-    dev_base: usize,
-    ids: usize,
-    mean: bool,
-    mult: u64,
+    pub(crate) k: u64,
+    pub(crate) dev_base: usize,
+    pub(crate) ids: usize,
+    pub(crate) mean: bool,
+    /// Rank-to-row multiplier ([`row_of`]).
+    pub(crate) mult: u64,
     /// Column offset of this field in the MLP input.
-    x_off: usize,
+    pub(crate) x_off: usize,
+}
+
+/// The embedding layout of a step, shared by the `cpu` and `cuda` executors.
+pub(crate) struct Layout {
+    /// Per field in the global numbering (group order, then count): its group and MLP input column.
+    pub(crate) fields: Vec<(usize, usize)>,
+    /// The chains of [`field_chains`] (the CPU op model's order): embedding dimension and member fields, each with
+    /// its row offset in the chain's host table and its cached rows' offset in the chain's device table.
+    pub(crate) chains: Vec<(usize, Vec<ChainField>)>,
+    /// Width of the MLP input (the sum of the fields' dimensions).
+    pub(crate) width: usize,
+}
+
+/// The embedding layout of `w` ([`Layout`]).
+pub(crate) fn layout(w: &RecsysStep) -> Layout {
+    let mut fields = Vec::new();
+    let mut next_of_group = Vec::new();
+    let mut width = 0usize;
+    for (g, f) in w.fields.iter().enumerate() {
+        next_of_group.push(fields.len());
+        for _ in 0..f.count {
+            fields.push((g, width));
+            width += f.dim as usize;
+        }
+    }
+    let mut chains = Vec::new();
+    for (dim, members) in field_chains(w) {
+        let mut chain = Vec::new();
+        let (mut base, mut dev_base) = (0usize, 0usize);
+        for (g, n) in members {
+            let f = &w.fields[g];
+            for _ in 0..n {
+                let global = next_of_group[g];
+                next_of_group[g] += 1;
+                let k = w.cached_rows(f.rows);
+                chain.push(ChainField {
+                    global,
+                    group: g,
+                    rows: f.rows,
+                    base,
+                    k,
+                    dev_base,
+                    ids: f.ids_per_sample as usize,
+                    mean: f.pooling == Pooling::Mean,
+                    mult: coprime(f.rows),
+                    x_off: fields[global].1,
+                });
+                base += f.rows as usize;
+                dev_base += k as usize;
+            }
+        }
+        chains.push((dim as usize, chain));
+    }
+    Layout { fields, chains, width }
 }
 
 /// A chain: its fields and its rows.
@@ -344,16 +401,12 @@ impl CpuStep {
         } else {
             threads
         };
-        // Global field indices and MLP column offsets, in group order.
-        let mut global = Vec::new();
-        let mut off = 0usize;
-        for (g, f) in w.fields.iter().enumerate() {
-            for _ in 0..f.count {
-                global.push((g, off));
-                off += f.dim as usize;
-            }
-        }
-        let k0 = off;
+        // Global field indices and MLP column offsets (group order), and the chains in the CPU op model's order.
+        let Layout {
+            fields: global,
+            chains: layout_chains,
+            width: k0,
+        } = layout(w);
         let batch = w.batch as usize;
         // A replacing cache keeps what recent steps looked up, so its steps draw fresh ids (each field's stream
         // continued: warm-up draws, then one step's worth per step); a static cache replays one step's ids.
@@ -381,39 +434,10 @@ impl CpuStep {
                 })
                 .collect::<Result<_, _>>()?
         };
-        // Chains in the order of the CPU op model, each with its member fields' global indices.
-        let mut next_of_group: Vec<usize> = Vec::new();
-        let mut first = 0usize;
-        for f in &w.fields {
-            next_of_group.push(first);
-            first += f.count as usize;
-        }
         let mut chains = Vec::new();
-        for (dim, members) in field_chains(w) {
-            let mut fields = Vec::new();
-            let (mut base, mut dev_base) = (0usize, 0usize);
-            for (g, n) in members {
-                let f = &w.fields[g];
-                for _ in 0..n {
-                    let gi = next_of_group[g];
-                    next_of_group[g] += 1;
-                    let k = w.cached_rows(f.rows);
-                    fields.push(ChainField {
-                        global: gi,
-                        rows: f.rows,
-                        base,
-                        k,
-                        dev_base,
-                        ids: f.ids_per_sample as usize,
-                        mean: f.pooling == Pooling::Mean,
-                        mult: coprime(f.rows),
-                        x_off: global[gi].1,
-                    });
-                    base += f.rows as usize;
-                    dev_base += k as usize;
-                }
-            }
-            let d = dim as usize;
+        for (d, fields) in layout_chains {
+            let base: usize = fields.iter().map(|cf| cf.rows as usize).sum();
+            let dev_base: usize = fields.iter().map(|cf| cf.k as usize).sum();
             // Each field's rows from its own stream, so a packed table holds exactly the separate tables' values.
             let mut host = vec![0.0f32; base * d];
             for cf in &fields {

@@ -48,7 +48,7 @@
 //!
 //! Status: compiled in every build; **not run on a GPU during development** (no device was available). Without a
 //! GPU, [`RecsysCuda::available`] gives the reason and nothing is touched.
-use super::{STAGED, coprime, field_ranks};
+use super::{STAGED, field_ranks, layout};
 use crate::gpu::{GpuRuntime, drv, gpu_unavailable_reason, grid, sgemm_rm};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys as drv_sys;
@@ -56,9 +56,8 @@ use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfi
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use trainlab_core::workloads::recsys::{CachePolicy, Pooling, RecsysOutcome, RecsysStep};
+use trainlab_core::workloads::recsys::{CachePolicy, RecsysOutcome, RecsysStep};
 use trainlab_core::{Backend, Dtype, Error, Fidelity, RunCtx, Seed, Summary, Workload};
-use trainlab_models::recsys::field_chains;
 
 /// Most bytes of host-resident embedding tables a measured GPU step holds (larger steps are scaled down to this).
 pub const TABLE_BUDGET_BYTES: u64 = 2 << 30;
@@ -320,50 +319,38 @@ impl DevicePlan {
                 w.cache.policy.as_str()
             )));
         }
-        // Global field numbering and MLP column offsets, in group order (the cpu backend's).
-        let mut first_of_group = Vec::new();
-        let mut x_of_global = Vec::new();
-        let mut off = 0usize;
-        for f in &w.fields {
-            first_of_group.push(x_of_global.len());
-            for _ in 0..f.count {
-                x_of_global.push(off);
-                off += f.dim as usize;
-            }
-        }
-        let k0 = off;
-        let mut next = first_of_group;
+        // The cpu executor's layout: global field numbering, MLP columns, chains and their table offsets.
+        let lay = layout(w);
+        let k0 = lay.width;
         let mut chains = Vec::new();
         let (mut first, mut cache0) = (0usize, 0usize);
-        for (dim, members) in field_chains(w) {
-            let (mut fields, mut base, mut before, mut dev_base) = (Vec::new(), 0usize, 0usize, 0usize);
-            for (g, n) in members {
-                let f = &w.fields[g];
-                for _ in 0..n {
-                    let gi = next[g];
-                    next[g] += 1;
-                    let k = w.cached_rows(f.rows);
-                    fields.push(PlanField {
-                        global: gi,
-                        group: g,
+        for (dim, slots) in lay.chains {
+            let base: usize = slots.iter().map(|f| f.rows as usize).sum();
+            let dev_base: usize = slots.iter().map(|f| f.k as usize).sum();
+            let mut before = 0usize;
+            let fields: Vec<PlanField> = slots
+                .into_iter()
+                .map(|f| {
+                    let pf = PlanField {
+                        global: f.global,
+                        group: f.group,
                         rows: f.rows,
-                        base,
-                        k,
-                        dev_base,
-                        ids: f.ids_per_sample as usize,
+                        base: f.base,
+                        k: f.k,
+                        dev_base: f.dev_base,
+                        ids: f.ids,
                         ids_before: before,
-                        mean: f.pooling == Pooling::Mean,
-                        mult: coprime(f.rows),
-                        x_off: x_of_global[gi],
-                    });
-                    base += f.rows as usize;
-                    dev_base += k as usize;
-                    before += f.ids_per_sample as usize;
-                }
-            }
+                        mean: f.mean,
+                        mult: f.mult,
+                        x_off: f.x_off,
+                    };
+                    before += f.ids;
+                    pf
+                })
+                .collect();
             let nf = fields.len();
             chains.push(PlanChain {
-                dim: dim as usize,
+                dim,
                 fields,
                 first,
                 host_rows: base,
@@ -371,7 +358,7 @@ impl DevicePlan {
                 cache0,
             });
             first += nf;
-            cache0 += dev_base * dim as usize;
+            cache0 += dev_base * dim;
         }
         let batch = w.batch as usize;
         let m = w.micro_batches as usize;
@@ -1359,7 +1346,8 @@ mod tests {
     use super::super::CpuStep;
     use super::*;
     use std::sync::atomic::AtomicBool;
-    use trainlab_core::workloads::recsys::{CacheSpec, FieldGroup, Overheads};
+    use trainlab_core::workloads::recsys::{CacheSpec, FieldGroup, Overheads, Pooling};
+    use trainlab_models::recsys::field_chains;
 
     /// A small step: two groups of different dims (one mean-pooled with 3 ids per sample) plus a third with the first
     /// group's shape, so packing merges groups 0 and 2.
