@@ -79,11 +79,20 @@ pub(crate) fn grid(threads: usize) -> LaunchConfig {
     }
 }
 
+/// A timing event recorded now on `s`.
+pub(crate) fn event_on(s: &CudaStream) -> Result<CudaEvent, Error> {
+    s.record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(drv("event record"))
+}
+
+/// Seconds from event `a` to event `b`; call after both completed.
+pub(crate) fn seconds_between(a: &CudaEvent, b: &CudaEvent) -> Result<f64, Error> {
+    Ok(a.elapsed_ms(b).map_err(drv("event elapsed"))? as f64 * 1e-3)
+}
+
 /// Seconds between consecutive events (`evs.len() - 1` values); call after the stream has synchronised.
 pub(crate) fn event_gaps(evs: &[CudaEvent]) -> Result<Vec<f64>, Error> {
-    evs.windows(2)
-        .map(|w| Ok(w[0].elapsed_ms(&w[1]).map_err(drv("event elapsed"))? as f64 * 1e-3))
-        .collect()
+    evs.windows(2).map(|w| seconds_between(&w[0], &w[1])).collect()
 }
 
 /// One GPU ready to run: context, its default stream and a cuBLAS handle on that stream.
@@ -240,9 +249,7 @@ impl GpuRuntime {
 
     /// A timing event recorded now on the stream.
     pub(crate) fn event(&self) -> Result<CudaEvent, Error> {
-        self.stream
-            .record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(drv("event record"))
+        event_on(&self.stream)
     }
 
     /// Times `enqueue` (which must only enqueue work on this runtime's stream) with CUDA events: `opts.warmup`

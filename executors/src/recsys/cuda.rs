@@ -49,9 +49,8 @@
 //! Status: compiled in every build; **not run on a GPU during development** (no device was available). Without a
 //! GPU, [`RecsysCuda::available`] gives the reason and nothing is touched.
 use super::{STAGED, field_ranks, layout};
-use crate::gpu::{GpuRuntime, drv, gpu_unavailable_reason, grid, sgemm_rm};
+use crate::gpu::{GpuRuntime, drv, event_on, gpu_unavailable_reason, grid, seconds_between, sgemm_rm};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::sys as drv_sys;
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -594,16 +593,6 @@ impl std::fmt::Debug for GpuStep {
     }
 }
 
-/// Seconds between two events (after they completed).
-fn gap(a: &CudaEvent, b: &CudaEvent) -> Result<f64, Error> {
-    Ok(a.elapsed_ms(b).map_err(drv("event elapsed"))? as f64 * 1e-3)
-}
-
-fn event(s: &CudaStream) -> Result<CudaEvent, Error> {
-    s.record_event(Some(drv_sys::CUevent_flags::CU_EVENT_DEFAULT))
-        .map_err(drv("event record"))
-}
-
 /// The events of one step, and the (start, end) pairs of each stage's op groups (indices into `evs`).
 #[derive(Default)]
 struct Marks {
@@ -616,12 +605,15 @@ struct Marks {
 impl Marks {
     /// An event recorded now on `s`; its index.
     fn mark(&mut self, s: &CudaStream) -> Result<usize, Error> {
-        self.evs.push(event(s)?);
+        self.evs.push(event_on(s)?);
         Ok(self.evs.len() - 1)
     }
     /// Summed seconds of `spans` (after the step synchronised).
     fn span(&self, spans: &[(usize, usize)]) -> Result<f64, Error> {
-        spans.iter().map(|&(a, b)| gap(&self.evs[a], &self.evs[b])).sum()
+        spans
+            .iter()
+            .map(|&(a, b)| seconds_between(&self.evs[a], &self.evs[b]))
+            .sum()
     }
 }
 
@@ -1026,7 +1018,7 @@ impl GpuStep {
         }
         host_s += t_host.elapsed().as_secs_f64();
         Ok(GpuStepTimes {
-            step_s: gap(&ev.evs[start], &ev.evs[end])? + host_s,
+            step_s: seconds_between(&ev.evs[start], &ev.evs[end])? + host_s,
             copy_s: ev.span(&ev.copy)? + host_s,
             embedding_s: ev.span(&ev.emb)?,
             mlp_s: ev.span(&ev.mlp)?,
