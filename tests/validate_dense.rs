@@ -71,6 +71,7 @@ fn predict_with(r: &DenseRun, options: impl Fn(&mut DenseTraining)) -> (DenseOut
                 let cfg = ParallelConfig {
                     virtual_stages: v,
                     cp: r.cp,
+                    sequence_parallel: !predates_sequence_parallelism(r),
                     ..ParallelConfig::new(r.tp, r.pp, r.dp, mb, recompute)
                 };
                 if !dense::fits(&w, &cfg) {
@@ -87,6 +88,16 @@ fn predict_with(r: &DenseRun, options: impl Fn(&mut DenseTraining)) -> (DenseOut
         best.unwrap_or_else(|| panic!("{} on {} GPUs: no micro-batch/recompute fits", r.model, r.gpus)),
         w,
     )
+}
+
+/// Runs whose software predates sequence parallelism (Korthikanti et al. 2022, arXiv 2205.05198, May 2022, which
+/// introduced it in Megatron-LM): Megatron-LM SC'21 (April 2021), MT-NLG (Megatron-DeepSpeed, January 2022) and BLOOM
+/// (Megatron-DeepSpeed, trained from March 2022). Their tensor-parallel ranks each run LayerNorm, dropout and the
+/// residual adds on the whole sequence and all-reduce the block outputs.
+fn predates_sequence_parallelism(r: &DenseRun) -> bool {
+    ["Narayanan", "Smith", "Le Scao"]
+        .iter()
+        .any(|s| r.source.starts_with(s))
 }
 
 #[test]
