@@ -21,12 +21,14 @@
 //! credit the causal mask (PaLM's convention); the paper does not say which it used, and crediting it would make the
 //! published throughput 1.4x higher (this row's error would go from +12.7% to about -18%).
 //!
+//! Rows whose software predates sequence parallelism (Megatron-LM SC'21, MT-NLG, BLOOM) run without it.
+//!
 //! Measured on 2026-12-02 (`cargo test --workspace --locked --test validate_dense -- --nocapture`): V rows 8, mean
-//! |error| 11.2%, worst 33.1% (the MegaScale baseline at 12,288 GPUs); V rows of current stacks (6): mean 5.7%,
-//! worst 12.7% (Llama 3 CP16); MegaScale +0.8% / -0.6%, Megatron 1008B +7.6%, Llama 3 405B at 8,192 / 16,384 GPUs
+//! |error| 10.9%, worst 33.1% (the MegaScale baseline at 12,288 GPUs); V rows of current stacks (6): mean 5.3%,
+//! worst 12.7% (Llama 3 CP16); MegaScale +0.8% / -0.6%, Megatron 1008B +5.2%, Llama 3 405B at 8,192 / 16,384 GPUs
 //! -5.3% / -7.4% (only full recomputation fits at TP8/PP16 with 10% headroom, so the model pays an extra forward the
-//! run may not have had). Megatron SC'21 rows (S) -3.6% to +19.4%; MegaScale Table 2's other scales (S, batch 768 on
-//! 256-1,024 GPUs and batch 6,144 on 6,144 / 8,192) -7.6% to +3.4%; older stacks +13.8% to +40.5%. The issue-15 goal
+//! run may not have had). Megatron SC'21 rows (S) -3.6% to +13.8%; MegaScale Table 2's other scales (S, batch 768 on
+//! 256-1,024 GPUs and batch 6,144 on 6,144 / 8,192) -7.6% to +3.4%; older stacks +13.8% to +36.5%. The issue-15 goal
 //! (V rows mean <= 3%, worst <= 8%) is not met. The model has no per-run tuning: datasheet efficiencies (0.75 of
 //! dense peak for large GEMMs, 0.9 of HBM) and the alpha-beta network of the DGX presets.
 use trainlab_core::Dtype;
