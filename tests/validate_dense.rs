@@ -219,7 +219,9 @@ fn megascale_overlap_ablation_and_tp_overlap_rows() {
             w.overlap_comm = steps >= 5;
         }
     };
-    let mfu: Vec<f64> = (0..=5).map(|k| predict_with(&at_batch_256, megascale(k)).0.mfu).collect();
+    let mfu: Vec<f64> = (0..=5)
+        .map(|k| predict_with(&at_batch_256, megascale(k)).0.mfu)
+        .collect();
     let gain = |k: usize| 100.0 * (mfu[k] - mfu[k - 1]);
     let published = [4.6, 1.0, 2.2, 2.5, 1.5];
     let names = ["PTB", "SWA", "TP overlap", "PP overlap", "DP overlap"];
@@ -228,7 +230,12 @@ fn megascale_overlap_ablation_and_tp_overlap_rows() {
         100.0 * mfu[0]
     );
     for k in 1..=5 {
-        line += &format!(", +{} {:+.1} points (published +{})", names[k - 1], gain(k), published[k - 1]);
+        line += &format!(
+            ", +{} {:+.1} points (published +{})",
+            names[k - 1],
+            gain(k),
+            published[k - 1]
+        );
     }
     println!("{line}; all five: {:.1}% (published 59.5%)", 100.0 * mfu[5]);
     for k in [1usize, 3, 5] {
@@ -241,7 +248,12 @@ fn megascale_overlap_ablation_and_tp_overlap_rows() {
     }
     // SWA and PP overlap help, by less than published (see the README)
     for k in [2usize, 4] {
-        assert!(gain(k) > 0.0 && gain(k) < published[k - 1], "{}: {}", names[k - 1], gain(k));
+        assert!(
+            gain(k) > 0.0 && gain(k) < published[k - 1],
+            "{}: {}",
+            names[k - 1],
+            gain(k)
+        );
     }
     println!(
         "| GPUs | batch | published MFU | predicted MFU (TP overlap on) | error | predicted MFU (PTB, SWA, all overlaps) | error |"

@@ -549,13 +549,8 @@ fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load
             // ZeRO-3: two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
             + if cfg.zero_stage >= 3 { 4.0 * lp } else { 0.0 }
     };
-    let per_layer = activation_bytes_per_layer(
-        m,
-        cfg,
-        cfg.recompute,
-        w.attention_scores_materialized,
-        w.parallel_block,
-    );
+    let per_layer =
+        activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized, w.parallel_block);
     // MoE: per MoE layer the non-expert parameters (dense over dp cp), the experts over ep (state over dp cp / ep),
     // and the FFN's activations scaled by the rows the rank processes
     let moe = w.moe.as_ref().zip(load).map(|(moe, load)| {
@@ -1200,10 +1195,19 @@ pub(crate) mod tests {
         // 2048 tokens, window 1024: query tile i needs key tiles i-8..=i: 36 + 8 * 9 = 108 of 256
         assert_eq!(attention_block_fraction(2048.0, Some(1024)), 108.0 / 256.0);
         assert_eq!(attention_block_fraction(2048.0, None), causal_block_fraction(2048.0));
-        assert_eq!(attention_block_fraction(2048.0, Some(2048)), causal_block_fraction(2048.0));
+        assert_eq!(
+            attention_block_fraction(2048.0, Some(2048)),
+            causal_block_fraction(2048.0)
+        );
         // a window of one token: the diagonal tiles only
         assert_eq!(attention_block_fraction(2048.0, Some(1)), 1.0 / 16.0);
-        for (s, w) in [(2048u64, 129u64), (4096, 1000), (8192, 4096), (131_072, 4096), (131_072, 8191)] {
+        for (s, w) in [
+            (2048u64, 129u64),
+            (4096, 1000),
+            (8192, 4096),
+            (131_072, 4096),
+            (131_072, 8191),
+        ] {
             let n = (s as f64 / t).ceil() as u64;
             let mut tiles = 0u64;
             for i in 0..n {
@@ -1278,7 +1282,10 @@ pub(crate) mod tests {
             };
             let (la, lb) = (layer(&w), layer(&ptb));
             let r = c.recompute;
-            assert!((lb.tp_layer(r, false) / la.tp_layer(r, false) - 0.5).abs() < 1e-12, "{c:?}");
+            assert!(
+                (lb.tp_layer(r, false) / la.tp_layer(r, false) - 0.5).abs() < 1e-12,
+                "{c:?}"
+            );
             assert!(b.tp_comm_mb_s < 0.6 * a.tp_comm_mb_s, "{c:?}");
             assert!(b.forward_mb_s < a.forward_mb_s, "{c:?}");
             assert!(b.memory_per_gpu_bytes < a.memory_per_gpu_bytes, "{c:?}");
@@ -1486,13 +1493,15 @@ pub(crate) mod tests {
         let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None, true, false);
         assert!((with_sp / (sbh / 8.0 * (34.0 + 5.0 * a * s / h)) - 1.0).abs() < 1e-12);
         assert!(
-            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (34.0 * sbh / 8.0) - 1.0).abs() < 1e-12
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (34.0 * sbh / 8.0) - 1.0).abs()
+                < 1e-12
         );
         c.sequence_parallel = false;
         let without = activation_bytes_per_layer(&m, &c, Recompute::None, true, false);
         assert!((without / (sbh * (10.0 + 24.0 / 8.0 + 5.0 * a * s / (h * 8.0))) - 1.0).abs() < 1e-12);
         assert!(
-            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (sbh * (10.0 + 3.0)) - 1.0).abs() < 1e-12
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (sbh * (10.0 + 3.0)) - 1.0).abs()
+                < 1e-12
         );
         // context parallelism divides the tokens a rank holds
         c.sequence_parallel = true;
@@ -1502,7 +1511,10 @@ pub(crate) mod tests {
         // fused attention stores no scores: no recomputation then stores what selective recomputation stores
         c.cp = 1;
         let fused = activation_bytes_per_layer(&m, &c, Recompute::None, false, false);
-        assert_eq!(fused, activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false));
+        assert_eq!(
+            fused,
+            activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false)
+        );
     }
 
     #[test]

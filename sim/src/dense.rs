@@ -849,7 +849,12 @@ mod tests {
                 let a = DenseAnalytical::default().run(&w, &mut ctx).unwrap();
                 let s = DenseOpSim::default().run(&w, &mut ctx).unwrap();
                 let d = rel(s.step_time_s, a.step_time_s);
-                assert!(d < 1e-9, "{cfg:?} ptb {ptb}: {} vs {} ({d:e})", s.step_time_s, a.step_time_s);
+                assert!(
+                    d < 1e-9,
+                    "{cfg:?} ptb {ptb}: {} vs {} ({d:e})",
+                    s.step_time_s,
+                    a.step_time_s
+                );
                 assert!(rel(s.exposed_comm_s, a.exposed_comm_s) < 1e-9, "{cfg:?} ptb {ptb}");
                 steps[usize::from(ptb)] = a.step_time_s;
             }
