@@ -136,6 +136,14 @@ fn scenarios() -> Vec<(String, Scenario)> {
                  dp_bucket_bytes = 4.0e7\nattention_scores_materialized = false\ntp_comm_overlap = true",
             ),
         ),
+        (
+            "llama2-70b-h100+ptb-swa".into(),
+            variant(
+                "llama2-70b-h100",
+                "parallel = { tp = 8, pp = 8, dp = 32, micro_batch = 1, recompute = \"selective\" }\n\
+                 parallel_block = true\nsliding_window = 1024",
+            ),
+        ),
         ("moe-switch-capacity".into(), variant("moe-switch-capacity", "")),
         (
             "moe-switch-capacity+options".into(),
@@ -517,6 +525,24 @@ fn cli_rejects_bad_fields_with_exit_2() {
             ),
             "analytical",
             "workload.parallel.zero_stage",
+        ),
+        (
+            "dense-window-0",
+            with_line("llama2-70b-h100", "train_tokens", "2.0e12\nsliding_window = 0"),
+            "analytical",
+            "workload.sliding_window",
+        ),
+        (
+            "dense-window-long",
+            with_line("llama2-70b-h100", "train_tokens", "2.0e12\nsliding_window = 8192"),
+            "op_sim",
+            "workload.sliding_window",
+        ),
+        (
+            "dense-ptb-moe",
+            with_line("mixtral-8x7b", "train_tokens", "1.0e12\nparallel_block = true"),
+            "analytical",
+            "workload.parallel_block",
         ),
         (
             "moe-cf",

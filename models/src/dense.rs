@@ -14,12 +14,16 @@
 //! written once and read once): `34 sbh / t` with sequence parallelism, `(10 + 24/t) sbh` without (norms and dropout
 //! replicated over the TP ranks); attention is fused unless `attention_scores_materialized` (then the `5as/h sbh` of
 //! scores, softmax and mask are streamed too). A fused kernel is causal: it computes only the score tiles on or below
-//! the diagonal ([`causal_block_fraction`], about half at long sequences), materialised scores are a full GEMM. Backward is twice the forward. Recomputation adds one more forward
+//! the diagonal ([`causal_block_fraction`], about half at long sequences), and with `sliding_window` only the key tiles
+//! within the window ([`attention_block_fraction`]); materialised scores are a full GEMM either way. A parallel block
+//! (`parallel_block`) fuses QKV with FFN up and the output projection with FFN down (one GEMM each, timed as fused),
+//! stores `4 sbh` less (one LayerNorm) and launches 3 kernels fewer. Backward is twice the forward. Recomputation adds one more forward
 //! (`Full`) or the attention core only (`Selective`). The first stage also runs the embedding (a memory-bound
 //! gather, and its TP all-reduce), the last the LM head (logits GEMM and fp32 cross-entropy, and the TP all-reduce of
 //! its input gradient).
 //!
-//! **Communication.** TP: Megatron's 2 collectives per layer in forward and 2 in backward (+2 with full recompute),
+//! **Communication.** TP: Megatron's 2 collectives per layer in forward and 2 in backward (+2 with full recompute;
+//! half as many with a parallel block, one after each fused pair),
 //! each of `b s h / cp` elements over the `tp` ranks of a node (all-reduce, or reduce-scatter + all-gather under
 //! sequence parallelism: the same bytes), exposed in full; with `tp_comm_overlap` each collective and the GEMM that
 //! produces it (output projection and FFN down forward, FFN up and QKV input gradients backward, the embedding
@@ -101,6 +105,9 @@ pub struct LayerCosts {
     pub cp_step: f64,
     /// Gradient bytes of the layer on one GPU (bf16/fp16 parameters over `tp`).
     pub grad_bytes: f64,
+    /// Parallel transformer block: QKV and FFN up run as one GEMM (their times are its shares), so do the output
+    /// projection and FFN down, and one TP collective follows each fused pair.
+    pub parallel_block: bool,
 }
 
 impl LayerCosts {
@@ -120,9 +127,11 @@ impl LayerCosts {
     pub fn bwd(&self, r: Recompute) -> f64 {
         2.0 * self.fwd() + self.recompute(r)
     }
-    /// Tensor-parallel collectives per layer and micro-batch: 2 forward, 2 backward, 2 more with full recompute.
-    pub fn tp_colls(r: Recompute) -> f64 {
-        if r == Recompute::Full { 6.0 } else { 4.0 }
+    /// Tensor-parallel collectives per layer and micro-batch: 2 forward, 2 backward, 2 more with full recompute;
+    /// half of each with a parallel block (one after its fused output GEMM, one after its fused input gradient).
+    pub fn tp_colls(&self, r: Recompute) -> f64 {
+        let n = if r == Recompute::Full { 6.0 } else { 4.0 };
+        if self.parallel_block { n / 2.0 } else { n }
     }
     /// Whether splitting a GEMM of `gemm` seconds and the TP collective that follows it into [`TP_OVERLAP_CHUNKS`]
     /// pipelined chunks finishes earlier than the GEMM then the whole collective. Each chunk pays the collective's
@@ -151,12 +160,23 @@ impl LayerCosts {
     }
     /// Exposed TP time of one layer per micro-batch: forward after the output projection and FFN down, backward
     /// after the FFN up and QKV input-gradient GEMMs (twice the forward's), the forward's again with full recompute.
+    /// A parallel block has one collective after each fused pair: forward after projection + down, backward after
+    /// the (QKV + up) input gradient.
     pub fn tp_layer(&self, r: Recompute, tp_overlap: bool) -> f64 {
         if !tp_overlap {
-            return Self::tp_colls(r) * self.tp_coll;
+            return self.tp_colls(r) * self.tp_coll;
         }
-        let f = self.tp_after(self.proj, true) + self.tp_after(self.down, true);
-        let b = self.tp_after(2.0 * self.up, true) + self.tp_after(2.0 * self.qkv, true);
+        let (f, b) = if self.parallel_block {
+            (
+                self.tp_after(self.proj + self.down, true),
+                self.tp_after(2.0 * (self.qkv + self.up), true),
+            )
+        } else {
+            (
+                self.tp_after(self.proj, true) + self.tp_after(self.down, true),
+                self.tp_after(2.0 * self.up, true) + self.tp_after(2.0 * self.qkv, true),
+            )
+        };
         f + b + if r == Recompute::Full { f } else { 0.0 }
     }
 }
@@ -440,12 +460,16 @@ pub fn check_config(w: &DenseTraining, cfg: &ParallelConfig) -> Result<u64, Erro
 /// Activation bytes per layer per micro-batch for a recompute policy (Korthikanti et al. 2022 eq. 1-2, Table 2),
 /// on the `seq_len / cp` tokens of a context-parallel rank, with or without sequence parallelism. The `5as/h` bytes
 /// of attention scores, softmax and dropout mask are stored only when `scores_materialized`: a fused attention
-/// kernel keeps none of them, so without recomputation it stores what selective recomputation stores.
+/// kernel keeps none of them, so without recomputation it stores what selective recomputation stores. A parallel
+/// block (`parallel_block`) stores `4 sbh` less of Korthikanti's 34: one LayerNorm input instead of two, and the
+/// LayerNorm output that QKV and FFN up share once instead of each GEMM's input (both among the `10 sbh` kept whole
+/// on every TP rank without sequence parallelism: 6 of them remain).
 pub fn activation_bytes_per_layer(
     m: &TransformerSpec,
     cfg: &ParallelConfig,
     r: Recompute,
     scores_materialized: bool,
+    parallel_block: bool,
 ) -> f64 {
     let sbh = (m.seq_len / cfg.cp.max(1)) as f64 * cfg.micro_batch as f64 * m.hidden as f64;
     let t = cfg.tp as f64;
@@ -454,10 +478,11 @@ pub fn activation_bytes_per_layer(
     } else {
         0.0
     };
+    let shared = if parallel_block { 4.0 } else { 0.0 };
     let (replicated, split) = if cfg.sp() || cfg.tp == 1 {
-        (0.0, 34.0)
+        (0.0, 34.0 - shared)
     } else {
-        (10.0, 24.0)
+        (10.0 - shared, 24.0)
     };
     match r {
         Recompute::None => sbh * (replicated + (split + scores) / t),
@@ -524,7 +549,8 @@ fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load
             // ZeRO-3: two gathered layers (the one computing and the one prefetched), 2 bytes per parameter
             + if cfg.zero_stage >= 3 { 4.0 * lp } else { 0.0 }
     };
-    let per_layer = activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized);
+    let per_layer =
+        activation_bytes_per_layer(m, cfg, cfg.recompute, w.attention_scores_materialized, w.parallel_block);
     // MoE: per MoE layer the non-expert parameters (dense over dp cp), the experts over ep (state over dp cp / ep),
     // and the FFN's activations scaled by the rows the rank processes
     let moe = w.moe.as_ref().zip(load).map(|(moe, load)| {
@@ -548,7 +574,13 @@ fn memory_with(w: &DenseTraining, cfg: &ParallelConfig, micro_batches: u64, load
     });
     let edp = (d / cfg.ep.max(1) as f64).max(1.0);
     let working = if cfg.recompute == Recompute::Full {
-        activation_bytes_per_layer(m, cfg, Recompute::Selective, w.attention_scores_materialized)
+        activation_bytes_per_layer(
+            m,
+            cfg,
+            Recompute::Selective,
+            w.attention_scores_materialized,
+            w.parallel_block,
+        )
     } else {
         0.0
     };
@@ -590,8 +622,23 @@ const ATTENTION_TILE: f64 = 128.0;
 /// side, the `n (n + 1) / 2` on or below the diagonal (tiles wholly above it are skipped). With context parallelism
 /// the load-balanced ring (each rank holds a chunk from each end of the sequence) gives every rank the same share.
 pub fn causal_block_fraction(seq_len: f64) -> f64 {
+    attention_block_fraction(seq_len, None)
+}
+
+/// Fraction of the `s x s` score tiles a fused causal attention kernel computes with a sliding window of `window`
+/// tokens (each query attends to itself and the `window - 1` keys before it; `None` is full causal attention). With
+/// `n = ceil(s / tile)` tiles a side, query tile `i` needs the key tiles `i - c ..= i`, `c = ceil((window - 1) /
+/// tile)`, clipped at 0: `sum_i (min(i, c) + 1) = (c + 1)(c + 2) / 2 + (n - 1 - c)(c + 1)` tiles when `c < n - 1`,
+/// else the causal `n (n + 1) / 2`. Closed form (no loop over tiles): the layout search evaluates it per candidate.
+pub fn attention_block_fraction(seq_len: f64, window: Option<u64>) -> f64 {
     let n = (seq_len / ATTENTION_TILE).ceil().max(1.0);
-    (n + 1.0) / (2.0 * n)
+    let c = window.map_or(f64::INFINITY, |w| ((w.max(1) - 1) as f64 / ATTENTION_TILE).ceil());
+    let tiles = if c < n - 1.0 {
+        (c + 1.0) * (c + 2.0) / 2.0 + (n - 1.0 - c) * (c + 1.0)
+    } else {
+        n * (n + 1.0) / 2.0
+    };
+    tiles / (n * n)
 }
 
 /// Whether a modelled peak fits the GPU with [`MEMORY_HEADROOM`] kept free.
@@ -640,33 +687,45 @@ pub fn step_costs_with(
     let t = b * s_loc;
     let law = GemmLaw::of(p, dtype);
     let gemm = |mm: f64, nn: f64, kk: f64, batch: f64| law.matmul_time(mm, nn, kk, batch, eb);
-    let qkv = gemm(t, (h + 2.0 * kv * hd) / tpf, h, 1.0);
-    // A fused causal kernel skips the key blocks wholly above the diagonal; materialised scores are a full GEMM
-    // masked afterwards.
+    // A fused causal kernel skips the key blocks wholly above the diagonal (and, with a sliding window, those
+    // wholly before it); materialised scores are a full GEMM masked afterwards.
     let causal = if w.attention_scores_materialized {
         1.0
     } else {
-        causal_block_fraction(s)
+        attention_block_fraction(s, w.sliding_window)
     };
     let scores = causal * gemm(s_loc, s, hd, b * a / tpf);
     let av = causal * gemm(s_loc, hd, s, b * a / tpf);
-    let proj = gemm(t, h, h / tpf, 1.0);
-    let up = gemm(t, f * if m.gated_ffn { 2.0 } else { 1.0 } / tpf, h, 1.0);
-    let down = gemm(t, h, f / tpf, 1.0);
-    let score_bytes = if w.attention_scores_materialized {
-        5.0 * a * s / h
+    let (n_qkv, n_up) = ((h + 2.0 * kv * hd) / tpf, f * if m.gated_ffn { 2.0 } else { 1.0 } / tpf);
+    let (k_proj, k_down) = (h / tpf, f / tpf);
+    // A parallel block runs QKV and FFN up as one GEMM on their shared input (output widths concatenated), and the
+    // output projection and FFN down as one (inner dimensions concatenated, outputs summed); each GEMM's time is its
+    // FLOP share of the fused one.
+    let (qkv, up, proj, down) = if w.parallel_block {
+        let wide = gemm(t, n_qkv + n_up, h, 1.0);
+        let deep = gemm(t, h, k_proj + k_down, 1.0);
+        let (a_in, a_out) = (n_qkv / (n_qkv + n_up), k_proj / (k_proj + k_down));
+        (a_in * wide, (1.0 - a_in) * wide, a_out * deep, (1.0 - a_out) * deep)
     } else {
-        0.0
+        (
+            gemm(t, n_qkv, h, 1.0),
+            gemm(t, n_up, h, 1.0),
+            gemm(t, h, k_proj, 1.0),
+            gemm(t, h, k_down, 1.0),
+        )
     };
-    let stored = if cfg.sp() {
-        (34.0 + score_bytes) / tpf
-    } else if tp == 1 {
-        34.0 + score_bytes
-    } else {
-        10.0 + (24.0 + score_bytes) / tpf
-    };
-    let elementwise = memory_time(2.0 * stored * t * h, p.mem_bw_bytes_per_s);
-    let half_launches = KERNELS_PER_LAYER_FWD * p.launch_overhead_s / 2.0;
+    // element-wise work: every stored activation written once and read once (Korthikanti's bytes, one place)
+    let stored = activation_bytes_per_layer(
+        m,
+        cfg,
+        Recompute::None,
+        w.attention_scores_materialized,
+        w.parallel_block,
+    );
+    let elementwise = memory_time(2.0 * stored, p.mem_bw_bytes_per_s);
+    // a parallel block launches one LayerNorm and two GEMMs fewer
+    let kernels = KERNELS_PER_LAYER_FWD - if w.parallel_block { 3.0 } else { 0.0 };
+    let half_launches = kernels * p.launch_overhead_s / 2.0;
 
     let tp_at = Placement {
         ranks: tp,
@@ -697,6 +756,7 @@ pub fn step_costs_with(
         tp_coll_chunk: tp_time(act_bytes / f64::from(TP_OVERLAP_CHUNKS)),
         cp_step,
         grad_bytes: m.layer_params() / tpf * eb,
+        parallel_block: w.parallel_block,
     };
     // output head on the last stage: logits GEMM + fp32 softmax/cross-entropy streaming (3 passes)
     let head_fwd = p.launch_overhead_s * 3.0
@@ -1126,6 +1186,137 @@ pub(crate) mod tests {
         assert!((ratio - causal_block_fraction(32_768.0)).abs() < 1e-12, "{ratio}");
     }
 
+    /// A sliding window: the key tiles within it, counted in closed form (checked against a count over the tiles
+    /// and against the exact number of (query, key) pairs, which the tiles cover with at most one partial tile per
+    /// query tile at the window's lower edge and one on the diagonal).
+    #[test]
+    fn sliding_window_counts_the_key_tiles_within_it() {
+        let t = ATTENTION_TILE;
+        // 2048 tokens, window 1024: query tile i needs key tiles i-8..=i: 36 + 8 * 9 = 108 of 256
+        assert_eq!(attention_block_fraction(2048.0, Some(1024)), 108.0 / 256.0);
+        assert_eq!(attention_block_fraction(2048.0, None), causal_block_fraction(2048.0));
+        assert_eq!(
+            attention_block_fraction(2048.0, Some(2048)),
+            causal_block_fraction(2048.0)
+        );
+        // a window of one token: the diagonal tiles only
+        assert_eq!(attention_block_fraction(2048.0, Some(1)), 1.0 / 16.0);
+        for (s, w) in [
+            (2048u64, 129u64),
+            (4096, 1000),
+            (8192, 4096),
+            (131_072, 4096),
+            (131_072, 8191),
+        ] {
+            let n = (s as f64 / t).ceil() as u64;
+            let mut tiles = 0u64;
+            for i in 0..n {
+                let lo = (i * t as u64 + 1).saturating_sub(w) / t as u64;
+                tiles += i - lo + 1;
+            }
+            let f = attention_block_fraction(s as f64, Some(w));
+            assert!((f - tiles as f64 / (n * n) as f64).abs() < 1e-15, "{s} {w}: {f}");
+            // exact pairs: sum over queries q of min(q + 1, w)
+            let (sf, wf) = (s as f64, w as f64);
+            let pairs = wf * (wf + 1.0) / 2.0 + (sf - wf) * wf;
+            let covered = f * sf * sf;
+            assert!(covered >= pairs && covered <= pairs + 2.0 * n as f64 * t * t, "{s} {w}");
+        }
+        // the fused kernel's attention core shrinks by the same ratio
+        let c = cfg(8, 1, 1, 1, Recompute::Selective);
+        let full = DenseTraining::new(llama70b(), cluster(1), 4096, 1e9, Dtype::Bf16);
+        let win = DenseTraining {
+            sliding_window: Some(1024),
+            ..full.clone()
+        };
+        let core = |w: &DenseTraining| {
+            let mb = check_config(w, &c).unwrap();
+            let p = datasheet_profile(&w.cluster.gpu);
+            step_costs(w, &c, &p, mb, &AlphaBetaNetwork::of(&w.cluster)).layer.core
+        };
+        let want = attention_block_fraction(4096.0, Some(1024)) / causal_block_fraction(4096.0);
+        assert!((core(&win) / core(&full) - want).abs() < 1e-12);
+        // materialised scores stay a full GEMM (masked afterwards)
+        let mat = |w: &DenseTraining| DenseTraining {
+            attention_scores_materialized: true,
+            ..w.clone()
+        };
+        assert_eq!(core(&mat(&win)), core(&mat(&full)));
+        // model FLOPs (MFU) count full attention either way
+        assert_eq!(win.train_flops_per_token(), full.train_flops_per_token());
+        // 0 and more than the sequence are input errors naming the field
+        for bad in [0, 4097] {
+            let w = DenseTraining {
+                sliding_window: Some(bad),
+                ..full.clone()
+            };
+            let e = w.validate().unwrap_err().to_string();
+            assert!(e.contains("workload.sliding_window"), "{e}");
+        }
+    }
+
+    /// The parallel block: half the TP collectives, 4 sbh less activation memory per layer, fused GEMMs no slower
+    /// than the two they replace, nothing changes without TP except compute and memory.
+    #[test]
+    fn parallel_block_halves_the_tp_collectives() {
+        let w = workload(16);
+        let ptb = DenseTraining {
+            parallel_block: true,
+            ..w.clone()
+        };
+        for c in [
+            cfg(8, 4, 4, 1, Recompute::Selective),
+            cfg(8, 4, 4, 1, Recompute::Full),
+            ParallelConfig {
+                sequence_parallel: false,
+                ..cfg(8, 4, 4, 1, Recompute::None)
+            },
+        ] {
+            let a = step_breakdown(&w, &c, None).unwrap();
+            let b = step_breakdown(&ptb, &c, None).unwrap();
+            // per layer half the collectives (the embedding's and the head's stay)
+            let layer = |w: &DenseTraining| {
+                let p = datasheet_profile(&w.cluster.gpu);
+                let mb = check_config(w, &c).unwrap();
+                step_costs(w, &c, &p, mb, &AlphaBetaNetwork::of(&w.cluster)).layer
+            };
+            let (la, lb) = (layer(&w), layer(&ptb));
+            let r = c.recompute;
+            assert!(
+                (lb.tp_layer(r, false) / la.tp_layer(r, false) - 0.5).abs() < 1e-12,
+                "{c:?}"
+            );
+            assert!(b.tp_comm_mb_s < 0.6 * a.tp_comm_mb_s, "{c:?}");
+            assert!(b.forward_mb_s < a.forward_mb_s, "{c:?}");
+            assert!(b.memory_per_gpu_bytes < a.memory_per_gpu_bytes, "{c:?}");
+            assert!(b.step_time_s < a.step_time_s && b.mfu > a.mfu);
+            assert_eq!(a.model_flops_per_step, b.model_flops_per_step);
+        }
+        let c = cfg(8, 4, 4, 1, Recompute::None);
+        let m = &w.model;
+        let sbh = (m.seq_len * m.hidden) as f64;
+        let seq = activation_bytes_per_layer(m, &c, Recompute::None, false, false);
+        let par = activation_bytes_per_layer(m, &c, Recompute::None, false, true);
+        assert!(((seq - par) / (4.0 * sbh / 8.0) - 1.0).abs() < 1e-12);
+        let nosp = ParallelConfig {
+            sequence_parallel: false,
+            ..c
+        };
+        let par = activation_bytes_per_layer(m, &nosp, Recompute::None, false, true);
+        assert!((par / (sbh * (6.0 + 24.0 / 8.0)) - 1.0).abs() < 1e-12);
+        // with tp_comm_overlap too: each fused pair is chunked where that pays, and it never slows the step
+        let ptbo = DenseTraining {
+            tp_comm_overlap: true,
+            ..ptb.clone()
+        };
+        let on = step_breakdown(&ptbo, &c, None).unwrap();
+        let off = step_breakdown(&ptb, &c, None).unwrap();
+        assert!(on.tp_comm_mb_s < off.tp_comm_mb_s);
+        // no TP: no collective to save
+        let c1 = cfg(1, 8, 16, 1, Recompute::Full);
+        assert_eq!(step_breakdown(&ptb, &c1, None).unwrap().tp_comm_mb_s, 0.0);
+    }
+
     #[test]
     fn downtime_divides_days_by_the_training_job_ettr() {
         use trainlab_core::Outcome;
@@ -1299,26 +1490,31 @@ pub(crate) mod tests {
         let (s, b, h, a) = (4096.0, 1.0, 8192.0, 64.0);
         let sbh = s * b * h;
         let mut c = cfg(8, 1, 1, 1, Recompute::None);
-        let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        let with_sp = activation_bytes_per_layer(&m, &c, Recompute::None, true, false);
         assert!((with_sp / (sbh / 8.0 * (34.0 + 5.0 * a * s / h)) - 1.0).abs() < 1e-12);
         assert!(
-            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (34.0 * sbh / 8.0) - 1.0).abs() < 1e-12
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (34.0 * sbh / 8.0) - 1.0).abs()
+                < 1e-12
         );
         c.sequence_parallel = false;
-        let without = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        let without = activation_bytes_per_layer(&m, &c, Recompute::None, true, false);
         assert!((without / (sbh * (10.0 + 24.0 / 8.0 + 5.0 * a * s / (h * 8.0))) - 1.0).abs() < 1e-12);
         assert!(
-            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true) / (sbh * (10.0 + 3.0)) - 1.0).abs() < 1e-12
+            (activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false) / (sbh * (10.0 + 3.0)) - 1.0).abs()
+                < 1e-12
         );
         // context parallelism divides the tokens a rank holds
         c.sequence_parallel = true;
         c.cp = 4;
-        let cp4 = activation_bytes_per_layer(&m, &c, Recompute::None, true);
+        let cp4 = activation_bytes_per_layer(&m, &c, Recompute::None, true, false);
         assert!((cp4 * 4.0 / with_sp - 1.0).abs() < 1e-12);
         // fused attention stores no scores: no recomputation then stores what selective recomputation stores
         c.cp = 1;
-        let fused = activation_bytes_per_layer(&m, &c, Recompute::None, false);
-        assert_eq!(fused, activation_bytes_per_layer(&m, &c, Recompute::Selective, true));
+        let fused = activation_bytes_per_layer(&m, &c, Recompute::None, false, false);
+        assert_eq!(
+            fused,
+            activation_bytes_per_layer(&m, &c, Recompute::Selective, true, false)
+        );
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! ring attention, `cp - 1` K/V steps on the CP stream, each gating one block of the core when `overlap_comm`, all
 //! before the core otherwise), the output projection, a TP collective, FFN up and down, a TP collective; backward in
 //! reverse at twice the compute (plus the recomputation of the policy; full recomputation replays the forward with
-//! its collectives). With `tp_comm_overlap` the GEMM before each TP collective and the collective are split into
+//! its collectives). With `parallel_block` a layer is the fused QKV + FFN-up GEMM, the attention core and the fused
+//! projection + FFN-down GEMM followed by one TP collective (backward: the fused output GEMM, the core, the fused
+//! input gradient and one collective). With `tp_comm_overlap` the GEMM before each TP collective and the collective are split into
 //! [`TP_OVERLAP_CHUNKS`] chunks that pipeline, where that beats the collective after the whole GEMM
 //! (`LayerCosts::tp_chunking_pays`, the closed form's rule). The first stage runs the embedding, the last the LM head. Stages
 //! follow the GPipe, 1F1B or interleaved 1F1B order (Megatron-LM's warm-up of `2 (p - s - 1) + (v - 1) p`
@@ -232,6 +234,14 @@ impl Builder<'_> {
     /// Forward of `k` layers, `nm` of them MoE layers; returns its last op.
     fn layers_fwd(&mut self, s: usize, k: f64, nm: f64, first_dep: u32) -> u32 {
         let l = self.c.layer;
+        if l.parallel_block {
+            // the fused QKV + FFN-up GEMM, the attention core, the fused projection + FFN-down GEMM, one collective
+            // (MoE models have no parallel block: validation refuses it)
+            debug_assert!(nm == 0.0);
+            let a = self.g.op(k * (l.qkv + l.up), s, COMPUTE, &[first_dep]);
+            let c = self.core(s, k, l.core, 1.0, a);
+            return self.gemm_then_tp(s, k * (l.proj + l.down), k, &[c]);
+        }
         let a = self.g.op(k * l.qkv, s, COMPUTE, &[first_dep]);
         let c = self.core(s, k, l.core, 1.0, a);
         let mut last = self.gemm_then_tp(s, k * l.proj, k, &[c]);
@@ -259,6 +269,15 @@ impl Builder<'_> {
         if r == Recompute::Full {
             dep = self.layers_fwd(s, k, nm, dep);
         }
+        let sel = if r == Recompute::Selective { l.core } else { 0.0 };
+        if l.parallel_block {
+            // the fused output GEMM's backward, the attention core's, then the fused input gradient and its
+            // collective
+            let out = self.g.op(2.0 * k * (l.proj + l.down), s, COMPUTE, &[dep]);
+            let core = self.core(s, k, 2.0 * l.core + sel, 2.0, out);
+            let last = self.gemm_then_tp(s, 2.0 * k * (l.qkv + l.up), k, &[core]);
+            return (last, last);
+        }
         if let (Some(moe), true) = (self.c.moe, nm > 0.0) {
             let c = self.g.op(nm * moe.a2a, s, EP, &[dep]);
             let e = self.g.op(2.0 * nm * moe.experts, s, COMPUTE, &[c]);
@@ -273,7 +292,6 @@ impl Builder<'_> {
             t1 = self.gemm_then_tp(s, 2.0 * nd * l.up, nd, &[down]);
         }
         let proj = self.g.op(2.0 * k * l.proj, s, COMPUTE, &[t1]);
-        let sel = if r == Recompute::Selective { l.core } else { 0.0 };
         let core = self.core(s, k, 2.0 * l.core + sel, 2.0, proj);
         let last = self.gemm_then_tp(s, 2.0 * k * l.qkv, k, &[core]);
         (last, last)
@@ -802,6 +820,45 @@ mod tests {
                 s.exposed_comm_s,
                 a.exposed_comm_s
             );
+        }
+    }
+
+    /// `parallel_block` and `sliding_window` change the same per-operation costs in both backends: with one stage
+    /// and `overlap_comm` off the simulated step is the closed form (relative difference below 1e-9), with and
+    /// without `tp_comm_overlap`, under every recompute policy and with ring attention.
+    #[test]
+    fn parallel_block_and_window_one_stage_are_the_closed_form() {
+        let mut ctx = RunCtx::new(Seed(1));
+        for (rc, cp, tpo, window) in [
+            (Recompute::Selective, 1, false, None),
+            (Recompute::Full, 1, true, Some(1024)),
+            (Recompute::None, 2, false, Some(512)),
+            (Recompute::Selective, 1, true, Some(4096)),
+            (Recompute::Full, 2, true, None),
+        ] {
+            let mut w = workload(8, 1, 4);
+            w.overlap_comm = false;
+            w.tp_comm_overlap = tpo;
+            w.sliding_window = window;
+            let mut cfg = ParallelConfig::new(8, 1, 4 / cp, 1, rc);
+            cfg.cp = cp;
+            w.parallel = Some(cfg);
+            let mut steps = [0.0; 2];
+            for ptb in [false, true] {
+                w.parallel_block = ptb;
+                let a = DenseAnalytical::default().run(&w, &mut ctx).unwrap();
+                let s = DenseOpSim::default().run(&w, &mut ctx).unwrap();
+                let d = rel(s.step_time_s, a.step_time_s);
+                assert!(
+                    d < 1e-9,
+                    "{cfg:?} ptb {ptb}: {} vs {} ({d:e})",
+                    s.step_time_s,
+                    a.step_time_s
+                );
+                assert!(rel(s.exposed_comm_s, a.exposed_comm_s) < 1e-9, "{cfg:?} ptb {ptb}");
+                steps[usize::from(ptb)] = a.step_time_s;
+            }
+            assert!(steps[1] < steps[0], "{cfg:?}: {steps:?}");
         }
     }
 

@@ -679,6 +679,19 @@ pub struct DenseTraining {
     /// attention.
     #[serde(default)]
     pub attention_scores_materialized: bool,
+    /// Parallel transformer block (GPT-J, PaLM sec. 2, MegaScale sec. 3.1): attention and FFN read the same
+    /// LayerNorm output, `y = x + Attn(LN(x)) + MLP(LN(x))`. The QKV and FFN-up GEMMs share their input and run as
+    /// one GEMM, as do the output projection and FFN down (their outputs are summed); with tensor parallelism the
+    /// block needs one collective forward and one backward instead of two each; one LayerNorm instead of two.
+    /// Off: the sequential block of GPT-3 and Llama. Not modelled for MoE models.
+    #[serde(default)]
+    pub parallel_block: bool,
+    /// Sliding-window attention (Longformer, Mistral 7B; MegaScale sec. 3.1): each query attends to itself and the
+    /// `sliding_window - 1` keys before it. A fused kernel computes only the key blocks within the window; the
+    /// model FLOPs of MFU still count full attention (as they credit no causal mask). `None`: full causal
+    /// attention. Must be in `1..=seq_len` (`seq_len` is full causal attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u64>,
     /// Bytes of gradients per data-parallel reduction bucket (the operation-level simulator launches a bucket's
     /// reduction once the backward has produced it). Default 25 MiB, PyTorch DDP's `bucket_cap_mb = 25`.
     #[serde(default = "default_bucket")]
@@ -711,6 +724,8 @@ impl DenseTraining {
             tp_comm_overlap: false,
             pp_comm_overlap: false,
             attention_scores_materialized: false,
+            parallel_block: false,
+            sliding_window: None,
             dp_bucket_bytes: DEFAULT_BUCKET_BYTES,
             downtime: None,
         }
@@ -910,6 +925,24 @@ impl Workload for DenseTraining {
         )?;
         if let Some(moe) = &self.moe {
             moe.check("workload.moe", m.layers)?;
+            if self.parallel_block {
+                return Err(Error::invalid(
+                    "workload.parallel_block",
+                    true,
+                    "the parallel transformer block is not modelled for MoE models",
+                    "use parallel_block = false, or remove [workload.moe]",
+                ));
+            }
+        }
+        if let Some(win) = self.sliding_window
+            && (win == 0 || win > m.seq_len)
+        {
+            return Err(Error::invalid(
+                "workload.sliding_window",
+                win,
+                format!("must be between 1 and seq_len = {} tokens", m.seq_len),
+                "give the attention window in tokens (seq_len is full causal attention), or leave it out",
+            ));
         }
         if let Some(p) = &self.parallel {
             p.check(m, gpus, sequences)?;
