@@ -39,11 +39,11 @@ fn schedule_of(case: &str) -> Option<Schedule> {
 #[test]
 fn the_shipped_law_predicts_the_held_out_ddk_runs() {
     // Recomputed with today's code from the measured values in the shipped profile: the simulated control loop on
-    // the law fitted to uniform and static runs only (two of them strongly skewed, none a DDK run). The bar is
-    // R^2 >= 0.9 over every held-out DDK run; it is NOT met: the unsmoothed runs (alpha = 1), whose weights collapse
-    // onto one domain and starve the others, are missed (R^2 0.336 with them, see the README). Asserted: the smoothed
-    // runs (alpha < 1) at >= 0.85 (0.866 in the shipped 5-seed calibration; an earlier 3-seed one gave 0.907), and
-    // that the miss with alpha = 1 is still there (so that fixing it shows up here).
+    // the law fitted to uniform, static and phased runs only (none a DDK run). The bar is R^2 >= 0.9 over every
+    // held-out DDK run; it is NOT met: the unsmoothed runs (alpha = 1), whose weights collapse onto one domain and
+    // starve the others, are missed (R^2 0.497 with them; the starved domains measured up to 6% above the law, see the
+    // README). Asserted: the smoothed runs (alpha < 1) at >= 0.9 (0.954 in the shipped calibration; 0.866 with the
+    // earlier law), and that the miss with alpha = 1 is still there (so that fixing it shows up here).
     let (p, _) = shipped();
     let w0 = ddk_tiny();
     p.params.check_for(&w0).expect("the profile answers ddk-tiny");
@@ -89,12 +89,12 @@ fn the_shipped_law_predicts_the_held_out_ddk_runs() {
         obs.len(),
         obs_s.len()
     );
-    assert!(r2_s >= 0.85, "R^2 (alpha < 1) {r2_s}");
+    assert!(r2_s >= 0.9, "R^2 (alpha < 1) {r2_s}");
     assert!(
         r2 < 0.9,
         "R^2 {r2}: the issue's bar is met, update the README and this test"
     );
-    // Every held-out per-domain loss within 10%.
+    // Every held-out per-domain loss within 10% (6.0% at worst in the shipped calibration, alpha = 1's `law`).
     let errs: Vec<f64> = p
         .held_out
         .iter()
@@ -135,8 +135,10 @@ fn the_shipped_law_orders_the_resolvable_pairs_of_held_out_schedules() {
     // searched best), the measured mean gap of each student seed and the simulated loop's predicted mean gap. A pair
     // whose measured means differ by more than 2 standard errors of the difference (over seeds) should be ordered the
     // same way by the prediction; pairs within their seed spread are not ranked (nothing could rank them). Over the
-    // held-out DDK schedules every resolvable pair is ordered (asserted); over all 12 schedules it is not (31 of 39
-    // in the shipped calibration: the law misorders some static mixtures, reported, see the README).
+    // held-out DDK schedules every resolvable pair is ordered (asserted: 7 of 7 in the shipped calibration); over all
+    // 19 schedules it is not (112 of 131: the law misorders some static mixtures and starving runs, see the README).
+    // And the search's pick, run for real, is at least as good as the paper's default (lower mean gap over the seeds:
+    // 0.0518 vs 0.0536 in the shipped calibration, a difference within the seed spread, sd 0.0058 and 0.0043).
     let (p, _) = shipped();
     let rows = shipped_rows();
     let schedule_name = |case: &str| case.rsplit_once(" [").map(|(s, _)| s.to_string()).unwrap_or_default();
@@ -189,6 +191,15 @@ fn the_shipped_law_orders_the_resolvable_pairs_of_held_out_schedules() {
     assert!(h.resolvable >= 4, "{h:?}");
     assert_eq!(h.ordered, h.resolvable, "{h:?}");
     assert!(c.resolvable >= 10 && c.ordered >= c.resolvable / 2, "{c:?}");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let picked = &per_seed[best.case.trim_start_matches("searched best: ")];
+    let default = &per_seed["ddk k=25 alpha=0.5"];
+    eprintln!(
+        "searched best {:.4} vs the paper's default {:.4}",
+        mean(picked),
+        mean(default)
+    );
+    assert!(mean(picked) <= mean(default), "{picked:?} vs {default:?}");
 }
 
 #[test]

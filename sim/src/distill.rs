@@ -246,7 +246,7 @@ pub fn rank_check(predicted: &[f64], measured: &[Vec<f64>], z: f64) -> RankCheck
 mod tests {
     use super::*;
     use trainlab_core::workloads::distill::{DomainSpec, Phase};
-    use trainlab_models::gaplaw::{GapLawParams, advance_recent, expected_chunk};
+    use trainlab_models::gaplaw::{GapLawParams, advance_displacement, expected_chunk};
 
     fn profile() -> DistillProfile {
         let d = |name: &str, tokens: u64, zipf: f64| DomainSpec {
@@ -281,10 +281,8 @@ mod tests {
                 beta: 0.4,
                 transfer: 0.2,
                 rstar: 3.0,
-                interference: 0.0,
-                share_exp: 0.0,
-                share_eps: 1.0,
-                horizon: 1.0,
+                pressure: vec![],
+                refresh: 1.0,
             },
             bootstrap: vec![],
         }
@@ -314,9 +312,9 @@ mod tests {
     #[test]
     fn phased_schedule_follows_its_phases() {
         // 30,000 examples in batches of 64 (469 steps, the last short): 100 uniform steps (6,400 examples), then
-        // 23,600 at (0.8, 0.1, 0.1). The closed form's counts and recent shares are those two chunks.
+        // 23,600 at (0.8, 0.1, 0.1). The closed form's counts and displacement state are those two chunks.
         let mut p = profile();
-        p.law.horizon = 10_000.0;
+        p.law.refresh = 300.0;
         let mut w = p.setup.clone();
         let last = vec![0.8, 0.1, 0.1];
         w.schedule = Schedule::Phased(vec![
@@ -335,19 +333,20 @@ mod tests {
         for i in 0..3 {
             assert!((f.seen[i] - (first[i] + second[i])).abs() < 1e-6, "{:?}", f.seen);
         }
-        let mut m = vec![0.0; 3];
-        advance_recent(&mut m, &first, 10_000.0);
-        advance_recent(&mut m, &second, 10_000.0);
-        for i in 0..3 {
+        let mut m = vec![0.0; 9];
+        advance_displacement(&mut m, &first, 300.0);
+        advance_displacement(&mut m, &second, 300.0);
+        for i in 0..9 {
             assert!((f.recent[i] - m[i]).abs() < 1e-12, "{:?} vs {m:?}", f.recent);
         }
         assert_eq!(f.weights, last);
-        // Starving b and c after the uniform phase: their recent shares fall below what uniform weights leave.
+        // Starving b and c after the uniform phase: their displacement by a (S_ba, S_ca) grows beyond what uniform
+        // weights leave, a's by b shrinks.
         let mut u = w.clone();
         u.schedule = Schedule::Uniform;
         let fu = follow(&u, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
         assert!(
-            f.recent[1] < fu.recent[1] && f.recent[0] > fu.recent[0],
+            f.recent[3] > fu.recent[3] && f.recent[6] > fu.recent[6] && f.recent[1] < fu.recent[1],
             "{:?} {:?}",
             f.recent,
             fu.recent

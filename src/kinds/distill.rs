@@ -7,20 +7,22 @@
 //! a `distillation` profile.
 //!
 //! Calibration (`trainlab calibrate --workload distillation`): on the `ddk-tiny` setup, real runs under uniform,
-//! data-proportional, three random and two skewed static mixtures (several student seeds; the scenario's seed for the setup: the
-//! corpus and teacher `compare ddk-tiny` runs) are traced every 50 steps; the gap law is fitted by the project's fit engine on every traced point (bootstrap replicates for
-//! intervals; the recency horizon of its forgetting term picked on a grid by the fit objective). The DDK runs (several
+//! data-proportional, three random and two skewed static mixtures and six phased ones (uniform, then one domain at
+//! 99%, once per domain) (several student seeds; the scenario's seed for the setup: the corpus and teacher
+//! `compare ddk-tiny` runs) are traced every 50 steps; the gap law is fitted by the project's fit engine on every
+//! traced point (bootstrap replicates for intervals; the refresh scale of its displacement term picked on a grid by
+//! leave-one-schedule-out cross-validation over the fit runs). The DDK runs (several
 //! `k` and `alpha`) are held out: `ddk_sim` predicts their final per-domain losses and the ranking of the schedules
 //! (`rank_check`: pairs whose measured mean gaps differ by more than 2 standard errors over seeds). Then the schedule search on the law picks the best of 200 candidates, which is
 //! run for real next to the paper's default (`k` scaled to this run's length, `alpha = 0.5`).
 use super::{KindDef, Opts};
 use crate::calibration::{self, CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use std::sync::atomic::Ordering;
-use trainlab_core::workloads::distill::{Distillation, Schedule};
+use trainlab_core::workloads::distill::{Distillation, Phase, Schedule};
 use trainlab_core::{Error, Fidelity, HeldOut, Metric, Profile, Record, Seed, Unit, Workload};
 use trainlab_executors::distill::{TracePoint, distill_traced};
 use trainlab_models::fit::{self, Dataset, FitConfig, Law};
-use trainlab_models::gaplaw::{DistillProfile, GapLaw, GapLawBackend, advance_recent};
+use trainlab_models::gaplaw::{DistillProfile, GapLaw, GapLawBackend, advance_displacement};
 use trainlab_sim::distill::{DdkSim, candidates, monte_carlo, rank_check, search};
 
 fn profile(o: &Opts) -> Result<Option<Profile<DistillProfile>>, Error> {
@@ -109,8 +111,9 @@ pub struct CalPlan {
     pub trace_every: u64,
     /// Fit starts.
     pub starts: usize,
-    /// Horizons `H` (examples) of the recent share tried; the one with the lowest fit objective is kept.
-    pub horizons: Vec<f64>,
+    /// Refresh scales `ν` (examples) of the displacement term tried; the one with the lowest leave-one-schedule-out
+    /// error over the fit runs is kept.
+    pub refresh: Vec<f64>,
     /// Bootstrap replicates of the law.
     pub bootstrap: usize,
     /// Monte Carlo replications per schedule.
@@ -133,7 +136,7 @@ impl CalPlan {
         // DDK's K = 1000 of its run's updates, scaled: `ddk-tiny` updates every 25 of its 1,563 steps.
         let default = Schedule::Ddk { k: 25, alpha: 0.5 };
         // Strongly skewed mixtures, 85% on one domain (3% on each other), the first and the last domain: fit data
-        // for the forgetting term (domains kept by a small share). Chosen by position, not from any DDK run. (A
+        // for the displacement term (domains kept by a small share). Chosen by position, not from any DDK run. (A
         // mixture of the last domain alone was tried: the domains it never draws are never learned, gaps 0.12-0.72
         // nats across seeds, a regime unlike a domain learned and then starved, and it spoiled the fit.)
         let skew = |at: usize| {
@@ -141,12 +144,25 @@ impl CalPlan {
             w[at] = 1.0 - 0.03 * (n - 1) as f64;
             Schedule::Static(w)
         };
-        // Not in the fit set: phased schedules (uniform for the first third, then one domain, `web` or `chat`, at 95%
-        // with 1% on each other, or at 99% with 0.2%; 70 runs each time) were tried so that domains learned and then
-        // starved are in the fit data. The starved domains' losses rose over uniform by up to 0.09 nats when `web`
-        // took the run, at most 0.04 when `chat` did, but the refit law predicted the held-out DDK runs worse (R^2
-        // 0.334 / 0.350 with alpha = 1 and 0.735 / 0.734 without, against 0.336 and 0.866 for the shipped fit set),
-        // so the shipped calibration keeps the plan below (see the README).
+        // "Learned, then starved": uniform for the first third of the run (521 of 1,563 steps), then one domain at
+        // 99% with 0.2% on each other to the end, once for every domain (which domain takes the capacity matters: the
+        // others lose more when `web` takes it than when `chat` does). Phased static weights, not DDK runs. With the
+        // law's earlier forgetting term (a function of each domain's own recent share) two of these runs (`web`,
+        // `chat`) did not help (held-out R^2 0.350 with alpha = 1); the displacement term can express them.
+        let starve = |at: usize| {
+            let mut late = vec![0.002; n];
+            late[at] = 1.0 - 0.002 * (n - 1) as f64;
+            Schedule::Phased(vec![
+                Phase {
+                    steps: 521,
+                    weights: vec![1.0 / n as f64; n],
+                },
+                Phase {
+                    steps: 1042,
+                    weights: late,
+                },
+            ])
+        };
         base.schedule = Schedule::Uniform;
         Ok(if quick {
             base.teacher_tokens = 150_000;
@@ -160,7 +176,7 @@ impl CalPlan {
                 default,
                 trace_every: 50,
                 starts: 32,
-                horizons: vec![4e3, 32e3],
+                refresh: vec![100.0, 1000.0],
                 bootstrap: 0,
                 reps: 20,
                 search: (vec![10, 25, 100], vec![0.0, 0.5, 1.0], 5),
@@ -170,8 +186,9 @@ impl CalPlan {
                 base,
                 setup_seed,
                 seeds: vec![1, 2, 3, 4, 5],
-                // Uniform, data-proportional, three random mixtures (Dirichlet(1), seeded) and the two skewed ones:
-                // mixtures the law can learn transfer and interference from; none is a DDK schedule.
+                // Uniform, data-proportional, three random mixtures (Dirichlet(1), seeded), the two skewed ones and the
+                // six starving phased schedules: what the law can learn transfer and displacement from; none is a DDK
+                // schedule.
                 fit: [Schedule::Uniform, Schedule::Static(prop)]
                     .into_iter()
                     .chain(
@@ -180,6 +197,7 @@ impl CalPlan {
                             .skip(1),
                     )
                     .chain([skew(0), skew(n - 1)])
+                    .chain((0..n).map(starve))
                     .collect(),
                 held: vec![
                     Schedule::Ddk { k: 5, alpha: 0.5 },
@@ -191,7 +209,7 @@ impl CalPlan {
                 default,
                 trace_every: 50,
                 starts: 256,
-                horizons: vec![4e3, 16e3, 64e3],
+                refresh: vec![30.0, 100.0, 300.0, 1000.0, 3000.0],
                 bootstrap: 20,
                 reps: 100,
                 search: (vec![5, 10, 25, 50, 100, 200, 400], vec![0.0, 0.25, 0.5, 0.75, 1.0], 164),
@@ -242,6 +260,129 @@ fn spearman(a: &[f64], b: &[f64]) -> f64 {
 /// R² of predictions against observations (the fit engine's definition).
 fn r_squared(pred: &[f64], obs: &[f64]) -> f64 {
     fit::GoodnessOfFit::from_predictions(pred, obs, FitConfig::default().delta).r2
+}
+
+/// The gap law fitted to the fit runs of a plan, with how it was chosen.
+struct LawFit {
+    profile: DistillProfile,
+    best: fit::FitResult,
+    /// Per refresh scale tried: (ν, fit objective, fit R², leave-one-schedule-out RMSE in nats).
+    refresh_profile: Vec<(f64, f64, f64, f64)>,
+    /// Traced points fitted.
+    points: usize,
+}
+
+/// Fits the gap law on every traced point of `runs` whose schedule is one of `plan.fit`, picking the refresh scale
+/// on `plan.refresh` by leave-one-schedule-out cross-validation, with bootstrap replicates.
+fn fit_law(
+    plan: &CalPlan,
+    runs: &[Run],
+    teacher_ce: &[f64],
+    seed: Seed,
+    cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<LawFit, Error> {
+    // Fit the law on every traced point of the fit runs.
+    let n = plan.base.domains.len();
+    let law = GapLaw::new(n);
+    let pools: Vec<f64> = plan.base.domains.iter().map(|d| d.tokens as f64).collect();
+    // The rows of the fit runs' traces, with the displacement state for refresh scale `h` (each stretch between
+    // two traced points taken as evenly spread, as the law's followers do), and the fit schedule of each row.
+    let rows = |h: f64| -> Result<(Dataset, Vec<usize>), Error> {
+        let (mut x, mut y, mut group) = (Vec::new(), Vec::new(), Vec::new());
+        for r in runs {
+            let Some(g) = plan.fit.iter().position(|s| s == &r.schedule) else {
+                continue;
+            };
+            let (mut prev, mut recent) = (vec![0.0; n], vec![0.0; n * n]);
+            for p in &r.trace {
+                let chunk: Vec<f64> = p.seen.iter().zip(&prev).map(|(a, b)| a - b).collect();
+                advance_displacement(&mut recent, &chunk, h);
+                prev.clone_from(&p.seen);
+                for i in 0..n {
+                    x.push(GapLaw::row(i, &p.seen, &pools, &recent));
+                    y.push(p.student_ce[i]);
+                    group.push(g);
+                }
+            }
+        }
+        let data = Dataset::new(law.inputs().iter().map(|s| s.name.clone()).collect(), x, y)?;
+        Ok((data, group))
+    };
+    let cfg = FitConfig {
+        max_starts: plan.starts,
+        seed: seed.derive("distill.fit"),
+        cancel: Some(cancel.clone()),
+        ..FitConfig::default()
+    };
+    // The refresh scale, by leave-one-schedule-out cross-validation on the fit runs (never the held-out ones): for
+    // each `ν` on the grid the law is fitted on every fit run (a quarter of the starts), then refitted from that
+    // optimum without each fit schedule in turn and scored on the schedule left out (RMSE over its traced points,
+    // nats): `ν` is judged on schedules the law was not fitted on, as the held-out DDK runs will judge it (in an
+    // earlier session the fit objective alone picked the grid's largest `ν`, which predicted those runs worse).
+    let mut profile_h = Vec::new();
+    for &h in &plan.refresh {
+        progress(format!(
+            "cross-validating the gap law with refresh scale {h} examples ({} schedules left out in turn)",
+            plan.fit.len()
+        ));
+        let quick = FitConfig {
+            max_starts: (plan.starts / 4).max(8),
+            ..cfg.clone()
+        };
+        let (data, group) = rows(h)?;
+        let r = fit::fit(&law, &data, &quick)?;
+        let mut sse = 0.0;
+        for g in 0..plan.fit.len() {
+            let out: Vec<bool> = group.iter().map(|&x| x == g).collect();
+            let train = data.subset(&out.iter().map(|o| !o).collect::<Vec<_>>());
+            let f = fit::fit_from(&law, &train, &quick, std::slice::from_ref(&r.params))?;
+            for (i, _) in out.iter().enumerate().filter(|(_, o)| **o) {
+                sse += (law.eval(&f.params, &data.x[i]) - data.y[i]).powi(2);
+            }
+        }
+        let cv_rmse = (sse / data.len() as f64).sqrt();
+        profile_h.push((h, r.objective, r.gof.r2, cv_rmse));
+    }
+    let horizon = profile_h
+        .iter()
+        .min_by(|a, b| a.3.total_cmp(&b.3))
+        .map(|x| x.0)
+        .unwrap_or(1.0);
+    let (data, _) = rows(horizon)?;
+    progress(format!(
+        "fitting the gap law on {} traced points (refresh scale {horizon})",
+        data.len()
+    ));
+    let best = fit::fit(&law, &data, &cfg)?;
+    let boot = if plan.bootstrap > 0 && !cfg.cancelled() {
+        progress(format!("{} bootstrap refits of the law", plan.bootstrap));
+        fit::bootstrap(&law, &data, &best, plan.bootstrap, &cfg)?.params
+    } else {
+        Vec::new()
+    };
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Interrupted);
+    }
+    let mut setup = plan.base.clone();
+    setup.schedule = Schedule::Uniform;
+    let with_h = |p: &[f64]| {
+        let mut q = law.unpack(p);
+        q.refresh = horizon;
+        q
+    };
+    let profile = DistillProfile {
+        setup,
+        teacher_ce: teacher_ce.to_vec(),
+        law: with_h(&best.params),
+        bootstrap: boot.iter().map(|p| with_h(p)).collect(),
+    };
+    Ok(LawFit {
+        profile,
+        best,
+        refresh_profile: profile_h,
+        points: data.len(),
+    })
 }
 
 /// Calibration of the gap law against real distillation runs on this CPU.
@@ -313,78 +454,13 @@ impl Calibration for DistillCalibration {
                 "internal: runs of one setup seed trained different teachers".into(),
             ));
         }
-        // Fit the law on every traced point of the fit runs.
         let n = names.len();
-        let law = GapLaw::new(n);
-        let pools: Vec<f64> = plan.base.domains.iter().map(|d| d.tokens as f64).collect();
-        // The rows of the fit runs' traces, with the recent shares for horizon `h` (each stretch between two traced
-        // points taken as evenly spread, as the law's followers do).
-        let rows = |h: f64| -> Result<Dataset, Error> {
-            let (mut x, mut y) = (Vec::new(), Vec::new());
-            for r in runs.iter().filter(|r| plan.fit.contains(&r.schedule)) {
-                let (mut prev, mut recent) = (vec![0.0; n], vec![0.0; n]);
-                for p in &r.trace {
-                    let chunk: Vec<f64> = p.seen.iter().zip(&prev).map(|(a, b)| a - b).collect();
-                    advance_recent(&mut recent, &chunk, h);
-                    prev.clone_from(&p.seen);
-                    for i in 0..n {
-                        x.push(GapLaw::row(i, &p.seen, &pools, &recent));
-                        y.push(p.student_ce[i]);
-                    }
-                }
-            }
-            Dataset::new(law.inputs().iter().map(|s| s.name.clone()).collect(), x, y)
-        };
-        let cfg = FitConfig {
-            max_starts: plan.starts,
-            seed: req.seed.derive("distill.fit"),
-            cancel: Some(req.cancel.clone()),
-            ..FitConfig::default()
-        };
-        // The horizon: a profile over the grid, each fitted from a quarter of the starts; the best refitted in full.
-        let mut profile_h = Vec::new();
-        for &h in &plan.horizons {
-            (req.progress)(format!("fitting the gap law with horizon {h} examples"));
-            let quick = FitConfig {
-                max_starts: (plan.starts / 4).max(8),
-                ..cfg.clone()
-            };
-            let r = fit::fit(&law, &rows(h)?, &quick)?;
-            profile_h.push((h, r.objective, r.gof.r2));
-        }
-        let horizon = profile_h
-            .iter()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|x| x.0)
-            .unwrap_or(1.0);
-        let data = rows(horizon)?;
-        (req.progress)(format!(
-            "fitting the gap law on {} traced points (horizon {horizon})",
-            data.len()
-        ));
-        let best = fit::fit(&law, &data, &cfg)?;
-        let boot = if plan.bootstrap > 0 && !cfg.cancelled() {
-            (req.progress)(format!("{} bootstrap refits of the law", plan.bootstrap));
-            fit::bootstrap(&law, &data, &best, plan.bootstrap, &cfg)?.params
-        } else {
-            Vec::new()
-        };
-        if req.cancel.load(Ordering::Relaxed) {
-            return Err(Error::Interrupted);
-        }
-        let mut setup = plan.base.clone();
-        setup.schedule = Schedule::Uniform;
-        let with_h = |p: &[f64]| {
-            let mut q = law.unpack(p);
-            q.horizon = horizon;
-            q
-        };
-        let profile = DistillProfile {
-            setup,
-            teacher_ce: teacher_ce.clone(),
-            law: with_h(&best.params),
-            bootstrap: boot.iter().map(|p| with_h(p)).collect(),
-        };
+        let LawFit {
+            profile,
+            best,
+            refresh_profile: profile_h,
+            points: data_len,
+        } = fit_law(&plan, &runs, &teacher_ce, req.seed, req.cancel, req.progress)?;
         // Predict every schedule (the fitted ones too, for the records) by the simulated control loop.
         let mut schedules: Vec<Schedule> = plan.fit.clone();
         schedules.extend(plan.held.iter().cloned());
@@ -545,26 +621,29 @@ impl Calibration for DistillCalibration {
         let mut notes = vec![
             format!(
                 "{} real runs on {} (setup seed fixed, student seeds {:?}); law fitted on {} traced points of the \
-                 uniform and static runs (R² {:.4})",
+                 uniform, static and phased runs (R² {:.4})",
                 runs.len(),
                 trainlab_executors::cpu::cpu_device_description(),
                 plan.seeds,
-                data.len(),
+                data_len,
                 best.gof.r2
             ),
             format!(
-                "fitted: beta {:.3}, transfer {:.3}, R* {:.2}, interference C {:.4} gamma {:.3} eps {:.4} horizon {} \
-                 (fit objective by horizon: {}); floors {:?}",
+                "fitted: beta {:.3}, transfer {:.3}, R* {:.2}, pressure per 10k examples {:?}, refresh scale {} \
+                 (by refresh scale: fit objective, fit R², leave-one-schedule-out RMSE: {}); floors {:?}",
                 profile.law.beta,
                 profile.law.transfer,
                 profile.law.rstar,
-                profile.law.interference,
-                profile.law.share_exp,
-                profile.law.share_eps,
-                profile.law.horizon,
+                profile
+                    .law
+                    .pressure
+                    .iter()
+                    .map(|v| (v * 1e4 * 1e4).round() / 1e4)
+                    .collect::<Vec<_>>(),
+                profile.law.refresh,
                 profile_h
                     .iter()
-                    .map(|(h, o, r2)| format!("{h}: {o:.4} (R² {r2:.3})"))
+                    .map(|(h, o, r2, cv)| format!("{h}: {o:.4}, {r2:.3}, {cv:.4}"))
                     .collect::<Vec<_>>()
                     .join(", "),
                 profile
@@ -612,8 +691,8 @@ impl Calibration for DistillCalibration {
             default_meas
         ));
         let json = serde_json::json!({
-            "runs": runs.len(), "points_fitted": data.len(), "fit_r2": best.gof.r2,
-            "horizon_profile": profile_h,
+            "runs": runs.len(), "points_fitted": data_len, "fit_r2": best.gof.r2,
+            "refresh_profile": profile_h,
             "held_out_r2": r2, "held_out_r2_without_alpha_1": r2_smoothed,
             "held_out_r2_within_domain": r2_within, "spearman_mean_gap": rho,
             "ranking": {"schedules": ranked_s.len(), "pairs": rank_all.pairs, "resolvable": rank_all.resolvable,
@@ -651,6 +730,80 @@ impl Calibration for DistillCalibration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Refits the law from a saved calibration (`calibrate --workload distillation --json > cal.json --out DIR`)
+    /// without rerunning its real runs, and scores it on the held-out DDK runs as the calibration does: for trying
+    /// a change to the law or the fit on the same measurements. `TRAINLAB_DDK_JSON=cal.json TRAINLAB_DDK_DIR=DIR
+    /// cargo test --workspace --locked --lib refit_from_saved_runs -- --ignored --nocapture` (optional
+    /// `TRAINLAB_DDK_NU=300,1000`: the refresh grid).
+    #[test]
+    #[ignore = "needs a saved calibration (TRAINLAB_DDK_JSON, TRAINLAB_DDK_DIR)"]
+    fn refit_from_saved_runs() {
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(std::env::var("TRAINLAB_DDK_JSON").expect("TRAINLAB_DDK_JSON")).unwrap(),
+        )
+        .unwrap();
+        let dir = std::path::PathBuf::from(std::env::var("TRAINLAB_DDK_DIR").expect("TRAINLAB_DDK_DIR"));
+        let saved: Profile<DistillProfile> =
+            toml::from_str(&std::fs::read_to_string(dir.join("profile-distillation-cpu.toml")).unwrap()).unwrap();
+        let mut plan = CalPlan::new(false).unwrap();
+        if let Ok(v) = std::env::var("TRAINLAB_DDK_NU") {
+            plan.refresh = v.split(',').map(|x| x.parse().unwrap()).collect();
+        }
+        plan.bootstrap = 0;
+        let known: Vec<Schedule> = plan.fit.iter().chain(&plan.held).cloned().collect();
+        let runs: Vec<Run> = json["details"]["traces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| {
+                let name = t["schedule"].as_str().unwrap();
+                let schedule = known.iter().find(|s| describe_schedule(s) == name)?.clone();
+                let trace: Vec<TracePoint> = serde_json::from_value(t["points"].clone()).unwrap();
+                Some(Run {
+                    schedule,
+                    seed: t["seed"].as_u64().unwrap(),
+                    student_ce: trace.last().unwrap().student_ce.clone(),
+                    teacher_ce: saved.params.teacher_ce.clone(),
+                    trace,
+                })
+            })
+            .collect();
+        let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t0 = std::time::Instant::now();
+        let f = fit_law(&plan, &runs, &saved.params.teacher_ce, Seed(42), &cancel, &|m| {
+            eprintln!("{m}")
+        })
+        .unwrap();
+        eprintln!("fit in {:.0} s: {:?}", t0.elapsed().as_secs_f64(), f.refresh_profile);
+        eprintln!("law {:?}", f.profile.law);
+        let (mut pred, mut obs, mut p1, mut o1) = (vec![], vec![], vec![], vec![]);
+        for s in plan.fit.iter().chain(&plan.held) {
+            let mut w = plan.base.clone();
+            w.schedule = s.clone();
+            let mc = monte_carlo(&w, &f.profile, plan.reps, Seed(42).derive("distill.mc"), &cancel).unwrap();
+            let meas = mean_ce(&runs, s);
+            eprintln!(
+                "{:<50} measured gap {:.4} predicted {:.4}",
+                describe_schedule(s),
+                mean_gap(&meas, &saved.params.teacher_ce),
+                mc.mean_gap.0
+            );
+            if plan.held.contains(s) {
+                pred.extend_from_slice(&mc.student_ce);
+                obs.extend_from_slice(&meas);
+                if !matches!(s, Schedule::Ddk { alpha, .. } if *alpha >= 1.0) {
+                    p1.extend_from_slice(&mc.student_ce);
+                    o1.extend_from_slice(&meas);
+                }
+            }
+        }
+        eprintln!(
+            "held-out R² {:.3}, without alpha = 1 {:.3}",
+            r_squared(&pred, &obs),
+            r_squared(&p1, &o1)
+        );
+    }
 
     #[test]
     fn rank_and_fit_statistics() {
