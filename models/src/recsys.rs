@@ -497,6 +497,20 @@ pub struct RecsysCpuParams {
     /// place of the host table), seconds; `None` (older profiles): `row_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_row_s: Option<f64>,
+    /// Time per missed lookup in a staging copy op (the missed row read from a random place of the host table on
+    /// top of the lookup's check), seconds; `None` (older profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss_s: Option<f64>,
+    /// Time per lookup decided by an LRU cache on top of `copy_row_s` (the [`crate::cache::RowCache`] bookkeeping:
+    /// hash-map update and recency queue, the eviction and write-back of a miss at the fitted hit rate, the
+    /// scatter's slot look-up), seconds; `None` (older profiles): 0, the static cache's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lru_lookup_s: Option<f64>,
+    /// Time per lookup decided by an LFU cache and per level `log2(k + 1)` of its ordered set of `k` rows (the
+    /// `BTreeSet` remove and insert of every access are `O(log k)`), on top of `copy_row_s`, seconds; `None` (older
+    /// profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfu_level_s: Option<f64>,
     /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.
     pub mem_bytes_per_s: f64,
     /// Bandwidth of the staging copy of missed rows (the stand-in for PCIe), bytes/s.
@@ -527,6 +541,9 @@ impl RecsysCpuParams {
             op_overhead_s: (w.overheads.launch_us + w.overheads.kernel_us) * 1e-6,
             row_s: 0.0,
             copy_row_s: None,
+            miss_s: None,
+            lru_lookup_s: None,
+            lfu_level_s: None,
             mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
@@ -564,6 +581,12 @@ pub struct CpuStage {
     pub bytes: f64,
     /// GEMM FLOPs.
     pub flops: f64,
+    /// Lookups that missed the cache (copy ops only).
+    pub misses: f64,
+    /// Lookups decided by an LRU cache (copy ops only).
+    pub lru_lookups: f64,
+    /// Lookups decided by an LFU cache of `k` rows, each weighted by `log2(k + 1)` (copy ops only).
+    pub lfu_levels: f64,
 }
 
 impl CpuStage {
@@ -670,6 +693,18 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
             if miss > 0.0 {
                 // the op checks every lookup (hit or miss) and copies the missed rows
                 c.copy.add(1.0, l, 8.0 * miss * d, 0.0);
+                c.copy.misses += miss;
+            }
+            // a replacing cache decides every lookup (its bookkeeping runs whether or not something missed)
+            for &(g, n) in members {
+                let k = w.cached_rows(w.fields[g].rows);
+                let lg = b * (n * w.fields[g].ids_per_sample) as f64;
+                match w.cache.policy {
+                    _ if k == 0 => {}
+                    CachePolicy::Lru => c.copy.lru_lookups += lg,
+                    CachePolicy::Lfu => c.copy.lfu_levels += lg * (k as f64 + 1.0).log2(),
+                    CachePolicy::StaticTopk => {}
+                }
             }
             c.emb_fwd
                 .add(2.0, 2.0 * l, 8.0 * l * d + 4.0 * l * d + 4.0 * b * nf * d, 0.0);
@@ -702,11 +737,18 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
 }
 
 /// Time of one CPU stage under `p`: `ops o + rows r + bytes / bw + flops / rate` (a copy's rows at
-/// [`RecsysCpuParams::copy_row_s`], its bytes at `copy_bytes_per_s`).
+/// [`RecsysCpuParams::copy_row_s`], its bytes at `copy_bytes_per_s`, plus its misses at `miss_s`, its LRU lookups at
+/// `lru_lookup_s` and its LFU lookup-levels at `lfu_level_s`).
 pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
     if copy {
         let row = p.copy_row_s.unwrap_or(p.row_s);
-        s.ops * p.op_overhead_s + s.rows * row + s.bytes / p.copy_bytes_per_s + s.flops / p.gemm_flops_per_s
+        s.ops * p.op_overhead_s
+            + s.rows * row
+            + s.bytes / p.copy_bytes_per_s
+            + s.flops / p.gemm_flops_per_s
+            + s.misses * p.miss_s.unwrap_or(0.0)
+            + s.lru_lookups * p.lru_lookup_s.unwrap_or(0.0)
+            + s.lfu_levels * p.lfu_level_s.unwrap_or(0.0)
     } else {
         stage_time_at(s, p, p.mem_bytes_per_s)
     }

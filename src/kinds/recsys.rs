@@ -24,7 +24,7 @@ use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::RecsysStep;
-use trainlab_core::workloads::recsys::{CacheSpec, FieldGroup, Overheads, Pooling};
+use trainlab_core::workloads::recsys::{CachePolicy, CacheSpec, FieldGroup, Overheads, Pooling};
 use trainlab_core::{Dtype, Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
 use trainlab_executors::recsys::{Measured, RecsysCpu, measure, scaled_to_budget};
 use trainlab_models::recsys::{CpuStage, RecsysAnalytical, RecsysCpuParams, cpu_closed_form, cpu_times};
@@ -150,10 +150,28 @@ pub fn cpu_step(fields: u64, packing: bool, cache: f64, micro_batches: u64, stre
     }
 }
 
+/// [`cpu_step`] with a cache of `policy`.
+pub fn cpu_step_with(
+    fields: u64,
+    packing: bool,
+    cache: f64,
+    policy: CachePolicy,
+    micro_batches: u64,
+    streams: u64,
+) -> RecsysStep {
+    let mut w = cpu_step(fields, packing, cache, micro_batches, streams);
+    w.cache.policy = policy;
+    w
+}
+
+/// Cache fraction of the LRU and LFU calibration steps.
+pub const POLICY_CACHE: f64 = 0.05;
+
 /// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two one-stream steps of
-/// 4 micro-batches; three interleaved steps) and the two held-out groups ([`held_out_group`]): the field counts the
-/// fit never saw (100 and 500 fields, separate and packed, no cache and a 1% cache, one stream: the issue's
-/// held-out field counts) and three interleaved steps (2 and 4 micro-batches on 2 streams, a 5% cache).
+/// 4 micro-batches; LRU and LFU caches of 5% at 50 and 1,000 fields; three interleaved steps) and the three held-out
+/// groups ([`held_out_group`]): the field counts the fit never saw (100 and 500 fields, separate and packed, no cache
+/// and a 1% cache, one stream: the issue's held-out field counts), LRU and LFU caches at 100 and 500 fields, and
+/// three interleaved steps (2 and 4 micro-batches on 2 streams, a 5% cache).
 pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     let mut fit = Vec::new();
     for f in [50, 200, 1000] {
@@ -169,6 +187,11 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     fit.push(cpu_step(50, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, true, 0.01, 4, 2));
+    for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
+        for f in [50, 1000] {
+            fit.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
+        }
+    }
     let mut held = Vec::new();
     for f in [100, 500] {
         for packing in [false, true] {
@@ -180,16 +203,29 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     held.push(cpu_step(500, false, 0.05, 2, 2));
     held.push(cpu_step(100, true, 0.05, 4, 2));
     held.push(cpu_step(500, true, 0.05, 4, 2));
+    for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
+        for f in [100, 500] {
+            held.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
+        }
+    }
     (fit, held)
 }
 
-/// The held-out group of a calibration step: `"fields"` (one stream: the held-out field counts, the issue's 10%
-/// claim) or `"interleaved"` (two streams on this 2-core machine: a weaker, separately reported claim).
+/// The held-out group of a calibration step: `"fields"` (one stream, static cache: the held-out field counts, the
+/// issue's 10% claim), `"policy"` (one stream, an LRU or LFU cache: the replacing caches' bookkeeping at field counts
+/// the fit never saw) or `"interleaved"` (two streams on this 2-core machine: a weaker, separately reported claim).
 pub fn held_out_group(w: &RecsysStep) -> &'static str {
-    if w.streams == 1 { "fields" } else { "interleaved" }
+    if w.streams != 1 {
+        "interleaved"
+    } else if w.cache.policy != CachePolicy::StaticTopk && w.cache.fraction > 0.0 {
+        "policy"
+    } else {
+        "fields"
+    }
 }
 
-/// The step of a calibration label ([`label`]: `"F100 d40 separate cache0.01 m1 s1"`), or `None`.
+/// The step of a calibration label ([`label`]: `"F100 d40 separate cache0.01 m1 s1"`, with an LRU or LFU cache
+/// `"F100 d40 separate cache0.05 m1 s1 lru"`), or `None`.
 pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let mut it = case.split_whitespace();
     let f: u64 = it.next()?.strip_prefix('F')?.parse().ok()?;
@@ -202,14 +238,25 @@ pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let cache: f64 = it.next()?.strip_prefix("cache")?.parse().ok()?;
     let m: u64 = it.next()?.strip_prefix('m')?.parse().ok()?;
     let st: u64 = it.next()?.strip_prefix('s')?.parse().ok()?;
-    let w = cpu_step(f, packing, cache, m, st);
+    let policy = match it.next() {
+        None => CachePolicy::StaticTopk,
+        Some("lru") => CachePolicy::Lru,
+        Some("lfu") => CachePolicy::Lfu,
+        Some(_) => return None,
+    };
+    let w = cpu_step_with(f, packing, cache, policy, m, st);
     (label(&w) == case).then_some(w)
 }
 
-/// Label of a calibration step.
+/// Label of a calibration step (a static top-k cache unnamed, an LRU or LFU cache named last).
 pub fn label(w: &RecsysStep) -> String {
+    let policy = match w.cache.policy {
+        CachePolicy::StaticTopk => "",
+        CachePolicy::Lru => " lru",
+        CachePolicy::Lfu => " lfu",
+    };
     format!(
-        "F{} d{} {} cache{} m{} s{}",
+        "F{} d{} {} cache{} m{} s{}{policy}",
         w.field_count(),
         w.fields[0].dim,
         if w.packing { "packed" } else { "separate" },
@@ -221,7 +268,7 @@ pub fn label(w: &RecsysStep) -> String {
 
 /// Non-negative weighted least squares for a few unknowns: every subset of free unknowns (the rest held at 0) is
 /// solved by its normal equations, and the feasible solution (all >= 0) with the smallest residual is kept: exact
-/// NNLS, `2^n` small solves (used with `n = 7`).
+/// NNLS, `2^n` small solves (used with `n = 10`, [`UNKNOWNS`]).
 pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
     let n = rows.first().map_or(0, Vec::len);
     let mut best: (f64, Vec<f64>) = (f64::INFINITY, vec![0.0; n]);
@@ -312,6 +359,10 @@ pub fn l2_cache_bytes() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Unknowns of the fit: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 /
+/// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level.
+pub const UNKNOWNS: usize = 10;
+
 /// Weight of a one-stream fit step's step-time equation against its three stage equations (relative residuals).
 pub const STEP_WEIGHT: f64 = 3.0;
 
@@ -326,9 +377,10 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         let emb = [c.emb_fwd, c.emb_bwd, c.scatter];
         let sum = |f: fn(&CpuStage) -> f64, v: &[CpuStage]| v.iter().map(f).sum::<f64>();
         let mlp = [c.mlp, c.optim];
-        // Unknowns: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 / cache
-        // bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from memory), time per row
-        // of a staging copy op (its lookups).
+        // Unknowns ([`UNKNOWNS`]): op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM
+        // rate, 1 / cache bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from
+        // memory), time per row of a staging copy op (its lookups), per missed lookup, per lookup an LRU cache
+        // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup).
         let (mlp_mem, mlp_cache) = if resident {
             (c.optim.bytes, c.mlp.bytes)
         } else {
@@ -341,7 +393,21 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
             (sum(|s| s.bytes, &emb), 0.0)
         };
         let eqs = [
-            (m.busy_s[0], [c.copy.ops, 0.0, 0.0, c.copy.bytes, 0.0, 0.0, c.copy.rows]),
+            (
+                m.busy_s[0],
+                [
+                    c.copy.ops,
+                    0.0,
+                    0.0,
+                    c.copy.bytes,
+                    0.0,
+                    0.0,
+                    c.copy.rows,
+                    c.copy.misses,
+                    c.copy.lru_lookups,
+                    c.copy.lfu_levels,
+                ],
+            ),
             (
                 m.busy_s[1],
                 [
@@ -351,6 +417,9 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     0.0,
                     0.0,
                     emb_cache,
+                    0.0,
+                    0.0,
+                    0.0,
                     0.0,
                 ],
             ),
@@ -364,13 +433,16 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     sum(|s| s.flops, &mlp),
                     mlp_cache,
                     0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 ],
             ),
         ];
         // The step itself: the three stages' columns summed (the model's serial step), against the measured step
         // time, weighted STEP_WEIGHT: the op timers miss the work between the ops and, on a loaded machine, more of
         // it the more rows a step moves, so the step times set how the time grows with the field count.
-        let step_row: Vec<f64> = (0..7).map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>()).collect();
+        let step_row: Vec<f64> = (0..UNKNOWNS).map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>()).collect();
         if m.step_s > 0.0 {
             rows.push(step_row.iter().map(|v| STEP_WEIGHT * v / m.step_s).collect());
             rhs.push(STEP_WEIGHT);
@@ -392,6 +464,9 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         op_overhead_s: x[0],
         row_s: x[1],
         copy_row_s: Some(x[6]),
+        miss_s: Some(x[7]),
+        lru_lookup_s: Some(x[8]),
+        lfu_level_s: Some(x[9]),
         mem_bytes_per_s: inv(x[2]),
         copy_bytes_per_s: inv(x[3]),
         gemm_flops_per_s: inv(x[4]),
@@ -415,6 +490,9 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         p.op_overhead_s *= k;
         p.row_s *= k;
         p.copy_row_s = p.copy_row_s.map(|r| r * k);
+        p.miss_s = p.miss_s.map(|r| r * k);
+        p.lru_lookup_s = p.lru_lookup_s.map(|r| r * k);
+        p.lfu_level_s = p.lfu_level_s.map(|r| r * k);
         p.mem_bytes_per_s /= k;
         p.copy_bytes_per_s /= k;
         p.gemm_flops_per_s /= k;
@@ -599,6 +677,7 @@ impl Calibration for RecsysCalibration {
         };
         let (fields_med, fields_worst, fields_n) = group_errs("fields");
         let (inter_med, inter_worst, inter_n) = group_errs("interleaved");
+        let (pol_med, pol_worst, pol_n) = group_errs("policy");
         let device = trainlab_executors::cpu::cpu_device_description();
         let prov = provenance(
             device.clone(),
@@ -611,11 +690,15 @@ impl Calibration for RecsysCalibration {
         let notes = vec![
             format!("device: {device}"),
             format!(
-                "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copied row, memory {:.2} GB/s, staging copy \
+                "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copy-op lookup, {:.1} ns per miss, \
+                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, memory {:.2} GB/s, staging copy \
                  {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
                 params.row_s * 1e9,
                 params.copy_row_s.unwrap_or(params.row_s) * 1e9,
+                params.miss_s.unwrap_or(0.0) * 1e9,
+                params.lru_lookup_s.unwrap_or(0.0) * 1e9,
+                params.lfu_level_s.unwrap_or(0.0) * 1e9,
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
@@ -632,9 +715,12 @@ impl Calibration for RecsysCalibration {
             ),
             format!(
                 "held-out field counts (one stream): median |error| {:.1}%, worst {:.1}% over {fields_n} steps; \
+                 LRU/LFU (one stream): median {:.1}%, worst {:.1}% over {pol_n} steps; \
                  interleaved (2 streams): median {:.1}%, worst {:.1}% over {inter_n} steps",
                 100.0 * fields_med,
                 100.0 * fields_worst,
+                100.0 * pol_med,
+                100.0 * pol_worst,
                 100.0 * inter_med,
                 100.0 * inter_worst
             ),
@@ -644,6 +730,7 @@ impl Calibration for RecsysCalibration {
             "held_out_median_abs_error": median, "held_out_max_abs_error": worst,
             "held_out_fields_median_abs_error": fields_med, "held_out_fields_max_abs_error": fields_worst,
             "held_out_interleaved_median_abs_error": inter_med, "held_out_interleaved_max_abs_error": inter_worst,
+            "held_out_policy_median_abs_error": pol_med, "held_out_policy_max_abs_error": pol_worst,
         });
         let profile = RecsysProfile {
             device: "cpu".into(),
