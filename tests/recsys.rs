@@ -365,6 +365,8 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
         miss_s: Some(25e-9),
         lru_lookup_s: Some(150e-9),
         lfu_level_s: Some(30e-9),
+        span_s: Some(3e-9),
+        hit_s: Some(9e-9),
         mem_bytes_per_s: 9e9,
         copy_bytes_per_s: 6e9,
         gemm_flops_per_s: 8e9,
@@ -410,7 +412,13 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
     close(p.copy_row_s.unwrap(), truth.copy_row_s.unwrap(), "per copied row");
     close(p.miss_s.unwrap(), truth.miss_s.unwrap(), "per miss");
     close(p.lru_lookup_s.unwrap(), truth.lru_lookup_s.unwrap(), "per LRU lookup");
-    close(p.lfu_level_s.unwrap(), truth.lfu_level_s.unwrap(), "per LFU lookup-level");
+    close(
+        p.lfu_level_s.unwrap(),
+        truth.lfu_level_s.unwrap(),
+        "per LFU lookup-level",
+    );
+    close(p.span_s.unwrap(), truth.span_s.unwrap(), "per host-row span level");
+    close(p.hit_s.unwrap(), truth.hit_s.unwrap(), "per hit");
     close(p.mem_bytes_per_s, truth.mem_bytes_per_s, "memory bandwidth");
     close(p.copy_bytes_per_s, truth.copy_bytes_per_s, "copy bandwidth");
     close(p.gemm_flops_per_s, truth.gemm_flops_per_s, "GEMM rate");

@@ -268,7 +268,7 @@ pub fn label(w: &RecsysStep) -> String {
 
 /// Non-negative weighted least squares for a few unknowns: every subset of free unknowns (the rest held at 0) is
 /// solved by its normal equations, and the feasible solution (all >= 0) with the smallest residual is kept: exact
-/// NNLS, `2^n` small solves (used with `n = 10`, [`UNKNOWNS`]).
+/// NNLS, `2^n` small solves (used with `n = 12`, [`UNKNOWNS`]).
 pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
     let n = rows.first().map_or(0, Vec::len);
     let mut best: (f64, Vec<f64>) = (f64::INFINITY, vec![0.0; n]);
@@ -360,8 +360,9 @@ pub fn l2_cache_bytes() -> f64 {
 }
 
 /// Unknowns of the fit: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 /
-/// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level.
-pub const UNKNOWNS: usize = 10;
+/// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level, per host-row span level, per
+/// cache hit.
+pub const UNKNOWNS: usize = 12;
 
 /// Weight of a one-stream fit step's step-time equation against its three stage equations (relative residuals).
 pub const STEP_WEIGHT: f64 = 3.0;
@@ -370,6 +371,17 @@ pub const STEP_WEIGHT: f64 = 3.0;
 /// whose first layer fits ([`trainlab_models::recsys::mlp_working_set`]) and those of its forward and backward
 /// embedding ops get their own bandwidth.
 pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> RecsysCpuParams {
+    fit_terms(steps, cache_bytes, &[])
+}
+
+/// Unknown of the host-row span term (`span_s`) in [`fit_terms`].
+pub const SPAN: usize = 10;
+/// Unknown of the per-hit term (`hit_s`) in [`fit_terms`].
+pub const HIT: usize = 11;
+
+/// [`fit_with_cache`] with the unknowns in `drop` held at 0 ([`SPAN`], [`HIT`]: the calibration reports the held-out
+/// errors of the fits without them, of the same measurements).
+pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usize]) -> RecsysCpuParams {
     let (mut rows, mut rhs) = (Vec::new(), Vec::new());
     for (w, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
         let resident = cache_bytes > 0.0 && trainlab_models::recsys::mlp_working_set(w) <= cache_bytes;
@@ -380,7 +392,8 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         // Unknowns ([`UNKNOWNS`]): op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM
         // rate, 1 / cache bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from
         // memory), time per row of a staging copy op (its lookups), per missed lookup, per lookup an LRU cache
-        // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup).
+        // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup), per host-row access and doubling of
+        // its table (`span_levels`: copy and scatter), per cache hit (the gather's random device-table row).
         let (mlp_mem, mlp_cache) = if resident {
             (c.optim.bytes, c.mlp.bytes)
         } else {
@@ -398,7 +411,7 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                 [
                     c.copy.ops,
                     0.0,
-                    0.0,
+                    c.copy.row_bytes,
                     c.copy.bytes,
                     0.0,
                     0.0,
@@ -406,6 +419,8 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     c.copy.misses,
                     c.copy.lru_lookups,
                     c.copy.lfu_levels,
+                    c.copy.span_levels,
+                    0.0,
                 ],
             ),
             (
@@ -421,6 +436,8 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     0.0,
                     0.0,
                     0.0,
+                    c.scatter.span_levels,
+                    c.emb_fwd.hits,
                 ],
             ),
             (
@@ -436,13 +453,23 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     0.0,
                     0.0,
                     0.0,
+                    0.0,
+                    0.0,
                 ],
             ),
         ];
         // The step itself: the three stages' columns summed (the model's serial step), against the measured step
         // time, weighted STEP_WEIGHT: the op timers miss the work between the ops and, on a loaded machine, more of
         // it the more rows a step moves, so the step times set how the time grows with the field count.
-        let step_row: Vec<f64> = (0..UNKNOWNS).map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>()).collect();
+        let eqs = eqs.map(|(t, mut x)| {
+            for &j in drop {
+                x[j] = 0.0;
+            }
+            (t, x)
+        });
+        let step_row: Vec<f64> = (0..UNKNOWNS)
+            .map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>())
+            .collect();
         if m.step_s > 0.0 {
             rows.push(step_row.iter().map(|v| STEP_WEIGHT * v / m.step_s).collect());
             rhs.push(STEP_WEIGHT);
@@ -467,6 +494,8 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         miss_s: Some(x[7]),
         lru_lookup_s: Some(x[8]),
         lfu_level_s: Some(x[9]),
+        span_s: Some(x[10]),
+        hit_s: Some(x[11]),
         mem_bytes_per_s: inv(x[2]),
         copy_bytes_per_s: inv(x[3]),
         gemm_flops_per_s: inv(x[4]),
@@ -493,6 +522,8 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         p.miss_s = p.miss_s.map(|r| r * k);
         p.lru_lookup_s = p.lru_lookup_s.map(|r| r * k);
         p.lfu_level_s = p.lfu_level_s.map(|r| r * k);
+        p.span_s = p.span_s.map(|r| r * k);
+        p.hit_s = p.hit_s.map(|r| r * k);
         p.mem_bytes_per_s /= k;
         p.copy_bytes_per_s /= k;
         p.gemm_flops_per_s /= k;
@@ -585,6 +616,16 @@ impl Calibration for RecsysCalibration {
             .collect();
         let fitted: Vec<(RecsysStep, Measured)> = fit_set.iter().cloned().zip(measured.iter().cloned()).collect();
         let params = fit(&fitted);
+        // The same measurements fitted without the span term, without the hit term and without both: their held-out
+        // errors, reported beside the model's (whether the terms earn their place on cases the fit did not see).
+        let ablations: Vec<(&str, RecsysCpuParams)> = [
+            ("span", vec![SPAN]),
+            ("hit", vec![HIT]),
+            ("span and hit", vec![SPAN, HIT]),
+        ]
+        .into_iter()
+        .map(|(name, drop)| (name, fit_terms(&fitted, l2_cache_bytes(), &drop)))
+        .collect();
         let seed = req.seed;
         let study = "calibrate-recsys_step-cpu";
         let mut records = pass_records;
@@ -659,13 +700,19 @@ impl Calibration for RecsysCalibration {
             }
         }
         let errs: Vec<f64> = held_out.iter().map(|h| h.calibrated_error().abs()).collect();
+        let errs_of = |p: &RecsysCpuParams| -> Vec<f64> {
+            held.iter()
+                .zip(&measured[fit_set.len()..])
+                .map(|(w, m)| (cpu_closed_form(w, p).step_time_s / m.step_s - 1.0).abs())
+                .collect()
+        };
         let median = trainlab_core::Summary::of(&errs).median;
         let worst = errs.iter().copied().fold(0.0, f64::max);
         // Per held-out group: median and worst |error|.
-        let group_errs = |g: &str| -> (f64, f64, usize) {
+        let group_errs_of = |errs: &[f64], g: &str| -> (f64, f64, usize) {
             let e: Vec<f64> = held
                 .iter()
-                .zip(&errs)
+                .zip(errs)
                 .filter(|(w, _)| held_out_group(w) == g)
                 .map(|(_, e)| *e)
                 .collect();
@@ -675,7 +722,9 @@ impl Calibration for RecsysCalibration {
                 e.len(),
             )
         };
+        let group_errs = |g: &str| group_errs_of(&errs, g);
         let (fields_med, fields_worst, fields_n) = group_errs("fields");
+
         let (inter_med, inter_worst, inter_n) = group_errs("interleaved");
         let (pol_med, pol_worst, pol_n) = group_errs("policy");
         let device = trainlab_executors::cpu::cpu_device_description();
@@ -687,11 +736,12 @@ impl Calibration for RecsysCalibration {
                 .chain(held.iter().map(|w| format!("{} [held-out]", label(w))))
                 .collect(),
         );
-        let notes = vec![
+        let mut notes = vec![
             format!("device: {device}"),
             format!(
                 "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copy-op lookup, {:.1} ns per miss, \
-                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, memory {:.2} GB/s, staging copy \
+                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, {:.2} ns per host-row span level, {:.1} ns per hit, memory \
+                 {:.2} GB/s, staging copy \
                  {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
                 params.row_s * 1e9,
@@ -699,6 +749,8 @@ impl Calibration for RecsysCalibration {
                 params.miss_s.unwrap_or(0.0) * 1e9,
                 params.lru_lookup_s.unwrap_or(0.0) * 1e9,
                 params.lfu_level_s.unwrap_or(0.0) * 1e9,
+                params.span_s.unwrap_or(0.0) * 1e9,
+                params.hit_s.unwrap_or(0.0) * 1e9,
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
@@ -725,7 +777,26 @@ impl Calibration for RecsysCalibration {
                 100.0 * inter_worst
             ),
         ];
+        let mut ablation_json = serde_json::Map::new();
+        for (name, p) in &ablations {
+            let e = errs_of(p);
+            let (fm, fw, _) = group_errs_of(&e, "fields");
+            let (pm, pw, _) = group_errs_of(&e, "policy");
+            notes.push(format!(
+                "the same measurements fitted without the {name} term: held-out field counts median {:.1}%, worst \
+                 {:.1}%; LRU/LFU median {:.1}%, worst {:.1}%",
+                100.0 * fm,
+                100.0 * fw,
+                100.0 * pm,
+                100.0 * pw
+            ));
+            ablation_json.insert(
+                format!("without {name}"),
+                serde_json::json!({"fields_median": fm, "fields_max": fw, "policy_median": pm, "policy_max": pw}),
+            );
+        }
         let json = serde_json::json!({
+            "ablations": ablation_json,
             "device": device, "params": params,
             "held_out_median_abs_error": median, "held_out_max_abs_error": worst,
             "held_out_fields_median_abs_error": fields_med, "held_out_fields_max_abs_error": fields_worst,
