@@ -11,15 +11,19 @@
 //! own group, where the closed form answers with its CPU op model.
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, per-row costs (a
-//! row of the embedding ops and the `concat`, a lookup of a staging copy op), memory and copy bandwidths, GEMM rate and
-//! the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by weighted least squares
+//! row of the embedding ops and the `concat`, a lookup and a miss of a staging copy op), memory and copy bandwidths,
+//! GEMM rate, the activation-bytes rate of micro-batches that fit in this machine's L2, the replacing caches'
+//! bookkeeping (per LRU lookup, per LFU lookup and level of its ordered set), the host-row span term (per missed
+//! lookup and doubling of its field's table) and the per-hit gather cost are fitted by weighted least squares
 //! (non-negative, relative residuals) to the step times and per-stage busy times of one-stream steps at 50, 200 and
-//! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64), scaled by one
-//! factor to their step times, the overlap factor to three interleaved steps. Each case's time is the median over 15
-//! passes of each pass's fastest on-CPU step. Held out, in two groups ([`held_out_group`]): 100 and 500 fields
-//! (separate and packed, no cache and a 1% cache, one stream: the held-out field counts) and three interleaved
-//! steps (other micro-batch and stream counts, a 5% cache). The profile (`recsys_step`) is read by `analytical` for
-//! steps on the `cpu` device.
+//! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64; LRU and LFU 5%
+//! caches at 50 and 1,000 fields), scaled by one factor to their step times, the overlap factor to three interleaved
+//! steps. Each case's time is the median over 15 passes of each pass's fastest on-CPU step. Held out, in three
+//! groups ([`held_out_group`]): 100 and 500 fields (separate and packed, no cache and a 1% cache, one stream: the
+//! issue's held-out field counts), LRU and LFU 5% caches at 100 and 500 fields, and three interleaved steps (other
+//! micro-batch and stream counts, a 5% cache). The calibration also reports the held-out errors of the same
+//! measurements fitted without the span term, without the hit term and without both. The profile (`recsys_step`)
+//! is read by `analytical` for steps on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
