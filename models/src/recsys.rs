@@ -497,6 +497,31 @@ pub struct RecsysCpuParams {
     /// place of the host table), seconds; `None` (older profiles): `row_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub copy_row_s: Option<f64>,
+    /// Time per missed lookup in a staging copy op (the missed row read from a random place of the host table on
+    /// top of the lookup's check), seconds; `None` (older profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miss_s: Option<f64>,
+    /// Time per lookup decided by an LRU cache on top of `copy_row_s` (the [`crate::cache::RowCache`] bookkeeping:
+    /// hash-map update and recency queue, the eviction and write-back of a miss at the fitted hit rate, the
+    /// scatter's slot look-up), seconds; `None` (older profiles): 0, the static cache's rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lru_lookup_s: Option<f64>,
+    /// Time per lookup decided by an LFU cache and per level `log2(k + 1)` of its ordered set of `k` rows (the
+    /// `BTreeSet` remove and insert of every access are `O(log k)`), on top of `copy_row_s`, seconds; `None` (older
+    /// profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfu_level_s: Option<f64>,
+    /// Time per host-table row access of a missed lookup (its read by the staging copy, its update by the
+    /// `scatter`) and per doubling of its field's table beyond one 4 KiB page ([`span_levels`]): a random row of a
+    /// larger table costs more (measured at fixed row width: README), the concave growth of the step with the field
+    /// count at fixed embedding bytes, seconds; `None` (older profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_s: Option<f64>,
+    /// Time per lookup that hits the cache, in the `gather` (a random row of the "device" table behind a
+    /// data-dependent branch, where a miss's row is read from the staging buffer in order), seconds; `None` (older
+    /// profiles): 0. On a CPU the "device" table is the same memory, so a hit costs about what the miss path saves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hit_s: Option<f64>,
     /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.
     pub mem_bytes_per_s: f64,
     /// Bandwidth of the staging copy of missed rows (the stand-in for PCIe), bytes/s.
@@ -527,6 +552,11 @@ impl RecsysCpuParams {
             op_overhead_s: (w.overheads.launch_us + w.overheads.kernel_us) * 1e-6,
             row_s: 0.0,
             copy_row_s: None,
+            miss_s: None,
+            lru_lookup_s: None,
+            lfu_level_s: None,
+            span_s: None,
+            hit_s: None,
             mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
@@ -564,6 +594,26 @@ pub struct CpuStage {
     pub bytes: f64,
     /// GEMM FLOPs.
     pub flops: f64,
+    /// Lookups that missed the cache (copy ops only).
+    pub misses: f64,
+    /// Lookups decided by an LRU cache (copy ops only).
+    pub lru_lookups: f64,
+    /// Lookups decided by an LFU cache of `k` rows, each weighted by `log2(k + 1)` (copy ops only).
+    pub lfu_levels: f64,
+    /// Host-table row accesses of missed lookups, each weighted by [`span_levels`] of its field's table (copy and
+    /// scatter ops).
+    pub span_levels: f64,
+    /// Lookups that hit the cache (`gather` ops only).
+    pub hits: f64,
+    /// Bytes of the row moves of a replacing (LRU/LFU) cache's misses, at `mem_bytes_per_s` (copy ops only: each
+    /// admitted row staging -> device, each evicted row device -> host, `16 d` bytes per miss).
+    pub row_bytes: f64,
+}
+
+/// Doublings of a table of `rows x dim` fp32 values beyond one 4 KiB page: `log2(max(1, 4 rows dim / 4096))` (a
+/// packed table's field keeps its own contiguous rows, so its field's table).
+pub fn span_levels(rows: u64, dim: u64) -> f64 {
+    (4.0 * rows as f64 * dim as f64 / 4096.0).max(1.0).log2()
 }
 
 impl CpuStage {
@@ -670,9 +720,40 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
             if miss > 0.0 {
                 // the op checks every lookup (hit or miss) and copies the missed rows
                 c.copy.add(1.0, l, 8.0 * miss * d, 0.0);
+                c.copy.misses += miss;
+                // each missed row read from its field's host table, and updated there by the scatter (a packed
+                // chain's misses split over its fields by their lookups)
+                let levels: f64 = members
+                    .iter()
+                    .map(|&(g, n)| {
+                        let lg = b * (n * w.fields[g].ids_per_sample) as f64;
+                        lg / l * span_levels(w.fields[g].rows, w.fields[g].dim)
+                    })
+                    .sum::<f64>()
+                    * miss;
+                c.copy.span_levels += levels;
+                c.scatter.span_levels += levels;
+                if w.cache.policy != CachePolicy::StaticTopk && w.cache.fraction > 0.0 {
+                    // a replacing cache admits every missed row (staging -> device) and writes the evicted one back
+                    // to a random place of its host table (a full, updated cache: every miss evicts a dirty row)
+                    c.copy.row_bytes += 16.0 * miss * d;
+                    c.copy.span_levels += levels;
+                }
+            }
+            // a replacing cache decides every lookup (its bookkeeping runs whether or not something missed)
+            for &(g, n) in members {
+                let k = w.cached_rows(w.fields[g].rows);
+                let lg = b * (n * w.fields[g].ids_per_sample) as f64;
+                match w.cache.policy {
+                    _ if k == 0 => {}
+                    CachePolicy::Lru => c.copy.lru_lookups += lg,
+                    CachePolicy::Lfu => c.copy.lfu_levels += lg * (k as f64 + 1.0).log2(),
+                    CachePolicy::StaticTopk => {}
+                }
             }
             c.emb_fwd
                 .add(2.0, 2.0 * l, 8.0 * l * d + 4.0 * l * d + 4.0 * b * nf * d, 0.0);
+            c.emb_fwd.hits += l - miss;
             c.emb_bwd.add(1.0, l, 4.0 * b * nf * d + 4.0 * l * d, 0.0);
             c.scatter.add(1.0, l, 12.0 * l * d, 0.0);
         }
@@ -702,11 +783,20 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
 }
 
 /// Time of one CPU stage under `p`: `ops o + rows r + bytes / bw + flops / rate` (a copy's rows at
-/// [`RecsysCpuParams::copy_row_s`], its bytes at `copy_bytes_per_s`).
+/// [`RecsysCpuParams::copy_row_s`], its bytes at `copy_bytes_per_s`, plus its misses at `miss_s`, its LRU lookups at
+/// `lru_lookup_s` and its LFU lookup-levels at `lfu_level_s`).
 pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
     if copy {
         let row = p.copy_row_s.unwrap_or(p.row_s);
-        s.ops * p.op_overhead_s + s.rows * row + s.bytes / p.copy_bytes_per_s + s.flops / p.gemm_flops_per_s
+        s.ops * p.op_overhead_s
+            + s.rows * row
+            + s.bytes / p.copy_bytes_per_s
+            + s.flops / p.gemm_flops_per_s
+            + s.misses * p.miss_s.unwrap_or(0.0)
+            + s.lru_lookups * p.lru_lookup_s.unwrap_or(0.0)
+            + s.lfu_levels * p.lfu_level_s.unwrap_or(0.0)
+            + s.span_levels * p.span_s.unwrap_or(0.0)
+            + s.row_bytes / p.mem_bytes_per_s
     } else {
         stage_time_at(s, p, p.mem_bytes_per_s)
     }
@@ -714,7 +804,12 @@ pub fn cpu_stage_time(s: &CpuStage, p: &RecsysCpuParams, copy: bool) -> f64 {
 
 /// Time of one CPU stage under `p` with its bytes at `bw`.
 fn stage_time_at(s: &CpuStage, p: &RecsysCpuParams, bw: f64) -> f64 {
-    s.ops * p.op_overhead_s + s.rows * p.row_s + s.bytes / bw + s.flops / p.gemm_flops_per_s
+    s.ops * p.op_overhead_s
+        + s.rows * p.row_s
+        + s.bytes / bw
+        + s.flops / p.gemm_flops_per_s
+        + s.span_levels * p.span_s.unwrap_or(0.0)
+        + s.hits * p.hit_s.unwrap_or(0.0)
 }
 
 /// Bandwidth of the activation-side ops of `w` (forward and backward embedding ops, the MLP): `cache_bytes_per_s`

@@ -11,20 +11,24 @@
 //! own group, where the closed form answers with its CPU op model.
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, per-row costs (a
-//! row of the embedding ops and the `concat`, a lookup of a staging copy op), memory and copy bandwidths, GEMM rate and
-//! the activation-bytes rate of micro-batches that fit in this machine's L2 are fitted by weighted least squares
+//! row of the embedding ops and the `concat`, a lookup and a miss of a staging copy op), memory and copy bandwidths,
+//! GEMM rate, the activation-bytes rate of micro-batches that fit in this machine's L2, the replacing caches'
+//! bookkeeping (per LRU lookup, per LFU lookup and level of its ordered set), the host-row span term (per missed
+//! lookup and doubling of its field's table) and the per-hit gather cost are fitted by weighted least squares
 //! (non-negative, relative residuals) to the step times and per-stage busy times of one-stream steps at 50, 200 and
-//! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64), scaled by one
-//! factor to their step times, the overlap factor to three interleaved steps. Each case's time is the median over 15
-//! passes of each pass's fastest on-CPU step. Held out, in two groups ([`held_out_group`]): 100 and 500 fields
-//! (separate and packed, no cache and a 1% cache, one stream: the issue's held-out field counts) and three interleaved
-//! steps (other micro-batch and stream counts, a 5% cache). The profile (`recsys_step`) is read by `analytical` for
-//! steps on the `cpu` device.
+//! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64; LRU and LFU 5%
+//! caches at 50 and 1,000 fields), scaled by one factor to their step times, the overlap factor to three interleaved
+//! steps. Each case's time is the median over 15 passes of each pass's fastest on-CPU step. Held out, in three
+//! groups ([`held_out_group`]): 100 and 500 fields (separate and packed, no cache and a 1% cache, one stream: the
+//! issue's held-out field counts), LRU and LFU 5% caches at 100 and 500 fields, and three interleaved steps (other
+//! micro-batch and stream counts, a 5% cache). The calibration also reports the held-out errors of the same
+//! measurements fitted without the span term, without the hit term and without both. The profile (`recsys_step`)
+//! is read by `analytical` for steps on the `cpu` device.
 use super::{Answering, KindDef, Opts};
 use crate::calibration::{CalRequest, Calibrated, Calibration, Device, envelope, provenance};
 use serde::{Deserialize, Serialize};
 use trainlab_core::workloads::RecsysStep;
-use trainlab_core::workloads::recsys::{CacheSpec, FieldGroup, Overheads, Pooling};
+use trainlab_core::workloads::recsys::{CachePolicy, CacheSpec, FieldGroup, Overheads, Pooling};
 use trainlab_core::{Dtype, Error, Fidelity, HeldOut, Metric, Profile, Record, Unit, Workload};
 use trainlab_executors::recsys::{Measured, RecsysCpu, measure, scaled_to_budget};
 use trainlab_models::recsys::{CpuStage, RecsysAnalytical, RecsysCpuParams, cpu_closed_form, cpu_times};
@@ -150,10 +154,28 @@ pub fn cpu_step(fields: u64, packing: bool, cache: f64, micro_batches: u64, stre
     }
 }
 
+/// [`cpu_step`] with a cache of `policy`.
+pub fn cpu_step_with(
+    fields: u64,
+    packing: bool,
+    cache: f64,
+    policy: CachePolicy,
+    micro_batches: u64,
+    streams: u64,
+) -> RecsysStep {
+    let mut w = cpu_step(fields, packing, cache, micro_batches, streams);
+    w.cache.policy = policy;
+    w
+}
+
+/// Cache fraction of the LRU and LFU calibration steps.
+pub const POLICY_CACHE: f64 = 0.05;
+
 /// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two one-stream steps of
-/// 4 micro-batches; three interleaved steps) and the two held-out groups ([`held_out_group`]): the field counts the
-/// fit never saw (100 and 500 fields, separate and packed, no cache and a 1% cache, one stream: the issue's
-/// held-out field counts) and three interleaved steps (2 and 4 micro-batches on 2 streams, a 5% cache).
+/// 4 micro-batches; LRU and LFU caches of 5% at 50 and 1,000 fields; three interleaved steps) and the three held-out
+/// groups ([`held_out_group`]): the field counts the fit never saw (100 and 500 fields, separate and packed, no cache
+/// and a 1% cache, one stream: the issue's held-out field counts), LRU and LFU caches at 100 and 500 fields, and
+/// three interleaved steps (2 and 4 micro-batches on 2 streams, a 5% cache).
 pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     let mut fit = Vec::new();
     for f in [50, 200, 1000] {
@@ -169,6 +191,11 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     fit.push(cpu_step(50, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, true, 0.01, 4, 2));
+    for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
+        for f in [50, 1000] {
+            fit.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
+        }
+    }
     let mut held = Vec::new();
     for f in [100, 500] {
         for packing in [false, true] {
@@ -180,16 +207,29 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     held.push(cpu_step(500, false, 0.05, 2, 2));
     held.push(cpu_step(100, true, 0.05, 4, 2));
     held.push(cpu_step(500, true, 0.05, 4, 2));
+    for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
+        for f in [100, 500] {
+            held.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
+        }
+    }
     (fit, held)
 }
 
-/// The held-out group of a calibration step: `"fields"` (one stream: the held-out field counts, the issue's 10%
-/// claim) or `"interleaved"` (two streams on this 2-core machine: a weaker, separately reported claim).
+/// The held-out group of a calibration step: `"fields"` (one stream, static cache: the held-out field counts, the
+/// issue's 10% claim), `"policy"` (one stream, an LRU or LFU cache: the replacing caches' bookkeeping at field counts
+/// the fit never saw) or `"interleaved"` (two streams on this 2-core machine: a weaker, separately reported claim).
 pub fn held_out_group(w: &RecsysStep) -> &'static str {
-    if w.streams == 1 { "fields" } else { "interleaved" }
+    if w.streams != 1 {
+        "interleaved"
+    } else if w.cache.policy != CachePolicy::StaticTopk && w.cache.fraction > 0.0 {
+        "policy"
+    } else {
+        "fields"
+    }
 }
 
-/// The step of a calibration label ([`label`]: `"F100 d40 separate cache0.01 m1 s1"`), or `None`.
+/// The step of a calibration label ([`label`]: `"F100 d40 separate cache0.01 m1 s1"`, with an LRU or LFU cache
+/// `"F100 d40 separate cache0.05 m1 s1 lru"`), or `None`.
 pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let mut it = case.split_whitespace();
     let f: u64 = it.next()?.strip_prefix('F')?.parse().ok()?;
@@ -202,14 +242,25 @@ pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let cache: f64 = it.next()?.strip_prefix("cache")?.parse().ok()?;
     let m: u64 = it.next()?.strip_prefix('m')?.parse().ok()?;
     let st: u64 = it.next()?.strip_prefix('s')?.parse().ok()?;
-    let w = cpu_step(f, packing, cache, m, st);
+    let policy = match it.next() {
+        None => CachePolicy::StaticTopk,
+        Some("lru") => CachePolicy::Lru,
+        Some("lfu") => CachePolicy::Lfu,
+        Some(_) => return None,
+    };
+    let w = cpu_step_with(f, packing, cache, policy, m, st);
     (label(&w) == case).then_some(w)
 }
 
-/// Label of a calibration step.
+/// Label of a calibration step (a static top-k cache unnamed, an LRU or LFU cache named last).
 pub fn label(w: &RecsysStep) -> String {
+    let policy = match w.cache.policy {
+        CachePolicy::StaticTopk => "",
+        CachePolicy::Lru => " lru",
+        CachePolicy::Lfu => " lfu",
+    };
     format!(
-        "F{} d{} {} cache{} m{} s{}",
+        "F{} d{} {} cache{} m{} s{}{policy}",
         w.field_count(),
         w.fields[0].dim,
         if w.packing { "packed" } else { "separate" },
@@ -221,7 +272,7 @@ pub fn label(w: &RecsysStep) -> String {
 
 /// Non-negative weighted least squares for a few unknowns: every subset of free unknowns (the rest held at 0) is
 /// solved by its normal equations, and the feasible solution (all >= 0) with the smallest residual is kept: exact
-/// NNLS, `2^n` small solves (used with `n = 7`).
+/// NNLS, `2^n` small solves (used with `n = 12`, [`UNKNOWNS`]).
 pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
     let n = rows.first().map_or(0, Vec::len);
     let mut best: (f64, Vec<f64>) = (f64::INFINITY, vec![0.0; n]);
@@ -312,6 +363,11 @@ pub fn l2_cache_bytes() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Unknowns of the fit: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 /
+/// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level, per host-row span level, per
+/// cache hit.
+pub const UNKNOWNS: usize = 12;
+
 /// Weight of a one-stream fit step's step-time equation against its three stage equations (relative residuals).
 pub const STEP_WEIGHT: f64 = 3.0;
 
@@ -319,6 +375,17 @@ pub const STEP_WEIGHT: f64 = 3.0;
 /// whose first layer fits ([`trainlab_models::recsys::mlp_working_set`]) and those of its forward and backward
 /// embedding ops get their own bandwidth.
 pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> RecsysCpuParams {
+    fit_terms(steps, cache_bytes, &[])
+}
+
+/// Unknown of the host-row span term (`span_s`) in [`fit_terms`].
+pub const SPAN: usize = 10;
+/// Unknown of the per-hit term (`hit_s`) in [`fit_terms`].
+pub const HIT: usize = 11;
+
+/// [`fit_with_cache`] with the unknowns in `drop` held at 0 ([`SPAN`], [`HIT`]: the calibration reports the held-out
+/// errors of the fits without them, of the same measurements).
+pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usize]) -> RecsysCpuParams {
     let (mut rows, mut rhs) = (Vec::new(), Vec::new());
     for (w, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
         let resident = cache_bytes > 0.0 && trainlab_models::recsys::mlp_working_set(w) <= cache_bytes;
@@ -326,9 +393,11 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         let emb = [c.emb_fwd, c.emb_bwd, c.scatter];
         let sum = |f: fn(&CpuStage) -> f64, v: &[CpuStage]| v.iter().map(f).sum::<f64>();
         let mlp = [c.mlp, c.optim];
-        // Unknowns: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 / cache
-        // bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from memory), time per row
-        // of a staging copy op (its lookups).
+        // Unknowns ([`UNKNOWNS`]): op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM
+        // rate, 1 / cache bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from
+        // memory), time per row of a staging copy op (its lookups), per missed lookup, per lookup an LRU cache
+        // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup), per host-row access and doubling of
+        // its table (`span_levels`: copy and scatter), per cache hit (the gather's random device-table row).
         let (mlp_mem, mlp_cache) = if resident {
             (c.optim.bytes, c.mlp.bytes)
         } else {
@@ -341,7 +410,23 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
             (sum(|s| s.bytes, &emb), 0.0)
         };
         let eqs = [
-            (m.busy_s[0], [c.copy.ops, 0.0, 0.0, c.copy.bytes, 0.0, 0.0, c.copy.rows]),
+            (
+                m.busy_s[0],
+                [
+                    c.copy.ops,
+                    0.0,
+                    c.copy.row_bytes,
+                    c.copy.bytes,
+                    0.0,
+                    0.0,
+                    c.copy.rows,
+                    c.copy.misses,
+                    c.copy.lru_lookups,
+                    c.copy.lfu_levels,
+                    c.copy.span_levels,
+                    0.0,
+                ],
+            ),
             (
                 m.busy_s[1],
                 [
@@ -352,6 +437,11 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     0.0,
                     emb_cache,
                     0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    c.scatter.span_levels,
+                    c.emb_fwd.hits,
                 ],
             ),
             (
@@ -364,13 +454,26 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
                     sum(|s| s.flops, &mlp),
                     mlp_cache,
                     0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
+                    0.0,
                 ],
             ),
         ];
         // The step itself: the three stages' columns summed (the model's serial step), against the measured step
         // time, weighted STEP_WEIGHT: the op timers miss the work between the ops and, on a loaded machine, more of
         // it the more rows a step moves, so the step times set how the time grows with the field count.
-        let step_row: Vec<f64> = (0..7).map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>()).collect();
+        let eqs = eqs.map(|(t, mut x)| {
+            for &j in drop {
+                x[j] = 0.0;
+            }
+            (t, x)
+        });
+        let step_row: Vec<f64> = (0..UNKNOWNS)
+            .map(|j| eqs.iter().map(|(_, x)| x[j]).sum::<f64>())
+            .collect();
         if m.step_s > 0.0 {
             rows.push(step_row.iter().map(|v| STEP_WEIGHT * v / m.step_s).collect());
             rhs.push(STEP_WEIGHT);
@@ -392,6 +495,11 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         op_overhead_s: x[0],
         row_s: x[1],
         copy_row_s: Some(x[6]),
+        miss_s: Some(x[7]),
+        lru_lookup_s: Some(x[8]),
+        lfu_level_s: Some(x[9]),
+        span_s: Some(x[10]),
+        hit_s: Some(x[11]),
         mem_bytes_per_s: inv(x[2]),
         copy_bytes_per_s: inv(x[3]),
         gemm_flops_per_s: inv(x[4]),
@@ -415,6 +523,11 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
         p.op_overhead_s *= k;
         p.row_s *= k;
         p.copy_row_s = p.copy_row_s.map(|r| r * k);
+        p.miss_s = p.miss_s.map(|r| r * k);
+        p.lru_lookup_s = p.lru_lookup_s.map(|r| r * k);
+        p.lfu_level_s = p.lfu_level_s.map(|r| r * k);
+        p.span_s = p.span_s.map(|r| r * k);
+        p.hit_s = p.hit_s.map(|r| r * k);
         p.mem_bytes_per_s /= k;
         p.copy_bytes_per_s /= k;
         p.gemm_flops_per_s /= k;
@@ -507,6 +620,16 @@ impl Calibration for RecsysCalibration {
             .collect();
         let fitted: Vec<(RecsysStep, Measured)> = fit_set.iter().cloned().zip(measured.iter().cloned()).collect();
         let params = fit(&fitted);
+        // The same measurements fitted without the span term, without the hit term and without both: their held-out
+        // errors, reported beside the model's (whether the terms earn their place on cases the fit did not see).
+        let ablations: Vec<(&str, RecsysCpuParams)> = [
+            ("span", vec![SPAN]),
+            ("hit", vec![HIT]),
+            ("span and hit", vec![SPAN, HIT]),
+        ]
+        .into_iter()
+        .map(|(name, drop)| (name, fit_terms(&fitted, l2_cache_bytes(), &drop)))
+        .collect();
         let seed = req.seed;
         let study = "calibrate-recsys_step-cpu";
         let mut records = pass_records;
@@ -581,13 +704,19 @@ impl Calibration for RecsysCalibration {
             }
         }
         let errs: Vec<f64> = held_out.iter().map(|h| h.calibrated_error().abs()).collect();
+        let errs_of = |p: &RecsysCpuParams| -> Vec<f64> {
+            held.iter()
+                .zip(&measured[fit_set.len()..])
+                .map(|(w, m)| (cpu_closed_form(w, p).step_time_s / m.step_s - 1.0).abs())
+                .collect()
+        };
         let median = trainlab_core::Summary::of(&errs).median;
         let worst = errs.iter().copied().fold(0.0, f64::max);
         // Per held-out group: median and worst |error|.
-        let group_errs = |g: &str| -> (f64, f64, usize) {
+        let group_errs_of = |errs: &[f64], g: &str| -> (f64, f64, usize) {
             let e: Vec<f64> = held
                 .iter()
-                .zip(&errs)
+                .zip(errs)
                 .filter(|(w, _)| held_out_group(w) == g)
                 .map(|(_, e)| *e)
                 .collect();
@@ -597,8 +726,11 @@ impl Calibration for RecsysCalibration {
                 e.len(),
             )
         };
+        let group_errs = |g: &str| group_errs_of(&errs, g);
         let (fields_med, fields_worst, fields_n) = group_errs("fields");
+
         let (inter_med, inter_worst, inter_n) = group_errs("interleaved");
+        let (pol_med, pol_worst, pol_n) = group_errs("policy");
         let device = trainlab_executors::cpu::cpu_device_description();
         let prov = provenance(
             device.clone(),
@@ -608,14 +740,21 @@ impl Calibration for RecsysCalibration {
                 .chain(held.iter().map(|w| format!("{} [held-out]", label(w))))
                 .collect(),
         );
-        let notes = vec![
+        let mut notes = vec![
             format!("device: {device}"),
             format!(
-                "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copied row, memory {:.2} GB/s, staging copy \
+                "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copy-op lookup, {:.1} ns per miss, \
+                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, {:.2} ns per host-row span level, {:.1} ns per hit, memory \
+                 {:.2} GB/s, staging copy \
                  {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
                 params.row_s * 1e9,
                 params.copy_row_s.unwrap_or(params.row_s) * 1e9,
+                params.miss_s.unwrap_or(0.0) * 1e9,
+                params.lru_lookup_s.unwrap_or(0.0) * 1e9,
+                params.lfu_level_s.unwrap_or(0.0) * 1e9,
+                params.span_s.unwrap_or(0.0) * 1e9,
+                params.hit_s.unwrap_or(0.0) * 1e9,
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
@@ -632,18 +771,41 @@ impl Calibration for RecsysCalibration {
             ),
             format!(
                 "held-out field counts (one stream): median |error| {:.1}%, worst {:.1}% over {fields_n} steps; \
+                 LRU/LFU (one stream): median {:.1}%, worst {:.1}% over {pol_n} steps; \
                  interleaved (2 streams): median {:.1}%, worst {:.1}% over {inter_n} steps",
                 100.0 * fields_med,
                 100.0 * fields_worst,
+                100.0 * pol_med,
+                100.0 * pol_worst,
                 100.0 * inter_med,
                 100.0 * inter_worst
             ),
         ];
+        let mut ablation_json = serde_json::Map::new();
+        for (name, p) in &ablations {
+            let e = errs_of(p);
+            let (fm, fw, _) = group_errs_of(&e, "fields");
+            let (pm, pw, _) = group_errs_of(&e, "policy");
+            notes.push(format!(
+                "the same measurements fitted without the {name} term: held-out field counts median {:.1}%, worst \
+                 {:.1}%; LRU/LFU median {:.1}%, worst {:.1}%",
+                100.0 * fm,
+                100.0 * fw,
+                100.0 * pm,
+                100.0 * pw
+            ));
+            ablation_json.insert(
+                format!("without {name}"),
+                serde_json::json!({"fields_median": fm, "fields_max": fw, "policy_median": pm, "policy_max": pw}),
+            );
+        }
         let json = serde_json::json!({
+            "ablations": ablation_json,
             "device": device, "params": params,
             "held_out_median_abs_error": median, "held_out_max_abs_error": worst,
             "held_out_fields_median_abs_error": fields_med, "held_out_fields_max_abs_error": fields_worst,
             "held_out_interleaved_median_abs_error": inter_med, "held_out_interleaved_max_abs_error": inter_worst,
+            "held_out_policy_median_abs_error": pol_med, "held_out_policy_max_abs_error": pol_worst,
         });
         let profile = RecsysProfile {
             device: "cpu".into(),
