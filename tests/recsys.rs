@@ -370,6 +370,7 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
         mem_bytes_per_s: 9e9,
         copy_bytes_per_s: 6e9,
         gemm_flops_per_s: 8e9,
+        mlp_bytes_per_s: Some(25e9),
         overlap: 0.6,
         threads: 2,
         cache_bytes: 2.0 * 1024.0 * 1024.0,
@@ -422,6 +423,11 @@ fn the_fit_recovers_known_parameters_from_exact_stage_times() {
     close(p.mem_bytes_per_s, truth.mem_bytes_per_s, "memory bandwidth");
     close(p.copy_bytes_per_s, truth.copy_bytes_per_s, "copy bandwidth");
     close(p.gemm_flops_per_s, truth.gemm_flops_per_s, "GEMM rate");
+    close(
+        p.mlp_bytes_per_s.unwrap(),
+        truth.mlp_bytes_per_s.unwrap(),
+        "MLP dense-stream bandwidth",
+    );
     close(p.cache_bytes_per_s, truth.cache_bytes_per_s, "cache bandwidth");
     close(p.overlap, truth.overlap, "overlap");
 }

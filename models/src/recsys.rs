@@ -528,6 +528,11 @@ pub struct RecsysCpuParams {
     pub copy_bytes_per_s: f64,
     /// Rate of the single-threaded MLP GEMMs, FLOP/s.
     pub gemm_flops_per_s: f64,
+    /// Bandwidth of the MLP stage's bytes (GEMM operands, activations, the optimizer's weight update: dense,
+    /// sequential streams, unlike the embedding ops' random rows) of a micro-batch that does not run from the cache,
+    /// bytes/s; `None` (older profiles): `mem_bytes_per_s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_bytes_per_s: Option<f64>,
     /// Share of the ideal interleaving gain realised with two or more streams (0: none, 1: the ideal bound).
     pub overlap: f64,
     /// Worker threads the embedding streams run on.
@@ -560,6 +565,7 @@ impl RecsysCpuParams {
             mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
+            mlp_bytes_per_s: None,
             overlap: 1.0,
             threads: 1,
             cache_bytes: 0.0,
@@ -822,9 +828,26 @@ pub fn activation_bytes_per_s(w: &RecsysStep, p: &RecsysCpuParams) -> f64 {
     }
 }
 
-/// Time of the MLP ops of `w` (`c.mlp` at [`activation_bytes_per_s`], and the optimizer from memory) under `p`.
+/// Bandwidth of the MLP ops of `w`: `cache_bytes_per_s` when a micro-batch's activations fit in the cache
+/// ([`RecsysCpuParams::mlp_from_cache`]), else `mlp_bytes_per_s` (`None`: `mem_bytes_per_s`).
+pub fn mlp_bytes_per_s(w: &RecsysStep, p: &RecsysCpuParams) -> f64 {
+    if p.mlp_from_cache(w) {
+        p.cache_bytes_per_s
+    } else {
+        dense_bytes_per_s(p)
+    }
+}
+
+/// Bandwidth of the dense streams of the MLP stage from memory (the optimizer's always): `mlp_bytes_per_s`, or
+/// `mem_bytes_per_s` for older profiles.
+pub fn dense_bytes_per_s(p: &RecsysCpuParams) -> f64 {
+    p.mlp_bytes_per_s.unwrap_or(p.mem_bytes_per_s)
+}
+
+/// Time of the MLP ops of `w` (`c.mlp` at [`mlp_bytes_per_s`], and the optimizer at [`dense_bytes_per_s`]) under
+/// `p`.
 pub fn cpu_mlp_time(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> f64 {
-    stage_time_at(&c.mlp, p, activation_bytes_per_s(w, p)) + cpu_stage_time(&c.optim, p, false)
+    stage_time_at(&c.mlp, p, mlp_bytes_per_s(w, p)) + stage_time_at(&c.optim, p, dense_bytes_per_s(p))
 }
 
 /// Time of the embedding ops of `w` (forward and backward at [`activation_bytes_per_s`], the scatter into the
@@ -858,8 +881,8 @@ pub fn cpu_times(w: &RecsysStep, c: &CpuCounts, p: &RecsysCpuParams) -> CpuTimes
     let copy = cpu_stage_time(&c.copy, p, true);
     let act = activation_bytes_per_s(w, p);
     let fwd = copy + stage_time_at(&c.emb_fwd, p, act);
-    let optim = cpu_stage_time(&c.optim, p, false);
-    let mlp = stage_time_at(&c.mlp, p, act);
+    let optim = stage_time_at(&c.optim, p, dense_bytes_per_s(p));
+    let mlp = stage_time_at(&c.mlp, p, mlp_bytes_per_s(w, p));
     let bwd = stage_time_at(&c.emb_bwd, p, act);
     let tail = cpu_stage_time(&c.scatter, p, false) + optim;
     let serial = fwd + mlp + bwd + tail;

@@ -12,12 +12,13 @@
 //!
 //! Calibration (`trainlab calibrate --workload recsys_step`): the CPU op model's per-op overhead, per-row costs (a
 //! row of the embedding ops and the `concat`, a lookup and a miss of a staging copy op), memory and copy bandwidths,
-//! GEMM rate, the activation-bytes rate of micro-batches that fit in this machine's L2, the replacing caches'
+//! GEMM rate, the MLP stage's dense-stream bandwidth, the activation-bytes rate of micro-batches that fit in this machine's L2, the replacing caches'
 //! bookkeeping (per LRU lookup, per LFU lookup and level of its ordered set), the host-row span term (per missed
 //! lookup and doubling of its field's table) and the per-hit gather cost are fitted by weighted least squares
 //! (non-negative, relative residuals) to the step times and per-stage busy times of one-stream steps at 50, 200 and
 //! 1,000 fields (separate and packed, with and without a cache; two of them in 4 micro-batches of 64; LRU and LFU 5%
-//! caches at 50 and 1,000 fields), scaled by one factor to their step times, the overlap factor to three interleaved
+//! caches at 50 and 1,000 fields; the `picasso-wdl` MLP 1024-512-256-1 at 50 and 1,000 fields, batch 70, whose GEMMs
+//! pin the GEMM rate and the MLP's dense-stream bandwidth), scaled by one factor to their step times, the overlap factor to three interleaved
 //! steps. Each case's time is the median over 15 passes of each pass's fastest on-CPU step. Held out, in three
 //! groups ([`held_out_group`]): 100 and 500 fields (separate and packed, no cache and a 1% cache, one stream: the
 //! issue's held-out field counts), LRU and LFU 5% caches at 100 and 500 fields, and three interleaved steps (other
@@ -168,11 +169,26 @@ pub fn cpu_step_with(
     w
 }
 
+/// MLP widths of the calibration's MLP-heavy fit steps ([`cpu_step_mlp`]): those of the `picasso-wdl` scenario.
+pub const HEAVY_MLP: [u64; 4] = [1024, 512, 256, 1];
+
+/// [`cpu_step`] (separate tables, no cache, one micro-batch, one stream) with the MLP `mlp` and the batch cut to the
+/// `cpu` executor's MLP FLOP budget ([`trainlab_executors::recsys::scaled_to_budget`]: 70 samples for
+/// [`HEAVY_MLP`] on the grid's 4,000 pooled values): a step whose GEMMs are most of its time, which pins the GEMM
+/// rate (the 8-1 MLP of the other fit steps has too few FLOPs to).
+pub fn cpu_step_mlp(fields: u64, mlp: &[u64]) -> RecsysStep {
+    let mut w = cpu_step(fields, false, 0.0, 1, 1);
+    w.mlp = mlp.to_vec();
+    w.batch = scaled_to_budget(&w).batch;
+    w
+}
+
 /// Cache fraction of the LRU and LFU calibration steps.
 pub const POLICY_CACHE: f64 = 0.05;
 
 /// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two one-stream steps of
-/// 4 micro-batches; LRU and LFU caches of 5% at 50 and 1,000 fields; three interleaved steps) and the three held-out
+/// 4 micro-batches; LRU and LFU caches of 5% at 50 and 1,000 fields; the [`HEAVY_MLP`] at 50 and 1,000 fields
+/// ([`cpu_step_mlp`]); three interleaved steps) and the three held-out
 /// groups ([`held_out_group`]): the field counts the fit never saw (100 and 500 fields, separate and packed, no cache
 /// and a 1% cache, one stream: the issue's held-out field counts), LRU and LFU caches at 100 and 500 fields, and
 /// three interleaved steps (2 and 4 micro-batches on 2 streams, a 5% cache).
@@ -195,6 +211,10 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
         for f in [50, 1000] {
             fit.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
         }
+    }
+    // MLP-heavy steps at the grid's ends: the GEMM rate.
+    for f in [50, 1000] {
+        fit.push(cpu_step_mlp(f, &HEAVY_MLP));
     }
     let mut held = Vec::new();
     for f in [100, 500] {
@@ -229,7 +249,8 @@ pub fn held_out_group(w: &RecsysStep) -> &'static str {
 }
 
 /// The step of a calibration label ([`label`]: `"F100 d40 separate cache0.01 m1 s1"`, with an LRU or LFU cache
-/// `"F100 d40 separate cache0.05 m1 s1 lru"`), or `None`.
+/// `"F100 d40 separate cache0.05 m1 s1 lru"`, an MLP-heavy step `"F50 d80 separate cache0 m1 s1 mlp1024-512-256-1 b70"`),
+/// or `None`.
 pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let mut it = case.split_whitespace();
     let f: u64 = it.next()?.strip_prefix('F')?.parse().ok()?;
@@ -242,25 +263,48 @@ pub fn step_of_label(case: &str) -> Option<RecsysStep> {
     let cache: f64 = it.next()?.strip_prefix("cache")?.parse().ok()?;
     let m: u64 = it.next()?.strip_prefix('m')?.parse().ok()?;
     let st: u64 = it.next()?.strip_prefix('s')?.parse().ok()?;
-    let policy = match it.next() {
-        None => CachePolicy::StaticTopk,
-        Some("lru") => CachePolicy::Lru,
-        Some("lfu") => CachePolicy::Lfu,
-        Some(_) => return None,
-    };
-    let w = cpu_step_with(f, packing, cache, policy, m, st);
+    let mut policy = CachePolicy::StaticTopk;
+    let (mut mlp, mut batch) = (None, None);
+    for tok in it {
+        match tok {
+            "lru" => policy = CachePolicy::Lru,
+            "lfu" => policy = CachePolicy::Lfu,
+            _ => {
+                if let Some(ws) = tok.strip_prefix("mlp") {
+                    mlp = Some(ws.split('-').map(|x| x.parse().ok()).collect::<Option<Vec<u64>>>()?);
+                } else {
+                    batch = Some(tok.strip_prefix('b')?.parse::<u64>().ok()?);
+                }
+            }
+        }
+    }
+    let mut w = cpu_step_with(f, packing, cache, policy, m, st);
+    if let Some(mlp) = mlp {
+        w.mlp = mlp;
+    }
+    if let Some(b) = batch {
+        w.batch = b;
+    }
     (label(&w) == case).then_some(w)
 }
 
-/// Label of a calibration step (a static top-k cache unnamed, an LRU or LFU cache named last).
+/// Label of a calibration step (a static top-k cache unnamed, an LRU or LFU cache named after the stream count; an MLP
+/// and batch other than the grid's 8-1 and 256 named last).
 pub fn label(w: &RecsysStep) -> String {
     let policy = match w.cache.policy {
         CachePolicy::StaticTopk => "",
         CachePolicy::Lru => " lru",
         CachePolicy::Lfu => " lfu",
     };
+    // The MLP and batch named only where they are not the grid's (8-1, 256).
+    let mlp = if w.mlp == [8, 1] && w.batch == 256 {
+        String::new()
+    } else {
+        let ws: Vec<String> = w.mlp.iter().map(u64::to_string).collect();
+        format!(" mlp{} b{}", ws.join("-"), w.batch)
+    };
     format!(
-        "F{} d{} {} cache{} m{} s{}{policy}",
+        "F{} d{} {} cache{} m{} s{}{policy}{mlp}",
         w.field_count(),
         w.fields[0].dim,
         if w.packing { "packed" } else { "separate" },
@@ -272,7 +316,7 @@ pub fn label(w: &RecsysStep) -> String {
 
 /// Non-negative weighted least squares for a few unknowns: every subset of free unknowns (the rest held at 0) is
 /// solved by its normal equations, and the feasible solution (all >= 0) with the smallest residual is kept: exact
-/// NNLS, `2^n` small solves (used with `n = 12`, [`UNKNOWNS`]).
+/// NNLS, `2^n` small solves (used with `n = 13`, [`UNKNOWNS`]).
 pub fn nnls(rows: &[Vec<f64>], rhs: &[f64]) -> Vec<f64> {
     let n = rows.first().map_or(0, Vec::len);
     let mut best: (f64, Vec<f64>) = (f64::INFINITY, vec![0.0; n]);
@@ -365,8 +409,8 @@ pub fn l2_cache_bytes() -> f64 {
 
 /// Unknowns of the fit: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 /
 /// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level, per host-row span level, per
-/// cache hit.
-pub const UNKNOWNS: usize = 12;
+/// cache hit, 1 / the MLP stage's dense-stream bandwidth.
+pub const UNKNOWNS: usize = 13;
 
 /// Weight of a one-stream fit step's step-time equation against its three stage equations (relative residuals).
 pub const STEP_WEIGHT: f64 = 3.0;
@@ -382,11 +426,20 @@ pub fn fit_with_cache(steps: &[(RecsysStep, Measured)], cache_bytes: f64) -> Rec
 pub const SPAN: usize = 10;
 /// Unknown of the per-hit term (`hit_s`) in [`fit_terms`].
 pub const HIT: usize = 11;
+/// Unknown of the MLP stage's dense-stream bandwidth (`mlp_bytes_per_s`) in [`fit_terms`]: dropped, the MLP bytes
+/// are charged at the memory bandwidth as before it (`mlp_bytes_per_s = None`).
+pub const MLP_BW: usize = 12;
+
+/// Whether `w` is one of the MLP-heavy fit steps ([`cpu_step_mlp`]: an MLP other than the grid's 8-1).
+pub fn is_mlp_heavy(w: &RecsysStep) -> bool {
+    w.mlp != [8, 1]
+}
 
 /// [`fit_with_cache`] with the unknowns in `drop` held at 0 ([`SPAN`], [`HIT`]: the calibration reports the held-out
 /// errors of the fits without them, of the same measurements).
 pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usize]) -> RecsysCpuParams {
     let (mut rows, mut rhs) = (Vec::new(), Vec::new());
+    let shared_bw = drop.contains(&MLP_BW);
     for (w, m) in steps.iter().filter(|(w, _)| w.streams == 1) {
         let resident = cache_bytes > 0.0 && trainlab_models::recsys::mlp_working_set(w) <= cache_bytes;
         let c = &m.counts;
@@ -398,6 +451,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         // memory), time per row of a staging copy op (its lookups), per missed lookup, per lookup an LRU cache
         // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup), per host-row access and doubling of
         // its table (`span_levels`: copy and scatter), per cache hit (the gather's random device-table row).
+        // (the MLP stage's bytes from memory are dense streams at their own bandwidth, the last unknown)
         let (mlp_mem, mlp_cache) = if resident {
             (c.optim.bytes, c.mlp.bytes)
         } else {
@@ -425,6 +479,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     c.copy.lfu_levels,
                     c.copy.span_levels,
                     0.0,
+                    0.0,
                 ],
             ),
             (
@@ -442,6 +497,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     0.0,
                     c.scatter.span_levels,
                     c.emb_fwd.hits,
+                    0.0,
                 ],
             ),
             (
@@ -449,7 +505,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                 [
                     sum(|s| s.ops, &mlp),
                     sum(|s| s.rows, &mlp),
-                    mlp_mem,
+                    if shared_bw { mlp_mem } else { 0.0 },
                     0.0,
                     sum(|s| s.flops, &mlp),
                     mlp_cache,
@@ -459,6 +515,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     0.0,
                     0.0,
                     0.0,
+                    if shared_bw { 0.0 } else { mlp_mem },
                 ],
             ),
         ];
@@ -503,6 +560,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         mem_bytes_per_s: inv(x[2]),
         copy_bytes_per_s: inv(x[3]),
         gemm_flops_per_s: inv(x[4]),
+        mlp_bytes_per_s: (!shared_bw).then(|| inv(x[MLP_BW])),
         overlap: 1.0,
         threads,
         cache_bytes,
@@ -531,6 +589,7 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         p.mem_bytes_per_s /= k;
         p.copy_bytes_per_s /= k;
         p.gemm_flops_per_s /= k;
+        p.mlp_bytes_per_s = p.mlp_bytes_per_s.map(|b| b / k);
         p.cache_bytes_per_s /= k;
     }
     let (mut num, mut den) = (0.0, 0.0);
@@ -630,6 +689,9 @@ impl Calibration for RecsysCalibration {
         .into_iter()
         .map(|(name, drop)| (name, fit_terms(&fitted, l2_cache_bytes(), &drop)))
         .collect();
+        // The previous model on the same measurements: no MLP-heavy fit steps, the MLP bytes at the memory bandwidth.
+        let previous: Vec<(RecsysStep, Measured)> = fitted.iter().filter(|(w, _)| !is_mlp_heavy(w)).cloned().collect();
+        let previous = fit_terms(&previous, l2_cache_bytes(), &[MLP_BW]);
         let seed = req.seed;
         let study = "calibrate-recsys_step-cpu";
         let mut records = pass_records;
@@ -746,7 +808,7 @@ impl Calibration for RecsysCalibration {
                 "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copy-op lookup, {:.1} ns per miss, \
                  {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, {:.2} ns per host-row span level, {:.1} ns per hit, memory \
                  {:.2} GB/s, staging copy \
-                 {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
+                 {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP dense streams {:.2} GB/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
                 params.row_s * 1e9,
                 params.copy_row_s.unwrap_or(params.row_s) * 1e9,
@@ -758,6 +820,7 @@ impl Calibration for RecsysCalibration {
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
+                params.mlp_bytes_per_s.unwrap_or(params.mem_bytes_per_s) * 1e-9,
                 params.cache_bytes / 1024.0,
                 params.cache_bytes_per_s * 1e-9,
                 params.overlap,
@@ -797,6 +860,29 @@ impl Calibration for RecsysCalibration {
             ablation_json.insert(
                 format!("without {name}"),
                 serde_json::json!({"fields_median": fm, "fields_max": fw, "policy_median": pm, "policy_max": pw}),
+            );
+        }
+        {
+            let e = errs_of(&previous);
+            let (fm, fw, _) = group_errs_of(&e, "fields");
+            let (pm, pw, _) = group_errs_of(&e, "policy");
+            let (im, iw, _) = group_errs_of(&e, "interleaved");
+            notes.push(format!(
+                "the same measurements fitted by the previous model (no MLP-heavy fit steps, the MLP bytes at the \
+                 memory bandwidth: GEMM {:.2} GFLOP/s): held-out field counts median {:.1}%, worst {:.1}%; LRU/LFU \
+                 median {:.1}%, worst {:.1}%; interleaved median {:.1}%, worst {:.1}%",
+                previous.gemm_flops_per_s * 1e-9,
+                100.0 * fm,
+                100.0 * fw,
+                100.0 * pm,
+                100.0 * pw,
+                100.0 * im,
+                100.0 * iw
+            ));
+            ablation_json.insert(
+                "previous model".into(),
+                serde_json::json!({"fields_median": fm, "fields_max": fw, "policy_median": pm, "policy_max": pw,
+                    "interleaved_median": im, "interleaved_max": iw, "params": previous}),
             );
         }
         let json = serde_json::json!({
