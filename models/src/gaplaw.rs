@@ -392,7 +392,7 @@ pub struct Followed {
     /// Examples seen from each domain.
     pub seen: Vec<f64>,
     /// The displacement state (`n×n`, see [`advance_displacement`]; the law's refresh scale).
-    pub recent: Vec<f64>,
+    pub displacement: Vec<f64>,
     /// The final weights.
     pub weights: Vec<f64>,
 }
@@ -414,14 +414,14 @@ pub fn follow(
 ) -> Followed {
     let n = w.domains.len();
     let mut seen = vec![0.0; n];
-    let mut recent = vec![0.0; n * n];
+    let mut displacement = vec![0.0; n * n];
     let mut weights = w.initial_weights();
     // One stretch: its examples drawn, the displacement state advanced by what it added.
-    let mut stretch = |weights: &[f64], examples: u64, seen: &mut Vec<f64>, recent: &mut Vec<f64>| {
+    let mut stretch = |weights: &[f64], examples: u64, seen: &mut Vec<f64>, displacement: &mut Vec<f64>| {
         let before = seen.clone();
         draw(weights, examples, seen);
         let chunk: Vec<f64> = seen.iter().zip(&before).map(|(a, b)| a - b).collect();
-        advance_displacement(recent, &chunk, law.refresh);
+        advance_displacement(displacement, &chunk, law.refresh);
     };
     let steps = w.student_tokens.div_ceil(w.batch);
     // Examples in the first `s` steps (the last step may be short).
@@ -431,9 +431,14 @@ pub fn follow(
             let mut at = 0u64;
             while at < steps {
                 let next = (at + k).min(steps);
-                stretch(&weights, examples_to(next) - examples_to(at), &mut seen, &mut recent);
+                stretch(
+                    &weights,
+                    examples_to(next) - examples_to(at),
+                    &mut seen,
+                    &mut displacement,
+                );
                 if next.is_multiple_of(k) {
-                    let l = law.predict(&seen, pools, &recent);
+                    let l = law.predict(&seen, pools, &displacement);
                     weights = ddk_update(&weights, &l, teacher_ce, alpha);
                 }
                 at = next;
@@ -444,12 +449,16 @@ pub fn follow(
             let st = w.stretches().unwrap_or_default();
             for (j, (from, wts)) in st.iter().enumerate() {
                 let to = st.get(j + 1).map_or(steps, |(s, _)| *s).min(steps);
-                stretch(wts, examples_to(to) - examples_to(*from), &mut seen, &mut recent);
+                stretch(wts, examples_to(to) - examples_to(*from), &mut seen, &mut displacement);
                 weights.clone_from(wts);
             }
         }
     }
-    Followed { seen, recent, weights }
+    Followed {
+        seen,
+        displacement,
+        weights,
+    }
 }
 
 /// Most DDK updates a law-driven run follows (each evaluates the law on every domain).
@@ -525,7 +534,12 @@ impl Backend<Distillation> for GapLawBackend {
         p.check_for(w)?;
         check_updates(w)?;
         let f = follow(w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
-        Ok(outcome(w, p, p.law.predict(&f.seen, &p.pools(), &f.recent), f.weights))
+        Ok(outcome(
+            w,
+            p,
+            p.law.predict(&f.seen, &p.pools(), &f.displacement),
+            f.weights,
+        ))
     }
 }
 

@@ -48,7 +48,7 @@ pub fn replicate(w: &Distillation, p: &DistillProfile, seed: Seed) -> Followed {
 
 /// Mean and worst gap of a followed run.
 fn gaps(p: &DistillProfile, f: &Followed) -> (f64, f64, Vec<f64>) {
-    let l = p.law.predict(&f.seen, &p.pools(), &f.recent);
+    let l = p.law.predict(&f.seen, &p.pools(), &f.displacement);
     let g: Vec<f64> = l.iter().zip(&p.teacher_ce).map(|(a, b)| a - b).collect();
     let mean = g.iter().sum::<f64>() / g.len() as f64;
     let worst = g.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -337,7 +337,11 @@ mod tests {
         advance_displacement(&mut m, &first, 300.0);
         advance_displacement(&mut m, &second, 300.0);
         for i in 0..9 {
-            assert!((f.recent[i] - m[i]).abs() < 1e-12, "{:?} vs {m:?}", f.recent);
+            assert!(
+                (f.displacement[i] - m[i]).abs() < 1e-12,
+                "{:?} vs {m:?}",
+                f.displacement
+            );
         }
         assert_eq!(f.weights, last);
         // Starving b and c after the uniform phase: their displacement by a (S_ba, S_ca) grows beyond what uniform
@@ -346,10 +350,12 @@ mod tests {
         u.schedule = Schedule::Uniform;
         let fu = follow(&u, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
         assert!(
-            f.recent[3] > fu.recent[3] && f.recent[6] > fu.recent[6] && f.recent[1] < fu.recent[1],
+            f.displacement[3] > fu.displacement[3]
+                && f.displacement[6] > fu.displacement[6]
+                && f.displacement[1] < fu.displacement[1],
             "{:?} {:?}",
-            f.recent,
-            fu.recent
+            f.displacement,
+            fu.displacement
         );
     }
 
@@ -373,7 +379,7 @@ mod tests {
             w.schedule = s;
             let mc = monte_carlo(&w, &p, 200, Seed(3), &cancel).unwrap();
             let f = follow(&w, &p.law, &p.teacher_ce, &p.pools(), &mut expected_chunk);
-            let cf = p.law.predict(&f.seen, &p.pools(), &f.recent);
+            let cf = p.law.predict(&f.seen, &p.pools(), &f.displacement);
             for (a, b) in mc.student_ce.iter().zip(&cf) {
                 assert!((a - b).abs() < 1e-3, "{:?} vs {cf:?}", mc.student_ce);
             }

@@ -294,13 +294,13 @@ fn fit_law(
             let Some(g) = plan.fit.iter().position(|s| s == &r.schedule) else {
                 continue;
             };
-            let (mut prev, mut recent) = (vec![0.0; n], vec![0.0; n * n]);
+            let (mut prev, mut displacement) = (vec![0.0; n], vec![0.0; n * n]);
             for p in &r.trace {
                 let chunk: Vec<f64> = p.seen.iter().zip(&prev).map(|(a, b)| a - b).collect();
-                advance_displacement(&mut recent, &chunk, h);
+                advance_displacement(&mut displacement, &chunk, h);
                 prev.clone_from(&p.seen);
                 for i in 0..n {
-                    x.push(GapLaw::row(i, &p.seen, &pools, &recent));
+                    x.push(GapLaw::row(i, &p.seen, &pools, &displacement));
                     y.push(p.student_ce[i]);
                     group.push(g);
                 }
@@ -344,14 +344,14 @@ fn fit_law(
         let cv_rmse = (sse / data.len() as f64).sqrt();
         profile_h.push((h, r.objective, r.gof.r2, cv_rmse));
     }
-    let horizon = profile_h
+    let refresh = profile_h
         .iter()
         .min_by(|a, b| a.3.total_cmp(&b.3))
         .map(|x| x.0)
         .unwrap_or(1.0);
-    let (data, _) = rows(horizon)?;
+    let (data, _) = rows(refresh)?;
     progress(format!(
-        "fitting the gap law on {} traced points (refresh scale {horizon})",
+        "fitting the gap law on {} traced points (refresh scale {refresh})",
         data.len()
     ));
     let best = fit::fit(&law, &data, &cfg)?;
@@ -368,7 +368,7 @@ fn fit_law(
     setup.schedule = Schedule::Uniform;
     let with_h = |p: &[f64]| {
         let mut q = law.unpack(p);
-        q.refresh = horizon;
+        q.refresh = refresh;
         q
     };
     let profile = DistillProfile {
