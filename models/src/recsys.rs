@@ -716,10 +716,9 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
         for (ci, (dim, members)) in chains.iter().enumerate() {
             let d = *dim as f64;
             let nf: f64 = members.iter().map(|&(_, n)| n as f64).sum();
-            let l: f64 = members
-                .iter()
-                .map(|&(g, n)| b * (n * w.fields[g].ids_per_sample) as f64)
-                .sum();
+            // lookups of one field of the chain in this micro-batch
+            let lookups = |g: usize, n: u64| b * (n * w.fields[g].ids_per_sample) as f64;
+            let l: f64 = members.iter().map(|&(g, n)| lookups(g, n)).sum();
             let miss = misses(m, ci);
             c.lookups += l;
             c.hits += l - miss;
@@ -731,10 +730,7 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
                 // chain's misses split over its fields by their lookups)
                 let levels: f64 = members
                     .iter()
-                    .map(|&(g, n)| {
-                        let lg = b * (n * w.fields[g].ids_per_sample) as f64;
-                        lg / l * span_levels(w.fields[g].rows, w.fields[g].dim)
-                    })
+                    .map(|&(g, n)| lookups(g, n) / l * span_levels(w.fields[g].rows, w.fields[g].dim))
                     .sum::<f64>()
                     * miss;
                 c.copy.span_levels += levels;
@@ -749,7 +745,7 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
             // a replacing cache decides every lookup (its bookkeeping runs whether or not something missed)
             for &(g, n) in members {
                 let k = w.cached_rows(w.fields[g].rows);
-                let lg = b * (n * w.fields[g].ids_per_sample) as f64;
+                let lg = lookups(g, n);
                 match w.cache.policy {
                     _ if k == 0 => {}
                     CachePolicy::Lru => c.copy.lru_lookups += lg,
