@@ -278,10 +278,11 @@ mod tests {
             law: GapLawParams {
                 floor: vec![2.4, 2.62, 2.78],
                 scale: vec![3.0, 1.0, 0.8],
-                beta: 0.4,
+                beta: vec![0.4; 3],
                 transfer: 0.2,
                 rstar: 3.0,
                 pressure: vec![],
+                harm: vec![],
                 refresh: 1.0,
             },
             bootstrap: vec![],

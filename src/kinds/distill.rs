@@ -629,9 +629,14 @@ impl Calibration for DistillCalibration {
                 best.gof.r2
             ),
             format!(
-                "fitted: beta {:.3}, transfer {:.3}, R* {:.2}, pressure per 10k examples {:?}, refresh scale {} \
-                 (by refresh scale: fit objective, fit R², leave-one-schedule-out RMSE: {}); floors {:?}",
-                profile.law.beta,
+                "fitted: beta {:?}, transfer {:.3}, R* {:.2}, pressure per 10k examples {:?}, harm {:?} nats, refresh \
+                 scale {} (by refresh scale: fit objective, fit R², leave-one-schedule-out RMSE: {}); floors {:?}",
+                profile
+                    .law
+                    .beta
+                    .iter()
+                    .map(|v| (v * 1000.0).round() / 1000.0)
+                    .collect::<Vec<_>>(),
                 profile.law.transfer,
                 profile.law.rstar,
                 profile
@@ -639,6 +644,12 @@ impl Calibration for DistillCalibration {
                     .pressure
                     .iter()
                     .map(|v| (v * 1e4 * 1e4).round() / 1e4)
+                    .collect::<Vec<_>>(),
+                profile
+                    .law
+                    .harm
+                    .iter()
+                    .map(|v| (v * 1e4).round() / 1e4)
                     .collect::<Vec<_>>(),
                 profile.law.refresh,
                 profile_h
@@ -744,8 +755,10 @@ mod tests {
         )
         .unwrap();
         let dir = std::path::PathBuf::from(std::env::var("TRAINLAB_DDK_DIR").expect("TRAINLAB_DDK_DIR"));
-        let saved: Profile<DistillProfile> =
+        // Only the teacher's losses are read from the saved profile (its law may be of an earlier form).
+        let saved: toml::Value =
             toml::from_str(&std::fs::read_to_string(dir.join("profile-distillation-cpu.toml")).unwrap()).unwrap();
+        let teacher_ce: Vec<f64> = saved["params"]["teacher_ce"].clone().try_into().unwrap();
         let mut plan = CalPlan::new(false).unwrap();
         if let Ok(v) = std::env::var("TRAINLAB_DDK_NU") {
             plan.refresh = v.split(',').map(|x| x.parse().unwrap()).collect();
@@ -764,17 +777,14 @@ mod tests {
                     schedule,
                     seed: t["seed"].as_u64().unwrap(),
                     student_ce: trace.last().unwrap().student_ce.clone(),
-                    teacher_ce: saved.params.teacher_ce.clone(),
+                    teacher_ce: teacher_ce.clone(),
                     trace,
                 })
             })
             .collect();
         let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let t0 = std::time::Instant::now();
-        let f = fit_law(&plan, &runs, &saved.params.teacher_ce, Seed(42), &cancel, &|m| {
-            eprintln!("{m}")
-        })
-        .unwrap();
+        let f = fit_law(&plan, &runs, &teacher_ce, Seed(42), &cancel, &|m| eprintln!("{m}")).unwrap();
         eprintln!("fit in {:.0} s: {:?}", t0.elapsed().as_secs_f64(), f.refresh_profile);
         eprintln!("law {:?}", f.profile.law);
         let (mut pred, mut obs, mut p1, mut o1) = (vec![], vec![], vec![], vec![]);
@@ -786,7 +796,7 @@ mod tests {
             eprintln!(
                 "{:<50} measured gap {:.4} predicted {:.4}",
                 describe_schedule(s),
-                mean_gap(&meas, &saved.params.teacher_ce),
+                mean_gap(&meas, &teacher_ce),
                 mc.mean_gap.0
             );
             if plan.held.contains(s) {
