@@ -606,45 +606,36 @@ mod tests {
     fn gradient_matches_finite_differences() {
         let law = GapLaw::new(3);
         let p = GapLaw::pack(&truth());
+        let pools = [20000.0, 2000.0, 20000.0];
+        // The analytic gradient of row `x` against central differences; returns it.
+        let check = |x: &[f64], what: &str| {
+            let mut g = vec![0.0; p.len()];
+            law.log_grad(&p, x, &mut g);
+            for j in 0..p.len() {
+                let h = 1e-6;
+                let (mut up, mut dn) = (p.clone(), p.clone());
+                up[j] += h;
+                dn[j] -= h;
+                let num = (law.log_eval(&up, x) - law.log_eval(&dn, x)) / (2.0 * h);
+                assert!(
+                    (num - g[j]).abs() < 1e-6 * (1.0 + num.abs()),
+                    "{what}, param {j}: {num} vs {}",
+                    g[j]
+                );
+            }
+            g
+        };
         // Domain 2 with its pool reused (D > P) so every parameter, R* included, has a gradient.
-        let x = GapLaw::row(
-            1,
-            &[5000.0, 9000.0, 300.0],
-            &[20000.0, 2000.0, 20000.0],
-            &[0.0, 10.0, 20.0, 3000.0, 0.0, 900.0, 5.0, 7.0, 0.0],
+        let displaced = [0.0, 10.0, 20.0, 3000.0, 0.0, 900.0, 5.0, 7.0, 0.0];
+        let g = check(
+            &GapLaw::row(1, &[5000.0, 9000.0, 300.0], &pools, &displaced),
+            "displaced",
         );
-        let mut g = vec![0.0; p.len()];
-        law.log_grad(&p, &x, &mut g);
-        for j in 0..p.len() {
-            let h = 1e-6;
-            let (mut up, mut dn) = (p.clone(), p.clone());
-            up[j] += h;
-            dn[j] -= h;
-            let num = (law.log_eval(&up, &x) - law.log_eval(&dn, &x)) / (2.0 * h);
-            assert!(
-                (num - g[j]).abs() < 1e-6 * (1.0 + num.abs()),
-                "param {j}: {num} vs {}",
-                g[j]
-            );
-        }
         // The row's own domain exerts no pressure and no harm on itself.
         assert_eq!(g[3 * 3 + 2 + 1], 0.0);
         assert_eq!(g[4 * 3 + 2 + 1], 0.0);
         // The same with no displacement at all (h = 0: the harm's f/h limit).
-        let x = GapLaw::row(1, &[5000.0, 9000.0, 300.0], &[20000.0, 2000.0, 20000.0], &[0.0; 9]);
-        law.log_grad(&p, &x, &mut g);
-        for j in 0..p.len() {
-            let h = 1e-6;
-            let (mut up, mut dn) = (p.clone(), p.clone());
-            up[j] += h;
-            dn[j] -= h;
-            let num = (law.log_eval(&up, &x) - law.log_eval(&dn, &x)) / (2.0 * h);
-            assert!(
-                (num - g[j]).abs() < 1e-6 * (1.0 + num.abs()),
-                "h = 0, param {j}: {num} vs {}",
-                g[j]
-            );
-        }
+        check(&GapLaw::row(1, &[5000.0, 9000.0, 300.0], &pools, &[0.0; 9]), "h = 0");
     }
 
     #[test]
