@@ -360,3 +360,87 @@ fn a_teacher_smaller_than_the_student_runs_with_a_warning() {
         );
     }
 }
+
+/// Fields of one CSV line (commas inside double quotes kept).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for ch in line.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+#[test]
+fn the_shipped_law_on_schedules_the_calibration_never_ran() {
+    // `datasets/calibration/ddk-fresh`: four schedules chosen after the law was committed and never run by its
+    // calibration, 3 new student seeds each (measured), against today's simulated loop on the shipped law. The
+    // smoothed and static ones are predicted (R^2 0.930 over 18 per-domain losses, worst 1.0%); the unsmoothed one
+    // at k = 10 is not: its runs keep `web` (2.77-2.80 nats in every seed) where the law starves it (2.96), R^2 0.745
+    // with it. Asserted: >= 0.9 without it, and that the miss is still there (so that fixing it shows up here).
+    let (p, _) = shipped();
+    let w0 = ddk_tiny();
+    let names: Vec<String> = w0.domains.iter().map(|d| d.name.clone()).collect();
+    let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/ddk-fresh/records.csv");
+    let text = std::fs::read_to_string(f).expect("the fresh records");
+    let mut lines = text.lines();
+    let head = csv_fields(lines.next().expect("a header"));
+    let col = |name: &str| head.iter().position(|h| h == name).expect(name);
+    let (backend, metric, value, sched) = (col("backend"), col("metric"), col("value"), col("param.schedule"));
+    let mut measured: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
+    for l in lines {
+        let f = csv_fields(l);
+        let Some(i) = names.iter().position(|n| f[metric] == format!("student_ce.{n}")) else {
+            continue;
+        };
+        if f[backend] == "cpu" {
+            measured
+                .entry((f[sched].clone(), i))
+                .or_default()
+                .push(f[value].parse().unwrap());
+        }
+    }
+    let schedules = [
+        ("[ddk], alpha = 1.0, k = 10", Schedule::Ddk { k: 10, alpha: 1.0 }),
+        ("[ddk], alpha = 0.25, k = 50", Schedule::Ddk { k: 50, alpha: 0.25 }),
+        ("[ddk], alpha = 0.75, k = 100", Schedule::Ddk { k: 100, alpha: 0.75 }),
+        (
+            "static = [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]",
+            Schedule::Static(vec![0.5, 0.1, 0.1, 0.1, 0.1, 0.1]),
+        ),
+    ];
+    let cancel = AtomicBool::new(false);
+    let (mut pred, mut obs, mut pred_s, mut obs_s) = (vec![], vec![], vec![], vec![]);
+    for (label, s) in schedules {
+        let mut w = w0.clone();
+        w.schedule = s.clone();
+        let mc = monte_carlo(&w, &p.params, 100, Seed(42).derive("distill.mc"), &cancel).unwrap();
+        for (i, ce) in mc.student_ce.iter().enumerate() {
+            let m = &measured[&(label.to_string(), i)];
+            assert_eq!(m.len(), 3, "{label} {i}");
+            let mean = m.iter().sum::<f64>() / 3.0;
+            pred.push(*ce);
+            obs.push(mean);
+            if !matches!(s, Schedule::Ddk { alpha, .. } if alpha >= 1.0) {
+                pred_s.push(*ce);
+                obs_s.push(mean);
+            }
+        }
+    }
+    let r2 = trainlab_models::fit::GoodnessOfFit::from_predictions(&pred, &obs, 1e-3).r2;
+    let r2_s = trainlab_models::fit::GoodnessOfFit::from_predictions(&pred_s, &obs_s, 1e-3).r2;
+    eprintln!(
+        "fresh schedules: R^2 {r2:.3} over {} values, {r2_s:.3} over {} (alpha < 1)",
+        obs.len(),
+        obs_s.len()
+    );
+    assert!(r2_s >= 0.9, "R^2 (alpha < 1) {r2_s}");
+    assert!(
+        r2 < 0.9,
+        "R^2 {r2}: the unsmoothed fresh schedule is now predicted, update the README and this test"
+    );
+}
