@@ -361,20 +361,6 @@ fn a_teacher_smaller_than_the_student_runs_with_a_warning() {
     }
 }
 
-/// Fields of one CSV line (commas inside double quotes kept).
-fn csv_fields(line: &str) -> Vec<String> {
-    let (mut out, mut cur, mut quoted) = (Vec::new(), String::new(), false);
-    for ch in line.chars() {
-        match ch {
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            c => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out
-}
-
 #[test]
 fn the_shipped_law_on_schedules_the_calibration_never_ran() {
     // `datasets/calibration/ddk-fresh`: four schedules chosen after the law was committed and never run by its
@@ -388,12 +374,12 @@ fn the_shipped_law_on_schedules_the_calibration_never_ran() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/ddk-fresh/records.csv");
     let text = std::fs::read_to_string(f).expect("the fresh records");
     let mut lines = text.lines();
-    let head = csv_fields(lines.next().expect("a header"));
+    let head = trainlab_models::fit::csv::split_line(lines.next().expect("a header"));
     let col = |name: &str| head.iter().position(|h| h == name).expect(name);
     let (backend, metric, value, sched) = (col("backend"), col("metric"), col("value"), col("param.schedule"));
     let mut measured: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
     for l in lines {
-        let f = csv_fields(l);
+        let f = trainlab_models::fit::csv::split_line(l);
         let Some(i) = names.iter().position(|n| f[metric] == format!("student_ce.{n}")) else {
             continue;
         };

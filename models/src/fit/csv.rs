@@ -17,7 +17,8 @@ pub struct Table {
     pub source: String,
 }
 
-fn split_line(line: &str) -> Vec<String> {
+/// The fields of one CSV line, trimmed (commas inside double quotes kept, the quotes dropped).
+pub fn split_line(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
