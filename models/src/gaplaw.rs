@@ -247,13 +247,14 @@ impl GapLawParams {
 
     /// Checks that the parameters can be used (finite, positive where they must be), naming `field`.
     pub fn validate(&self, field: &str, n: usize) -> Result<(), Error> {
-        if self.floor.len() != n || self.scale.len() != n || self.beta.len() != n {
+        let per_domain_params = [("floor", &self.floor), ("scale", &self.scale), ("beta", &self.beta)];
+        if let Some((name, v)) = per_domain_params.iter().find(|(_, v)| v.len() != n) {
             return Err(Error::invalid(
-                format!("{field}.floor"),
-                self.floor.len(),
+                format!("{field}.{name}"),
+                v.len(),
                 format!(
-                    "the law was fitted on {} domains, this workload has {n}",
-                    self.floor.len()
+                    "the law has {} values of `{name}`, this workload has {n} domains",
+                    v.len()
                 ),
                 "calibrate on a workload with the same domains",
             ));

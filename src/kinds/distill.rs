@@ -618,6 +618,10 @@ impl Calibration for DistillCalibration {
             calibrated: ranked[0].summary.mean_gap.0,
             uncalibrated: None,
         });
+        // `v·unit`, rounded to `1/scale`: the notes' parameter lists.
+        let rounded = |v: &[f64], unit: f64, scale: f64| -> Vec<f64> {
+            v.iter().map(|x| (x * unit * scale).round() / scale).collect()
+        };
         let mut notes = vec![
             format!(
                 "{} real runs on {} (setup seed fixed, student seeds {:?}); law fitted on {} traced points of the \
@@ -631,38 +635,18 @@ impl Calibration for DistillCalibration {
             format!(
                 "fitted: beta {:?}, transfer {:.3}, R* {:.2}, pressure per 10k examples {:?}, harm {:?} nats, refresh \
                  scale {} (by refresh scale: fit objective, fit R², leave-one-schedule-out RMSE: {}); floors {:?}",
-                profile
-                    .law
-                    .beta
-                    .iter()
-                    .map(|v| (v * 1000.0).round() / 1000.0)
-                    .collect::<Vec<_>>(),
+                rounded(&profile.law.beta, 1.0, 1000.0),
                 profile.law.transfer,
                 profile.law.rstar,
-                profile
-                    .law
-                    .pressure
-                    .iter()
-                    .map(|v| (v * 1e4 * 1e4).round() / 1e4)
-                    .collect::<Vec<_>>(),
-                profile
-                    .law
-                    .harm
-                    .iter()
-                    .map(|v| (v * 1e4).round() / 1e4)
-                    .collect::<Vec<_>>(),
+                rounded(&profile.law.pressure, 1e4, 1e4),
+                rounded(&profile.law.harm, 1.0, 1e4),
                 profile.law.refresh,
                 profile_h
                     .iter()
                     .map(|(h, o, r2, cv)| format!("{h}: {o:.4}, {r2:.3}, {cv:.4}"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                profile
-                    .law
-                    .floor
-                    .iter()
-                    .map(|v| (v * 1000.0).round() / 1000.0)
-                    .collect::<Vec<_>>()
+                rounded(&profile.law.floor, 1.0, 1000.0)
             ),
             format!(
                 "held-out DDK runs: R² {r2:.3} of final per-domain losses ({} values; {r2_smoothed:.3} without \
