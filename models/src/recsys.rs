@@ -522,6 +522,18 @@ pub struct RecsysCpuParams {
     /// profiles): 0. On a CPU the "device" table is the same memory, so a hit costs about what the miss path saves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hit_s: Option<f64>,
+    /// Time per byte of a hit row of an LRU cache, on top of `hit_s` (read by the `gather`, updated by the
+    /// `scatter`): a replacing cache keeps each row in the slot it was admitted to, so its hot rows lie scattered over
+    /// the "device" table, where a static top-k cache keeps the hottest rows together at the table's start; seconds;
+    /// `None` (older profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lru_hit_byte_s: Option<f64>,
+    /// Time per byte of a hit row of an LFU cache, on top of `hit_s`: as `lru_hit_byte_s`, fitted on its own (the
+    /// LFU steps' embedding stage costs about twice the LRU steps' extra per hit byte, measured; a likely cause is the
+    /// larger bookkeeping of the copy stage before it, an ordered set per field, evicting the device rows from the
+    /// CPU caches: not measured); seconds; `None` (older profiles): 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lfu_hit_byte_s: Option<f64>,
     /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.
     pub mem_bytes_per_s: f64,
     /// Bandwidth of the staging copy of missed rows (the stand-in for PCIe), bytes/s.
@@ -562,6 +574,8 @@ impl RecsysCpuParams {
             lfu_level_s: None,
             span_s: None,
             hit_s: None,
+            lru_hit_byte_s: None,
+            lfu_hit_byte_s: None,
             mem_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             copy_bytes_per_s: g.hbm_bandwidth_bytes_per_s,
             gemm_flops_per_s: 0.5 * g.peak(trainlab_core::Dtype::Fp32),
@@ -611,6 +625,10 @@ pub struct CpuStage {
     pub span_levels: f64,
     /// Lookups that hit the cache (`gather` ops only).
     pub hits: f64,
+    /// Bytes of the rows of the hits of an LRU cache, `4 d` per hit (`gather` ops only).
+    pub lru_hit_bytes: f64,
+    /// Bytes of the rows of the hits of an LFU cache, `4 d` per hit (`gather` ops only).
+    pub lfu_hit_bytes: f64,
     /// Bytes of the row moves of a replacing (LRU/LFU) cache's misses, at `mem_bytes_per_s` (copy ops only: each
     /// admitted row staging -> device, each evicted row device -> host, `16 d` bytes per miss).
     pub row_bytes: f64,
@@ -756,6 +774,13 @@ pub fn cpu_counts(w: &RecsysStep, mut misses: impl FnMut(u64, usize) -> f64) -> 
             c.emb_fwd
                 .add(2.0, 2.0 * l, 8.0 * l * d + 4.0 * l * d + 4.0 * b * nf * d, 0.0);
             c.emb_fwd.hits += l - miss;
+            let hit_bytes = 4.0 * (l - miss) * d;
+            match w.cache.policy {
+                _ if w.cache.fraction <= 0.0 => {}
+                CachePolicy::Lru => c.emb_fwd.lru_hit_bytes += hit_bytes,
+                CachePolicy::Lfu => c.emb_fwd.lfu_hit_bytes += hit_bytes,
+                CachePolicy::StaticTopk => {}
+            }
             c.emb_bwd.add(1.0, l, 4.0 * b * nf * d + 4.0 * l * d, 0.0);
             c.scatter.add(1.0, l, 12.0 * l * d, 0.0);
         }
@@ -812,6 +837,8 @@ fn stage_time_at(s: &CpuStage, p: &RecsysCpuParams, bw: f64) -> f64 {
         + s.flops / p.gemm_flops_per_s
         + s.span_levels * p.span_s.unwrap_or(0.0)
         + s.hits * p.hit_s.unwrap_or(0.0)
+        + s.lru_hit_bytes * p.lru_hit_byte_s.unwrap_or(0.0)
+        + s.lfu_hit_bytes * p.lfu_hit_byte_s.unwrap_or(0.0)
 }
 
 /// Bandwidth of the activation-side ops of `w` (forward and backward embedding ops, the MLP): `cache_bytes_per_s`

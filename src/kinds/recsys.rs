@@ -187,7 +187,7 @@ pub fn cpu_step_mlp(fields: u64, mlp: &[u64]) -> RecsysStep {
 pub const POLICY_CACHE: f64 = 0.05;
 
 /// Fit set (one stream: 50, 200, 1,000 fields, separate and packed, no cache and a 1% cache; two one-stream steps of
-/// 4 micro-batches; LRU and LFU caches of 5% at 50 and 1,000 fields; the [`HEAVY_MLP`] at 50 and 1,000 fields
+/// 4 micro-batches; LRU and LFU caches of 5% at 50, 200 and 1,000 fields; the [`HEAVY_MLP`] at 50 and 1,000 fields
 /// ([`cpu_step_mlp`]); three interleaved steps) and the three held-out
 /// groups ([`held_out_group`]): the field counts the fit never saw (100 and 500 fields, separate and packed, no cache
 /// and a 1% cache, one stream: the issue's held-out field counts), LRU and LFU caches at 100 and 500 fields, and
@@ -208,7 +208,7 @@ pub fn calibration_sets() -> (Vec<RecsysStep>, Vec<RecsysStep>) {
     fit.push(cpu_step(1000, false, 0.01, 4, 2));
     fit.push(cpu_step(1000, true, 0.01, 4, 2));
     for policy in [CachePolicy::Lru, CachePolicy::Lfu] {
-        for f in [50, 1000] {
+        for f in [50, 200, 1000] {
             fit.push(cpu_step_with(f, false, POLICY_CACHE, policy, 1, 1));
         }
     }
@@ -409,8 +409,8 @@ pub fn l2_cache_bytes() -> f64 {
 
 /// Unknowns of the fit: op overhead, time per row, 1 / memory bandwidth, 1 / copy bandwidth, 1 / GEMM rate, 1 /
 /// cache bandwidth, time per copy-op lookup, per miss, per LRU lookup, per LFU lookup-level, per host-row span level, per
-/// cache hit, 1 / the MLP stage's dense-stream bandwidth.
-pub const UNKNOWNS: usize = 13;
+/// cache hit, 1 / the MLP stage's dense-stream bandwidth, per byte of an LRU and of an LFU cache's hit row.
+pub const UNKNOWNS: usize = 15;
 
 /// Weight of a one-stream fit step's step-time equation against its three stage equations (relative residuals).
 pub const STEP_WEIGHT: f64 = 3.0;
@@ -429,6 +429,10 @@ pub const HIT: usize = 11;
 /// Unknown of the MLP stage's dense-stream bandwidth (`mlp_bytes_per_s`) in [`fit_terms`]: dropped, the MLP bytes
 /// are charged at the memory bandwidth as before it (`mlp_bytes_per_s = None`).
 pub const MLP_BW: usize = 12;
+/// Unknown of the per-byte cost of an LRU cache's hit row (`lru_hit_byte_s`) in [`fit_terms`].
+pub const LRU_HIT_BYTES: usize = 13;
+/// Unknown of the per-byte cost of an LFU cache's hit row (`lfu_hit_byte_s`) in [`fit_terms`].
+pub const LFU_HIT_BYTES: usize = 14;
 
 /// Whether `w` is one of the MLP-heavy fit steps ([`cpu_step_mlp`]: an MLP other than the grid's 8-1).
 pub fn is_mlp_heavy(w: &RecsysStep) -> bool {
@@ -450,7 +454,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         // rate, 1 / cache bandwidth (the MLP's bytes of a micro-batch that fits; the optimizer's always from
         // memory), time per row of a staging copy op (its lookups), per missed lookup, per lookup an LRU cache
         // decides, per lookup-level of an LFU cache (`log2(k + 1)` per lookup), per host-row access and doubling of
-        // its table (`span_levels`: copy and scatter), per cache hit (the gather's random device-table row).
+        // its table (`span_levels`: copy and scatter), per cache hit (the gather's random device-table row), per byte
+        // of an LRU and of an LFU cache's hit row (their rows scattered over the device table).
         // (the MLP stage's bytes from memory are dense streams at their own bandwidth, the last unknown)
         let (mlp_mem, mlp_cache) = if resident {
             (c.optim.bytes, c.mlp.bytes)
@@ -480,6 +485,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     c.copy.span_levels,
                     0.0,
                     0.0,
+                    0.0,
+                    0.0,
                 ],
             ),
             (
@@ -498,6 +505,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     c.scatter.span_levels,
                     c.emb_fwd.hits,
                     0.0,
+                    c.emb_fwd.lru_hit_bytes,
+                    c.emb_fwd.lfu_hit_bytes,
                 ],
             ),
             (
@@ -516,6 +525,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
                     0.0,
                     0.0,
                     if shared_bw { 0.0 } else { mlp_mem },
+                    0.0,
+                    0.0,
                 ],
             ),
         ];
@@ -557,6 +568,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         lfu_level_s: Some(x[9]),
         span_s: Some(x[10]),
         hit_s: Some(x[11]),
+        lru_hit_byte_s: Some(x[LRU_HIT_BYTES]),
+        lfu_hit_byte_s: Some(x[LFU_HIT_BYTES]),
         mem_bytes_per_s: inv(x[2]),
         copy_bytes_per_s: inv(x[3]),
         gemm_flops_per_s: inv(x[4]),
@@ -586,6 +599,8 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
         p.lfu_level_s = p.lfu_level_s.map(|r| r * k);
         p.span_s = p.span_s.map(|r| r * k);
         p.hit_s = p.hit_s.map(|r| r * k);
+        p.lru_hit_byte_s = p.lru_hit_byte_s.map(|r| r * k);
+        p.lfu_hit_byte_s = p.lfu_hit_byte_s.map(|r| r * k);
         p.mem_bytes_per_s /= k;
         p.copy_bytes_per_s /= k;
         p.gemm_flops_per_s /= k;
@@ -685,13 +700,15 @@ impl Calibration for RecsysCalibration {
             ("span", vec![SPAN]),
             ("hit", vec![HIT]),
             ("span and hit", vec![SPAN, HIT]),
+            ("replacing-cache hit bytes", vec![LRU_HIT_BYTES, LFU_HIT_BYTES]),
         ]
         .into_iter()
         .map(|(name, drop)| (name, fit_terms(&fitted, l2_cache_bytes(), &drop)))
         .collect();
-        // The previous model on the same measurements: no MLP-heavy fit steps, the MLP bytes at the memory bandwidth.
+        // The previous model on the same measurements: no MLP-heavy fit steps, the MLP bytes at the memory bandwidth, no
+        // replacing-cache hit bytes.
         let previous: Vec<(RecsysStep, Measured)> = fitted.iter().filter(|(w, _)| !is_mlp_heavy(w)).cloned().collect();
-        let previous = fit_terms(&previous, l2_cache_bytes(), &[MLP_BW]);
+        let previous = fit_terms(&previous, l2_cache_bytes(), &[MLP_BW, LRU_HIT_BYTES, LFU_HIT_BYTES]);
         let seed = req.seed;
         let study = "calibrate-recsys_step-cpu";
         let mut records = pass_records;
@@ -806,7 +823,7 @@ impl Calibration for RecsysCalibration {
             format!("device: {device}"),
             format!(
                 "fitted: op overhead {:.3} us, {:.1} ns per row, {:.1} ns per copy-op lookup, {:.1} ns per miss, \
-                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, {:.2} ns per host-row span level, {:.1} ns per hit, memory \
+                 {:.1} ns per LRU lookup, {:.1} ns per LFU lookup-level, {:.2} ns per host-row span level, {:.1} ns per hit, {:.3} / {:.3} ns per LRU / LFU hit byte, memory \
                  {:.2} GB/s, staging copy \
                  {:.2} GB/s, GEMM {:.2} GFLOP/s, MLP dense streams {:.2} GB/s, MLP from a {:.0} KiB cache {:.2} GB/s, overlap {:.2}, {} threads",
                 params.op_overhead_s * 1e6,
@@ -817,6 +834,8 @@ impl Calibration for RecsysCalibration {
                 params.lfu_level_s.unwrap_or(0.0) * 1e9,
                 params.span_s.unwrap_or(0.0) * 1e9,
                 params.hit_s.unwrap_or(0.0) * 1e9,
+                params.lru_hit_byte_s.unwrap_or(0.0) * 1e9,
+                params.lfu_hit_byte_s.unwrap_or(0.0) * 1e9,
                 params.mem_bytes_per_s * 1e-9,
                 params.copy_bytes_per_s * 1e-9,
                 params.gemm_flops_per_s * 1e-9,
@@ -869,7 +888,7 @@ impl Calibration for RecsysCalibration {
             let (im, iw, _) = group_errs_of(&e, "interleaved");
             notes.push(format!(
                 "the same measurements fitted by the previous model (no MLP-heavy fit steps, the MLP bytes at the \
-                 memory bandwidth: GEMM {:.2} GFLOP/s): held-out field counts median {:.1}%, worst {:.1}%; LRU/LFU \
+                 memory bandwidth, no replacing-cache hit bytes: GEMM {:.2} GFLOP/s): held-out field counts median {:.1}%, worst {:.1}%; LRU/LFU \
                  median {:.1}%, worst {:.1}%; interleaved median {:.1}%, worst {:.1}%",
                 previous.gemm_flops_per_s * 1e-9,
                 100.0 * fm,
