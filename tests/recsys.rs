@@ -640,8 +640,7 @@ fn committed_profile_predicts_lru_lfu_at_cache_sizes_and_field_counts_it_never_f
                 .collect()
         };
         let fraction: f64 = after(&f[cache], "fraction = ").parse().expect("a cache fraction");
-        // (the reader drops quote characters: `policy = "lru"` reads `policy = lru`)
-        let policy = after(&f[cache], "policy = ");
+        let policy = after(&f[cache], "policy = \"");
         let count: u64 = after(&f[fields], "count = ").parse().expect("a field count");
         measured
             .entry((policy, (fraction * 1000.0).round() as u64, count))

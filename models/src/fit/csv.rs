@@ -17,13 +17,19 @@ pub struct Table {
     pub source: String,
 }
 
-/// The fields of one CSV line, trimmed (commas inside double quotes kept, the quotes dropped).
+/// The fields of one CSV line, trimmed (RFC 4180 quoting: commas inside double quotes kept, the enclosing quotes
+/// dropped, and a doubled quote inside a quoted field read as one quote).
 pub fn split_line(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut quoted = false;
-    for c in line.chars() {
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
         match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
             '"' => quoted = !quoted,
             ',' if !quoted => out.push(std::mem::take(&mut cur)),
             _ => cur.push(c),
@@ -226,6 +232,16 @@ pub fn write(columns: &[&str], rows: &[Vec<f64>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_line_follows_rfc_4180_quoting() {
+        assert_eq!(split_line("a, b ,c"), ["a", "b", "c"]);
+        assert_eq!(split_line("\"x, y\",2"), ["x, y", "2"]);
+        // a doubled quote inside a quoted field is one quote (the report writers escape quotes this way)
+        assert_eq!(split_line("\"policy = \"\"lru\"\"\",3"), ["policy = \"lru\"", "3"]);
+        assert_eq!(split_line("\"\""), [""]);
+        assert_eq!(split_line(""), [""]);
+    }
 
     #[test]
     fn parses_and_reports_row_and_column() {
