@@ -382,13 +382,19 @@ impl Rollout {
                 w.generation_batch,
                 format!(
                     "a rollout engine needs {:.1} GiB per GPU (weights and the KV cache of {batch} sequences of {} \
-                     tokens), more than the {:.0} GiB of a {}",
+                     tokens at {} key/value heads, workload.actor.kv_heads{}), more than the {:.0} GiB of a {}",
                     memory / GIB,
                     w.prompt_len + w.response.max(),
+                    m.kv(),
+                    if m.kv_heads.is_none() {
+                        " left out: multi-head attention"
+                    } else {
+                        ""
+                    },
                     have / GIB,
                     w.cluster.gpu.name
                 ),
-                "lower generation_batch or raise rollout_tp",
+                "lower generation_batch, raise rollout_tp, or give workload.actor.kv_heads of a grouped-query model",
             ));
         }
         Ok(Rollout {
