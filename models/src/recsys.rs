@@ -529,9 +529,9 @@ pub struct RecsysCpuParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lru_hit_byte_s: Option<f64>,
     /// Time per byte of a hit row of an LFU cache, on top of `hit_s`: as `lru_hit_byte_s`, fitted on its own (the
-    /// LFU steps' embedding stage costs about twice the LRU steps' extra per hit byte, measured; a likely cause is the
-    /// larger bookkeeping of the copy stage before it, an ordered set per field, evicting the device rows from the
-    /// CPU caches: not measured); seconds; `None` (older profiles): 0.
+    /// LFU steps' embedding stage costs two to three times the LRU steps' extra per hit byte, measured; a likely cause
+    /// is the larger bookkeeping of the copy stage before it, an ordered set per field, evicting the device rows from
+    /// the CPU caches: not measured); seconds; `None` (older profiles): 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lfu_hit_byte_s: Option<f64>,
     /// Effective bandwidth of the embedding and element-wise ops (random row gathers, pooling, scatter), bytes/s.

@@ -888,7 +888,7 @@ impl Calibration for RecsysCalibration {
             let (im, iw, _) = group_errs_of(&e, "interleaved");
             notes.push(format!(
                 "the same measurements fitted by the previous model (no MLP-heavy fit steps, the MLP bytes at the \
-                 memory bandwidth, no replacing-cache hit bytes: GEMM {:.2} GFLOP/s): held-out field counts median {:.1}%, worst {:.1}%; LRU/LFU \
+                 memory bandwidth, no replacing-cache hit bytes; this fit set's 200-field LRU/LFU steps kept: GEMM {:.2} GFLOP/s): held-out field counts median {:.1}%, worst {:.1}%; LRU/LFU \
                  median {:.1}%, worst {:.1}%; interleaved median {:.1}%, worst {:.1}%",
                 previous.gemm_flops_per_s * 1e-9,
                 100.0 * fm,
