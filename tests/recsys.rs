@@ -744,6 +744,28 @@ fn committed_profile_predicts_lru_lfu_at_cache_sizes_and_field_counts_it_never_f
     assert!(median < 0.08 && worst < 0.15, "median {median}, worst {worst}");
 }
 
+/// The calibration's speed-level flag: two groups of per-pass times more than 15% apart, at least two passes each; a
+/// single slow pass or a spread without a gap is not a level.
+#[test]
+fn speed_levels_split_passes_at_a_wide_gap_only() {
+    use trainlab::kinds::recsys::{SPEED_LEVEL_GAP, speed_levels};
+    let l = speed_levels(&[13.1, 10.0, 10.2, 13.0, 10.1], SPEED_LEVEL_GAP).expect("two levels");
+    assert_eq!((l.low_passes, l.high_passes), (3, 2));
+    assert!(
+        (l.low_s - 10.1).abs() < 1e-12 && (l.high_s - 13.05).abs() < 1e-12,
+        "{l:?}"
+    );
+    // one slow pass: an outlier
+    assert_eq!(speed_levels(&[10.0, 10.1, 10.2, 10.3, 14.0], SPEED_LEVEL_GAP), None);
+    // a spread without a 15% gap
+    assert_eq!(
+        speed_levels(&[10.0, 11.0, 12.0, 13.0, 14.0, 15.0], SPEED_LEVEL_GAP),
+        None
+    );
+    assert_eq!(speed_levels(&[], SPEED_LEVEL_GAP), None);
+    assert_eq!(speed_levels(&[f64::NAN, 1.0], SPEED_LEVEL_GAP), None);
+}
+
 /// The diagnosis of the concave growth of the step with the field count (README): the staging copy's time per
 /// lookup (no cache: every lookup reads a random row of its field's host table) depends on the field's table bytes,
 /// not on the row width: at 62 KiB tables d = 4 and d = 20 cost the same per lookup, a 1,250 KiB table costs more.

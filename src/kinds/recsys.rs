@@ -620,6 +620,45 @@ pub fn fit_terms(steps: &[(RecsysStep, Measured)], cache_bytes: f64, drop: &[usi
     p
 }
 
+/// Relative gap between neighbouring sorted per-pass times that splits a case's passes into two speed levels.
+pub const SPEED_LEVEL_GAP: f64 = 0.15;
+
+/// Two speed levels of one case's per-pass times ([`speed_levels`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SpeedLevels {
+    /// Passes in the faster group.
+    pub low_passes: usize,
+    /// Their median, seconds.
+    pub low_s: f64,
+    /// Passes in the slower group.
+    pub high_passes: usize,
+    /// Their median, seconds.
+    pub high_s: f64,
+}
+
+/// Whether `times` (one case's per-pass step times) fall into two speed levels: sorted, the widest relative gap
+/// between neighbours exceeds `gap` with at least two passes on each side. A single slow pass is an outlier, not a
+/// level.
+pub fn speed_levels(times: &[f64], gap: f64) -> Option<SpeedLevels> {
+    let mut t: Vec<f64> = times.iter().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
+    t.sort_by(f64::total_cmp);
+    let (at, widest) = t
+        .windows(2)
+        .enumerate()
+        .map(|(i, p)| (i + 1, p[1] / p[0] - 1.0))
+        .max_by(|a, b| a.1.total_cmp(&b.1))?;
+    if widest <= gap || at < 2 || t.len() - at < 2 {
+        return None;
+    }
+    let median = |v: &[f64]| trainlab_core::Summary::of(v).median;
+    Some(SpeedLevels {
+        low_passes: at,
+        low_s: median(&t[..at]),
+        high_passes: t.len() - at,
+        high_s: median(&t[at..]),
+    })
+}
+
 /// Calibration of the CPU op model against real CPU steps.
 pub struct RecsysCalibration;
 
@@ -679,6 +718,16 @@ impl Calibration for RecsysCalibration {
             }
         }
         let median = |v: Vec<f64>| trainlab_core::Summary::of(&v).median;
+        // Cases whose passes split into two speed levels (README: the same step lands on levels up to 40% apart with
+        // the process's history), reported so that a user sees which measurements to distrust.
+        let levels: Vec<(String, SpeedLevels)> = all
+            .iter()
+            .zip(&passes_of)
+            .filter_map(|(w, ms)| {
+                let t: Vec<f64> = ms.iter().map(|m| m.step_min_s).collect();
+                speed_levels(&t, SPEED_LEVEL_GAP).map(|l| (label(w), l))
+            })
+            .collect();
         let measured: Vec<Measured> = passes_of
             .into_iter()
             .filter_map(|ms| {
@@ -904,7 +953,40 @@ impl Calibration for RecsysCalibration {
                     "interleaved_median": im, "interleaved_max": iw, "params": previous}),
             );
         }
+        if levels.is_empty() {
+            notes.push(format!(
+                "speed levels: no case's per-pass step times split into two groups more than {:.0}% apart",
+                100.0 * SPEED_LEVEL_GAP
+            ));
+        } else {
+            let list: Vec<String> = levels
+                .iter()
+                .map(|(case, l)| {
+                    format!(
+                        "{case}: {} passes at {:.2} ms, {} at {:.2} ms",
+                        l.low_passes,
+                        l.low_s * 1e3,
+                        l.high_passes,
+                        l.high_s * 1e3
+                    )
+                })
+                .collect();
+            notes.push(format!(
+                "speed levels (per-pass step times in two groups more than {:.0}% apart; the case's median falls in \
+                 the larger group, rerun where it matters): {}",
+                100.0 * SPEED_LEVEL_GAP,
+                list.join("; ")
+            ));
+        }
+        let levels_json: Vec<serde_json::Value> = levels
+            .iter()
+            .map(|(case, l)| {
+                serde_json::json!({"case": case, "low_passes": l.low_passes, "low_s": l.low_s,
+                    "high_passes": l.high_passes, "high_s": l.high_s})
+            })
+            .collect();
         let json = serde_json::json!({
+            "speed_levels": levels_json,
             "ablations": ablation_json,
             "device": device, "params": params,
             "held_out_median_abs_error": median, "held_out_max_abs_error": worst,
