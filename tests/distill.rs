@@ -373,21 +373,15 @@ fn the_shipped_law_on_schedules_the_calibration_never_ran() {
     let names: Vec<String> = w0.domains.iter().map(|d| d.name.clone()).collect();
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/ddk-fresh/records.csv");
     let text = std::fs::read_to_string(f).expect("the fresh records");
-    let mut lines = text.lines();
-    let head = trainlab_models::fit::csv::split_line(lines.next().expect("a header"));
-    let col = |name: &str| head.iter().position(|h| h == name).expect(name);
-    let (backend, metric, value, sched) = (col("backend"), col("metric"), col("value"), col("param.schedule"));
     let mut measured: std::collections::BTreeMap<(String, usize), Vec<f64>> = Default::default();
-    for l in lines {
-        let f = trainlab_models::fit::csv::split_line(l);
-        let Some(i) = names.iter().position(|n| f[metric] == format!("student_ce.{n}")) else {
+    for [backend, metric, value, sched] in
+        common::record_columns(&text, ["backend", "metric", "value", "param.schedule"])
+    {
+        let Some(i) = names.iter().position(|n| metric == format!("student_ce.{n}")) else {
             continue;
         };
-        if f[backend] == "cpu" {
-            measured
-                .entry((f[sched].clone(), i))
-                .or_default()
-                .push(f[value].parse().unwrap());
+        if backend == "cpu" {
+            measured.entry((sched, i)).or_default().push(value.parse().unwrap());
         }
     }
     let schedules = [

@@ -110,31 +110,29 @@ fn picasso_gain_grows_with_the_launch_cost_and_shrinks_with_the_dense_compute() 
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(dir.join("records.csv")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
-    let mut lines = text.lines();
-    let head = trainlab_models::fit::csv::split_line(lines.next().unwrap());
-    let col = |name: &str| head.iter().position(|h| h == name).expect(name);
-    let (backend, metric, value) = (col("backend"), col("metric"), col("value"));
-    let (ovh, mlp, cache, packing) = (
-        col("param.overheads"),
-        col("param.mlp"),
-        col("param.cache"),
-        col("param.packing"),
-    );
     // (backend, assumption) -> (baseline, optimised) samples/s
     let mut pairs: std::collections::BTreeMap<(String, String), (f64, f64)> = Default::default();
-    for l in lines {
-        let f = trainlab_models::fit::csv::split_line(l);
-        if f[metric] != "samples_per_s" {
+    let columns = [
+        "backend",
+        "metric",
+        "value",
+        "param.overheads",
+        "param.mlp",
+        "param.cache",
+        "param.packing",
+    ];
+    for [backend, metric, value, ovh, mlp, cache, packing] in record_columns(&text, columns) {
+        if metric != "samples_per_s" {
             continue;
         }
-        let key = if f[cache].starts_with("fraction = 1.0") {
+        let key = if cache.starts_with("fraction = 1.0") {
             "resident".to_owned()
         } else {
-            format!("{}{}", f[ovh], f[mlp])
+            format!("{ovh}{mlp}")
         };
-        let v: f64 = f[value].parse().unwrap();
-        let e = pairs.entry((f[backend].clone(), key)).or_default();
-        if f[packing] == "true" {
+        let v: f64 = value.parse().unwrap();
+        let e = pairs.entry((backend, key)).or_default();
+        if packing == "true" {
             e.1 = v;
         } else {
             e.0 = v;
@@ -683,21 +681,11 @@ fn committed_profile_predicts_lru_lfu_at_cache_sizes_and_field_counts_it_never_f
     let p: Profile<RecsysProfile> = toml::from_str(&text).expect("a recsys_step profile");
     let text = std::fs::read_to_string(root.join("datasets/calibration/recsys-policies/records.csv"))
         .expect("the committed policy-study records");
-    let mut lines = text.lines();
-    let head = trainlab_models::fit::csv::split_line(lines.next().expect("a header"));
-    let col = |name: &str| head.iter().position(|h| h == name).expect(name);
-    let (backend, metric, value, cache, fields) = (
-        col("backend"),
-        col("metric"),
-        col("value"),
-        col("param.cache"),
-        col("param.fields"),
-    );
     // (policy, cache fraction in per mille, fields) -> measured step times
     let mut measured: std::collections::BTreeMap<(String, u64, u64), Vec<f64>> = Default::default();
-    for l in lines {
-        let f = trainlab_models::fit::csv::split_line(l);
-        if f[backend] != "cpu" || f[metric] != "step_time" {
+    let columns = ["backend", "metric", "value", "param.cache", "param.fields"];
+    for [backend, metric, value, cache, fields] in record_columns(&text, columns) {
+        if backend != "cpu" || metric != "step_time" {
             continue;
         }
         let after = |s: &str, key: &str| -> String {
@@ -707,13 +695,13 @@ fn committed_profile_predicts_lru_lfu_at_cache_sizes_and_field_counts_it_never_f
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '.')
                 .collect()
         };
-        let fraction: f64 = after(&f[cache], "fraction = ").parse().expect("a cache fraction");
-        let policy = after(&f[cache], "policy = \"");
-        let count: u64 = after(&f[fields], "count = ").parse().expect("a field count");
+        let fraction: f64 = after(&cache, "fraction = ").parse().expect("a cache fraction");
+        let policy = after(&cache, "policy = \"");
+        let count: u64 = after(&fields, "count = ").parse().expect("a field count");
         measured
             .entry((policy, (fraction * 1000.0).round() as u64, count))
             .or_default()
-            .push(f[value].parse().expect("a step time"));
+            .push(value.parse().expect("a step time"));
     }
     assert_eq!(measured.len(), 8, "{:?}", measured.keys());
     let mut errs = Vec::new();

@@ -51,3 +51,21 @@ pub fn json_metric(stdout: &[u8], name: &str) -> f64 {
         .and_then(|m| m["value"].as_f64())
         .unwrap_or_else(|| panic!("no {name} in {v}"))
 }
+
+/// The values of the columns `names` on every data line of a report's `records.csv` text (`trainlab_models`' CSV
+/// splitter; panics on a missing column).
+pub fn record_columns<const N: usize>(text: &str, names: [&str; N]) -> Vec<[String; N]> {
+    let mut lines = text.lines();
+    let head = trainlab_models::fit::csv::split_line(lines.next().expect("a header"));
+    let at = names.map(|n| {
+        head.iter()
+            .position(|h| h == n)
+            .unwrap_or_else(|| panic!("no column {n}"))
+    });
+    lines
+        .map(|l| {
+            let f = trainlab_models::fit::csv::split_line(l);
+            at.map(|i| f[i].clone())
+        })
+        .collect()
+}
