@@ -102,7 +102,7 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
 #[test]
 fn picasso_gain_grows_with_the_launch_cost_and_shrinks_with_the_dense_compute() {
     let _serial = timing_lock();
-    let dir = std::env::temp_dir().join(format!("trainlab-recsys-sens-{}", std::process::id()));
+    let dir = tmpdir("recsys-sens");
     let o = bin()
         .args(["plan", "picasso-sensitivity-study", "--out", &dir.display().to_string()])
         .output()
