@@ -46,8 +46,11 @@
 //! `m` micro-batches and `v` model chunks per stage the pipeline takes `m t_max + (sum_i t_i - t_max) / v`: the
 //! slowest stage sets the pace and the others fill and drain; with equal stages this is the familiar
 //! `(m + (p-1)/v) t` (bubble `(p-1)/v` slots, Narayanan et al. eq. 1 and sec. 2.2.2). GPipe has the same time.
-//! **Overlap rule:** with `overlap_comm`, the gradient reduction of a stage overlaps only the backward pass of its
-//! last micro-batch: `exposed_dp = max(0, t_dp - t_backward_mb)`; without it, `exposed_dp = t_dp`. The optimizer
+//! **Overlap rule:** with `overlap_comm`, the gradient reduction of a stage runs in buckets (whole layers of at least
+//! `dp_bucket_bytes`, each collective with its own latency, as the simulator forms them) behind the last backward of
+//! each model chunk and the passes after it, one chunk after the other on the DP stream (`dp_tail_exposed`; with
+//! one chunk `exposed_dp = max(t_dp - t_backward_mb, t_last_bucket)`); without it, one reduction after the backward,
+//! `exposed_dp = t_dp`. ZeRO-3 gathers queue on that stream too (`zero3_chunk_boundaries`). The optimizer
 //! step (Adam) streams 32 bytes per local parameter, sharded over the DP x CP ranks with ZeRO >= 1.
 //!
 //! **Memory per GPU** (Korthikanti et al. 2022 eq. 1-2 and Table 2): weights 2 bytes/param and gradients 2, fp32
@@ -392,7 +395,9 @@ fn stage_time(c: &StepCosts, net: &dyn Network, layers: u64, first: bool, last: 
         0.0
     };
     let params = c.stage_params(layers, first, last);
-    let ag = c.zero3_gather(net, params * c.elem_bytes);
+    // one gather per model chunk and pass (each paying its own latency)
+    let vf = c.config.virtual_stages.max(1) as f64;
+    let ag = vf * c.zero3_gather(net, params / vf * c.elem_bytes);
     // ZeRO-3: a backward's gather hides behind the forward before it, a forward's behind a backward (1F1B's
     // alternation), each for the pass's whole span, its blocking collectives included (the simulator's prefetch
     // starts with the previous pass)
@@ -928,11 +933,15 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
             big = *t;
         }
     }
-    let dense_dp = c.dp_sync(net, (big.params - big.expert_params) * c.elem_bytes);
+    let (dense_dp, dense_dp_last) = bucketed_dp_sync(w, c, net, (big.params - big.expert_params) * c.elem_bytes);
     // expert gradients are reduced over their own group after the backward, not hidden (as in the simulator)
     let expert_dp = c.expert_dp_sync(net, big.expert_params * c.elem_bytes);
     let dp_comm = dense_dp + expert_dp;
-    let dp_exposed = c.exposed(dense_dp, big.bwd) + expert_dp;
+    let dp_exposed = if c.overlap {
+        dp_tail_exposed(big.bwd, dense_dp, dense_dp_last, vf, pp.min(micro_batches) as f64)
+    } else {
+        dense_dp
+    } + expert_dp;
     let optimizer = c.optimizer(big.params, big.expert_params);
 
     // ZeRO-3: each pass's gather is hidden behind the stage's previous pass (a forward's behind a backward, a
@@ -984,6 +993,42 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
             },
         }),
     }
+}
+
+/// The data-parallel reduction of `bytes` of dense gradients, `(total, last)` seconds: with overlap in buckets as the
+/// simulator forms them (whole layers, at least `dp_bucket_bytes` each; what is left at the end in one more), each
+/// collective paying its own latency (at hundreds of ranks a ring's latency term is milliseconds per collective);
+/// without overlap in one reduction after the backward. `last` is the bucket that can only start after the backward.
+fn bucketed_dp_sync(w: &DenseTraining, c: &StepCosts, net: &dyn Network, bytes: f64) -> (f64, f64) {
+    let whole = c.dp_sync(net, bytes);
+    let layer = c.layer.grad_bytes;
+    if !c.overlap || whole <= 0.0 || layer <= 0.0 {
+        return (whole, whole);
+    }
+    let bucket = (w.dp_bucket_bytes / layer).ceil().max(1.0) * layer;
+    let full = (bytes / bucket).floor();
+    let rest = bytes - full * bucket;
+    let one = c.dp_sync(net, bucket.min(bytes));
+    let tail = if rest > 1.0 { c.dp_sync(net, rest) } else { 0.0 };
+    (full * one + tail, if rest > 1.0 { tail } else { one })
+}
+
+/// Exposed end of the data-parallel reduction with overlap, seconds: each of the `v` model chunks hands its buckets
+/// (`total / v` seconds of them, the last `last` seconds long and ready only when the chunk's last backward ends) to
+/// the DP stream during that backward (`bwd / v` long); the chunks' last backwards end `gap` backward passes apart
+/// (the interleaved schedule runs the final group of micro-batches chunk after chunk, `p` of them each), the stage's
+/// final pass last. The stream serves them in order; what it has left when the final pass ends is exposed. With one
+/// chunk: `max(total - bwd, last)`.
+fn dp_tail_exposed(bwd: f64, total: f64, last: f64, v: f64, gap: f64) -> f64 {
+    let pass = bwd / v;
+    let chunk = total / v;
+    let n = v.round().max(1.0) as u64;
+    let mut free = f64::NEG_INFINITY;
+    for j in 0..n {
+        let end = -((n - 1 - j) as f64) * gap.max(1.0) * pass;
+        free = (free.max(end - pass) + chunk).max(end + last);
+    }
+    free.max(0.0)
 }
 
 /// ZeRO-3 with `v > 1` interleaved chunks and overlap on: a chunk's gradients are final after its last backward and
