@@ -29,8 +29,11 @@
 //!
 //! # Step time ([`RecsysAnalytical`])
 //! With one stream the executor is synchronous: `T = Σ_ops (launch + time)`. With `S >= 2` streams and `M`
-//! micro-batches the four stages (launch, copy, embedding, MLP; sums `t_r`) pipeline across micro-batches:
-//! `T = Σ_r t_r / M + (M - 1) max_r t_r / M` (notes §2.4; it tends to `max_r t_r` as `M` grows instead of `Σ_r t_r`).
+//! micro-batches three stages (host launch, PCIe copy, and the GPU's embedding and MLP kernels; sums `t_r`) pipeline
+//! across micro-batches: `T = Σ_r t_r / M + (M - 1) max_r t_r / M` (notes §2.4; it tends to `max_r t_r` as `M` grows
+//! instead of `Σ_r t_r`). The embedding and MLP kernels share the GPU, so its stage takes
+//! `max(Σ_k s_k t_k, bytes / bw, t_embedding, t_mlp)` (at most their sum): concurrent kernels overlap only as far as
+//! the SMs and HBM allow (the simulator's block scheduling and shared bandwidth).
 //! `sm_busy = Σ s_k t_k / T`, `hbm_util = Σ bytes / (T bw)`, `pcie_util = Σ copied / (T PCIe)`.
 //!
 //! # Cache hit rate in closed form
@@ -464,9 +467,18 @@ pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
     let t = if w.streams == 1 {
         total
     } else {
+        // The embedding and MLP kernels share one GPU: across micro-batches they overlap only as far as its SMs and
+        // HBM allow, so the GPU is one pipeline stage taking at least the SM time (every kernel's share of the SMs
+        // times its duration, perfectly packed), the HBM time, and each of the two alone.
+        let gpu = s
+            .sm_time
+            .max(s.hbm_bytes / p.hbm_bw)
+            .max(s.embedding)
+            .max(s.mlp)
+            .min(s.embedding + s.mlp);
         let m = w.micro_batches as f64;
-        let max = s.launch.max(s.embedding).max(s.mlp).max(s.copy);
-        total / m + (m - 1.0) * max / m
+        let max = s.launch.max(gpu).max(s.copy);
+        (s.launch + gpu + s.copy) / m + (m - 1.0) * max / m
     };
     RecsysOutcome {
         step_time_s: t,
