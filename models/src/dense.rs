@@ -1776,6 +1776,46 @@ pub(crate) mod tests {
         assert!((a.dp_exposed_s - (a.dp_comm_s - a.backward_mb_s).max(0.0)).abs() < 1e-15);
     }
 
+    /// The DP reduction's exposed end: with one chunk `max(total - bwd, last)`; interleaved chunks hand their buckets
+    /// over earlier, so they never expose more than one chunk with the same totals; never less than the last bucket.
+    #[test]
+    fn dp_tail_is_the_last_chunks_backlog() {
+        for (bwd, total, last) in [(1.0, 0.4, 0.05), (1.0, 1.5, 0.05), (0.2, 3.0, 0.3), (1.0, 0.0, 0.0)] {
+            let one = dp_tail_exposed(bwd, total, last, 1.0, 1.0);
+            assert!((one - (total - bwd).max(last)).abs() < 1e-12, "{one}");
+            for (v, gap) in [(2.0, 1.0), (4.0, 2.0), (8.0, 8.0)] {
+                let e = dp_tail_exposed(bwd, total, last, v, gap);
+                assert!(e <= one + 1e-12 && e >= last - 1e-12, "v {v}: {e} vs {one}");
+            }
+        }
+        // a stream that cannot keep up runs without a break from the first chunk's last backward on: it exposes all
+        // the buckets less the time from that pass's start to the step's end (3 passes apart, plus the pass itself)
+        let e = dp_tail_exposed(0.8, 4.0, 0.1, 4.0, 1.0);
+        assert!((e - (4.0 - (3.0 * 0.2 + 0.2))).abs() < 1e-12, "{e}");
+    }
+
+    /// With overlap the DP reduction runs in buckets of whole layers, each collective paying its latency: more than
+    /// one reduction of the same bytes, and exactly it when one bucket holds them all; without overlap, one reduction.
+    #[test]
+    fn dp_buckets_pay_their_latency() {
+        let mut w = workload(64);
+        let c = cfg(8, 1, 64, 1, Recompute::Selective);
+        let p = datasheet_profile(&w.cluster.gpu);
+        let net = AlphaBetaNetwork::of(&w.cluster);
+        let costs = step_costs(&w, &c, &p, 2, &net);
+        let bytes = 80.0 * costs.layer.grad_bytes;
+        let whole = costs.dp_sync(&net, bytes);
+        let (total, last) = bucketed_dp_sync(&w, &costs, &net, bytes);
+        assert!(total > whole && last < total, "{total} {last} {whole}");
+        w.dp_bucket_bytes = 2.0 * bytes;
+        let (all, last) = bucketed_dp_sync(&w, &costs, &net, bytes);
+        assert!((all - whole).abs() < 1e-12 * whole && (last - whole).abs() < 1e-12 * whole);
+        w.overlap_comm = false;
+        w.dp_bucket_bytes = trainlab_core::workloads::dense::DEFAULT_BUCKET_BYTES;
+        let costs = step_costs(&w, &c, &p, 2, &net);
+        assert_eq!(bucketed_dp_sync(&w, &costs, &net, bytes), (whole, whole));
+    }
+
     /// `tp_comm_overlap` never makes a step slower (each GEMM + collective pair is chunked only where that pays),
     /// hides TP time where the GEMMs are long, and leaves a layout without TP alone.
     #[test]
