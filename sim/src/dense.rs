@@ -983,7 +983,8 @@ mod tests {
     /// included, not its compute alone), and with `v > 1` chunks each chunk's reduction backlog and the next pass's
     /// gather are exposed `v - 1` times per step. Without them the closed form was 14.1% below the simulator on
     /// TP2 PP2 v8 (the layout the default study then picked for 70B) and 19.6% above it on TP8 PP4 v1 (measured
-    /// 2026-12-03: mean |difference| over these 12 layouts 6.6% before, 1.4% after, worst +5.0% on TP8 PP4 v1).
+    /// 2026-12-03: mean |difference| over these 12 layouts 6.6% before, 1.4% after, worst +5.0% on TP8 PP4 v1; with
+    /// the bucketed DP reduction of the same day 1.0%, worst +5.3%).
     #[test]
     fn zero3_pipelines_closed_form_follows_the_simulator() {
         let mut w = trainlab_datasets::scenario::load("llama2-70b-h100")
