@@ -1037,8 +1037,8 @@ fn dp_tail_exposed(bwd: f64, total: f64, last: f64, v: f64, gap: f64) -> f64 {
 /// (PyTorch's NCCL process group has one NCCL stream per device). So the next pass's gather, issued after those
 /// buckets, starts only when the reduction backlog at the end of the pass is done: the backlog (the last bucket, plus
 /// what the chunk's reduction has over its backward) and that gather are exposed, `v - 1` times per step (the last
-/// chunk's last backward is the stage's final pass). `stage` is the stage with the most parameters; 0 otherwise.
-/// This is the simulator's order (`trainlab_sim::dense`): without it the closed form priced `llama2-70b-h100`'s
+/// chunk's last backward is the stage's final pass). `stage` is the stage with the most parameters. Zero without
+/// ZeRO-3, overlap or interleaving. This is the simulator's order (`trainlab_sim::dense`): without it the closed form priced `llama2-70b-h100`'s
 /// searched layout (TP2 PP2 v8 ZeRO-3, two micro-batches) 14% below `op_sim`.
 fn zero3_chunk_boundaries(w: &DenseTraining, c: &StepCosts, net: &dyn Network, stage: &StageTime, vf: f64) -> f64 {
     if !c.overlap || vf <= 1.0 || c.config.zero_stage < 3 {

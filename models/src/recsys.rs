@@ -469,7 +469,9 @@ pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
     } else {
         // The embedding and MLP kernels share one GPU: across micro-batches they overlap only as far as its SMs and
         // HBM allow, so the GPU is one pipeline stage taking at least the SM time (every kernel's share of the SMs
-        // times its duration, perfectly packed), the HBM time, and each of the two alone.
+        // times its duration, perfectly packed) and the HBM time, and no less than either kind of kernel alone (the
+        // two stages the closed form had before 2026-12-03; kernels of one kind on different streams may overlap a
+        // little too, which this leaves out).
         let gpu = s
             .sm_time
             .max(s.hbm_bytes / p.hbm_bw)
