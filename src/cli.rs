@@ -33,7 +33,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a study: every case of a grid over any workload kind through the kind table, in parallel, as Parquet,
     /// CSV, charts and report.html; `--shard I/N` for array jobs. Without SCENARIO runs the embedded default study
-    /// (dense training: best parallel layout, step time, MFU, days and GPU-hours on 1k-16k H100s).
+    /// (dense training: best parallel layout, step time, MFU, days and GPU-hours on 1k-16k H100s, closed form and
+    /// operation-level simulator).
     Plan(PlanArgs),
     /// Merge the Parquet shards written by `plan --shard I/N` runs and write the full report.
     Merge(MergeArgs),

@@ -76,6 +76,11 @@ pub struct PlanSpec {
     /// restart costs every case also answers with: its expected ETTR, and days and GPU-hours including downtime.
     #[serde(default)]
     pub downtime_from: Option<String>,
+    /// Backends of `dense_training` answering every case (default: `analytical` alone). With `op_sim` as well, the
+    /// table shows the simulator's step and, where it differs, its layout (it re-ranks the closed form's fastest
+    /// layouts by simulation).
+    #[serde(default)]
+    pub backends: Option<Vec<String>>,
 }
 
 fn eight() -> u32 {
@@ -538,9 +543,37 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
             });
         }
     }
+    let backends = match &spec.backends {
+        None => vec!["analytical".to_string()],
+        Some(b) => {
+            let all = kinds::dense::KIND.backends(opts)?;
+            for n in b {
+                if !all.iter().any(|x| &x.name == n) {
+                    return Err(Error::invalid(
+                        format!("{origin}: plan.backends"),
+                        n,
+                        format!(
+                            "dense_training has the backends {}",
+                            all.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                        "name some of them",
+                    ));
+                }
+            }
+            if !b.iter().any(|n| n == "analytical") {
+                return Err(Error::invalid(
+                    format!("{origin}: plan.backends"),
+                    format!("{b:?}"),
+                    "the plan's table and charts are the closed form's answers",
+                    "include \"analytical\"",
+                ));
+            }
+            b.clone()
+        }
+    };
     Ok(Study {
         kind: &kinds::dense::KIND,
-        backends: vec!["analytical".into()],
+        backends,
         manifest: Manifest {
             study: sc.name.clone(),
             description: sc.description.clone(),
@@ -679,6 +712,19 @@ fn plan_assumptions(spec: &PlanSpec, downtime: Option<&Downtime>, opts: &Opts) -
             },
         ),
         ("failures".into(), failures),
+        (
+            "backends".into(),
+            match &spec.backends {
+                Some(b) if b.iter().any(|n| n == "op_sim") => format!(
+                    "{}: the table and charts are the closed form's; `op_sim` simulates the closed form's 16 fastest \
+                     fitting layouts operation by operation and answers with the fastest (its step and layout in the \
+                     table's last columns)",
+                    b.join(", ")
+                ),
+                Some(b) => b.join(", "),
+                None => "analytical (the closed form and its layout search)".into(),
+            },
+        ),
     ]
 }
 
@@ -1031,25 +1077,34 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
             cases.iter().any(|(c, _, _)| idx.get(c, "analytical", &m).is_some())
         })
         .collect();
+    // With the simulator among the backends: its step and, where it chose another, its layout.
+    let simulated = cases
+        .iter()
+        .any(|(c, _, _)| idx.get(c, "op_sim", "step_time").is_some());
     let rows = cases
         .iter()
         .map(|(case, _, _)| {
             let get = |n: &str| idx.get(case, "analytical", n).map_or(f64::NAN, |r| r.value);
-            let mut layout = ParallelConfig::new(
-                get("tp") as u64,
-                get("pp") as u64,
-                get("dp") as u64,
-                get("micro_batch") as u64,
-                Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
-            );
-            layout.cp = (get("cp") as u64).max(1);
-            layout.virtual_stages = (get("virtual_stages") as u64).max(1);
-            layout.sequence_parallel = get("sequence_parallel") != 0.0;
-            // The optimizer sharding and end-stage trim the search chose (shown in the label when not the defaults).
-            let z = get("zero_stage");
-            layout.zero_stage = if z.is_finite() { z as u8 } else { 1 };
-            let t = get("trim_end_stages");
-            layout.trim_end_stages = if t.is_finite() { t as u64 } else { 0 };
+            let layout_of = |backend: &str| {
+                let get = |n: &str| idx.get(case, backend, n).map_or(f64::NAN, |r| r.value);
+                let mut layout = ParallelConfig::new(
+                    get("tp") as u64,
+                    get("pp") as u64,
+                    get("dp") as u64,
+                    get("micro_batch") as u64,
+                    Recompute::from_level(get("recompute_level") as u8).unwrap_or_default(),
+                );
+                layout.cp = (get("cp") as u64).max(1);
+                layout.virtual_stages = (get("virtual_stages") as u64).max(1);
+                layout.sequence_parallel = get("sequence_parallel") != 0.0;
+                // The optimizer sharding and end-stage trim the search chose (in the label when not the defaults).
+                let z = get("zero_stage");
+                layout.zero_stage = if z.is_finite() { z as u8 } else { 1 };
+                let t = get("trim_end_stages");
+                layout.trim_end_stages = if t.is_finite() { t as u64 } else { 0 };
+                layout
+            };
+            let layout = layout_of("analytical");
             let shares: Vec<(&str, f64)> = SHARES
                 .iter()
                 .map(|(m, l)| (*l, get(&format!("step_share.{m}"))))
@@ -1077,6 +1132,20 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
                 row.push(with_ci(format!("days_with_downtime.{p}"), &|x| format!("{x:.2}")));
                 row.push(thousands(get(&format!("gpu_hours_with_downtime.{p}"))));
             }
+            if simulated {
+                match idx.get(case, "op_sim", "step_time") {
+                    Some(r) => {
+                        row.push(format!(
+                            "{:.3} ({:+.1}%)",
+                            r.value,
+                            100.0 * (get("step_time") / r.value - 1.0)
+                        ));
+                        let sim = layout_of("op_sim");
+                        row.push(if sim == layout { "same".into() } else { sim.label() });
+                    }
+                    None => row.extend(["-".to_string(), "-".to_string()]),
+                }
+            }
             row
         })
         .collect();
@@ -1098,6 +1167,10 @@ fn layout_rows(records: &[Record]) -> (Vec<String>, Vec<Vec<String>>) {
         headers.push(format!("ETTR {p}"));
         headers.push(format!("days incl. downtime {p}"));
         headers.push(format!("GPU-hours incl. downtime {p}"));
+    }
+    if simulated {
+        headers.push("op_sim step (s) (closed form vs it)".into());
+        headers.push("op_sim layout".into());
     }
     (headers, rows)
 }

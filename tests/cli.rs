@@ -309,13 +309,25 @@ fn default_plan_answers_with_expected_downtime() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("days incl. downtime c4d"), "{stdout}");
     let csv = std::fs::read_to_string(out.join("records.csv")).unwrap();
-    let value = |case: &str, metric: &str| -> f64 {
+    let value_of = |case: &str, backend: &str, metric: &str| -> f64 {
         csv.lines()
-            .find(|l| l.contains(case) && l.contains(&format!(",{metric},")))
+            .find(|l| l.contains(case) && l.contains(&format!(",{backend},")) && l.contains(&format!(",{metric},")))
             .and_then(|l| l.split(',').nth(7))
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{case} {metric}"))
+            .unwrap_or_else(|| panic!("{case} {backend} {metric}"))
     };
+    let value = |case: &str, metric: &str| value_of(case, "analytical", metric);
+    // The simulator answers every case too (default-plan.toml's `backends`), in the table's last columns.
+    assert!(
+        stdout.contains("op_sim step (s)") && stdout.contains("op_sim layout"),
+        "{stdout}"
+    );
+    for gpus in [1024, 2048, 4096, 8192, 16384] {
+        for model in ["llama2-7b", "llama2-70b"] {
+            let case = format!("{model}@{gpus}xh100-sxm");
+            assert!(value_of(&case, "op_sim", "step_time") > 0.0, "{case}");
+        }
+    }
     // 16,384 GPUs under the Llama 3 failure rates: the baseline loses far more than C4D, and both stretch the run.
     let case = "llama2-70b@16384xh100-sxm";
     let (days, c4d, base) = (
@@ -363,6 +375,29 @@ fn default_plan_answers_with_expected_downtime() {
     .map(|s| value(case, &format!("step_share.{s}")))
     .sum();
     assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+}
+
+#[test]
+fn plan_backends_are_checked() {
+    // `plan.backends` names dense_training backends and keeps the closed form, whose answers the table shows.
+    let text = std::fs::read_to_string(fixture("small-plan.toml")).unwrap();
+    for (backends, says) in [
+        ("[\"op_sim\"]", "include \"analytical\""),
+        ("[\"analytical\", \"des\"]", "op_sim"),
+    ] {
+        let study = common::scenario_file(
+            "plan-backends-in",
+            &text.replace("[plan]\n", &format!("[plan]\nbackends = {backends}\n")),
+        );
+        let o = run(bin()
+            .arg("plan")
+            .arg(&study)
+            .arg("--out")
+            .arg(tmpdir("plan-backends-out")));
+        assert_eq!(o.status.code(), Some(2), "{backends}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("plan.backends") && e.contains(says), "{backends}: {e}");
+    }
 }
 
 #[test]
