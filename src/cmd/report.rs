@@ -59,12 +59,20 @@ pub fn write_outputs(
         report.table(&["what", "assumed"], &rows);
     }
     let how = if m.form == "plan" {
-        "Each case is answered by the analytical step model's search over layouts; the table shows the fastest \
-         layout that fits in memory, where its step time goes (shares of the step: compute, pipeline bubble, \
+        let mut how = "Each case is answered by the analytical step model's search over layouts; the table shows the \
+         fastest layout that fits in memory, where its step time goes (shares of the step: compute, pipeline bubble, \
          tensor-parallel, pipeline, context-parallel or ZeRO-3 and data-parallel communication not hidden, optimizer) \
          and its bottleneck: the \
          largest cause after compute, or compute when every other cause is under 10% of the step."
-            .to_string()
+            .to_string();
+        if records.iter().any(|r| r.backend == "op_sim") {
+            how.push_str(
+                " The operation-level simulator (op_sim) answers every case too: the table's last columns give its \
+                 step, the closed form's difference from it, and its layout where its re-ranking of the closed form's \
+                 fastest layouts by simulation picked another. The charts and the Pareto front are the closed form's.",
+            );
+        }
+        how
     } else {
         format!(
             "{} cases of kind {}, answered by the kind's backends through the kind table.",
@@ -268,7 +276,9 @@ fn plan_panels(records: &[Record]) -> Vec<(String, ChartSpec)> {
                     let mut points: Vec<(f64, f64)> = records
                         .iter()
                         .filter(|r| {
-                            r.metric == metric && matches!(param(r, "model"), Some(Param::Text(x)) if x == mname)
+                            r.backend == "analytical"
+                                && r.metric == metric
+                                && matches!(param(r, "model"), Some(Param::Text(x)) if x == mname)
                         })
                         .filter_map(|r| Some((num(param(r, "gpus"))?, r.value * scale)))
                         .collect();
@@ -423,6 +433,40 @@ fn metric_stats(m: &Manifest, records: &[Record]) -> (Vec<String>, Vec<Vec<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan answered by two backends charts the closed form's answers only: one point per model and GPU count.
+    #[test]
+    fn plan_charts_take_the_closed_forms_answers() {
+        let rec = |gpus: f64, backend: &str, value: f64| Record {
+            study: "s".into(),
+            workload: "dense_training".into(),
+            case: format!("m@{gpus}"),
+            backend: backend.into(),
+            fidelity: trainlab_core::Fidelity::Analytical,
+            metric: "mfu".into(),
+            unit: trainlab_core::Unit::Ratio,
+            value,
+            ci_low: None,
+            ci_high: None,
+            seed: 1,
+            params: vec![
+                ("gpus".into(), Param::Num(gpus)),
+                ("model".into(), Param::Text("m".into())),
+            ],
+        };
+        let records = vec![
+            rec(8.0, "analytical", 0.5),
+            rec(8.0, "op_sim", 0.4),
+            rec(16.0, "analytical", 0.45),
+            rec(16.0, "op_sim", 0.35),
+        ];
+        let panels = plan_panels(&records);
+        let mfu = panels
+            .iter()
+            .find(|(stem, _)| stem.starts_with("mfu"))
+            .expect("an MFU panel");
+        assert_eq!(mfu.1.series[0].points, vec![(8.0, 50.0), (16.0, 45.0)]);
+    }
 
     #[test]
     fn spread_keeps_the_ends_and_at_most_n() {
