@@ -717,8 +717,8 @@ fn plan_assumptions(spec: &PlanSpec, downtime: Option<&Downtime>, opts: &Opts) -
             match &spec.backends {
                 Some(b) if b.iter().any(|n| n == "op_sim") => format!(
                     "{}: the table and charts are the closed form's; `op_sim` simulates the closed form's 16 fastest \
-                     fitting layouts operation by operation and answers with the fastest (its step and layout in the \
-                     table's last columns)",
+                     fitting layouts operation by operation and answers with the fastest (with a flow-level network, \
+                     the closed form's pick), its step and layout in the table's last columns",
                     b.join(", ")
                 ),
                 Some(b) => b.join(", "),
