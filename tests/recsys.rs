@@ -93,10 +93,10 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(dir.join("records.parquet").exists());
     // The closed form's interleaved step against the simulator's (the host launch, the PCIe copy and one GPU stage for
-    // the embedding and MLP kernels pipelined across micro-batches): every interleaved case within 12%, the cached
-    // ones (packing + interleaving + caching, PICASSO's "all") within 6%. Measured 2026-12-03: +10.9% (no packing),
-    // -6.1% (packing), -5.3% (all, LRU), +1.0% (all, static top-k); before the GPU stage (two freely overlapping stages
-    // on one GPU) the cached ones were -18.7% and -13.5%.
+    // the embedding and MLP kernels pipelined across micro-batches; a launch-bound step is the launch time): every
+    // interleaved case within 8%, the cached ones (packing + interleaving + caching, PICASSO's "all") within 6%.
+    // Measured 2026-12-03: -0.1% (no packing: launch-bound), -6.1% (packing), -5.3% (all, LRU), +1.0% (all, static
+    // top-k); before the GPU stage and the launch-bound rule: +11.0%, -5.7%, -18.7%, -13.5%.
     let text = std::fs::read_to_string(dir.join("records.csv")).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let mut steps: std::collections::BTreeMap<(String, String), [f64; 2]> = Default::default();
@@ -125,7 +125,7 @@ fn picasso_scenario_compares_and_the_ablation_study_runs() {
         let bound = if cache.starts_with("fraction = 0.05") {
             0.06
         } else {
-            0.12
+            0.08
         };
         assert!(d.abs() < bound, "cache {cache} packing {packing}: {d:+.3}");
     }

@@ -30,8 +30,9 @@
 //! # Step time ([`RecsysAnalytical`])
 //! With one stream the executor is synchronous: `T = Σ_ops (launch + time)`. With `S >= 2` streams and `M`
 //! micro-batches three stages (host launch, PCIe copy, and the GPU's embedding and MLP kernels; sums `t_r`) pipeline
-//! across micro-batches: `T = Σ_r t_r / M + (M - 1) max_r t_r / M` (notes §2.4; it tends to `max_r t_r` as `M` grows
-//! instead of `Σ_r t_r`). The embedding and MLP kernels share the GPU, so its stage takes
+//! across micro-batches: `T = max(t_launch, Σ_r t_r / M + (M - 1) max(t_copy, t_gpu) / M)` (notes §2.4; it tends to
+//! the slowest stage as `M` grows instead of `Σ_r t_r`; the host launch streams op by op from the start, so when it is
+//! the slowest the others finish behind it). The embedding and MLP kernels share the GPU, so its stage takes
 //! `max(Σ_k s_k t_k, bytes / bw, t_embedding, t_mlp)` (at most their sum): concurrent kernels overlap only as far as
 //! the SMs and HBM allow (the simulator's block scheduling and shared bandwidth).
 //! `sm_busy = Σ s_k t_k / T`, `hbm_util = Σ bytes / (T bw)`, `pcie_util = Σ copied / (T PCIe)`.
@@ -478,9 +479,13 @@ pub fn closed_form(w: &RecsysStep) -> RecsysOutcome {
             .max(s.embedding)
             .max(s.mlp)
             .min(s.embedding + s.mlp);
+        // The host launches op after op from the start, and the copies and kernels of a launched op start at once:
+        // when launching is the slowest stage the others stream behind it and the step is the launch time (the
+        // simulator's step equals it in the launch-bound cases); otherwise the slowest of the copy engine and the
+        // GPU paces the pipeline, with the launches in its fill.
         let m = w.micro_batches as f64;
-        let max = s.launch.max(gpu).max(s.copy);
-        (s.launch + gpu + s.copy) / m + (m - 1.0) * max / m
+        let pace = gpu.max(s.copy);
+        ((s.launch + gpu + s.copy) / m + (m - 1.0) * pace / m).max(s.launch)
     };
     RecsysOutcome {
         step_time_s: t,
