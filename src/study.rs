@@ -83,6 +83,17 @@ pub struct PlanSpec {
     pub backends: Option<Vec<String>>,
 }
 
+/// That every name in `names` is a backend of the kind (`all`), else an input error at `field` listing them.
+fn check_backends(names: &[String], all: &[kinds::BackendInfo], kind: &str, field: &str) -> Result<(), Error> {
+    match names.iter().find(|n| !all.iter().any(|x| &x.name == *n)) {
+        None => Ok(()),
+        Some(n) => {
+            let known: Vec<String> = all.iter().map(|x| x.name.clone()).collect();
+            Err(kinds::unknown_backend(field, kind, n, &known))
+        }
+    }
+}
+
 fn eight() -> u32 {
     8
 }
@@ -347,20 +358,7 @@ fn load_study(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
     let all = kind.backends(opts)?;
     let backends = match &spec.backends {
         Some(b) => {
-            for n in b {
-                if !all.iter().any(|x| &x.name == n) {
-                    return Err(Error::invalid(
-                        format!("{}: study.backends", sc.origin),
-                        n,
-                        format!(
-                            "kind \"{}\" has the backends {}",
-                            kind.name(),
-                            all.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                        "name some of them",
-                    ));
-                }
-            }
+            check_backends(b, &all, kind.name(), &format!("{}: study.backends", sc.origin))?;
             b.clone()
         }
         None => all
@@ -547,19 +545,7 @@ fn load_plan(sc: &Scenario, opts: &Opts) -> Result<Study, Error> {
         None => vec!["analytical".to_string()],
         Some(b) => {
             let all = kinds::dense::KIND.backends(opts)?;
-            for n in b {
-                if !all.iter().any(|x| &x.name == n) {
-                    return Err(Error::invalid(
-                        format!("{origin}: plan.backends"),
-                        n,
-                        format!(
-                            "dense_training has the backends {}",
-                            all.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
-                        ),
-                        "name some of them",
-                    ));
-                }
-            }
+            check_backends(b, &all, DenseTraining::KIND, &format!("{origin}: plan.backends"))?;
             if !b.iter().any(|n| n == "analytical") {
                 return Err(Error::invalid(
                     format!("{origin}: plan.backends"),

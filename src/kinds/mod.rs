@@ -305,9 +305,10 @@ pub fn no_profile<W>(_: &Opts, _: &W) -> Vec<(&'static str, String)> {
     Vec::new()
 }
 
-fn unknown_backend(kind: &str, name: &str, names: &[String]) -> Error {
+/// The input error for a backend `name` that kind `kind` does not have (`names`), at `field`.
+pub(crate) fn unknown_backend(field: &str, kind: &str, name: &str, names: &[String]) -> Error {
     Error::invalid(
-        "--backend",
+        field,
         name,
         format!("kind \"{kind}\" has the backends {}", names.join(", ")),
         "name one of them",
@@ -379,7 +380,7 @@ impl<W: Workload> KindDef<W> {
         if let Some(only) = req.only {
             for n in only {
                 if !names.contains(n) {
-                    return Err(unknown_backend(W::KIND, n, &names));
+                    return Err(unknown_backend("--backend", W::KIND, n, &names));
                 }
             }
             backends.retain(|b| only.iter().any(|n| n == b.name()));
