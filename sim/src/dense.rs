@@ -977,6 +977,13 @@ mod tests {
         }
     }
 
+    /// The embedded `dense_training` scenario `name`.
+    fn embedded(name: &str) -> DenseTraining {
+        trainlab_datasets::scenario::load(name)
+            .and_then(|s| s.workload::<DenseTraining>())
+            .unwrap()
+    }
+
     /// ZeRO-3 with pipelines, interleaved or not, on `llama2-70b-h100` (2,048 H100s): the closed form follows the
     /// simulator, whose data-parallel stream carries the gathers and the gradient reductions in issue order. Two
     /// closed-form rules make that so: a gather hides behind the previous pass's whole span (its TP collectives
@@ -987,9 +994,7 @@ mod tests {
     /// the bucketed DP reduction of the same day 1.0%, worst +5.3%).
     #[test]
     fn zero3_pipelines_closed_form_follows_the_simulator() {
-        let mut w = trainlab_datasets::scenario::load("llama2-70b-h100")
-            .and_then(|s| s.workload::<DenseTraining>())
-            .unwrap();
+        let mut w = embedded("llama2-70b-h100");
         let mut ctx = RunCtx::new(Seed(1));
         let mut diffs = Vec::new();
         for (tp, pp, dp, v, mb) in [
@@ -1050,9 +1055,7 @@ mod tests {
             ("llama2-70b-h100", Some(1024), 0.05, 0.13),
             ("megascale-175b", None, 0.01, 0.05),
         ] {
-            let mut w = trainlab_datasets::scenario::load(name)
-                .and_then(|s| s.workload::<DenseTraining>())
-                .unwrap();
+            let mut w = embedded(name);
             if let Some(n) = nodes {
                 w.cluster.nodes = n;
             }
@@ -1094,9 +1097,7 @@ mod tests {
     /// 2026-12-03: TP2 PP2 CP2 v8 mb1 at 1.637 s against the closed form's TP4 PP2 v8 mb2 at 1.652 s simulated).
     #[test]
     fn op_sim_reranks_the_closed_forms_fastest_layouts() {
-        let w = trainlab_datasets::scenario::load("llama2-70b-h100")
-            .and_then(|s| s.workload::<DenseTraining>())
-            .unwrap();
+        let w = embedded("llama2-70b-h100");
         assert!(w.parallel.is_none());
         let closed = search(&w, None).unwrap().best.config;
         let (at_closed, _) = DenseOpSim::default().simulate(&w, &closed).unwrap();
