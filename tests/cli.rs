@@ -441,3 +441,34 @@ fn plan_mixture_without_bootstrap_replicates_prints_no_nan() {
         assert!(!out.contains("NaN") && out.contains("no interval"), "{out}");
     }
 }
+
+#[test]
+fn published_run_profiles_slow_the_dense_step_and_refuse_another_gpu() {
+    // The published-run calibrations (`datasets/calibration/published-dense/`, written by `tests/validate_dense.rs`)
+    // are device profiles `--profile` reads: the H100's sustained GEMM rate is below the datasheet's, so the same
+    // scenario answers with a longer step; on an A100 cluster the H100's profile is refused, naming --profile.
+    let h100 = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/calibration/published-dense/h100-sxm.toml");
+    let step = |profile: Option<&Path>| {
+        let mut cmd = bin();
+        cmd.args(["run", "llama2-70b-h100", "--backend", "analytical", "--json"]);
+        if let Some(p) = profile {
+            cmd.arg("--profile").arg(p);
+        }
+        let o = run(&mut cmd);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["metrics"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["name"] == "step_time"))
+            .and_then(|m| m["value"].as_f64())
+            .unwrap_or_else(|| panic!("no step time in {v}"))
+    };
+    let (datasheet, calibrated) = (step(None), step(Some(&h100)));
+    assert!(calibrated > 1.1 * datasheet, "{calibrated} vs {datasheet}");
+    let o = run(bin()
+        .args(["run", "megascale-175b", "--backend", "analytical", "--profile"])
+        .arg(&h100));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("--profile") && e.contains("a100-80gb"), "{e}");
+}

@@ -124,6 +124,11 @@ pub struct DeviceProfile {
     /// Median absolute relative error on held-out GEMM sizes at calibration time, if measured.
     #[serde(default)]
     pub holdout_median_abs_rel_error: Option<f64>,
+    /// The GPU preset (`cluster.gpu`) the profile was fitted for, where it was fitted for one (the published-run
+    /// calibrations of `datasets/calibration/published-dense/`); a workload on another GPU refuses it
+    /// ([`DeviceProfile::check_gpu`]). `None` (a profile measured with `calibrate`): not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<String>,
 }
 
 impl DeviceProfile {
@@ -153,6 +158,19 @@ impl DeviceProfile {
         check::positive(&format!("{path}.mem_bw_bytes_per_s"), self.mem_bw_bytes_per_s)?;
         check::non_negative(&format!("{path}.gemm_half_dim"), self.gemm_half_dim)?;
         check::non_negative(&format!("{path}.launch_overhead_s"), self.launch_overhead_s)
+    }
+
+    /// An input error (at `--profile`) when the profile names a GPU preset other than `gpu`, the workload's.
+    pub fn check_gpu(&self, gpu: &str) -> Result<(), Error> {
+        match &self.gpu {
+            Some(g) if g != gpu => Err(Error::invalid(
+                "--profile",
+                g,
+                format!("a profile fitted for the {g}, and the workload's cluster.gpu is {gpu}"),
+                format!("give a profile of the {gpu}, or drop --profile"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Asymptotic GEMM rate for `dtype` (falls back to fp32).

@@ -31,6 +31,7 @@ impl LogLsq<'_> {
             mem_bw_bytes_per_s: self.mem_bw,
             provenance: Provenance::default(),
             holdout_median_abs_rel_error: None,
+            gpu: None,
         }
     }
     fn sse(&self, x: &[f64]) -> f64 {

@@ -1188,6 +1188,9 @@ impl Backend<DenseTraining> for DenseAnalytical {
         Fidelity::Analytical
     }
     fn run(&mut self, w: &DenseTraining, ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
+        if let Some(p) = &self.profile {
+            p.check_gpu(&w.cluster.gpu.name)?;
+        }
         let net = self
             .network
             .as_ref()

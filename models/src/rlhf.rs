@@ -703,7 +703,10 @@ impl RlhfAnalytical {
         w.validate()?;
         let owned;
         let profile = match &self.profile {
-            Some(p) => p,
+            Some(p) => {
+                p.check_gpu(&w.cluster.gpu.name)?;
+                p
+            }
             None => {
                 owned = datasheet_profile(&w.cluster.gpu);
                 &owned

@@ -65,6 +65,7 @@ pub fn datasheet_profile(gpu: &GpuSpec) -> DeviceProfile {
             ..Default::default()
         },
         holdout_median_abs_rel_error: None,
+        gpu: None,
     }
 }
 
@@ -93,6 +94,7 @@ pub fn default_cpu_profile() -> DeviceProfile {
             ..Default::default()
         },
         holdout_median_abs_rel_error: None,
+        gpu: None,
     }
 }
 

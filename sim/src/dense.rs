@@ -750,6 +750,9 @@ impl Backend<DenseTraining> for DenseOpSim {
         Fidelity::Simulated
     }
     fn run(&mut self, w: &DenseTraining, ctx: &mut RunCtx) -> Result<DenseOutcome, Error> {
+        if let Some(p) = &self.profile {
+            p.check_gpu(&w.cluster.gpu.name)?;
+        }
         let cfg = match w.parallel {
             Some(c) => c,
             None => self.best_simulated(w, ctx.seed)?,
