@@ -91,7 +91,8 @@ pub struct PlanArgs {
     /// Run only shard I of N (0-based), e.g. `--shard 3/16` from a Slurm array task; writes one Parquet per shard.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
-    /// A profile file or directory from `trainlab calibrate` (one the study's kind reads).
+    /// A profile file or directory from `trainlab calibrate` (one the study's kind reads), or a published-run device
+    /// profile of `datasets/calibration/published-dense/` (dense_training, rlhf_iteration; its GPU only).
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Finish an interrupted run in DIR (its output folder): run only the cases it did not finish and write the
@@ -143,7 +144,8 @@ pub struct RunArgs {
     /// Backend name (`trainlab kinds` lists them per kind), e.g. `roofline`, `cpu`, `cuda`, `des`.
     #[arg(long)]
     pub backend: String,
-    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads).
+    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads), or a published-run device
+    /// profile of `datasets/calibration/published-dense/` (dense_training, rlhf_iteration; its GPU only).
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// The network model that times communication: `alpha-beta`, or the flow-level fabric simulator with `flow-ecmp`
@@ -163,7 +165,8 @@ pub struct RunArgs {
 pub struct CompareArgs {
     /// Scenario file or embedded name.
     pub scenario: String,
-    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads).
+    /// A profile file or directory from `trainlab calibrate` (one the scenario's kind reads), or a published-run device
+    /// profile of `datasets/calibration/published-dense/` (dense_training, rlhf_iteration; its GPU only).
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Skip slow backends (long real runs) and use fewer replications.
