@@ -528,6 +528,60 @@ fn dense_model_calibrated_on_one_row_per_gpu_predicts_the_rest() {
     );
 }
 
+/// How much the calibration depends on its row: the GEMM-rate scale fitted to each verified row of a current stack in
+/// turn, and every other such row of the same GPU predicted with it (leave-one-in cross-validation: each row is the
+/// calibration row once). The spread of the scale over the rows is the calibration's uncertainty; a single published
+/// row gives no other.
+#[test]
+fn published_calibration_depends_on_its_row_by_this_much() {
+    let rows = dense_runs().expect("embedded CSV parses");
+    let candidates: Vec<&DenseRun> = rows.iter().filter(|r| r.verified && !older_stack(r)).collect();
+    let mut cross = Vec::new();
+    for gpu in ["a100-80gb", "h100-sxm"] {
+        let on_gpu: Vec<&&DenseRun> = candidates.iter().filter(|r| r.gpu == gpu).collect();
+        let fits: Vec<(String, f64)> = on_gpu
+            .iter()
+            .map(|r| {
+                (
+                    format!("{} on {} GPUs (seq {})", r.model, r.gpus, r.seq_len),
+                    calibrate_gemm_scale(r),
+                )
+            })
+            .collect();
+        let ks: Vec<f64> = fits.iter().map(|f| f.1).collect();
+        let (lo, hi) = (
+            ks.iter().copied().fold(f64::MAX, f64::min),
+            ks.iter().copied().fold(0.0, f64::max),
+        );
+        println!("{gpu}: GEMM rate scale fitted to each verified row: {fits:.3?}; range {lo:.3} - {hi:.3}");
+        for (i, k) in ks.iter().enumerate() {
+            let profile = scaled_profile(gpu, *k);
+            for (j, r) in on_gpu.iter().enumerate() {
+                if i != j {
+                    cross.push(error_of(r, &predict_on(r, stated_stack(r), Some(&profile))));
+                }
+            }
+        }
+        // every verified row of a current stack is over-predicted on the datasheet profile: every fitted scale < 1
+        assert!(lo > 0.5 && hi < 1.0, "{gpu}: scales {lo} - {hi}");
+    }
+    let abs: Vec<f64> = cross.iter().map(|e| e.abs()).collect();
+    let mean = abs.iter().sum::<f64>() / abs.len() as f64;
+    let worst = abs.iter().copied().fold(0.0, f64::max);
+    println!(
+        "cross-validated over {} (calibration row, held-out row) pairs of the same GPU: mean |error| {:.1}%, worst {:.1}%",
+        abs.len(),
+        100.0 * mean,
+        100.0 * worst
+    );
+    assert!(
+        mean < 0.10 && worst < 0.20,
+        "cross-validated: mean {:.1}%, worst {:.1}%",
+        100.0 * mean,
+        100.0 * worst
+    );
+}
+
 /// One held-out row of the calibration test: its provenance class and its errors before and after calibration.
 struct HeldOutRow {
     verified: bool,
