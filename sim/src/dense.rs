@@ -1041,22 +1041,27 @@ mod tests {
     }
 
     /// The closed form against the simulator over the layouts the search ranks first: the 400 fastest fitting
-    /// layouts of `llama2-70b-h100` on 256, 2,048 and 8,192 H100s and of `megascale-175b` (its fixed layout
+    /// layouts of `llama2-70b-h100` on 256, 2,048, 8,192 and 16,384 H100s and of `megascale-175b` (its fixed layout
     /// released), each simulated. The closed form prices the data-parallel reduction in the simulator's buckets
     /// (each collective pays its latency: a ring over 512 ranks pays milliseconds per bucket) and lets the buckets
     /// of each interleaved chunk run behind the passes after that chunk's last backward, and a ZeRO-3 gather per
     /// chunk. Measured 2026-12-03, mean |difference| before these rules 0.37 / 2.75 / 10.2 / 1.02% (worst +2.3 /
     /// -13.8 / -26.6 / +3.6%), after 0.20 / 0.81 / 3.1 / 0.33% (worst +2.4 / +4.9 / -10.3 / +3.5%; the rest at
     /// 8,192 GPUs is deep pipelines with two or three layers per stage, pp 16-32, off by up to 10% either way with
-    /// overlap off as well). The search's pick is within 5% of its simulation.
+    /// overlap off as well). With 3, 5 and 6 model chunks in the search and plain 1F1B timed stage by stage
+    /// (`dense::one_f_one_b_time`), 0.17 / 0.76 / 2.46 / 0.31%, and on 16,384 GPUs 2.1% (worst +13.7%: uneven
+    /// interleaved chunks; its uneven-stage layouts 7.1% mean before the 1F1B rule, 0.9% after). The search's pick is
+    /// within 5% of its simulation, but on 16,384 GPUs (TP8 PP8 CP2 v8 with trimmed end stages, uneven chunks: 7.1%).
     #[test]
     fn closed_form_follows_the_simulator_over_the_searched_layouts() {
         let mut ctx = RunCtx::new(Seed(1));
-        for (name, nodes, mean_max, worst_max) in [
-            ("llama2-70b-h100", Some(32), 0.01, 0.04),
-            ("llama2-70b-h100", None, 0.015, 0.07),
-            ("llama2-70b-h100", Some(1024), 0.05, 0.13),
-            ("megascale-175b", None, 0.01, 0.05),
+        for (name, nodes, mean_max, worst_max, pick_max) in [
+            ("llama2-70b-h100", Some(32), 0.01, 0.04, 0.05),
+            ("llama2-70b-h100", None, 0.015, 0.07, 0.05),
+            ("llama2-70b-h100", Some(1024), 0.05, 0.13, 0.05),
+            // its pick has uneven interleaved chunks (TP8 PP8 CP2 v8, end stages trimmed)
+            ("llama2-70b-h100", Some(2048), 0.03, 0.15, 0.08),
+            ("megascale-175b", None, 0.01, 0.05, 0.05),
         ] {
             let mut w = embedded(name);
             if let Some(n) = nodes {
@@ -1091,7 +1096,7 @@ mod tests {
                 mean < mean_max && worst.abs() < worst_max,
                 "{name} {nodes:?}: {mean} {worst}"
             );
-            assert!(diffs[0].abs() < 0.05, "{name} {nodes:?}: the pick {}", diffs[0]);
+            assert!(diffs[0].abs() < pick_max, "{name} {nodes:?}: the pick {}", diffs[0]);
         }
     }
 
