@@ -1310,7 +1310,7 @@ pub(crate) mod tests {
                     let (fwd, j) = if k < w {
                         (true, k)
                     } else if k < 2 * m - w {
-                        if (k - w) % 2 == 0 {
+                        if (k - w).is_multiple_of(2) {
                             (true, w + (k - w) / 2)
                         } else {
                             (false, (k - w) / 2)
