@@ -925,7 +925,8 @@ pub fn breakdown_of(w: &DenseTraining, c: &StepCosts, net: &dyn Network) -> Step
         // plain 1F1B, stage by stage (uneven stages: the stages after a slower one work in its shadow)
         let mut f = Vec::with_capacity(pp as usize);
         let mut b = Vec::with_capacity(pp as usize);
-        for (i, _) in st.per_stage(pp).iter().enumerate() {
+        for i in 0..pp as usize {
+            // stages in order: first, the middle ones with the most layers, the others, last (`StageLayers::per_stage`)
             let t = if i == 0 {
                 &classes[0].0
             } else if i + 1 == pp as usize {
