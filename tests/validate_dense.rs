@@ -222,9 +222,9 @@ fn dense_model_matches_published_runs() {
     }
     type Row = (String, u64, f64, bool, bool, bool);
     let stats = |pick: &dyn Fn(&Row) -> bool| {
-        let xs: Vec<f64> = errors.iter().filter(|e| pick(e)).map(|e| e.2.abs()).collect();
-        let mean = xs.iter().sum::<f64>() / xs.len().max(1) as f64;
-        (xs.len(), mean, xs.iter().copied().fold(0.0, f64::max))
+        let n = errors.iter().filter(|e| pick(e)).count();
+        let (mean, worst) = mean_worst(errors.iter().filter(|e| pick(e)).map(|e| e.2));
+        (n, mean, worst)
     };
     let summary = |name: &str, pick: &dyn Fn(&Row) -> bool| {
         let (n, mean, worst) = stats(pick);
@@ -490,13 +490,7 @@ fn dense_model_calibrated_on_one_row_per_gpu_predicts_the_rest() {
     }
     let summary = |name: &str, sel: &dyn Fn(&HeldOutRow) -> bool| {
         let xs: Vec<&HeldOutRow> = held_out.iter().filter(|x| sel(x)).collect();
-        let stats = |f: &dyn Fn(&HeldOutRow) -> f64| {
-            let abs: Vec<f64> = xs.iter().map(|x| f(x).abs()).collect();
-            (
-                abs.iter().sum::<f64>() / abs.len().max(1) as f64,
-                abs.iter().copied().fold(0.0, f64::max),
-            )
-        };
+        let stats = |f: &dyn Fn(&HeldOutRow) -> f64| mean_worst(xs.iter().map(|x| f(x)));
         let ((mb, wb), (ma, wa)) = (stats(&|x| x.datasheet), stats(&|x| x.calibrated));
         println!(
             "{name}: {} rows, mean |error| {:.1}% / worst {:.1}% on the datasheet profile, {:.1}% / {:.1}% calibrated",
@@ -520,6 +514,17 @@ fn dense_model_calibrated_on_one_row_per_gpu_predicts_the_rest() {
         (0.08, 0.15),
     );
     assert_within("all held-out rows, calibrated", (mean_all, worst_all), (0.10, 0.25));
+}
+
+/// The mean and the largest absolute value of `errors` (0 and 0 for none).
+fn mean_worst(errors: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut n, mut sum, mut worst) = (0usize, 0.0, 0.0_f64);
+    for e in errors {
+        n += 1;
+        sum += e.abs();
+        worst = worst.max(e.abs());
+    }
+    (sum / n.max(1) as f64, worst)
 }
 
 /// Asserts a `(mean, worst)` absolute relative error under `(mean, worst)` bounds, naming `what`.
@@ -571,12 +576,10 @@ fn published_calibration_depends_on_its_row_by_this_much() {
         // every verified row of a current stack is over-predicted on the datasheet profile: every fitted scale < 1
         assert!(lo > 0.5 && hi < 1.0, "{gpu}: scales {lo} - {hi}");
     }
-    let abs: Vec<f64> = cross.iter().map(|e| e.abs()).collect();
-    let mean = abs.iter().sum::<f64>() / abs.len() as f64;
-    let worst = abs.iter().copied().fold(0.0, f64::max);
+    let (mean, worst) = mean_worst(cross.iter().copied());
     println!(
         "cross-validated over {} (calibration row, held-out row) pairs of the same GPU: mean |error| {:.1}%, worst {:.1}%",
-        abs.len(),
+        cross.len(),
         100.0 * mean,
         100.0 * worst
     );
