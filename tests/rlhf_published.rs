@@ -246,6 +246,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     let tps: &[u64] = if hf { &[1] } else { &[1, 2, 4, 8] };
     let mut best: Option<(f64, RlhfIteration)> = None;
     let mut first: Option<String> = None;
+    let mut last = String::new();
     for &tp in tps {
         let batches: &[u64] = if hf {
             &[16, 8, 4, 2, 1]
@@ -265,10 +266,12 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
                 }
                 Ok(_) => return Ok(w),
                 Err(e @ Error::Invalid { .. }) => {
-                    // Remember the first failure that is not the search over batch and TP itself.
+                    // Remember the first failure that is not the search over batch and TP itself, else the last.
                     let t = e.to_string();
-                    if first.is_none() && !t.contains("generation_batch") && !t.contains("rollout_tp") {
-                        first = Some(t);
+                    if !t.contains("generation_batch") && !t.contains("rollout_tp") {
+                        first.get_or_insert(t);
+                    } else {
+                        last = t;
                     }
                 }
                 Err(e) => return Err(e.to_string()),
@@ -278,7 +281,7 @@ fn workload(r: &Row) -> Result<RlhfIteration, String> {
     if let Some((_, w)) = best {
         return Ok(w);
     }
-    Err(format!("no layout fits: {}", first.unwrap_or_default()))
+    Err(format!("no layout fits: {}", first.unwrap_or(last)))
 }
 
 /// Where each system's colocated generation reads the actor's weights ([`WeightSource`]): HF `generate` on the
@@ -468,8 +471,9 @@ fn calibrate(rows: &[Row]) -> Fit {
     }
 }
 
-/// Relative errors `(e2e, gen, train)` of a row, or why the tool cannot express it.
-type RowError = Result<(f64, f64, f64), String>;
+/// Relative errors `(e2e, gen, train, generation share)` of a row, or why the tool cannot express it. The generation
+/// share is the generation phase's (with experience making, as OpenRLHF splits it) share of generation + training.
+type RowError = Result<(f64, f64, f64, f64), String>;
 
 /// Per-row relative errors.
 fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
@@ -496,10 +500,15 @@ fn errors(rows: &[Row], fit: &Fit) -> Vec<(Row, RowError)> {
                 };
                 let e2e = o.iteration_time_s() * scale;
                 let (g, t) = split(&o);
+                let share = match (r.gen_s, r.train_s) {
+                    (Some(pg), Some(pt)) => (g / (g + t)) / (pg / (pg + pt)) - 1.0,
+                    _ => f64::NAN,
+                };
                 (
                     e2e / r.e2e_s - 1.0,
                     r.gen_s.map_or(f64::NAN, |p| g / p - 1.0),
                     r.train_s.map_or(f64::NAN, |p| t / p - 1.0),
+                    share,
                 )
             });
             (r.clone(), res)
@@ -530,12 +539,14 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
         assert!(e.is_finite() && *e > 0.0, "a non-positive efficiency: {e}");
     }
     let errs = errors(&rows, &fit);
-    eprintln!("| line | system | model | GPUs | published e2e s | role | e2e error | gen error | train error |");
-    let (mut open, mut ds) = (Vec::new(), Vec::new());
+    eprintln!(
+        "| line | system | model | GPUs | published e2e s | role | e2e error | gen error | train error | published gen share | gen share error |"
+    );
+    let (mut open, mut ds, mut shares) = (Vec::new(), Vec::new(), Vec::new());
     for (r, res) in &errs {
         let role = if is_calibration(r) { "calibration" } else { "held out" };
         match res {
-            Ok((e, g, t)) => {
+            Ok((e, g, t, sh)) => {
                 // Table 1 publishes end-to-end times only: no phase errors there
                 let pct = |x: f64| {
                     if x.is_finite() {
@@ -544,8 +555,12 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
                         "—".to_string()
                     }
                 };
+                let published_share = match (r.gen_s, r.train_s) {
+                    (Some(pg), Some(pt)) => format!("{:.3}", pg / (pg + pt)),
+                    _ => "—".to_string(),
+                };
                 eprintln!(
-                    "| {} | {} | {} | {} | {} | {role} | {:+.1}% | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {role} | {:+.1}% | {} | {} | {published_share} | {} |",
                     r.line,
                     r.system,
                     r.model,
@@ -553,13 +568,15 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
                     r.e2e_s,
                     100.0 * e,
                     pct(*g),
-                    pct(*t)
+                    pct(*t),
+                    pct(*sh)
                 );
                 if !is_calibration(r) {
                     if r.system == "dschat_he" {
                         ds.push(e.abs())
                     } else {
-                        open.push(e.abs())
+                        open.push(e.abs());
+                        shares.push(sh.abs());
                     }
                 } else {
                     // The calibration rows are reproduced by construction (the fit solves them exactly).
@@ -574,12 +591,20 @@ fn rlhf_published_rows_calibrated_on_a_subset_predict_the_rest() {
     }
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     eprintln!(
-        "held out: OpenRLHF table {} rows, max |e2e error| {:.1}%; DeepSpeed-Chat Table 1 {} rows, max {:.1}%",
+        "held out: OpenRLHF table {} rows, max |e2e error| {:.1}%, max |generation share error| {:.1}%; \
+         DeepSpeed-Chat Table 1 {} rows, max {:.1}%",
         open.len(),
         100.0 * max(&open),
+        100.0 * max(&shares),
         ds.len(),
         100.0 * max(&ds)
     );
+    // The issue's other OpenRLHF quantity, the generation share (published 0.54-0.79): five of the six held-out rows
+    // within 15% (2026-12-03: +2.9, -9.7, +0.9, +9.0, +2.6%), the 70B vLLM row outside (-16.9%: its generation is
+    // under-predicted by 31%, its training over-predicted by 21%).
+    assert!(shares.len() == open.len() && shares.iter().all(|x| x.is_finite()));
+    assert!(shares.iter().filter(|e| **e < 0.15).count() >= 5, "{shares:?}");
+    assert!(max(&shares) < 0.20, "generation share max {}", max(&shares));
     // Every OpenRLHF row but the calibration one is expressed since generation on the actor's GPUs (its two Ray rows
     // without vLLM, 1:1:4:2).
     assert!(open.len() >= 6 && ds.len() >= 6, "{} {}", open.len(), ds.len());
