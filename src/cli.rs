@@ -89,6 +89,8 @@ pub struct PlanArgs {
     #[arg(long, default_value = "out/plan")]
     pub out: PathBuf,
     /// Run only shard I of N (0-based), e.g. `--shard 3/16` from a Slurm array task; writes one Parquet per shard.
+    /// It saves its finished cases every 30 s (`TRAINLAB_CHECKPOINT_SECS`) and on Ctrl-C; run again into the same
+    /// --out (a requeued task), an interrupted shard of the same study keeps them and runs only the rest.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
     /// A profile file or directory from `trainlab calibrate` (one the study's kind reads), or a published-run device
@@ -96,8 +98,8 @@ pub struct PlanArgs {
     #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Finish an interrupted run in DIR (its output folder): run only the cases it did not finish and write the
-    /// complete outputs there. The study and --profile must be those of that run. A whole run saves its finished
-    /// cases every 30 s (`TRAINLAB_CHECKPOINT_SECS`; 0 turns it off), so even a killed run can be resumed.
+    /// complete outputs there. The study and --profile must be those of that run. A run saves its finished cases
+    /// every 30 s (`TRAINLAB_CHECKPOINT_SECS`; 0 turns it off), so even a killed run can be resumed.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["shard", "out"])]
     pub resume: Option<PathBuf>,
     /// Print a JSON summary on stdout instead of tables.

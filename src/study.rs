@@ -908,9 +908,14 @@ pub struct ShardInfo {
     /// The shard's cases without an answer: (label, reason).
     #[serde(default)]
     pub failures: Vec<(String, String)>,
-    /// False when the shard was interrupted before all its cases ran (`merge` refuses it).
+    /// False when the shard was interrupted before all its cases ran (`merge` refuses it; running the same shard
+    /// into the same folder again keeps its finished cases and runs the rest).
     #[serde(default = "yes")]
     pub complete: bool,
+    /// Indices of the shard's cases that ran (answered or failed), ascending: what a re-run of an interrupted shard
+    /// keeps. Empty in shards written before it existed (such a shard re-runs whole).
+    #[serde(default)]
+    pub done: Vec<usize>,
 }
 
 fn yes() -> bool {

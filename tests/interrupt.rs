@@ -253,6 +253,91 @@ fn plan_killed_without_warning_resumes_from_its_last_checkpoint() {
     assert_same_records(&full, &part);
 }
 
+/// A shard killed without warning (a preempted or lost Slurm task) keeps the cases of its last checkpoint: the same
+/// command run again (a requeued task) runs only the rest and ends with the bytes of an uninterrupted shard; a shard
+/// of another study in that folder is not resumed.
+#[test]
+fn shard_killed_without_warning_resumes_when_run_again() {
+    let dir = tmpdir("shard-kill");
+    let study = slow_study(&dir);
+    let (full, part) = (dir.join("full"), dir.join("part"));
+    let shard = |out: &Path, secs: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_trainlab"));
+        c.args(["plan", &study, "--shard", "1/2", "--json", "--out"])
+            .arg(out)
+            .env("TRAINLAB_CHECKPOINT_SECS", secs);
+        c
+    };
+    let o = shard(&full, "0").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let side = part.join("records-shard-1-of-2.json");
+    let mut child = shard(&part, "0.2")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let done = loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = std::fs::read_to_string(&side)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
+        if n >= 3 || started.elapsed() > Duration::from_secs(60) {
+            break n;
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    assert!(
+        (3..12).contains(&done),
+        "checkpointed {done} of the shard's 12 cases before the kill"
+    );
+    assert_eq!(
+        info["complete"],
+        serde_json::json!(false),
+        "the shard was not killed before its end"
+    );
+    // Run again: only the rest runs, and the shard's records are those of the uninterrupted shard.
+    let o = shard(&part, "0").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("keeping its"), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["cases"].as_array().unwrap().len(),
+        12 - done,
+        "the re-run ran finished cases"
+    );
+    for f in [
+        "records-shard-1-of-2.csv",
+        "records-shard-1-of-2.parquet",
+        "records-shard-1-of-2.json",
+    ] {
+        assert_eq!(
+            std::fs::read(full.join(f)).unwrap(),
+            std::fs::read(part.join(f)).unwrap(),
+            "{f} of the resumed shard differs from the uninterrupted shard"
+        );
+    }
+    // A complete shard, or one of another study (here: another seed), runs whole.
+    let mut info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    info["complete"] = serde_json::json!(false);
+    std::fs::write(&side, serde_json::to_string(&info).unwrap()).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--seed", "9", "--shard", "1/2", "--json", "--out"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["cases"].as_array().unwrap().len(),
+        12,
+        "a shard of another study was resumed"
+    );
+}
+
 #[test]
 fn c4_run_stops_its_workers_on_ctrl_c() {
     // 4 worker processes, 300 steps of 60 ms with a kill, a hang and a slow rank: about 40 s; interrupted after 4 s.

@@ -30,23 +30,33 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     let (names, profile_bytes) = profile_files(a.profile.as_deref())?;
     let fingerprint = study::fingerprint(&study, &profile_bytes);
     // A resumed run: what the earlier run of the same study finished (checked by fingerprint) is kept, only the
-    // rest runs.
-    let (out, prior) = match &a.resume {
-        Some(dir) => (dir.clone(), Some(resume_state(dir, &fingerprint, &names, &study)?)),
-        None => (a.out.clone(), None),
+    // rest runs. A shard resumes by itself: run again into the same folder (a Slurm task requeued after preemption
+    // or a lost node), an interrupted shard of the same study keeps its finished cases.
+    let (out, prior) = match (&a.resume, shard) {
+        (Some(dir), _) => (dir.clone(), Some(resume_state(dir, &fingerprint, &names, &study)?)),
+        (None, Some((i, n))) => {
+            let prior = shard_resume_state(&a.out, i, n, &fingerprint, &study)?;
+            if let Some(p) = &prior {
+                let of = study.cases.iter().filter(|c| c.index % n == i).count();
+                eprintln!(
+                    "note: shard {i}/{n} in {} was interrupted; keeping its {} finished cases of {of}, running the rest",
+                    a.out.display(),
+                    p.done.len()
+                );
+            }
+            (a.out.clone(), prior)
+        }
+        (None, None) => (a.out.clone(), None),
     };
     let already: std::collections::HashSet<usize> = prior
         .as_ref()
-        .map_or_else(Default::default, |p| p.0.done.iter().copied().collect());
-    let mine: Vec<study::Case> = match shard {
-        Some((i, n)) => study.cases.iter().filter(|c| c.index % n == i).cloned().collect(),
-        None => study
-            .cases
-            .iter()
-            .filter(|c| !already.contains(&c.index))
-            .cloned()
-            .collect(),
-    };
+        .map_or_else(Default::default, |p| p.done.iter().copied().collect());
+    let mine: Vec<study::Case> = study
+        .cases
+        .iter()
+        .filter(|c| shard.is_none_or(|(i, n)| c.index % n == i) && !already.contains(&c.index))
+        .cloned()
+        .collect();
     std::fs::create_dir_all(&out).map_err(|e| Error::io(format!("creating {}", out.display()), e))?;
     let bar = trainlab::progress::bar(mine.len() as u64, "plan: cases", a.json);
     // Once a few seconds of work show the pace, a study that will take over a minute says so (once), with how to
@@ -57,8 +67,9 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         std::sync::atomic::AtomicBool::new(false),
     );
     let total = mine.len();
-    // A whole run (not a shard) also saves what has finished every `checkpoint_every`: the records and `run.json`
-    // that `--resume` reads, so that even a run killed without warning (SIGKILL, a lost node) keeps its cases.
+    // A run also saves what has finished every `checkpoint_every`: the records and `run.json` that `--resume` reads
+    // (a shard: its records and its description, marked incomplete, that a re-run of the shard reads), so that even
+    // a run killed without warning (SIGKILL, a lost node, a preempted Slurm task) keeps its cases.
     let checkpoint_every = checkpoint_interval()?;
     let checkpoint = std::sync::Mutex::new(Checkpoint {
         last: std::time::Instant::now(),
@@ -66,9 +77,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     });
     let m = &study.manifest;
     let on_done = |r: &study::CaseResult| {
-        if shard.is_none()
-            && let Some(every) = checkpoint_every
-        {
+        if let Some(every) = checkpoint_every {
             let mut c = checkpoint.lock().unwrap_or_else(|e| e.into_inner());
             c.finished.push((
                 r.index,
@@ -76,7 +85,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
                 r.failure().map(|f| (r.label.clone(), f)),
             ));
             if c.last.elapsed() >= every {
-                let saved = c.save(&out, &study, prior.as_ref(), &fingerprint, &names);
+                let saved = c.save(&out, &study, shard, prior.as_ref(), &fingerprint, &names);
                 if let Err(e) = saved {
                     bar.suspend(|| eprintln!("warning: could not save a checkpoint in {}: {e}", out.display()));
                 }
@@ -133,10 +142,10 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
         .into());
     }
     let mut done: Vec<usize> = results.iter().map(|r| r.index).collect();
-    if let Some((info, old)) = prior {
-        records.extend(old);
-        failures.extend(info.failures);
-        done.extend(info.done);
+    if let Some(p) = prior {
+        records.extend(p.records);
+        failures.extend(p.failures);
+        done.extend(p.done);
     }
     done.sort_unstable();
     canonical_sort(&mut records);
@@ -155,6 +164,7 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
                 profiles: names,
                 failures: failures.clone(),
                 complete: !interrupted,
+                done,
             };
             written.extend([
                 pq,
@@ -233,7 +243,9 @@ pub fn run(a: &PlanArgs, seed_override: Option<u64>, cancel: &Arc<AtomicBool>) -
     }
     if interrupted {
         let how = match shard {
-            Some(_) => "re-run this shard to complete it (`merge` refuses an interrupted shard)".to_string(),
+            Some(_) => "run the same command again to finish the shard: it keeps the finished cases \
+                        (`merge` refuses an interrupted shard)"
+                .to_string(),
             None => format!(
                 "the files above hold those cases, marked partial; `trainlab plan {} --resume {}` runs the rest",
                 a.scenario.as_deref().unwrap_or(""),
@@ -266,7 +278,14 @@ fn checkpoint_interval() -> Result<Option<std::time::Duration>> {
     Ok((secs > 0.0).then(|| std::time::Duration::from_secs_f64(secs)))
 }
 
-/// The cases a whole run has finished since it started, saved now and then.
+/// What an earlier run of the same study (or shard) finished: the cases, their failures and their records.
+struct Prior {
+    done: Vec<usize>,
+    failures: Vec<(String, String)>,
+    records: Vec<Record>,
+}
+
+/// The cases a run has finished since it started, saved now and then.
 struct Checkpoint {
     last: std::time::Instant,
     finished: Vec<Finished>,
@@ -276,20 +295,22 @@ struct Checkpoint {
 type Finished = (usize, Vec<Record>, Option<(String, String)>);
 
 impl Checkpoint {
-    /// Writes the records of the earlier run (when resuming) and of the cases finished so far, then `run.json`
-    /// naming those cases (each file atomically; a kill between the two leaves records of cases `run.json` does not
-    /// name, which `--resume` drops).
+    /// Writes the records of the earlier run (when resuming) and of the cases finished so far, then the description
+    /// naming those cases: `run.json` for a whole run, the shard's `.json` marked incomplete for a shard (each file
+    /// atomically; a kill between the two leaves records of cases the description does not name, which a resumed
+    /// run drops).
     fn save(
         &self,
         out: &Path,
         study: &study::Study,
-        prior: Option<&(study::RunInfo, Vec<Record>)>,
+        shard: Option<(usize, usize)>,
+        prior: Option<&Prior>,
         fingerprint: &str,
         profiles: &[String],
     ) -> Result<()> {
-        let mut records: Vec<Record> = prior.map(|p| p.1.clone()).unwrap_or_default();
-        let mut failures: Vec<(String, String)> = prior.map(|p| p.0.failures.clone()).unwrap_or_default();
-        let mut done: Vec<usize> = prior.map(|p| p.0.done.clone()).unwrap_or_default();
+        let mut records: Vec<Record> = prior.map(|p| p.records.clone()).unwrap_or_default();
+        let mut failures: Vec<(String, String)> = prior.map(|p| p.failures.clone()).unwrap_or_default();
+        let mut done: Vec<usize> = prior.map(|p| p.done.clone()).unwrap_or_default();
         for (index, recs, failure) in &self.finished {
             records.extend(recs.iter().cloned());
             failures.extend(failure.clone());
@@ -298,29 +319,98 @@ impl Checkpoint {
         done.sort_unstable();
         canonical_sort(&mut records);
         failures.sort();
-        trainlab_reports::write_records(&records, out, "records")?;
-        let info = study::RunInfo {
-            manifest: study.manifest.clone(),
-            fingerprint: fingerprint.to_string(),
-            done,
-            asked: study.cases.len(),
-            records: records.len(),
-            profiles: profiles.to_vec(),
-            failures,
-        };
-        study::write_run_info(&info, out)?;
+        match shard {
+            Some((i, n)) => {
+                trainlab_reports::write_records(&records, out, &format!("records-shard-{i}-of-{n}"))?;
+                let info = study::ShardInfo {
+                    manifest: study.manifest.clone(),
+                    fingerprint: fingerprint.to_string(),
+                    index: i,
+                    of: n,
+                    records: records.len(),
+                    profiles: profiles.to_vec(),
+                    failures,
+                    complete: false,
+                    done,
+                };
+                study::write_shard_info(&info, out)?;
+            }
+            None => {
+                trainlab_reports::write_records(&records, out, "records")?;
+                let info = study::RunInfo {
+                    manifest: study.manifest.clone(),
+                    fingerprint: fingerprint.to_string(),
+                    done,
+                    asked: study.cases.len(),
+                    records: records.len(),
+                    profiles: profiles.to_vec(),
+                    failures,
+                };
+                study::write_run_info(&info, out)?;
+            }
+        }
         Ok(())
     }
 }
 
+/// Keeps only the records of the cases `done` names (a run killed between writing a checkpoint's records and its
+/// description leaves records of cases the description does not name: those cases run again).
+fn keep_named(records: &mut Vec<Record>, done: &[usize], study: &study::Study) {
+    let named: std::collections::HashSet<&str> = done
+        .iter()
+        .filter_map(|&i| study.cases.get(i).map(|c| c.label.as_str()))
+        .collect();
+    records.retain(|r| named.contains(r.case.as_str()));
+}
+
+/// What an interrupted earlier run of shard `i/n` of the same study left in `dir`: `None` (the shard runs whole)
+/// where there is no shard description, it is complete, of another study or version, or written before shards
+/// named their finished cases; an error where its records do not match it.
+fn shard_resume_state(
+    dir: &Path,
+    i: usize,
+    n: usize,
+    fingerprint: &str,
+    study: &study::Study,
+) -> Result<Option<Prior>> {
+    let side = dir.join(format!("records-shard-{i}-of-{n}.json"));
+    if !side.exists() {
+        return Ok(None);
+    }
+    let Ok(info) = study::read_shard_info(&side) else {
+        return Ok(None);
+    };
+    if info.complete || info.fingerprint != fingerprint || info.index != i || info.of != n || info.done.is_empty() {
+        return Ok(None);
+    }
+    let pq = dir.join(format!("records-shard-{i}-of-{n}.parquet"));
+    let mut records = if pq.exists() {
+        trainlab_reports::read_records_parquet(&pq).with_context(|| format!("reading {}", pq.display()))?
+    } else {
+        Vec::new()
+    };
+    if records.len() > info.records {
+        keep_named(&mut records, &info.done, study);
+    }
+    if records.len() != info.records {
+        bail!(UsageError(format!(
+            "--shard {i}/{n}: {} has {} records but {} says {} (a file replaced since); remove both or use a new --out",
+            pq.display(),
+            records.len(),
+            side.display(),
+            info.records
+        )));
+    }
+    Ok(Some(Prior {
+        done: info.done,
+        failures: info.failures,
+        records,
+    }))
+}
+
 /// What an earlier run in `dir` finished: its description (which must be of the same study, with the same
 /// profiles and trainlab) and its records.
-fn resume_state(
-    dir: &Path,
-    fingerprint: &str,
-    profiles: &[String],
-    study: &study::Study,
-) -> Result<(study::RunInfo, Vec<Record>)> {
+fn resume_state(dir: &Path, fingerprint: &str, profiles: &[String], study: &study::Study) -> Result<Prior> {
     let side = dir.join(study::RUN_INFO);
     if !side.exists() {
         bail!(UsageError(format!(
@@ -354,12 +444,7 @@ fn resume_state(
     // A run killed between writing a checkpoint's records and its run.json leaves records of cases run.json does
     // not name: those cases run again.
     if records.len() > info.records {
-        let named: std::collections::HashSet<&str> = info
-            .done
-            .iter()
-            .filter_map(|&i| study.cases.get(i).map(|c| c.label.as_str()))
-            .collect();
-        records.retain(|r| named.contains(r.case.as_str()));
+        keep_named(&mut records, &info.done, study);
     }
     if records.len() != info.records {
         bail!(UsageError(format!(
@@ -370,7 +455,11 @@ fn resume_state(
             info.records
         )));
     }
-    Ok((info, records))
+    Ok(Prior {
+        done: info.done,
+        failures: info.failures,
+        records,
+    })
 }
 
 /// The profile files given with `--profile` (a file, or the `*.toml` files of a folder in name order): their names

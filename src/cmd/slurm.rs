@@ -3,7 +3,8 @@
 //!
 //! Files written under `DIR/slurm/`:
 //! - `plan.sbatch`: `#SBATCH --array=0-(N-1)`; task I runs `trainlab plan STUDY --shard I/N --out DIR` with the
-//!   absolute paths of this binary, the study file and the profile (an embedded study keeps its name);
+//!   absolute paths of this binary, the study file and the profile (an embedded study keeps its name); the tasks
+//!   are requeueable (`--requeue`): a requeued task's shard keeps the cases it saved before and runs the rest;
 //! - `merge.sbatch`: `trainlab merge DIR`, meant to run with `--dependency=afterok:<array job id>`;
 //! - `submit.sh [--wait] [SBATCH OPTIONS]`: submits both, the merge after the whole array succeeded;
 //! - `logs/`: each task's output.
@@ -201,6 +202,10 @@ impl Job {
              #SBATCH --array=0-{last}\n\
              #SBATCH --ntasks=1\n\
              #SBATCH --output={dir}/logs/plan-%A_%a.out\n\
+             # A task preempted or on a failed node goes back to the queue; run again, its shard keeps the cases it\n\
+             # saved (every 30 s) and runs only the rest.\n\
+             #SBATCH --requeue\n\
+             #SBATCH --open-mode=append\n\
              set -euo pipefail\n\
              # Same bytes at any thread count; one thread per CPU Slurm gave the task.\n\
              export RAYON_NUM_THREADS=\"${{SLURM_CPUS_PER_TASK:-1}}\"\n\
@@ -309,6 +314,11 @@ mod tests {
         assert!(s.contains("#SBATCH --job-name=trainlab-plan-my_study\n"), "{s}");
         assert!(
             s.contains("#SBATCH --output=/shared/out/slurm/logs/plan-%A_%a.out\n"),
+            "{s}"
+        );
+        // a requeued task resumes its shard and keeps the log of its earlier start
+        assert!(
+            s.contains("#SBATCH --requeue\n") && s.contains("#SBATCH --open-mode=append\n"),
             "{s}"
         );
         assert!(
