@@ -21,7 +21,8 @@ fn main() -> ExitCode {
     let cancel = Arc::new(AtomicBool::new(false));
     {
         let c = cancel.clone();
-        // A second Ctrl-C while the first is being handled exits at once.
+        // Ctrl-C, SIGTERM (a scheduler cancelling, requeueing or timing out a task) and SIGHUP alike: finish the
+        // unit of work at hand and keep what is done. A second signal while the first is being handled exits at once.
         let _ = ctrlc::set_handler(move || {
             if c.swap(true, Ordering::SeqCst) {
                 std::process::exit(130);

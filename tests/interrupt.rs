@@ -18,6 +18,11 @@ fn tmpdir(tag: &str) -> PathBuf {
 
 /// Starts `trainlab ARGS`, waits `after`, sends one SIGINT, and waits (at most `limit`) for the exit.
 fn interrupt(args: &[&str], after: Duration, limit: Duration) -> (Output, Duration) {
+    signal("-INT", args, after, limit)
+}
+
+/// [`interrupt`] with the signal `sig` (a `kill` option: `-INT`, `-TERM`).
+fn signal(sig: &str, args: &[&str], after: Duration, limit: Duration) -> (Output, Duration) {
     let child: Child = Command::new(env!("CARGO_BIN_EXE_trainlab"))
         .args(args)
         .stdout(Stdio::piped())
@@ -27,7 +32,7 @@ fn interrupt(args: &[&str], after: Duration, limit: Duration) -> (Output, Durati
     std::thread::sleep(after);
     let sent = Instant::now();
     let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([sig, &child.id().to_string()])
         .status()
         .expect("kill");
     assert!(ok.success());
@@ -40,7 +45,7 @@ fn interrupt(args: &[&str], after: Duration, limit: Duration) -> (Output, Durati
         .unwrap_or_else(|_| panic!("{args:?}: still running {limit:?} after Ctrl-C"))
         .expect("wait");
     let took = sent.elapsed();
-    eprintln!("{}: stopped {took:?} after Ctrl-C", args[0]);
+    eprintln!("{}: stopped {took:?} after {sig}", args[0]);
     (out, took)
 }
 
@@ -336,6 +341,39 @@ fn shard_killed_without_warning_resumes_when_run_again() {
         12,
         "a shard of another study was resumed"
     );
+}
+
+/// SIGTERM (what Slurm sends a task it cancels, requeues or times out) is honoured like Ctrl-C: a shard stops
+/// within a second, saves its finished cases marked incomplete, and the same command finishes it.
+#[test]
+fn shard_stops_on_sigterm_and_finishes_when_run_again() {
+    let dir = tmpdir("shard-term");
+    let study = slow_study(&dir);
+    let p = dir.join("part").display().to_string();
+    let (r, took) = signal(
+        "-TERM",
+        &["plan", &study, "--shard", "0/2", "--out", &p],
+        Duration::from_millis(1500),
+        Duration::from_secs(60),
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(130), "{err}");
+    assert!(took < STOP, "took {took:?} to stop");
+    assert!(err.contains("run the same command again"), "{err}");
+    let side = dir.join("part/records-shard-0-of-2.json");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    let done = info["done"].as_array().unwrap().len();
+    assert_eq!(info["complete"], serde_json::json!(false), "{info}");
+    assert!(done < 12, "nothing was interrupted: {done} of 12");
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--shard", "0/2", "--json", "--out", &p])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cases"].as_array().unwrap().len(), 12 - done);
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
+    assert_eq!(info["complete"], serde_json::json!(true), "{info}");
 }
 
 #[test]
