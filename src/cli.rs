@@ -89,7 +89,7 @@ pub struct PlanArgs {
     #[arg(long, default_value = "out/plan")]
     pub out: PathBuf,
     /// Run only shard I of N (0-based), e.g. `--shard 3/16` from a Slurm array task; writes one Parquet per shard.
-    /// It saves its finished cases every 30 s (`TRAINLAB_CHECKPOINT_SECS`) and on Ctrl-C; run again into the same
+    /// It saves its finished cases every 30 s (`TRAINLAB_CHECKPOINT_SECS`) and on Ctrl-C or SIGTERM; run again into the same
     /// --out (a requeued task), an interrupted shard of the same study keeps them and runs only the rest.
     #[arg(long, value_name = "I/N")]
     pub shard: Option<String>,
