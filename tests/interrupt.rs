@@ -126,6 +126,22 @@ fn slow_study(dir: &Path) -> String {
     p.display().to_string()
 }
 
+/// Waits (at most 60 s, polling every 100 ms) until the run description `side` (`run.json` or a shard's `.json`)
+/// names at least `n` finished cases; returns how many it names.
+fn wait_for_checkpoint(side: &Path, n: usize) -> usize {
+    let started = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let done = std::fs::read_to_string(side)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
+        if done >= n || started.elapsed() > Duration::from_secs(60) {
+            return done;
+        }
+    }
+}
+
 /// The records of a resumed run are byte for byte those of the one-process run.
 fn assert_same_records(full: &Path, part: &Path) {
     for f in ["records.csv", "records.parquet"] {
@@ -215,17 +231,7 @@ fn plan_killed_without_warning_resumes_from_its_last_checkpoint() {
         .spawn()
         .unwrap();
     // kill it once a checkpoint names a few cases, before the end
-    let started = Instant::now();
-    let done = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let n = std::fs::read_to_string(part.join("run.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
-        if n >= 3 || started.elapsed() > Duration::from_secs(60) {
-            break n;
-        }
-    };
+    let done = wait_for_checkpoint(&part.join("run.json"), 3);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -281,17 +287,7 @@ fn shard_killed_without_warning_resumes_when_run_again() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let done = loop {
-        std::thread::sleep(Duration::from_millis(100));
-        let n = std::fs::read_to_string(&side)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .map_or(0, |v| v["done"].as_array().map_or(0, Vec::len));
-        if n >= 3 || started.elapsed() > Duration::from_secs(60) {
-            break n;
-        }
-    };
+    let done = wait_for_checkpoint(&side, 3);
     child.kill().unwrap();
     child.wait().unwrap();
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();

@@ -24,6 +24,37 @@ fn study(dir: &Path) -> PathBuf {
     p
 }
 
+/// Runs the study `s` in one process into `d/one` and emits its Slurm array of `shards` tasks into `d/array`.
+fn one_process_and_emitted(d: &Path, s: &Path, shards: usize) -> (PathBuf, PathBuf) {
+    let one = d.join("one");
+    let o = run(bin().arg("plan").arg(s).arg("--out").arg(&one));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let arr = d.join("array");
+    let o = run(bin()
+        .arg("plan")
+        .arg(s)
+        .args(["--emit", "slurm", "--shards", &shards.to_string(), "--out"])
+        .arg(&arr));
+    assert!(o.status.success(), "{}", stderr(&o));
+    (one, arr)
+}
+
+/// Whether `scripts/slurm-test.sh` said it cannot run here (exit 77): the test is then skipped with the reason,
+/// unless `TRAINLAB_SLURM_REQUIRED` is set, where it fails.
+fn skipped(o: &std::process::Output) -> bool {
+    if o.status.code() != Some(77) {
+        return false;
+    }
+    let err = stderr(o);
+    let reason = err.lines().find(|l| l.contains("cannot run here")).unwrap_or(&err);
+    assert!(
+        std::env::var_os("TRAINLAB_SLURM_REQUIRED").is_none(),
+        "TRAINLAB_SLURM_REQUIRED is set but Slurm is unavailable: {reason}"
+    );
+    eprintln!("skipped: {reason}");
+    true
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
@@ -73,17 +104,7 @@ fn array_job_then_merge_equals_one_process_run() {
     let t0 = Instant::now();
     let d = tmpdir("slurm-array");
     let s = study(&d);
-    let one = d.join("one");
-    let o = run(bin().arg("plan").arg(&s).arg("--out").arg(&one));
-    assert!(o.status.success(), "{}", stderr(&o));
-
-    let arr = d.join("array");
-    let o = run(bin()
-        .arg("plan")
-        .arg(&s)
-        .args(["--emit", "slurm", "--shards", &SHARDS.to_string(), "--out"])
-        .arg(&arr));
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (one, arr) = one_process_and_emitted(&d, &s, SHARDS);
     assert!(!arr.join("records.csv").exists(), "--emit ran the study");
 
     // The cluster lives as long as the command it runs: the array, then the merge after it (`--wait`).
@@ -97,17 +118,7 @@ fn array_job_then_merge_equals_one_process_run() {
         .output()
         .expect("spawn bash scripts/slurm-test.sh");
     let err = stderr(&o);
-    if o.status.code() == Some(77) {
-        let reason = err
-            .lines()
-            .find(|l| l.contains("cannot run here"))
-            .unwrap_or(&err)
-            .to_string();
-        assert!(
-            std::env::var_os("TRAINLAB_SLURM_REQUIRED").is_none(),
-            "TRAINLAB_SLURM_REQUIRED is set but Slurm is unavailable: {reason}"
-        );
-        eprintln!("skipped: {reason}");
+    if skipped(&o) {
         return;
     }
     let logs = |prefix: &str| -> Vec<PathBuf> {
@@ -200,16 +211,7 @@ fn a_requeued_array_task_resumes_its_shard() {
          replicas = 20\n[study.grid]\ncustomers = [1000000]\n",
     )
     .unwrap();
-    let one = d.join("one");
-    let o = run(bin().arg("plan").arg(&s).arg("--out").arg(&one));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let arr = d.join("array");
-    let o = run(bin()
-        .arg("plan")
-        .arg(&s)
-        .args(["--emit", "slurm", "--shards", "2", "--out"])
-        .arg(&arr));
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (one, arr) = one_process_and_emitted(&d, &s, 2);
     let driver = d.join("driver.sh");
     std::fs::write(&driver, REQUEUE_DRIVER).unwrap();
     let go = d.join("go");
@@ -248,15 +250,7 @@ fn a_requeued_array_task_resumes_its_shard() {
     }
     let o = child.wait_with_output().expect("wait for slurm-test.sh");
     let err = stderr(&o);
-    if o.status.code() == Some(77) {
-        assert!(
-            std::env::var_os("TRAINLAB_SLURM_REQUIRED").is_none(),
-            "TRAINLAB_SLURM_REQUIRED is set but Slurm is unavailable: {err}"
-        );
-        eprintln!(
-            "skipped: {}",
-            err.lines().find(|l| l.contains("cannot run here")).unwrap_or(&err)
-        );
+    if skipped(&o) {
         return;
     }
     let log1 = std::fs::read_dir(arr.join("slurm/logs"))
