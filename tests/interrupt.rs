@@ -340,7 +340,8 @@ fn shard_killed_without_warning_resumes_when_run_again() {
 }
 
 /// SIGTERM (what Slurm sends a task it cancels, requeues or times out) is honoured like Ctrl-C: a shard stops
-/// within a second, saves its finished cases marked incomplete, and the same command finishes it.
+/// within a second, saves its finished cases marked incomplete, `merge` refuses it saying how to finish it, and the
+/// same command finishes it (running only the rest), after which the merge goes through.
 #[test]
 fn shard_stops_on_sigterm_and_finishes_when_run_again() {
     let dir = tmpdir("shard-term");
@@ -361,6 +362,21 @@ fn shard_stops_on_sigterm_and_finishes_when_run_again() {
     let done = info["done"].as_array().unwrap().len();
     assert_eq!(info["complete"], serde_json::json!(false), "{info}");
     assert!(done < 12, "nothing was interrupted: {done} of 12");
+    // With the other shard done, `merge` refuses the interrupted one and says how to finish it.
+    let merge = || {
+        Command::new(env!("CARGO_BIN_EXE_trainlab"))
+            .args(["merge", &p])
+            .output()
+            .unwrap()
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
+        .args(["plan", &study, "--shard", "1/2", "--out", &p])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = merge();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("--shard 0/2 --out"), "{}", text(&o.stderr));
     let o = Command::new(env!("CARGO_BIN_EXE_trainlab"))
         .args(["plan", &study, "--shard", "0/2", "--json", "--out", &p])
         .output()
@@ -370,6 +386,8 @@ fn shard_stops_on_sigterm_and_finishes_when_run_again() {
     assert_eq!(v["cases"].as_array().unwrap().len(), 12 - done);
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&side).unwrap()).unwrap();
     assert_eq!(info["complete"], serde_json::json!(true), "{info}");
+    let o = merge();
+    assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
 #[test]

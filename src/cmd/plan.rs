@@ -559,9 +559,11 @@ pub fn merge(a: &MergeArgs) -> Result<()> {
         let info = study::read_shard_info(&side)?;
         if !info.complete {
             bail!(UsageError(format!(
-                "{}: shard {i}/{n} was interrupted before all its cases ran; re-run it with `trainlab plan STUDY \
-                 --shard {i}/{n}`",
-                name(&side)
+                "{}: shard {i}/{n} was interrupted after {} of its cases; finish it with `trainlab plan STUDY \
+                 --shard {i}/{n} --out {}` (it keeps the finished cases and runs the rest)",
+                name(&side),
+                info.done.len(),
+                a.dir.display()
             )));
         }
         if info.index != *i || info.of != n {
